@@ -1,0 +1,59 @@
+# jester-als: `make run` and `make test` set everything up on a fresh machine (Python 3.11 + Java 17).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONF ?= conf/local.yaml
+MASTER ?= local[2]
+JOB ?= pipeline
+DATA := data/jester_synthetic.csv
+# Spark warns when the host name resolves to loopback; binding to it explicitly keeps local runs quiet.
+export SPARK_LOCAL_IP ?= 127.0.0.1
+
+.DEFAULT_GOAL := help
+.PHONY: help setup java run test generate package submit clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+java:
+	@command -v java >/dev/null 2>&1 || { echo "Java is missing: Spark 4 needs Java 17 or 21." \
+	  "Install it, e.g. 'sudo apt-get install -y openjdk-17-jre-headless' (Debian/Ubuntu)" \
+	  "or 'brew install openjdk@17' (macOS), then run make again." >&2; exit 1; }
+
+$(STAMP): setup.py
+	@test -n "$(PYTHON)" || { echo "Python 3.10+ is needed (python3.11 or python3 on PATH)" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[spark,test]"
+	touch $(STAMP)
+
+setup: java $(STAMP) ## create .venv and install the package with Spark and test tools
+
+$(DATA): | setup
+	$(BIN)/jester-als generate --conf $(CONF)
+
+generate: setup ## (re)write the synthetic default table
+	$(BIN)/jester-als generate --conf $(CONF)
+
+run: setup $(DATA) ## run the pipeline job on the embedded default data (CONF=conf/local.yaml)
+	$(BIN)/jester-als pipeline --conf $(CONF)
+
+test: setup ## run the test suite
+	$(BIN)/pytest -q tests
+
+package: setup ## build dist/: the wheel, jester_als.zip for --py-files, the job files and configs
+	rm -rf dist build
+	$(BIN)/pip wheel --quiet --no-deps -w dist .
+	cd src && $(CURDIR)/$(BIN)/python -m zipfile -c $(CURDIR)/dist/jester_als.zip jester_als
+	mkdir -p dist/jobs dist/conf && cp jobs/*.py dist/jobs/ && cp conf/*.yaml dist/conf/
+	@ls -1 dist dist/jobs dist/conf
+
+submit: package ## spark-submit a job: make submit MASTER=spark://host:7077 CONF=conf/local.yaml JOB=pipeline
+	$(BIN)/spark-submit --master '$(MASTER)' --py-files dist/jester_als.zip --files $(CONF) \
+	  dist/jobs/$(JOB).py --conf $(CONF)
+
+clean: ## remove the venv, build products, outputs and generated data
+	rm -rf $(VENV) dist build src/*.egg-info output data spark-warehouse metastore_db derby.log .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,26 @@
+"""Packaging for jester-als: a wheel whose console script is the job entry point (spark-submit, Databricks)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="jester-als",
+    version="0.1.0",
+    description="Spark ML ALS tuning and a driver-side NumPy ALS on Jester explicit ratings",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    python_requires=">=3.10",
+    # Clusters and Databricks bring their own Spark: pyspark is an extra, never a hard requirement.
+    install_requires=[
+        "numpy>=1.26",
+        "pyyaml>=6.0",
+    ],
+    extras_require={
+        # Local runs: Spark 4 (ML over Spark Connect), Arrow for collecting to the driver, and pandas below 3
+        # (pyspark 4.3 does not support pandas 3).
+        "spark": ["pyspark[connect]>=4.0,<5", "pyarrow>=15", "pandas>=2.0,<3"],
+        "test": ["pytest>=8", "chispa>=0.10", "psutil>=5.9"],
+    },
+    entry_points={"console_scripts": ["jester-als = jester_als.cli:main"]},
+)

@@ -1,0 +1,121 @@
+"""The ``jester-als`` command: one entry point for every job, under spark-submit, make and Databricks.
+
+``jester-als <job> --conf FILE [--set key.path=value ...] [--master URL | --remote sc://HOST:PORT]``
+
+Exit status: 0 success, 1 runtime failure (bad input, Spark error), 2 usage or config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+from jester_als.config import ConfigError, load_config
+
+log = logging.getLogger("jester_als")
+
+JOB_HELP = {
+    "generate": "write a synthetic Jester-shaped wide CSV with a planted structure (no Spark)",
+    "prepare": "read the Jester table, melt it to (user, joke, rating), write ratings/ and rejected/",
+    "tune": "split the ratings, tune ALS with TrainValidationSplit, evaluate on test, save model/",
+    "recommend": "top-N unrated jokes per user from the saved model into recommendations/",
+    "pipeline": "prepare, tune and recommend in one run, with metrics.json and report.md",
+}
+SPARK_JOBS = ("prepare", "tune", "recommend", "pipeline")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jester-als", description=__doc__.split("\n\n")[0])
+    jobs = parser.add_subparsers(dest="job", metavar="JOB", required=True)
+    for name, text in JOB_HELP.items():
+        sub = jobs.add_parser(name, help=text, description=text)
+        sub.add_argument("--conf", required=True, metavar="FILE", help="YAML config (e.g. conf/local.yaml)")
+        sub.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", dest="overrides",
+                         help="override a config key with a YAML-typed value; repeatable "
+                              "(e.g. --set tune.grid.rank=[5,10] --set output.dir=/tmp/run)")
+        sub.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+        if name in SPARK_JOBS:
+            where = sub.add_mutually_exclusive_group()
+            where.add_argument("--master", help="Spark master (default: spark-submit's, or local[*])")
+            where.add_argument("--remote", help="Spark Connect URL, e.g. sc://localhost:15002 "
+                                                "(default: $SPARK_REMOTE)")
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+
+
+def _summary(job: str, metrics: dict, seconds: float) -> str:
+    lines = [f"jester-als {job}: done in {seconds:.1f} s"]
+    data = metrics.get("data", {})
+    if "ratings" in data:
+        lines.append(f"  data: {data['ratings']:,} ratings by {data['users']:,} users of {data['items']} jokes; "
+                     f"{data['missing']:,} missing and {data['rejected']:,} rejected cells")
+    spark = metrics.get("spark_als")
+    if spark and job in ("tune", "pipeline"):
+        lines.append(f"  Spark ALS {spark.get('model_params', spark['best_params'])}: test RMSE {spark['test_rmse']:.4f}, "
+                     f"MAE {spark['test_mae']:.4f} (tuning {spark['tune_seconds']:.1f} s over "
+                     f"{len(spark['validation'])} grid points, final fit {spark['fit_seconds']:.1f} s)")
+    recs = metrics.get("recommendations")
+    if recs and job in ("recommend", "pipeline"):
+        lines.append(f"  recommendations: top {recs['top_n']} for {recs['users']:,} users")
+    lines.append(f"  outputs: {metrics.get('run', {}).get('output_dir', '')}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one job; returns the exit status (the console script exits with it)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    try:
+        cfg = load_config(args.conf, args.overrides)
+    except ConfigError as exc:
+        print(f"jester-als {args.job}: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging("DEBUG" if args.verbose else cfg["log_level"])
+    started = time.perf_counter()
+    if args.job == "generate":
+        from jester_als.generate import GeneratorParams, write_wide_csv
+
+        stats = write_wide_csv(GeneratorParams.from_config(cfg["generate"]), cfg["generate"]["path"])
+        print(f"jester-als generate: wrote {stats['path']} in {time.perf_counter() - started:.1f} s")
+        print("  " + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()}))
+        return 0
+    return _run_spark_job(args, cfg, started)
+
+
+def _run_spark_job(args, cfg: dict, started: float) -> int:
+    from jester_als.jobs import run_spark_job
+    from jester_als.outputs import OutputExistsError, OutputLocationError
+    from jester_als.prepare import InputError
+    from jester_als.session import build_session
+
+    spark, created = build_session(cfg["spark"], master=args.master, remote=args.remote)
+    try:
+        metrics = run_spark_job(spark, cfg, args.job)
+        metrics.setdefault("run", {})["output_dir"] = cfg["output"]["dir"]
+        print(_summary(args.job, metrics, time.perf_counter() - started))
+        return 0
+    except (InputError, OutputExistsError, OutputLocationError) as exc:
+        log.error("%s", exc)
+        print(f"jester-als {args.job}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        log.error("interrupted; outputs left as they were")
+        return 130
+    finally:
+        if created:
+            spark.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,420 @@
+"""Typed YAML configuration: the schema, loading, ``--set`` overrides and validation.
+
+Every error in a config is collected and reported at once, before Spark starts, each with its key path and
+what was expected. Defaults are stated once, in ``SCHEMA``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import yaml
+
+from jester_als.generate import GeneratorParams as _GEN
+
+REQUIRED = object()
+
+# ALS params a grid may name: everything Spark's ALS estimator takes except the column names and the
+# explicit/implicit switch (this project is explicit feedback only).
+ALS_GRID_PARAMS = {
+    "rank": int,
+    "maxIter": int,
+    "regParam": float,
+    "alpha": float,
+    "nonnegative": bool,
+    "numUserBlocks": int,
+    "numItemBlocks": int,
+    "checkpointInterval": int,
+    "blockSize": int,
+}
+
+
+class ConfigError(Exception):
+    """One or more config problems; ``problems`` lists them as ``key.path: message``."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = problems
+        self.source = source
+        where = f" in {source}" if source else ""
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid config{where} ({len(problems)} problem(s)):\n{lines}")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One leaf of the schema: its type, default, and an optional extra check."""
+
+    kind: type | tuple[type, ...]
+    default: Any = REQUIRED
+    nullable: bool = False
+    choices: tuple | None = None
+    check: Callable[[Any], str | None] | None = None
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class MapOf:
+    """A free-form mapping whose keys are strings and whose values have one of the given kinds."""
+
+    kind: type | tuple[type, ...]
+    default: dict = field(default_factory=dict)
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class ListOf:
+    """A list whose items have the given kind."""
+
+    kind: type | tuple[type, ...]
+    default: Any = REQUIRED
+    min_len: int = 0
+    doc: str = ""
+
+
+def _positive(v):
+    return None if v > 0 else "must be > 0"
+
+
+def _non_negative(v):
+    return None if v >= 0 else "must be >= 0"
+
+
+def _open_unit(v):
+    return None if 0 < v < 1 else "must be between 0 and 1 (exclusive)"
+
+
+def _unit(v):
+    return None if 0 < v <= 1 else "must be in (0, 1]"
+
+
+def _range_pair(v):
+    if len(v) != 2 or not v[0] < v[1]:
+        return "must be [low, high] with low < high"
+    return None
+
+
+def _grid_check(grid: dict) -> list[str]:
+    problems = []
+    for name, values in grid.items():
+        if name not in ALS_GRID_PARAMS:
+            problems.append(f"{name}: not an ALS parameter (expected one of {sorted(ALS_GRID_PARAMS)})")
+            continue
+        if not isinstance(values, list):
+            values = [values]
+        if not values:
+            problems.append(f"{name}: empty list (give at least one value)")
+            continue
+        want = ALS_GRID_PARAMS[name]
+        for v in values:
+            ok = isinstance(v, want) and not (want is int and isinstance(v, bool))
+            if want is float and isinstance(v, int) and not isinstance(v, bool):
+                ok = True
+            if not ok:
+                problems.append(f"{name}: {v!r} is not a {want.__name__}")
+            elif name in ("rank", "maxIter", "numUserBlocks", "numItemBlocks", "blockSize") and v < 1:
+                problems.append(f"{name}: {v!r} must be >= 1")
+            elif name in ("regParam", "alpha") and v < 0:
+                problems.append(f"{name}: {v!r} must be >= 0")
+    return problems
+
+
+SCHEMA: dict[str, Any] = {
+    "input": {
+        "format": Field(str, "csv", choices=("csv", "parquet", "table"),
+                        doc="csv or parquet file/directory at `path`, or a catalog `table`"),
+        "path": Field(str, None, nullable=True, doc="file or directory to read (csv, parquet)"),
+        "table": Field(str, None, nullable=True, doc="catalog table, e.g. workspace.default.jester_data_1"),
+        "layout": Field(str, "wide", choices=("wide", "long"),
+                        doc="wide: one row per user, one column per joke; long: user, joke, rating"),
+        "header": Field(bool, True, doc="csv: first line holds the column names"),
+        "delimiter": Field(str, ",", doc="csv field delimiter"),
+        "user_column": Field(str, "User", doc="wide layout: the column holding the user id"),
+        "drop_columns": ListOf(str, ["Number of Jokes Rated"], doc="wide layout: columns that are not jokes"),
+        "long_columns": {
+            "user": Field(str, "user"),
+            "joke": Field(str, "joke"),
+            "rating": Field(str, "rating"),
+        },
+        "missing_values": ListOf((int, float), [99], doc="sentinels that mean 'not rated' (never 0)"),
+        "rating_range": ListOf((int, float), [-10.0, 10.0], doc="[low, high]; values outside are refused"),
+    },
+    "generate": {
+        "path": Field(str, "data/jester_synthetic.csv", doc="where `generate` writes the wide CSV"),
+        "users": Field(int, _GEN.users, check=_positive),
+        "jokes": Field(int, _GEN.jokes, check=_positive),
+        "rank": Field(int, _GEN.rank, check=_positive, doc="rank of the planted low-rank structure"),
+        "noise": Field((int, float), _GEN.noise, check=_non_negative, doc="standard deviation of the noise"),
+        "factor_scale": Field((int, float), _GEN.factor_scale, check=_non_negative,
+                              doc="standard deviation of the low-rank part"),
+        "user_bias": Field((int, float), _GEN.user_bias, check=_non_negative, doc="std of the user effects"),
+        "joke_bias": Field((int, float), _GEN.joke_bias, check=_non_negative, doc="std of the joke effects"),
+        "mean": Field((int, float), _GEN.mean, doc="centre of the ratings before clipping"),
+        "min_ratings": Field(int, _GEN.min_ratings, check=_positive, doc="every user rates at least this many"),
+        "mean_ratings": Field((int, float), _GEN.mean_ratings, check=_positive, doc="average ratings per user"),
+        "gauge_jokes": Field(int, _GEN.gauge_jokes, check=_non_negative, doc="jokes rated by nearly everyone"),
+        "zero_fraction": Field((int, float), _GEN.zero_fraction, check=_non_negative,
+                               doc="extra share of exact 0.00 ratings (clicks on the centre)"),
+        "seed": Field(int, _GEN.seed),
+    },
+    "split": {
+        "test_fraction": Field((int, float), 0.2, check=_open_unit, doc="share of ratings held out for test"),
+        "seed": Field(int, 42),
+    },
+    "als": {
+        "blocks": Field((int, str), "auto",
+                        check=lambda v: None if v == "auto" or (isinstance(v, int) and v >= 1)
+                        else "must be 'auto' or an integer >= 1",
+                        doc="user and item blocks; auto = the cores Spark has"),
+        "checkpoint_interval": Field(int, 10, check=_positive),
+        "nonnegative": Field(bool, False),
+        "seed": Field(int, 42),
+    },
+    "tune": {
+        "grid": MapOf((int, float, bool, list), {"rank": [5, 10], "regParam": [0.1, 0.3], "maxIter": [10]},
+                      doc="ALS param -> list of values"),
+        "train_ratio": Field((int, float), 0.8, check=_open_unit),
+        "parallelism": Field(int, 2, check=_positive, doc="grid points fitted at once"),
+        "seed": Field(int, 42),
+        "refit_max_iter": Field(int, None, nullable=True, check=_positive,
+                                doc="maxIter for the final fit on all training ratings (default: best)"),
+    },
+    "evaluate": {
+        "k": Field(int, 10, check=_positive, doc="cut-off for precision@k and NDCG@k"),
+        "relevance_threshold": Field((int, float), 5.0, doc="ratings >= this count as relevant"),
+    },
+    "recommend": {
+        "top_n": Field(int, 10, check=_positive),
+    },
+    "output": {
+        "dir": Field(str, doc="every output of a run goes under this directory"),
+        "mode": Field(str, "overwrite", choices=("overwrite", "error"),
+                      doc="overwrite: replace a previous run's outputs; error: refuse"),
+    },
+    "spark": {
+        "app_name": Field(str, "jester-als"),
+        "master": Field(str, None, nullable=True, doc="leave null under spark-submit and Databricks"),
+        "remote": Field(str, None, nullable=True, doc="Spark Connect URL, e.g. sc://localhost:15002"),
+        "checkpoint_dir": Field(str, None, nullable=True, doc="default: a temporary directory"),
+        "log_level": Field(str, "WARN", choices=("ERROR", "WARN", "INFO", "DEBUG")),
+        "conf": MapOf((str, int, float, bool), {}, doc="extra Spark settings applied when the session is built"),
+    },
+    "log_level": Field(str, "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+}
+
+
+def _type_name(kind) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {int: "integer", float: "number", str: "string", bool: "boolean", list: "list", dict: "mapping"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _is_kind(value, kind) -> bool:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool):
+        return bool in kinds
+    return isinstance(value, kinds)
+
+
+def _coerce(value, kind):
+    """Ints stand for floats where a number is wanted (``regParam: 1``)."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if float in kinds and int not in kinds and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _validate(schema: dict, values: Any, path: str, problems: list[str]) -> dict:
+    if not isinstance(values, dict):
+        problems.append(f"{path or '<top>'}: expected a mapping, got {type(values).__name__}")
+        values = {}
+    resolved = {}
+    for key in values:
+        if key not in schema:
+            known = ", ".join(sorted(schema))
+            problems.append(f"{path + '.' if path else ''}{key}: unknown key (expected one of: {known})")
+    for key, spec in schema.items():
+        key_path = f"{path}.{key}" if path else key
+        present = key in values
+        value = values.get(key)
+        if isinstance(spec, dict):
+            resolved[key] = _validate(spec, value if present and value is not None else {}, key_path, problems)
+        elif isinstance(spec, MapOf):
+            value = copy.deepcopy(spec.default) if not present or value is None else value
+            if not isinstance(value, dict):
+                problems.append(f"{key_path}: expected a mapping, got {type(value).__name__}")
+                value = {}
+            for k, v in value.items():
+                if not _is_kind(v, spec.kind):
+                    problems.append(f"{key_path}.{k}: expected {_type_name(spec.kind)}, got {v!r}")
+            if key_path == "tune.grid":
+                if not value:
+                    problems.append(f"{key_path}: empty grid (name at least one ALS parameter)")
+                problems.extend(f"{key_path}.{p}" for p in _grid_check(value))
+                value = {k: [_coerce(x, ALS_GRID_PARAMS.get(k, object)) for x in (v if isinstance(v, list) else [v])]
+                         for k, v in value.items()}
+            resolved[key] = value
+        elif isinstance(spec, ListOf):
+            if not present:
+                if spec.default is REQUIRED:
+                    problems.append(f"{key_path}: required (a list of {_type_name(spec.kind)})")
+                resolved[key] = copy.deepcopy(spec.default) if spec.default is not REQUIRED else None
+                continue
+            if not isinstance(value, list):
+                problems.append(f"{key_path}: expected a list of {_type_name(spec.kind)}, got {value!r}")
+                resolved[key] = copy.deepcopy(spec.default)
+                continue
+            bad = [v for v in value if not _is_kind(v, spec.kind)]
+            if bad:
+                problems.append(f"{key_path}: expected a list of {_type_name(spec.kind)}, got item(s) {bad!r}")
+            if len(value) < spec.min_len:
+                problems.append(f"{key_path}: needs at least {spec.min_len} item(s)")
+            if key_path == "input.rating_range" and not bad:
+                msg = _range_pair(value)
+                if msg:
+                    problems.append(f"{key_path}: {msg}, got {value!r}")
+            resolved[key] = value
+        else:
+            if not present:
+                if spec.default is REQUIRED:
+                    problems.append(f"{key_path}: required ({_type_name(spec.kind)})"
+                                    + (f": {spec.doc}" if spec.doc else ""))
+                    resolved[key] = None
+                else:
+                    resolved[key] = copy.deepcopy(spec.default)
+                continue
+            if value is None:
+                if not spec.nullable:
+                    problems.append(f"{key_path}: must not be null (expected {_type_name(spec.kind)})")
+                resolved[key] = None
+                continue
+            if not _is_kind(value, spec.kind):
+                problems.append(f"{key_path}: expected {_type_name(spec.kind)}, got {value!r}")
+                resolved[key] = value
+                continue
+            value = _coerce(value, spec.kind)
+            if spec.choices and value not in spec.choices:
+                problems.append(f"{key_path}: expected one of {list(spec.choices)}, got {value!r}")
+            elif spec.check:
+                msg = spec.check(value)
+                if msg:
+                    problems.append(f"{key_path}: {msg}, got {value!r}")
+            resolved[key] = value
+    return resolved
+
+
+def _cross_checks(cfg: dict, problems: list[str]) -> None:
+    inp = cfg["input"]
+    if inp["format"] == "table" and not inp["table"]:
+        problems.append("input.table: required when input.format is 'table'")
+    if inp["format"] in ("csv", "parquet") and not inp["path"]:
+        problems.append(f"input.path: required when input.format is '{inp['format']}'")
+    if isinstance(inp.get("delimiter"), str) and len(inp["delimiter"]) != 1:
+        problems.append(f"input.delimiter: expected a single character, got {inp['delimiter']!r}")
+    gen = cfg["generate"]
+    if all(isinstance(gen.get(k), int) for k in ("users", "jokes", "min_ratings", "gauge_jokes")):
+        if gen["min_ratings"] > gen["jokes"]:
+            problems.append(f"generate.min_ratings: {gen['min_ratings']} exceeds generate.jokes ({gen['jokes']})")
+        if gen["gauge_jokes"] > gen["jokes"]:
+            problems.append(f"generate.gauge_jokes: {gen['gauge_jokes']} exceeds generate.jokes ({gen['jokes']})")
+        if isinstance(gen.get("mean_ratings"), (int, float)) and not (
+                gen["min_ratings"] <= gen["mean_ratings"] <= gen["jokes"]):
+            problems.append(f"generate.mean_ratings: {gen['mean_ratings']} must lie between generate.min_ratings "
+                            f"and generate.jokes")
+    out = cfg["output"].get("dir")
+    if isinstance(out, str) and "://" not in out and os.path.isfile(out):
+        problems.append(f"output.dir: {out!r} is a file (expected a directory or a path that does not exist)")
+    if cfg["spark"].get("master") and cfg["spark"].get("remote"):
+        problems.append("spark.remote: cannot be combined with spark.master (choose one)")
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], typed value). Values are YAML: 5, 0.1, true, [5, 10], null."""
+    if "=" not in item:
+        raise ConfigError([f"--set {item!r}: expected key.path=value"])
+    key, _, raw = item.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError([f"--set {item!r}: expected key.path=value"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"--set {key}: value {raw!r} is not valid YAML ({exc.problem})"]) from None
+    # spark.conf keys contain dots themselves: everything after "spark.conf." is one key.
+    parts = key.split(".")
+    if parts[:2] == ["spark", "conf"] and len(parts) > 2:
+        parts = ["spark", "conf", ".".join(parts[2:])]
+    return parts, value
+
+
+def apply_overrides(raw: dict, overrides: Iterable[str]) -> dict:
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        parts, value = parse_override(item)
+        node = raw
+        for part in parts[:-1]:
+            nxt = node.get(part)
+            if not isinstance(nxt, dict):
+                nxt = {}
+                node[part] = nxt
+            node = nxt
+        node[parts[-1]] = value
+    return raw
+
+
+def resolve_conf_path(path: str) -> str:
+    """Find a config file; under spark-submit cluster mode a file shipped with ``--files`` sits in the
+    driver's working directory under its base name."""
+    if os.path.exists(path):
+        return path
+    shipped = os.path.basename(path)
+    if os.path.exists(shipped):
+        return shipped
+    raise ConfigError([f"config file {path!r} does not exist (also looked for {shipped!r} in {os.getcwd()})"])
+
+
+def load_config(path: str | None, overrides: Iterable[str] = (), *, base: dict | None = None) -> dict:
+    """Read YAML from ``path`` (or start from ``base``), apply ``--set`` overrides, validate, fill defaults.
+
+    Raises
+    ------
+    ConfigError
+        With every problem found, each naming its key path.
+    """
+    source = None
+    raw: Any = copy.deepcopy(base) if base else {}
+    if path is not None:
+        source = resolve_conf_path(path)
+        try:
+            with open(source, encoding="utf-8") as fh:
+                raw = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError([f"not valid YAML: {exc}"], source) from None
+        if not isinstance(raw, dict):
+            raise ConfigError([f"expected a mapping at the top, got {type(raw).__name__}"], source)
+    raw = apply_overrides(raw, overrides)
+    problems: list[str] = []
+    cfg = _validate(SCHEMA, raw, "", problems)
+    if not problems:
+        _cross_checks(cfg, problems)
+    if problems:
+        raise ConfigError(problems, source)
+    cfg["_source"] = source
+    return cfg
+
+
+def describe_schema(schema: dict = SCHEMA, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """Rows of (key, type, default, doc) for documentation."""
+    rows = []
+    for key, spec in schema.items():
+        path = f"{prefix}{key}"
+        if isinstance(spec, dict):
+            rows.extend(describe_schema(spec, path + "."))
+        else:
+            default = "required" if spec.default is REQUIRED else repr(spec.default)
+            kind = f"list of {_type_name(spec.kind)}" if isinstance(spec, ListOf) else (
+                "mapping" if isinstance(spec, MapOf) else _type_name(spec.kind))
+            rows.append((path, kind, default, spec.doc))
+    return rows

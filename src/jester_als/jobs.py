@@ -1,0 +1,206 @@
+"""The jobs: each takes a SparkSession, the resolved config and the run's outputs, and returns the
+``metrics.json`` sections it produced. ``pipeline`` chains them in one session, handing data along in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+
+from pyspark.ml.recommendation import ALSModel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from jester_als import __version__
+from jester_als.outputs import RunOutputs, now_iso
+from jester_als.prepare import InputError, check_duplicates, prepare_ratings
+from jester_als.recommend import recommend_unrated
+from jester_als.session import als_blocks, is_connect, master_of, try_persist, try_unpersist
+from jester_als.tune import evaluate_model, fit_als, make_als, split_ratings, tune_als
+
+log = logging.getLogger(__name__)
+
+# The output directories each job writes (checked against output.mode before any work starts).
+JOB_OUTPUTS = {
+    "prepare": ["ratings", "rejected"],
+    "tune": ["model"],
+    "recommend": ["recommendations"],
+    "pipeline": ["ratings", "rejected", "model", "recommendations"],
+}
+
+
+def read_prepared_ratings(spark: SparkSession, out: RunOutputs) -> DataFrame:
+    path = out.final_path("ratings")
+    try:
+        ratings = spark.read.parquet(path)
+        ratings.columns  # resolve now so a missing path fails here, with its name
+    except Exception as exc:
+        raise InputError(f"prepared ratings {path}: cannot be read ({str(exc).splitlines()[0]}); "
+                         f"run the prepare job with the same output.dir first") from None
+    return ratings
+
+
+def run_prepare(spark: SparkSession, cfg: dict, out: RunOutputs) -> tuple[dict, DataFrame]:
+    """Read, melt, classify; write ``ratings/`` and ``rejected/``; return the data section and the ratings
+    as read back from what was written (a deterministic, short-lineage input for ALS)."""
+    prepared = prepare_ratings(spark, cfg["input"])
+    try:
+        check_duplicates(prepared.ratings, prepared.source)
+        prepared.ratings.write.mode("overwrite").parquet(out.path("ratings"))
+        prepared.rejected.write.mode("overwrite").parquet(out.path("rejected"))
+    finally:
+        prepared.release()
+    counts = prepared.counts
+    ratings = spark.read.parquet(out.path("ratings"))
+    row = ratings.agg(F.countDistinct("user").alias("users"), F.countDistinct("joke").alias("items"),
+                      F.count(F.lit(1)).alias("ratings"), F.avg("rating").alias("mean"),
+                      F.stddev_pop("rating").alias("std")).first()
+    if not row["ratings"]:
+        raise InputError(f"{prepared.source}: no valid ratings among {counts['cells']:,} cells "
+                         f"(missing {counts['missing']}, rejected {counts['rejected']})")
+    data = {
+        "source": prepared.source,
+        "users": row["users"], "items": row["items"], "ratings": row["ratings"],
+        "rating_mean": row["mean"], "rating_std": row["std"],
+        "rejected": counts["rejected_total"], "missing": counts["missing_total"],
+        "cells": {"read": counts["cells"], "accepted": counts["accepted"],
+                  "missing": counts["missing"], "rejected": counts["rejected"]},
+    }
+    log.info("%s: %d cells -> %d ratings by %d users of %d jokes; %d missing, %d rejected %s",
+             prepared.source, counts["cells"], row["ratings"], row["users"], row["items"],
+             counts["missing_total"], counts["rejected_total"], counts["rejected"] or "")
+    return {"data": data}, ratings
+
+
+def run_tune(spark: SparkSession, cfg: dict, out: RunOutputs,
+             ratings: DataFrame | None = None) -> tuple[dict, ALSModel, DataFrame]:
+    """Split, tune over the grid, refit the best params on all training ratings, evaluate on test,
+    save ``model/``. Returns the sections, the model, and all ratings (for recommendations)."""
+    if ratings is None:
+        ratings = read_prepared_ratings(spark, out)
+    split = cfg["split"]
+    train, test = split_ratings(ratings, test_fraction=split["test_fraction"], seed=split["seed"])
+    train, test = try_persist(train, "the training ratings"), try_persist(test, "the test ratings")
+    try:
+        train_count, test_count = train.count(), test.count()
+        if train_count == 0 or test_count == 0:
+            raise InputError(f"the split left {train_count} training and {test_count} test ratings; "
+                             f"need both (check split.test_fraction and the input size)")
+        blocks = als_blocks(spark, cfg["als"]["blocks"])
+        als = make_als(seed=cfg["als"]["seed"], blocks=blocks,
+                       checkpoint_interval=cfg["als"]["checkpoint_interval"],
+                       nonnegative=cfg["als"]["nonnegative"])
+        tuning = cfg["tune"]
+        log.info("tuning ALS on %d training ratings (%d held out), %d user and item blocks",
+                 train_count, test_count, blocks)
+        result = tune_als(train, als, tuning["grid"], train_ratio=tuning["train_ratio"],
+                          parallelism=tuning["parallelism"], seed=tuning["seed"])
+        params = dict(result.best_params)
+        if tuning["refit_max_iter"]:
+            params["maxIter"] = tuning["refit_max_iter"]
+        model, fit_seconds = fit_als(train, als, params)
+        evaluation = evaluate_model(model, test, k=cfg["evaluate"]["k"],
+                                    threshold=cfg["evaluate"]["relevance_threshold"])
+        model.write().overwrite().save(out.path("model"))
+    finally:
+        try_unpersist(train)
+        try_unpersist(test)
+    spark_als = {
+        "best_params": result.best_params,
+        "model_params": params,
+        "validation": result.validation,
+        "tune_seconds": result.tune_seconds,
+        "train_ratio": tuning["train_ratio"],
+        "fit_seconds": fit_seconds,
+        "blocks": blocks,
+        **evaluation,
+    }
+    log.info("final model %s: test RMSE %.4f, MAE %.4f (fit %.1f s, tuning %.1f s)", params,
+             evaluation["test_rmse"], evaluation["test_mae"], fit_seconds, result.tune_seconds)
+    sections = {"data": {"train_ratings": train_count, "test_ratings": test_count,
+                         "split": {"test_fraction": split["test_fraction"], "seed": split["seed"],
+                                   "method": "xxhash64(user, joke, seed)"}},
+                "spark_als": spark_als}
+    return sections, model, ratings
+
+
+def run_recommend(spark: SparkSession, cfg: dict, out: RunOutputs, model: ALSModel | None = None,
+                  ratings: DataFrame | None = None) -> dict:
+    if model is None:
+        path = out.final_path("model")
+        try:
+            model = ALSModel.load(path)
+        except Exception as exc:
+            raise InputError(f"model {path}: cannot be loaded ({str(exc).splitlines()[0]}); run the tune job "
+                             f"with the same output.dir first") from None
+    if ratings is None:
+        ratings = read_prepared_ratings(spark, out)
+    top_n = cfg["recommend"]["top_n"]
+    recommendations = recommend_unrated(model, ratings, top_n)
+    recommendations.write.mode("overwrite").parquet(out.path("recommendations"))
+    written = spark.read.parquet(out.path("recommendations"))
+    row = written.agg(F.countDistinct("user").alias("users"), F.count(F.lit(1)).alias("rows")).first()
+    rating_users = ratings.select("user").distinct().count()
+    log.info("recommendations: top %d for %d users (%d users have no unrated joke left)", top_n, row["users"],
+             rating_users - row["users"])
+    return {"recommendations": {"top_n": top_n, "users": row["users"], "rows": row["rows"],
+                                "users_without": rating_users - row["users"]}}
+
+
+def run_pipeline(spark: SparkSession, cfg: dict, out: RunOutputs) -> dict:
+    sections, ratings = run_prepare(spark, cfg, out)
+    tuned, model, ratings = run_tune(spark, cfg, out, ratings)
+    merge_sections(sections, tuned)
+    merge_sections(sections, run_recommend(spark, cfg, out, model, ratings))
+    return sections
+
+
+def merge_sections(into: dict, new: dict) -> dict:
+    """Merge ``metrics.json`` sections one level deep (``data`` gathers keys from several jobs)."""
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            into[key].update(value)
+        else:
+            into[key] = value
+    return into
+
+
+def run_manifest(spark: SparkSession, cfg: dict, job: str, out: RunOutputs, started: str, seconds: float) -> dict:
+    import numpy
+
+    resolved = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    return {
+        "job": job, "run_id": out.run_id, "started": started, "finished": now_iso(),
+        "wall_seconds": round(seconds, 2),
+        "config_file": cfg.get("_source"), "config": resolved,
+        "versions": {"jester_als": __version__, "python": platform.python_version(),
+                     "spark": spark.version, "numpy": numpy.__version__},
+        "spark_mode": "connect" if is_connect(spark) else "classic", "master": master_of(spark),
+    }
+
+
+JOBS = {
+    "prepare": lambda spark, cfg, out: run_prepare(spark, cfg, out)[0],
+    "tune": lambda spark, cfg, out: run_tune(spark, cfg, out)[0],
+    "recommend": run_recommend,
+    "pipeline": run_pipeline,
+}
+
+
+def run_spark_job(spark: SparkSession, cfg: dict, job: str) -> dict:
+    """Run one Spark job with staged outputs; returns the full ``metrics.json`` content it committed."""
+    from jester_als.report import render_report
+
+    out = RunOutputs(cfg["output"]["dir"], cfg["output"]["mode"], JOB_OUTPUTS[job])
+    out.check()
+    started, clock = now_iso(), time.perf_counter()
+    try:
+        sections = JOBS[job](spark, cfg, out)
+        metrics = {} if job == "pipeline" else out.read_metrics()
+        merge_sections(metrics, sections)
+        metrics["run"] = run_manifest(spark, cfg, job, out, started, time.perf_counter() - clock)
+        out.commit(metrics, render_report(metrics))
+    finally:
+        out.abort()
+    return metrics

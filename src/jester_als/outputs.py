@@ -1,0 +1,117 @@
+"""Run outputs that are never left half-written: staged, then moved into place when the job succeeds.
+
+A job writes each output (``ratings/``, ``model/``, ...) under ``<output.dir>/.staging-<run id>/`` and, only
+when it has finished, swaps each one into ``<output.dir>`` and rewrites ``metrics.json`` and ``report.md``.
+A failed or killed run leaves the previous outputs as they were; its staging directory is removed (or, after
+a kill, left behind under a name that says what it is).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from datetime import datetime, timezone
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.md"
+
+
+class OutputExistsError(Exception):
+    """``output.mode: error`` and the outputs this job writes already exist."""
+
+
+class OutputLocationError(Exception):
+    """``output.dir`` cannot be used (not a local or mounted path, or not writable)."""
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+class RunOutputs:
+    """The outputs of one job run under ``out_dir``.
+
+    Parameters
+    ----------
+    out_dir : str
+        ``output.dir``: a local path, or a mounted one such as ``/Volumes/...`` or ``/dbfs/...``.
+    mode : {"overwrite", "error"}
+        Whether an existing output this job writes may be replaced.
+    items : list of str
+        The output directories this job writes (checked against ``mode`` before any work starts).
+    """
+
+    def __init__(self, out_dir: str, mode: str, items: list[str]):
+        if "://" in out_dir and not out_dir.startswith("file://"):
+            raise OutputLocationError(
+                f"output.dir {out_dir!r}: only local or mounted paths are supported (outputs are staged and "
+                f"moved into place from the driver); use a mount such as /Volumes/... or /dbfs/...")
+        self.final = os.path.abspath(out_dir.removeprefix("file://"))
+        self.mode = mode
+        self.items = list(items)
+        self.run_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+        self.stage = os.path.join(self.final, f".staging-{self.run_id}")
+        self.committed = False
+
+    def check(self) -> None:
+        """Refuse early when ``mode`` is ``error`` and any of this job's outputs exists."""
+        if os.path.isfile(self.final):
+            raise OutputLocationError(f"output.dir {self.final!r} is a file; expected a directory")
+        if self.mode == "error":
+            existing = [name for name in self.items if os.path.exists(os.path.join(self.final, name))]
+            if existing:
+                raise OutputExistsError(
+                    f"output.dir {self.final!r} already holds {existing} and output.mode is 'error'; "
+                    f"choose another output.dir or set output.mode=overwrite")
+        try:
+            os.makedirs(self.stage, exist_ok=True)
+        except OSError as exc:
+            raise OutputLocationError(f"output.dir {self.final!r}: cannot create it ({exc.strerror})") from None
+
+    def path(self, item: str) -> str:
+        """Where Spark writes ``item`` during the run (inside the staging directory)."""
+        return os.path.join(self.stage, item)
+
+    def final_path(self, item: str) -> str:
+        return os.path.join(self.final, item)
+
+    def read_metrics(self) -> dict:
+        path = self.final_path(METRICS_FILE)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as fh:
+                return json.load(fh)
+        return {}
+
+    def commit(self, metrics: dict, report: str | None) -> None:
+        """Swap every staged item into place, then write metrics.json and report.md."""
+        for item in self.items:
+            staged = self.path(item)
+            if not os.path.exists(staged):
+                continue
+            target = self.final_path(item)
+            previous = os.path.join(self.stage, f".previous-{item}")
+            if os.path.exists(target):
+                os.replace(target, previous)
+            os.replace(staged, target)
+        _atomic_write_text(self.final_path(METRICS_FILE), json.dumps(metrics, indent=2, sort_keys=False) + "\n")
+        if report is not None:
+            _atomic_write_text(self.final_path(REPORT_FILE), report)
+        shutil.rmtree(self.stage, ignore_errors=True)
+        self.committed = True
+        log.info("outputs committed to %s", self.final)
+
+    def abort(self) -> None:
+        if not self.committed:
+            shutil.rmtree(self.stage, ignore_errors=True)

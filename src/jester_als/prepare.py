@@ -1,0 +1,228 @@
+"""Reading the Jester table and turning it into clean long ratings, accounting for every input cell.
+
+The wide table (one row per user, one column per joke) is melted with a ``stack(...)`` expression generated
+from the joke columns actually present. Every cell is then classified:
+
+============  ==================  =============================================================
+status        reason              meaning
+============  ==================  =============================================================
+accepted      ``rated``           a finite number inside the rating range (0.00 is a real rating)
+missing       ``blank``           empty cell: the user did not rate the joke
+missing       ``sentinel``        one of ``input.missing_values`` (99 in the original files)
+rejected      ``not_a_number``    text that is not a number (``abc``, ``N/A``, ``--``)
+rejected      ``not_finite``      NaN or infinity
+rejected      ``out_of_range``    a number outside ``input.rating_range``
+rejected      ``bad_user_id``     the user id is missing or not an integer in Spark's Int range
+rejected      ``bad_joke_id``     long layout: the joke id is missing or not such an integer
+============  ==================  =============================================================
+
+Accepted + missing + rejected always equals the cells read; refused cells are written out with their reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from jester_als.session import try_persist, try_unpersist
+
+log = logging.getLogger(__name__)
+
+INT_MAX = 2**31 - 1
+
+
+class InputError(Exception):
+    """The input cannot be processed; the message names the file or table and what was expected."""
+
+
+def input_name(inp: dict) -> str:
+    return f"table {inp['table']}" if inp["format"] == "table" else f"{inp['format']} file {inp['path']}"
+
+
+def read_table(spark: SparkSession, inp: dict) -> DataFrame:
+    """Read the raw table; CSV cells stay strings so that nothing is guessed before classification."""
+    name = input_name(inp)
+    try:
+        if inp["format"] == "csv":
+            reader = (spark.read.option("header", inp["header"]).option("sep", inp["delimiter"])
+                      .option("inferSchema", False).option("mode", "PERMISSIVE"))
+            table = reader.csv(inp["path"])
+        elif inp["format"] == "parquet":
+            table = spark.read.parquet(inp["path"])
+        else:
+            table = spark.read.table(inp["table"])
+        columns = table.columns
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "PATH_NOT_FOUND" in first or "TABLE_OR_VIEW_NOT_FOUND" in first or "does not exist" in first:
+            raise InputError(f"{name}: does not exist ({first})") from None
+        raise InputError(f"{name}: cannot be read ({first})") from None
+    if not columns:
+        raise InputError(f"{name}: is empty (no header and no rows)")
+    return table
+
+
+def _quote(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def joke_columns(columns: list[str], user_column: str, drop_columns: list[str], source: str) -> list[tuple[str, int]]:
+    """Map the wide table's joke columns to joke ids; every column that is not the user column or dropped
+    must be named by an integer id."""
+    if user_column not in columns:
+        raise InputError(f"{source}: no user column {user_column!r} (columns: {columns[:6]}"
+                         f"{' ...' if len(columns) > 6 else ''}); set input.user_column")
+    jokes = []
+    bad = []
+    for name in columns:
+        if name == user_column or name in drop_columns:
+            continue
+        text = name.strip()
+        if text.lstrip("+-").isdigit() and 0 <= int(text) <= INT_MAX:
+            jokes.append((name, int(text)))
+        else:
+            bad.append(name)
+    if bad:
+        raise InputError(f"{source}: joke column(s) {bad[:5]} are not integer joke ids; expected every column "
+                         f"other than {user_column!r} and input.drop_columns {drop_columns} to be a joke id")
+    ids = [j for _, j in jokes]
+    dupes = sorted({j for j in ids if ids.count(j) > 1})
+    if dupes:
+        raise InputError(f"{source}: joke id(s) {dupes[:5]} appear in more than one column")
+    if not jokes:
+        raise InputError(f"{source}: no joke columns found")
+    return jokes
+
+
+def stack_expression(jokes: list[tuple[str, int]]) -> str:
+    """``stack(n, 1, CAST(`1` AS STRING), 2, ...) AS (joke, raw)`` for the given (column, joke id) pairs."""
+    pairs = ", ".join(f"{joke_id}, CAST({_quote(column)} AS STRING)" for column, joke_id in jokes)
+    return f"stack({len(jokes)}, {pairs}) AS (joke, raw)"
+
+
+def melt_wide_ratings(wide: DataFrame, user_column: str, jokes: list[tuple[str, int]]) -> DataFrame:
+    """Wide table -> one row per (user, joke) cell: ``user_raw`` string, ``joke`` int, ``raw`` string.
+
+    Every cell is kept, blanks included, so that it can be counted."""
+    return wide.select(F.col(_quote(user_column)).cast("string").alias("user_raw"),
+                       F.expr(stack_expression(jokes)))
+
+
+def long_cells(table: DataFrame, columns: dict, source: str) -> DataFrame:
+    """Long table -> the same cell shape as ``melt_wide_ratings``."""
+    missing = [c for c in columns.values() if c not in table.columns]
+    if missing:
+        raise InputError(f"{source}: long layout needs columns {list(columns.values())}; missing {missing} "
+                         f"(set input.long_columns)")
+    return table.select(F.col(_quote(columns["user"])).cast("string").alias("user_raw"),
+                        F.col(_quote(columns["joke"])).cast("string").alias("joke_raw"),
+                        F.col(_quote(columns["rating"])).cast("string").alias("raw"))
+
+
+def _int_id(column: str):
+    """A trimmed string that is a whole number within Int range (``12``, ``12.0``), else null."""
+    as_double = F.expr(f"try_cast(trim({column}) AS DOUBLE)")
+    ok = (as_double.isNotNull() & ~F.isnan(as_double) & (as_double == F.floor(as_double))
+          & (as_double >= 0) & (as_double <= INT_MAX))
+    return F.when(ok, as_double.cast("int"))
+
+
+def classify_cells(cells: DataFrame, *, missing_values: list[float], rating_range: list[float]) -> DataFrame:
+    """Add ``user`` int, ``rating`` double, ``status`` and ``reason`` to every cell (see the module table)."""
+    low, high = float(rating_range[0]), float(rating_range[1])
+    if "joke_raw" in cells.columns:
+        cells = cells.withColumn("joke", _int_id("joke_raw"))
+    else:
+        cells = cells.withColumn("joke_raw", F.col("joke").cast("string"))
+    text = F.trim(F.col("raw"))
+    value = F.expr("try_cast(trim(raw) AS DOUBLE)")
+    sentinel = value.isin([float(v) for v in missing_values]) if missing_values else F.lit(False)
+    reason = (F.when(F.col("raw").isNull() | (text == ""), "blank")
+              .when(value.isNull(), "not_a_number")
+              .when(F.isnan(value) | (F.abs(value) == float("inf")), "not_finite")
+              .when(sentinel, "sentinel")
+              .when((value < low) | (value > high), "out_of_range")
+              .when(F.col("user").isNull(), "bad_user_id")
+              .when(F.col("joke").isNull(), "bad_joke_id")
+              .otherwise("rated"))
+    status = (F.when(F.col("reason") == "rated", "accepted")
+              .when(F.col("reason").isin("blank", "sentinel"), "missing")
+              .otherwise("rejected"))
+    return (cells.withColumn("user", _int_id("user_raw"))
+            .withColumn("rating", value)
+            .withColumn("reason", reason)
+            .withColumn("status", status))
+
+
+@dataclass
+class PreparedRatings:
+    """The clean long ratings, the refused cells, and the count of every cell by status and reason."""
+
+    ratings: DataFrame  # user int, joke int, rating double
+    rejected: DataFrame  # user, joke, value (as read), reason
+    counts: dict  # {"cells": n, "accepted": n, "missing": {...}, "rejected": {...}}
+    source: str
+    classified: DataFrame
+
+    def release(self) -> None:
+        try_unpersist(self.classified)
+
+
+def ratings_cells(spark: SparkSession, inp: dict) -> tuple[DataFrame, str]:
+    """Read the configured input and return its cells (wide melted or long) and the input's name."""
+    source = input_name(inp)
+    table = read_table(spark, inp)
+    if inp["layout"] == "wide":
+        jokes = joke_columns(table.columns, inp["user_column"], inp["drop_columns"], source)
+        log.info("%s: %d joke columns (ids %d..%d)", source, len(jokes), min(j for _, j in jokes),
+                 max(j for _, j in jokes))
+        return melt_wide_ratings(table, inp["user_column"], jokes), source
+    return long_cells(table, inp["long_columns"], source), source
+
+
+def count_cells(classified: DataFrame) -> dict:
+    rows = classified.groupBy("status", "reason").count().collect()
+    counts = {"cells": 0, "accepted": 0, "missing": {}, "rejected": {}}
+    for row in rows:
+        counts["cells"] += row["count"]
+        if row["status"] == "accepted":
+            counts["accepted"] += row["count"]
+        else:
+            counts[row["status"]][row["reason"]] = row["count"]
+    counts["missing_total"] = sum(counts["missing"].values())
+    counts["rejected_total"] = sum(counts["rejected"].values())
+    return counts
+
+
+def prepare_ratings(spark: SparkSession, inp: dict) -> PreparedRatings:
+    """Read, melt and classify the configured input, and count every cell.
+
+    The classified cells are persisted (they feed the counts, the ratings and the refused cells); call
+    ``release()`` on the result once the outputs are written."""
+    cells, source = ratings_cells(spark, inp)
+    classified = try_persist(
+        classify_cells(cells, missing_values=inp["missing_values"], rating_range=inp["rating_range"]),
+        "the classified input cells")
+    counts = count_cells(classified)
+    if counts["cells"] == 0:
+        try_unpersist(classified)
+        raise InputError(f"{source}: has a header but no rows")
+    ratings = (classified.where(F.col("status") == "accepted")
+               .select("user", "joke", "rating"))
+    rejected = (classified.where(F.col("status") == "rejected")
+                .select(F.col("user_raw").alias("user"), F.col("joke_raw").alias("joke"),
+                        F.col("raw").alias("value"), "reason"))
+    return PreparedRatings(ratings, rejected, counts, source, classified)
+
+
+def check_duplicates(ratings: DataFrame, source: str) -> None:
+    """Two ratings for one (user, joke) mean the table repeats a user id or a joke column."""
+    dupes = ratings.groupBy("user", "joke").count().where("count > 1")
+    first = dupes.limit(3).collect()
+    if first:
+        shown = ", ".join(f"user {r['user']} joke {r['joke']}" for r in first)
+        raise InputError(f"{source}: more than one rating for the same user and joke ({shown}); "
+                         f"each user id must appear on one row only")

@@ -1,0 +1,27 @@
+"""Top-N jokes per user that the user has not rated, from a fitted ALS model."""
+
+from __future__ import annotations
+
+from pyspark.ml.recommendation import ALSModel
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+
+def recommend_unrated(model: ALSModel, rated: DataFrame, top_n: int) -> DataFrame:
+    """``user``, ``rank`` (1 = best), ``joke``, ``score`` for every user in the model.
+
+    ``rated`` holds every known rating (train and test): a joke the user rated is never recommended.
+    ALS ranks all jokes for a user in its blocked top-k; asking for ``top_n`` plus the most any user has
+    rated guarantees ``top_n`` unrated jokes survive the filter without scoring a users x jokes product.
+    """
+    most_rated = rated.groupBy("user").count().agg(F.max("count")).first()[0] or 0
+    jokes = model.itemFactors.count()
+    k = int(min(jokes, top_n + most_rated))
+    candidates = (model.recommendForAllUsers(k)
+                  .select("user", F.explode("recommendations").alias("r"))
+                  .select("user", F.col("r.joke").alias("joke"), F.col("r.rating").cast("double").alias("score")))
+    unrated = candidates.join(rated.select("user", "joke"), on=["user", "joke"], how="left_anti")
+    order = Window.partitionBy("user").orderBy(F.col("score").desc(), F.col("joke"))
+    return (unrated.withColumn("rank", F.row_number().over(order))
+            .where(F.col("rank") <= top_n)
+            .select("user", "rank", "joke", "score"))

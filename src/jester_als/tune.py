@@ -1,0 +1,145 @@
+"""Splitting the ratings, tuning Spark ML ALS with TrainValidationSplit, and held-out evaluation.
+
+The split is over ratings, never over users or ids: each (user, joke) pair goes to test when a seeded hash
+of the pair falls below ``test_fraction``. It is therefore a pure function of the data and the seed: the
+same in every run, on every partitioning, and in every job that recomputes it (``baseline`` uses exactly
+the rows ``tune`` held out). Tuning results are read through public APIs only (``getEstimatorParamMaps``
+and ``validationMetrics``), which also work over Spark Connect.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from pyspark.ml.evaluation import RankingEvaluator, RegressionEvaluator
+from pyspark.ml.recommendation import ALS, ALSModel
+from pyspark.ml.tuning import ParamGridBuilder, TrainValidationSplit
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+log = logging.getLogger(__name__)
+
+SPLIT_BUCKETS = 1_000_000
+
+
+def split_ratings(ratings: DataFrame, *, test_fraction: float, seed: int) -> tuple[DataFrame, DataFrame]:
+    """Split ratings into (train, test) by a seeded hash of (user, joke)."""
+    bucket = F.pmod(F.xxhash64("user", "joke", F.lit(seed)), F.lit(SPLIT_BUCKETS))
+    is_test = bucket < F.lit(int(round(test_fraction * SPLIT_BUCKETS)))
+    return ratings.where(~is_test), ratings.where(is_test)
+
+
+def make_als(*, seed: int, blocks: int, checkpoint_interval: int = 10, nonnegative: bool = False) -> ALS:
+    """Explicit-feedback ALS on (user, joke, rating). ``coldStartStrategy='drop'`` keeps NaN predictions
+    (users or jokes unseen in training) out of every metric."""
+    return ALS(userCol="user", itemCol="joke", ratingCol="rating", implicitPrefs=False,
+               coldStartStrategy="drop", seed=seed, numUserBlocks=blocks, numItemBlocks=blocks,
+               checkpointInterval=checkpoint_interval, nonnegative=nonnegative)
+
+
+def param_grid(als: ALS, grid: dict) -> list:
+    """ParamGridBuilder over every ALS parameter named in the YAML grid, in a stable order."""
+    builder = ParamGridBuilder()
+    for name in sorted(grid):
+        builder = builder.addGrid(als.getParam(name), list(grid[name]))
+    return builder.build()
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else value
+
+
+@dataclass
+class TuneResult:
+    best_params: dict
+    validation: list[dict]  # one per grid point: params and validation RMSE
+    tune_seconds: float
+
+
+def tune_als(train: DataFrame, als: ALS, grid: dict, *, train_ratio: float, parallelism: int,
+             seed: int) -> TuneResult:
+    """Run TrainValidationSplit over the grid on the training ratings and report every grid point."""
+    param_maps = param_grid(als, grid)
+    evaluator = RegressionEvaluator(metricName="rmse", labelCol="rating", predictionCol="prediction")
+    tvs = TrainValidationSplit(estimator=als, estimatorParamMaps=param_maps, evaluator=evaluator,
+                               trainRatio=train_ratio, parallelism=parallelism, seed=seed)
+    log.info("TrainValidationSplit: %d grid points, trainRatio %.2f, parallelism %d",
+             len(param_maps), train_ratio, parallelism)
+    started = time.perf_counter()
+    tvs_model = tvs.fit(train)
+    tune_seconds = time.perf_counter() - started
+    validation = []
+    for param_map, rmse in zip(tvs_model.getEstimatorParamMaps(), tvs_model.validationMetrics):
+        params = {p.name: _plain(v) for p, v in param_map.items()}
+        validation.append({"params": dict(sorted(params.items())), "validation_rmse": float(rmse)})
+        log.info("  %s -> validation RMSE %.4f", params, rmse)
+    best = min(validation, key=lambda point: point["validation_rmse"])
+    best_params = dict(best["params"])
+    # Params not in the grid are the estimator's own; name the ones the contract promises.
+    for name in ("rank", "regParam", "maxIter"):
+        best_params.setdefault(name, _plain(als.getOrDefault(name)))
+    return TuneResult(best_params=best_params, validation=validation, tune_seconds=tune_seconds)
+
+
+def fit_als(train: DataFrame, als: ALS, params: dict) -> tuple[ALSModel, float]:
+    """Fit ALS with the given params on all training ratings; returns the model and the fit wall time."""
+    estimator = als.copy({als.getParam(name): value for name, value in params.items()})
+    started = time.perf_counter()
+    model = estimator.fit(train)
+    # fit() is eager for ALS (factors are computed and cached), so this times the whole optimisation.
+    return model, time.perf_counter() - started
+
+
+def regression_metrics(predictions: DataFrame, *, label: str = "rating", prediction: str = "prediction") -> dict:
+    """RMSE and MAE of predictions against held-out ratings, in one pass."""
+    row = predictions.agg(
+        F.sqrt(F.avg(F.pow(F.col(prediction) - F.col(label), 2))).alias("rmse"),
+        F.avg(F.abs(F.col(prediction) - F.col(label))).alias("mae"),
+        F.count(F.lit(1)).alias("rows"),
+    ).first()
+    if not row["rows"]:
+        raise ValueError("no predictions to evaluate: every test rating belongs to a user or joke unseen in "
+                         "training")
+    return {"rmse": float(row["rmse"]), "mae": float(row["mae"]), "rows": int(row["rows"])}
+
+
+def ranking_metrics(predictions: DataFrame, *, k: int, threshold: float) -> dict:
+    """Precision@k and NDCG@k of ranking each user's held-out jokes by predicted rating.
+
+    Relevant jokes are the user's held-out ratings >= ``threshold``; only held-out jokes are ranked because
+    the relevance of a joke the user never rated is unknown. Users with no relevant held-out joke are
+    left out (their precision is undefined). Uses Spark's ``RankingEvaluator`` definitions.
+    """
+    by_score = Window.partitionBy("user").orderBy(F.col("prediction").desc(), F.col("joke"))
+    by_rating = Window.partitionBy("user").orderBy(F.col("rating").desc(), F.col("joke"))
+    ranked = (predictions
+              .withColumn("pred_pos", F.row_number().over(by_score))
+              .withColumn("label_pos", F.row_number().over(by_rating)))
+    per_user = ranked.groupBy("user").agg(
+        F.transform(F.array_sort(F.collect_list(F.struct("pred_pos", F.col("joke").cast("double").alias("j")))),
+                    lambda s: s["j"]).alias("ranked_jokes"),
+        F.transform(F.array_sort(F.collect_list(
+            F.when(F.col("rating") >= threshold, F.struct("label_pos", F.col("joke").cast("double").alias("j"))))),
+            lambda s: s["j"]).alias("relevant_jokes"),
+    ).where(F.size("relevant_jokes") > 0)
+    users = per_user.count()
+    if users == 0:
+        return {"precision_at_k": None, "ndcg_at_k": None, "k": k, "users": 0}
+    result = {"k": k, "users": users, "relevance_threshold": threshold}
+    for metric, key in (("precisionAtK", "precision_at_k"), ("ndcgAtK", "ndcg_at_k")):
+        evaluator = RankingEvaluator(predictionCol="ranked_jokes", labelCol="relevant_jokes",
+                                     metricName=metric, k=k)
+        result[key] = float(evaluator.evaluate(per_user))
+    return result
+
+
+def evaluate_model(model: ALSModel, test: DataFrame, *, k: int, threshold: float) -> dict:
+    """Score the held-out ratings: RMSE, MAE, precision@k, NDCG@k, and how many test rows were scored."""
+    predictions = model.transform(test)  # coldStartStrategy=drop removes unseen users and jokes
+    scores = regression_metrics(predictions)
+    ranking = ranking_metrics(predictions, k=k, threshold=threshold)
+    return {"test_rmse": scores["rmse"], "test_mae": scores["mae"], "test_rows_scored": scores["rows"],
+            f"precision_at_{k}": ranking["precision_at_k"], f"ndcg_at_{k}": ranking["ndcg_at_k"],
+            "ranking": ranking}

@@ -1,0 +1,65 @@
+"""One local SparkSession for the whole test session, and small generated tables."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+EXCERPT = SHARED_DATA / "jester_seed_excerpt.csv"
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from pyspark.sql import SparkSession
+
+    scratch = tempfile.mkdtemp(prefix="jester-als-tests-")
+    session = (SparkSession.builder.master("local[2]").appName("jester-als-tests")
+               .config("spark.sql.shuffle.partitions", "2")
+               .config("spark.default.parallelism", "2")
+               .config("spark.ui.enabled", "false")
+               .config("spark.ui.showConsoleProgress", "false")
+               .config("spark.driver.bindAddress", "127.0.0.1")
+               .config("spark.local.dir", os.path.join(scratch, "local"))
+               .config("spark.checkpoint.dir", os.path.join(scratch, "checkpoints"))
+               .config("spark.log.level", "ERROR")
+               .getOrCreate())
+    yield session
+    session.stop()
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def excerpt_path() -> Path:
+    if not EXCERPT.exists():
+        pytest.fail(f"the real Jester excerpt is missing: {EXCERPT} (it ships in ../shared/data)")
+    return EXCERPT
+
+
+def small_params(**overrides):
+    """A small Jester-shaped table with a pure planted rank-3 structure (no user or joke effects, which
+    would add two ranks ALS has to spend on them) plus noise of standard deviation 1."""
+    from jester_als.generate import GeneratorParams
+
+    base = dict(users=400, jokes=40, rank=3, noise=1.0, factor_scale=3.0, user_bias=0.0, joke_bias=0.0,
+                mean=0.0, min_ratings=20, mean_ratings=30, gauge_jokes=10, zero_fraction=0.0, seed=11)
+    base.update(overrides)
+    return GeneratorParams(**base)
+
+
+@pytest.fixture(scope="session")
+def small_table(tmp_path_factory):
+    """Path of a small generated wide CSV, and its parameters."""
+    from jester_als.generate import write_wide_csv
+
+    params = small_params()
+    path = tmp_path_factory.mktemp("small") / "jester_small.csv"
+    write_wide_csv(params, str(path))
+    return path, params

@@ -1,0 +1,109 @@
+"""Config validation: every problem at once, each with its key path; typed --set overrides."""
+
+from __future__ import annotations
+
+import pytest
+
+from jester_als.cli import main
+from jester_als.config import ConfigError, load_config, parse_override
+
+ROOT_CONF = "conf/local.yaml"
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_shipped_configs_are_valid():
+    cfg = load_config(ROOT_CONF)
+    assert cfg["input"]["path"] == "data/jester_synthetic.csv"
+    assert cfg["tune"]["grid"]["rank"] == [5, 10]
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = write(tmp_path, "output: {dir: out}\ntune: {grdi: {rank: [5]}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "tune.grdi: unknown key" in str(err.value)
+    assert path in str(err.value)
+
+
+def test_wrong_types_and_values_are_all_reported_at_once(tmp_path):
+    path = write(tmp_path, """
+output: {dir: out}
+split: {test_fraction: 1.5, seed: "forty-two"}
+tune:
+  grid: {rank: [0, 5], regParam: [-0.1], maxIter: []}
+  parallelism: two
+""")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    problems = err.value.problems
+    assert "split.test_fraction: must be between 0 and 1 (exclusive), got 1.5" in problems
+    assert "split.seed: expected integer, got 'forty-two'" in problems
+    assert "tune.parallelism: expected integer, got 'two'" in problems
+    assert "tune.grid.rank: 0 must be >= 1" in problems
+    assert "tune.grid.regParam: -0.1 must be >= 0" in problems
+    assert "tune.grid.maxIter: empty list (give at least one value)" in problems
+
+
+def test_missing_required_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"output.dir: required"):
+        load_config(write(tmp_path, "input: {path: x.csv}\n"))
+
+
+def test_grid_names_only_als_params(tmp_path):
+    with pytest.raises(ConfigError, match=r"tune.grid.learningRate: not an ALS parameter"):
+        load_config(write(tmp_path, "output: {dir: o}\ntune: {grid: {learningRate: [0.1]}}\n"))
+
+
+def test_set_overrides_are_typed():
+    cfg = load_config(ROOT_CONF, ["tune.grid.rank=[3, 7]", "split.test_fraction=0.25", "tune.parallelism=1",
+                                  "als.blocks=4", "output.mode=error", "spark.conf.spark.sql.shuffle.partitions=8"])
+    assert cfg["tune"]["grid"]["rank"] == [3, 7]
+    assert cfg["split"]["test_fraction"] == 0.25
+    assert cfg["als"]["blocks"] == 4
+    assert cfg["output"]["mode"] == "error"
+    assert cfg["spark"]["conf"]["spark.sql.shuffle.partitions"] == 8
+
+
+def test_set_override_with_wrong_type_is_refused():
+    with pytest.raises(ConfigError, match=r"tune.parallelism: expected integer, got 'many'"):
+        load_config(ROOT_CONF, ["tune.parallelism=many"])
+
+
+def test_int_stands_for_float():
+    cfg = load_config(ROOT_CONF, ["tune.grid.regParam=[1]"])
+    assert cfg["tune"]["grid"]["regParam"] == [1.0] and isinstance(cfg["tune"]["grid"]["regParam"][0], float)
+
+
+def test_malformed_set_is_a_usage_error():
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        parse_override("tune.parallelism")
+
+
+def test_output_dir_that_is_a_file_is_refused(tmp_path):
+    afile = tmp_path / "f"
+    afile.write_text("x")
+    with pytest.raises(ConfigError, match=r"output.dir: .* is a file"):
+        load_config(ROOT_CONF, [f"output.dir={afile}"])
+
+
+def test_cli_exits_2_on_config_errors_before_spark_starts(tmp_path, capsys):
+    assert main(["tune", "--conf", ROOT_CONF, "--set", "tune.grid.rank=[]", "--set", "bogus=1"]) == 2
+    err = capsys.readouterr().err
+    assert "tune.grid.rank: empty list" in err and "bogus: unknown key" in err
+
+
+def test_cli_exits_2_on_missing_config_file(capsys):
+    assert main(["prepare", "--conf", "no/such.yaml"]) == 2
+    assert "config file 'no/such.yaml' does not exist" in capsys.readouterr().err
+
+
+def test_every_job_has_help(capsys):
+    for job in ("generate", "prepare", "tune", "recommend", "pipeline"):
+        assert main([job, "--help"]) == 0
+        assert "--conf" in capsys.readouterr().out
+    assert main(["nonsense"]) == 2

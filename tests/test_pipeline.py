@@ -1,0 +1,91 @@
+"""The pipeline job end to end through its entry point, on small generated data: every output checked."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from pyspark.ml.recommendation import ALSModel
+from pyspark.sql import functions as F
+
+from jester_als.cli import main
+
+TOP_N = 5
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(spark, small_table, tmp_path_factory):
+    path, params = small_table
+    out = tmp_path_factory.mktemp("pipeline") / "out"
+    argv = ["pipeline", "--conf", "conf/local.yaml",
+            "--set", f"input.path={path}", "--set", f"output.dir={out}",
+            "--set", "tune.grid={rank: [2, 3], regParam: [0.1], maxIter: [8]}",
+            "--set", "tune.refit_max_iter=12", "--set", f"recommend.top_n={TOP_N}",
+            "--set", "evaluate.relevance_threshold=3.0"]
+    assert main(argv) == 0
+    return out, params, argv
+
+
+def test_metrics_hold_the_contract_keys(pipeline_run):
+    out, params, _ = pipeline_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    data = metrics["data"]
+    assert data["users"] == params.users and data["items"] == params.jokes
+    assert data["train_ratings"] + data["test_ratings"] == data["ratings"]
+    assert data["rejected"] == 0
+    assert data["cells"]["read"] == params.users * params.jokes == data["ratings"] + data["missing"]
+    spark_als = metrics["spark_als"]
+    assert set(spark_als["best_params"]) >= {"rank", "regParam", "maxIter"}
+    assert spark_als["model_params"]["maxIter"] == 12
+    assert len(spark_als["validation"]) == 2
+    assert spark_als["test_rmse"] < 1.3 * params.noise
+    assert 0 < spark_als["test_mae"] < spark_als["test_rmse"]
+    assert spark_als["fit_seconds"] > 0
+    assert metrics["run"]["job"] == "pipeline"
+    assert metrics["run"]["versions"]["spark"].startswith("4.")
+
+
+def test_report_shows_the_results(pipeline_run):
+    out, _, _ = pipeline_run
+    report = (out / "report.md").read_text()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "## Engines on the same held-out ratings" in report
+    assert f"{metrics['spark_als']['test_rmse']:.4f}" in report
+    assert report.count("| maxIter=8, rank=") == 2 and "best" in report
+
+
+def test_ratings_model_and_recommendations_are_written(spark, pipeline_run):
+    out, params, _ = pipeline_run
+    ratings = spark.read.parquet(str(out / "ratings"))
+    assert [(f.name, f.dataType.simpleString()) for f in ratings.schema] == [
+        ("user", "int"), ("joke", "int"), ("rating", "double")]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert ratings.count() == metrics["data"]["ratings"]
+    assert spark.read.parquet(str(out / "rejected")).columns == ["user", "joke", "value", "reason"]
+
+    model = ALSModel.load(str(out / "model"))
+    assert model.rank == metrics["spark_als"]["model_params"]["rank"]
+
+    recs = spark.read.parquet(str(out / "recommendations"))
+    assert recs.columns == ["user", "rank", "joke", "score"]
+    per_user = recs.groupBy("user").agg(F.count("*").alias("n"), F.collect_list("rank").alias("ranks"))
+    assert per_user.where(F.col("n") != TOP_N).count() == 0
+    assert per_user.count() == metrics["recommendations"]["users"]
+    # never a joke the user already rated (in train or test)
+    assert recs.join(ratings, ["user", "joke"]).count() == 0
+    # rank 1 has the highest score
+    ordered = recs.groupBy("user").agg(F.sort_array(F.collect_list(F.struct("rank", "score"))).alias("s"))
+    for row in ordered.limit(20).collect():
+        scores = [s["score"] for s in row["s"]]
+        assert scores == sorted(scores, reverse=True)
+    assert not [p for p in os.listdir(out) if p.startswith(".staging")]
+
+
+def test_output_mode_error_refuses_and_keeps_previous_outputs(pipeline_run, capsys):
+    out, _, argv = pipeline_run
+    before = (out / "metrics.json").read_bytes()
+    assert main(argv + ["--set", "output.mode=error"]) == 1
+    assert "already holds" in capsys.readouterr().err
+    assert (out / "metrics.json").read_bytes() == before
+    assert not [p for p in os.listdir(out) if p.startswith(".staging")]

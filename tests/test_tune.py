@@ -1,0 +1,79 @@
+"""Split and tuning: a planted rank-3 structure is recovered and every grid point is reported."""
+
+from __future__ import annotations
+
+import pytest
+from pyspark.sql import functions as F
+
+from jester_als.config import load_config
+from jester_als.prepare import prepare_ratings
+from jester_als.tune import evaluate_model, fit_als, make_als, ranking_metrics, split_ratings, tune_als
+
+
+@pytest.fixture(scope="module")
+def small_ratings(spark, small_table):
+    path, params = small_table
+    cfg = load_config(None, [f"input.path={path}", "output.dir=/tmp/unused"])
+    prepared = prepare_ratings(spark, cfg["input"])
+    ratings = prepared.ratings.persist()
+    ratings.count()
+    prepared.release()
+    yield ratings, params
+    ratings.unpersist()
+
+
+def test_split_is_over_ratings_deterministic_and_disjoint(small_ratings):
+    ratings, _ = small_ratings
+    train, test = split_ratings(ratings, test_fraction=0.2, seed=42)
+    again_train, again_test = split_ratings(ratings.repartition(7), test_fraction=0.2, seed=42)
+    keys = lambda df: {(r["user"], r["joke"]) for r in df.select("user", "joke").collect()}
+    train_keys, test_keys = keys(train), keys(test)
+    assert train_keys.isdisjoint(test_keys)
+    assert len(train_keys) + len(test_keys) == ratings.count()
+    assert keys(again_test) == test_keys and keys(again_train) == train_keys  # same on any partitioning
+    share = len(test_keys) / ratings.count()
+    assert 0.18 < share < 0.22
+    # Users are not split: almost every user has ratings on both sides.
+    users_in_both = train.select("user").distinct().intersect(test.select("user").distinct()).count()
+    assert users_in_both >= 0.99 * ratings.select("user").distinct().count()
+    other_seed = keys(split_ratings(ratings, test_fraction=0.2, seed=43)[1])
+    assert other_seed != test_keys
+
+
+def test_tuning_recovers_planted_structure_and_reports_every_grid_point(spark, small_ratings):
+    ratings, params = small_ratings
+    sigma = params.noise
+    train, test = split_ratings(ratings, test_fraction=0.2, seed=42)
+    train, test = train.persist(), test.persist()
+    als = make_als(seed=1, blocks=2)
+    grid = {"rank": [1, 3], "regParam": [0.05, 0.5], "maxIter": [10]}
+    result = tune_als(train, als, grid, train_ratio=0.8, parallelism=2, seed=1)
+
+    assert len(result.validation) == 4
+    assert {(p["params"]["rank"], p["params"]["regParam"]) for p in result.validation} == {
+        (1, 0.05), (1, 0.5), (3, 0.05), (3, 0.5)}
+    assert all(p["validation_rmse"] > 0 for p in result.validation)
+    best = min(result.validation, key=lambda p: p["validation_rmse"])
+    assert result.best_params == {**best["params"]}
+    assert result.best_params["rank"] == 3  # the planted rank beats rank 1
+
+    model, seconds = fit_als(train, als, result.best_params)
+    scores = evaluate_model(model, test, k=5, threshold=3.0)
+    global_mean = train.agg(F.avg("rating")).first()[0]
+    global_rmse = test.agg(F.sqrt(F.avg((F.col("rating") - global_mean) ** 2))).first()[0]
+    assert scores["test_rmse"] < 1.3 * sigma
+    assert scores["test_rmse"] < 0.5 * global_rmse
+    assert scores["test_mae"] < scores["test_rmse"]
+    # Ranking: between ordering each user's held-out jokes by their true rating (best possible) and by its
+    # opposite (worst possible), the model's order sits close to the best.
+    predictions = model.transform(test)
+    best_order = ranking_metrics(predictions.withColumn("prediction", F.col("rating")), k=5, threshold=3.0)
+    worst_order = ranking_metrics(predictions.withColumn("prediction", -F.col("rating")), k=5, threshold=3.0)
+    for key in ("precision_at_k", "ndcg_at_k"):
+        model_score = scores[key.replace("_k", "_5")]
+        print(key, worst_order[key], model_score, best_order[key])
+        assert model_score > worst_order[key] + 0.8 * (best_order[key] - worst_order[key])
+    assert scores["test_rows_scored"] == test.count()
+    assert seconds > 0
+    train.unpersist()
+    test.unpersist()
