@@ -12,8 +12,9 @@ import pytest
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
-EXCERPT = SHARED_DATA / "jester_seed_excerpt.csv"
+# The first 10 rows of the seed's real Jester table (../shared/data), kept in the repo so tests run anywhere.
+EXCERPT = ROOT / "tests" / "data" / "jester_seed_excerpt.csv"
+SHARED_EXCERPT = ROOT.parent / "shared" / "data" / "jester_seed_excerpt.csv"
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +40,9 @@ def spark():
 @pytest.fixture(scope="session")
 def excerpt_path() -> Path:
     if not EXCERPT.exists():
-        pytest.fail(f"the real Jester excerpt is missing: {EXCERPT} (it ships in ../shared/data)")
+        pytest.fail(f"the real Jester excerpt is missing: {EXCERPT}")
+    if SHARED_EXCERPT.exists():
+        assert SHARED_EXCERPT.read_bytes() == EXCERPT.read_bytes(), "tests/data excerpt differs from shared/"
     return EXCERPT
 
 
