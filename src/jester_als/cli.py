@@ -22,9 +22,10 @@ JOB_HELP = {
     "prepare": "read the Jester table, melt it to (user, joke, rating), write ratings/ and rejected/",
     "tune": "split the ratings, tune ALS with TrainValidationSplit, evaluate on test, save model/",
     "recommend": "top-N unrated jokes per user from the saved model into recommendations/",
-    "pipeline": "prepare, tune and recommend in one run, with metrics.json and report.md",
+    "baseline": "NumPy ALS and simple baselines on a collected sample, against Spark ALS on the same rows",
+    "pipeline": "prepare, tune, baseline and recommend in one run, with metrics.json and report.md",
 }
-SPARK_JOBS = ("prepare", "tune", "recommend", "pipeline")
+SPARK_JOBS = ("prepare", "tune", "recommend", "baseline", "pipeline")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +63,12 @@ def _summary(job: str, metrics: dict, seconds: float) -> str:
         lines.append(f"  Spark ALS {spark.get('model_params', spark['best_params'])}: test RMSE {spark['test_rmse']:.4f}, "
                      f"MAE {spark['test_mae']:.4f} (tuning {spark['tune_seconds']:.1f} s over "
                      f"{len(spark['validation'])} grid points, final fit {spark['fit_seconds']:.1f} s)")
+    numpy_als, baselines = metrics.get("numpy_als"), metrics.get("baselines")
+    if numpy_als and baselines and job in ("baseline", "pipeline"):
+        lines.append(f"  same {numpy_als['rows']:,} held-out ratings of {numpy_als['sample_users']:,} sampled users: "
+                     f"test RMSE Spark ALS {numpy_als['spark_test_rmse_same_rows']:.4f} | NumPy ALS "
+                     f"{numpy_als['test_rmse']:.4f} (fit {numpy_als['fit_seconds']:.2f} s) | user+joke bias "
+                     f"{baselines['bias']['test_rmse']:.4f} | global mean {baselines['global_mean']['test_rmse']:.4f}")
     recs = metrics.get("recommendations")
     if recs and job in ("recommend", "pipeline"):
         lines.append(f"  recommendations: top {recs['top_n']} for {recs['users']:,} users")

@@ -188,6 +188,19 @@ SCHEMA: dict[str, Any] = {
     "recommend": {
         "top_n": Field(int, 10, check=_positive),
     },
+    "baseline": {
+        "max_users": Field(int, 100_000, nullable=True, check=_positive,
+                           doc="collect at most this many users to the driver (null: no cap)"),
+        "fraction": Field((int, float), None, nullable=True, check=_unit,
+                          doc="sample this share of users first (null: all)"),
+        "seed": Field(int, 42, doc="seeds the user sample and NumPy ALS's initialization"),
+        "params": MapOf((int, float), {}, doc="rank, regParam, maxIter for NumPy ALS (default: Spark's model)"),
+        "tol": Field((int, float), None, nullable=True, check=_positive,
+                     doc="stop NumPy ALS when the training RMSE improves by less than this"),
+        "dense_budget_mb": Field((int, float), 512, check=_non_negative,
+                                 doc="largest dense users x jokes pattern NumPy ALS may build"),
+        "bias_reg": Field((int, float), 10.0, check=_non_negative, doc="regularization of the bias baseline"),
+    },
     "output": {
         "dir": Field(str, doc="every output of a run goes under this directory"),
         "mode": Field(str, "overwrite", choices=("overwrite", "error"),
@@ -323,6 +336,12 @@ def _cross_checks(cfg: dict, problems: list[str]) -> None:
                 gen["min_ratings"] <= gen["mean_ratings"] <= gen["jokes"]):
             problems.append(f"generate.mean_ratings: {gen['mean_ratings']} must lie between generate.min_ratings "
                             f"and generate.jokes")
+    params = cfg["baseline"].get("params") or {}
+    for name in params:
+        if name not in ("rank", "regParam", "maxIter"):
+            problems.append(f"baseline.params.{name}: unknown (expected rank, regParam, maxIter)")
+    if params and set(params) != {"rank", "regParam", "maxIter"}:
+        problems.append("baseline.params: give all of rank, regParam, maxIter (or none to use Spark's)")
     out = cfg["output"].get("dir")
     if isinstance(out, str) and "://" not in out and os.path.isfile(out):
         problems.append(f"output.dir: {out!r} is a file (expected a directory or a path that does not exist)")

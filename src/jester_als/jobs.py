@@ -26,6 +26,7 @@ JOB_OUTPUTS = {
     "prepare": ["ratings", "rejected"],
     "tune": ["model"],
     "recommend": ["recommendations"],
+    "baseline": [],
     "pipeline": ["ratings", "rejected", "model", "recommendations"],
 }
 
@@ -128,12 +129,7 @@ def run_tune(spark: SparkSession, cfg: dict, out: RunOutputs,
 def run_recommend(spark: SparkSession, cfg: dict, out: RunOutputs, model: ALSModel | None = None,
                   ratings: DataFrame | None = None) -> dict:
     if model is None:
-        path = out.final_path("model")
-        try:
-            model = ALSModel.load(path)
-        except Exception as exc:
-            raise InputError(f"model {path}: cannot be loaded ({str(exc).splitlines()[0]}); run the tune job "
-                             f"with the same output.dir first") from None
+        model = load_model(out)
     if ratings is None:
         ratings = read_prepared_ratings(spark, out)
     top_n = cfg["recommend"]["top_n"]
@@ -148,10 +144,39 @@ def run_recommend(spark: SparkSession, cfg: dict, out: RunOutputs, model: ALSMod
                                 "users_without": rating_users - row["users"]}}
 
 
+def load_model(out: RunOutputs) -> ALSModel:
+    path = out.final_path("model")
+    try:
+        return ALSModel.load(path)
+    except Exception as exc:
+        raise InputError(f"model {path}: cannot be loaded ({str(exc).splitlines()[0]}); run the tune job "
+                         f"with the same output.dir first") from None
+
+
+def run_baseline(spark: SparkSession, cfg: dict, out: RunOutputs, model: ALSModel | None = None,
+                 ratings: DataFrame | None = None, spark_params: dict | None = None) -> dict:
+    """NumPy ALS and the baselines on a collected sample, against the Spark model on the same rows."""
+    from jester_als.baseline import compare_engines
+
+    model = model or load_model(out)
+    ratings = ratings if ratings is not None else read_prepared_ratings(spark, out)
+    params = cfg["baseline"]["params"] or spark_params
+    if not params:
+        params = (out.read_metrics().get("spark_als") or {}).get("model_params")
+    if not params:
+        raise InputError(f"baseline: no ALS params to use; set baseline.params or run tune first so that "
+                         f"{out.final_path('metrics.json')} holds spark_als.model_params")
+    try:
+        return compare_engines(spark, model, ratings, cfg, params)
+    except ValueError as exc:
+        raise InputError(f"baseline: {exc}") from None
+
+
 def run_pipeline(spark: SparkSession, cfg: dict, out: RunOutputs) -> dict:
     sections, ratings = run_prepare(spark, cfg, out)
     tuned, model, ratings = run_tune(spark, cfg, out, ratings)
     merge_sections(sections, tuned)
+    merge_sections(sections, run_baseline(spark, cfg, out, model, ratings, tuned["spark_als"]["model_params"]))
     merge_sections(sections, run_recommend(spark, cfg, out, model, ratings))
     return sections
 
@@ -184,6 +209,7 @@ JOBS = {
     "prepare": lambda spark, cfg, out: run_prepare(spark, cfg, out)[0],
     "tune": lambda spark, cfg, out: run_tune(spark, cfg, out)[0],
     "recommend": run_recommend,
+    "baseline": run_baseline,
     "pipeline": run_pipeline,
 }
 

@@ -24,10 +24,15 @@ log = logging.getLogger(__name__)
 SPLIT_BUCKETS = 1_000_000
 
 
+def is_test_rating(*, test_fraction: float, seed: int):
+    """Boolean column: this (user, joke) rating is held out for test."""
+    bucket = F.pmod(F.xxhash64("user", "joke", F.lit(seed)), F.lit(SPLIT_BUCKETS))
+    return bucket < F.lit(int(round(test_fraction * SPLIT_BUCKETS)))
+
+
 def split_ratings(ratings: DataFrame, *, test_fraction: float, seed: int) -> tuple[DataFrame, DataFrame]:
     """Split ratings into (train, test) by a seeded hash of (user, joke)."""
-    bucket = F.pmod(F.xxhash64("user", "joke", F.lit(seed)), F.lit(SPLIT_BUCKETS))
-    is_test = bucket < F.lit(int(round(test_fraction * SPLIT_BUCKETS)))
+    is_test = is_test_rating(test_fraction=test_fraction, seed=seed)
     return ratings.where(~is_test), ratings.where(is_test)
 
 

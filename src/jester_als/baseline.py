@@ -1,0 +1,162 @@
+"""The driver-side comparison: a sample of users collected with Arrow, NumPy ALS and simple baselines fitted
+on its training ratings, and every engine (Spark ALS included) scored on exactly the same held-out rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from jester_als.numpy_als import RatingMatrix, fit_numpy_als, rmse_mae
+from jester_als.tune import SPLIT_BUCKETS, is_test_rating
+
+log = logging.getLogger(__name__)
+
+# What the seed notebook estimated the whole wide table takes in memory.
+SEED_TABLE_ESTIMATE_MB = 19.25
+
+
+def sample_users(ratings: DataFrame, *, max_users: int | None, fraction: float | None, seed: int) -> DataFrame:
+    """The sampled users' ids: those whose seeded hash falls below ``fraction`` (deterministic), then at
+    most ``max_users`` of them, the lowest hashes first (also deterministic)."""
+    users = ratings.select("user").distinct().withColumn(
+        "user_hash", F.pmod(F.xxhash64("user", F.lit(seed)), F.lit(SPLIT_BUCKETS)))
+    if fraction is not None and fraction < 1.0:
+        users = users.where(F.col("user_hash") < F.lit(int(round(fraction * SPLIT_BUCKETS))))
+    if max_users is not None:
+        users = users.orderBy("user_hash", "user").limit(max_users)
+    return users.select("user")
+
+
+@dataclass
+class CollectedSample:
+    train: RatingMatrix
+    test_users: np.ndarray
+    test_jokes: np.ndarray
+    test_ratings: np.ndarray
+    users: int
+    collect_seconds: float
+
+    def nbytes(self) -> int:
+        return self.train.nbytes() + self.test_users.nbytes + self.test_jokes.nbytes + self.test_ratings.nbytes
+
+
+def collect_sample(ratings: DataFrame, *, test_fraction: float, split_seed: int, max_users: int | None,
+                   fraction: float | None, sample_seed: int) -> CollectedSample:
+    """Collect the sampled users' train and test ratings (the split ``tune`` used) to the driver via Arrow."""
+    started = time.perf_counter()
+    sampled = sample_users(ratings, max_users=max_users, fraction=fraction, seed=sample_seed)
+    rows = (ratings.join(sampled, on="user", how="inner")
+            .withColumn("is_test", is_test_rating(test_fraction=test_fraction, seed=split_seed))
+            .select("user", "joke", "rating", "is_test"))
+    table = rows.toArrow()  # Arrow batches: no per-row Python objects; also works over Spark Connect
+    users = table.column("user").to_numpy()
+    jokes = table.column("joke").to_numpy()
+    values = table.column("rating").to_numpy()
+    is_test = table.column("is_test").to_numpy(zero_copy_only=False).astype(bool)
+    train = RatingMatrix.from_ids(users[~is_test], jokes[~is_test], values[~is_test])
+    return CollectedSample(train, users[is_test].astype(np.int64), jokes[is_test].astype(np.int64),
+                           values[is_test].astype(np.float64), int(np.unique(users).size),
+                           time.perf_counter() - started)
+
+
+def fit_bias_model(train: RatingMatrix, *, reg: float, iterations: int = 10):
+    """Regularized user + joke effects around the global mean, by alternating closed-form updates:
+    b_j = sum(r - mu - b_u) / (reg + n_j), then b_u likewise. Returns a predict(users, jokes) function."""
+    mu = float(train.ratings.mean())
+    n_users, n_jokes = train.shape
+    user_counts = np.bincount(train.users, minlength=n_users)
+    joke_counts = np.bincount(train.jokes, minlength=n_jokes)
+    user_bias = np.zeros(n_users)
+    joke_bias = np.zeros(n_jokes)
+    residual_base = train.ratings - mu
+    for _ in range(iterations):
+        joke_bias = np.bincount(train.jokes, residual_base - user_bias[train.users], n_jokes) / (reg + joke_counts)
+        user_bias = np.bincount(train.users, residual_base - joke_bias[train.jokes], n_users) / (reg + user_counts)
+
+    def predict(users: np.ndarray, jokes: np.ndarray) -> np.ndarray:
+        u = np.searchsorted(train.user_ids, users)
+        j = np.searchsorted(train.joke_ids, jokes)
+        u_known = (u < n_users) & (train.user_ids[np.minimum(u, n_users - 1)] == users)
+        j_known = (j < n_jokes) & (train.joke_ids[np.minimum(j, n_jokes - 1)] == jokes)
+        return mu + np.where(u_known, user_bias[np.minimum(u, n_users - 1)], 0.0) \
+            + np.where(j_known, joke_bias[np.minimum(j, n_jokes - 1)], 0.0)
+
+    return predict
+
+
+def spark_predictions(model, spark, users: np.ndarray, jokes: np.ndarray) -> np.ndarray:
+    """The Spark model's predictions for exactly these (user, joke) rows, in order (NaN = cold start)."""
+    import pyarrow as pa
+
+    order = np.arange(len(users))
+    rows = spark.createDataFrame(pa.table({"row": order, "user": users.astype(np.int32),
+                                           "joke": jokes.astype(np.int32)}))
+    scored = model.transform(rows).select("row", "prediction").toArrow()
+    out = np.full(len(users), np.nan)
+    out[scored.column("row").to_numpy()] = scored.column("prediction").to_numpy()
+    return out
+
+
+def compare_engines(spark, spark_model, ratings: DataFrame, cfg: dict, params: dict) -> dict:
+    """Collect the sample, fit NumPy ALS and the baselines, score everything on the same held-out rows."""
+    base = cfg["baseline"]
+    sample = collect_sample(ratings, test_fraction=cfg["split"]["test_fraction"], split_seed=cfg["split"]["seed"],
+                            max_users=base["max_users"], fraction=base["fraction"], sample_seed=base["seed"])
+    log.info("collected %d users (%d train, %d test ratings, %.1f MB) in %.1f s", sample.users, sample.train.nnz,
+             sample.test_ratings.size, sample.nbytes() / 2**20, sample.collect_seconds)
+    if sample.train.nnz == 0 or sample.test_ratings.size == 0:
+        raise ValueError("the user sample has no training or no test ratings; raise baseline.max_users or "
+                         "baseline.fraction")
+    numpy_params = {"rank": int(params["rank"]), "reg_param": float(params["regParam"]),
+                    "max_iter": int(params["maxIter"])}
+    started = time.perf_counter()
+    numpy_model = fit_numpy_als(sample.train, seed=base["seed"], tol=base["tol"],
+                                dense_budget_mb=base["dense_budget_mb"], **numpy_params)
+    numpy_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    bias_predict = fit_bias_model(sample.train, reg=base["bias_reg"])
+    bias_seconds = time.perf_counter() - started
+
+    predictions = {
+        "numpy_als": numpy_model.predict(sample.test_users, sample.test_jokes),
+        "spark_als": spark_predictions(spark_model, spark, sample.test_users, sample.test_jokes),
+        "bias": bias_predict(sample.test_users, sample.test_jokes),
+        "global_mean": np.full(sample.test_ratings.size, float(sample.train.ratings.mean())),
+    }
+    # The same rows for every engine: those every engine can score (ALS drops cold starts).
+    same = np.logical_and.reduce([~np.isnan(p) for p in predictions.values()])
+    truth = sample.test_ratings[same]
+    scores = {name: rmse_mae(truth, p[same]) for name, p in predictions.items()}
+    numpy_section = {
+        "sample_users": sample.users,
+        "sample_train_ratings": sample.train.nnz,
+        "sample_test_ratings": int(sample.test_ratings.size),
+        "rows": int(same.sum()),
+        "params": {"rank": numpy_params["rank"], "regParam": numpy_params["reg_param"],
+                   "maxIter": numpy_params["max_iter"]},
+        "iterations": numpy_model.iterations,
+        "test_rmse": scores["numpy_als"]["rmse"], "test_mae": scores["numpy_als"]["mae"],
+        "fit_seconds": numpy_seconds,
+        "spark_test_rmse_same_rows": scores["spark_als"]["rmse"],
+        "spark_test_mae_same_rows": scores["spark_als"]["mae"],
+        "collect_seconds": sample.collect_seconds,
+        "memory": {"collected_mb": sample.nbytes() / 2**20, "factors_mb": numpy_model.nbytes() / 2**20,
+                   "seed_estimate_whole_table_mb": SEED_TABLE_ESTIMATE_MB},
+    }
+    baselines = {
+        "rows": int(same.sum()),
+        "global_mean": {"test_rmse": scores["global_mean"]["rmse"], "test_mae": scores["global_mean"]["mae"],
+                        "value": float(sample.train.ratings.mean())},
+        "bias": {"test_rmse": scores["bias"]["rmse"], "test_mae": scores["bias"]["mae"],
+                 "reg": base["bias_reg"], "fit_seconds": bias_seconds},
+    }
+    log.info("same %d rows: numpy ALS RMSE %.4f (fit %.2f s), Spark ALS %.4f, bias %.4f, global mean %.4f",
+             same.sum(), scores["numpy_als"]["rmse"], numpy_seconds, scores["spark_als"]["rmse"],
+             scores["bias"]["rmse"], scores["global_mean"]["rmse"])
+    return {"numpy_als": numpy_section, "baselines": baselines}
