@@ -42,6 +42,13 @@ def test_metrics_hold_the_contract_keys(pipeline_run):
     assert spark_als["test_rmse"] < 1.3 * params.noise
     assert 0 < spark_als["test_mae"] < spark_als["test_rmse"]
     assert spark_als["fit_seconds"] > 0
+    numpy_als, baselines = metrics["numpy_als"], metrics["baselines"]
+    assert numpy_als["sample_users"] == params.users
+    assert numpy_als["params"] == spark_als["model_params"]
+    assert numpy_als["rows"] == baselines["rows"] > 0
+    assert abs(numpy_als["test_rmse"] - numpy_als["spark_test_rmse_same_rows"]) < 0.02 * numpy_als["test_rmse"]
+    assert numpy_als["test_rmse"] < 0.5 * min(baselines["bias"]["test_rmse"], baselines["global_mean"]["test_rmse"])
+    assert numpy_als["fit_seconds"] > 0 and numpy_als["memory"]["collected_mb"] > 0
     assert metrics["run"]["job"] == "pipeline"
     assert metrics["run"]["versions"]["spark"].startswith("4.")
 
@@ -51,6 +58,8 @@ def test_report_shows_the_results(pipeline_run):
     report = (out / "report.md").read_text()
     metrics = json.loads((out / "metrics.json").read_text())
     assert "## Engines on the same held-out ratings" in report
+    for engine in ("| Spark ALS |", "| NumPy ALS (driver) |", "| user + joke bias |", "| global mean |"):
+        assert engine in report
     assert f"{metrics['spark_als']['test_rmse']:.4f}" in report
     assert report.count("| maxIter=8, rank=") == 2 and "best" in report
 

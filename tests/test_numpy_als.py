@@ -1,0 +1,95 @@
+"""The NumPy engine: the same objective as Spark's ALS, checked against independent computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import small_params
+from jester_als.baseline import fit_bias_model
+from jester_als.generate import generate_chunks
+from jester_als.numpy_als import RatingMatrix, batched_cholesky_solve, fit_loop_als, fit_numpy_als, rmse_mae
+
+
+def long_arrays(params):
+    ratings = np.vstack([chunk.ratings for chunk in generate_chunks(params)])
+    users, jokes = np.nonzero(~np.isnan(ratings))
+    return users + 1, jokes + 1, ratings[users, jokes]
+
+
+def split(users, jokes, values, seed=0, test_fraction=0.2):
+    test = np.random.default_rng(seed).random(values.size) < test_fraction
+    train = RatingMatrix.from_ids(users[~test], jokes[~test], values[~test])
+    return train, (users[test], jokes[test], values[test])
+
+
+def test_batched_cholesky_matches_numpy_solve():
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(500, 6, 6))
+    gram = a @ a.transpose(0, 2, 1) + 0.5 * np.eye(6)
+    rhs = rng.normal(size=(500, 6))
+    x = batched_cholesky_solve(np.ascontiguousarray(gram.transpose(1, 2, 0)), np.ascontiguousarray(rhs.T))
+    assert np.allclose(x, np.linalg.solve(gram, rhs[..., None])[..., 0], atol=1e-10)
+
+
+@pytest.mark.parametrize("dense_budget_mb", [512, 0], ids=["dense", "sparse"])
+def test_each_factor_is_the_regularized_least_squares_solution(dense_budget_mb):
+    """After a fit, every user's factor must be what a direct per-user solve of Spark's objective gives
+    for the final joke factors: min |r_u - Y_u x|^2 + regParam * n_u * |x|^2, computed here with lstsq on
+    the augmented system [Y_u; sqrt(regParam n_u) I] x = [r_u; 0]."""
+    users, jokes, values = long_arrays(small_params(users=60, jokes=15, min_ratings=5, mean_ratings=9,
+                                                    gauge_jokes=3))
+    data = RatingMatrix.from_ids(users, jokes, values)
+    reg, rank = 0.2, 3
+    model = fit_numpy_als(data, rank=rank, reg_param=reg, max_iter=4, seed=5, dense_budget_mb=dense_budget_mb)
+    for u in range(data.shape[0]):
+        rows = data.users == u
+        y = model.joke_factors[data.jokes[rows]]
+        n_u = rows.sum()
+        system = np.vstack([y, np.sqrt(reg * n_u) * np.eye(rank)])
+        target = np.concatenate([data.ratings[rows], np.zeros(rank)])
+        direct = np.linalg.lstsq(system, target, rcond=None)[0]
+        assert np.allclose(model.user_factors[u], direct, atol=1e-4), f"user {data.user_ids[u]}"
+
+
+def test_vectorized_engine_equals_the_seed_loop_algorithm():
+    users, jokes, values = long_arrays(small_params(users=80, jokes=20, min_ratings=8, mean_ratings=12,
+                                                    gauge_jokes=4))
+    data = RatingMatrix.from_ids(users, jokes, values)
+    fast = fit_numpy_als(data, rank=4, reg_param=0.1, max_iter=6, seed=2)
+    loop = fit_loop_als(data, rank=4, reg_param=0.1, max_iter=6, seed=2)
+    fast_pred = np.einsum("ij,ij->i", fast.user_factors[data.users], fast.joke_factors[data.jokes])
+    loop_pred = np.einsum("ij,ij->i", loop.user_factors[data.users], loop.joke_factors[data.jokes])
+    assert np.max(np.abs(fast_pred - loop_pred)) < 1e-3
+
+
+def test_recovers_planted_rank_3_structure():
+    params = small_params(users=1500, jokes=60, min_ratings=30, mean_ratings=45, gauge_jokes=10)
+    train, (tu, tj, tv) = split(*long_arrays(params))
+    model = fit_numpy_als(train, rank=3, reg_param=0.05, max_iter=15, seed=1)
+    scores = rmse_mae(tv, model.predict(tu, tj))
+    assert scores["rmse"] < 1.2 * params.noise
+    assert scores["rows"] == tv.size  # every test user and joke was seen in training
+
+
+def test_tolerance_stops_early_and_history_decreases():
+    train, _ = split(*long_arrays(small_params()))
+    model = fit_numpy_als(train, rank=3, reg_param=0.05, max_iter=50, seed=1, tol=1e-4)
+    assert model.iterations < 50
+    assert all(b <= a + 1e-9 for a, b in zip(model.train_rmse, model.train_rmse[1:]))
+
+
+def test_cold_start_predictions_are_nan():
+    data = RatingMatrix.from_ids(np.array([1, 1, 2]), np.array([10, 11, 10]), np.array([1.0, 2.0, 3.0]))
+    model = fit_numpy_als(data, rank=2, reg_param=0.1, max_iter=2)
+    predicted = model.predict(np.array([1, 3, 2]), np.array([10, 10, 99]))
+    assert not np.isnan(predicted[0]) and np.isnan(predicted[1]) and np.isnan(predicted[2])
+
+
+def test_bias_baseline_beats_global_mean_on_planted_effects():
+    params = small_params(users=800, rank=1, factor_scale=0.0, user_bias=2.0, joke_bias=1.5, noise=1.0)
+    train, (tu, tj, tv) = split(*long_arrays(params))
+    predict = fit_bias_model(train, reg=5.0)
+    bias = rmse_mae(tv, predict(tu, tj))["rmse"]
+    global_mean = rmse_mae(tv, np.full(tv.size, train.ratings.mean()))["rmse"]
+    assert bias < 1.15 * params.noise < global_mean
