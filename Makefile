@@ -12,7 +12,7 @@ DATA := data/jester_synthetic.csv
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup java run test generate package submit clean
+.PHONY: help setup java run test generate bench package submit clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ generate: setup ## (re)write the synthetic default table
 
 run: setup $(DATA) ## run the pipeline job on the embedded default data (CONF=conf/local.yaml)
 	$(BIN)/jester-als pipeline --conf $(CONF)
+
+bench: setup ## time NumPy ALS vs Spark ALS vs the seed loop at Jester size (output/bench/bench.md)
+	$(BIN)/jester-als bench --conf conf/bench.yaml
 
 test: setup ## run the test suite
 	$(BIN)/pytest -q tests

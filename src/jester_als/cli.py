@@ -24,8 +24,9 @@ JOB_HELP = {
     "recommend": "top-N unrated jokes per user from the saved model into recommendations/",
     "baseline": "NumPy ALS and simple baselines on a collected sample, against Spark ALS on the same rows",
     "pipeline": "prepare, tune, baseline and recommend in one run, with metrics.json and report.md",
+    "bench": "time NumPy ALS, Spark ALS and the seed's loop on the same ratings; writes bench.json and bench.md",
 }
-SPARK_JOBS = ("prepare", "tune", "recommend", "baseline", "pipeline")
+SPARK_JOBS = ("prepare", "tune", "recommend", "baseline", "pipeline", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,6 +109,11 @@ def _run_spark_job(args, cfg: dict, started: float) -> int:
 
     spark, created = build_session(cfg["spark"], master=args.master, remote=args.remote)
     try:
+        if args.job == "bench":
+            from jester_als.bench import bench_job
+
+            bench_job(spark, cfg)
+            return 0
         metrics = run_spark_job(spark, cfg, args.job)
         metrics.setdefault("run", {})["output_dir"] = cfg["output"]["dir"]
         print(_summary(args.job, metrics, time.perf_counter() - started))

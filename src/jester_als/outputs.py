@@ -33,7 +33,8 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _atomic_write_text(path: str, text: str) -> None:
+def write_text_atomic(path: str, text: str) -> None:
+    """Write a whole file or nothing: a temporary file beside it, then an atomic rename."""
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     with open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)
@@ -105,9 +106,9 @@ class RunOutputs:
             if os.path.exists(target):
                 os.replace(target, previous)
             os.replace(staged, target)
-        _atomic_write_text(self.final_path(METRICS_FILE), json.dumps(metrics, indent=2, sort_keys=False) + "\n")
+        write_text_atomic(self.final_path(METRICS_FILE), json.dumps(metrics, indent=2, sort_keys=False) + "\n")
         if report is not None:
-            _atomic_write_text(self.final_path(REPORT_FILE), report)
+            write_text_atomic(self.final_path(REPORT_FILE), report)
         shutil.rmtree(self.stage, ignore_errors=True)
         self.committed = True
         log.info("outputs committed to %s", self.final)
