@@ -15,6 +15,7 @@ setup(
     install_requires=[
         "numpy>=1.26",
         "pyyaml>=6.0",
+        "scipy>=1.10",  # sparse products in NumPy ALS when the rating pattern is too big to be dense
     ],
     extras_require={
         # Local runs: Spark 4 (ML over Spark Connect), Arrow for collecting to the driver, and pandas below 3
