@@ -12,7 +12,7 @@ DATA := data/jester_synthetic.csv
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup java run test generate bench package submit clean
+.PHONY: help setup java run test generate bench package submit cluster-demo connect-server clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -56,6 +56,12 @@ package: setup ## build dist/: the wheel, jester_als.zip for --py-files, the job
 submit: package ## spark-submit a job: make submit MASTER=spark://host:7077 CONF=conf/local.yaml JOB=pipeline
 	$(BIN)/spark-submit --master '$(MASTER)' --py-files dist/jester_als.zip --files $(CONF) \
 	  dist/jobs/$(JOB).py --conf $(CONF)
+
+cluster-demo: package $(DATA) ## start a real standalone master + worker, submit the packaged pipeline, check, stop
+	$(BIN)/python -m jester_als.localcluster demo --conf $(CONF) --dist dist
+
+connect-server: setup ## run a local Spark Connect server in the foreground (jobs then take --remote sc://...)
+	$(BIN)/python -m jester_als.localcluster connect-server
 
 clean: ## remove the venv, build products, outputs and generated data
 	rm -rf $(VENV) dist build src/*.egg-info output data spark-warehouse metastore_db derby.log .pytest_cache
