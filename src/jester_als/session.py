@@ -40,45 +40,69 @@ def build_session(spark_cfg: dict, *, master: str | None = None, remote: str | N
         ensure_checkpoint_dir(active, spark_cfg.get("checkpoint_dir"))
         return active, False
 
-    checkpoint_dir = spark_cfg.get("checkpoint_dir") or tempfile.mkdtemp(prefix="jester-als-checkpoint-")
     builder = SparkSession.builder.appName(spark_cfg.get("app_name", "jester-als"))
+    extra = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in (spark_cfg.get("conf") or {}).items()}
     if remote:
-        builder = builder.remote(remote)
-    elif master:
+        spark = builder.remote(remote).getOrCreate()
+        _apply_connect_settings(spark, extra, spark_cfg.get("checkpoint_dir"))
+        log.info("Spark %s session over Spark Connect at %s, checkpoint dir %s", spark.version, remote,
+                 _conf(spark, "spark.checkpoint.dir") or "unknown")
+        return spark, True
+    if master:
         builder = builder.master(master)
-    settings = {"spark.checkpoint.dir": checkpoint_dir, "spark.log.level": spark_cfg.get("log_level", "WARN")}
-    settings.update({k: str(v).lower() if isinstance(v, bool) else str(v)
-                     for k, v in (spark_cfg.get("conf") or {}).items()})
-    if remote:
-        # Static settings cannot be changed from a Connect client; session settings are applied below.
-        settings.pop("spark.log.level")
-    else:
-        for key, value in settings.items():
-            builder = builder.config(key, value)
-    spark = builder.getOrCreate()
-    if remote:
-        for key, value in settings.items():
-            try:
-                spark.conf.set(key, value)
-            except Exception as exc:  # serverless refuses some settings; the job can go on without them
-                log.warning("Spark Connect refused setting %s=%s (%s); continuing without it",
-                            key, value, str(exc).splitlines()[0])
-    log.info("Spark %s session (%s), checkpoint dir %s", spark.version,
-             "connect " + remote if remote else master_of(spark) or "default master", checkpoint_dir)
+    checkpoint_dir = spark_cfg.get("checkpoint_dir") or tempfile.mkdtemp(prefix="jester-als-checkpoint-")
+    settings = {"spark.checkpoint.dir": checkpoint_dir, "spark.log.level": spark_cfg.get("log_level", "WARN"),
+                **extra}
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    try:
+        spark = builder.getOrCreate()
+    except Exception as exc:
+        if "CANNOT_MODIFY_CONFIG" not in str(exc):
+            raise
+        # A platform session that is Spark Connect underneath (Databricks serverless) refuses launch-time
+        # settings: join it as it is and apply what it accepts.
+        log.info("the platform's session refused launch-time settings; joining it as it is")
+        spark = SparkSession.builder.getOrCreate()
+        _apply_connect_settings(spark, extra, spark_cfg.get("checkpoint_dir"))
+        return spark, False
+    log.info("Spark %s session (%s), checkpoint dir %s", spark.version, master_of(spark) or "default master",
+             checkpoint_dir)
     return spark, True
 
 
-def ensure_checkpoint_dir(spark, wanted: str | None) -> None:
-    """Make sure a checkpoint directory is set on a session we joined rather than built."""
+def _apply_connect_settings(spark, settings: dict, checkpoint_dir: str | None) -> None:
+    """Over Connect only session settings can change; launch-time ones belong to the server."""
+    refused = []
+    for key, value in settings.items():
+        try:
+            spark.conf.set(key, value)
+        except Exception:  # static settings (spark.driver.*, spark.ui.*) are the server's
+            refused.append(key)
+    if refused:
+        log.info("not applied over Spark Connect (launch-time settings belong to the server): %s",
+                 ", ".join(refused))
+    if checkpoint_dir or not _conf(spark, "spark.checkpoint.dir"):
+        ensure_checkpoint_dir(spark, checkpoint_dir, force=bool(checkpoint_dir))
+
+
+def ensure_checkpoint_dir(spark, wanted: str | None, *, force: bool = False) -> None:
+    """Make sure a checkpoint directory is set on a session we joined (or reached over Connect) rather
+    than built; where the platform refuses, say so and go on."""
     current = _conf(spark, "spark.checkpoint.dir")
-    if current:
+    if current and not force:
         return
     target = wanted or tempfile.mkdtemp(prefix="jester-als-checkpoint-")
     try:
         spark.conf.set("spark.checkpoint.dir", target)
     except Exception as exc:
-        log.warning("could not set spark.checkpoint.dir (%s): ALS runs past ~20 iterations may hit "
-                    "StackOverflowError", str(exc).splitlines()[0])
+        if current:
+            log.info("keeping the server's checkpoint dir %s (cannot change it: %s)", current,
+                     str(exc).splitlines()[0])
+        else:
+            log.warning("no checkpoint dir and cannot set one (%s): ALS runs past ~20 iterations may hit "
+                        "StackOverflowError; start the server with --conf spark.checkpoint.dir=...",
+                        str(exc).splitlines()[0])
 
 
 def _conf(spark, key: str) -> str | None:

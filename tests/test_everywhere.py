@@ -1,0 +1,128 @@
+"""The same packaged job on a real standalone cluster and over a real Spark Connect server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from jester_als.cli import main
+from jester_als.config import load_config
+from jester_als.localcluster import connect_server, spark_submit, standalone_cluster
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL_RUN = ["--set", "tune.grid={rank: [2, 3], regParam: [0.1], maxIter: [6]}", "--set", "tune.refit_max_iter=8",
+             "--set", "recommend.top_n=3", "--set", "evaluate.relevance_threshold=3.0"]
+
+
+def comparable(metrics: dict) -> dict:
+    """The results of a run, without times, paths and run ids."""
+    spark_als = {k: v for k, v in metrics["spark_als"].items() if "seconds" not in k}
+    numpy_als = {k: v for k, v in metrics["numpy_als"].items()
+                 if "seconds" not in k and k != "memory"}
+    data = {k: v for k, v in metrics["data"].items() if k != "source"}
+    return {"data": data, "spark_als": spark_als, "numpy_als": numpy_als,
+            "baselines": {k: ({kk: vv for kk, vv in v.items() if "seconds" not in kk} if isinstance(v, dict) else v)
+                          for k, v in metrics["baselines"].items()},
+            "recommendations": metrics["recommendations"]}
+
+
+def assert_same_results(actual, expected, where="metrics"):
+    """Equal structure and values; floats equal to 1e-9 relative (Spark sums in a partition-dependent
+    order, so the last bits of a metric may differ between two correct runs)."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict) and set(actual) == set(expected), where
+        for key in expected:
+            assert_same_results(actual[key], expected[key], f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(actual, list) and len(actual) == len(expected), where
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            assert_same_results(a, e, f"{where}[{i}]")
+    elif isinstance(expected, float):
+        assert actual == pytest.approx(expected, rel=1e-9, abs=1e-12), where
+    else:
+        assert actual == expected, where
+
+
+@pytest.fixture(scope="module")
+def classic_run(spark, small_table, tmp_path_factory):
+    path, _ = small_table
+    out = tmp_path_factory.mktemp("classic") / "out"
+    assert main(["pipeline", "--conf", "conf/local.yaml", "--set", f"input.path={path}",
+                 "--set", f"output.dir={out}", *SMALL_RUN]) == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_pipeline_over_spark_connect_matches_classic(classic_run, small_table, tmp_path):
+    path, _ = small_table
+    out = tmp_path / "out"
+    with connect_server(tmp_path / "server", master="local[2]",
+                        extra_conf={"spark.sql.shuffle.partitions": "2"}) as url:
+        result = subprocess.run(
+            [sys.executable, "-m", "jester_als.cli", "pipeline", "--conf", "conf/local.yaml", "--remote", url,
+             "--set", f"input.path={path}", "--set", f"output.dir={out}", *SMALL_RUN],
+            capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["run"]["spark_mode"] == "connect"
+    assert classic_run["run"]["spark_mode"] == "classic"
+    assert_same_results(comparable(metrics), comparable(classic_run))
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory):
+    """What `make package` ships for spark-submit: the library as a zip, the job files, the configs."""
+    dist = tmp_path_factory.mktemp("dist")
+    with zipfile.ZipFile(dist / "jester_als.zip", "w") as archive:
+        for source in (ROOT / "src" / "jester_als").rglob("*.py"):
+            archive.write(source, source.relative_to(ROOT / "src"))
+    shutil.copytree(ROOT / "jobs", dist / "jobs")
+    shutil.copytree(ROOT / "conf", dist / "conf")
+    return dist
+
+
+def test_packaged_pipeline_on_a_standalone_cluster(classic_run, small_table, dist, tmp_path):
+    path, _ = small_table
+    out = tmp_path / "out"
+    # Run from a directory that has no conf/: the config is found as the file shipped with --files would be
+    # in cluster deploy mode, by its base name in the driver's working directory.
+    driver_dir = tmp_path / "driver"
+    driver_dir.mkdir()
+    shutil.copy(ROOT / "conf" / "local.yaml", driver_dir / "local.yaml")
+    env_pythonpath = os.environ.pop("PYTHONPATH", None)
+    try:
+        with standalone_cluster(tmp_path / "cluster", cores=2, memory="1g") as master:
+            result = spark_submit(master, "pipeline", "conf/local.yaml",
+                                  [f"input.path={path}", f"output.dir={out}",
+                                   f"spark.checkpoint_dir={tmp_path / 'checkpoints'}", *[
+                                       s for s in SMALL_RUN if s != "--set"]],
+                                  dist=str(dist), cwd=str(driver_dir), timeout=600)
+    finally:
+        if env_pythonpath is not None:
+            os.environ["PYTHONPATH"] = env_pythonpath
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["run"]["master"] == master
+    assert metrics["run"]["config_file"] == "local.yaml"
+    # Same data, split and choice; ALS's numbers agree closely but not to the last bit, because
+    # TrainValidationSplit's inner random split follows the input's partitioning, which is the cluster's.
+    ours, theirs = comparable(metrics), comparable(classic_run)
+    assert_same_results(ours["data"], theirs["data"])
+    assert ours["spark_als"]["best_params"] == theirs["spark_als"]["best_params"]
+    assert ours["spark_als"]["test_rmse"] == pytest.approx(theirs["spark_als"]["test_rmse"], rel=0.02)
+    assert ours["recommendations"] == theirs["recommendations"]
+    for item in ("model", "recommendations", "ratings", "rejected", "report.md"):
+        assert (out / item).exists()
+
+
+def test_config_shipped_with_files_is_found_by_name(tmp_path, monkeypatch):
+    (tmp_path / "shipped.yaml").write_text("output: {dir: out}\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("some/where/else/shipped.yaml")
+    assert cfg["_source"] == "shipped.yaml"
