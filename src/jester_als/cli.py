@@ -59,6 +59,10 @@ def _summary(job: str, metrics: dict, seconds: float) -> str:
     if "ratings" in data:
         lines.append(f"  data: {data['ratings']:,} ratings by {data['users']:,} users of {data['items']} jokes; "
                      f"{data['missing']:,} missing and {data['rejected']:,} rejected cells")
+    if metrics.get("als_engine") and job in ("tune", "pipeline"):
+        fallback = metrics["numpy_als"]
+        lines.append(f"  {metrics['als_engine']}: {fallback['params']}: test RMSE {fallback['test_rmse']:.4f}, "
+                     f"MAE {fallback['test_mae']:.4f} (fit {fallback['fit_seconds']:.1f} s on the driver)")
     spark = metrics.get("spark_als")
     if spark and job in ("tune", "pipeline"):
         lines.append(f"  Spark ALS {spark.get('model_params', spark['best_params'])}: test RMSE {spark['test_rmse']:.4f}, "
@@ -102,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_spark_job(args, cfg: dict, started: float) -> int:
+    from jester_als.fallback import AlsNotAllowedError
     from jester_als.jobs import run_spark_job
     from jester_als.outputs import OutputExistsError, OutputLocationError
     from jester_als.prepare import InputError
@@ -118,7 +123,7 @@ def _run_spark_job(args, cfg: dict, started: float) -> int:
         metrics.setdefault("run", {})["output_dir"] = cfg["output"]["dir"]
         print(_summary(args.job, metrics, time.perf_counter() - started))
         return 0
-    except (InputError, OutputExistsError, OutputLocationError) as exc:
+    except (InputError, OutputExistsError, OutputLocationError, AlsNotAllowedError) as exc:
         log.error("%s", exc)
         print(f"jester-als {args.job}: {exc}", file=sys.stderr)
         return 1

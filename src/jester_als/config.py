@@ -172,6 +172,8 @@ SCHEMA: dict[str, Any] = {
         "checkpoint_interval": Field(int, 10, check=_positive),
         "nonnegative": Field(bool, False),
         "seed": Field(int, 42),
+        "fallback": Field(str, "none", choices=("none", "numpy"),
+                          doc="when the platform refuses Spark ALS: stop (none) or use NumPy ALS on the driver"),
     },
     "tune": {
         "grid": MapOf((int, float, bool, list), {"rank": [5, 10], "regParam": [0.1, 0.3], "maxIter": [10]},

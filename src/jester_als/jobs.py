@@ -13,6 +13,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jester_als import __version__
+from jester_als.fallback import (WAYS_OUT, AlsNotAllowedError, is_not_allowed, load_numpy_model, not_allowed_reason,
+                                 recommend_numpy, save_numpy_model, tune_numpy)
+from jester_als.numpy_als import NumpyALSModel
 from jester_als.outputs import RunOutputs, now_iso
 from jester_als.prepare import InputError, check_duplicates, prepare_ratings
 from jester_als.recommend import recommend_unrated
@@ -89,9 +92,21 @@ def run_tune(spark: SparkSession, cfg: dict, out: RunOutputs,
             raise InputError(f"the split left {train_count} training and {test_count} test ratings; "
                              f"need both (check split.test_fraction and the input size)")
         blocks = als_blocks(spark, cfg["als"]["blocks"])
-        als = make_als(seed=cfg["als"]["seed"], blocks=blocks,
-                       checkpoint_interval=cfg["als"]["checkpoint_interval"],
-                       nonnegative=cfg["als"]["nonnegative"])
+        try:
+            als = make_als(seed=cfg["als"]["seed"], blocks=blocks,
+                           checkpoint_interval=cfg["als"]["checkpoint_interval"],
+                           nonnegative=cfg["als"]["nonnegative"])
+        except Exception as exc:
+            if not is_not_allowed(exc):
+                raise
+            reason = not_allowed_reason(exc)
+            if cfg["als"]["fallback"] != "numpy":
+                raise AlsNotAllowedError(f"{WAYS_OUT} (the error was: {reason})") from None
+            section, numpy_model = tune_numpy(train, test, cfg, reason)
+            save_numpy_model(numpy_model, out.path("model"))
+            return ({"data": {"train_ratings": train_count, "test_ratings": test_count},
+                     "als_engine": "numpy (fallback: Spark ALS not allowed here)", "numpy_als": section},
+                    numpy_model, ratings)
         tuning = cfg["tune"]
         log.info("tuning ALS on %d training ratings (%d held out), %d user and item blocks",
                  train_count, test_count, blocks)
@@ -126,14 +141,17 @@ def run_tune(spark: SparkSession, cfg: dict, out: RunOutputs,
     return sections, model, ratings
 
 
-def run_recommend(spark: SparkSession, cfg: dict, out: RunOutputs, model: ALSModel | None = None,
+def run_recommend(spark: SparkSession, cfg: dict, out: RunOutputs, model=None,
                   ratings: DataFrame | None = None) -> dict:
     if model is None:
         model = load_model(out)
     if ratings is None:
         ratings = read_prepared_ratings(spark, out)
     top_n = cfg["recommend"]["top_n"]
-    recommendations = recommend_unrated(model, ratings, top_n)
+    if isinstance(model, NumpyALSModel):
+        recommendations = recommend_numpy(spark, model, ratings, top_n)
+    else:
+        recommendations = recommend_unrated(model, ratings, top_n)
     recommendations.write.mode("overwrite").parquet(out.path("recommendations"))
     written = spark.read.parquet(out.path("recommendations"))
     row = written.agg(F.countDistinct("user").alias("users"), F.count(F.lit(1)).alias("rows")).first()
@@ -144,8 +162,12 @@ def run_recommend(spark: SparkSession, cfg: dict, out: RunOutputs, model: ALSMod
                                 "users_without": rating_users - row["users"]}}
 
 
-def load_model(out: RunOutputs) -> ALSModel:
+def load_model(out: RunOutputs):
+    """The saved ALSModel, or the NumPy model a fallback run saved in its place."""
     path = out.final_path("model")
+    numpy_model = load_numpy_model(path)
+    if numpy_model is not None:
+        return numpy_model
     try:
         return ALSModel.load(path)
     except Exception as exc:
@@ -159,6 +181,9 @@ def run_baseline(spark: SparkSession, cfg: dict, out: RunOutputs, model: ALSMode
     from jester_als.baseline import compare_engines
 
     model = model or load_model(out)
+    if isinstance(model, NumpyALSModel):
+        log.warning("baseline: skipped; Spark ALS was not allowed, so the NumPy engine is the model itself")
+        return {"baseline_skipped": "Spark ALS not allowed here; the model is NumPy ALS (see numpy_als)"}
     ratings = ratings if ratings is not None else read_prepared_ratings(spark, out)
     params = cfg["baseline"]["params"] or spark_params
     if not params:
@@ -176,7 +201,8 @@ def run_pipeline(spark: SparkSession, cfg: dict, out: RunOutputs) -> dict:
     sections, ratings = run_prepare(spark, cfg, out)
     tuned, model, ratings = run_tune(spark, cfg, out, ratings)
     merge_sections(sections, tuned)
-    merge_sections(sections, run_baseline(spark, cfg, out, model, ratings, tuned["spark_als"]["model_params"]))
+    spark_params = tuned.get("spark_als", {}).get("model_params")
+    merge_sections(sections, run_baseline(spark, cfg, out, model, ratings, spark_params))
     merge_sections(sections, run_recommend(spark, cfg, out, model, ratings))
     return sections
 

@@ -52,6 +52,16 @@ def render_report(metrics: dict) -> str:
                       [[_params(spark.get("model_params")), _num(spark.get("fit_seconds"), 2),
                         _num(spark["test_rmse"]), _num(spark.get("test_mae")), _num(spark.get("test_rows_scored"))]]),
                 ""]
+    if metrics.get("als_engine"):
+        fallback = metrics["numpy_als"]
+        out += [f"## {metrics['als_engine']}", "",
+                f"Spark refused ALS ({fallback['fallback_reason']}); the same grid was tuned with NumPy ALS on "
+                f"the driver.", "",
+                table(["params", "fit (s)", "test RMSE", "test MAE", "rows scored"],
+                      [[_params(fallback["params"]), _num(fallback["fit_seconds"], 2), _num(fallback["test_rmse"]),
+                        _num(fallback["test_mae"]), _num(fallback["test_rows_scored"])]]), "",
+                table(["params", "validation RMSE"],
+                      [[_params(p["params"]), _num(p["validation_rmse"])] for p in fallback["validation"]]), ""]
     if spark and spark.get("validation"):
         out += ["## TrainValidationSplit grid", "",
                 f"{len(spark['validation'])} grid points in {_num(spark.get('tune_seconds'), 1)} s "
