@@ -88,7 +88,7 @@ def test_sentinel_range_and_text_cells_are_classified_and_counted(spark, tmp_pat
                     "2,5,99.0,,10,N/A,-11\n"
                     "3,5, 4.5 ,99.00,NaN,Infinity,--\n"
                     "x,1,3.0,,,,\n", encoding="utf-8")
-    inp = input_config(path, drop_columns='["Number of Jokes Rated"]')
+    inp = input_config(path, drop_columns='["Number of Jokes Rated"]', user_ids="integer")
     prepared = prepare_ratings(spark, inp)
     try:
         expected = spark.createDataFrame([(1, 1, 0.0), (1, 3, -10.0), (2, 3, 10.0), (3, 1, 4.5)], RATINGS_SCHEMA)

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import time
 
@@ -26,11 +27,11 @@ log = logging.getLogger(__name__)
 
 # The output directories each job writes (checked against output.mode before any work starts).
 JOB_OUTPUTS = {
-    "prepare": ["ratings", "rejected"],
+    "prepare": ["ratings", "rejected", "user_ids"],
     "tune": ["model"],
     "recommend": ["recommendations"],
     "baseline": [],
-    "pipeline": ["ratings", "rejected", "model", "recommendations"],
+    "pipeline": ["ratings", "rejected", "user_ids", "model", "recommendations"],
 }
 
 
@@ -45,16 +46,21 @@ def read_prepared_ratings(spark: SparkSession, out: RunOutputs) -> DataFrame:
     return ratings
 
 
-def run_prepare(spark: SparkSession, cfg: dict, out: RunOutputs) -> tuple[dict, DataFrame]:
-    """Read, melt, classify; write ``ratings/`` and ``rejected/``; return the data section and the ratings
-    as read back from what was written (a deterministic, short-lineage input for ALS)."""
+def run_prepare(spark: SparkSession, cfg: dict, out: RunOutputs) -> tuple[dict, DataFrame, DataFrame | None]:
+    """Read, melt, classify; write ``ratings/``, ``rejected/`` (and ``user_ids/`` when ids were re-indexed);
+    return the data section, the ratings as read back from what was written (a deterministic, short-lineage
+    input for ALS) and the id mapping."""
     prepared = prepare_ratings(spark, cfg["input"])
     try:
         check_duplicates(prepared.ratings, prepared.source)
         prepared.ratings.write.mode("overwrite").parquet(out.path("ratings"))
         prepared.rejected.write.mode("overwrite").parquet(out.path("rejected"))
+        if prepared.user_ids is not None:
+            prepared.user_ids.select("original_user", "user").write.mode("overwrite").parquet(out.path("user_ids"))
     finally:
         prepared.release()
+        try_unpersist(prepared.user_ids) if prepared.user_ids is not None else None
+    user_ids = spark.read.parquet(out.path("user_ids")) if prepared.user_ids is not None else None
     counts = prepared.counts
     ratings = spark.read.parquet(out.path("ratings"))
     row = ratings.agg(F.countDistinct("user").alias("users"), F.countDistinct("joke").alias("items"),
@@ -63,8 +69,14 @@ def run_prepare(spark: SparkSession, cfg: dict, out: RunOutputs) -> tuple[dict, 
     if not row["ratings"]:
         raise InputError(f"{prepared.source}: no valid ratings among {counts['cells']:,} cells "
                          f"(missing {counts['missing']}, rejected {counts['rejected']})")
+    content = ratings.agg(F.bit_xor(F.xxhash64("user", "joke", "rating")).alias("hash")).first()["hash"]
     data = {
         "source": prepared.source,
+        "input": prepared.fingerprint,
+        "ratings_hash": f"{(content or 0) & (2**64 - 1):016x}",
+        "user_ids_reindexed": user_ids is not None,
+        "jokes_without_ratings": counts["jokes_without_ratings"],
+        "rows_without_ratings": counts["rows_without_ratings"],
         "users": row["users"], "items": row["items"], "ratings": row["ratings"],
         "rating_mean": row["mean"], "rating_std": row["std"],
         "rejected": counts["rejected_total"], "missing": counts["missing_total"],
@@ -74,7 +86,7 @@ def run_prepare(spark: SparkSession, cfg: dict, out: RunOutputs) -> tuple[dict, 
     log.info("%s: %d cells -> %d ratings by %d users of %d jokes; %d missing, %d rejected %s",
              prepared.source, counts["cells"], row["ratings"], row["users"], row["items"],
              counts["missing_total"], counts["rejected_total"], counts["rejected"] or "")
-    return {"data": data}, ratings
+    return {"data": data}, ratings, user_ids
 
 
 def run_tune(spark: SparkSession, cfg: dict, out: RunOutputs,
@@ -142,16 +154,22 @@ def run_tune(spark: SparkSession, cfg: dict, out: RunOutputs,
 
 
 def run_recommend(spark: SparkSession, cfg: dict, out: RunOutputs, model=None,
-                  ratings: DataFrame | None = None) -> dict:
+                  ratings: DataFrame | None = None, user_ids: DataFrame | None = None) -> dict:
+    """Top-N unrated jokes per user; users carry their original ids when prepare re-indexed them."""
     if model is None:
         model = load_model(out)
     if ratings is None:
         ratings = read_prepared_ratings(spark, out)
+        if os.path.exists(out.final_path("user_ids")):
+            user_ids = spark.read.parquet(out.final_path("user_ids"))
     top_n = cfg["recommend"]["top_n"]
     if isinstance(model, NumpyALSModel):
         recommendations = recommend_numpy(spark, model, ratings, top_n)
     else:
         recommendations = recommend_unrated(model, ratings, top_n)
+    if user_ids is not None:
+        recommendations = (recommendations.join(user_ids, on="user", how="inner")
+                           .select(F.col("original_user").alias("user"), "rank", "joke", "score"))
     recommendations.write.mode("overwrite").parquet(out.path("recommendations"))
     written = spark.read.parquet(out.path("recommendations"))
     row = written.agg(F.countDistinct("user").alias("users"), F.count(F.lit(1)).alias("rows")).first()
@@ -198,12 +216,12 @@ def run_baseline(spark: SparkSession, cfg: dict, out: RunOutputs, model: ALSMode
 
 
 def run_pipeline(spark: SparkSession, cfg: dict, out: RunOutputs) -> dict:
-    sections, ratings = run_prepare(spark, cfg, out)
+    sections, ratings, user_ids = run_prepare(spark, cfg, out)
     tuned, model, ratings = run_tune(spark, cfg, out, ratings)
     merge_sections(sections, tuned)
     spark_params = tuned.get("spark_als", {}).get("model_params")
     merge_sections(sections, run_baseline(spark, cfg, out, model, ratings, spark_params))
-    merge_sections(sections, run_recommend(spark, cfg, out, model, ratings))
+    merge_sections(sections, run_recommend(spark, cfg, out, model, ratings, user_ids))
     return sections
 
 

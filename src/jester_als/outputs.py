@@ -99,13 +99,14 @@ class RunOutputs:
         """Swap every staged item into place, then write metrics.json and report.md."""
         for item in self.items:
             staged = self.path(item)
-            if not os.path.exists(staged):
-                continue
             target = self.final_path(item)
             previous = os.path.join(self.stage, f".previous-{item}")
+            # An output this job owns but did not produce this time (user_ids/ when ids needed no
+            # re-indexing) must not survive from an earlier run.
             if os.path.exists(target):
                 os.replace(target, previous)
-            os.replace(staged, target)
+            if os.path.exists(staged):
+                os.replace(staged, target)
         write_text_atomic(self.final_path(METRICS_FILE), json.dumps(metrics, indent=2, sort_keys=False) + "\n")
         if report is not None:
             write_text_atomic(self.final_path(REPORT_FILE), report)

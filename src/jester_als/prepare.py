@@ -12,19 +12,26 @@ missing       ``sentinel``        one of ``input.missing_values`` (99 in the ori
 rejected      ``not_a_number``    text that is not a number (``abc``, ``N/A``, ``--``)
 rejected      ``not_finite``      NaN or infinity
 rejected      ``out_of_range``    a number outside ``input.rating_range``
-rejected      ``bad_user_id``     the user id is missing or not an integer in Spark's Int range
+rejected      ``bad_user_id``     the user id is blank (or, with ``input.user_ids: integer``, not an
+                                  integer in Spark's Int range)
 rejected      ``bad_joke_id``     long layout: the joke id is missing or not such an integer
+rejected      ``too_few_ratings`` the user has fewer valid ratings than ``input.min_ratings_per_user``
 ============  ==================  =============================================================
 
 Accepted + missing + rejected always equals the cells read; refused cells are written out with their reason.
+User ids that are not integers in Int range (``u-17``, ``3000000000``, ``12.5``) are re-indexed to dense
+integers by default (``input.user_ids: auto``); the mapping is kept with the outputs (``user_ids/``) and
+recommendations carry the original ids. Problems with the table's shape (a missing user column, joke columns
+that are not ids or appear twice, a user id on two rows, an empty file) stop the run before any output.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 from dataclasses import dataclass
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from jester_als.session import try_persist, try_unpersist
@@ -47,9 +54,12 @@ def read_table(spark: SparkSession, inp: dict) -> DataFrame:
     name = input_name(inp)
     try:
         if inp["format"] == "csv":
-            reader = (spark.read.option("header", inp["header"]).option("sep", inp["delimiter"])
+            header = inp["header"] and inp["layout"] != "jester"
+            reader = (spark.read.option("header", header).option("sep", inp["delimiter"])
                       .option("inferSchema", False).option("mode", "PERMISSIVE"))
             table = reader.csv(inp["path"])
+            if header:
+                check_header(spark, inp, table.columns, name)
         elif inp["format"] == "parquet":
             table = spark.read.parquet(inp["path"])
         else:
@@ -63,6 +73,27 @@ def read_table(spark: SparkSession, inp: dict) -> DataFrame:
     if not columns:
         raise InputError(f"{name}: is empty (no header and no rows)")
     return table
+
+
+def check_header(spark: SparkSession, inp: dict, columns: list[str], name: str) -> None:
+    """Spark silently renames repeated header names (``5,5`` becomes ``50,51``, which would read as jokes 50
+    and 51), so the header line itself is checked for repeats."""
+    first = spark.read.text(inp["path"]).limit(1).collect()
+    if not first:
+        raise InputError(f"{name}: is empty (no header and no rows)")
+    line = first[0]["value"].lstrip("\ufeff")
+    names = next(csv.reader([line], delimiter=inp["delimiter"]), [])
+    seen, repeated = set(), []
+    for column in names:
+        if column in seen and column not in repeated:
+            repeated.append(column)
+        seen.add(column)
+    if repeated:
+        raise InputError(f"{name}: column(s) {repeated[:5]} appear more than once in the header; each joke "
+                         f"must have one column")
+    if len(names) != len(columns):
+        log.warning("%s: header has %d names but Spark read %d columns (delimiter %r?)", name, len(names),
+                    len(columns), inp["delimiter"])
 
 
 def _quote(name: str) -> str:
@@ -111,6 +142,27 @@ def melt_wide_ratings(wide: DataFrame, user_column: str, jokes: list[tuple[str, 
                        F.expr(stack_expression(jokes)))
 
 
+def number_rows(table: DataFrame, column: str = "_row") -> DataFrame:
+    """Add the 1-based position of each row in file order (the original Jester files identify users by
+    row). One ordered window: fine for tables of millions of rows, which is what this layout holds."""
+    ordered = table.select("*", F.col("_metadata.file_path").alias("_file"),
+                           F.col("_metadata.file_block_start").alias("_block"),
+                           F.monotonically_increasing_id().alias("_pos"))
+    order = Window.orderBy("_file", "_block", "_pos")
+    return ordered.withColumn(column, F.row_number().over(order)).drop("_file", "_block", "_pos")
+
+
+def jester_original_cells(table: DataFrame, source: str) -> tuple[DataFrame, list[tuple[str, int]]]:
+    """The original Jester files: no header, the count of rated jokes first, then jokes 1..N, users by row."""
+    columns = table.columns
+    if len(columns) < 2:
+        raise InputError(f"{source}: the Jester layout needs a count column and at least one joke column, "
+                         f"found {len(columns)} column(s)")
+    jokes = [(name, position) for position, name in enumerate(columns) if position > 0]
+    numbered = number_rows(table).withColumn("_user", F.col("_row").cast("string"))
+    return melt_wide_ratings(numbered, "_user", jokes), jokes
+
+
 def long_cells(table: DataFrame, columns: dict, source: str) -> DataFrame:
     """Long table -> the same cell shape as ``melt_wide_ratings``."""
     missing = [c for c in columns.values() if c not in table.columns]
@@ -130,8 +182,23 @@ def _int_id(column: str):
     return F.when(ok, as_double.cast("int"))
 
 
-def classify_cells(cells: DataFrame, *, missing_values: list[float], rating_range: list[float]) -> DataFrame:
-    """Add ``user`` int, ``rating`` double, ``status`` and ``reason`` to every cell (see the module table)."""
+def needs_reindex(cells: DataFrame) -> bool:
+    """Some non-blank user id is not an integer in Int range."""
+    bad = cells.where((F.trim(F.col("user_raw")) != "") & _int_id("user_raw").isNull())
+    return bool(bad.limit(1).count())
+
+
+def user_id_mapping(cells: DataFrame) -> DataFrame:
+    """Original id (trimmed string) -> dense int ``user`` 1..n in the ids' sort order (deterministic)."""
+    originals = (cells.select(F.trim(F.col("user_raw")).alias("original_user"))
+                 .where(F.col("original_user") != "").distinct())
+    return originals.withColumn("user", F.dense_rank().over(Window.orderBy("original_user")).cast("int"))
+
+
+def classify_cells(cells: DataFrame, *, missing_values: list[float], rating_range: list[float],
+                   min_ratings_per_user: int = 1) -> DataFrame:
+    """Add ``user`` int (unless already there), ``rating`` double, ``status`` and ``reason`` to every cell
+    (see the module table)."""
     low, high = float(rating_range[0]), float(rating_range[1])
     if "joke_raw" in cells.columns:
         cells = cells.withColumn("joke", _int_id("joke_raw"))
@@ -148,13 +215,20 @@ def classify_cells(cells: DataFrame, *, missing_values: list[float], rating_rang
               .when(F.col("user").isNull(), "bad_user_id")
               .when(F.col("joke").isNull(), "bad_joke_id")
               .otherwise("rated"))
+    if "user" not in cells.columns:
+        cells = cells.withColumn("user", _int_id("user_raw"))
+    classified = cells.withColumn("rating", value).withColumn("reason", reason)
+    if min_ratings_per_user > 1:
+        valid = classified.where(F.col("reason") == "rated").groupBy("user").agg(F.count(F.lit(1)).alias("_valid"))
+        classified = (classified.join(valid, on="user", how="left")
+                      .withColumn("reason", F.when((F.col("reason") == "rated")
+                                                   & (F.coalesce("_valid", F.lit(0)) < min_ratings_per_user),
+                                                   "too_few_ratings").otherwise(F.col("reason")))
+                      .drop("_valid"))
     status = (F.when(F.col("reason") == "rated", "accepted")
               .when(F.col("reason").isin("blank", "sentinel"), "missing")
               .otherwise("rejected"))
-    return (cells.withColumn("user", _int_id("user_raw"))
-            .withColumn("rating", value)
-            .withColumn("reason", reason)
-            .withColumn("status", status))
+    return classified.withColumn("status", status)
 
 
 @dataclass
@@ -166,21 +240,47 @@ class PreparedRatings:
     counts: dict  # {"cells": n, "accepted": n, "missing": {...}, "rejected": {...}}
     source: str
     classified: DataFrame
+    user_ids: DataFrame | None = None  # original_user -> user, when ids were re-indexed
+    fingerprint: dict | None = None
 
     def release(self) -> None:
         try_unpersist(self.classified)
 
 
-def ratings_cells(spark: SparkSession, inp: dict) -> tuple[DataFrame, str]:
-    """Read the configured input and return its cells (wide melted or long) and the input's name."""
+def fingerprint(table: DataFrame) -> dict:
+    """Row count and an order-independent content hash of the table as read."""
+    row = table.agg(F.count(F.lit(1)).alias("rows"),
+                    F.bit_xor(F.xxhash64(*[F.col(_quote(c)) for c in table.columns])).alias("hash")).first()
+    return {"rows": int(row["rows"]), "content_hash": f"{(row['hash'] or 0) & (2**64 - 1):016x}"}
+
+
+def check_unique_users(table: DataFrame, user_column: str, source: str) -> None:
+    repeated = (table.groupBy(F.trim(F.col(_quote(user_column)).cast("string")).alias("id")).count()
+                .where("count > 1 AND id IS NOT NULL AND id != ''").orderBy("id").limit(5).collect())
+    if repeated:
+        shown = ", ".join(f"{r['id']!r} ({r['count']} rows)" for r in repeated)
+        raise InputError(f"{source}: user id(s) on more than one row: {shown}; each user must have one row "
+                         f"(column {user_column!r})")
+
+
+def ratings_cells(spark: SparkSession, inp: dict) -> tuple[DataFrame, str, dict]:
+    """Read the configured input; return its cells (wide melted or long), the input's name and fingerprint."""
     source = input_name(inp)
     table = read_table(spark, inp)
+    prints = fingerprint(table)
+    if prints["rows"] == 0:
+        raise InputError(f"{source}: has a header but no rows")
+    if inp["layout"] == "jester":
+        cells, jokes = jester_original_cells(table, source)
+        log.info("%s: Jester layout, %d joke columns, users numbered by row", source, len(jokes))
+        return cells, source, prints
     if inp["layout"] == "wide":
         jokes = joke_columns(table.columns, inp["user_column"], inp["drop_columns"], source)
+        check_unique_users(table, inp["user_column"], source)
         log.info("%s: %d joke columns (ids %d..%d)", source, len(jokes), min(j for _, j in jokes),
                  max(j for _, j in jokes))
-        return melt_wide_ratings(table, inp["user_column"], jokes), source
-    return long_cells(table, inp["long_columns"], source), source
+        return melt_wide_ratings(table, inp["user_column"], jokes), source, prints
+    return long_cells(table, inp["long_columns"], source), source, prints
 
 
 def count_cells(classified: DataFrame) -> dict:
@@ -194,6 +294,12 @@ def count_cells(classified: DataFrame) -> dict:
             counts[row["status"]][row["reason"]] = row["count"]
     counts["missing_total"] = sum(counts["missing"].values())
     counts["rejected_total"] = sum(counts["rejected"].values())
+    accepted = F.sum(F.when(F.col("status") == "accepted", 1).otherwise(0))
+    unrated = (classified.where(F.col("joke").isNotNull()).groupBy("joke").agg(accepted.alias("n"))
+               .where("n = 0").orderBy("joke").collect())
+    counts["jokes_without_ratings"] = [r["joke"] for r in unrated]
+    counts["rows_without_ratings"] = (classified.groupBy("user_raw").agg(accepted.alias("n"))
+                                      .where("n = 0").count())
     return counts
 
 
@@ -202,20 +308,26 @@ def prepare_ratings(spark: SparkSession, inp: dict) -> PreparedRatings:
 
     The classified cells are persisted (they feed the counts, the ratings and the refused cells); call
     ``release()`` on the result once the outputs are written."""
-    cells, source = ratings_cells(spark, inp)
+    cells, source, prints = ratings_cells(spark, inp)
+    user_ids = None
+    mode = inp["user_ids"]
+    if mode == "reindex" or (mode == "auto" and needs_reindex(cells)):
+        user_ids = try_persist(user_id_mapping(cells), "the user id mapping")
+        cells = cells.join(user_ids, F.trim(F.col("user_raw")) == F.col("original_user"), "left") \
+            .drop("original_user")
+        log.info("%s: user ids are not all integers in Int range; re-indexed %d users (mapping in user_ids/)",
+                 source, user_ids.count())
     classified = try_persist(
-        classify_cells(cells, missing_values=inp["missing_values"], rating_range=inp["rating_range"]),
+        classify_cells(cells, missing_values=inp["missing_values"], rating_range=inp["rating_range"],
+                       min_ratings_per_user=inp["min_ratings_per_user"]),
         "the classified input cells")
     counts = count_cells(classified)
-    if counts["cells"] == 0:
-        try_unpersist(classified)
-        raise InputError(f"{source}: has a header but no rows")
     ratings = (classified.where(F.col("status") == "accepted")
                .select("user", "joke", "rating"))
     rejected = (classified.where(F.col("status") == "rejected")
                 .select(F.col("user_raw").alias("user"), F.col("joke_raw").alias("joke"),
                         F.col("raw").alias("value"), "reason"))
-    return PreparedRatings(ratings, rejected, counts, source, classified)
+    return PreparedRatings(ratings, rejected, counts, source, classified, user_ids, prints)
 
 
 def check_duplicates(ratings: DataFrame, source: str) -> None:

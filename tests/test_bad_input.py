@@ -1,0 +1,197 @@
+"""Bad input, one case per row of the README's table: each file is written here, run through the prepare job,
+and either accounted for cell by cell or refused before any output with a message naming what is wrong."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from pyspark.sql import functions as F
+
+from jester_als.cli import main
+
+HEADER = "User,Number of Jokes Rated,1,2,3,4\n"
+
+
+def prepare(tmp_path, text: str | bytes | None, *overrides: str, name: str = "table.csv"):
+    """Run `jester-als prepare` on a file holding `text`; return (exit status, output dir, metrics or None)."""
+    path = tmp_path / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    elif text is not None:
+        path.write_text(text, encoding="utf-8")
+    out = tmp_path / "out"
+    argv = ["prepare", "--conf", "conf/local.yaml", "--set", f"input.path={path}", "--set", f"output.dir={out}"]
+    for item in overrides:
+        argv += ["--set", item]
+    code = main(argv)
+    metrics_file = out / "metrics.json"
+    return code, out, json.loads(metrics_file.read_text()) if metrics_file.exists() else None
+
+
+def cells_add_up(metrics):
+    cells = metrics["data"]["cells"]
+    assert cells["accepted"] + sum(cells["missing"].values()) + sum(cells["rejected"].values()) == cells["read"]
+    assert cells["accepted"] == metrics["data"]["ratings"]
+    return cells
+
+
+def rejected_rows(spark, out):
+    return {(r["user"], r["joke"], r["value"], r["reason"]) for r in spark.read.parquet(str(out / "rejected")).collect()}
+
+
+def refused(code, out, capsys, *fragments):
+    assert code == 1
+    err = capsys.readouterr().err
+    for fragment in fragments:
+        assert fragment in err, err
+    assert not (out / "ratings").exists() and not (out / "metrics.json").exists()
+
+
+# --- cells that are refused or missing, and counted -------------------------------------------------------
+
+def test_non_numeric_cells_are_refused_and_counted(spark, tmp_path):
+    code, out, metrics = prepare(tmp_path, HEADER + "1,4,abc,N/A,--,2.5\n2,4,1,2,3,4\n")
+    assert code == 0
+    cells = cells_add_up(metrics)
+    assert cells["rejected"] == {"not_a_number": 3}
+    assert {("1", "1", "abc", "not_a_number"), ("1", "2", "N/A", "not_a_number"),
+            ("1", "3", "--", "not_a_number")} == rejected_rows(spark, out)
+
+
+def test_out_of_range_values_are_refused(spark, tmp_path):
+    code, out, metrics = prepare(tmp_path, HEADER + "1,4,15,-11,10,-10\n")
+    assert code == 0
+    assert cells_add_up(metrics)["rejected"] == {"out_of_range": 2}
+    assert ("1", "2", "-11", "out_of_range") in rejected_rows(spark, out)
+
+
+def test_sentinel_99_in_every_spelling_is_missing(tmp_path):
+    code, _, metrics = prepare(tmp_path, HEADER + "1,4,99,99.0,99.00,0.00\n")
+    assert code == 0
+    cells = cells_add_up(metrics)
+    assert cells["missing"] == {"sentinel": 3} and cells["accepted"] == 1  # 0.00 is a rating
+
+
+def test_nan_and_infinity_are_refused(tmp_path):
+    code, _, metrics = prepare(tmp_path, HEADER + "1,4,NaN,Infinity,-inf,1\n")
+    assert code == 0
+    assert cells_add_up(metrics)["rejected"] == {"not_finite": 3}
+
+
+def test_rows_that_are_all_missing_are_counted(tmp_path):
+    code, _, metrics = prepare(tmp_path, HEADER + "1,4,1,2,3,4\n2,0,,,,\n3,0,99,,99,\n")
+    assert code == 0
+    cells = cells_add_up(metrics)
+    assert metrics["data"]["rows_without_ratings"] == 2 and metrics["data"]["users"] == 1
+    assert cells["missing"] == {"blank": 6, "sentinel": 2}
+
+
+def test_users_below_the_minimum_are_refused(spark, tmp_path):
+    code, out, metrics = prepare(tmp_path, HEADER + "1,4,1,2,3,4\n2,1,5,,,\n", "input.min_ratings_per_user=2")
+    assert code == 0
+    assert cells_add_up(metrics)["rejected"] == {"too_few_ratings": 1}
+    assert rejected_rows(spark, out) == {("2", "1", "5", "too_few_ratings")}
+    assert metrics["data"]["users"] == 1
+
+
+def test_jokes_nobody_rated_are_reported(tmp_path):
+    code, _, metrics = prepare(tmp_path, HEADER + "1,3,1,,3,4\n2,3,1,,3,4\n")
+    assert code == 0
+    assert metrics["data"]["jokes_without_ratings"] == [2] and metrics["data"]["items"] == 3
+
+
+def test_blank_user_id_is_refused(spark, tmp_path):
+    code, out, metrics = prepare(tmp_path, HEADER + "1,4,1,2,3,4\n,2,5,6,,\n")
+    assert code == 0
+    assert cells_add_up(metrics)["rejected"] == {"bad_user_id": 2}
+
+
+# --- ids that are re-indexed ------------------------------------------------------------------------------
+
+def test_non_integer_and_huge_user_ids_are_reindexed_with_the_mapping_kept(spark, tmp_path):
+    code, out, metrics = prepare(tmp_path, HEADER + "u-17,4,1,2,3,4\n3000000000,4,4,3,2,1\n12.5,2,1,2,,\n")
+    assert code == 0
+    assert metrics["data"]["user_ids_reindexed"] is True and metrics["data"]["users"] == 3
+    mapping = {r["original_user"]: r["user"] for r in spark.read.parquet(str(out / "user_ids")).collect()}
+    assert set(mapping) == {"u-17", "3000000000", "12.5"} and sorted(mapping.values()) == [1, 2, 3]
+    ratings = spark.read.parquet(str(out / "ratings"))
+    assert ratings.where(F.col("user") == mapping["12.5"]).count() == 2
+
+
+def test_user_ids_integer_mode_refuses_them_instead(tmp_path):
+    code, _, metrics = prepare(tmp_path, HEADER + "u-17,4,1,2,3,4\n5,4,4,3,2,1\n", "input.user_ids=integer")
+    assert code == 0
+    assert cells_add_up(metrics)["rejected"] == {"bad_user_id": 4}
+
+
+# --- shapes that stop the run before any output -----------------------------------------------------------
+
+def test_missing_user_column_stops(tmp_path, capsys):
+    code, out, _ = prepare(tmp_path, "Id,Number of Jokes Rated,1,2\n1,2,3,4\n")
+    refused(code, out, capsys, "table.csv: no user column 'User'", "input.user_column")
+
+
+def test_joke_column_that_is_not_an_id_stops(tmp_path, capsys):
+    code, out, _ = prepare(tmp_path, "User,Number of Jokes Rated,1,Notes\n1,1,3,hi\n")
+    refused(code, out, capsys, "joke column(s) ['Notes'] are not integer joke ids")
+
+
+def test_duplicated_joke_columns_stop(tmp_path, capsys):
+    code, out, _ = prepare(tmp_path, "User,Number of Jokes Rated,1,2,2\n1,3,3,4,5\n")
+    refused(code, out, capsys, "column(s) ['2'] appear more than once in the header")
+
+
+def test_duplicated_users_stop(tmp_path, capsys):
+    code, out, _ = prepare(tmp_path, HEADER + "1,2,1,2,,\n1,2,,,3,4\n")
+    refused(code, out, capsys, "user id(s) on more than one row: '1' (2 rows)")
+
+
+def test_empty_file_stops(tmp_path, capsys):
+    code, out, _ = prepare(tmp_path, "")
+    refused(code, out, capsys, "table.csv: is empty")
+
+
+def test_header_only_file_stops(tmp_path, capsys):
+    code, out, _ = prepare(tmp_path, HEADER)
+    refused(code, out, capsys, "table.csv: has a header but no rows")
+
+
+def test_file_that_does_not_exist_stops(tmp_path, capsys):
+    code, out, _ = prepare(tmp_path, None, name="missing.csv")
+    refused(code, out, capsys, "missing.csv: does not exist")
+
+
+def test_table_that_does_not_exist_stops(tmp_path, capsys):
+    code, out, _ = prepare(tmp_path, None, "input.format=table", "input.table=nowhere.jester_data_1")
+    refused(code, out, capsys, "table nowhere.jester_data_1: does not exist")
+
+
+# --- file formats that are read as they are meant ---------------------------------------------------------
+
+def test_bom_windows_line_endings_and_quoted_numbers(spark, tmp_path):
+    text = ("\ufeff" + HEADER + '1,4,"1.5","-2",3,"0.00"\n2,1,5,,,\n').replace("\n", "\r\n").encode("utf-8")
+    code, out, metrics = prepare(tmp_path, text)
+    assert code == 0
+    assert cells_add_up(metrics)["accepted"] == 5
+    ratings = {(r["user"], r["joke"]): r["rating"] for r in spark.read.parquet(str(out / "ratings")).collect()}
+    assert ratings[(1, 1)] == 1.5 and ratings[(1, 4)] == 0.0 and ratings[(2, 1)] == 5.0
+
+
+def test_other_delimiter(tmp_path):
+    code, _, metrics = prepare(tmp_path, HEADER.replace(",", ";") + "1;4;1;2;3;4\n", "input.delimiter=';'")
+    assert code == 0
+    assert metrics["data"]["ratings"] == 4
+
+
+def test_original_jester_layout(spark, tmp_path):
+    """No header, the count first, 99 for missing, users identified by their row."""
+    text = "3,1.5,99,-2.25,0.00\n4,9.9,-9.9,1,2\n1,99,99,99,7\n"
+    code, out, metrics = prepare(tmp_path, text, "input.layout=jester")
+    assert code == 0
+    cells = cells_add_up(metrics)
+    assert cells["read"] == 12 and cells["missing"] == {"sentinel": 4}
+    ratings = {(r["user"], r["joke"]): r["rating"] for r in spark.read.parquet(str(out / "ratings")).collect()}
+    assert ratings == {(1, 1): 1.5, (1, 3): -2.25, (1, 4): 0.0, (2, 1): 9.9, (2, 2): -9.9, (2, 3): 1.0,
+                       (2, 4): 2.0, (3, 4): 7.0}
