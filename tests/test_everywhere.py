@@ -126,3 +126,66 @@ def test_config_shipped_with_files_is_found_by_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_config("some/where/else/shipped.yaml")
     assert cfg["_source"] == "shipped.yaml"
+
+
+def _executors_under(workdir: Path) -> list:
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if "CoarseGrainedExecutorBackend" in " ".join(process.info["cmdline"] or []) \
+                    and process.cwd().startswith(str(workdir)):
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def test_tune_survives_losing_its_executor_mid_fit(spark, dist, tmp_path):
+    """Kill the executor JVM while ALS is fitting; the standalone master starts a new one, lost work is
+    recomputed, and the job ends with the metrics of an undisturbed run."""
+    from jester_als.generate import GeneratorParams, write_wide_csv
+    from jester_als.localcluster import child_env, submit_command
+
+    table = tmp_path / "jester.csv"
+    write_wide_csv(GeneratorParams(users=3000), str(table))
+    prepared = tmp_path / "prepared"
+    assert main(["prepare", "--conf", "conf/local.yaml", "--set", f"input.path={table}",
+                 "--set", f"output.dir={prepared}"]) == 0
+    tune = ["tune.grid={rank: [5], regParam: [0.3], maxIter: [15]}", "tune.refit_max_iter=15"]
+    runs = {}
+    with standalone_cluster(tmp_path / "cluster", cores=2, memory="1g") as master:
+        for name in ("undisturbed", "executor_killed"):
+            out = tmp_path / name
+            shutil.copytree(prepared, out)
+            command = submit_command(master, "tune", str(ROOT / "conf" / "local.yaml"),
+                                     [f"output.dir={out}", f"spark.checkpoint_dir={tmp_path / 'ckpt' / name}",
+                                      *tune], dist=str(dist))
+            job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   env=child_env(), cwd=tmp_path)
+            killed = None
+            if name == "executor_killed":
+                lines = []
+                for line in job.stdout:  # wait until TrainValidationSplit is fitting
+                    lines.append(line)
+                    if "TrainValidationSplit:" in line:
+                        break
+                import time
+                time.sleep(4)
+                executors = _executors_under(tmp_path / "cluster")
+                assert executors, "no executor process found to kill"
+                for process in executors:
+                    process.kill()
+                killed = [p.pid for p in executors]
+            output, _ = job.communicate(timeout=600)
+            assert job.returncode == 0, output[-3000:]
+            if killed:
+                assert "Lost executor" in "".join(lines) + output  # the driver saw the loss and carried on
+            runs[name] = json.loads((out / "metrics.json").read_text())["spark_als"]
+            if killed:
+                assert not set(killed) & {p.pid for p in _executors_under(tmp_path / "cluster")}
+    calm, hit = runs["undisturbed"], runs["executor_killed"]
+    assert hit["best_params"] == calm["best_params"]
+    assert hit["test_rmse"] == pytest.approx(calm["test_rmse"], rel=1e-6)
+    assert hit["test_mae"] == pytest.approx(calm["test_mae"], rel=1e-6)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 
 from jester_als.config import ConfigError, load_config
@@ -106,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_spark_job(args, cfg: dict, started: float) -> int:
+    """Run a Spark job. On Ctrl-C (exit 130) or SIGTERM (exit 143) Spark is stopped first, then the staged
+    outputs are removed, so nothing half-written is left and the previous outputs stay as they were."""
     from jester_als.fallback import AlsNotAllowedError
     from jester_als.jobs import run_spark_job
     from jester_als.outputs import OutputExistsError, OutputLocationError
@@ -113,13 +117,24 @@ def _run_spark_job(args, cfg: dict, started: float) -> int:
     from jester_als.session import build_session
 
     spark, created = build_session(cfg["spark"], master=args.master, remote=args.remote)
+    current: list = []
+    received: list[int] = []
+
+    def on_sigterm(signum, frame):
+        # Raising here would surface inside a py4j call and be reported as a network error; instead stop
+        # Spark from another thread, which makes the running action fail, and report the signal below.
+        received.append(signum)
+        threading.Thread(target=_stop_quietly, args=(spark, created), daemon=True).start()
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main_thread else None
     try:
         if args.job == "bench":
             from jester_als.bench import bench_job
 
             bench_job(spark, cfg)
             return 0
-        metrics = run_spark_job(spark, cfg, args.job)
+        metrics = run_spark_job(spark, cfg, args.job, on_start=current.append)
         metrics.setdefault("run", {})["output_dir"] = cfg["output"]["dir"]
         print(_summary(args.job, metrics, time.perf_counter() - started))
         return 0
@@ -127,12 +142,34 @@ def _run_spark_job(args, cfg: dict, started: float) -> int:
         log.error("%s", exc)
         print(f"jester-als {args.job}: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        log.error("interrupted; outputs left as they were")
-        return 130
+    except BaseException as exc:
+        if not (received or isinstance(exc, KeyboardInterrupt)):
+            raise
+        code = 143 if received else 130
+        log.error("%s: Spark stopped, this run's staged outputs removed; earlier outputs are untouched",
+                  "terminated (SIGTERM)" if received else "interrupted")
+        _stop_quietly(spark, created)
+        created = False
+        for outputs in current:
+            outputs.abort()  # after Spark stopped, so no task is still writing into the staging directory
+        print(f"jester-als {args.job}: {'terminated' if received else 'interrupted'}; nothing was replaced",
+              file=sys.stderr)
+        return code
     finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
         if created:
             spark.stop()
+
+
+def _stop_quietly(spark, created: bool) -> None:
+    try:
+        if created:
+            spark.stop()
+        else:
+            spark.interruptAll()
+    except Exception as exc:  # the session may already be gone
+        log.debug("while stopping Spark: %s", exc)
 
 
 if __name__ == "__main__":

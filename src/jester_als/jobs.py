@@ -258,12 +258,15 @@ JOBS = {
 }
 
 
-def run_spark_job(spark: SparkSession, cfg: dict, job: str) -> dict:
-    """Run one Spark job with staged outputs; returns the full ``metrics.json`` content it committed."""
+def run_spark_job(spark: SparkSession, cfg: dict, job: str, on_start=None) -> dict:
+    """Run one Spark job with staged outputs; returns the full ``metrics.json`` content it committed.
+    ``on_start`` receives the run's outputs (the entry point uses it to clean up after an interrupt)."""
     from jester_als.report import render_report
 
     out = RunOutputs(cfg["output"]["dir"], cfg["output"]["mode"], JOB_OUTPUTS[job])
     out.check()
+    if on_start:
+        on_start(out)
     started, clock = now_iso(), time.perf_counter()
     try:
         sections = JOBS[job](spark, cfg, out)

@@ -157,6 +157,11 @@ def spark_submit(master: str, job: str, conf_file: str, overrides: list[str], *,
                  cwd: str | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
     """Run the packaged job (``dist/jobs/<job>.py`` with ``dist/jester_als.zip``) with the real spark-submit,
     shipping the config with ``--files``."""
+    return subprocess.run(submit_command(master, job, conf_file, overrides, dist=dist), capture_output=True,
+                          text=True, env=child_env(), cwd=cwd, timeout=timeout)
+
+
+def submit_command(master: str, job: str, conf_file: str, overrides: list[str], *, dist: str = "dist") -> list[str]:
     dist_path = Path(dist).resolve()
     args = [str(spark_home() / "bin" / "spark-submit"), "--master", master,
             "--py-files", str(dist_path / "jester_als.zip"), "--files", str(Path(conf_file).resolve()),
@@ -164,7 +169,7 @@ def spark_submit(master: str, job: str, conf_file: str, overrides: list[str], *,
             str(dist_path / "jobs" / f"{job}.py"), "--conf", conf_file]
     for item in overrides:
         args += ["--set", item]
-    return subprocess.run(args, capture_output=True, text=True, env=child_env(), cwd=cwd, timeout=timeout)
+    return args
 
 
 def demo(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from datetime import datetime, timezone
 
@@ -115,5 +116,10 @@ class RunOutputs:
         log.info("outputs committed to %s", self.final)
 
     def abort(self) -> None:
+        """Remove this run's staging directory (the previous outputs were never touched)."""
         if not self.committed:
-            shutil.rmtree(self.stage, ignore_errors=True)
+            for _ in range(3):  # a task that was being cancelled may still create a file or two
+                shutil.rmtree(self.stage, ignore_errors=True)
+                if not os.path.exists(self.stage):
+                    return
+                time.sleep(0.5)
