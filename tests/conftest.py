@@ -66,3 +66,19 @@ def small_table(tmp_path_factory):
     path = tmp_path_factory.mktemp("small") / "jester_small.csv"
     write_wide_csv(params, str(path))
     return path, params
+
+
+@pytest.fixture(scope="session")
+def small_ratings(spark, small_table):
+    """The small table prepared into long ratings (persisted), and its generator parameters."""
+    from jester_als.config import load_config
+    from jester_als.prepare import prepare_ratings
+
+    path, params = small_table
+    cfg = load_config(None, [f"input.path={path}", "output.dir=/tmp/unused"])
+    prepared = prepare_ratings(spark, cfg["input"])
+    ratings = prepared.ratings.persist()
+    ratings.count()
+    prepared.release()
+    yield ratings, params
+    ratings.unpersist()

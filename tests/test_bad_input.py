@@ -4,9 +4,7 @@ and either accounted for cell by cell or refused before any output with a messag
 from __future__ import annotations
 
 import json
-import os
 
-import pytest
 from pyspark.sql import functions as F
 
 from jester_als.cli import main

@@ -7,22 +7,13 @@ import pytest
 from pyspark.sql import functions as F
 
 from jester_als.baseline import collect_sample, sample_users
-from jester_als.config import load_config
 from jester_als.numpy_als import RatingMatrix, fit_numpy_als, rmse_mae
-from jester_als.prepare import prepare_ratings
 from jester_als.tune import fit_als, make_als, split_ratings
 
 
 @pytest.fixture(scope="module")
-def ratings(spark, small_table):
-    path, params = small_table
-    cfg = load_config(None, [f"input.path={path}", "output.dir=/tmp/unused"])
-    prepared = prepare_ratings(spark, cfg["input"])
-    cached = prepared.ratings.persist()
-    cached.count()
-    prepared.release()
-    yield cached
-    cached.unpersist()
+def ratings(small_ratings):
+    return small_ratings[0]
 
 
 def test_spark_and_numpy_als_reach_the_same_test_rmse(ratings):

@@ -2,24 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 from pyspark.sql import functions as F
 
-from jester_als.config import load_config
-from jester_als.prepare import prepare_ratings
 from jester_als.tune import evaluate_model, fit_als, make_als, ranking_metrics, split_ratings, tune_als
-
-
-@pytest.fixture(scope="module")
-def small_ratings(spark, small_table):
-    path, params = small_table
-    cfg = load_config(None, [f"input.path={path}", "output.dir=/tmp/unused"])
-    prepared = prepare_ratings(spark, cfg["input"])
-    ratings = prepared.ratings.persist()
-    ratings.count()
-    prepared.release()
-    yield ratings, params
-    ratings.unpersist()
 
 
 def test_split_is_over_ratings_deterministic_and_disjoint(small_ratings):
