@@ -12,7 +12,7 @@ DATA := data/jester_synthetic.csv
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup java run test generate bench package submit cluster-demo connect-server clean
+.PHONY: help setup java run test generate bench package submit cluster-demo connect-server scale clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ run: setup $(DATA) ## run the pipeline job on the embedded default data (CONF=co
 
 bench: setup ## time NumPy ALS vs Spark ALS vs the seed loop at Jester size (output/bench/bench.md)
 	$(BIN)/jester-als bench --conf conf/bench.yaml
+
+scale: setup ## the scaling study: NumPy vs Spark from 25 k to 2.5 M users and 100 to 10,000 jokes (~30 min)
+	$(BIN)/jester-als scale --conf conf/scale.yaml
 
 test: setup ## run the test suite
 	$(BIN)/pytest -q tests

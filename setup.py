@@ -21,7 +21,8 @@ setup(
         # Local runs: Spark 4 (ML over Spark Connect), Arrow for collecting to the driver, and pandas below 3
         # (pyspark 4.3 does not support pandas 3).
         "spark": ["pyspark[connect]>=4.0,<5", "pyarrow>=15", "pandas>=2.0,<3"],
-        "test": ["pytest>=8", "chispa>=0.10", "psutil>=5.9", "databricks-bundles>=0.270"],
+        "plot": ["matplotlib>=3.7"],
+        "test": ["pytest>=8", "chispa>=0.10", "psutil>=5.9", "databricks-bundles>=0.270", "matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["jester-als = jester_als.cli:main"]},
 )

@@ -27,6 +27,7 @@ JOB_HELP = {
     "baseline": "NumPy ALS and simple baselines on a collected sample, against Spark ALS on the same rows",
     "pipeline": "prepare, tune, baseline and recommend in one run, with metrics.json and report.md",
     "bench": "time NumPy ALS, Spark ALS and the seed's loop on the same ratings; writes bench.json and bench.md",
+    "scale": "scaling study: both engines along users and jokes axes; scale.json, scale.md, scale.png",
 }
 SPARK_JOBS = ("prepare", "tune", "recommend", "baseline", "pipeline", "bench")
 
@@ -103,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
         stats = write_wide_csv(GeneratorParams.from_config(cfg["generate"]), cfg["generate"]["path"])
         print(f"jester-als generate: wrote {stats['path']} in {time.perf_counter() - started:.1f} s")
         print("  " + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()}))
+        return 0
+    if args.job == "scale":
+        from jester_als.scale import scale_job
+
+        scale_job(cfg)
+        print(f"jester-als scale: done in {time.perf_counter() - started:.0f} s; outputs in {cfg['output']['dir']}")
         return 0
     return _run_spark_job(args, cfg, started)
 
