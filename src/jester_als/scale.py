@@ -8,8 +8,9 @@ of the worker's whole process tree every 0.1 s (peak RSS) and enforces the time 
 that exceeds one is stopped, the limit is recorded with its reason, and that engine's axis ends there.
 
 A cost model, fitted to the measured points by least squares, gives per-iteration time as
-``c0 + c1 * nnz * k^2 + c2 * (users + jokes) * k^3`` and peak memory as ``m0 + m1 * nnz + m2 * (users + jokes) * k``
-per engine, plus Spark's shuffle volume per iteration; it is checked against a measured point left out of the
+``c0 + c1 * nnz * k^2 + c2 * (users + jokes) * k^3`` and peak memory as
+``m0 + m1 * nnz + m2 * (users + jokes) * k + m3 * users * jokes`` (the last term is NumPy's dense rating
+pattern, used while it fits ``scale.numpy_dense_budget_mb``) per engine, plus Spark's shuffle volume per iteration; it is checked against a measured point left out of the
 fit and then used to predict sizes this machine cannot hold.
 """
 
@@ -75,8 +76,9 @@ def _read(path: Path):
 
 
 def worker(argv: list[str]) -> int:
-    """``python -m jester_als.scale worker ENGINE DATA_DIR RANK REG ITERS REPEATS OUT [DRIVER_MEMORY]``"""
+    """``python -m jester_als.scale worker ENGINE DATA_DIR RANK REG ITERS REPEATS OUT DRIVER_MEMORY DENSE_MB``"""
     engine, data_dir, rank, reg, iters, repeats, out = argv[:7]
+    dense_budget_mb = float(argv[8]) if len(argv) > 8 else 512.0
     rank, reg, iters, repeats, data_dir = int(rank), float(reg), int(iters), int(repeats), Path(data_dir)
     seconds = []
     if engine == "numpy":
@@ -85,7 +87,8 @@ def worker(argv: list[str]) -> int:
         train = RatingMatrix.from_ids(*_read(data_dir / "train.parquet"))
         for _ in range(repeats):
             started = time.perf_counter()
-            model = fit_numpy_als(train, rank=rank, reg_param=reg, max_iter=iters, seed=1)
+            model = fit_numpy_als(train, rank=rank, reg_param=reg, max_iter=iters, seed=1,
+                                  dense_budget_mb=dense_budget_mb)
             seconds.append(time.perf_counter() - started)
         users, jokes, ratings = _read(data_dir / "test.parquet")
         score = rmse_mae(ratings, model.predict(users, jokes))
@@ -125,7 +128,7 @@ def run_worker(engine: str, data_dir: Path, cfg: dict, repeats: int) -> dict:
     result_file = data_dir / f"{engine}-result.json"
     args = [sys.executable, "-m", "jester_als.scale", "worker", engine, str(data_dir), str(scale["rank"]),
             str(scale["regParam"]), str(scale["maxIter"]), str(repeats), str(result_file),
-            scale["spark_driver_memory"]]
+            scale["spark_driver_memory"], str(scale["numpy_dense_budget_mb"])]
     env = dict(os.environ, SPARK_LOCAL_IP=os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"))
     started = time.perf_counter()
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
@@ -232,9 +235,14 @@ def _machine_memory_gb() -> float:
 
 # --- the cost model --------------------------------------------------------------------------------------
 
-def _features(users: float, jokes: float, nnz: float, rank: int) -> dict:
-    return {"time": [1.0, nnz * rank ** 2, (users + jokes) * rank ** 3],
-            "memory": [1.0, nnz, (users + jokes) * rank]}
+def _features(engine: str, users: float, jokes: float, nnz: float, rank: int) -> dict:
+    memory = [1.0, nnz, (users + jokes) * rank]
+    if engine == "numpy":
+        memory.append(users * jokes)  # the dense rating pattern
+    return {"time": [1.0, nnz * rank ** 2, (users + jokes) * rank ** 3], "memory": memory}
+
+
+SPARSE_BYTES_PER_RATING = 32  # NumPy's sparse path: pattern and ratings, CSR by user and by joke, 4 + 4 bytes
 
 
 def shuffle_bytes_per_iteration(users: float, jokes: float, nnz: float, rank: int, blocks: int) -> float:
@@ -269,7 +277,8 @@ def fit_cost_model(points: list[dict], rank: int, iterations: int, holdout: bool
         used = rows[:-1] if held else rows
         fitted = {}
         for target, key in (("time", "fit_seconds"), ("memory", "peak_rss_mb")):
-            x = np.array([_features(p["users"], p["jokes"], p["train_ratings"], rank)[target] for p, _ in used])
+            x = np.array([_features(engine, p["users"], p["jokes"], p["train_ratings"], rank)[target]
+                          for p, _ in used])
             y = np.array([r[key] / (iterations if target == "time" else 1.0) for _, r in used])
             coef = _nnls(x, y)
             fitted_y = x @ coef
@@ -278,7 +287,7 @@ def fit_cost_model(points: list[dict], rank: int, iterations: int, holdout: bool
         entry = {"fitted": True, "points_used": len(used), **fitted}
         if held:
             p, r = held
-            predicted = predict_point(entry, p["users"], p["jokes"], p["train_ratings"], rank, iterations)
+            predicted = predict_point(entry, engine, p["users"], p["jokes"], p["train_ratings"], rank, iterations)
             entry["holdout"] = {"users": p["users"], "jokes": p["jokes"], "train_ratings": p["train_ratings"],
                                 "measured_seconds": r["fit_seconds"], "predicted_seconds": predicted["seconds"],
                                 "measured_memory_mb": r["peak_rss_mb"], "predicted_memory_mb": predicted["memory_mb"]}
@@ -286,8 +295,9 @@ def fit_cost_model(points: list[dict], rank: int, iterations: int, holdout: bool
     return model
 
 
-def predict_point(entry: dict, users: float, jokes: float, nnz: float, rank: int, iterations: int) -> dict:
-    features = _features(users, jokes, nnz, rank)
+def predict_point(entry: dict, engine: str, users: float, jokes: float, nnz: float, rank: int,
+                  iterations: int) -> dict:
+    features = _features(engine, users, jokes, nnz, rank)
     seconds = float(np.dot(features["time"], entry["time"]["coefficients"])) * iterations
     memory = float(np.dot(features["memory"], entry["memory"]["coefficients"]))
     return {"seconds": seconds, "memory_mb": memory}
@@ -313,7 +323,14 @@ def predict(model: dict, cfg: dict) -> list[dict]:
         for engine, entry in model["engines"].items():
             if not entry.get("fitted"):
                 continue
-            one = predict_point(entry, target["users"], target["jokes"], nnz, rank, iterations)
+            one = predict_point(entry, engine, target["users"], target["jokes"], nnz, rank, iterations)
+            if engine == "numpy" and target["users"] * target["jokes"] * 16 > scale["numpy_dense_budget_mb"] * 2**20:
+                # Beyond the dense budget the engine takes its sparse path, which the study did not time:
+                # its memory follows from the CSR layout, its time is not predicted.
+                coef = entry["memory"]["coefficients"]
+                one = {"seconds": None, "path": "sparse",
+                       "memory_mb": coef[0] + coef[1] * nnz + coef[2] * (target["users"] + target["jokes"]) * rank
+                       + SPARSE_BYTES_PER_RATING * nnz / 2**20}
             fits = one["memory_mb"] <= machine_mb
             row["engines"][engine] = {**one, "fits_one_machine": fits}
             if engine == "spark":
@@ -396,8 +413,8 @@ def render_scale(study: dict) -> str:
         t, m = entry["time"]["coefficients"], entry["memory"]["coefficients"]
         lines.append(f"- {engine}: seconds per iteration = {t[0]:.3g} + {t[1]:.3g} x nnz k^2 + {t[2]:.3g} x "
                      f"(users + jokes) k^3 (fitted points within {entry['time']['max_relative_error_on_fitted']:.0%});"
-                     f" peak MB = {m[0]:.3g} + {m[1]:.3g} x nnz + {m[2]:.3g} x (users + jokes) k (within "
-                     f"{entry['memory']['max_relative_error_on_fitted']:.0%})")
+                     f" peak MB = {m[0]:.3g} + {m[1]:.3g} x nnz + {m[2]:.3g} x (users + jokes) k + {m[3]:.3g} x "
+                     f"users x jokes (within {entry['memory']['max_relative_error_on_fitted']:.0%})")
         if "holdout" in entry:
             h = entry["holdout"]
             lines.append(f"  - check on a point not used to fit ({h['train_ratings']:,} ratings): predicted "
@@ -408,9 +425,11 @@ def render_scale(study: dict) -> str:
     for row in study["predictions"]:
         numpy_p, spark_p = row["engines"].get("numpy"), row["engines"].get("spark")
         cluster = (spark_p or {}).get("cluster")
+        numpy_time = "sparse path: time not modelled" if numpy_p and numpy_p["seconds"] is None else (
+            f"{numpy_p['seconds']:,.0f} s" if numpy_p else "")
         prediction_rows.append([
             row["name"], f"{row['train_ratings']:,.0f}",
-            f"{numpy_p['seconds']:,.0f} s, {numpy_p['memory_mb'] / 1024:,.1f} GB"
+            f"{numpy_time}, {numpy_p['memory_mb'] / 1024:,.1f} GB"
             + ("" if numpy_p["fits_one_machine"] else " (does not fit)") if numpy_p else "",
             f"{spark_p['seconds']:,.0f} s, {spark_p['memory_mb'] / 1024:,.1f} GB"
             + ("" if spark_p["fits_one_machine"] else " (does not fit)") if spark_p else "",

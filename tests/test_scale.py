@@ -1,0 +1,91 @@
+"""The scaling study on a tiny grid: every output and field, the budget stop, and the cost model's fit."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from jester_als.cli import main
+from jester_als.scale import ENGINES, fit_cost_model, predict_point
+
+TINY = ["--set", "scale.users_axis=[300, 600, 1200]", "--set", "scale.jokes_axis=[40]",
+        "--set", "scale.jokes_axis_users=300", "--set", "scale.jokes_axis_ratings_per_user=20",
+        "--set", "scale.maxIter=3", "--set", "scale.rank=3", "--set", "scale.repeats=2",
+        "--set", "scale.spark_driver_memory=1g", "--set", "generate.min_ratings=20",
+        "--set", "generate.mean_ratings=30"]
+
+
+def run_scale(tmp_path, *extra):
+    out = tmp_path / "scale"
+    assert main(["scale", "--conf", "conf/scale.yaml", "--set", f"output.dir={out}",
+                 "--set", f"scale.work_dir={tmp_path}", *TINY, *extra]) == 0
+    return out, json.loads((out / "scale.json").read_text())
+
+
+def test_tiny_grid_writes_json_markdown_and_plot(tmp_path):
+    out, study = run_scale(tmp_path)
+    assert [(p["axis"], p["users"], p["jokes"]) for p in study["points"]] == [
+        ("users", 300, 100), ("users", 600, 100), ("users", 1200, 100), ("jokes", 300, 40)]
+    for point in study["points"]:
+        assert point["train_ratings"] + point["test_ratings"] == point["ratings"] > 0
+        for engine in ENGINES:
+            result = point["engines"][engine]
+            assert result["completed"], result
+            assert result["fit_seconds"] > 0 and result["peak_rss_mb"] > 50 and result["rmse"] > 0
+    assert len(study["points"][0]["engines"]["numpy"]["seconds"]) == 2  # repeated where cheap
+    assert set(study["cost_model"]["engines"]) == set(ENGINES)
+    assert [p["name"] for p in study["predictions"]][0] == "real Jester (dataset 1)"
+    markdown = (out / "scale.md").read_text()
+    assert "| users | 1,200 | 100 |" in markdown and "Crossover on the users axis" in markdown
+    assert "## Cost model" in markdown and "## Predictions" in markdown
+    assert (out / "scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_budget_stop_records_the_limit_instead_of_crashing(tmp_path):
+    _, study = run_scale(tmp_path, "--set", "scale.memory_budget_mb=40")
+    first, later = study["points"][0], study["points"][1:]
+    for engine in ENGINES:
+        assert not first["engines"][engine]["completed"]
+        assert first["engines"][engine]["limit"].startswith("memory: ")
+        for point in later:
+            if point["axis"] == "users":
+                assert point["engines"][engine]["skipped"]
+                assert "at a smaller size" in point["engines"][engine]["limit"]
+
+
+def test_without_matplotlib_the_plot_is_skipped_and_said(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    out, study = run_scale(tmp_path, "--set", "scale.users_axis=[300]", "--set", "scale.jokes_axis=[]")
+    assert study["plot"] is False and not (out / "scale.png").exists()
+    assert "The plot was skipped: matplotlib is not installed." in (out / "scale.md").read_text()
+
+
+def test_cost_model_reproduces_the_points_it_was_fitted_on():
+    """Points made from known coefficients are recovered within 1%, and the held-out point is predicted."""
+    rank, iterations = 10, 10
+    truth = {"time": [0.3, 2e-9, 1e-8], "memory": [900.0, 4e-5, 2e-3, 1.5e-5]}
+    points = []
+    for users, jokes in ((25_000, 100), (100_000, 100), (250_000, 100), (1_000_000, 100), (25_000, 3_000)):
+        nnz = users * 58
+        seconds = (truth["time"][0] + truth["time"][1] * nnz * rank ** 2
+                   + truth["time"][2] * (users + jokes) * rank ** 3) * iterations
+        memory = truth["memory"][0] + truth["memory"][1] * nnz + truth["memory"][2] * (users + jokes) * rank
+        numpy_result = {"completed": True, "fit_seconds": seconds,
+                        "peak_rss_mb": memory + truth["memory"][3] * users * jokes}
+        spark_result = {"completed": True, "fit_seconds": seconds, "peak_rss_mb": memory}
+        points.append({"users": users, "jokes": jokes, "train_ratings": nnz,
+                       "engines": {"numpy": numpy_result, "spark": spark_result}})
+    model = fit_cost_model(points, rank, iterations)
+    for engine in ENGINES:
+        entry = model["engines"][engine]
+        assert entry["points_used"] == 4
+        assert entry["time"]["max_relative_error_on_fitted"] < 0.01
+        assert entry["memory"]["max_relative_error_on_fitted"] < 0.01
+        held = entry["holdout"]
+        assert held["predicted_seconds"] == pytest.approx(held["measured_seconds"], rel=0.02)
+        assert held["predicted_memory_mb"] == pytest.approx(held["measured_memory_mb"], rel=0.02)
+        again = predict_point(entry, engine, 50_000_000, 10_000, 4e9, rank, iterations)
+        assert np.isfinite(again["seconds"]) and again["memory_mb"] > 0
