@@ -66,22 +66,25 @@ def test_without_matplotlib_the_plot_is_skipped_and_said(tmp_path, monkeypatch):
 def test_cost_model_reproduces_the_points_it_was_fitted_on():
     """Points made from known coefficients are recovered within 1%, and the held-out point is predicted."""
     rank, iterations = 10, 10
-    truth = {"time": [0.3, 2e-9, 1e-8], "memory": [900.0, 4e-5, 2e-3, 1.5e-5]}
+    truth = {"time": [0.3, 2e-9, 1e-8, 3e-10], "memory": [900.0, 4e-5, 2e-3, 1.5e-5]}
     points = []
-    for users, jokes in ((25_000, 100), (100_000, 100), (250_000, 100), (1_000_000, 100), (25_000, 3_000)):
+    for users, jokes in ((25_000, 100), (60_000, 100), (100_000, 100), (250_000, 100), (25_000, 3_000),
+                         (50_000, 3_000), (1_000_000, 100)):
         nnz = users * 58
         seconds = (truth["time"][0] + truth["time"][1] * nnz * rank ** 2
                    + truth["time"][2] * (users + jokes) * rank ** 3) * iterations
         memory = truth["memory"][0] + truth["memory"][1] * nnz + truth["memory"][2] * (users + jokes) * rank
-        numpy_result = {"completed": True, "fit_seconds": seconds,
-                        "peak_rss_mb": memory + truth["memory"][3] * users * jokes}
+        dense = jokes == 100  # the sparse 3,000-joke point takes the sparse path
+        numpy_result = {"completed": True, "path": "dense" if dense else "sparse",
+                        "fit_seconds": seconds + dense * truth["time"][3] * users * jokes * rank ** 2 * iterations,
+                        "peak_rss_mb": memory + dense * truth["memory"][3] * users * jokes}
         spark_result = {"completed": True, "fit_seconds": seconds, "peak_rss_mb": memory}
         points.append({"users": users, "jokes": jokes, "train_ratings": nnz,
                        "engines": {"numpy": numpy_result, "spark": spark_result}})
     model = fit_cost_model(points, rank, iterations)
     for engine in ENGINES:
         entry = model["engines"][engine]
-        assert entry["points_used"] == 4
+        assert entry["points_used"] == 6
         assert entry["time"]["max_relative_error_on_fitted"] < 0.01
         assert entry["memory"]["max_relative_error_on_fitted"] < 0.01
         held = entry["holdout"]

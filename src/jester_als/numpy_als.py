@@ -75,6 +75,7 @@ class NumpyALSModel:
     joke_ids: np.ndarray
     train_rmse: list[float] = field(default_factory=list)
     iterations: int = 0
+    layout: str = "dense"  # which products the fit used: "dense" or "sparse"
 
     def nbytes(self) -> int:
         return self.user_factors.nbytes + self.joke_factors.nbytes
@@ -157,12 +158,22 @@ def _train_rmse(data: RatingMatrix, users: np.ndarray, jokes: np.ndarray) -> flo
 
 
 DEFAULT_DENSE_BUDGET_MB = 512
+# BLAS on a dense pattern does users x jokes work where sparse products do ratings' worth, about ten times
+# slower per element: dense pays only while at least this share of the cells is rated (Jester: 73%).
+DENSE_MIN_DENSITY = 0.1
+
+
+def uses_dense_path(users: int, jokes: int, ratings: int, dense_budget_mb: float) -> bool:
+    """The rule ``fit_numpy_als`` applies: dense when the pattern fits the budget and is dense enough."""
+    cells = users * jokes
+    return cells * 16 <= dense_budget_mb * 2**20 and ratings >= DENSE_MIN_DENSITY * cells
 
 
 def _rating_operators(data: RatingMatrix, dense_budget_mb: float):
-    """(pattern, weighted) by user and by joke; dense when users x jokes x 16 bytes fits the budget."""
+    """(pattern, weighted) by user and by joke: dense float32 arrays (BLAS products) when
+    ``uses_dense_path``, else CSR matrices (memory proportional to the ratings)."""
     n_users, n_jokes = data.shape
-    if n_users * n_jokes * 16 <= dense_budget_mb * 2**20:
+    if uses_dense_path(n_users, n_jokes, data.nnz, dense_budget_mb):
         pattern = np.zeros((n_users, n_jokes), dtype=np.float32)
         pattern[data.users, data.jokes] = 1.0
         weighted = np.zeros((n_users, n_jokes), dtype=np.float32)
@@ -202,8 +213,9 @@ def fit_numpy_als(data: RatingMatrix, *, rank: int, reg_param: float, max_iter: 
         Stop early when the training RMSE improves by less than this between iterations (it is then
         computed every iteration; without ``tol`` only at DEBUG log level).
     dense_budget_mb : float
-        Largest dense users x jokes rating pattern to build (two float32 copies each way); above it the
-        products use sparse matrices, whose memory is proportional to the ratings.
+        Largest dense users x jokes rating pattern to build (two float32 copies each way); above it, or
+        when fewer than ``DENSE_MIN_DENSITY`` of the cells are rated, the products use sparse matrices,
+        whose memory is proportional to the ratings.
     """
     n_users, n_jokes = data.shape
     (by_user, by_user_r), (by_joke, by_joke_r), layout = _rating_operators(data, dense_budget_mb)
@@ -226,7 +238,7 @@ def fit_numpy_als(data: RatingMatrix, *, rank: int, reg_param: float, max_iter: 
             log.debug("numpy ALS iteration %d: train RMSE %.5f", iteration, history[-1])
             if tol is not None and len(history) > 1 and history[-2] - history[-1] < tol:
                 break
-    return NumpyALSModel(users, jokes, data.user_ids, data.joke_ids, history, iterations)
+    return NumpyALSModel(users, jokes, data.user_ids, data.joke_ids, history, iterations, layout)
 
 
 def fit_loop_als(data: RatingMatrix, *, rank: int, reg_param: float, max_iter: int, seed: int = 0) -> NumpyALSModel:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from jester_als.generate import GeneratorParams, generate_chunks
+from jester_als.numpy_als import uses_dense_path
 from jester_als.outputs import now_iso, write_text_atomic
 from jester_als.report import table
 
@@ -91,7 +92,7 @@ def worker(argv: list[str]) -> int:
                                   dense_budget_mb=dense_budget_mb)
             seconds.append(time.perf_counter() - started)
         users, jokes, ratings = _read(data_dir / "test.parquet")
-        score = rmse_mae(ratings, model.predict(users, jokes))
+        score = {**rmse_mae(ratings, model.predict(users, jokes)), "path": model.layout}
     else:
         from pyspark.sql import SparkSession
 
@@ -235,14 +236,14 @@ def _machine_memory_gb() -> float:
 
 # --- the cost model --------------------------------------------------------------------------------------
 
-def _features(engine: str, users: float, jokes: float, nnz: float, rank: int) -> dict:
+def _features(engine: str, users: float, jokes: float, nnz: float, rank: int, dense: bool = False) -> dict:
+    time_terms = [1.0, nnz * rank ** 2, (users + jokes) * rank ** 3]
     memory = [1.0, nnz, (users + jokes) * rank]
     if engine == "numpy":
-        memory.append(users * jokes)  # the dense rating pattern
-    return {"time": [1.0, nnz * rank ** 2, (users + jokes) * rank ** 3], "memory": memory}
-
-
-SPARSE_BYTES_PER_RATING = 32  # NumPy's sparse path: pattern and ratings, CSR by user and by joke, 4 + 4 bytes
+        # NumPy's dense path works and stores the whole users x jokes pattern; the sparse path does not.
+        time_terms.append(users * jokes * rank ** 2 if dense else 0.0)
+        memory.append(users * jokes if dense else 0.0)
+    return {"time": time_terms, "memory": memory}
 
 
 def shuffle_bytes_per_iteration(users: float, jokes: float, nnz: float, rank: int, blocks: int) -> float:
@@ -277,8 +278,8 @@ def fit_cost_model(points: list[dict], rank: int, iterations: int, holdout: bool
         used = rows[:-1] if held else rows
         fitted = {}
         for target, key in (("time", "fit_seconds"), ("memory", "peak_rss_mb")):
-            x = np.array([_features(engine, p["users"], p["jokes"], p["train_ratings"], rank)[target]
-                          for p, _ in used])
+            x = np.array([_features(engine, p["users"], p["jokes"], p["train_ratings"], rank,
+                                    r.get("path") == "dense")[target] for p, r in used])
             y = np.array([r[key] / (iterations if target == "time" else 1.0) for _, r in used])
             coef = _nnls(x, y)
             fitted_y = x @ coef
@@ -287,7 +288,8 @@ def fit_cost_model(points: list[dict], rank: int, iterations: int, holdout: bool
         entry = {"fitted": True, "points_used": len(used), **fitted}
         if held:
             p, r = held
-            predicted = predict_point(entry, engine, p["users"], p["jokes"], p["train_ratings"], rank, iterations)
+            predicted = predict_point(entry, engine, p["users"], p["jokes"], p["train_ratings"], rank, iterations,
+                                      r.get("path") == "dense")
             entry["holdout"] = {"users": p["users"], "jokes": p["jokes"], "train_ratings": p["train_ratings"],
                                 "measured_seconds": r["fit_seconds"], "predicted_seconds": predicted["seconds"],
                                 "measured_memory_mb": r["peak_rss_mb"], "predicted_memory_mb": predicted["memory_mb"]}
@@ -296,8 +298,8 @@ def fit_cost_model(points: list[dict], rank: int, iterations: int, holdout: bool
 
 
 def predict_point(entry: dict, engine: str, users: float, jokes: float, nnz: float, rank: int,
-                  iterations: int) -> dict:
-    features = _features(engine, users, jokes, nnz, rank)
+                  iterations: int, dense: bool = False) -> dict:
+    features = _features(engine, users, jokes, nnz, rank, dense)
     seconds = float(np.dot(features["time"], entry["time"]["coefficients"])) * iterations
     memory = float(np.dot(features["memory"], entry["memory"]["coefficients"]))
     return {"seconds": seconds, "memory_mb": memory}
@@ -323,14 +325,11 @@ def predict(model: dict, cfg: dict) -> list[dict]:
         for engine, entry in model["engines"].items():
             if not entry.get("fitted"):
                 continue
-            one = predict_point(entry, engine, target["users"], target["jokes"], nnz, rank, iterations)
-            if engine == "numpy" and target["users"] * target["jokes"] * 16 > scale["numpy_dense_budget_mb"] * 2**20:
-                # Beyond the dense budget the engine takes its sparse path, which the study did not time:
-                # its memory follows from the CSR layout, its time is not predicted.
-                coef = entry["memory"]["coefficients"]
-                one = {"seconds": None, "path": "sparse",
-                       "memory_mb": coef[0] + coef[1] * nnz + coef[2] * (target["users"] + target["jokes"]) * rank
-                       + SPARSE_BYTES_PER_RATING * nnz / 2**20}
+            dense = engine == "numpy" and uses_dense_path(target["users"], target["jokes"], nnz,
+                                                          scale["numpy_dense_budget_mb"])
+            one = predict_point(entry, engine, target["users"], target["jokes"], nnz, rank, iterations, dense)
+            if engine == "numpy":
+                one["path"] = "dense" if dense else "sparse"
             fits = one["memory_mb"] <= machine_mb
             row["engines"][engine] = {**one, "fits_one_machine": fits}
             if engine == "spark":
@@ -380,7 +379,7 @@ def render_scale(study: dict) -> str:
     for p in study["points"]:
         numpy_r, spark_r = p["engines"].get("numpy", {}), p["engines"].get("spark", {})
         rows.append([p["axis"], f"{p['users']:,}", f"{p['jokes']:,}", f"{p['train_ratings']:,}",
-                     _cell(numpy_r, "fit_seconds", "{:.2f}"), _cell(numpy_r, "peak_rss_mb", "{:,.0f}"),
+                     _cell(numpy_r, "fit_seconds", "{:.2f}") + (f" ({numpy_r['path']})" if numpy_r.get("path") else ""), _cell(numpy_r, "peak_rss_mb", "{:,.0f}"),
                      _cell(spark_r, "fit_seconds", "{:.2f}"), _cell(spark_r, "peak_rss_mb", "{:,.0f}"),
                      _cell(numpy_r, "rmse", "{:.4f}"), _cell(spark_r, "rmse", "{:.4f}")])
     limits = [f"- {p['axis']} axis, {p['users']:,} x {p['jokes']:,}, {engine}: {r['limit']}"
@@ -411,10 +410,12 @@ def render_scale(study: dict) -> str:
             lines.append(f"- {engine}: not fitted ({entry['reason']})")
             continue
         t, m = entry["time"]["coefficients"], entry["memory"]["coefficients"]
+        dense = f" + {m[3]:.3g} x users x jokes [dense path]" if len(m) > 3 else ""
+        dense_t = f" + {t[3]:.3g} x users x jokes k^2 [dense path]" if len(t) > 3 else ""
         lines.append(f"- {engine}: seconds per iteration = {t[0]:.3g} + {t[1]:.3g} x nnz k^2 + {t[2]:.3g} x "
-                     f"(users + jokes) k^3 (fitted points within {entry['time']['max_relative_error_on_fitted']:.0%});"
-                     f" peak MB = {m[0]:.3g} + {m[1]:.3g} x nnz + {m[2]:.3g} x (users + jokes) k + {m[3]:.3g} x "
-                     f"users x jokes (within {entry['memory']['max_relative_error_on_fitted']:.0%})")
+                     f"(users + jokes) k^3{dense_t} (fitted points within {entry['time']['max_relative_error_on_fitted']:.0%});"
+                     f" peak MB = {m[0]:.3g} + {m[1]:.3g} x nnz + {m[2]:.3g} x (users + jokes) k{dense} (within "
+                     f"{entry['memory']['max_relative_error_on_fitted']:.0%})")
         if "holdout" in entry:
             h = entry["holdout"]
             lines.append(f"  - check on a point not used to fit ({h['train_ratings']:,} ratings): predicted "
@@ -425,8 +426,7 @@ def render_scale(study: dict) -> str:
     for row in study["predictions"]:
         numpy_p, spark_p = row["engines"].get("numpy"), row["engines"].get("spark")
         cluster = (spark_p or {}).get("cluster")
-        numpy_time = "sparse path: time not modelled" if numpy_p and numpy_p["seconds"] is None else (
-            f"{numpy_p['seconds']:,.0f} s" if numpy_p else "")
+        numpy_time = f"{numpy_p['seconds']:,.0f} s ({numpy_p['path']})" if numpy_p else ""
         prediction_rows.append([
             row["name"], f"{row['train_ratings']:,.0f}",
             f"{numpy_time}, {numpy_p['memory_mb'] / 1024:,.1f} GB"
