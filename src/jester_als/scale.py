@@ -132,7 +132,9 @@ def run_worker(engine: str, data_dir: Path, cfg: dict, repeats: int) -> dict:
             scale["spark_driver_memory"], str(scale["numpy_dense_budget_mb"])]
     env = dict(os.environ, SPARK_LOCAL_IP=os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"))
     started = time.perf_counter()
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    log_path = data_dir / f"{engine}-worker.log"
+    with open(log_path, "wb") as log_file:  # a file, not a pipe: a chatty worker must never block on it
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log_file, env=env)
     root = psutil.Process(process.pid)
     peak, limit = 0, None
     budget_bytes = scale["memory_budget_mb"] * 2**20
@@ -157,7 +159,7 @@ def run_worker(engine: str, data_dir: Path, cfg: dict, repeats: int) -> dict:
             process.wait()
             break
         time.sleep(0.1)
-    stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+    stderr = log_path.read_text(errors="replace")
     wall = time.perf_counter() - started
     if limit:
         return {"completed": False, "limit": limit, "peak_rss_mb": peak / 2**20, "wall_seconds": wall}
@@ -366,6 +368,26 @@ def crossover(points: list[dict], axis: str) -> dict | None:
     return None
 
 
+def single_machine_limit(study: dict, engine: str) -> dict | None:
+    """Along the users axis (100 jokes, the users axis' ratings per user), the size at which the engine's
+    fitted memory model reaches the machine's memory: where one machine runs out and Spark on a cluster
+    becomes necessary."""
+    entry = study["cost_model"]["engines"].get(engine, {})
+    users_points = [p for p in study["points"] if p["axis"] == "users" and p["users"]]
+    if not entry.get("fitted") or not users_points:
+        return None
+    per_user = users_points[-1]["train_ratings"] / users_points[-1]["users"]
+    machine_mb = study["machine"]["memory_gb"] * 1024
+    coef = entry["memory"]["coefficients"]
+    jokes, rank = 100, study["cost_model"]["rank"]
+    dense_per_user = coef[3] * jokes if len(coef) > 3 else 0.0
+    slope = coef[1] * per_user + coef[2] * rank + dense_per_user  # MB per user
+    if slope <= 0:
+        return None
+    users = (machine_mb - coef[0] - coef[2] * jokes * rank) / slope
+    return {"users": users, "train_ratings": users * per_user, "memory_gb": study["machine"]["memory_gb"]}
+
+
 def _cell(result: dict, key: str, fmt: str) -> str:
     if not result:
         return ""
@@ -403,6 +425,12 @@ def render_scale(study: dict) -> str:
             f"at {cross['train_ratings']:,} training ratings ({cross['users']:,} x {cross['jokes']:,}): "
             f"{cross['why']}." if cross else "none within the measured range: NumPy ALS on one machine was "
                                              "faster at every size both engines completed."))
+    for engine in ENGINES:
+        limit = single_machine_limit(study, engine)
+        if limit:
+            lines.append(f"{'NumPy' if engine == 'numpy' else 'Spark local mode'} runs out of this machine's "
+                         f"{limit['memory_gb']:.0f} GB at about {limit['users'] / 1e6:.1f} M Jester-like users "
+                         f"({limit['train_ratings'] / 1e6:,.0f} M training ratings), by the memory model below.")
     lines += ["", "## Cost model", ""]
     model = study["cost_model"]
     for engine, entry in model["engines"].items():
@@ -465,13 +493,21 @@ def plot(study: dict, path: str) -> bool:
         if cross:
             for ax in (ax_time, ax_mem):
                 ax.axvline(cross["train_ratings"], color="gray", linestyle=":", label=f"crossover ({axis})")
+    limit = single_machine_limit(study, "numpy")
+    if limit:
+        for ax in (ax_time, ax_mem):
+            ax.axvline(limit["train_ratings"], color="red", linestyle=":",
+                       label=f"NumPy outgrows {limit['memory_gb']:.0f} GB (model)")
+        ax_mem.axhline(limit["memory_gb"] * 1024, color="red", linestyle="--", linewidth=0.8,
+                       label="machine memory")
     for ax, ylabel in ((ax_time, "fit time (s)"), (ax_mem, "peak resident memory (MB)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("training ratings")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.suptitle("jester-als: NumPy ALS on the driver vs Spark ALS (local mode)")
     fig.tight_layout()
     tmp = f"{path}.tmp.png"
