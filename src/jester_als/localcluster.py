@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -35,9 +36,19 @@ def spark_home() -> Path:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports: all bound at once, so the OS cannot hand the same one out twice."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for sock in sockets:
+            sock.bind((HOST, 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def child_env() -> dict:
@@ -98,20 +109,30 @@ def standalone_cluster(workdir: str | Path, *, cores: int = 2, memory: str = "2g
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     spark_class = str(spark_home() / "bin" / "spark-class")
-    port, ui_port, worker_ui = free_port(), free_port(), free_port()
+    port, ui_port, worker_ui = free_ports(3)
     master = worker = None
     try:
         master_log = workdir / "master.log"
         master = _start([spark_class, "org.apache.spark.deploy.master.Master", "--host", HOST, "--port", str(port),
                          "--webui-port", str(ui_port)], master_log)
 
+        url = f"spark://{HOST}:{port}"
+
         def master_state() -> dict:
-            with urllib.request.urlopen(f"http://{HOST}:{ui_port}/json/", timeout=2) as response:
-                return json.load(response)
+            """The master's JSON status; {} until it answers as our master (another service that took the
+            port, or a page that is not JSON yet, counts as not ready)."""
+            # If the UI port was taken meanwhile, the master moves to the next one and logs where it went.
+            found = re.search(r"MasterWebUI.*started at http://[^:/]+:(\d+)", master_log.read_text(errors="replace"))
+            port_now = int(found.group(1)) if found else ui_port
+            with urllib.request.urlopen(f"http://{HOST}:{port_now}/json/", timeout=2) as response:
+                try:
+                    state = json.load(response)
+                except ValueError:
+                    return {}
+            return state if state.get("url") == url else {}
 
         _wait_until(lambda: master_state().get("status") == "ALIVE", timeout=timeout, what="Spark master",
                     process=master, log_path=master_log)
-        url = f"spark://{HOST}:{port}"
         worker_log = workdir / "worker.log"
         worker = _start([spark_class, "org.apache.spark.deploy.worker.Worker", url, "--host", HOST,
                          "--cores", str(cores), "--memory", memory, "--webui-port", str(worker_ui),
