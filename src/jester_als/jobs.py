@@ -59,7 +59,8 @@ def run_prepare(spark: SparkSession, cfg: dict, out: RunOutputs) -> tuple[dict, 
             prepared.user_ids.select("original_user", "user").write.mode("overwrite").parquet(out.path("user_ids"))
     finally:
         prepared.release()
-        try_unpersist(prepared.user_ids) if prepared.user_ids is not None else None
+        if prepared.user_ids is not None:
+            try_unpersist(prepared.user_ids)
     user_ids = spark.read.parquet(out.path("user_ids")) if prepared.user_ids is not None else None
     counts = prepared.counts
     ratings = spark.read.parquet(out.path("ratings"))
