@@ -12,9 +12,7 @@ from jester_als.numpy_als import RatingMatrix, batched_cholesky_solve, fit_loop_
 
 
 def long_arrays(params):
-    ratings = np.vstack([chunk.ratings for chunk in generate_chunks(params)])
-    users, jokes = np.nonzero(~np.isnan(ratings))
-    return users + 1, jokes + 1, ratings[users, jokes]
+    return tuple(np.concatenate(parts) for parts in zip(*(chunk.long() for chunk in generate_chunks(params))))
 
 
 def split(users, jokes, values, seed=0, test_fraction=0.2):

@@ -12,7 +12,7 @@ import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from jester_als.numpy_als import RatingMatrix, fit_numpy_als, rmse_mae
+from jester_als.numpy_als import RatingMatrix, fit_numpy_als, positions, rmse_mae
 from jester_als.tune import SPLIT_BUCKETS, is_test_rating
 
 log = logging.getLogger(__name__)
@@ -80,12 +80,9 @@ def fit_bias_model(train: RatingMatrix, *, reg: float, iterations: int = 10):
         user_bias = np.bincount(train.users, residual_base - joke_bias[train.jokes], n_users) / (reg + user_counts)
 
     def predict(users: np.ndarray, jokes: np.ndarray) -> np.ndarray:
-        u = np.searchsorted(train.user_ids, users)
-        j = np.searchsorted(train.joke_ids, jokes)
-        u_known = (u < n_users) & (train.user_ids[np.minimum(u, n_users - 1)] == users)
-        j_known = (j < n_jokes) & (train.joke_ids[np.minimum(j, n_jokes - 1)] == jokes)
-        return mu + np.where(u_known, user_bias[np.minimum(u, n_users - 1)], 0.0) \
-            + np.where(j_known, joke_bias[np.minimum(j, n_jokes - 1)], 0.0)
+        u, u_known = positions(train.user_ids, users)
+        j, j_known = positions(train.joke_ids, jokes)
+        return mu + np.where(u_known, user_bias[u], 0.0) + np.where(j_known, joke_bias[j], 0.0)
 
     return predict
 

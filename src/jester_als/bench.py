@@ -25,13 +25,7 @@ log = logging.getLogger(__name__)
 
 def generated_split(params: GeneratorParams, test_fraction: float, seed: int):
     """The generated table as long arrays, split at random over ratings (seeded)."""
-    users, jokes, values = [], [], []
-    for chunk in generate_chunks(params):
-        rows, cols = np.nonzero(~np.isnan(chunk.ratings))
-        users.append(rows + chunk.first_user)
-        jokes.append(cols + 1)
-        values.append(chunk.ratings[rows, cols])
-    users, jokes, values = np.concatenate(users), np.concatenate(jokes), np.concatenate(values)
+    users, jokes, values = (np.concatenate(parts) for parts in zip(*(c.long() for c in generate_chunks(params))))
     is_test = np.random.default_rng(seed).random(values.size) < test_fraction
     train = (users[~is_test], jokes[~is_test], values[~is_test])
     test = (users[is_test], jokes[is_test], values[is_test])

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from jester_als.numpy_als import NumpyALSModel, RatingMatrix, fit_numpy_als, rmse_mae
+from jester_als.numpy_als import NumpyALSModel, RatingMatrix, fit_numpy_als, positions, rmse_mae
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +104,9 @@ def recommend_numpy(spark, model: NumpyALSModel, rated_df, top_n: int):
     import pyarrow as pa
 
     users, jokes, _ = _arrays(rated_df)
-    u = np.searchsorted(model.user_ids, users)
-    j = np.searchsorted(model.joke_ids, jokes)
-    known = (u < len(model.user_ids)) & (j < len(model.joke_ids))
-    known &= (model.user_ids[np.minimum(u, len(model.user_ids) - 1)] == users)
-    known &= (model.joke_ids[np.minimum(j, len(model.joke_ids) - 1)] == jokes)
+    u, u_known = positions(model.user_ids, users)
+    j, j_known = positions(model.joke_ids, jokes)
+    known = u_known & j_known
     u, j = u[known], j[known]
     order = np.argsort(u, kind="stable")
     bounds = np.searchsorted(u[order], np.arange(len(model.user_ids) + 1))

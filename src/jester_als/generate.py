@@ -76,6 +76,11 @@ class WideChunk:
     def user_ids(self) -> np.ndarray:
         return np.arange(self.first_user, self.first_user + self.ratings.shape[0])
 
+    def long(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The chunk's ratings as (user id, joke id, rating) arrays, users then jokes in order."""
+        rows, cols = np.nonzero(~np.isnan(self.ratings))
+        return rows + self.first_user, cols + 1, self.ratings[rows, cols]
+
     @property
     def counts(self) -> np.ndarray:
         return np.count_nonzero(~np.isnan(self.ratings), axis=1)

@@ -18,7 +18,7 @@ from jester_als.fallback import (WAYS_OUT, AlsNotAllowedError, is_not_allowed, l
                                  recommend_numpy, save_numpy_model, tune_numpy)
 from jester_als.numpy_als import NumpyALSModel
 from jester_als.outputs import RunOutputs, now_iso
-from jester_als.prepare import InputError, check_duplicates, prepare_ratings
+from jester_als.prepare import InputError, check_duplicates, content_hash, hex64, prepare_ratings
 from jester_als.recommend import recommend_unrated
 from jester_als.session import als_blocks, is_connect, master_of, try_persist, try_unpersist
 from jester_als.tune import evaluate_model, fit_als, make_als, split_ratings, tune_als
@@ -66,15 +66,15 @@ def run_prepare(spark: SparkSession, cfg: dict, out: RunOutputs) -> tuple[dict, 
     ratings = spark.read.parquet(out.path("ratings"))
     row = ratings.agg(F.countDistinct("user").alias("users"), F.countDistinct("joke").alias("items"),
                       F.count(F.lit(1)).alias("ratings"), F.avg("rating").alias("mean"),
-                      F.stddev_pop("rating").alias("std")).first()
+                      F.stddev_pop("rating").alias("std"),
+                      content_hash("user", "joke", "rating").alias("hash")).first()
     if not row["ratings"]:
         raise InputError(f"{prepared.source}: no valid ratings among {counts['cells']:,} cells "
                          f"(missing {counts['missing']}, rejected {counts['rejected']})")
-    content = ratings.agg(F.bit_xor(F.xxhash64("user", "joke", "rating")).alias("hash")).first()["hash"]
     data = {
         "source": prepared.source,
         "input": prepared.fingerprint,
-        "ratings_hash": f"{(content or 0) & (2**64 - 1):016x}",
+        "ratings_hash": hex64(row["hash"]),
         "user_ids_reindexed": user_ids is not None,
         "jokes_without_ratings": counts["jokes_without_ratings"],
         "rows_without_ratings": counts["rows_without_ratings"],

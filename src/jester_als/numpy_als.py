@@ -55,6 +55,16 @@ class RatingMatrix:
         return sum(a.nbytes for a in (self.users, self.jokes, self.ratings, self.user_ids, self.joke_ids))
 
 
+def positions(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each id sits in ``sorted_ids``, and whether it is there at all (unknown ids get position 0,
+    to be masked by the second array)."""
+    if len(sorted_ids) == 0:
+        return np.zeros(len(ids), dtype=np.intp), np.zeros(len(ids), dtype=bool)
+    clipped = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+    known = sorted_ids[clipped] == ids
+    return np.where(known, clipped, 0), known
+
+
 def _dense_index(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(sorted distinct ids, int32 index of each id in them). Small non-negative integer ids (Jester's) take
     a counting pass instead of a sort: O(n) time and no int64 copies of the ratings."""
@@ -82,10 +92,8 @@ class NumpyALSModel:
 
     def predict(self, user_ids: np.ndarray, joke_ids: np.ndarray) -> np.ndarray:
         """Predicted ratings; NaN where the user or joke was not in training (Spark's cold start)."""
-        u = np.searchsorted(self.user_ids, user_ids)
-        j = np.searchsorted(self.joke_ids, joke_ids)
-        u_ok = (u < len(self.user_ids)) & (self.user_ids[np.minimum(u, len(self.user_ids) - 1)] == user_ids)
-        j_ok = (j < len(self.joke_ids)) & (self.joke_ids[np.minimum(j, len(self.joke_ids) - 1)] == joke_ids)
+        u, u_ok = positions(self.user_ids, user_ids)
+        j, j_ok = positions(self.joke_ids, joke_ids)
         ok = u_ok & j_ok
         out = np.full(len(user_ids), np.nan)
         out[ok] = np.einsum("ij,ij->i", self.user_factors[u[ok]], self.joke_factors[j[ok]])

@@ -247,11 +247,19 @@ class PreparedRatings:
         try_unpersist(self.classified)
 
 
+def content_hash(*columns: str):
+    """Aggregate column: an order-independent hash of the rows' values (XOR of per-row xxhash64)."""
+    return F.bit_xor(F.xxhash64(*[F.col(_quote(c)) for c in columns]))
+
+
+def hex64(value: int | None) -> str:
+    return f"{(value or 0) & (2**64 - 1):016x}"
+
+
 def fingerprint(table: DataFrame) -> dict:
     """Row count and an order-independent content hash of the table as read."""
-    row = table.agg(F.count(F.lit(1)).alias("rows"),
-                    F.bit_xor(F.xxhash64(*[F.col(_quote(c)) for c in table.columns])).alias("hash")).first()
-    return {"rows": int(row["rows"]), "content_hash": f"{(row['hash'] or 0) & (2**64 - 1):016x}"}
+    row = table.agg(F.count(F.lit(1)).alias("rows"), content_hash(*table.columns).alias("hash")).first()
+    return {"rows": int(row["rows"]), "content_hash": hex64(row["hash"])}
 
 
 def check_unique_users(table: DataFrame, user_column: str, source: str) -> None:

@@ -52,10 +52,8 @@ def write_split_parquet(params: GeneratorParams, directory: Path, test_fraction:
     counts = {"train": 0, "test": 0}
     try:
         for index, chunk in enumerate(generate_chunks(params)):
-            rows, cols = np.nonzero(~np.isnan(chunk.ratings))
-            users = (rows + chunk.first_user).astype(np.int32)
-            jokes = (cols + 1).astype(np.int32)
-            values = chunk.ratings[rows, cols]
+            users, jokes, values = chunk.long()
+            users, jokes = users.astype(np.int32), jokes.astype(np.int32)
             is_test = np.random.default_rng([seed, index]).random(values.size) < test_fraction
             for name, mask in (("train", ~is_test), ("test", is_test)):
                 writers[name].write_table(pa.table({"user": users[mask], "joke": jokes[mask],

@@ -82,8 +82,7 @@ def _apply_connect_settings(spark, settings: dict, checkpoint_dir: str | None) -
     if refused:
         log.info("not applied over Spark Connect (launch-time settings belong to the server): %s",
                  ", ".join(refused))
-    if checkpoint_dir or not _conf(spark, "spark.checkpoint.dir"):
-        ensure_checkpoint_dir(spark, checkpoint_dir, force=bool(checkpoint_dir))
+    ensure_checkpoint_dir(spark, checkpoint_dir, force=bool(checkpoint_dir))
 
 
 def ensure_checkpoint_dir(spark, wanted: str | None, *, force: bool = False) -> None:
