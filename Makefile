@@ -7,15 +7,26 @@ STAMP := $(VENV)/.installed
 CONF ?= conf/local.yaml
 MASTER ?= local[2]
 JOB ?= pipeline
+ARGS ?=
 DATA := data/jester_synthetic.csv
+# The Spark the platforms run (Databricks Runtime 17.3 LTS and serverless environment 4 are Spark 4.0): a second
+# environment where the Spark-facing tests run too.
+SPARK40 ?= 4.0.5
+VENV40 := .venv-spark40
+STAMP40 := $(VENV40)/.installed-$(SPARK40)
+SPARK40_TESTS := tests/test_tune.py tests/test_connect.py \
+  tests/test_everywhere.py::test_pipeline_over_spark_connect_matches_classic
+# pip's pyspark finds Spark through whichever python3 is first on PATH (bin/find-spark-home), and its workers
+# run PYSPARK_PYTHON: both must be the venv's, or spark-submit exits 127 outside an activated venv.
+SPARK_ENV = PYSPARK_PYTHON="$(CURDIR)/$(BIN)/python" PYSPARK_DRIVER_PYTHON="$(CURDIR)/$(BIN)/python"
 # Spark warns when the host name resolves to loopback; binding to it explicitly keeps local runs quiet.
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup java run test generate bench package submit cluster-demo connect-server scale clean
+.PHONY: help setup setup-spark40 java run lint test test-fast generate bench package submit cluster-demo connect-server scale clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 java:
 	@command -v java >/dev/null 2>&1 || { echo "Java is missing: Spark 4 needs Java 17 or 21." \
@@ -46,8 +57,23 @@ bench: setup ## time NumPy ALS vs Spark ALS vs the seed loop at Jester size (out
 scale: setup ## the scaling study: NumPy vs Spark from 25 k to 2.5 M users and 100 to 10,000 jokes (~30 min)
 	$(BIN)/jester-als scale --conf conf/scale.yaml
 
-test: setup ## run the test suite
+$(STAMP40): setup.py
+	$(PYTHON) -m venv $(VENV40)
+	$(VENV40)/bin/pip install --quiet --upgrade pip
+	$(VENV40)/bin/pip install --quiet -e ".[spark,test]" "pyspark[connect]==$(SPARK40)"
+	touch $(STAMP40)
+
+setup-spark40: java $(STAMP40) ## a second environment with pyspark 4.0 (what Databricks runs) for the tests
+
+test: setup setup-spark40 lint ## lint, the test suite on the newest pyspark, then the Spark-facing tests on pyspark 4.0
 	$(BIN)/pytest -q tests
+	$(VENV40)/bin/pytest -q $(SPARK40_TESTS)
+
+lint: setup ## ruff over the library, the jobs and the tests (settings in pyproject.toml)
+	$(BIN)/ruff check src tests jobs setup.py
+
+test-fast: setup ## only the tests that need no Spark cluster or server (a few minutes)
+	$(BIN)/pytest -q -m "not cluster" tests
 
 package: setup ## build dist/: the wheel, jester_als.zip for --py-files, the job files and configs
 	rm -rf dist build
@@ -56,9 +82,9 @@ package: setup ## build dist/: the wheel, jester_als.zip for --py-files, the job
 	mkdir -p dist/jobs dist/conf && cp jobs/*.py dist/jobs/ && cp conf/*.yaml dist/conf/
 	@ls -1 dist dist/jobs dist/conf
 
-submit: package ## spark-submit a job: make submit MASTER=spark://host:7077 CONF=conf/local.yaml JOB=pipeline
-	$(BIN)/spark-submit --master '$(MASTER)' --py-files dist/jester_als.zip --files $(CONF) \
-	  dist/jobs/$(JOB).py --conf $(CONF)
+submit: package ## spark-submit a job: make submit MASTER=spark://host:7077 JOB=pipeline ARGS="--set input.path=..."
+	$(SPARK_ENV) $(BIN)/spark-submit --master '$(MASTER)' --py-files dist/jester_als.zip --files $(CONF) \
+	  dist/jobs/$(JOB).py --conf $(CONF) $(ARGS)
 
 cluster-demo: package $(DATA) ## start a real standalone master + worker, submit the packaged pipeline, check, stop
 	$(BIN)/python -m jester_als.localcluster demo --conf $(CONF) --dist dist
@@ -67,5 +93,5 @@ connect-server: setup ## run a local Spark Connect server in the foreground (job
 	$(BIN)/python -m jester_als.localcluster connect-server
 
 clean: ## remove the venv, build products, outputs and generated data
-	rm -rf $(VENV) dist build src/*.egg-info output data spark-warehouse metastore_db derby.log .pytest_cache
+	rm -rf $(VENV) $(VENV40) dist build src/*.egg-info output data spark-warehouse metastore_db derby.log .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,10 +1,16 @@
 """Packaging for jester-als: a wheel whose console script is the job entry point (spark-submit, Databricks)."""
 
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+# The version is stated once, in the package.
+VERSION = re.search(r'__version__ = "([^"]+)"', Path("src/jester_als/__init__.py").read_text()).group(1)
 
 setup(
     name="jester-als",
-    version="0.1.0",
+    version=VERSION,
     description="Spark ML ALS tuning and a driver-side NumPy ALS on Jester explicit ratings",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
@@ -16,13 +22,15 @@ setup(
         "numpy>=1.26",
         "pyyaml>=6.0",
         "scipy>=1.10",  # sparse products in NumPy ALS when the rating pattern is too big to be dense
+        "pyarrow>=15",  # baseline, bench, scale and the fallback collect ratings to the driver as Arrow
+        "psutil>=5.9",  # scale: peak memory of its worker processes
     ],
     extras_require={
-        # Local runs: Spark 4 (ML over Spark Connect), Arrow for collecting to the driver, and pandas below 3
-        # (pyspark 4.3 does not support pandas 3).
-        "spark": ["pyspark[connect]>=4.0,<5", "pyarrow>=15", "pandas>=2.0,<3"],
+        # Local runs: Spark 4 (ML over Spark Connect) and pandas below 3 (pyspark 4.3 does not support
+        # pandas 3). Clusters and Databricks bring their own pyspark.
+        "spark": ["pyspark[connect]>=4.0,<5", "pandas>=2.0,<3"],
         "plot": ["matplotlib>=3.7"],
-        "test": ["pytest>=8", "chispa>=0.10", "psutil>=5.9", "databricks-bundles>=0.270", "matplotlib>=3.7"],
+        "test": ["pytest>=8", "chispa>=0.10", "databricks-bundles>=0.270", "matplotlib>=3.7", "ruff>=0.6"],
     },
-    entry_points={"console_scripts": ["jester-als = jester_als.cli:main"]},
+    entry_points={"console_scripts": ["jester-als = jester_als.cli:run"]},
 )

@@ -16,8 +16,9 @@ from py4j.protocol import Py4JError
 from pyspark.sql import functions as F
 
 import jester_als.tune
-from jester_als.cli import build_parser, main
+from jester_als.cli import als_iterations, build_parser, main
 from jester_als.config import load_config
+from jester_als.session import ITERATIONS_WITHOUT_CHECKPOINTS
 
 ROOT = Path(__file__).resolve().parents[1]
 WHITELIST_ERROR = ("An error occurred while calling None.org.apache.spark.ml.recommendation.ALS. Trace:\n"
@@ -25,77 +26,137 @@ WHITELIST_ERROR = ("An error occurred while calling None.org.apache.spark.ml.rec
                    "org.apache.spark.ml.recommendation.ALS(java.lang.String) is not whitelisted.")
 
 
+USER = "someone@example.com"
+WORKSPACE = {"workspace.current_user.userName": USER, "workspace.current_user.short_name": "someone",
+             "workspace.file_path": f"/Workspace/Users/{USER}/.bundle/jester-als/TARGET/files",
+             "bundle.name": "jester-als"}
+# Sequences in a job that the CLI merges by key after a target is merged in (databricks/cli,
+# bundle/config/mutator/merge_job_*.go); other sequences are appended, mappings merged key by key.
+MERGE_KEYS = {"tasks": "task_key", "job_clusters": "job_cluster_key", "environments": "environment_key",
+              "parameters": "name"}
+
+
 def bundle() -> dict:
+    """databricks.yml with its included resource files merged in, as the CLI loads it."""
     root = yaml.safe_load((ROOT / "databricks.yml").read_text())
-    jobs = {}
     for pattern in root["include"]:
         for path in sorted(glob.glob(str(ROOT / pattern))):
-            jobs.update(yaml.safe_load(Path(path).read_text())["resources"]["jobs"])
-    return root, jobs
+            root = merge(root, yaml.safe_load(Path(path).read_text()))
+    return root
 
 
-def merge_job(base: dict, override: dict) -> dict:
-    """How a bundle target overrides a job: tasks merge by task_key, other keys are set."""
-    job = copy.deepcopy(base)
-    for key, value in override.items():
-        if key == "tasks":
-            by_key = {task["task_key"]: task for task in job["tasks"]}
-            for task in value:
-                by_key[task["task_key"]].update(task)
-        else:
-            job[key] = value
+def merge(base, override):
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for key, value in override.items():
+            out[key] = merge(base[key], value) if key in base else copy.deepcopy(value)
+        return out
+    if isinstance(base, list) and isinstance(override, list):
+        return copy.deepcopy(base) + copy.deepcopy(override)
+    return copy.deepcopy(override)
+
+
+def merge_by_key(job: dict) -> dict:
+    for field, key in MERGE_KEYS.items():
+        if field in job:
+            merged: dict = {}
+            for item in job[field]:
+                merged[item[key]] = merge(merged[item[key]], item) if item[key] in merged else item
+            job[field] = list(merged.values())
     return job
 
 
-def resolve(value, variables: dict):
-    text = json.dumps(value)
-    for _ in range(3):
-        text = re.sub(r"\$\{var\.([a-z_]+)\}", lambda m: variables[m.group(1)], text)
-    text = text.replace("${workspace.file_path}", "/Workspace/Users/someone/.bundle/jester-als/files")
-    assert "${" not in text, f"unresolved reference in {text[:200]}"
-    return json.loads(text)
+def resolve(value, variables: dict, target: str):
+    """Substitute ${var.*}, ${workspace.*} and ${bundle.*}; a value that is exactly one complex variable
+    becomes that variable's value."""
+    lookup = {**{f"var.{k}": v for k, v in variables.items()},
+              **{k: v.replace("TARGET", target) for k, v in WORKSPACE.items()}, "bundle.target": target}
+    if isinstance(value, dict):
+        return {k: resolve(v, variables, target) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve(v, variables, target) for v in value]
+    if not isinstance(value, str):
+        return value
+    whole = re.fullmatch(r"\$\{([a-z_.A-Z]+)\}", value)
+    if whole and not isinstance(lookup[whole.group(1)], str):
+        return resolve(lookup[whole.group(1)], variables, target)
+    for _ in range(5):
+        value = re.sub(r"\$\{([a-z_.A-Z]+)\}", lambda m: str(lookup[m.group(1)]), value)
+    assert "${" not in value, f"unresolved reference in {value}"
+    return value
 
 
-def target_jobs():
-    root, jobs = bundle()
+def targets():
+    """Each target as the CLI sees it after `bundle validate -t TARGET`: (target, mode, workspace, jobs)."""
+    root = bundle()
     variables = {name: spec["default"] for name, spec in root["variables"].items()}
     for target, spec in root["targets"].items():
-        overrides = spec.get("resources", {}).get("jobs", {})
-        for name, base in jobs.items():
-            yield target, name, resolve(merge_job(base, overrides.get(name, {})), variables)
+        merged = merge({k: v for k, v in root.items() if k != "targets"}, {k: v for k, v in spec.items()
+                                                                          if k in ("resources", "workspace")})
+        jobs = {name: merge_by_key(resolve(job, variables, target))
+                for name, job in merged["resources"]["jobs"].items()}
+        yield target, spec.get("mode"), resolve(merged.get("workspace", {}), variables, target), jobs
 
 
 def test_bundle_has_a_dedicated_and_a_serverless_target():
-    root, jobs = bundle()
+    root = bundle()
     assert set(root["targets"]) == {"dedicated", "serverless"}
     assert root["variables"]["catalog_table"]["default"] == "workspace.default.jester_data_1"
-    assert list(jobs) == ["jester_als"]
+    assert list(root["resources"]["jobs"]) == ["jester_als"]
 
 
-@pytest.mark.parametrize("target,name,job", list(target_jobs()), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize("target,mode,workspace", [t[:3] for t in targets()], ids=lambda v: str(v))
+def test_each_target_meets_its_modes_rules(target, mode, workspace):
+    """The CLI's rules (databricks/cli, bundle/config/mutator/validate_target_mode.go): production needs an
+    explicit workspace.root_path in the target (an error for a person deploying); development needs every
+    workspace path it sets to contain the user name so that each developer gets their own copy."""
+    assert mode in ("development", "production")
+    if mode == "production":
+        assert workspace.get("root_path"), "mode: production must set workspace.root_path in the target"
+        assert workspace["root_path"].startswith("/Workspace/")
+    for key in ("root_path", "file_path", "artifact_path", "state_path", "resource_path"):
+        if mode == "development" and workspace.get(key):
+            assert USER in workspace[key] or "someone" in workspace[key], key
+
+
+@pytest.mark.parametrize("target,name,job", [(t, n, j) for t, _, _, jobs in targets() for n, j in jobs.items()],
+                         ids=lambda v: v if isinstance(v, str) else "")
 def test_every_job_spec_validates_and_its_parameters_parse(target, name, job):
     parsed = Job.from_dict(job)  # rejects unknown and missing fields
     assert [t.task_key for t in parsed.tasks] == ["prepare", "tune", "baseline", "recommend"]
+    assert job["timeout_seconds"] > 0 and job["email_notifications"]["on_failure"] == []
+    parameters = {p["name"]: p["default"] for p in job["parameters"]}
+    assert parameters == {"catalog_table": "workspace.default.jester_data_1",
+                          "output_dir": "/Volumes/workspace/default/jester_als/output"}
+    checkpoint_dirs = set()
     for task in job["tasks"]:
         wheel = task["python_wheel_task"]
         assert wheel["package_name"] == "jester_als" and wheel["entry_point"] == "jester-als"
-        args = build_parser().parse_args(wheel["parameters"])
+        # Per-run values: every {{job.parameters.X}} names a declared job parameter; the platform substitutes
+        # them when the run starts, here the defaults.
+        used = re.findall(r"\{\{job\.parameters\.([a-z_]+)\}\}", json.dumps(wheel["parameters"]))
+        assert used and set(used) <= set(parameters)
+        args = build_parser().parse_args([re.sub(r"\{\{job\.parameters\.([a-z_]+)\}\}",
+                                                 lambda m: parameters[m.group(1)], p) for p in wheel["parameters"]])
         assert args.job == task["task_key"]
-        conf = ROOT / "conf" / Path(args.conf).name
-        cfg = load_config(str(conf), args.overrides)
-        assert cfg["output"]["dir"].startswith("/Volumes/")
+        cfg = load_config(str(ROOT / "conf" / Path(args.conf).name), args.overrides)
+        assert cfg["output"]["dir"] == parameters["output_dir"]
+        checkpoint_dirs.add(cfg["spark"]["checkpoint_dir"])
+        if task["task_key"] == "prepare":
+            assert cfg["input"]["format"] == "table" and cfg["input"]["table"] == parameters["catalog_table"]
         if target == "dedicated":
             assert task["job_cluster_key"] == "main" and task["libraries"] == [{"whl": "./dist/*.whl"}]
         else:
             assert task["environment_key"] == "default" and "job_cluster_key" not in task
+    assert checkpoint_dirs == {"/Volumes/workspace/default/jester_als/checkpoints"}
+    # Serverless may offer no checkpoint directory: every fit stays within what is safe without one.
+    assert max(als_iterations("tune", cfg).values()) <= ITERATIONS_WITHOUT_CHECKPOINTS
     if target == "dedicated":
-        assert job["job_clusters"][0]["new_cluster"]["data_security_mode"] == "SINGLE_USER"
+        cluster = job["job_clusters"][0]["new_cluster"]
+        assert cluster["data_security_mode"] == "SINGLE_USER"
+        assert cluster["spark_conf"]["spark.checkpoint.dir"] in checkpoint_dirs
     else:
         assert int(job["environments"][0]["spec"]["environment_version"]) >= 4
-    prepare = next(t for t in job["tasks"] if t["task_key"] == "prepare")
-    cfg = load_config(str(ROOT / "conf" / "databricks.yaml"), build_parser().parse_args(
-        prepare["python_wheel_task"]["parameters"]).overrides)
-    assert cfg["input"]["format"] == "table" and cfg["input"]["table"] == "workspace.default.jester_data_1"
 
 
 @pytest.fixture

@@ -16,6 +16,8 @@ from jester_als.cli import main
 from jester_als.config import load_config
 from jester_als.localcluster import connect_server, spark_submit, standalone_cluster
 
+from frames import assert_same_results
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_RUN = ["--set", "tune.grid={rank: [2, 3], regParam: [0.1], maxIter: [6]}", "--set", "tune.refit_max_iter=8",
              "--set", "recommend.top_n=3", "--set", "evaluate.relevance_threshold=3.0"]
@@ -31,23 +33,6 @@ def comparable(metrics: dict) -> dict:
             "baselines": {k: ({kk: vv for kk, vv in v.items() if "seconds" not in kk} if isinstance(v, dict) else v)
                           for k, v in metrics["baselines"].items()},
             "recommendations": metrics["recommendations"]}
-
-
-def assert_same_results(actual, expected, where="metrics"):
-    """Equal structure and values; floats equal to 1e-9 relative (Spark sums in a partition-dependent
-    order, so the last bits of a metric may differ between two correct runs)."""
-    if isinstance(expected, dict):
-        assert isinstance(actual, dict) and set(actual) == set(expected), where
-        for key in expected:
-            assert_same_results(actual[key], expected[key], f"{where}.{key}")
-    elif isinstance(expected, list):
-        assert isinstance(actual, list) and len(actual) == len(expected), where
-        for i, (a, e) in enumerate(zip(actual, expected)):
-            assert_same_results(a, e, f"{where}[{i}]")
-    elif isinstance(expected, float):
-        assert actual == pytest.approx(expected, rel=1e-9, abs=1e-12), where
-    else:
-        assert actual == expected, where
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +57,7 @@ def test_pipeline_over_spark_connect_matches_classic(classic_run, small_table, t
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["run"]["spark_mode"] == "connect"
     assert classic_run["run"]["spark_mode"] == "classic"
-    assert_same_results(comparable(metrics), comparable(classic_run))
+    assert_same_results(comparable(metrics), comparable(classic_run), rel=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +98,7 @@ def test_packaged_pipeline_on_a_standalone_cluster(classic_run, small_table, dis
     # Same data, split and choice; ALS's numbers agree closely but not to the last bit, because
     # TrainValidationSplit's inner random split follows the input's partitioning, which is the cluster's.
     ours, theirs = comparable(metrics), comparable(classic_run)
-    assert_same_results(ours["data"], theirs["data"])
+    assert_same_results(ours["data"], theirs["data"], rel=1e-6)
     assert ours["spark_als"]["best_params"] == theirs["spark_als"]["best_params"]
     assert ours["spark_als"]["test_rmse"] == pytest.approx(theirs["spark_als"]["test_rmse"], rel=0.02)
     assert ours["recommendations"] == theirs["recommendations"]

@@ -2,7 +2,13 @@
 
 ``jester-als <job> --conf FILE [--set key.path=value ...] [--master URL | --remote sc://HOST:PORT]``
 
-Exit status: 0 success, 1 runtime failure (bad input, Spark error), 2 usage or config error.
+Exit status: 0 success, 1 runtime failure (bad input, refused compute, Spark error, lost Spark Connect server),
+2 usage or config error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+
+The console script and the Databricks ``python_wheel_task`` call :func:`run`, which *raises* ``SystemExit``
+with that status: a wheel task calls its entry point with no arguments and ignores what it returns (the
+Databricks CLI's wheel wrapper, ``bundle/trampoline/python_wheel.go`` in databricks/cli, runs
+``entry[0].load()()``), so only an exception can fail the task. :func:`main` returns the status, for tests.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import threading
 import time
 
 from jester_als.config import ConfigError, load_config
+from jester_als.errors import JobError
 
 log = logging.getLogger("jester_als")
 
@@ -68,7 +75,8 @@ def _summary(job: str, metrics: dict, seconds: float) -> str:
                      f"MAE {fallback['test_mae']:.4f} (fit {fallback['fit_seconds']:.1f} s on the driver)")
     spark = metrics.get("spark_als")
     if spark and job in ("tune", "pipeline"):
-        lines.append(f"  Spark ALS {spark.get('model_params', spark['best_params'])}: test RMSE {spark['test_rmse']:.4f}, "
+        params = spark.get("model_params", spark["best_params"])
+        lines.append(f"  Spark ALS {params}: test RMSE {spark['test_rmse']:.4f}, "
                      f"MAE {spark['test_mae']:.4f} (tuning {spark['tune_seconds']:.1f} s over "
                      f"{len(spark['validation'])} grid points, final fit {spark['fit_seconds']:.1f} s)")
     numpy_als, baselines = metrics.get("numpy_als"), metrics.get("baselines")
@@ -84,8 +92,16 @@ def _summary(job: str, metrics: dict, seconds: float) -> str:
     return "\n".join(lines)
 
 
+def run() -> None:
+    """The console script and wheel-task entry point: the job's arguments come from ``sys.argv``; returns
+    only on success and raises ``SystemExit`` with the status for every failure."""
+    status = main()
+    if status:
+        raise SystemExit(status)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one job; returns the exit status (the console script exits with it)."""
+    """Run one job; returns the exit status (:func:`run` turns a non-zero one into ``SystemExit``)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -114,16 +130,33 @@ def main(argv: list[str] | None = None) -> int:
     return _run_spark_job(args, cfg, started)
 
 
+def als_iterations(job: str, cfg: dict) -> dict[str, int]:
+    """The Spark ALS fits a job asks for, as config key -> maxIter (Spark's default maxIter is 10)."""
+    if job in ("tune", "pipeline"):
+        grid_max = max(cfg["tune"]["grid"].get("maxIter", [10]))
+        return {"tune.grid.maxIter": grid_max, "tune.refit_max_iter": cfg["tune"]["refit_max_iter"] or grid_max}
+    if job == "bench":
+        return {"bench.maxIter": cfg["bench"]["maxIter"]}
+    return {}
+
+
 def _run_spark_job(args, cfg: dict, started: float) -> int:
     """Run a Spark job. On Ctrl-C (exit 130) or SIGTERM (exit 143) Spark is stopped first, then the staged
     outputs are removed, so nothing half-written is left and the previous outputs stay as they were."""
-    from jester_als.fallback import AlsNotAllowedError
     from jester_als.jobs import run_spark_job
-    from jester_als.outputs import OutputExistsError, OutputLocationError
-    from jester_als.prepare import InputError
-    from jester_als.session import build_session
+    from jester_als.session import build_session, check_iterations, connection_lost, release_session
 
-    spark, created = build_session(cfg["spark"], master=args.master, remote=args.remote)
+    try:
+        spark, created = build_session(cfg["spark"], master=args.master, remote=args.remote)
+        try:
+            check_iterations(spark, als_iterations(args.job, cfg))
+        except JobError:
+            release_session(spark, created)
+            raise
+    except JobError as exc:
+        log.debug("refused before Spark work", exc_info=True)
+        print(f"jester-als {args.job}: {exc}", file=sys.stderr)
+        return 1
     current: list = []
     received: list[int] = []
 
@@ -145,13 +178,23 @@ def _run_spark_job(args, cfg: dict, started: float) -> int:
         metrics.setdefault("run", {})["output_dir"] = cfg["output"]["dir"]
         print(_summary(args.job, metrics, time.perf_counter() - started))
         return 0
-    except (InputError, OutputExistsError, OutputLocationError, AlsNotAllowedError) as exc:
-        log.error("%s", exc)
+    except JobError as exc:
+        log.debug("job error", exc_info=True)
         print(f"jester-als {args.job}: {exc}", file=sys.stderr)
         return 1
     except BaseException as exc:
         if not (received or isinstance(exc, KeyboardInterrupt)):
-            raise
+            if not isinstance(exc, Exception):
+                raise
+            if connection_lost(spark, exc):
+                created = False  # nothing to stop: the server is gone, and asking it would only wait again
+                print(f"jester-als {args.job}: lost the Spark Connect server ({str(exc).splitlines()[0]}); "
+                      f"nothing was replaced in {cfg['output']['dir']}", file=sys.stderr)
+                return 1
+            log.error("failed: %s", exc, exc_info=True)
+            print(f"jester-als {args.job}: failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                  f"; nothing was replaced in {cfg['output']['dir']}", file=sys.stderr)
+            return 1
         code = 143 if received else 130
         log.error("%s: Spark stopped, this run's staged outputs removed; earlier outputs are untouched",
                   "terminated (SIGTERM)" if received else "interrupted")
@@ -165,8 +208,7 @@ def _run_spark_job(args, cfg: dict, started: float) -> int:
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
-        if created:
-            spark.stop()
+        release_session(spark, created)
 
 
 def _stop_quietly(spark, created: bool) -> None:
@@ -180,4 +222,4 @@ def _stop_quietly(spark, created: bool) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from jester_als.errors import JobError
 from jester_als.numpy_als import NumpyALSModel, RatingMatrix, fit_numpy_als, positions, rmse_mae
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ WAYS_OUT = (
 )
 
 
-class AlsNotAllowedError(RuntimeError):
+class AlsNotAllowedError(JobError):
     """Spark ALS was refused by the platform (Py4J whitelisting)."""
 
 

@@ -14,8 +14,16 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jester_als import __version__
-from jester_als.fallback import (WAYS_OUT, AlsNotAllowedError, is_not_allowed, load_numpy_model, not_allowed_reason,
-                                 recommend_numpy, save_numpy_model, tune_numpy)
+from jester_als.fallback import (
+    WAYS_OUT,
+    AlsNotAllowedError,
+    is_not_allowed,
+    load_numpy_model,
+    not_allowed_reason,
+    recommend_numpy,
+    save_numpy_model,
+    tune_numpy,
+)
 from jester_als.numpy_als import NumpyALSModel
 from jester_als.outputs import RunOutputs, now_iso
 from jester_als.prepare import InputError, check_duplicates, content_hash, hex64, prepare_ratings
@@ -39,7 +47,7 @@ def read_prepared_ratings(spark: SparkSession, out: RunOutputs) -> DataFrame:
     path = out.final_path("ratings")
     try:
         ratings = spark.read.parquet(path)
-        ratings.columns  # resolve now so a missing path fails here, with its name
+        _ = ratings.columns  # resolve now so a missing path fails here, with its name
     except Exception as exc:
         raise InputError(f"prepared ratings {path}: cannot be read ({str(exc).splitlines()[0]}); "
                          f"run the prepare job with the same output.dir first") from None
@@ -271,10 +279,14 @@ def run_spark_job(spark: SparkSession, cfg: dict, job: str, on_start=None) -> di
     started, clock = now_iso(), time.perf_counter()
     try:
         sections = JOBS[job](spark, cfg, out)
-        metrics = {} if job == "pipeline" else out.read_metrics()
-        merge_sections(metrics, sections)
-        metrics["run"] = run_manifest(spark, cfg, job, out, started, time.perf_counter() - clock)
-        out.commit(metrics, render_report(metrics))
+        manifest = run_manifest(spark, cfg, job, out, started, time.perf_counter() - clock)
+
+        def update(previous: dict) -> tuple[dict, str]:
+            metrics = merge_sections({} if job == "pipeline" else previous, sections)
+            metrics["run"] = manifest
+            return metrics, render_report(metrics)
+
+        metrics = out.commit(update)
     finally:
         out.abort()
     return metrics

@@ -148,14 +148,17 @@ def standalone_cluster(workdir: str | Path, *, cores: int = 2, memory: str = "2g
 
 @contextmanager
 def connect_server(workdir: str | Path, *, master: str = "local[2]", timeout: float = 120,
-                   extra_conf: dict | None = None):
-    """A Spark Connect server; yields its URL (``sc://127.0.0.1:PORT``)."""
+                   extra_conf: dict | None = None, checkpoints: bool = True, server: list | None = None):
+    """A Spark Connect server; yields its URL (``sc://127.0.0.1:PORT``). ``checkpoints=False`` starts it
+    without a checkpoint directory, as a server the job cannot configure; ``server``, when given, receives
+    the server's process (tests kill it)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     conf = {"spark.connect.grpc.binding.port": str(port), "spark.connect.grpc.binding.address": HOST,
-            "spark.checkpoint.dir": str(workdir / "checkpoints"), "spark.ui.enabled": "false",
-            "spark.sql.shuffle.partitions": "4", "spark.log.level": "WARN"}
+            "spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "4", "spark.log.level": "WARN"}
+    if checkpoints:
+        conf["spark.checkpoint.dir"] = str(workdir / "checkpoints")
     conf.update(extra_conf or {})
     args = [str(spark_home() / "bin" / "spark-submit"), "--master", master,
             "--class", "org.apache.spark.sql.connect.service.SparkConnectServer"]
@@ -163,15 +166,17 @@ def connect_server(workdir: str | Path, *, master: str = "local[2]", timeout: fl
         args += ["--conf", f"{key}={value}"]
     args.append("spark-internal")
     server_log = workdir / "connect-server.log"
-    server = _start(args, server_log)
+    process = _start(args, server_log)
+    if server is not None:
+        server.append(process)
     try:
-        _wait_until(lambda: _port_open(port), timeout=timeout, what="Spark Connect server", process=server,
+        _wait_until(lambda: _port_open(port), timeout=timeout, what="Spark Connect server", process=process,
                     log_path=server_log)
         url = f"sc://{HOST}:{port}"
         log.info("Spark Connect server up: %s (%s)", url, master)
         yield url
     finally:
-        _stop(server, "Spark Connect server")
+        _stop(process, "Spark Connect server")
 
 
 def spark_submit(master: str, job: str, conf_file: str, overrides: list[str], *, dist: str = "dist",

@@ -8,13 +8,17 @@ a kill, left behind under a name that says what it is).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import shutil
 import time
 import uuid
+from contextlib import contextmanager
 from datetime import datetime, timezone
+
+from jester_als.errors import JobError
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +26,11 @@ METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
 
 
-class OutputExistsError(Exception):
+class OutputExistsError(JobError):
     """``output.mode: error`` and the outputs this job writes already exist."""
 
 
-class OutputLocationError(Exception):
+class OutputLocationError(JobError):
     """``output.dir`` cannot be used (not a local or mounted path, or not writable)."""
 
 
@@ -96,24 +100,34 @@ class RunOutputs:
                 return json.load(fh)
         return {}
 
-    def commit(self, metrics: dict, report: str | None) -> None:
-        """Swap every staged item into place, then write metrics.json and report.md."""
-        for item in self.items:
-            staged = self.path(item)
-            target = self.final_path(item)
-            previous = os.path.join(self.stage, f".previous-{item}")
-            # An output this job owns but did not produce this time (user_ids/ when ids needed no
-            # re-indexing) must not survive from an earlier run.
-            if os.path.exists(target):
-                os.replace(target, previous)
-            if os.path.exists(staged):
-                os.replace(staged, target)
-        write_text_atomic(self.final_path(METRICS_FILE), json.dumps(metrics, indent=2, sort_keys=False) + "\n")
-        if report is not None:
-            write_text_atomic(self.final_path(REPORT_FILE), report)
+    def commit(self, update) -> dict:
+        """Swap every staged item into place, then merge this run's results into metrics.json and rewrite
+        report.md, all under the output directory's lock.
+
+        ``update(previous_metrics) -> (metrics, report)`` is called with what ``metrics.json`` holds at that
+        moment, so two jobs that finish together on one ``output.dir`` (Databricks runs ``baseline`` and
+        ``recommend`` at once) each add their sections to what the other wrote instead of to a stale copy.
+        Returns the metrics written.
+        """
+        with output_lock(self.final):
+            for item in self.items:
+                staged = self.path(item)
+                target = self.final_path(item)
+                previous = os.path.join(self.stage, f".previous-{item}")
+                # An output this job owns but did not produce this time (user_ids/ when ids needed no
+                # re-indexing) must not survive from an earlier run.
+                if os.path.exists(target):
+                    os.replace(target, previous)
+                if os.path.exists(staged):
+                    os.replace(staged, target)
+            metrics, report = update(self.read_metrics())
+            write_text_atomic(self.final_path(METRICS_FILE), json.dumps(metrics, indent=2, sort_keys=False) + "\n")
+            if report is not None:
+                write_text_atomic(self.final_path(REPORT_FILE), report)
         shutil.rmtree(self.stage, ignore_errors=True)
         self.committed = True
         log.info("outputs committed to %s", self.final)
+        return metrics
 
     def abort(self) -> None:
         """Remove this run's staging directory (the previous outputs were never touched)."""
@@ -123,3 +137,59 @@ class RunOutputs:
                 if not os.path.exists(self.stage):
                     return
                 time.sleep(0.5)
+
+
+LOCK_FILE = ".metrics.lock"
+
+
+@contextmanager
+def output_lock(directory: str, *, timeout: float = 600.0):
+    """Exclusive lock on ``directory`` for the read-merge-write of metrics.json.
+
+    ``flock`` on a lock file where the file system supports it (local disks; on Databricks the tasks of one
+    job cluster share its driver); otherwise an atomically created lock directory, taken over when it is
+    older than ``timeout`` (a holder that was killed).
+    """
+    path = os.path.join(directory, LOCK_FILE)
+    handle = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        except OSError as exc:
+            log.debug("flock not supported on %s (%s); using a lock directory", directory, exc)
+            with _lock_directory(path + ".d", timeout):
+                yield
+            return
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    finally:
+        handle.close()
+
+
+@contextmanager
+def _lock_directory(path: str, timeout: float):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.mkdir(path)
+            break
+        except FileExistsError:
+            try:
+                if time.time() - os.path.getmtime(path) > timeout:
+                    log.warning("taking over the stale lock %s", path)
+                    os.rmdir(path)
+                    continue
+            except FileNotFoundError:
+                continue
+            if time.monotonic() > deadline:
+                raise OutputLocationError(f"{path}: held by another job for more than {timeout:.0f} s") from None
+            time.sleep(0.2)
+    try:
+        yield
+    finally:
+        try:
+            os.rmdir(path)
+        except FileNotFoundError:
+            pass

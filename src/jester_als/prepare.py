@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from jester_als.errors import JobError
 from jester_als.session import try_persist, try_unpersist
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 INT_MAX = 2**31 - 1
 
 
-class InputError(Exception):
+class InputError(JobError):
     """The input cannot be processed; the message names the file or table and what was expected."""
 
 

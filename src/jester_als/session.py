@@ -6,10 +6,14 @@ Only the job entry point builds a session; library functions receive one. Nothin
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
+import shutil
 import tempfile
+
+from jester_als.errors import JobError
 
 log = logging.getLogger(__name__)
 
@@ -21,13 +25,20 @@ def is_connect(spark) -> bool:
     return type(spark).__module__.startswith("pyspark.sql.connect")
 
 
+def platform_owned() -> bool:
+    """True on Databricks (classic or serverless), where the platform owns the session: never stop it."""
+    return bool(os.environ.get("DATABRICKS_RUNTIME_VERSION"))
+
+
 def build_session(spark_cfg: dict, *, master: str | None = None, remote: str | None = None):
-    """Return ``(spark, created)``; ``created`` is False when an active session was joined.
+    """Return ``(spark, created)``; ``created`` is False when the session belongs to someone else (an active
+    session we joined, or the platform's on Databricks), which the job must then never stop.
 
     Precedence for where to run: ``remote`` argument, ``master`` argument, ``spark.remote`` /
     ``spark.master`` in the config, the ``SPARK_REMOTE`` environment variable, then whatever spark-submit
     or the platform configured (local mode with all cores when run as a plain Python program).
     The checkpoint directory is set here: without one, ALS dies with StackOverflowError past ~20 iterations.
+    A checkpoint directory this function creates is removed by :func:`release_session`.
     """
     from pyspark.sql import SparkSession
 
@@ -42,18 +53,39 @@ def build_session(spark_cfg: dict, *, master: str | None = None, remote: str | N
 
     builder = SparkSession.builder.appName(spark_cfg.get("app_name", "jester-als"))
     extra = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in (spark_cfg.get("conf") or {}).items()}
+    launch = {"spark.log.level": spark_cfg.get("log_level", "WARN"), **extra}
+    if remote and remote.startswith("local"):
+        # `remote("local[N]")` makes pyspark start a Connect server inside this process
+        # (pyspark/sql/connect/session.py, SparkSession._start_connect_server, in 4.0 and 4.3 alike). Launch-time
+        # settings such as the checkpoint directory and driver memory must reach that server's SparkConf: the
+        # running server refuses them (CANNOT_MODIFY_CONFIG). Passed as builder options they also come back as
+        # session settings the server refuses, with a warning each; the server's initial conf
+        # (PYSPARK_REMOTE_INIT_CONF_*, read by the same function) takes them without that, and the session
+        # settings are then applied where the server allows.
+        launch["spark.checkpoint.dir"] = spark_cfg.get("checkpoint_dir") or _owned_checkpoint_dir()
+        os.environ["PYSPARK_REMOTE_INIT_CONF_LEN"] = "1"
+        os.environ["PYSPARK_REMOTE_INIT_CONF_0"] = json.dumps(launch)
+        try:
+            spark = builder.remote(remote).getOrCreate()
+        finally:
+            os.environ.pop("PYSPARK_REMOTE_INIT_CONF_LEN", None)
+            os.environ.pop("PYSPARK_REMOTE_INIT_CONF_0", None)
+        bound_connect_retries(spark)
+        _apply_connect_settings(spark, extra, None, quiet=True)
+        log.info("Spark %s over Spark Connect, local server %s started by pyspark, checkpoint dir %s",
+                 spark.version, remote, launch["spark.checkpoint.dir"])
+        return spark, not platform_owned()
     if remote:
         spark = builder.remote(remote).getOrCreate()
+        bound_connect_retries(spark)
         _apply_connect_settings(spark, extra, spark_cfg.get("checkpoint_dir"))
         log.info("Spark %s session over Spark Connect at %s, checkpoint dir %s", spark.version, remote,
-                 _conf(spark, "spark.checkpoint.dir") or "unknown")
-        return spark, True
+                 _conf(spark, "spark.checkpoint.dir") or "none")
+        return spark, not platform_owned()
     if master:
         builder = builder.master(master)
-    checkpoint_dir = spark_cfg.get("checkpoint_dir") or tempfile.mkdtemp(prefix="jester-als-checkpoint-")
-    settings = {"spark.checkpoint.dir": checkpoint_dir, "spark.log.level": spark_cfg.get("log_level", "WARN"),
-                **extra}
-    for key, value in settings.items():
+    checkpoint_dir = spark_cfg.get("checkpoint_dir") or _owned_checkpoint_dir()
+    for key, value in {"spark.checkpoint.dir": checkpoint_dir, **launch}.items():
         builder = builder.config(key, value)
     try:
         spark = builder.getOrCreate()
@@ -67,41 +99,135 @@ def build_session(spark_cfg: dict, *, master: str | None = None, remote: str | N
         _apply_connect_settings(spark, extra, spark_cfg.get("checkpoint_dir"))
         return spark, False
     log.info("Spark %s session (%s), checkpoint dir %s", spark.version, master_of(spark) or "default master",
-             checkpoint_dir)
-    return spark, True
+             _conf(spark, "spark.checkpoint.dir") or checkpoint_dir)
+    return spark, not platform_owned()
 
 
-def _apply_connect_settings(spark, settings: dict, checkpoint_dir: str | None) -> None:
-    """Over Connect only session settings can change; launch-time ones belong to the server."""
+_OWNED_DIRS: list[str] = []
+
+
+def _owned_checkpoint_dir() -> str:
+    path = tempfile.mkdtemp(prefix="jester-als-checkpoint-")
+    _OWNED_DIRS.append(path)
+    return path
+
+
+def release_session(spark, created: bool) -> None:
+    """Stop a session the job created and remove the checkpoint directories it made (on success and on
+    failure alike); a session that belongs to someone else is left running."""
+    try:
+        if created:
+            spark.stop()
+    finally:
+        while _OWNED_DIRS:
+            shutil.rmtree(_OWNED_DIRS.pop(), ignore_errors=True)
+
+
+# How long a Connect client keeps retrying an unreachable server. pyspark's default policy
+# (pyspark/sql/connect/client/retries.py, DefaultPolicy: 15 retries, backoff x4 up to 60 s) waits at least
+# ten minutes before it gives up, which to a user looks like a hang. Bounded here to about 16 s per call
+# (0.25 + 0.5 + ... + 8 s), enough to ride out a restart of the connection, not a lost server.
+CONNECT_RETRY_POLICY = {"max_retries": 6, "backoff_multiplier": 2.0, "initial_backoff": 250,
+                        "max_backoff": 8_000}
+
+
+def bound_connect_retries(spark) -> None:
+    """Make a Connect session we created give up on a server that went away within a bounded time."""
+    try:
+        from pyspark.sql.connect.client.retries import DefaultPolicy
+
+        spark.client.set_retry_policies([DefaultPolicy(**CONNECT_RETRY_POLICY)])
+    except Exception as exc:  # an older or different client: keep its own policy
+        log.debug("could not bound the Connect client's retries: %s", exc)
+
+
+def connection_lost(spark, exc: BaseException) -> bool:
+    """True when ``exc`` says the Spark Connect server can no longer be reached."""
+    if not is_connect(spark):
+        return False
+    text = f"{type(exc).__name__}: {exc}"
+    return any(marker in text for marker in ("RetriesExceeded", "StatusCode.UNAVAILABLE", "Connection refused",
+                                             "failed to connect to all addresses", "Socket closed"))
+
+
+def _apply_connect_settings(spark, settings: dict, checkpoint_dir: str | None, *, quiet: bool = False) -> None:
+    """Over Connect only session settings can change; launch-time ones belong to the server. Asking
+    ``isModifiable`` first keeps the server from logging a CANNOT_MODIFY_CONFIG stack trace per key."""
     refused = []
     for key, value in settings.items():
+        if not _modifiable(spark, key):
+            refused.append(key)
+            continue
         try:
             spark.conf.set(key, value)
-        except Exception:  # static settings (spark.driver.*, spark.ui.*) are the server's
+        except Exception:
             refused.append(key)
-    if refused:
+    if refused and not quiet:
         log.info("not applied over Spark Connect (launch-time settings belong to the server): %s",
                  ", ".join(refused))
-    ensure_checkpoint_dir(spark, checkpoint_dir, force=bool(checkpoint_dir))
+    if not quiet:
+        ensure_checkpoint_dir(spark, checkpoint_dir, force=bool(checkpoint_dir))
+
+
+def _modifiable(spark, key: str) -> bool:
+    try:
+        return bool(spark.conf.isModifiable(key))
+    except Exception:  # the call itself is not available: let set() tell
+        return True
 
 
 def ensure_checkpoint_dir(spark, wanted: str | None, *, force: bool = False) -> None:
     """Make sure a checkpoint directory is set on a session we joined (or reached over Connect) rather
-    than built; where the platform refuses, say so and go on."""
+    than built; where the platform refuses, say so and go on (:func:`check_iterations` then decides
+    whether the configured fits are safe without one)."""
     current = _conf(spark, "spark.checkpoint.dir")
     if current and not force:
         return
-    target = wanted or tempfile.mkdtemp(prefix="jester-als-checkpoint-")
+    if not _modifiable(spark, "spark.checkpoint.dir"):
+        if current:
+            log.info("keeping the server's checkpoint dir %s (it is a launch-time setting)", current)
+        else:
+            log.warning("the Spark server has no checkpoint dir and it cannot be set from here; start the "
+                        "server with --conf spark.checkpoint.dir=...")
+        return
+    target = wanted or _owned_checkpoint_dir()
     try:
         spark.conf.set("spark.checkpoint.dir", target)
     except Exception as exc:
-        if current:
-            log.info("keeping the server's checkpoint dir %s (cannot change it: %s)", current,
-                     str(exc).splitlines()[0])
-        else:
-            log.warning("no checkpoint dir and cannot set one (%s): ALS runs past ~20 iterations may hit "
-                        "StackOverflowError; start the server with --conf spark.checkpoint.dir=...",
-                        str(exc).splitlines()[0])
+        log.warning("could not set the checkpoint dir (%s)", str(exc).splitlines()[0])
+
+
+# Spark's ALS without a checkpoint directory keeps the whole lineage of its factor RDDs, and deserializing a
+# task over a long lineage overflows the JVM's stack (StackOverflowError in ObjectInputStream.readObject0),
+# which stops the SparkContext, or kills a Connect server. Measured here (Spark 4.3 Connect server with no
+# checkpoint directory, 1.8 M Jester-size ratings, rank 10, 2 blocks; the README gives the runs):
+# maxIter 10, 15 and 20 fitted; 21 and 25 killed the server (20 is at the edge: the issue saw it fail on real
+# Jester data). The limit keeps a margin of 5 below the highest that fitted.
+ITERATIONS_WITHOUT_CHECKPOINTS = 15
+
+
+class CheckpointDirMissing(JobError):
+    """The session has no checkpoint directory, cannot be given one, and a fit asks for too many iterations."""
+
+
+def check_iterations(spark, iterations: dict[str, int]) -> None:
+    """Refuse, before any Spark work, fits that would overflow Spark's stack for want of a checkpoint
+    directory. ``iterations`` maps the config key that asks for a fit to its maxIter."""
+    if _conf(spark, "spark.checkpoint.dir"):
+        return
+    too_many = {key: n for key, n in iterations.items() if n > ITERATIONS_WITHOUT_CHECKPOINTS}
+    if not too_many:
+        if iterations:
+            log.warning("no checkpoint dir on this Spark session: ALS fits are limited to %d iterations",
+                        ITERATIONS_WITHOUT_CHECKPOINTS)
+        return
+    asked = ", ".join(f"{key}={n}" for key, n in too_many.items())
+    raise CheckpointDirMissing(
+        f"this Spark session has no checkpoint directory and it is a launch-time setting the job cannot change "
+        f"(a Spark Connect server, or a session started elsewhere); without one Spark's ALS overflows its stack "
+        f"past about 20 iterations, so at most {ITERATIONS_WITHOUT_CHECKPOINTS} are allowed, and this run asks for "
+        f"{asked}. Start the server or cluster with --conf spark.checkpoint.dir=<shared dir> (Databricks: the job "
+        f"cluster's spark_conf), or lower those settings to {ITERATIONS_WITHOUT_CHECKPOINTS} or less.")
 
 
 def _conf(spark, key: str) -> str | None:
@@ -161,8 +287,16 @@ def try_persist(df, what: str):
         return df
 
 
+_SERVER_GONE: list[bool] = []
+
+
 def try_unpersist(df) -> None:
+    """Best-effort cleanup. Once a Connect server has been found gone, do not ask it again: each call would
+    wait out the client's retries before failing."""
+    if _SERVER_GONE:
+        return
     try:
         df.unpersist()
-    except Exception:  # nothing was persisted, or the platform does not allow it
-        pass
+    except Exception as exc:  # nothing was persisted, the platform does not allow it, or the server is gone
+        if connection_lost(df.sparkSession, exc):
+            _SERVER_GONE.append(True)

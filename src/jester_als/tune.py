@@ -19,6 +19,8 @@ from pyspark.ml.tuning import ParamGridBuilder, TrainValidationSplit
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from jester_als.session import is_connect, try_persist, try_unpersist
+
 log = logging.getLogger(__name__)
 
 SPLIT_BUCKETS = 1_000_000
@@ -63,20 +65,67 @@ class TuneResult:
     tune_seconds: float
 
 
+def tvs_runs_here(spark) -> bool:
+    """Whether Spark's TrainValidationSplit can run on this client.
+
+    pyspark 4.0's Connect client fits every grid point on a worker thread (even at parallelism 1) that has no
+    active session, and its ML calls assert one (``assert session is not None`` in ``pyspark/ml/util.py``,
+    reached from ``TrainValidationSplit._fit``); pyspark 4.1 and later carry the session over.
+    """
+    import pyspark
+
+    major_minor = tuple(int(part) for part in pyspark.__version__.split(".")[:2])
+    return not (is_connect(spark) and major_minor < (4, 1))
+
+
+def train_validation_split(train: DataFrame, als: ALS, param_maps: list, evaluator, *, train_ratio: float,
+                           seed: int) -> list[tuple]:
+    """What ``TrainValidationSplit._fit`` does, on the calling thread: the same seeded ``rand`` column splits
+    ``train`` into a fitting part (< ``train_ratio``) and a validation part, each grid point is fitted on
+    the first and scored on the second. Returns ``(param_map, metric)`` per grid point. (Spark's also refits
+    the best point on all of ``train``; the jobs do that themselves with ``tune.refit_max_iter``.)"""
+    rand_col = f"{als.uid}_rand"
+    marked = train.select("*", F.rand(seed).alias(rand_col))
+    condition = marked[rand_col] >= train_ratio
+    validation = try_persist(marked.filter(condition), "the validation part")
+    fitting = try_persist(marked.filter(~condition), "the fitting part")
+    try:
+        return [(param_map, evaluator.evaluate(als.fit(fitting, param_map).transform(validation, param_map)))
+                for param_map in param_maps]
+    finally:
+        try_unpersist(fitting)
+        try_unpersist(validation)
+
+
 def tune_als(train: DataFrame, als: ALS, grid: dict, *, train_ratio: float, parallelism: int,
-             seed: int) -> TuneResult:
-    """Run TrainValidationSplit over the grid on the training ratings and report every grid point."""
+             seed: int, method: str = "auto") -> TuneResult:
+    """Run TrainValidationSplit over the grid on the training ratings and report every grid point.
+
+    ``method`` ``"auto"`` uses Spark's TrainValidationSplit where it runs and otherwise
+    :func:`train_validation_split`, which does the same split, fits and evaluation on the calling thread
+    (one grid point at a time); ``"tvs"`` and ``"loop"`` force one of them.
+    """
     param_maps = param_grid(als, grid)
     evaluator = RegressionEvaluator(metricName="rmse", labelCol="rating", predictionCol="prediction")
-    tvs = TrainValidationSplit(estimator=als, estimatorParamMaps=param_maps, evaluator=evaluator,
-                               trainRatio=train_ratio, parallelism=parallelism, seed=seed)
-    log.info("TrainValidationSplit: %d grid points, trainRatio %.2f, parallelism %d",
-             len(param_maps), train_ratio, parallelism)
+    use_tvs = method == "tvs" or (method == "auto" and tvs_runs_here(train.sparkSession))
     started = time.perf_counter()
-    tvs_model = tvs.fit(train)
+    if use_tvs:
+        log.info("TrainValidationSplit: %d grid points, trainRatio %.2f, parallelism %d",
+                 len(param_maps), train_ratio, parallelism)
+        tvs = TrainValidationSplit(estimator=als, estimatorParamMaps=param_maps, evaluator=evaluator,
+                                   trainRatio=train_ratio, parallelism=parallelism, seed=seed)
+        tvs_model = tvs.fit(train)
+        scored = list(zip(tvs_model.getEstimatorParamMaps(), tvs_model.validationMetrics))
+    else:
+        import pyspark
+
+        log.info("TrainValidationSplit: %d grid points, trainRatio %.2f, one at a time (the job's own loop: "
+                 "Spark's TrainValidationSplit does not run over Spark Connect with pyspark %s)",
+                 len(param_maps), train_ratio, pyspark.__version__)
+        scored = train_validation_split(train, als, param_maps, evaluator, train_ratio=train_ratio, seed=seed)
     tune_seconds = time.perf_counter() - started
     validation = []
-    for param_map, rmse in zip(tvs_model.getEstimatorParamMaps(), tvs_model.validationMetrics):
+    for param_map, rmse in scored:
         params = {p.name: _plain(v) for p, v in param_map.items()}
         validation.append({"params": dict(sorted(params.items())), "validation_rmse": float(rmse)})
         log.info("  %s -> validation RMSE %.4f", params, rmse)

@@ -1,0 +1,126 @@
+"""How the job is really run: the wheel entry point as Databricks calls it, two tasks at once on one output
+directory, and `make submit` from a clone without anything activated."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from py4j.protocol import Py4JError
+
+import jester_als.tune
+from jester_als.cli import main
+
+from test_databricks import WHITELIST_ERROR
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL_RUN = ["--set", "tune.grid={rank: [2, 3], regParam: [0.1], maxIter: [6]}", "--set", "tune.refit_max_iter=8",
+             "--set", "recommend.top_n=3", "--set", "evaluate.relevance_threshold=3.0"]
+
+
+def call_wheel_entry_point(monkeypatch, parameters: list[str]):
+    """What a Databricks python_wheel_task does (databricks/cli, bundle/trampoline/python_wheel.go): find the
+    entry point in the installed distribution's metadata, put the parameters in sys.argv after the package
+    name, call it with no arguments and ignore what it returns. Returns the SystemExit status, or None when
+    the call returned normally."""
+    entry = [ep for ep in metadata.distribution("jester_als").entry_points if ep.name == "jester-als"]
+    assert entry, "the jester-als entry point is not in the installed metadata"
+    monkeypatch.setattr(sys, "argv", ["jester_als", *parameters])
+    try:
+        entry[0].load()()
+    except SystemExit as exc:
+        return exc.code
+    return None
+
+
+def test_wheel_entry_point_fails_the_task_on_a_config_error(monkeypatch, tmp_path, capsys):
+    status = call_wheel_entry_point(monkeypatch, ["tune", "--conf", "conf/local.yaml", "--set", "tune.grid.rank=five",
+                                                  "--set", f"output.dir={tmp_path}"])
+    assert status == 2
+    assert "tune.grid.rank" in capsys.readouterr().err
+
+
+def test_wheel_entry_point_fails_the_task_on_a_missing_input(monkeypatch, tmp_path, capsys):
+    missing = tmp_path / "nowhere.csv"
+    status = call_wheel_entry_point(monkeypatch, ["prepare", "--conf", "conf/local.yaml",
+                                                  "--set", f"input.path={missing}", "--set", f"output.dir={tmp_path}"])
+    assert status == 1
+    assert str(missing) in capsys.readouterr().err
+
+
+def test_wheel_entry_point_fails_the_task_when_als_is_refused(monkeypatch, small_table, tmp_path, capsys):
+    def refuse(*args, **kwargs):  # what Databricks shared compute raises (needs a workspace for real)
+        raise Py4JError(WHITELIST_ERROR)
+
+    monkeypatch.setattr(jester_als.tune, "ALS", refuse)
+    path, _ = small_table
+    status = call_wheel_entry_point(monkeypatch, ["pipeline", "--conf", "conf/local.yaml",
+                                                  "--set", f"input.path={path}",
+                                                  "--set", f"output.dir={tmp_path / 'out'}"])
+    assert status == 1
+    assert "not whitelisted" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_wheel_entry_point_returns_normally_on_success(monkeypatch, spark, small_table, tmp_path):
+    path, _ = small_table
+    out = tmp_path / "out"
+    status = call_wheel_entry_point(monkeypatch, ["prepare", "--conf", "conf/local.yaml", "--set", f"input.path={path}",
+                                                  "--set", f"output.dir={out}"])
+    assert status is None
+    assert json.loads((out / "metrics.json").read_text())["data"]["ratings"] > 0
+    assert spark.range(3).count() == 3  # the session the job joined is still usable: the job did not stop it
+
+
+def test_console_script_exits_with_the_status(tmp_path):
+    script = Path(sys.executable).with_name("jester-als")
+    result = subprocess.run([str(script), "tune", "--conf", str(ROOT / "conf" / "local.yaml"),
+                             "--set", "split.test_fraction=2"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "split.test_fraction" in result.stderr
+
+
+def test_baseline_and_recommend_at_once_on_one_output_dir_keep_both_sections(spark, small_table, tmp_path):
+    """Databricks runs both right after tune, on one output.dir: each merges its sections into metrics.json
+    under the directory's lock, so neither section is lost and report.md shows both."""
+    path, _ = small_table
+    out = tmp_path / "out"
+    common = ["--conf", "conf/local.yaml", "--set", f"input.path={path}", "--set", f"output.dir={out}", *SMALL_RUN]
+    assert main(["prepare", *common]) == 0
+    assert main(["tune", *common]) == 0
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    jobs = {job: subprocess.Popen([sys.executable, "-m", "jester_als.cli", job, *common,
+                                   "--set", "spark.conf={spark.ui.enabled: false}"],
+                                  cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for job in ("baseline", "recommend")}
+    for job, process in jobs.items():
+        output, _ = process.communicate(timeout=600)
+        assert process.returncode == 0, f"{job}:\n{output[-3000:]}"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"data", "spark_als", "numpy_als", "baselines", "recommendations"} <= set(metrics)
+    assert metrics["recommendations"]["top_n"] == 3
+    assert metrics["numpy_als"]["rows"] > 0
+    report = (out / "report.md").read_text()
+    assert "## Engines on the same held-out ratings" in report and "Recommendations" in report
+    assert not [p for p in os.listdir(out) if p.startswith(".staging-")]
+
+
+@pytest.mark.cluster
+def test_make_submit_works_from_a_clone_without_activating_anything(small_table, tmp_path):
+    path, _ = small_table
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON",
+                                                             "SPARK_HOME")}
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if not p.startswith(str(ROOT / ".venv")))
+    args = " ".join(f"'{a}'" for a in ["--set", f"input.path={path}", "--set", f"output.dir={out}", *SMALL_RUN])
+    result = subprocess.run(["make", "--no-print-directory", "submit", "MASTER=local[2]", "JOB=pipeline",
+                             f"ARGS={args}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["run"]["master"] == "local[2]"
+    assert metrics["recommendations"]["top_n"] == 3
