@@ -45,7 +45,7 @@ tune:
     assert "split.seed: expected integer, got 'forty-two'" in problems
     assert "tune.parallelism: expected integer, got 'two'" in problems
     assert "tune.grid.rank: 0 must be >= 1" in problems
-    assert "tune.grid.regParam: -0.1 must be >= 0" in problems
+    assert "tune.grid.regParam: -0.1 must be > 0 (ALS needs regularization)" in problems
     assert "tune.grid.maxIter: empty list (give at least one value)" in problems
 
 
@@ -107,3 +107,13 @@ def test_every_job_has_help(capsys):
         assert main([job, "--help"]) == 0
         assert "--conf" in capsys.readouterr().out
     assert main(["nonsense"]) == 2
+
+
+def test_regparam_must_be_positive():
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, ["output.dir=/tmp/x", "tune.grid.regParam=[0.1, 0]", "bench.regParam=0"])
+    assert "tune.grid.regParam: 0 must be > 0 (ALS needs regularization)" in refused.value.problems
+    assert "bench.regParam: must be > 0, got 0" in refused.value.problems
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, ["output.dir=/tmp/x", "baseline.params={rank: 3, regParam: 0, maxIter: 5}"])
+    assert "baseline.params.regParam: 0 must be > 0 (ALS needs regularization)" in refused.value.problems

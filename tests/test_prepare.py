@@ -8,9 +8,10 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, IntegerType, StructField, StructType
 
-from frames import assert_frames_equal
 from jester_als.config import load_config
-from jester_als.prepare import (InputError, joke_columns, prepare_ratings, stack_expression)
+from jester_als.prepare import InputError, joke_columns, prepare_ratings, stack_expression
+
+from frames import assert_frames_equal
 
 RATINGS_SCHEMA = StructType([StructField("user", IntegerType()), StructField("joke", IntegerType()),
                              StructField("rating", DoubleType())])
@@ -121,3 +122,17 @@ def test_long_layout_is_read_and_classified(spark, tmp_path):
 def test_missing_file_names_the_file(spark, tmp_path):
     with pytest.raises(InputError, match=r"csv file .*nope.csv: does not exist"):
         prepare_ratings(spark, input_config(tmp_path / "nope.csv"))
+
+
+def test_fingerprint_is_order_independent_and_counts_repeated_rows(spark):
+    from jester_als.prepare import fingerprint
+
+    rows = [("1", "2.5", ""), ("2", "-3", "99"), ("3", "0.00", "7")]
+    same = fingerprint(spark.createDataFrame(rows, ["User", "1", "2"]))
+    shuffled = fingerprint(spark.createDataFrame(rows[::-1], ["User", "1", "2"]).repartition(3))
+    doubled = fingerprint(spark.createDataFrame(rows + [rows[1], rows[1]], ["User", "1", "2"]))
+    without = fingerprint(spark.createDataFrame([rows[0], rows[2]], ["User", "1", "2"]))
+    assert shuffled == same
+    # An XOR of row hashes would make two extra copies of a row vanish; the fingerprint must not.
+    assert doubled["content_hash"] != same["content_hash"] and doubled["rows"] == 5
+    assert without["content_hash"] != same["content_hash"]

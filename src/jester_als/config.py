@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import yaml
 
@@ -116,7 +117,11 @@ def _grid_check(grid: dict) -> list[str]:
                 problems.append(f"{name}: {v!r} is not a {want.__name__}")
             elif name in ("rank", "maxIter", "numUserBlocks", "numItemBlocks", "blockSize") and v < 1:
                 problems.append(f"{name}: {v!r} must be >= 1")
-            elif name in ("regParam", "alpha") and v < 0:
+            elif name == "regParam" and v <= 0:
+                # Unregularized ALS solves singular systems for users or jokes with fewer ratings than the rank
+                # and can give NaN factors without an error.
+                problems.append(f"{name}: {v!r} must be > 0 (ALS needs regularization)")
+            elif name == "alpha" and v < 0:
                 problems.append(f"{name}: {v!r} must be >= 0")
     return problems
 
@@ -213,7 +218,7 @@ SCHEMA: dict[str, Any] = {
         "users": Field(int, 24983, check=_positive),
         "jokes": Field(int, 100, check=_positive),
         "rank": Field(int, 10, check=_positive),
-        "regParam": Field((int, float), 0.1, check=_non_negative),
+        "regParam": Field((int, float), 0.1, check=_positive),
         "maxIter": Field(int, 20, check=_positive),
         "test_fraction": Field((int, float), 0.2, check=_open_unit),
         "seed": Field(int, 42),
@@ -231,7 +236,7 @@ SCHEMA: dict[str, Any] = {
         "jokes_axis_ratings_per_user": Field((int, float), 50, check=_positive,
                                              doc="mean ratings per user on the jokes axis (most rate few)"),
         "rank": Field(int, 10, check=_positive),
-        "regParam": Field((int, float), 0.1, check=_non_negative),
+        "regParam": Field((int, float), 0.1, check=_positive),
         "maxIter": Field(int, 10, check=_positive),
         "test_fraction": Field((int, float), 0.2, check=_open_unit),
         "seed": Field(int, 42),
@@ -389,6 +394,8 @@ def _cross_checks(cfg: dict, problems: list[str]) -> None:
             problems.append(f"baseline.params.{name}: unknown (expected rank, regParam, maxIter)")
     if params and set(params) != {"rank", "regParam", "maxIter"}:
         problems.append("baseline.params: give all of rank, regParam, maxIter (or none to use Spark's)")
+    if isinstance(params.get("regParam"), (int, float)) and params["regParam"] <= 0:
+        problems.append(f"baseline.params.regParam: {params['regParam']!r} must be > 0 (ALS needs regularization)")
     out = cfg["output"].get("dir")
     if isinstance(out, str) and "://" not in out and os.path.isfile(out):
         problems.append(f"output.dir: {out!r} is a file (expected a directory or a path that does not exist)")

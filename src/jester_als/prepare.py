@@ -249,12 +249,15 @@ class PreparedRatings:
 
 
 def content_hash(*columns: str):
-    """Aggregate column: an order-independent hash of the rows' values (XOR of per-row xxhash64)."""
-    return F.bit_xor(F.xxhash64(*[F.col(_quote(c)) for c in columns]))
+    """Aggregate column: an order-independent hash of the rows' values that counts repeats: the exact sum of
+    the per-row xxhash64 (as a decimal, so no overflow), which two identical rows do not cancel as an XOR
+    would."""
+    return F.sum(F.xxhash64(*[F.col(_quote(c)) for c in columns]).cast("decimal(38,0)"))
 
 
-def hex64(value: int | None) -> str:
-    return f"{(value or 0) & (2**64 - 1):016x}"
+def hex64(value) -> str:
+    """The low 64 bits of an aggregate hash as 16 hex digits."""
+    return f"{int(value or 0) & (2**64 - 1):016x}"
 
 
 def fingerprint(table: DataFrame) -> dict:
