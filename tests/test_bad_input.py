@@ -36,7 +36,8 @@ def cells_add_up(metrics):
 
 
 def rejected_rows(spark, out):
-    return {(r["user"], r["joke"], r["value"], r["reason"]) for r in spark.read.parquet(str(out / "rejected")).collect()}
+    rejected = spark.read.parquet(str(out / "rejected")).collect()
+    return {(r["user"], r["joke"], r["value"], r["reason"]) for r in rejected}
 
 
 def refused(code, out, capsys, *fragments):

@@ -78,7 +78,7 @@ def run_bench(spark, cfg: dict) -> dict:
                             **rmse_mae(scored.column("rating").to_numpy(), scored.column("prediction").to_numpy())}
     train_df.unpersist()
 
-    for name, engine in engines.items():
+    for engine in engines.values():
         engine["median_seconds"] = statistics.median(engine["seconds"])
     numpy_median = engines["numpy_als"]["median_seconds"]
     result = {

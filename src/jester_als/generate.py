@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
@@ -47,7 +47,7 @@ class GeneratorParams:
     seed: int = 7
 
     @classmethod
-    def from_config(cls, gen: dict, **overrides) -> "GeneratorParams":
+    def from_config(cls, gen: dict, **overrides) -> GeneratorParams:
         fields = {k: gen[k] for k in cls.__dataclass_fields__ if k in gen}
         fields.update(overrides)
         return cls(**fields)

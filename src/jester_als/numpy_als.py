@@ -38,7 +38,7 @@ class RatingMatrix:
     joke_ids: np.ndarray  # (n_jokes,) original ids, sorted
 
     @classmethod
-    def from_ids(cls, user_ids: np.ndarray, joke_ids: np.ndarray, ratings: np.ndarray) -> "RatingMatrix":
+    def from_ids(cls, user_ids: np.ndarray, joke_ids: np.ndarray, ratings: np.ndarray) -> RatingMatrix:
         users_sorted, user_index = _dense_index(np.asarray(user_ids))
         jokes_sorted, joke_index = _dense_index(np.asarray(joke_ids))
         return cls(user_index, joke_index, np.asarray(ratings, dtype=np.float64), users_sorted, jokes_sorted)

@@ -10,8 +10,9 @@ that exceeds one is stopped, the limit is recorded with its reason, and that eng
 A cost model, fitted to the measured points by least squares, gives per-iteration time as
 ``c0 + c1 * nnz * k^2 + c2 * (users + jokes) * k^3`` and peak memory as
 ``m0 + m1 * nnz + m2 * (users + jokes) * k + m3 * users * jokes`` (the last term is NumPy's dense rating
-pattern, used while it fits ``scale.numpy_dense_budget_mb``) per engine, plus Spark's shuffle volume per iteration; it is checked against a measured point left out of the
-fit and then used to predict sizes this machine cannot hold.
+pattern, used while it fits ``scale.numpy_dense_budget_mb``) per engine, plus Spark's shuffle volume per
+iteration; it is checked against a measured point left out of the fit and then used to predict sizes this
+machine cannot hold.
 """
 
 from __future__ import annotations
@@ -399,7 +400,8 @@ def render_scale(study: dict) -> str:
     for p in study["points"]:
         numpy_r, spark_r = p["engines"].get("numpy", {}), p["engines"].get("spark", {})
         rows.append([p["axis"], f"{p['users']:,}", f"{p['jokes']:,}", f"{p['train_ratings']:,}",
-                     _cell(numpy_r, "fit_seconds", "{:.2f}") + (f" ({numpy_r['path']})" if numpy_r.get("path") else ""), _cell(numpy_r, "peak_rss_mb", "{:,.0f}"),
+                     _cell(numpy_r, "fit_seconds", "{:.2f}") + (f" ({numpy_r['path']})" if numpy_r.get("path") else ""),
+                     _cell(numpy_r, "peak_rss_mb", "{:,.0f}"),
                      _cell(spark_r, "fit_seconds", "{:.2f}"), _cell(spark_r, "peak_rss_mb", "{:,.0f}"),
                      _cell(numpy_r, "rmse", "{:.4f}"), _cell(spark_r, "rmse", "{:.4f}")])
     limits = [f"- {p['axis']} axis, {p['users']:,} x {p['jokes']:,}, {engine}: {r['limit']}"
@@ -438,8 +440,9 @@ def render_scale(study: dict) -> str:
         t, m = entry["time"]["coefficients"], entry["memory"]["coefficients"]
         dense = f" + {m[3]:.3g} x users x jokes [dense path]" if len(m) > 3 else ""
         dense_t = f" + {t[3]:.3g} x users x jokes k^2 [dense path]" if len(t) > 3 else ""
+        time_error = entry["time"]["max_relative_error_on_fitted"]
         lines.append(f"- {engine}: seconds per iteration = {t[0]:.3g} + {t[1]:.3g} x nnz k^2 + {t[2]:.3g} x "
-                     f"(users + jokes) k^3{dense_t} (fitted points within {entry['time']['max_relative_error_on_fitted']:.0%});"
+                     f"(users + jokes) k^3{dense_t} (fitted points within {time_error:.0%});"
                      f" peak MB = {m[0]:.3g} + {m[1]:.3g} x nnz + {m[2]:.3g} x (users + jokes) k{dense} (within "
                      f"{entry['memory']['max_relative_error_on_fitted']:.0%})")
         if "holdout" in entry:
@@ -461,8 +464,9 @@ def render_scale(study: dict) -> str:
             + ("" if spark_p["fits_one_machine"] else " (does not fit)") if spark_p else "",
             f"{cluster['seconds']:,.0f} s, {cluster['memory_mb_per_executor'] / 1024:,.1f} GB/executor, "
             f"{cluster['shuffle_gb_per_iteration']:,.1f} GB shuffled/iteration" if cluster else ""])
+    executors = study["predictions"][0]["engines"].get("spark", {}).get("cluster", {}).get("executors", "N")
     lines += [table(["data set", "train ratings", "NumPy, one machine", "Spark, one machine (local)",
-                     f"Spark, cluster of {study['predictions'][0]['engines'].get('spark', {}).get('cluster', {}).get('executors', 'N')} executors"],
+                     f"Spark, cluster of {executors} executors"],
                     prediction_rows), ""]
     return "\n".join(lines)
 
