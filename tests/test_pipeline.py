@@ -98,3 +98,33 @@ def test_output_mode_error_refuses_and_keeps_previous_outputs(pipeline_run, caps
     assert "already holds" in capsys.readouterr().err
     assert (out / "metrics.json").read_bytes() == before
     assert not [p for p in os.listdir(out) if p.startswith(".staging")]
+
+
+def test_new_data_or_a_new_model_drops_the_sections_computed_from_the_old(spark, small_table, tmp_path):
+    from conftest import small_params
+    from jester_als.generate import write_wide_csv
+
+    path, _ = small_table
+    out = tmp_path / "out"
+    common = ["--conf", "conf/local.yaml", "--set", f"output.dir={out}", "--set", "recommend.top_n=3",
+              "--set", "tune.grid={rank: [3], regParam: [0.1], maxIter: [5]}"]
+    metrics = lambda: json.loads((out / "metrics.json").read_text())
+    for job in ("prepare", "tune", "recommend"):
+        assert main([job, *common, "--set", f"input.path={path}"]) == 0
+    assert {"spark_als", "recommendations"} <= set(metrics())
+    assert main(["tune", *common, "--set", f"input.path={path}"]) == 0  # a new model
+    after_tune = metrics()
+    assert "recommendations" not in after_tune and "spark_als" in after_tune
+    assert after_tune["stale_sections_dropped"] == {"recommendations": "computed from an earlier model"}
+    assert main(["recommend", *common, "--set", f"input.path={path}"]) == 0
+    assert "stale_sections_dropped" not in metrics() and "recommendations" in metrics()
+    assert main(["prepare", *common, "--set", f"input.path={path}"]) == 0  # the same data: nothing is stale
+    assert {"spark_als", "recommendations"} <= set(metrics())
+    other = tmp_path / "other.csv"
+    write_wide_csv(small_params(seed=99), str(other))
+    assert main(["prepare", *common, "--set", f"input.path={other}"]) == 0  # other data
+    after_prepare = metrics()
+    assert not {"spark_als", "recommendations"} & set(after_prepare)
+    assert set(after_prepare["stale_sections_dropped"]) == {"spark_als", "recommendations"}
+    assert "train_ratings" not in after_prepare["data"]  # counts of the old split went with the old data
+    assert after_prepare["data"]["source"].endswith("other.csv")

@@ -124,3 +124,42 @@ def test_make_submit_works_from_a_clone_without_activating_anything(small_table,
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["run"]["master"] == "local[2]"
     assert metrics["recommendations"]["top_n"] == 3
+
+
+def test_every_registered_job_has_its_entry_script_and_nothing_else_does():
+    from jester_als.registry import JOBS
+
+    scripts = {path.stem: path.read_text() for path in (ROOT / "jobs").glob("*.py")}
+    assert set(scripts) == set(JOBS)
+    for name, text in scripts.items():
+        assert f'main(["{name}", *sys.argv[1:]])' in text, name
+
+
+@pytest.mark.parametrize("job,missing", [("tune", "ratings/ (written by prepare)"),
+                                         ("recommend", "model/ (written by tune)"),
+                                         ("baseline", "ratings/ (written by prepare), model/ (written by tune)")])
+def test_a_job_run_before_the_one_it_needs_says_so_once_before_spark_starts(job, missing, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "jester_als.cli", job, "--conf", "conf/local.yaml",
+                             "--set", f"output.dir={tmp_path}"], capture_output=True, text=True, cwd=ROOT,
+                            timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.count(missing) == 1, result.stderr
+    assert "Exception" not in result.stderr and "Traceback" not in result.stderr
+    assert "Spark" not in result.stderr  # refused before a session was started
+
+
+def test_checkpoint_dirs_the_job_creates_are_removed_on_success_and_failure(small_table, tmp_path):
+    path, _ = small_table
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch), "PYSPARK_PYTHON": sys.executable}
+    common = ["--conf", "conf/local.yaml", "--set", f"input.path={path}", "--set", "spark.master=local[1]"]
+    ok = subprocess.run([sys.executable, "-m", "jester_als.cli", "prepare", *common,
+                         "--set", f"output.dir={tmp_path / 'ok'}"], capture_output=True, text=True, cwd=ROOT,
+                        env=env, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    failed = subprocess.run([sys.executable, "-m", "jester_als.cli", "prepare", *common,
+                             "--set", "input.path=/nowhere/jester.csv", "--set", f"output.dir={tmp_path / 'bad'}"],
+                            capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert failed.returncode == 1
+    assert not list(scratch.glob("jester-als-checkpoint-*"))

@@ -23,33 +23,22 @@ import time
 
 from jester_als.config import ConfigError, load_config
 from jester_als.errors import JobError
+from jester_als.registry import JOBS, check_needs
 
 log = logging.getLogger("jester_als")
-
-JOB_HELP = {
-    "generate": "write a synthetic Jester-shaped wide CSV with a planted structure (no Spark)",
-    "prepare": "read the Jester table, melt it to (user, joke, rating), write ratings/ and rejected/",
-    "tune": "split the ratings, tune ALS with TrainValidationSplit, evaluate on test, save model/",
-    "recommend": "top-N unrated jokes per user from the saved model into recommendations/",
-    "baseline": "NumPy ALS and simple baselines on a collected sample, against Spark ALS on the same rows",
-    "pipeline": "prepare, tune, baseline and recommend in one run, with metrics.json and report.md",
-    "bench": "time NumPy ALS, Spark ALS and the seed's loop on the same ratings; writes bench.json and bench.md",
-    "scale": "scaling study: both engines along users and jokes axes; scale.json, scale.md, scale.png",
-}
-SPARK_JOBS = ("prepare", "tune", "recommend", "baseline", "pipeline", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jester-als", description=__doc__.split("\n\n")[0])
     jobs = parser.add_subparsers(dest="job", metavar="JOB", required=True)
-    for name, text in JOB_HELP.items():
-        sub = jobs.add_parser(name, help=text, description=text)
+    for name, job in JOBS.items():
+        sub = jobs.add_parser(name, help=job.help, description=job.help)
         sub.add_argument("--conf", required=True, metavar="FILE", help="YAML config (e.g. conf/local.yaml)")
         sub.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", dest="overrides",
                          help="override a config key with a YAML-typed value; repeatable "
                               "(e.g. --set tune.grid.rank=[5,10] --set output.dir=/tmp/run)")
         sub.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
-        if name in SPARK_JOBS:
+        if job.spark:
             where = sub.add_mutually_exclusive_group()
             where.add_argument("--master", help="Spark master (default: spark-submit's, or local[*])")
             where.add_argument("--remote", help="Spark Connect URL, e.g. sc://localhost:15002 "
@@ -147,6 +136,7 @@ def _run_spark_job(args, cfg: dict, started: float) -> int:
     from jester_als.session import build_session, check_iterations, connection_lost, release_session
 
     try:
+        check_needs(args.job, cfg["output"]["dir"])
         spark, created = build_session(cfg["spark"], master=args.master, remote=args.remote)
         try:
             check_iterations(spark, als_iterations(args.job, cfg))

@@ -28,23 +28,17 @@ from jester_als.numpy_als import NumpyALSModel
 from jester_als.outputs import RunOutputs, now_iso
 from jester_als.prepare import InputError, check_duplicates, content_hash, hex64, prepare_ratings
 from jester_als.recommend import recommend_unrated
+from jester_als.registry import JOBS as REGISTRY
 from jester_als.session import als_blocks, is_connect, master_of, try_persist, try_unpersist
 from jester_als.tune import evaluate_model, fit_als, make_als, split_ratings, tune_als
 
 log = logging.getLogger(__name__)
 
-# The output directories each job writes (checked against output.mode before any work starts).
-JOB_OUTPUTS = {
-    "prepare": ["ratings", "rejected", "user_ids"],
-    "tune": ["model"],
-    "recommend": ["recommendations"],
-    "baseline": [],
-    "pipeline": ["ratings", "rejected", "user_ids", "model", "recommendations"],
-}
-
-
 def read_prepared_ratings(spark: SparkSession, out: RunOutputs) -> DataFrame:
     path = out.final_path("ratings")
+    if not os.path.isdir(path):  # checked before Spark reads it, which would log a long Java trace
+        raise InputError(f"prepared ratings {path}: not found; run the prepare job with the same output.dir "
+                         f"first")
     try:
         ratings = spark.read.parquet(path)
         _ = ratings.columns  # resolve now so a missing path fails here, with its name
@@ -192,6 +186,8 @@ def run_recommend(spark: SparkSession, cfg: dict, out: RunOutputs, model=None,
 def load_model(out: RunOutputs):
     """The saved ALSModel, or the NumPy model a fallback run saved in its place."""
     path = out.final_path("model")
+    if not os.path.isdir(path):
+        raise InputError(f"model {path}: not found; run the tune job with the same output.dir first")
     numpy_model = load_numpy_model(path)
     if numpy_model is not None:
         return numpy_model
@@ -244,6 +240,34 @@ def merge_sections(into: dict, new: dict) -> dict:
     return into
 
 
+# The sections of metrics.json each job's results make out of date: new data invalidates everything computed
+# from the old ratings; a new model invalidates what was computed from the old model.
+FROM_RATINGS = ("spark_als", "numpy_als", "baselines", "recommendations", "als_engine", "baseline_skipped")
+FROM_MODEL = ("numpy_als", "baselines", "recommendations", "baseline_skipped")
+
+
+def drop_stale_sections(previous: dict, job: str, sections: dict) -> dict:
+    """``previous`` without the sections this job's results make stale; what was dropped, and why, is listed
+    under ``stale_sections_dropped`` so a reader knows the directory's other outputs are from an earlier run."""
+    if job == "prepare":
+        old_hash = (previous.get("data") or {}).get("ratings_hash")
+        if old_hash is None or old_hash == sections["data"]["ratings_hash"]:
+            return previous
+        stale, reason, kept = FROM_RATINGS, f"computed from other ratings (hash {old_hash})", {}
+    elif job == "tune":
+        stale, reason = FROM_MODEL, "computed from an earlier model"
+        kept = {"data": previous.get("data", {})}
+    else:
+        return previous
+    dropped = [name for name in stale if name in previous]
+    base = {**{k: v for k, v in previous.items() if k not in stale and k != "data"}, **kept}
+    base.pop("stale_sections_dropped", None)
+    if dropped:
+        log.warning("metrics.json: dropping %s (%s); rerun the jobs that write them", ", ".join(dropped), reason)
+        base["stale_sections_dropped"] = {name: reason for name in dropped}
+    return base
+
+
 def run_manifest(spark: SparkSession, cfg: dict, job: str, out: RunOutputs, started: str, seconds: float) -> dict:
     import numpy
 
@@ -272,7 +296,7 @@ def run_spark_job(spark: SparkSession, cfg: dict, job: str, on_start=None) -> di
     ``on_start`` receives the run's outputs (the entry point uses it to clean up after an interrupt)."""
     from jester_als.report import render_report
 
-    out = RunOutputs(cfg["output"]["dir"], cfg["output"]["mode"], JOB_OUTPUTS[job])
+    out = RunOutputs(cfg["output"]["dir"], cfg["output"]["mode"], list(REGISTRY[job].outputs))
     out.check()
     if on_start:
         on_start(out)
@@ -282,7 +306,13 @@ def run_spark_job(spark: SparkSession, cfg: dict, job: str, on_start=None) -> di
         manifest = run_manifest(spark, cfg, job, out, started, time.perf_counter() - clock)
 
         def update(previous: dict) -> tuple[dict, str]:
-            metrics = merge_sections({} if job == "pipeline" else previous, sections)
+            base = {} if job == "pipeline" else drop_stale_sections(previous, job, sections)
+            metrics = merge_sections(base, sections)
+            stale = metrics.get("stale_sections_dropped") or {}
+            for name in sections:  # rewritten by this run: no longer stale
+                stale.pop(name, None)
+            if not stale:
+                metrics.pop("stale_sections_dropped", None)
             metrics["run"] = manifest
             return metrics, render_report(metrics)
 
