@@ -59,6 +59,24 @@ def test_non_numeric_cells_are_refused_and_counted(spark, tmp_path):
             ("1", "3", "--", "not_a_number")} == rejected_rows(spark, out)
 
 
+def test_rows_with_more_or_fewer_fields_than_the_header_are_refused_cell_by_cell(spark, tmp_path):
+    # 4 joke columns; user 2 has two fields too many, user 3 one too few, user 4 a quoted field with a comma.
+    text = HEADER + "1,4,1,2,3,4\n2,6,1,2,3,4,5,6\n3,3,1,2,3\n4,4,\"1,5\",2,3,4\n"
+    code, out, metrics = prepare(tmp_path, text)
+    assert code == 0
+    cells = cells_add_up(metrics)
+    # The file holds 4 + 6 + 3 + 4 rating fields (after the user and count columns): all accounted for.
+    assert cells["read"] == 17
+    assert cells["rejected"] == {"wrong_field_count": 9, "not_a_number": 1}
+    rows = spark.read.parquet(str(out / "rejected")).where("reason = 'wrong_field_count'").collect()
+    assert {(r["user"], r["joke"], r["value"]) for r in rows} == {
+        ("2", "1", "1"), ("2", "2", "2"), ("2", "3", "3"), ("2", "4", "4"), ("2", None, "5"), ("2", None, "6"),
+        ("3", "1", "1"), ("3", "2", "2"), ("3", "3", "3")}
+    assert {r["detail"] for r in rows} == {"row of user 2 has 8 fields; the header has 6",
+                                           "row of user 3 has 5 fields; the header has 6"}
+    assert ("4", "1", "1,5", "not_a_number") in rejected_rows(spark, out)  # a well-formed row, read as CSV
+
+
 def test_out_of_range_values_are_refused(spark, tmp_path):
     code, out, metrics = prepare(tmp_path, HEADER + "1,4,15,-11,10,-10\n")
     assert code == 0

@@ -71,7 +71,7 @@ def test_ratings_model_and_recommendations_are_written(spark, pipeline_run):
         ("user", "int"), ("joke", "int"), ("rating", "double")]
     metrics = json.loads((out / "metrics.json").read_text())
     assert ratings.count() == metrics["data"]["ratings"]
-    assert spark.read.parquet(str(out / "rejected")).columns == ["user", "joke", "value", "reason"]
+    assert spark.read.parquet(str(out / "rejected")).columns == ["user", "joke", "value", "reason", "detail"]
 
     model = ALSModel.load(str(out / "model"))
     assert model.rank == metrics["spark_als"]["model_params"]["rank"]

@@ -16,6 +16,8 @@ rejected      ``bad_user_id``     the user id is blank (or, with ``input.user_id
                                   integer in Spark's Int range)
 rejected      ``bad_joke_id``     long layout: the joke id is missing or not such an integer
 rejected      ``too_few_ratings`` the user has fewer valid ratings than ``input.min_ratings_per_user``
+rejected      ``wrong_field_count`` every cell of a CSV row with more or fewer fields than the header (the
+                                  ``detail`` column names the row and both counts)
 ============  ==================  =============================================================
 
 Accepted + missing + rejected always equals the cells read; refused cells are written out with their reason.
@@ -29,10 +31,12 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+from pyspark.sql.types import StringType, StructField, StructType
 
 from jester_als.errors import JobError
 from jester_als.session import try_persist, try_unpersist
@@ -40,6 +44,10 @@ from jester_als.session import try_persist, try_unpersist
 log = logging.getLogger(__name__)
 
 INT_MAX = 2**31 - 1
+
+
+MALFORMED = "_jester_als_malformed_row"  # Spark's corrupt-record column for CSV rows of the wrong width
+CSV_PRUNING = "spark.sql.csv.parser.columnPruning.enabled"
 
 
 class InputError(JobError):
@@ -61,6 +69,12 @@ def read_table(spark: SparkSession, inp: dict) -> DataFrame:
             table = reader.csv(inp["path"])
             if header:
                 check_header(spark, inp, table.columns, name)
+                # Read again with the header's columns as strings plus a column for malformed rows: Spark then
+                # marks a row with more or fewer fields than the header instead of silently dropping the
+                # extra fields or padding the missing ones with blanks.
+                schema = StructType([StructField(c, StringType()) for c in table.columns]
+                                    + [StructField(MALFORMED, StringType())])
+                table = reader.option("columnNameOfCorruptRecord", MALFORMED).schema(schema).csv(inp["path"])
         elif inp["format"] == "parquet":
             table = spark.read.parquet(inp["path"])
         else:
@@ -208,7 +222,9 @@ def classify_cells(cells: DataFrame, *, missing_values: list[float], rating_rang
     text = F.trim(F.col("raw"))
     value = F.expr("try_cast(trim(raw) AS DOUBLE)")
     sentinel = value.isin([float(v) for v in missing_values]) if missing_values else F.lit(False)
-    reason = (F.when(F.col("raw").isNull() | (text == ""), "blank")
+    forced = F.col("forced_reason") if "forced_reason" in cells.columns else F.lit(None).cast("string")
+    reason = (F.when(forced.isNotNull(), forced)
+              .when(F.col("raw").isNull() | (text == ""), "blank")
               .when(value.isNull(), "not_a_number")
               .when(F.isnan(value) | (F.abs(value) == float("inf")), "not_finite")
               .when(sentinel, "sentinel")
@@ -243,9 +259,15 @@ class PreparedRatings:
     classified: DataFrame
     user_ids: DataFrame | None = None  # original_user -> user, when ids were re-indexed
     fingerprint: dict | None = None
+    restore: dict | None = None  # session settings to put back once the outputs are written
 
     def release(self) -> None:
         try_unpersist(self.classified)
+        for key, value in (self.restore or {}).items():
+            try:
+                self.classified.sparkSession.conf.set(key, value)
+            except Exception:  # the platform may refuse; the setting only concerned this read
+                pass
 
 
 def content_hash(*columns: str):
@@ -287,12 +309,43 @@ def ratings_cells(spark: SparkSession, inp: dict) -> tuple[DataFrame, str, dict]
         log.info("%s: Jester layout, %d joke columns, users numbered by row", source, len(jokes))
         return cells, source, prints
     if inp["layout"] == "wide":
-        jokes = joke_columns(table.columns, inp["user_column"], inp["drop_columns"], source)
+        header = [c for c in table.columns if c != MALFORMED]
+        jokes = joke_columns(header, inp["user_column"], inp["drop_columns"], source)
         check_unique_users(table, inp["user_column"], source)
         log.info("%s: %d joke columns (ids %d..%d)", source, len(jokes), min(j for _, j in jokes),
                  max(j for _, j in jokes))
-        return melt_wide_ratings(table, inp["user_column"], jokes), source, prints
+        if MALFORMED not in table.columns:
+            return melt_wide_ratings(table, inp["user_column"], jokes), source, prints
+        well_formed = table.where(F.col(MALFORMED).isNull()).drop(MALFORMED)
+        cells = (melt_wide_ratings(well_formed, inp["user_column"], jokes)
+                 .withColumn("forced_reason", F.lit(None).cast("string"))
+                 .withColumn("detail", F.lit(None).cast("string")))
+        malformed = malformed_row_cells(table, header, inp["user_column"], dict(jokes), inp["delimiter"])
+        return cells.unionByName(malformed), source, prints
     return long_cells(table, inp["long_columns"], source), source, prints
+
+
+def malformed_row_cells(table: DataFrame, header: list[str], user_column: str, joke_ids: dict[str, int],
+                        delimiter: str) -> DataFrame:
+    """Every field of the rows Spark marked as malformed (a field count that differs from the header's), as
+    cells refused with ``wrong_field_count``: a field under a joke column keeps that joke id, a field past the
+    header has none. The raw line is split on the delimiter outside double quotes, as CSV does."""
+    split_on = re.escape(delimiter) + '(?=(?:[^"]*"[^"]*")*[^"]*$)'
+    fields = F.split(F.col(MALFORMED), split_on, -1)
+    skipped = [i for i, name in enumerate(header) if name not in joke_ids]  # the user and dropped columns
+    joke_at = F.array(*[F.lit(joke_ids.get(name)).cast("int") for name in header])
+    # Referencing a data column beside the malformed-row column is required: Spark refuses a query of a raw
+    # CSV file that reads only that column.
+    rows = table.where(F.col(MALFORMED).isNotNull()).select(
+        F.trim(F.col(_quote(user_column)).cast("string")).alias("user_raw"),
+        F.size(fields).alias("fields"), F.posexplode(fields).alias("pos", "field"))
+    return (rows.where(~F.col("pos").isin(skipped))
+            .select("user_raw",
+                    F.try_element_at(joke_at, (F.col("pos") + 1).cast("int")).alias("joke"),
+                    F.regexp_replace("field", r'^\s*"(.*)"\s*$', "$1").alias("raw"),
+                    F.lit("wrong_field_count").alias("forced_reason"),
+                    F.format_string("row of user %s has %d fields; the header has %d", F.col("user_raw"),
+                                    F.col("fields"), F.lit(len(header))).alias("detail")))
 
 
 def count_cells(classified: DataFrame) -> dict:
@@ -320,6 +373,22 @@ def prepare_ratings(spark: SparkSession, inp: dict) -> PreparedRatings:
 
     The classified cells are persisted (they feed the counts, the ratings and the refused cells); call
     ``release()`` on the result once the outputs are written."""
+    restore = {}
+    if inp["format"] == "csv" and inp["header"] and inp["layout"] == "wide":
+        # With CSV column pruning, Spark parses only the columns a query uses and no longer sees a row's field
+        # count (a dropped column such as "Number of Jokes Rated" is never used), so malformed rows would
+        # pass unmarked. Off for this read; put back by release().
+        restore[CSV_PRUNING] = spark.conf.get(CSV_PRUNING, "true")
+        spark.conf.set(CSV_PRUNING, "false")
+    try:
+        return _prepare(spark, inp, restore)
+    except BaseException:
+        for key, value in restore.items():
+            spark.conf.set(key, value)
+        raise
+
+
+def _prepare(spark: SparkSession, inp: dict, restore: dict) -> PreparedRatings:
     cells, source, prints = ratings_cells(spark, inp)
     user_ids = None
     mode = inp["user_ids"]
@@ -336,10 +405,17 @@ def prepare_ratings(spark: SparkSession, inp: dict) -> PreparedRatings:
     counts = count_cells(classified)
     ratings = (classified.where(F.col("status") == "accepted")
                .select("user", "joke", "rating"))
+    detail = F.col("detail") if "detail" in classified.columns else F.lit(None).cast("string")
     rejected = (classified.where(F.col("status") == "rejected")
                 .select(F.col("user_raw").alias("user"), F.col("joke_raw").alias("joke"),
-                        F.col("raw").alias("value"), "reason"))
-    return PreparedRatings(ratings, rejected, counts, source, classified, user_ids, prints)
+                        F.col("raw").alias("value"), "reason", detail.alias("detail")))
+    malformed = counts["rejected"].get("wrong_field_count")
+    if malformed:
+        rows = (rejected.where(F.col("reason") == "wrong_field_count").select("detail").distinct()
+                .orderBy("detail").limit(5).collect())
+        log.warning("%s: %d cells refused from rows whose field count differs from the header: %s", source,
+                    malformed, "; ".join(r["detail"] for r in rows))
+    return PreparedRatings(ratings, rejected, counts, source, classified, user_ids, prints, restore)
 
 
 def check_duplicates(ratings: DataFrame, source: str) -> None:
