@@ -42,8 +42,8 @@ tune:
         load_config(path)
     problems = err.value.problems
     assert "split.test_fraction: must be between 0 and 1 (exclusive), got 1.5" in problems
-    assert "split.seed: expected integer, got 'forty-two'" in problems
-    assert "tune.parallelism: expected integer, got 'two'" in problems
+    assert "split.seed: expected an integer, got 'forty-two'" in problems
+    assert "tune.parallelism: expected an integer, got 'two'" in problems
     assert "tune.grid.rank: 0 must be >= 1" in problems
     assert "tune.grid.regParam: -0.1 must be > 0 (ALS needs regularization)" in problems
     assert "tune.grid.maxIter: empty list (give at least one value)" in problems
@@ -69,9 +69,14 @@ def test_set_overrides_are_typed():
     assert cfg["spark"]["conf"]["spark.sql.shuffle.partitions"] == 8
 
 
-def test_set_override_with_wrong_type_is_refused():
-    with pytest.raises(ConfigError, match=r"tune.parallelism: expected integer, got 'many'"):
-        load_config(ROOT_CONF, ["tune.parallelism=many"])
+def test_set_override_with_wrong_type_is_refused_as_a_set_problem():
+    with pytest.raises(ConfigError) as refused:
+        load_config(ROOT_CONF, ["tune.parallelism=many", "tune.grid={rank: [five], maxIter: [10]}"])
+    assert set(refused.value.problems) == {
+        "--set tune.parallelism=many: expected an integer, got 'many'",
+        "--set tune.grid={rank: [five], maxIter: [10]}: expected an integer, got 'five' (at tune.grid.rank)"}
+    assert str(refused.value).startswith("invalid --set value(s) (2 problem(s)):")
+    assert "local.yaml" not in str(refused.value)  # the file is fine
 
 
 def test_int_stands_for_float():
@@ -87,14 +92,14 @@ def test_malformed_set_is_a_usage_error():
 def test_output_dir_that_is_a_file_is_refused(tmp_path):
     afile = tmp_path / "f"
     afile.write_text("x")
-    with pytest.raises(ConfigError, match=r"output.dir: .* is a file"):
+    with pytest.raises(ConfigError, match=r"--set output.dir=.*: .* is a file"):
         load_config(ROOT_CONF, [f"output.dir={afile}"])
 
 
 def test_cli_exits_2_on_config_errors_before_spark_starts(tmp_path, capsys):
     assert main(["tune", "--conf", ROOT_CONF, "--set", "tune.grid.rank=[]", "--set", "bogus=1"]) == 2
     err = capsys.readouterr().err
-    assert "tune.grid.rank: empty list" in err and "bogus: unknown key" in err
+    assert "--set tune.grid.rank=[]: empty list" in err and "--set bogus=1: unknown key" in err
 
 
 def test_cli_exits_2_on_missing_config_file(capsys):
@@ -112,8 +117,9 @@ def test_every_job_has_help(capsys):
 def test_regparam_must_be_positive():
     with pytest.raises(ConfigError) as refused:
         load_config(None, ["output.dir=/tmp/x", "tune.grid.regParam=[0.1, 0]", "bench.regParam=0"])
-    assert "tune.grid.regParam: 0 must be > 0 (ALS needs regularization)" in refused.value.problems
-    assert "bench.regParam: must be > 0, got 0" in refused.value.problems
+    assert "--set tune.grid.regParam=[0.1, 0]: 0 must be > 0 (ALS needs regularization)" in refused.value.problems
+    assert "--set bench.regParam=0: must be > 0, got 0" in refused.value.problems
     with pytest.raises(ConfigError) as refused:
         load_config(None, ["output.dir=/tmp/x", "baseline.params={rank: 3, regParam: 0, maxIter: 5}"])
-    assert "baseline.params.regParam: 0 must be > 0 (ALS needs regularization)" in refused.value.problems
+    assert ("--set baseline.params={rank: 3, regParam: 0, maxIter: 5}: 0 must be > 0 (ALS needs regularization) "
+            "(at baseline.params.regParam)") in refused.value.problems

@@ -34,14 +34,23 @@ ALS_GRID_PARAMS = {
 
 
 class ConfigError(Exception):
-    """One or more config problems; ``problems`` lists them as ``key.path: message``."""
+    """One or more config problems; ``problems`` lists them as ``key.path: message``, and a problem with a value
+    given on the command line as ``--set key.path=value: message``."""
 
     def __init__(self, problems: list[str], source: str | None = None):
         self.problems = problems
         self.source = source
-        where = f" in {source}" if source else ""
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"invalid config{where} ({len(problems)} problem(s)):\n{lines}")
+        from_set = [p for p in problems if p.startswith("--set ")]
+        from_file = [p for p in problems if not p.startswith("--set ")]
+        parts = []
+        if from_file:
+            where = f" in {source}" if source else ""
+            parts.append(f"invalid config{where} ({len(from_file)} problem(s)):\n"
+                         + "\n".join(f"  - {p}" for p in from_file))
+        if from_set:
+            parts.append(f"invalid --set value(s) ({len(from_set)} problem(s)):\n"
+                         + "\n".join(f"  - {p}" for p in from_set))
+        super().__init__("\n".join(parts))
 
 
 @dataclass(frozen=True)
@@ -114,7 +123,7 @@ def _grid_check(grid: dict) -> list[str]:
             if want is float and isinstance(v, int) and not isinstance(v, bool):
                 ok = True
             if not ok:
-                problems.append(f"{name}: {v!r} is not a {want.__name__}")
+                problems.append(f"{name}: expected {_a(want)}, got {v!r}")
             elif name in ("rank", "maxIter", "numUserBlocks", "numItemBlocks", "blockSize") and v < 1:
                 problems.append(f"{name}: {v!r} must be >= 1")
             elif name == "regParam" and v <= 0:
@@ -270,10 +279,21 @@ SCHEMA: dict[str, Any] = {
 }
 
 
+_TYPE_NAMES = {int: "integer", float: "number", str: "string", bool: "boolean", list: "list", dict: "mapping"}
+
+
 def _type_name(kind) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {int: "integer", float: "number", str: "string", bool: "boolean", list: "list", dict: "mapping"}
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
+    return " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+
+
+def _a(kind) -> str:
+    """The type as people write it after "expected": "an integer", "a number or a string"."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if set(kinds) == {int, float}:
+        kinds = (float,)  # an integer is a number
+    names = [_TYPE_NAMES.get(k, k.__name__) for k in kinds]
+    return " or ".join(("an " if name[0] in "aeiou" else "a ") + name for name in names)
 
 
 def _is_kind(value, kind) -> bool:
@@ -313,7 +333,7 @@ def _validate(schema: dict, values: Any, path: str, problems: list[str]) -> dict
                 value = {}
             for k, v in value.items():
                 if not _is_kind(v, spec.kind):
-                    problems.append(f"{key_path}.{k}: expected {_type_name(spec.kind)}, got {v!r}")
+                    problems.append(f"{key_path}.{k}: expected {_a(spec.kind)}, got {v!r}")
             if key_path == "tune.grid":
                 if not value:
                     problems.append(f"{key_path}: empty grid (name at least one ALS parameter)")
@@ -324,16 +344,16 @@ def _validate(schema: dict, values: Any, path: str, problems: list[str]) -> dict
         elif isinstance(spec, ListOf):
             if not present:
                 if spec.default is REQUIRED:
-                    problems.append(f"{key_path}: required (a list of {_type_name(spec.kind)})")
+                    problems.append(f"{key_path}: required (a list of {_type_name(spec.kind)} values)")
                 resolved[key] = copy.deepcopy(spec.default) if spec.default is not REQUIRED else None
                 continue
             if not isinstance(value, list):
-                problems.append(f"{key_path}: expected a list of {_type_name(spec.kind)}, got {value!r}")
+                problems.append(f"{key_path}: expected a list of {_type_name(spec.kind)} values, got {value!r}")
                 resolved[key] = copy.deepcopy(spec.default)
                 continue
             bad = [v for v in value if not _is_kind(v, spec.kind)]
             if bad:
-                problems.append(f"{key_path}: expected a list of {_type_name(spec.kind)}, got item(s) {bad!r}")
+                problems.append(f"{key_path}: expected a list of {_type_name(spec.kind)} values, got item(s) {bad!r}")
             if len(value) < spec.min_len:
                 problems.append(f"{key_path}: needs at least {spec.min_len} item(s)")
             if key_path == "input.rating_range" and not bad:
@@ -344,7 +364,7 @@ def _validate(schema: dict, values: Any, path: str, problems: list[str]) -> dict
         else:
             if not present:
                 if spec.default is REQUIRED:
-                    problems.append(f"{key_path}: required ({_type_name(spec.kind)})"
+                    problems.append(f"{key_path}: required ({_a(spec.kind)})"
                                     + (f": {spec.doc}" if spec.doc else ""))
                     resolved[key] = None
                 else:
@@ -352,11 +372,11 @@ def _validate(schema: dict, values: Any, path: str, problems: list[str]) -> dict
                 continue
             if value is None:
                 if not spec.nullable:
-                    problems.append(f"{key_path}: must not be null (expected {_type_name(spec.kind)})")
+                    problems.append(f"{key_path}: must not be null (expected {_a(spec.kind)})")
                 resolved[key] = None
                 continue
             if not _is_kind(value, spec.kind):
-                problems.append(f"{key_path}: expected {_type_name(spec.kind)}, got {value!r}")
+                problems.append(f"{key_path}: expected {_a(spec.kind)}, got {value!r}")
                 resolved[key] = value
                 continue
             value = _coerce(value, spec.kind)
@@ -437,6 +457,19 @@ def apply_overrides(raw: dict, overrides: Iterable[str]) -> dict:
     return raw
 
 
+def _attribute(problem: str, overrides: list[str]) -> str:
+    """Name the ``--set`` a problem comes from when its key (or a key above it) was set on the command line,
+    so that the user looks at the command, not at the file."""
+    key = problem.split(":", 1)[0]
+    for item in reversed(overrides):  # the last --set of a key wins
+        parts, _ = parse_override(item)
+        set_key = ".".join(parts)
+        if key == set_key or key.startswith(set_key + "."):
+            return f"--set {item}: {problem.split(': ', 1)[1] if ': ' in problem else problem}" + (
+                f" (at {key})" if key != set_key else "")
+    return problem
+
+
 def resolve_conf_path(path: str) -> str:
     """Find a config file; under spark-submit cluster mode a file shipped with ``--files`` sits in the
     driver's working directory under its base name."""
@@ -467,13 +500,14 @@ def load_config(path: str | None, overrides: Iterable[str] = (), *, base: dict |
             raise ConfigError([f"not valid YAML: {exc}"], source) from None
         if not isinstance(raw, dict):
             raise ConfigError([f"expected a mapping at the top, got {type(raw).__name__}"], source)
+    overrides = list(overrides)
     raw = apply_overrides(raw, overrides)
     problems: list[str] = []
     cfg = _validate(SCHEMA, raw, "", problems)
     if not problems:
         _cross_checks(cfg, problems)
     if problems:
-        raise ConfigError(problems, source)
+        raise ConfigError([_attribute(problem, overrides) for problem in problems], source)
     cfg["_source"] = source
     return cfg
 
