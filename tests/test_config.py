@@ -49,9 +49,9 @@ tune:
     assert "tune.grid.maxIter: empty list (give at least one value)" in problems
 
 
-def test_missing_required_key(tmp_path):
-    with pytest.raises(ConfigError, match=r"output.dir: required"):
-        load_config(write(tmp_path, "input: {path: x.csv}\n"))
+def test_null_where_a_value_is_needed(tmp_path):
+    with pytest.raises(ConfigError, match=r"output.dir: must not be null \(expected a string\)"):
+        load_config(write(tmp_path, "output: {dir: null}\n"))
 
 
 def test_grid_names_only_als_params(tmp_path):
@@ -123,3 +123,21 @@ def test_regparam_must_be_positive():
         load_config(None, ["output.dir=/tmp/x", "baseline.params={rank: 3, regParam: 0, maxIter: 5}"])
     assert ("--set baseline.params={rank: 3, regParam: 0, maxIter: 5}: 0 must be > 0 (ALS needs regularization) "
             "(at baseline.params.regParam)") in refused.value.problems
+
+
+def test_the_embedded_default_is_the_built_in_default():
+    """One set of defaults: conf/local.yaml states nothing the schema does not, so `--conf` may be left out."""
+    shipped = {k: v for k, v in load_config(ROOT_CONF).items() if not k.startswith("_")}
+    built_in = {k: v for k, v in load_config(None).items() if not k.startswith("_")}
+    assert shipped == built_in
+
+
+def test_readme_config_table_is_generated_from_the_schema():
+    from pathlib import Path
+
+    from jester_als.config import README_TABLE_END, README_TABLE_START, config_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split(README_TABLE_START, 1)[1].split(README_TABLE_END, 1)[0].strip()
+    assert block == config_table(), "README's config table is stale: python -m jester_als.config --readme README.md"
+    assert "| `tune.refit_max_iter` | integer | `20` |" in block  # what a reader looks up, e.g.

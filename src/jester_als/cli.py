@@ -1,6 +1,6 @@
 """The ``jester-als`` command: one entry point for every job, under spark-submit, make and Databricks.
 
-``jester-als <job> --conf FILE [--set key.path=value ...] [--master URL | --remote sc://HOST:PORT]``
+``jester-als <job> [--conf FILE] [--set key.path=value ...] [--master URL | --remote sc://HOST:PORT]``
 
 Exit status: 0 success, 1 runtime failure (bad input, refused compute, Spark error, lost Spark Connect server),
 2 usage or config error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = parser.add_subparsers(dest="job", metavar="JOB", required=True)
     for name, job in JOBS.items():
         sub = jobs.add_parser(name, help=job.help, description=job.help)
-        sub.add_argument("--conf", required=True, metavar="FILE", help="YAML config (e.g. conf/local.yaml)")
+        sub.add_argument("--conf", metavar="FILE",
+                         help="YAML config (e.g. conf/local.yaml); without it the built-in defaults, which are "
+                              "conf/local.yaml's")
         sub.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", dest="overrides",
                          help="override a config key with a YAML-typed value; repeatable "
                               "(e.g. --set tune.grid.rank=[5,10] --set output.dir=/tmp/run)")

@@ -154,17 +154,17 @@ SCHEMA: dict[str, Any] = {
         "user_column": Field(str, "User", doc="wide layout: the column holding the user id"),
         "drop_columns": ListOf(str, ["Number of Jokes Rated"], doc="wide layout: columns that are not jokes"),
         "long_columns": {
-            "user": Field(str, "user"),
-            "joke": Field(str, "joke"),
-            "rating": Field(str, "rating"),
+            "user": Field(str, "user", doc="long layout: the user id column"),
+            "joke": Field(str, "joke", doc="long layout: the joke id column"),
+            "rating": Field(str, "rating", doc="long layout: the rating column"),
         },
         "missing_values": ListOf((int, float), [99], doc="sentinels that mean 'not rated' (never 0)"),
         "rating_range": ListOf((int, float), [-10.0, 10.0], doc="[low, high]; values outside are refused"),
     },
     "generate": {
         "path": Field(str, "data/jester_synthetic.csv", doc="where `generate` writes the wide CSV"),
-        "users": Field(int, _GEN.users, check=_positive),
-        "jokes": Field(int, _GEN.jokes, check=_positive),
+        "users": Field(int, _GEN.users, check=_positive, doc="users (rows) in the synthetic table"),
+        "jokes": Field(int, _GEN.jokes, check=_positive, doc="jokes (columns) in the synthetic table"),
         "rank": Field(int, _GEN.rank, check=_positive, doc="rank of the planted low-rank structure"),
         "noise": Field((int, float), _GEN.noise, check=_non_negative, doc="standard deviation of the noise"),
         "factor_scale": Field((int, float), _GEN.factor_scale, check=_non_negative,
@@ -177,38 +177,41 @@ SCHEMA: dict[str, Any] = {
         "gauge_jokes": Field(int, _GEN.gauge_jokes, check=_non_negative, doc="jokes rated by nearly everyone"),
         "zero_fraction": Field((int, float), _GEN.zero_fraction, check=_non_negative,
                                doc="extra share of exact 0.00 ratings (clicks on the centre)"),
-        "seed": Field(int, _GEN.seed),
+        "seed": Field(int, _GEN.seed, doc="seeds the synthetic table"),
     },
     "split": {
         "test_fraction": Field((int, float), 0.2, check=_open_unit, doc="share of ratings held out for test"),
-        "seed": Field(int, 42),
+        "seed": Field(int, 42, doc="seeds the hash that splits ratings"),
     },
     "als": {
         "blocks": Field((int, str), "auto",
                         check=lambda v: None if v == "auto" or (isinstance(v, int) and v >= 1)
                         else "must be 'auto' or an integer >= 1",
                         doc="user and item blocks; auto = the cores Spark has"),
-        "checkpoint_interval": Field(int, 10, check=_positive),
-        "nonnegative": Field(bool, False),
-        "seed": Field(int, 42),
+        "checkpoint_interval": Field(int, 10, check=_positive,
+                doc="ALS checkpoints every this many iterations (needs a checkpoint dir)"),
+        "nonnegative": Field(bool, False, doc="ALS non-negative factors"),
+        "seed": Field(int, 42, doc="seeds ALS's initialization"),
         "fallback": Field(str, "none", choices=("none", "numpy"),
                           doc="when the platform refuses Spark ALS: stop (none) or use NumPy ALS on the driver"),
     },
     "tune": {
         "grid": MapOf((int, float, bool, list), {"rank": [5, 10], "regParam": [0.1, 0.3], "maxIter": [10]},
                       doc="ALS param -> list of values"),
-        "train_ratio": Field((int, float), 0.8, check=_open_unit),
+        "train_ratio": Field((int, float), 0.8, check=_open_unit,
+                doc="TrainValidationSplit's share of the training ratings used for fitting"),
         "parallelism": Field(int, 2, check=_positive, doc="grid points fitted at once"),
-        "seed": Field(int, 42),
-        "refit_max_iter": Field(int, None, nullable=True, check=_positive,
-                                doc="maxIter for the final fit on all training ratings (default: best)"),
+        "seed": Field(int, 42, doc="seeds TrainValidationSplit's split"),
+        "refit_max_iter": Field(int, 20, nullable=True, check=_positive,
+                                doc="maxIter for the final fit on all training ratings (null: the best grid "
+                                    "point's)"),
     },
     "evaluate": {
         "k": Field(int, 10, check=_positive, doc="cut-off for precision@k and NDCG@k"),
         "relevance_threshold": Field((int, float), 5.0, doc="ratings >= this count as relevant"),
     },
     "recommend": {
-        "top_n": Field(int, 10, check=_positive),
+        "top_n": Field(int, 10, check=_positive, doc="jokes recommended per user"),
     },
     "baseline": {
         "max_users": Field(int, 100_000, nullable=True, check=_positive,
@@ -224,31 +227,33 @@ SCHEMA: dict[str, Any] = {
         "bias_reg": Field((int, float), 10.0, check=_non_negative, doc="regularization of the bias baseline"),
     },
     "bench": {
-        "users": Field(int, 24983, check=_positive),
-        "jokes": Field(int, 100, check=_positive),
-        "rank": Field(int, 10, check=_positive),
-        "regParam": Field((int, float), 0.1, check=_positive),
-        "maxIter": Field(int, 20, check=_positive),
-        "test_fraction": Field((int, float), 0.2, check=_open_unit),
-        "seed": Field(int, 42),
-        "numpy_repeats": Field(int, 5, check=_positive),
-        "spark_repeats": Field(int, 3, check=_positive),
+        "users": Field(int, 24983, check=_positive, doc="users in the benchmark's table"),
+        "jokes": Field(int, 100, check=_positive, doc="jokes in the benchmark's table"),
+        "rank": Field(int, 10, check=_positive, doc="ALS rank of every engine"),
+        "regParam": Field((int, float), 0.1, check=_positive, doc="ALS regParam of every engine"),
+        "maxIter": Field(int, 20, check=_positive, doc="ALS iterations of every engine"),
+        "test_fraction": Field((int, float), 0.2, check=_open_unit, doc="share of ratings held out"),
+        "seed": Field(int, 42, doc="seeds the table and the split"),
+        "numpy_repeats": Field(int, 5, check=_positive, doc="NumPy ALS fits timed (median)"),
+        "spark_repeats": Field(int, 3, check=_positive, doc="Spark ALS fits timed (median)"),
         "loop_repeats": Field(int, 1, check=_non_negative, doc="0 skips the seed's slow loop"),
-        "target_numpy_seconds": Field((int, float), 1.0, check=_positive),
-        "target_speedup": Field((int, float), 10.0, check=_positive),
+        "target_numpy_seconds": Field((int, float), 1.0, check=_positive,
+                doc="target: NumPy fit at most this many seconds"),
+        "target_speedup": Field((int, float), 10.0, check=_positive,
+                doc="target: NumPy at least this many times faster than Spark"),
     },
     "scale": {
         "users_axis": ListOf(int, [25_000, 100_000, 250_000, 1_000_000, 2_500_000],
                              doc="users at each point of the users axis (100 jokes)"),
         "jokes_axis": ListOf(int, [100, 1_000, 3_000, 10_000], doc="jokes at each point of the jokes axis"),
-        "jokes_axis_users": Field(int, 25_000, check=_positive),
+        "jokes_axis_users": Field(int, 25_000, check=_positive, doc="users on the jokes axis"),
         "jokes_axis_ratings_per_user": Field((int, float), 50, check=_positive,
                                              doc="mean ratings per user on the jokes axis (most rate few)"),
-        "rank": Field(int, 10, check=_positive),
-        "regParam": Field((int, float), 0.1, check=_positive),
-        "maxIter": Field(int, 10, check=_positive),
-        "test_fraction": Field((int, float), 0.2, check=_open_unit),
-        "seed": Field(int, 42),
+        "rank": Field(int, 10, check=_positive, doc="ALS rank in the study"),
+        "regParam": Field((int, float), 0.1, check=_positive, doc="ALS regParam in the study"),
+        "maxIter": Field(int, 10, check=_positive, doc="ALS iterations in the study"),
+        "test_fraction": Field((int, float), 0.2, check=_open_unit, doc="share of ratings held out"),
+        "seed": Field(int, 42, doc="seeds the tables and splits"),
         "repeats": Field(int, 3, check=_positive, doc="fits per point where one is cheap"),
         "repeat_below_ratings": Field(int, 2_000_000, check=_non_negative,
                                       doc="a point with fewer training ratings than this is cheap"),
@@ -260,22 +265,26 @@ SCHEMA: dict[str, Any] = {
         "work_dir": Field(str, None, nullable=True, doc="where generated tables go (default: temp dir)"),
         "machine_memory_gb": Field((int, float), 24, check=_positive, doc="the one machine of the predictions"),
         "cluster_executors": Field(int, 8, check=_positive, doc="the cluster of the predictions"),
-        "cores_per_executor": Field(int, 4, check=_positive),
+        "cores_per_executor": Field(int, 4, check=_positive, doc="cores per executor of the predictions"),
     },
     "output": {
-        "dir": Field(str, doc="every output of a run goes under this directory"),
+        "dir": Field(str, "output/local", doc="every output of a run goes under this directory (a local or "
+                                              "mounted path)"),
         "mode": Field(str, "overwrite", choices=("overwrite", "error"),
                       doc="overwrite: replace a previous run's outputs; error: refuse"),
     },
     "spark": {
-        "app_name": Field(str, "jester-als"),
+        "app_name": Field(str, "jester-als", doc="the Spark application name"),
         "master": Field(str, None, nullable=True, doc="leave null under spark-submit and Databricks"),
         "remote": Field(str, None, nullable=True, doc="Spark Connect URL, e.g. sc://localhost:15002"),
         "checkpoint_dir": Field(str, None, nullable=True, doc="default: a temporary directory"),
-        "log_level": Field(str, "WARN", choices=("ERROR", "WARN", "INFO", "DEBUG")),
-        "conf": MapOf((str, int, float, bool), {}, doc="extra Spark settings applied when the session is built"),
+        "log_level": Field(str, "WARN", choices=("ERROR", "WARN", "INFO", "DEBUG"), doc="Spark's own log level"),
+        "conf": MapOf((str, int, float, bool), {},
+                      doc="extra Spark settings applied when the job builds the session (over the local-mode "
+                          "defaults: shuffle partitions 2 x cores, driver memory 4g, console progress bar "
+                          "only on a terminal)"),
     },
-    "log_level": Field(str, "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+    "log_level": Field(str, "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), doc="the job's log level"),
 }
 
 
@@ -512,16 +521,65 @@ def load_config(path: str | None, overrides: Iterable[str] = (), *, base: dict |
     return cfg
 
 
-def describe_schema(schema: dict = SCHEMA, prefix: str = "") -> list[tuple[str, str, str, str]]:
+README_TABLE_START = "<!-- config table: generated by `python -m jester_als.config --readme README.md` -->"
+README_TABLE_END = "<!-- end of config table -->"
+
+
+def _yaml_value(value) -> str:
+    if value is REQUIRED:
+        return "required"
+    text = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
+    return text.removesuffix("\n...").removesuffix("...").strip()
+
+
+def config_table() -> str:
+    """The README's config table, from the schema: every key, its type, its default, what it does."""
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, kind, default, doc in describe_schema(yaml_defaults=True):
+        lines.append(f"| `{key}` | {kind} | `{default}` | {doc.replace('|', '/')} |")
+    return "\n".join(lines)
+
+
+def write_readme_table(readme: str) -> bool:
+    """Replace the table between the markers in ``readme``; True when the file changed."""
+    with open(readme, encoding="utf-8") as fh:
+        text = fh.read()
+    head, _, rest = text.partition(README_TABLE_START)
+    _, _, tail = rest.partition(README_TABLE_END)
+    new = f"{head}{README_TABLE_START}\n{config_table()}\n{README_TABLE_END}{tail}"
+    if new != text:
+        with open(readme, "w", encoding="utf-8") as fh:
+            fh.write(new)
+    return new != text
+
+
+def describe_schema(schema: dict = SCHEMA, prefix: str = "", *,
+                    yaml_defaults: bool = False) -> list[tuple[str, str, str, str]]:
     """Rows of (key, type, default, doc) for documentation."""
     rows = []
     for key, spec in schema.items():
         path = f"{prefix}{key}"
         if isinstance(spec, dict):
-            rows.extend(describe_schema(spec, path + "."))
+            rows.extend(describe_schema(spec, path + ".", yaml_defaults=yaml_defaults))
         else:
-            default = "required" if spec.default is REQUIRED else repr(spec.default)
+            if yaml_defaults:
+                default = _yaml_value(spec.default)
+            else:
+                default = "required" if spec.default is REQUIRED else repr(spec.default)
             kind = f"list of {_type_name(spec.kind)}" if isinstance(spec, ListOf) else (
                 "mapping" if isinstance(spec, MapOf) else _type_name(spec.kind))
-            rows.append((path, kind, default, spec.doc))
+            doc = spec.doc
+            if yaml_defaults and getattr(spec, "choices", None):
+                choices = ", ".join(map(str, spec.choices))
+                doc = f"{doc} (one of: {choices})" if doc else f"one of: {choices}"
+            rows.append((path, kind, default, doc))
     return rows
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] != ["--readme"] or len(sys.argv) != 3:
+        print("usage: python -m jester_als.config --readme README.md", file=sys.stderr)
+        sys.exit(2)
+    print("updated" if write_readme_table(sys.argv[2]) else "up to date", sys.argv[2])

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 
 from jester_als.errors import JobError
@@ -53,6 +54,8 @@ def build_session(spark_cfg: dict, *, master: str | None = None, remote: str | N
 
     builder = SparkSession.builder.appName(spark_cfg.get("app_name", "jester-als"))
     extra = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in (spark_cfg.get("conf") or {}).items()}
+    if runs_locally(master, remote):
+        extra = {**local_mode_defaults(), **extra}
     launch = {"spark.log.level": spark_cfg.get("log_level", "WARN"), **extra}
     if remote and remote.startswith("local"):
         # `remote("local[N]")` makes pyspark start a Connect server inside this process
@@ -101,6 +104,24 @@ def build_session(spark_cfg: dict, *, master: str | None = None, remote: str | N
     log.info("Spark %s session (%s), checkpoint dir %s", spark.version, master_of(spark) or "default master",
              _conf(spark, "spark.checkpoint.dir") or checkpoint_dir)
     return spark, not platform_owned()
+
+
+def runs_locally(master: str | None, remote: str | None) -> bool:
+    """The job will start Spark in local mode on this machine: a ``local[...]`` master or remote, or a plain
+    ``python``/console-script run with no master (not under spark-submit, which starts the JVM first, and
+    not on Databricks)."""
+    target = remote or master
+    if target:
+        return target.startswith("local")
+    return not (os.environ.get("PYSPARK_GATEWAY_PORT") or platform_owned())
+
+
+def local_mode_defaults() -> dict:
+    """Settings for Spark in local mode on one machine, under any config's own ``spark.conf``: Spark's 200
+    shuffle partitions are 200 tiny tasks on a laptop; the console progress bar only where a person watches."""
+    cores = os.cpu_count() or 2
+    return {"spark.sql.shuffle.partitions": str(2 * cores), "spark.driver.memory": "4g",
+            "spark.ui.showConsoleProgress": str(sys.stderr.isatty()).lower()}
 
 
 _OWNED_DIRS: list[str] = []
