@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jester_als.cli import main
-from jester_als.scale import ENGINES, fit_cost_model, predict_point
+from jester_als.scale.costmodel import ENGINES, fit_cost_model, predict_point
 
 TINY = ["--set", "scale.users_axis=[300, 600, 1200]", "--set", "scale.jokes_axis=[40]",
         "--set", "scale.jokes_axis_users=300", "--set", "scale.jokes_axis_ratings_per_user=20",
@@ -92,3 +92,37 @@ def test_cost_model_reproduces_the_points_it_was_fitted_on():
         assert held["predicted_memory_mb"] == pytest.approx(held["measured_memory_mb"], rel=0.02)
         again = predict_point(entry, engine, 50_000_000, 10_000, 4e9, rank, iterations)
         assert np.isfinite(again["seconds"]) and again["memory_mb"] > 0
+
+
+def _point(axis, users, jokes, ratings, numpy_r, spark_r):
+    return {"axis": axis, "users": users, "jokes": jokes, "train_ratings": ratings,
+            "engines": {"numpy": numpy_r, "spark": spark_r}}
+
+
+def test_crossover_is_the_first_size_where_spark_runs_and_numpy_does_not_or_spark_is_faster():
+    from jester_als.scale.render import crossover
+
+    fast = lambda s: {"completed": True, "fit_seconds": s}
+    stopped = {"completed": False, "limit": "memory: 21,000 MB > budget 20,000 MB"}
+    points = [_point("users", 10, 100, 700, fast(1.0), fast(5.0)),
+              _point("users", 20, 100, 1400, stopped, fast(9.0)),
+              _point("users", 40, 100, 2800, stopped, fast(20.0)),
+              _point("jokes", 10, 1000, 500, fast(2.0), fast(1.5))]
+    assert crossover(points, "users") == {"train_ratings": 1400, "users": 20, "jokes": 100,
+                                          "why": "NumPy stopped: memory: 21,000 MB > budget 20,000 MB"}
+    assert crossover(points, "jokes")["why"] == "Spark fitted faster"
+    assert crossover(points[:1], "users") is None  # NumPy ran and was faster everywhere
+
+
+def test_single_machine_limit_solves_the_memory_model_for_the_machine():
+    from jester_als.scale.render import single_machine_limit
+
+    # peak MB = 500 + 1e-4 x nnz + 1e-3 x (users + jokes) x rank, 50 ratings per user, rank 10:
+    # 0.005 + 0.01 = 0.015 MB per user; a 16 GB machine holds (16384 - 500 - 1) / 0.015 users.
+    study = {"points": [_point("users", 1000, 100, 50_000, {}, {})], "machine": {"memory_gb": 16},
+             "cost_model": {"rank": 10, "engines": {"numpy": {"fitted": True,
+                                                              "memory": {"coefficients": [500, 1e-4, 1e-3]}}}}}
+    limit = single_machine_limit(study, "numpy")
+    assert limit["users"] == pytest.approx((16 * 1024 - 500 - 1e-3 * 100 * 10) / 0.015)
+    assert limit["train_ratings"] == pytest.approx(limit["users"] * 50)
+    assert single_machine_limit(study, "spark") is None  # no fitted model, no limit

@@ -1,0 +1,42 @@
+"""The study's data: a generated Jester-shaped table streamed to train and test Parquet files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from jester_als.generate import GeneratorParams, generate_chunks
+
+
+def write_split_parquet(params: GeneratorParams, directory: Path, test_fraction: float, seed: int) -> dict:
+    """Stream the generated table to ``train.parquet`` and ``test.parquet`` (long layout), chunk by chunk, so
+    generating a large table needs memory for one chunk only."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    directory.mkdir(parents=True, exist_ok=True)
+    schema = pa.schema([("user", pa.int32()), ("joke", pa.int32()), ("rating", pa.float64())])
+    writers = {name: pq.ParquetWriter(directory / f"{name}.parquet", schema) for name in ("train", "test")}
+    counts = {"train": 0, "test": 0}
+    try:
+        for index, chunk in enumerate(generate_chunks(params)):
+            users, jokes, values = chunk.long()
+            users, jokes = users.astype(np.int32), jokes.astype(np.int32)
+            is_test = np.random.default_rng([seed, index]).random(values.size) < test_fraction
+            for name, mask in (("train", ~is_test), ("test", is_test)):
+                writers[name].write_table(pa.table({"user": users[mask], "joke": jokes[mask],
+                                                    "rating": values[mask]}, schema=schema))
+                counts[name] += int(mask.sum())
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return {"train_ratings": counts["train"], "test_ratings": counts["test"]}
+
+
+def read_ratings(path: Path):
+    """(user, joke, rating) arrays of a Parquet file written by :func:`write_split_parquet`."""
+    import pyarrow.parquet as pq
+
+    data = pq.read_table(path)
+    return (data.column("user").to_numpy(), data.column("joke").to_numpy(), data.column("rating").to_numpy())

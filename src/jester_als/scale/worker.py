@@ -1,0 +1,87 @@
+"""One engine on one point of the study, in a process of its own (``python -m jester_als.scale.worker SPEC``),
+so that its peak memory is its own and a budget can stop it."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from jester_als.scale.data import read_ratings
+
+
+@dataclass
+class WorkerSpec:
+    """What one worker run is asked to do; written as JSON for the worker process to read."""
+
+    engine: str  # "numpy" or "spark"
+    data_dir: str  # holds train.parquet and test.parquet
+    rank: int
+    reg_param: float
+    max_iter: int
+    repeats: int
+    result_file: str  # where the worker writes {"seconds": [...], "rmse": ..., ...}
+    spark_driver_memory: str = "4g"
+    dense_budget_mb: float = 512.0
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def read(cls, path: str | Path) -> WorkerSpec:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def run(spec: WorkerSpec) -> int:
+    """Fit ``spec.engine`` ``spec.repeats`` times on the point's training ratings, score the test ratings,
+    write the result file."""
+    engine, rank, reg, iters, repeats = spec.engine, spec.rank, spec.reg_param, spec.max_iter, spec.repeats
+    data_dir, out, dense_budget_mb = Path(spec.data_dir), spec.result_file, spec.dense_budget_mb
+    seconds = []
+    if engine == "numpy":
+        from jester_als.numpy_als import RatingMatrix, fit_numpy_als, rmse_mae
+
+        train = RatingMatrix.from_ids(*read_ratings(data_dir / "train.parquet"))
+        for _ in range(repeats):
+            started = time.perf_counter()
+            model = fit_numpy_als(train, rank=rank, reg_param=reg, max_iter=iters, seed=1,
+                                  dense_budget_mb=dense_budget_mb)
+            seconds.append(time.perf_counter() - started)
+        users, jokes, ratings = read_ratings(data_dir / "test.parquet")
+        score = {**rmse_mae(ratings, model.predict(users, jokes)), "path": model.layout}
+    else:
+        from pyspark.sql import SparkSession
+
+        from jester_als.session import als_blocks
+        from jester_als.tune import fit_als, make_als, regression_metrics
+
+        memory = spec.spark_driver_memory
+        spark = (SparkSession.builder.master("local[*]").appName("jester-als-scale")
+                 .config("spark.driver.memory", memory).config("spark.ui.enabled", "false")
+                 .config("spark.sql.shuffle.partitions", str(os.cpu_count() or 2))
+                 # inside the point's directory, which the study removes when it ends (also on failure)
+                 .config("spark.checkpoint.dir", str(data_dir / "checkpoints"))
+                 .config("spark.log.level", "ERROR").getOrCreate())
+        train = spark.read.parquet(str(data_dir / "train.parquet")).persist()
+        train.count()
+        als = make_als(seed=1, blocks=als_blocks(spark, "auto"))
+        for _ in range(repeats):
+            model, fit_seconds = fit_als(train, als, {"rank": rank, "regParam": reg, "maxIter": iters})
+            seconds.append(fit_seconds)
+        test = spark.read.parquet(str(data_dir / "test.parquet"))
+        scores = regression_metrics(model.transform(test))
+        score = {"rmse": scores["rmse"], "mae": scores["mae"], "rows": scores["rows"]}
+        spark.stop()
+    Path(out).write_text(json.dumps({"seconds": seconds, **score}))
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        print("usage: python -m jester_als.scale.worker SPEC.json (run the study with `jester-als scale`)",
+              file=sys.stderr)
+        sys.exit(2)
+    sys.exit(run(WorkerSpec.read(sys.argv[1])))
