@@ -91,3 +91,19 @@ def test_bias_baseline_beats_global_mean_on_planted_effects():
     bias = rmse_mae(tv, predict(tu, tj))["rmse"]
     global_mean = rmse_mae(tv, np.full(tv.size, train.ratings.mean()))["rmse"]
     assert bias < 1.15 * params.noise < global_mean
+
+
+def test_model_saves_loads_and_refuses_non_finite_factors(tmp_path):
+    from jester_als.numpy_als import NonFiniteFactorsError, NumpyALSModel
+
+    params = small_params(users=80, jokes=20, min_ratings=8, mean_ratings=12)
+    users, jokes, values = long_arrays(params)
+    model = fit_numpy_als(RatingMatrix.from_ids(users, jokes, values), rank=3, reg_param=0.1, max_iter=5, seed=1)
+    model.save(str(tmp_path / "model"))
+    assert NumpyALSModel.saved_at(str(tmp_path / "model"))
+    again = NumpyALSModel.load(str(tmp_path / "model"))
+    np.testing.assert_array_equal(again.predict(users, jokes), model.predict(users, jokes))
+    values = values.copy()
+    values[3] = np.inf  # one bad rating poisons the factors of its user and joke, then everyone's
+    with pytest.raises(NonFiniteFactorsError, match="non-finite factors"):
+        fit_numpy_als(RatingMatrix.from_ids(users, jokes, values), rank=3, reg_param=0.1, max_iter=5, seed=1)

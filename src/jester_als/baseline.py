@@ -12,7 +12,7 @@ import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from jester_als.numpy_als import RatingMatrix, fit_numpy_als, positions, rmse_mae
+from jester_als.numpy_als import RatingMatrix, arrow_ratings, fit_numpy_als, positions, rmse_mae
 from jester_als.tune import SPLIT_BUCKETS, is_test_rating
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,7 @@ def collect_sample(ratings: DataFrame, *, test_fraction: float, split_seed: int,
             .withColumn("is_test", is_test_rating(test_fraction=test_fraction, seed=split_seed))
             .select("user", "joke", "rating", "is_test"))
     table = rows.toArrow()  # Arrow batches: no per-row Python objects; also works over Spark Connect
-    users = table.column("user").to_numpy()
-    jokes = table.column("joke").to_numpy()
-    values = table.column("rating").to_numpy()
+    users, jokes, values = arrow_ratings(table)
     is_test = table.column("is_test").to_numpy(zero_copy_only=False).astype(bool)
     train = RatingMatrix.from_ids(users[~is_test], jokes[~is_test], values[~is_test])
     return CollectedSample(train, users[is_test].astype(np.int64), jokes[is_test].astype(np.int64),

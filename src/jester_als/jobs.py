@@ -14,16 +14,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jester_als import __version__
-from jester_als.fallback import (
-    WAYS_OUT,
-    AlsNotAllowedError,
-    is_not_allowed,
-    load_numpy_model,
-    not_allowed_reason,
-    recommend_numpy,
-    save_numpy_model,
-    tune_numpy,
-)
+from jester_als.driver import recommend_numpy, tune_numpy
+from jester_als.fallback import WAYS_OUT, AlsNotAllowedError, is_not_allowed, not_allowed_reason
 from jester_als.numpy_als import NumpyALSModel
 from jester_als.outputs import RunOutputs, now_iso
 from jester_als.prepare import InputError, check_duplicates, content_hash, hex64, prepare_ratings
@@ -118,7 +110,7 @@ def run_tune(spark: SparkSession, cfg: dict, out: RunOutputs,
             if cfg["als"]["fallback"] != "numpy":
                 raise AlsNotAllowedError(f"{WAYS_OUT} (the error was: {reason})") from None
             section, numpy_model = tune_numpy(train, test, cfg, reason)
-            save_numpy_model(numpy_model, out.path("model"))
+            numpy_model.save(out.path("model"))
             return ({"data": {"train_ratings": train_count, "test_ratings": test_count},
                      "als_engine": "numpy (fallback: Spark ALS not allowed here)", "numpy_als": section},
                     numpy_model, ratings)
@@ -188,9 +180,8 @@ def load_model(out: RunOutputs):
     path = out.final_path("model")
     if not os.path.isdir(path):
         raise InputError(f"model {path}: not found; run the tune job with the same output.dir first")
-    numpy_model = load_numpy_model(path)
-    if numpy_model is not None:
-        return numpy_model
+    if NumpyALSModel.saved_at(path):
+        return NumpyALSModel.load(path)
     try:
         return ALSModel.load(path)
     except Exception as exc:

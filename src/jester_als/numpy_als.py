@@ -18,11 +18,14 @@ seeded random unit vectors.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
+
+from jester_als.errors import JobError
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,35 @@ class NumpyALSModel:
         out = np.full(len(user_ids), np.nan)
         out[ok] = np.einsum("ij,ij->i", self.user_factors[u[ok]], self.joke_factors[j[ok]])
         return out
+
+    # The model owns its lifecycle: fit (``fit_numpy_als``), predict, save, load; ``driver`` recommends with it.
+    FILE = "numpy_als.npz"
+
+    def save(self, path: str) -> None:
+        """Write the factors and ids under the directory ``path`` (the job's ``model/``)."""
+        os.makedirs(path, exist_ok=True)
+        np.savez(os.path.join(path, self.FILE), user_factors=self.user_factors, joke_factors=self.joke_factors,
+                 user_ids=self.user_ids, joke_ids=self.joke_ids)
+
+    @classmethod
+    def saved_at(cls, path: str) -> bool:
+        return os.path.exists(os.path.join(path, cls.FILE))
+
+    @classmethod
+    def load(cls, path: str) -> NumpyALSModel:
+        with np.load(os.path.join(path, cls.FILE)) as saved:
+            return cls(saved["user_factors"], saved["joke_factors"], saved["user_ids"], saved["joke_ids"])
+
+
+class NonFiniteFactorsError(JobError):
+    """A fit produced NaN or infinite factors (non-finite input, or a numerically singular problem)."""
+
+
+def arrow_ratings(table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A collected Arrow table's ``user``, ``joke`` and ``rating`` columns as the engine's arrays (int64 ids,
+    float64 ratings); the one place the project turns Arrow into NumPy for the engine."""
+    return (table.column("user").to_numpy().astype(np.int64), table.column("joke").to_numpy().astype(np.int64),
+            table.column("rating").to_numpy().astype(np.float64))
 
 
 def _unit_random(rng: np.random.Generator, n: int, rank: int) -> np.ndarray:
@@ -246,6 +278,11 @@ def fit_numpy_als(data: RatingMatrix, *, rank: int, reg_param: float, max_iter: 
             log.debug("numpy ALS iteration %d: train RMSE %.5f", iteration, history[-1])
             if tol is not None and len(history) > 1 and history[-2] - history[-1] < tol:
                 break
+    if not (np.isfinite(users).all() and np.isfinite(jokes).all()):
+        raise NonFiniteFactorsError(
+            f"NumPy ALS (rank {rank}, regParam {reg_param}, {iterations} iterations) produced non-finite factors: "
+            f"the training ratings hold NaN or infinity, or regParam is too small for users or jokes with few "
+            f"ratings")
     return NumpyALSModel(users, jokes, data.user_ids, data.joke_ids, history, iterations, layout)
 
 

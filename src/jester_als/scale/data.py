@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from jester_als.generate import GeneratorParams, generate_chunks
+from jester_als.numpy_als import arrow_ratings
 
 
 def write_split_parquet(params: GeneratorParams, directory: Path, test_fraction: float, seed: int) -> dict:
@@ -38,5 +39,4 @@ def read_ratings(path: Path):
     """(user, joke, rating) arrays of a Parquet file written by :func:`write_split_parquet`."""
     import pyarrow.parquet as pq
 
-    data = pq.read_table(path)
-    return (data.column("user").to_numpy(), data.column("joke").to_numpy(), data.column("rating").to_numpy())
+    return arrow_ratings(pq.read_table(path))
