@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -44,6 +45,7 @@ def classic_run(spark, small_table, tmp_path_factory):
     return json.loads((out / "metrics.json").read_text())
 
 
+@pytest.mark.cluster
 def test_pipeline_over_spark_connect_matches_classic(classic_run, small_table, tmp_path):
     path, _ = small_table
     out = tmp_path / "out"
@@ -72,6 +74,7 @@ def dist(tmp_path_factory):
     return dist
 
 
+@pytest.mark.cluster
 def test_packaged_pipeline_on_a_standalone_cluster(classic_run, small_table, dist, tmp_path):
     path, _ = small_table
     out = tmp_path / "out"
@@ -127,6 +130,13 @@ def _executors_under(workdir: Path) -> list:
     return found
 
 
+def _tasks_started(workdir: Path) -> int:
+    """Tasks the standalone cluster's executors have started so far (their INFO log, under work/)."""
+    return sum(path.read_text(errors="replace").count("Running task")
+               for path in (workdir / "work").glob("app-*/*/stderr"))
+
+
+@pytest.mark.cluster
 def test_tune_survives_losing_its_executor_mid_fit(spark, dist, tmp_path):
     """Kill the executor JVM while ALS is fitting; the standalone master starts a new one, lost work is
     recomputed, and the job ends with the metrics of an undisturbed run."""
@@ -152,12 +162,16 @@ def test_tune_survives_losing_its_executor_mid_fit(spark, dist, tmp_path):
             killed = None
             if name == "executor_killed":
                 lines = []
-                for line in job.stdout:  # wait until TrainValidationSplit is fitting
+                for line in job.stdout:  # wait until TrainValidationSplit has started
                     lines.append(line)
                     if "TrainValidationSplit:" in line:
                         break
-                import time
-                time.sleep(2)  # well inside the fit, which takes several seconds here
+                # Then until the executor has started ALS's tasks: its log shows them (observable, no sleep).
+                started = _tasks_started(tmp_path / "cluster")
+                deadline = time.monotonic() + 120
+                while _tasks_started(tmp_path / "cluster") < started + 10:
+                    assert time.monotonic() < deadline, "the executor never started the fit's tasks"
+                    time.sleep(0.1)
                 executors = _executors_under(tmp_path / "cluster")
                 assert executors, "no executor process found to kill"
                 for process in executors:

@@ -128,3 +128,30 @@ def test_new_data_or_a_new_model_drops_the_sections_computed_from_the_old(spark,
     assert set(after_prepare["stale_sections_dropped"]) == {"spark_als", "recommendations"}
     assert "train_ratings" not in after_prepare["data"]  # counts of the old split went with the old data
     assert after_prepare["data"]["source"].endswith("other.csv")
+
+
+def test_reindexed_user_ids_reach_the_recommendations_as_the_original_ids(spark, small_table, tmp_path):
+    import csv
+
+    path, _ = small_table
+    renamed = tmp_path / "named_users.csv"
+    with open(path, newline="") as src, open(renamed, "w", newline="") as dst:
+        rows = csv.reader(src)
+        writer = csv.writer(dst)
+        writer.writerow(next(rows))
+        for row in rows:
+            writer.writerow([f"user-{row[0]}", *row[1:]])
+    out = tmp_path / "out"
+    assert main(["pipeline", "--conf", "conf/local.yaml", "--set", f"input.path={renamed}",
+                 "--set", f"output.dir={out}", "--set", "recommend.top_n=2",
+                 "--set", "tune.grid={rank: [3], regParam: [0.1], maxIter: [5]}"]) == 0
+    recommendations = spark.read.parquet(str(out / "recommendations"))
+    mapping = spark.read.parquet(str(out / "user_ids"))
+    assert dict(recommendations.dtypes)["user"] == "string"
+    users = {r["user"] for r in recommendations.select("user").distinct().collect()}
+    assert users and all(u.startswith("user-") for u in users)
+    assert users <= {r["original_user"] for r in mapping.collect()}
+    # Each recommended joke is one the user did not rate, checked through the mapping.
+    ratings = spark.read.parquet(str(out / "ratings")).join(mapping, "user").select(
+        F.col("original_user").alias("user"), "joke")
+    assert recommendations.join(ratings, ["user", "joke"]).count() == 0
