@@ -89,6 +89,7 @@ def test_job_fails_within_a_bound_when_the_server_dies_mid_fit(spark, tmp_path):
         seconds = time.monotonic() - killed
         reader.join(timeout=10)
     output = "".join(lines)
+    print(f"the job exited with {status} {seconds:.1f} s after its Connect server was killed")
     assert status == 1, output[-3000:]
     assert seconds < LOST_SERVER_BOUND_SECONDS, f"took {seconds:.0f} s"
     assert "lost the Spark Connect server" in output
