@@ -28,9 +28,6 @@ log = logging.getLogger(__name__)
 
 def read_prepared_ratings(spark: SparkSession, out: RunOutputs) -> DataFrame:
     path = out.final_path("ratings")
-    if not os.path.isdir(path):  # checked before Spark reads it, which would log a long Java trace
-        raise InputError(f"prepared ratings {path}: not found; run the prepare job with the same output.dir "
-                         f"first")
     try:
         ratings = spark.read.parquet(path)
         _ = ratings.columns  # resolve now so a missing path fails here, with its name
@@ -178,8 +175,6 @@ def run_recommend(spark: SparkSession, cfg: dict, out: RunOutputs, model=None,
 def load_model(out: RunOutputs):
     """The saved ALSModel, or the NumPy model a fallback run saved in its place."""
     path = out.final_path("model")
-    if not os.path.isdir(path):
-        raise InputError(f"model {path}: not found; run the tune job with the same output.dir first")
     if NumpyALSModel.saved_at(path):
         return NumpyALSModel.load(path)
     try:
