@@ -17,10 +17,9 @@ import jester_als.tune
 from jester_als.cli import main
 
 from test_databricks import WHITELIST_ERROR
+from test_everywhere import SMALL_RUN
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL_RUN = ["--set", "tune.grid={rank: [2, 3], regParam: [0.1], maxIter: [6]}", "--set", "tune.refit_max_iter=8",
-             "--set", "recommend.top_n=3", "--set", "evaluate.relevance_threshold=3.0"]
 
 
 def call_wheel_entry_point(monkeypatch, parameters: list[str]):
