@@ -107,3 +107,48 @@ def test_model_saves_loads_and_refuses_non_finite_factors(tmp_path):
     values[3] = np.inf  # one bad rating poisons the factors of its user and joke, then everyone's
     with pytest.raises(NonFiniteFactorsError, match="non-finite factors"):
         fit_numpy_als(RatingMatrix.from_ids(users, jokes, values), rank=3, reg_param=0.1, max_iter=5, seed=1)
+
+
+def _factors(df, ids: np.ndarray) -> np.ndarray:
+    """A Spark ALS factor DataFrame (id, features) as rows in ``ids`` order."""
+    table = df.toArrow()
+    by_id = dict(zip(table.column("id").to_pylist(), table.column("features").to_pylist()))
+    return np.array([by_id[int(i)] for i in ids], dtype=np.float64)
+
+
+def test_one_user_half_step_recovers_spark_user_factors(spark):
+    """Spark's ALS ends every iteration by solving the users for the jokes' factors; the NumPy half-step, given
+    Spark's final joke factors, the same ratings and the same regParam, must give back Spark's user factors.
+    Spark builds the normal equations in double and rounds factors to float32 (relative 6e-8), so 1e-4 is
+    generous for the same objective; the control shows it is far too tight for another one (plain L2, or
+    another regParam)."""
+    import pyarrow as pa
+
+    from jester_als.numpy_als import solve_users_given_jokes
+    from jester_als.tune import fit_als, make_als
+
+    users, jokes, values = long_arrays(small_params(users=300, jokes=30, min_ratings=8, mean_ratings=15,
+                                                    gauge_jokes=4))
+    reg = 0.15
+    train = spark.createDataFrame(pa.table({"user": users.astype(np.int32), "joke": jokes.astype(np.int32),
+                                            "rating": values}))
+    model, _ = fit_als(train, make_als(seed=3, blocks=2), {"rank": 4, "regParam": reg, "maxIter": 6})
+    data = RatingMatrix.from_ids(users, jokes, values)
+    spark_users = _factors(model.userFactors, data.user_ids)
+    spark_jokes = _factors(model.itemFactors, data.joke_ids)
+
+    ours = solve_users_given_jokes(data, spark_jokes, reg)
+    scale = np.abs(spark_users).max()
+    assert np.max(np.abs(ours - spark_users)) < 1e-4 * scale
+
+    # Controls: half the regParam, or L2 without Spark's per-row rating count, lands well outside the bound.
+    assert np.max(np.abs(solve_users_given_jokes(data, spark_jokes, reg / 2) - spark_users)) > 1e-2 * scale
+    lam = reg * data.nnz / data.shape[0]  # plain L2 of the same average strength, not scaled per user
+    user_of = data.users
+    plain_l2 = np.array([np.linalg.solve(spark_jokes[data.jokes[user_of == u]].T @ spark_jokes[data.jokes[user_of == u]]
+                                         + lam * np.eye(4),
+                                         spark_jokes[data.jokes[user_of == u]].T @ data.ratings[user_of == u])
+                         for u in range(data.shape[0])])
+    assert np.max(np.abs(plain_l2 - spark_users)) > 1e-2 * scale
+    print(f"largest difference from Spark's user factors: {np.max(np.abs(ours - spark_users)) / scale:.2e} "
+          f"of the largest factor entry")

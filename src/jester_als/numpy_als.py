@@ -6,10 +6,12 @@ Spark's ALS (explicit, ALS-WR) minimizes
                                                                  + n_j |y_j|^2 summed over jokes)
 
 where n_u and n_j count the ratings of user u and joke j. Each half-step solves, for every user at once,
-``(sum_j y_j y_j^T + regParam n_u I) x_u = sum_j r_uj y_j``. Here the per-user Gram matrices come from one
-sparse product of the rating pattern with the jokes' outer products (only the upper triangle: k(k+1)/2
-columns instead of k^2), and the k x k systems are solved by one batched Cholesky factorization vectorized
-over users. No Python loop runs over users or jokes; memory is O(ratings + (users + jokes) k^2).
+``(sum_j y_j y_j^T + regParam n_u I) x_u = sum_j r_uj y_j``. Here the Gram matrices of a block of users come
+from one product of the block's rating pattern with the jokes' outer products (only the upper triangle:
+k(k+1)/2 columns instead of k^2), and the block's k x k systems are solved by one batched Cholesky
+factorization vectorized over its users. Blocks are sized to the CPU cache and run on a thread pool, so no
+Python loop runs over single users or jokes, the working set is bounded, and every core works. Memory: the
+ratings once (8 bytes each, user-major) plus the factors.
 
 Like Spark, each iteration updates the joke factors first, then the user factors, and factors start as
 seeded random unit vectors.
@@ -19,7 +21,9 @@ from __future__ import annotations
 
 import logging
 import os
+import contextlib
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,19 +36,31 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RatingMatrix:
-    """Ratings indexed 0..users-1 and 0..jokes-1, with the original ids to map back."""
+    """Training ratings held once, user-major and compact: user ``u``'s ratings are
+    ``jokes[indptr[u]:indptr[u + 1]]`` (joke positions, int32) and ``ratings[...]`` (float32), 8 bytes per
+    rating plus the ids to map back. Both half-steps of the fit read this one structure; the rating pattern is
+    implied by it, never stored as a second matrix of ones."""
 
-    users: np.ndarray  # (nnz,) int32 row index
-    jokes: np.ndarray  # (nnz,) int32 column index
-    ratings: np.ndarray  # (nnz,) float
+    indptr: np.ndarray  # (n_users + 1,) int64
+    jokes: np.ndarray  # (nnz,) int32 joke position of each rating
+    ratings: np.ndarray  # (nnz,) float32
     user_ids: np.ndarray  # (n_users,) original ids, sorted
     joke_ids: np.ndarray  # (n_jokes,) original ids, sorted
 
     @classmethod
     def from_ids(cls, user_ids: np.ndarray, joke_ids: np.ndarray, ratings: np.ndarray) -> RatingMatrix:
+        """From parallel arrays in any order. Input already grouped by user (a Parquet file or a table written
+        user by user) is taken without a sort, so the peak stays at the input plus 12 bytes per rating."""
         users_sorted, user_index = _dense_index(np.asarray(user_ids))
         jokes_sorted, joke_index = _dense_index(np.asarray(joke_ids))
-        return cls(user_index, joke_index, np.asarray(ratings, dtype=np.float64), users_sorted, jokes_sorted)
+        values = np.asarray(ratings, dtype=np.float32)
+        if user_index.size and np.any(user_index[1:] < user_index[:-1]):
+            order = np.argsort(user_index)  # grouping needs no stable order; int64, freed below
+            user_index, joke_index, values = user_index[order], joke_index[order], values[order]
+            del order
+        indptr = np.zeros(len(users_sorted) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(user_index, minlength=len(users_sorted)), out=indptr[1:])
+        return cls(indptr, joke_index, values, users_sorted, jokes_sorted)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -54,8 +70,21 @@ class RatingMatrix:
     def nnz(self) -> int:
         return int(self.ratings.size)
 
+    @property
+    def user_counts(self) -> np.ndarray:
+        return np.diff(self.indptr)
+
+    @property
+    def joke_counts(self) -> np.ndarray:
+        return np.bincount(self.jokes, minlength=len(self.joke_ids))
+
+    @property
+    def users(self) -> np.ndarray:
+        """The user position of each rating (built on request: 4 bytes per rating)."""
+        return np.repeat(np.arange(len(self.user_ids), dtype=np.int32), self.user_counts)
+
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.users, self.jokes, self.ratings, self.user_ids, self.joke_ids))
+        return sum(a.nbytes for a in (self.indptr, self.jokes, self.ratings, self.user_ids, self.joke_ids))
 
 
 def positions(sorted_ids: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -74,8 +103,8 @@ def _dense_index(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if ids.size and np.issubdtype(ids.dtype, np.integer) and ids.min() >= 0 and ids.max() < 4 * ids.size + 1_000_000:
         present = np.zeros(int(ids.max()) + 1, dtype=bool)
         present[ids] = True
-        position = np.cumsum(present, dtype=np.int64) - 1
-        return np.flatnonzero(present), position[ids].astype(np.int32)
+        position = np.cumsum(present, dtype=np.int32) - 1  # int32: the gather below allocates 4 bytes a rating
+        return np.flatnonzero(present), position[ids]
     distinct, index = np.unique(ids, return_inverse=True)
     return distinct, index.astype(np.int32)
 
@@ -99,8 +128,13 @@ class NumpyALSModel:
         j, j_ok = positions(self.joke_ids, joke_ids)
         ok = u_ok & j_ok
         out = np.full(len(user_ids), np.nan)
-        out[ok] = np.einsum("ij,ij->i", self.user_factors[u[ok]], self.joke_factors[j[ok]])
+        rows = np.flatnonzero(ok)
+        for start in range(0, rows.size, self.PREDICT_CHUNK):  # the gathered factors: one chunk at a time
+            part = rows[start:start + self.PREDICT_CHUNK]
+            out[part] = np.einsum("ij,ij->i", self.user_factors[u[part]], self.joke_factors[j[part]])
         return out
+
+    PREDICT_CHUNK = 1 << 20
 
     # The model owns its lifecycle: fit (``fit_numpy_als``), predict, save, load; ``driver`` recommends with it.
     FILE = "numpy_als.npz"
@@ -126,10 +160,21 @@ class NonFiniteFactorsError(JobError):
 
 
 def arrow_ratings(table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A collected Arrow table's ``user``, ``joke`` and ``rating`` columns as the engine's arrays (int64 ids,
-    float64 ratings); the one place the project turns Arrow into NumPy for the engine."""
-    return (table.column("user").to_numpy().astype(np.int64), table.column("joke").to_numpy().astype(np.int64),
-            table.column("rating").to_numpy().astype(np.float64))
+    """A collected Arrow table's ``user``, ``joke`` and ``rating`` columns as the engine's arrays; the one place
+    the project turns Arrow into NumPy for the engine. Integer ids stay in their Arrow type (int32 ids are
+    zero-copy views), ratings become float32: nothing here holds a second int64/float64 copy of the ratings."""
+    return tuple(arrow_column(table, name) for name in ("user", "joke", "rating"))
+
+
+def arrow_column(table, name: str) -> np.ndarray:
+    """One column of a collected Arrow table as the engine holds it: ids in their Arrow integer type, ratings
+    as float32 (cast in Arrow, so no float64 copy is made on the NumPy side)."""
+    import pyarrow as pa
+
+    column = table.column(name)
+    if name == "rating":
+        column = column.cast(pa.float32())
+    return column.to_numpy()
 
 
 def _unit_random(rng: np.random.Generator, n: int, rank: int) -> np.ndarray:
@@ -140,56 +185,194 @@ def _unit_random(rng: np.random.Generator, n: int, rank: int) -> np.ndarray:
 def batched_cholesky_solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     """Solve ``gram[:, :, i] x[:, i] = rhs[:, i]`` for a batch of symmetric positive definite k x k systems.
 
-    ``gram`` is (k, k, n) and ``rhs`` (k, n): the batch is the last, contiguous axis, so every step of the
-    factorization is one vector operation over all n systems. The loops run over the k columns (k is the
-    rank, ~10); this beats one LAPACK call per system (9 ms against 13 ms for 25,000 systems of rank 10).
-    Returns x as (n, k).
+    ``gram`` is (k, k, n) and ``rhs`` (k, n), float64: the batch is the last, contiguous axis, so every step of
+    the factorization is one vector operation over all n systems. Both are overwritten (the lower triangle of
+    ``gram`` by the Cholesky factor, ``rhs`` by the solution), so a call allocates one (k, n) scratch array and
+    nothing else. The loops run over the k columns (k is the rank, ~10); this beats one LAPACK call per system
+    (14 ms against 27 ms for 25,000 systems of rank 10 here). Returns x as (n, k), a view of ``rhs``.
     """
     k = gram.shape[0]
-    low = np.zeros_like(gram)
+    scratch = np.empty_like(rhs)
     for j in range(k):
-        row = low[j, :j]
-        pivot = np.sqrt(gram[j, j] - np.einsum("mn,mn->n", row, row))
-        low[j, j] = pivot
+        if j:
+            row = gram[j, :j]
+            gram[j, j] -= np.einsum("mn,mn->n", row, row, out=scratch[0])
+        np.sqrt(gram[j, j], out=gram[j, j])
         if j + 1 < k:
-            low[j + 1:, j] = (gram[j + 1:, j] - np.einsum("imn,mn->in", low[j + 1:, :j], row)) / pivot
-    y = np.empty_like(rhs)
+            if j:
+                below = scratch[:k - j - 1]
+                gram[j + 1:, j] -= np.einsum("imn,mn->in", gram[j + 1:, :j], gram[j, :j], out=below)
+            gram[j + 1:, j] /= gram[j, j]
     for j in range(k):  # forward substitution: L y = b
-        y[j] = (rhs[j] - np.einsum("mn,mn->n", low[j, :j], y[:j])) / low[j, j]
-    x = np.empty_like(rhs)
+        if j:
+            rhs[j] -= np.einsum("mn,mn->n", gram[j, :j], rhs[:j], out=scratch[0])
+        rhs[j] /= gram[j, j]
     for j in range(k - 1, -1, -1):  # backward substitution: L^T x = y
-        x[j] = (y[j] - np.einsum("mn,mn->n", low[j + 1:, j], x[j + 1:])) / low[j, j]
-    return x.T
+        if j + 1 < k:
+            rhs[j] -= np.einsum("mn,mn->n", gram[j + 1:, j], rhs[j + 1:], out=scratch[0])
+        rhs[j] /= gram[j, j]
+    return rhs.T
 
 
-class _HalfStep:
-    """Everything fixed about solving one side (users given jokes, or jokes given users).
+DEFAULT_DENSE_BUDGET_MB = 512
+# BLAS on a dense block does users x jokes work where sparse products do ratings' worth, about ten times
+# slower per element: dense pays only while at least this share of the cells is rated (Jester: 73%).
+DENSE_MIN_DENSITY = 0.1
+# Rows solved together: their k x k float64 Gram matrices should stay in the CPU's last-level cache (8 MiB:
+# 10,485 rows at rank 10, 2,621 at rank 20), so the working set does not grow with the number of users. Not
+# smaller: the batched solve is ~120 short NumPy calls per block whatever its size, and below a few thousand
+# rows their Python overhead and the threads' hand-offs of the GIL cost more than the cache saves (measured:
+# 25,000 rank-10 systems on 2 threads took 42 ms in blocks of 1,024, 26 ms in blocks of 2,621, 13 ms in blocks
+# of 8,192; 17 ms on one thread).
+BLOCK_CACHE_BYTES = 8 * 2**20
+MIN_BLOCK_ROWS = 512
 
-    ``pattern`` has a row per factor being solved and a 1 where it has a rating; ``weighted`` holds the
-    ratings themselves. Both are dense float32 arrays when they fit the memory budget (BLAS products, the
-    fast path for Jester's 100 jokes) and scipy CSR matrices otherwise (memory proportional to ratings).
+
+def block_rows(rank: int, rows: int, threads: int) -> int:
+    """How many users (or jokes) one block solves: at most as many k x k float64 systems as fit
+    ``BLOCK_CACHE_BYTES``, and evened out so every thread gets the same number of equal blocks."""
+    most = max(MIN_BLOCK_ROWS, BLOCK_CACHE_BYTES // (8 * rank * rank))
+    rounds = max(1, -(-rows // (most * threads)))
+    return max(1, -(-rows // (rounds * threads)))
+
+
+def uses_dense_path(block: int, jokes: int, ratings: int, users: int, dense_budget_mb: float) -> bool:
+    """Dense BLAS products on each block when a block's users x jokes pattern and ratings (two float32 arrays)
+    fit ``dense_budget_mb`` and at least ``DENSE_MIN_DENSITY`` of all cells are rated; sparse otherwise."""
+    return block * jokes * 8 <= dense_budget_mb * 2**20 and ratings >= DENSE_MIN_DENSITY * users * jokes
+
+
+def engine_threads() -> int:
+    """Worker threads for the fit: one per core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+class _Solver:
+    """Both half-steps of Spark's objective on one :class:`RatingMatrix`, in blocks of users on a thread pool.
+
+    Users given jokes: each block of users gets its Gram matrices (upper triangle only: k(k+1)/2 columns) and
+    right-hand sides from two products of the block's ratings with the jokes' factors, then one batched
+    Cholesky solve. Jokes given users: the same block products, transposed, summed over the blocks (one
+    accumulator per thread), then the jokes are solved in blocks. Products are float32 BLAS on dense blocks
+    (Jester's 100 jokes) or SciPy sparse products (many jokes, sparse rows), the solves float64; all of them
+    release the GIL, which is what lets the threads use every core.
+
+    The dense layout builds, once per fit, the users x jokes pattern and ratings as float32 arrays (8 bytes a
+    cell: 11 bytes a rating at Jester's density), which the blocks read in place; the sparse layout reads the
+    CSR of the :class:`RatingMatrix` directly, with a shared buffer of ones as the pattern's values.
     """
 
-    def __init__(self, pattern, weighted, counts: np.ndarray, rank: int):
-        self.pattern = pattern
-        self.weighted = weighted
-        self.counts = counts
-        self.rank = rank
+    def __init__(self, data: RatingMatrix, rank: int, dense_budget_mb: float, threads: int):
+        self.data, self.rank, self.threads = data, rank, threads
+        n_users, n_jokes = data.shape
+        self.block = block_rows(rank, n_users, threads)
+        self.starts = list(range(0, n_users, self.block))
+        self.dense = uses_dense_path(self.block, n_jokes, data.nnz, n_users, dense_budget_mb)
         self.tri_i, self.tri_j = np.triu_indices(rank)
+        packed = np.zeros((rank, rank), dtype=np.intp)
+        packed[self.tri_i, self.tri_j] = np.arange(len(self.tri_i))
+        packed[self.tri_j, self.tri_i] = np.arange(len(self.tri_i))
+        self.unpack = packed.ravel()  # row of the packed upper triangle holding each of the k x k entries
+        self.user_counts = data.user_counts
+        self.joke_counts = data.joke_counts
+        if self.dense:  # the block products read these two in place: built once per fit
+            self.pattern = np.zeros((n_users, n_jokes), dtype=np.float32)
+            self.weighted = np.zeros((n_users, n_jokes), dtype=np.float32)
+            pattern, weighted = self.pattern.reshape(-1), self.weighted.reshape(-1)
+            for start in self.starts:  # block by block: the flat positions never exist for all ratings at once
+                stop = min(start + self.block, n_users)
+                lo, hi = int(data.indptr[start]), int(data.indptr[stop])
+                flat = np.repeat(np.arange(start, stop, dtype=np.int64) * n_jokes, self.user_counts[start:stop])
+                flat += data.jokes[lo:hi]
+                pattern[flat] = 1.0
+                weighted[flat] = data.ratings[lo:hi]
+        else:
+            widest = max((int(data.indptr[min(s + self.block, n_users)] - data.indptr[s]) for s in self.starts),
+                         default=0)
+            self.ones = np.ones(widest, dtype=np.float32)  # the pattern's values for any block: read-only, shared
 
-    def solve(self, other: np.ndarray, reg: float) -> np.ndarray:
+    @property
+    def layout(self) -> str:
+        return "dense" if self.dense else "sparse"
+
+    def _block(self, start: int):
+        """(pattern, ratings) of the users in [start, start + block): dense float32 arrays or CSR matrices."""
+        data = self.data
+        stop = min(start + self.block, data.shape[0])
+        if self.dense:
+            return self.pattern[start:stop], self.weighted[start:stop]
+        lo, hi = int(data.indptr[start]), int(data.indptr[stop])
+        cols, values = data.jokes[lo:hi], data.ratings[lo:hi]
+        indptr = (data.indptr[start:stop + 1] - lo).astype(np.int32)  # int32 like the indices: no index copies
+        shape = (stop - start, data.shape[1])
+        return (sp.csr_matrix((self.ones[:hi - lo], cols, indptr), shape=shape, copy=False),
+                sp.csr_matrix((values, cols, indptr), shape=shape, copy=False))
+
+    def _outer(self, factors: np.ndarray) -> np.ndarray:
+        return factors[:, self.tri_i] * factors[:, self.tri_j]  # (n, k(k+1)/2): symmetric, so half
+
+    def _solve(self, upper: np.ndarray, rhs: np.ndarray, counts: np.ndarray, reg: float) -> np.ndarray:
+        """Solve (Gram + regParam n I) x = rhs for n rows given as packed upper triangles (k(k+1)/2, n) and
+        right-hand sides (k, n)."""
         k = self.rank
-        other32 = other.astype(np.float32, copy=False)
-        outer = other32[:, self.tri_i] * other32[:, self.tri_j]  # (n_other, k(k+1)/2): symmetric, so half
-        upper = np.asarray(self.pattern @ outer, dtype=np.float64).T  # every row's Gram matrix, one product
-        gram = np.empty((k, k, upper.shape[1]))
-        gram[self.tri_i, self.tri_j] = upper
-        gram[self.tri_j, self.tri_i] = upper
+        gram = np.take(upper.astype(np.float64), self.unpack, axis=0).reshape(k, k, -1)
         diag = np.arange(k)
-        # ALS-WR: lambda scaled by each row's rating count.
-        gram[diag, diag] += reg * np.maximum(self.counts, 1)
-        rhs = np.asarray(self.weighted @ other32, dtype=np.float64).T
-        return batched_cholesky_solve(gram, rhs)
+        gram[diag, diag] += reg * np.maximum(counts, 1)  # ALS-WR: lambda scaled by each row's rating count
+        return batched_cholesky_solve(gram, rhs.astype(np.float64))  # a copy: the solve overwrites it
+
+    def solve_users(self, pool, jokes: np.ndarray, reg: float) -> np.ndarray:
+        out = np.empty((self.data.shape[0], self.rank))
+        jokes32 = jokes.astype(np.float32)
+        outer_t = np.ascontiguousarray(self._outer(jokes32).T)
+        jokes_t = np.ascontiguousarray(jokes32.T)
+
+        def work(start: int) -> None:
+            pattern, weighted = self._block(start)
+            stop = start + pattern.shape[0]
+            if self.dense:  # (k(k+1)/2, n) and (k, n) straight from BLAS
+                upper, rhs = outer_t @ pattern.T, jokes_t @ weighted.T
+            else:
+                upper, rhs = (pattern @ outer_t.T).T, (weighted @ jokes_t.T).T
+            out[start:stop] = self._solve(upper, rhs, self.user_counts[start:stop], reg)
+
+        list(pool.map(work, self.starts))
+        return out
+
+    def solve_jokes(self, pool, users: np.ndarray, reg: float) -> np.ndarray:
+        n_jokes = self.data.shape[1]
+        users32 = users.astype(np.float32)
+        width = len(self.tri_i)
+
+        def accumulate(starts: list[int]) -> tuple[np.ndarray, np.ndarray]:
+            upper = np.zeros((width, n_jokes), dtype=np.float64)
+            rhs = np.zeros((self.rank, n_jokes), dtype=np.float64)
+            for start in starts:
+                pattern, weighted = self._block(start)
+                block_users = users32[start:start + pattern.shape[0]]
+                if self.dense:
+                    upper += self._outer(block_users).T @ pattern
+                    rhs += block_users.T @ weighted
+                else:
+                    upper += (pattern.T @ self._outer(block_users)).T
+                    rhs += (weighted.T @ block_users).T
+            return upper, rhs
+
+        shares = [self.starts[t::self.threads] for t in range(self.threads)]
+        parts = list(pool.map(accumulate, [share for share in shares if share]))
+        upper = sum((p[0] for p in parts), np.zeros((width, n_jokes)))
+        rhs = sum((p[1] for p in parts), np.zeros((self.rank, n_jokes)))
+        out = np.empty((n_jokes, self.rank))
+
+        def work(start: int) -> None:
+            stop = min(start + self.block, n_jokes)
+            out[start:stop] = self._solve(upper[:, start:stop], rhs[:, start:stop], self.joke_counts[start:stop],
+                                          reg)
+
+        list(pool.map(work, range(0, n_jokes, self.block)))
+        return out
 
 
 def _train_rmse(data: RatingMatrix, users: np.ndarray, jokes: np.ndarray) -> float:
@@ -197,48 +380,19 @@ def _train_rmse(data: RatingMatrix, users: np.ndarray, jokes: np.ndarray) -> flo
     return float(np.sqrt(np.mean((data.ratings - predicted) ** 2)))
 
 
-DEFAULT_DENSE_BUDGET_MB = 512
-# BLAS on a dense pattern does users x jokes work where sparse products do ratings' worth, about ten times
-# slower per element: dense pays only while at least this share of the cells is rated (Jester: 73%).
-DENSE_MIN_DENSITY = 0.1
+def _blas_limited(threads: int):
+    """Our threads times BLAS's own threads must not exceed the cores: with more than one of ours, BLAS runs
+    single-threaded inside each (threadpoolctl limits OpenBLAS/MKL, whichever NumPy and SciPy loaded)."""
+    if threads <= 1:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
 
-
-def uses_dense_path(users: int, jokes: int, ratings: int, dense_budget_mb: float) -> bool:
-    """The rule ``fit_numpy_als`` applies: dense when the pattern fits the budget and is dense enough."""
-    cells = users * jokes
-    return cells * 16 <= dense_budget_mb * 2**20 and ratings >= DENSE_MIN_DENSITY * cells
-
-
-def _rating_operators(data: RatingMatrix, dense_budget_mb: float):
-    """(pattern, weighted) by user and by joke: dense float32 arrays (BLAS products) when
-    ``uses_dense_path``, else CSR matrices (memory proportional to the ratings)."""
-    n_users, n_jokes = data.shape
-    if uses_dense_path(n_users, n_jokes, data.nnz, dense_budget_mb):
-        pattern = np.zeros((n_users, n_jokes), dtype=np.float32)
-        pattern[data.users, data.jokes] = 1.0
-        weighted = np.zeros((n_users, n_jokes), dtype=np.float32)
-        weighted[data.users, data.jokes] = data.ratings
-        return (pattern, weighted), (np.ascontiguousarray(pattern.T), np.ascontiguousarray(weighted.T)), "dense"
-    by_user = _csr(data.users, data.jokes, data.ratings, n_users, n_jokes)
-    by_joke = _csr(data.jokes, data.users, data.ratings, n_jokes, n_users)
-    return by_user, by_joke, "sparse"
-
-
-def _csr(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n_rows: int, n_cols: int):
-    """(pattern, weighted) CSR matrices built directly (one stable sort, int32 indices), not through COO,
-    which would hold several int64 copies of every rating at once."""
-    order = np.argsort(rows, kind="stable")
-    indptr = np.zeros(n_rows + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
-    indices = cols[order].astype(np.int32)
-    weighted = sp.csr_matrix((values[order].astype(np.float32), indices, indptr), shape=(n_rows, n_cols))
-    del order
-    pattern = sp.csr_matrix((np.ones(indices.size, dtype=np.float32), indices, indptr), shape=(n_rows, n_cols))
-    return pattern, weighted
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def fit_numpy_als(data: RatingMatrix, *, rank: int, reg_param: float, max_iter: int, seed: int = 0,
-                  tol: float | None = None, dense_budget_mb: float = DEFAULT_DENSE_BUDGET_MB) -> NumpyALSModel:
+                  tol: float | None = None, dense_budget_mb: float = DEFAULT_DENSE_BUDGET_MB,
+                  threads: int | None = None) -> NumpyALSModel:
     """Fit explicit ALS with Spark's objective.
 
     Parameters
@@ -253,37 +407,49 @@ def fit_numpy_als(data: RatingMatrix, *, rank: int, reg_param: float, max_iter: 
         Stop early when the training RMSE improves by less than this between iterations (it is then
         computed every iteration; without ``tol`` only at DEBUG log level).
     dense_budget_mb : float
-        Largest dense users x jokes rating pattern to build (two float32 copies each way); above it, or
-        when fewer than ``DENSE_MIN_DENSITY`` of the cells are rated, the products use sparse matrices,
-        whose memory is proportional to the ratings.
+        Largest dense block (a block's users x jokes pattern and ratings, float32) to build; above it, or when
+        fewer than ``DENSE_MIN_DENSITY`` of the cells are rated, the products use sparse matrices.
+    threads : int, optional
+        Worker threads (default: the cores this process may use).
     """
+    threads = threads or engine_threads()
+    solver = _Solver(data, rank, dense_budget_mb, threads)
     n_users, n_jokes = data.shape
-    (by_user, by_user_r), (by_joke, by_joke_r), layout = _rating_operators(data, dense_budget_mb)
-    log.debug("numpy ALS: %d users x %d jokes, %d ratings, %s products", n_users, n_jokes, data.nnz, layout)
-    user_step = _HalfStep(by_user, by_user_r, np.bincount(data.users, minlength=n_users), rank)
-    joke_step = _HalfStep(by_joke, by_joke_r, np.bincount(data.jokes, minlength=n_jokes), rank)
-
+    log.debug("numpy ALS: %d users x %d jokes, %d ratings, %s blocks of %d users, %d threads", n_users, n_jokes,
+              data.nnz, solver.layout, solver.block, threads)
     rng = np.random.default_rng(seed)
     users = _unit_random(rng, n_users, rank)
     jokes = _unit_random(rng, n_jokes, rank)
     track = tol is not None or log.isEnabledFor(logging.DEBUG)
     history: list[float] = []
     iterations = 0
-    for iteration in range(1, max_iter + 1):
-        jokes = joke_step.solve(users, reg_param)
-        users = user_step.solve(jokes, reg_param)
-        iterations = iteration
-        if track:
-            history.append(_train_rmse(data, users, jokes))
-            log.debug("numpy ALS iteration %d: train RMSE %.5f", iteration, history[-1])
-            if tol is not None and len(history) > 1 and history[-2] - history[-1] < tol:
-                break
+    with _blas_limited(threads), ThreadPoolExecutor(threads, thread_name_prefix="numpy-als") as pool:
+        for iteration in range(1, max_iter + 1):
+            jokes = solver.solve_jokes(pool, users, reg_param)
+            users = solver.solve_users(pool, jokes, reg_param)
+            iterations = iteration
+            if track:
+                history.append(_train_rmse(data, users, jokes))
+                log.debug("numpy ALS iteration %d: train RMSE %.5f", iteration, history[-1])
+                if tol is not None and len(history) > 1 and history[-2] - history[-1] < tol:
+                    break
     if not (np.isfinite(users).all() and np.isfinite(jokes).all()):
         raise NonFiniteFactorsError(
             f"NumPy ALS (rank {rank}, regParam {reg_param}, {iterations} iterations) produced non-finite factors: "
             f"the training ratings hold NaN or infinity, or regParam is too small for users or jokes with few "
             f"ratings")
-    return NumpyALSModel(users, jokes, data.user_ids, data.joke_ids, history, iterations, layout)
+    return NumpyALSModel(users, jokes, data.user_ids, data.joke_ids, history, iterations, solver.layout)
+
+
+def solve_users_given_jokes(data: RatingMatrix, joke_factors: np.ndarray, reg_param: float, *,
+                            dense_budget_mb: float = DEFAULT_DENSE_BUDGET_MB) -> np.ndarray:
+    """One user half-step: every user's factor that minimizes Spark's objective for these joke factors (rows
+    in ``data.joke_ids`` order). The last thing each Spark ALS iteration does, so it recovers a Spark model's
+    user factors from its item factors."""
+    threads = engine_threads()
+    solver = _Solver(data, joke_factors.shape[1], dense_budget_mb, threads)
+    with _blas_limited(threads), ThreadPoolExecutor(threads) as pool:
+        return solver.solve_users(pool, np.asarray(joke_factors, dtype=np.float64), reg_param)
 
 
 def fit_loop_als(data: RatingMatrix, *, rank: int, reg_param: float, max_iter: int, seed: int = 0) -> NumpyALSModel:

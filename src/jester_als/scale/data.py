@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from jester_als.generate import GeneratorParams, generate_chunks
-from jester_als.numpy_als import arrow_ratings
+from jester_als.numpy_als import arrow_column
 
 
 def write_split_parquet(params: GeneratorParams, directory: Path, test_fraction: float, seed: int) -> dict:
@@ -35,8 +35,22 @@ def write_split_parquet(params: GeneratorParams, directory: Path, test_fraction:
     return {"train_ratings": counts["train"], "test_ratings": counts["test"]}
 
 
-def read_ratings(path: Path):
-    """(user, joke, rating) arrays of a Parquet file written by :func:`write_split_parquet`."""
+def read_ratings(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(user, joke, rating) arrays of a Parquet file written by :func:`write_split_parquet`: int32 ids and
+    float32 ratings filled row group by row group, so the Arrow side never holds more than one row group (the
+    whole table as Arrow buffers would double the collected data's share of the engine's peak memory)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return arrow_ratings(pq.read_table(path))
+    source = pq.ParquetFile(path)
+    rows = source.metadata.num_rows
+    out = {"user": np.empty(rows, np.int32), "joke": np.empty(rows, np.int32), "rating": np.empty(rows, np.float32)}
+    position = 0
+    for group in range(source.num_row_groups):
+        table = source.read_row_group(group, columns=list(out))
+        for name, array in out.items():
+            array[position:position + table.num_rows] = arrow_column(table, name)
+        position += table.num_rows
+        del table
+    pa.default_memory_pool().release_unused()  # Arrow's allocator keeps freed buffers otherwise
+    return out["user"], out["joke"], out["rating"]
