@@ -19,9 +19,9 @@ seeded random unit vectors.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
