@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
@@ -88,3 +89,23 @@ def test_own_loop_scores_every_grid_point_as_train_validation_split_does(spark, 
         assert ours["validation_rmse"] == pytest.approx(theirs["validation_rmse"], rel=1e-6)
         # A different split gives visibly different numbers: the match above is not a coincidence.
         assert abs(elsewhere["validation_rmse"] - theirs["validation_rmse"]) > 1e-4
+
+
+def test_numpy_hash_split_is_the_spark_split(spark):
+    """bench and scale split generated ratings in NumPy; tune splits in Spark: the same rows go to test."""
+    import pyarrow as pa
+
+    from jester_als import hashsplit
+    from jester_als.tune import is_test_rating
+
+    rng = np.random.default_rng(5)
+    users = np.concatenate([rng.integers(-2**31, 2**31, 5000), rng.integers(1, 30_000, 15_000)]).astype(np.int32)
+    jokes = rng.integers(1, 150, users.size).astype(np.int32)
+    rows = spark.createDataFrame(pa.table({"row": np.arange(users.size), "user": users, "joke": jokes}))
+    for fraction, seed in ((0.2, 42), (0.5, 7)):
+        flagged = rows.select("row", is_test_rating(test_fraction=fraction, seed=seed).alias("t")).toArrow()
+        in_spark = np.zeros(users.size, dtype=bool)
+        in_spark[flagged.column("row").to_numpy()] = flagged.column("t").to_numpy(zero_copy_only=False)
+        in_numpy = hashsplit.is_test(users, jokes, test_fraction=fraction, seed=seed)
+        np.testing.assert_array_equal(in_numpy, in_spark)
+        assert abs(in_numpy.mean() - fraction) < 0.02

@@ -12,8 +12,10 @@ import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from jester_als.hashsplit import SPLIT_BUCKETS
 from jester_als.numpy_als import RatingMatrix, arrow_ratings, fit_numpy_als, positions, rmse_mae
-from jester_als.tune import SPLIT_BUCKETS, is_test_rating
+from jester_als.peakmem import PeakRSS
+from jester_als.tune import is_test_rating
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +68,17 @@ def collect_sample(ratings: DataFrame, *, test_fraction: float, split_seed: int,
 def fit_bias_model(train: RatingMatrix, *, reg: float, iterations: int = 10):
     """Regularized user + joke effects around the global mean, by alternating closed-form updates:
     b_j = sum(r - mu - b_u) / (reg + n_j), then b_u likewise. Returns a predict(users, jokes) function."""
-    mu = float(train.ratings.mean())
+    mu = float(train.ratings.mean(dtype=np.float64))
     n_users, n_jokes = train.shape
-    user_counts = np.bincount(train.users, minlength=n_users)
-    joke_counts = np.bincount(train.jokes, minlength=n_jokes)
+    user_counts = train.user_counts
+    joke_counts = train.joke_counts
+    users = train.users
     user_bias = np.zeros(n_users)
     joke_bias = np.zeros(n_jokes)
-    residual_base = train.ratings - mu
+    residual_base = train.ratings.astype(np.float64) - mu
     for _ in range(iterations):
-        joke_bias = np.bincount(train.jokes, residual_base - user_bias[train.users], n_jokes) / (reg + joke_counts)
-        user_bias = np.bincount(train.users, residual_base - joke_bias[train.jokes], n_users) / (reg + user_counts)
+        joke_bias = np.bincount(train.jokes, residual_base - user_bias[users], n_jokes) / (reg + joke_counts)
+        user_bias = np.bincount(users, residual_base - joke_bias[train.jokes], n_users) / (reg + user_counts)
 
     def predict(users: np.ndarray, jokes: np.ndarray) -> np.ndarray:
         u, u_known = positions(train.user_ids, users)
@@ -101,19 +104,21 @@ def spark_predictions(model, spark, users: np.ndarray, jokes: np.ndarray) -> np.
 def compare_engines(spark, spark_model, ratings: DataFrame, cfg: dict, params: dict) -> dict:
     """Collect the sample, fit NumPy ALS and the baselines, score everything on the same held-out rows."""
     base = cfg["baseline"]
-    sample = collect_sample(ratings, test_fraction=cfg["split"]["test_fraction"], split_seed=cfg["split"]["seed"],
-                            max_users=base["max_users"], fraction=base["fraction"], sample_seed=base["seed"])
-    log.info("collected %d users (%d train, %d test ratings, %.1f MB) in %.1f s", sample.users, sample.train.nnz,
-             sample.test_ratings.size, sample.nbytes() / 2**20, sample.collect_seconds)
-    if sample.train.nnz == 0 or sample.test_ratings.size == 0:
-        raise ValueError("the user sample has no training or no test ratings; raise baseline.max_users or "
-                         "baseline.fraction")
     numpy_params = {"rank": int(params["rank"]), "reg_param": float(params["regParam"]),
                     "max_iter": int(params["maxIter"])}
-    started = time.perf_counter()
-    numpy_model = fit_numpy_als(sample.train, seed=base["seed"], tol=base["tol"],
-                                dense_budget_mb=base["dense_budget_mb"], **numpy_params)
-    numpy_seconds = time.perf_counter() - started
+    with PeakRSS() as driver_memory:  # what the driver pays for NumPy ALS: the collected sample and the fit
+        sample = collect_sample(ratings, test_fraction=cfg["split"]["test_fraction"],
+                                split_seed=cfg["split"]["seed"], max_users=base["max_users"],
+                                fraction=base["fraction"], sample_seed=base["seed"])
+        log.info("collected %d users (%d train, %d test ratings, %.1f MB) in %.1f s", sample.users,
+                 sample.train.nnz, sample.test_ratings.size, sample.nbytes() / 2**20, sample.collect_seconds)
+        if sample.train.nnz == 0 or sample.test_ratings.size == 0:
+            raise ValueError("the user sample has no training or no test ratings; raise baseline.max_users or "
+                             "baseline.fraction")
+        started = time.perf_counter()
+        numpy_model = fit_numpy_als(sample.train, seed=base["seed"], tol=base["tol"],
+                                    dense_budget_mb=base["dense_budget_mb"], **numpy_params)
+        numpy_seconds = time.perf_counter() - started
     started = time.perf_counter()
     bias_predict = fit_bias_model(sample.train, reg=base["bias_reg"])
     bias_seconds = time.perf_counter() - started
@@ -122,7 +127,7 @@ def compare_engines(spark, spark_model, ratings: DataFrame, cfg: dict, params: d
         "numpy_als": numpy_model.predict(sample.test_users, sample.test_jokes),
         "spark_als": spark_predictions(spark_model, spark, sample.test_users, sample.test_jokes),
         "bias": bias_predict(sample.test_users, sample.test_jokes),
-        "global_mean": np.full(sample.test_ratings.size, float(sample.train.ratings.mean())),
+        "global_mean": np.full(sample.test_ratings.size, float(sample.train.ratings.mean(dtype=np.float64))),
     }
     # The same rows for every engine: those every engine can score (ALS drops cold starts).
     same = np.logical_and.reduce([~np.isnan(p) for p in predictions.values()])
@@ -141,13 +146,16 @@ def compare_engines(spark, spark_model, ratings: DataFrame, cfg: dict, params: d
         "spark_test_rmse_same_rows": scores["spark_als"]["rmse"],
         "spark_test_mae_same_rows": scores["spark_als"]["mae"],
         "collect_seconds": sample.collect_seconds,
+        "driver_seconds": sample.collect_seconds + numpy_seconds,
         "memory": {"collected_mb": sample.nbytes() / 2**20, "factors_mb": numpy_model.nbytes() / 2**20,
+                   "driver_peak_mb": driver_memory.peak_mb,
+                   "driver_growth_mb": driver_memory.peak_mb - driver_memory.start_mb,
                    "seed_estimate_whole_table_mb": SEED_TABLE_ESTIMATE_MB},
     }
     baselines = {
         "rows": int(same.sum()),
         "global_mean": {"test_rmse": scores["global_mean"]["rmse"], "test_mae": scores["global_mean"]["mae"],
-                        "value": float(sample.train.ratings.mean())},
+                        "value": float(sample.train.ratings.mean(dtype=np.float64))},
         "bias": {"test_rmse": scores["bias"]["rmse"], "test_mae": scores["bias"]["mae"],
                  "reg": base["bias_reg"], "fit_seconds": bias_seconds},
     }

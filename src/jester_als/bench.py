@@ -1,5 +1,10 @@
-"""``jester-als bench``: NumPy ALS, Spark ALS and the seed's per-user loop fitted on the same ratings with
-the same params in one run; medians of repeats, ratios from the same run, RMSE on the same test ratings.
+"""``jester-als bench``: NumPy ALS, Spark ALS and the seed's per-user loop fitted on the same ratings with the
+same params in one run, each in a fresh process of its own (so that the peak resident memory is the engine's);
+medians of repeats, ratios from the same run, RMSE on the same test ratings.
+
+The table is generated and split by the project's one hash rule (``hashsplit``) straight to Parquet, chunk by
+chunk, so any ``bench.users`` this machine can hold works; Spark's driver heap is sized to the data, and a size
+whose Spark fit would not fit ``bench.memory_budget_mb`` is refused before anything is generated or fitted.
 """
 
 from __future__ import annotations
@@ -8,95 +13,136 @@ import json
 import logging
 import os
 import platform
+import shutil
 import statistics
-import time
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
-from jester_als.generate import GeneratorParams, generate_chunks
-from jester_als.numpy_als import RatingMatrix, fit_loop_als, fit_numpy_als, rmse_mae
+from jester_als.errors import JobError
+from jester_als.generate import GeneratorParams
 from jester_als.outputs import now_iso, write_text_atomic
 from jester_als.report import table
-from jester_als.session import als_blocks
-from jester_als.tune import fit_als, make_als
+from jester_als.scale.data import write_split_parquet
+from jester_als.scale.runner import run_worker
+from jester_als.scale.worker import WorkerSpec
 
 log = logging.getLogger(__name__)
 
+# Spark ALS's driver heap in local mode, per training rating: the persisted ratings, ALS's in/out blocks for
+# users and items, and the shuffle of both between iterations. Measured with `jester-als scale` on this
+# project's tables: 145 M training ratings fitted in a 14 GB heap, 58 M did not fit in 4 GB.
+SPARK_HEAP_BYTES_PER_RATING = 100
+SPARK_HEAP_BASE_MB = 1024
+SPARK_HEAP_MIN_MB = 2048
+# The JVM's resident memory beyond its heap (metaspace, threads, Netty buffers) and the Python driver's.
+SPARK_PROCESS_OVERHEAD_MB = 1536
 
-def generated_split(params: GeneratorParams, test_fraction: float, seed: int):
-    """The generated table as long arrays, split at random over ratings (seeded)."""
-    users, jokes, values = (np.concatenate(parts) for parts in zip(*(c.long() for c in generate_chunks(params))))
-    is_test = np.random.default_rng(seed).random(values.size) < test_fraction
-    train = (users[~is_test], jokes[~is_test], values[~is_test])
-    test = (users[is_test], jokes[is_test], values[is_test])
-    return train, test
-
-
-def _timed(fn, repeats: int):
-    seconds, result = [], None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = fn()
-        seconds.append(time.perf_counter() - started)
-    return result, seconds
+ENGINES = (("numpy_als", "numpy", "numpy_repeats"), ("seed_loop", "loop", "loop_repeats"),
+           ("spark_als", "spark", "spark_repeats"))
 
 
-def run_bench(spark, cfg: dict) -> dict:
+class BenchTooLargeError(JobError):
+    """The requested table would not fit this machine's memory budget for one of the engines."""
+
+
+class BenchEngineFailed(JobError):
+    """An engine's worker process did not complete (budget exceeded, out of memory, error)."""
+
+
+def spark_heap_mb(train_ratings: int, setting: str) -> int:
+    """The heap for Spark's fit: ``bench.spark_driver_memory`` if set (e.g. "8g"), else sized to the data."""
+    if setting != "auto":
+        number, unit = setting[:-1], setting[-1].lower()
+        return int(float(number) * {"g": 1024, "m": 1}[unit])
+    return max(SPARK_HEAP_MIN_MB, SPARK_HEAP_BASE_MB + -(-train_ratings * SPARK_HEAP_BYTES_PER_RATING // 2**20))
+
+
+def check_fits(bench: dict, params: GeneratorParams) -> int:
+    """Spark's heap for the expected table, or BenchTooLargeError before anything is generated."""
+    expected_train = int(params.users * min(params.mean_ratings, params.jokes) * (1 - bench["test_fraction"]))
+    heap = spark_heap_mb(expected_train, bench["spark_driver_memory"])
+    need = heap + SPARK_PROCESS_OVERHEAD_MB
+    if bench["spark_repeats"] and need > bench["memory_budget_mb"]:
+        raise BenchTooLargeError(
+            f"bench.users={params.users:,} gives about {expected_train:,} training ratings; Spark ALS needs about "
+            f"{heap:,} MB of driver heap for them ({SPARK_HEAP_BYTES_PER_RATING} bytes a rating) plus "
+            f"{SPARK_PROCESS_OVERHEAD_MB:,} MB beside it, above bench.memory_budget_mb={bench['memory_budget_mb']:,}. "
+            f"Lower bench.users, raise bench.memory_budget_mb if the machine has the memory, set "
+            f"bench.spark_driver_memory (e.g. 12g) to try a smaller heap, or bench.spark_repeats=0 to time "
+            f"NumPy alone")
+    return heap
+
+
+def run_bench(cfg: dict) -> dict:
     bench = cfg["bench"]
     gen = GeneratorParams.from_config(cfg["generate"], users=bench["users"], jokes=bench["jokes"])
-    rank, reg, iters = bench["rank"], bench["regParam"], bench["maxIter"]
-    (tr_u, tr_j, tr_r), (te_u, te_j, te_r) = generated_split(gen, bench["test_fraction"], bench["seed"])
-    train = RatingMatrix.from_ids(tr_u, tr_j, tr_r)
-    log.info("bench: %d users x %d jokes, %d training and %d test ratings, rank %d, regParam %s, %d iterations",
-             gen.users, gen.jokes, train.nnz, te_r.size, rank, reg, iters)
-    engines = {}
+    heap = check_fits(bench, gen)
+    out_dir = Path(cfg["output"]["dir"])
+    work = Path(tempfile.mkdtemp(prefix="jester-als-bench-", dir=bench["work_dir"]))
+    try:
+        sizes = write_split_parquet(gen, work, bench["test_fraction"], bench["seed"])
+        train_ratings = sizes["train_ratings"]
+        log.info("bench: %d users x %d jokes, %d training and %d test ratings, rank %d, regParam %s, %d iterations",
+                 gen.users, gen.jokes, train_ratings, sizes["test_ratings"], bench["rank"], bench["regParam"],
+                 bench["maxIter"])
+        engines = {}
+        for name, engine, repeats_key in ENGINES:
+            if not bench[repeats_key]:
+                continue
+            spec = WorkerSpec(engine=engine, data_dir=str(work), rank=bench["rank"], reg_param=bench["regParam"],
+                              max_iter=bench["maxIter"], repeats=bench[repeats_key], seed=bench["seed"],
+                              result_file=str(work / f"{engine}-result.json"), spark_driver_memory=f"{heap}m",
+                              dense_budget_mb=cfg["baseline"]["dense_budget_mb"])
+            result = run_worker(spec, memory_budget_mb=bench["memory_budget_mb"],
+                                time_budget_seconds=bench["time_budget_seconds"], keep_log_in=out_dir)
+            if not result["completed"]:
+                raise BenchEngineFailed(f"{name} did not complete on {train_ratings:,} training ratings: "
+                                        f"{result['limit']} (worker log: {result.get('log')})")
+            engines[name] = {"seconds": result["seconds"], "median_seconds": statistics.median(result["seconds"]),
+                             "peak_mb": result["peak_rss_mb"],
+                             "bytes_per_rating": result["peak_rss_mb"] * 2**20 / train_ratings,
+                             "load_seconds": result.get("load_seconds"),
+                             **{k: result[k] for k in ("rmse", "mae", "rows")}}
+            if engine == "spark":
+                engines[name]["driver_heap_mb"] = heap
+            log.info("  %s: median %.2f s, peak %.0f MB (%.1f bytes a training rating), test RMSE %.4f", name,
+                     engines[name]["median_seconds"], result["peak_rss_mb"], engines[name]["bytes_per_rating"],
+                     result["rmse"])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
-    model, seconds = _timed(lambda: fit_numpy_als(train, rank=rank, reg_param=reg, max_iter=iters, seed=bench["seed"]),
-                            bench["numpy_repeats"])
-    engines["numpy_als"] = {"seconds": seconds, **rmse_mae(te_r, model.predict(te_u, te_j))}
-
-    if bench["loop_repeats"]:
-        model, seconds = _timed(lambda: fit_loop_als(train, rank=rank, reg_param=reg, max_iter=iters,
-                                                     seed=bench["seed"]), bench["loop_repeats"])
-        engines["seed_loop"] = {"seconds": seconds, **rmse_mae(te_r, model.predict(te_u, te_j))}
-
-    import pyarrow as pa
-
-    train_df = spark.createDataFrame(pa.table({"user": tr_u.astype(np.int32), "joke": tr_j.astype(np.int32),
-                                               "rating": tr_r}))
-    train_df = train_df.persist()
-    train_df.count()
-    blocks = als_blocks(spark, cfg["als"]["blocks"])
-    als = make_als(seed=bench["seed"], blocks=blocks, checkpoint_interval=cfg["als"]["checkpoint_interval"])
-    params = {"rank": rank, "regParam": reg, "maxIter": iters}
-    fits = [fit_als(train_df, als, params) for _ in range(bench["spark_repeats"])]
-    spark_model = fits[-1][0]
-    test_df = spark.createDataFrame(pa.table({"user": te_u.astype(np.int32), "joke": te_j.astype(np.int32),
-                                              "rating": te_r}))
-    scored = spark_model.transform(test_df).select("rating", "prediction").toArrow()
-    engines["spark_als"] = {"seconds": [s for _, s in fits], "blocks": blocks,
-                            **rmse_mae(scored.column("rating").to_numpy(), scored.column("prediction").to_numpy())}
-    train_df.unpersist()
-
-    for engine in engines.values():
-        engine["median_seconds"] = statistics.median(engine["seconds"])
-    numpy_median = engines["numpy_als"]["median_seconds"]
+    numpy_median = engines["numpy_als"]["median_seconds"] if "numpy_als" in engines else None
     result = {
         "when": now_iso(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "numpy": np.__version__, "spark": spark.version,
+                    "numpy": np.__version__, "spark": _spark_version(),
                     "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE")},
-        "data": {"users": gen.users, "jokes": gen.jokes, "train_ratings": train.nnz, "test_ratings": int(te_r.size),
-                 "generator_seed": gen.seed},
-        "params": params,
+        "data": {"users": gen.users, "jokes": gen.jokes, "train_ratings": train_ratings,
+                 "test_ratings": sizes["test_ratings"], "generator_seed": gen.seed,
+                 "split": "hash: pmod(xxhash64(user, joke, seed), 1e6) < test_fraction * 1e6"},
+        "params": {"rank": bench["rank"], "regParam": bench["regParam"], "maxIter": bench["maxIter"]},
         "engines": engines,
-        "speedup_vs_numpy": {name: e["median_seconds"] / numpy_median for name, e in engines.items()},
+        "speedup_vs_numpy": ({name: e["median_seconds"] / numpy_median for name, e in engines.items()}
+                             if numpy_median else {}),
         "targets": {"numpy_fit_at_most_seconds": bench["target_numpy_seconds"],
                     "spark_over_numpy_at_least": bench["target_speedup"]},
     }
-    result["targets"]["met"] = bool(numpy_median <= bench["target_numpy_seconds"]
-                                    and result["speedup_vs_numpy"]["spark_als"] >= bench["target_speedup"])
+    speedup = result["speedup_vs_numpy"].get("spark_als")
+    result["targets"]["met"] = bool(numpy_median is not None and speedup is not None
+                                    and numpy_median <= bench["target_numpy_seconds"]
+                                    and speedup >= bench["target_speedup"])
     return result
+
+
+def _spark_version() -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version("pyspark")
+    except Exception:  # noqa: BLE001 - no pyspark: the bench ran NumPy alone
+        return None
 
 
 LABELS = {"numpy_als": "NumPy ALS (vectorized)", "spark_als": "Spark ALS", "seed_loop": "seed's per-user loop"}
@@ -106,22 +152,26 @@ def render_bench(result: dict) -> str:
     data, params = result["data"], result["params"]
     rows = []
     for name, engine in result["engines"].items():
+        ratio = result["speedup_vs_numpy"].get(name)
         rows.append([LABELS[name], f"{engine['median_seconds']:.2f}", len(engine["seconds"]),
-                     f"{result['speedup_vs_numpy'][name]:.1f}x", f"{engine['rmse']:.4f}", f"{engine['mae']:.4f}"])
+                     f"{ratio:.1f}x" if ratio else "", f"{engine['peak_mb']:,.0f}",
+                     f"{engine['bytes_per_rating']:.0f}", f"{engine['rmse']:.4f}", f"{engine['mae']:.4f}"])
     targets = result["targets"]
     return "\n".join([
         "# jester-als bench", "",
         f"{data['users']:,} users x {data['jokes']} jokes, {data['train_ratings']:,} training ratings, "
-        f"{data['test_ratings']:,} test ratings; rank {params['rank']}, regParam {params['regParam']}, "
+        f"{data['test_ratings']:,} test ratings (hash split); rank {params['rank']}, regParam {params['regParam']}, "
         f"{params['maxIter']} iterations. {result['machine']['cpus']} CPUs, Spark {result['machine']['spark']} "
-        f"local mode, NumPy {result['machine']['numpy']}; {result['when']}.", "",
-        table(["engine", "median fit (s)", "runs", "time / NumPy's", "test RMSE", "test MAE"], rows), "",
+        f"local mode, NumPy {result['machine']['numpy']}; {result['when']}. Each engine ran in a fresh process; "
+        f"peak = that process tree's largest resident memory, including the ratings it read.", "",
+        table(["engine", "median fit (s)", "runs", "time / NumPy's", "peak (MB)", "bytes / training rating",
+               "test RMSE", "test MAE"], rows), "",
         f"Targets: NumPy fit <= {targets['numpy_fit_at_most_seconds']} s and Spark/NumPy >= "
         f"{targets['spark_over_numpy_at_least']}x: {'met' if targets['met'] else 'NOT met'}.", ""])
 
 
-def bench_job(spark, cfg: dict) -> dict:
-    result = run_bench(spark, cfg)
+def bench_job(cfg: dict) -> dict:
+    result = run_bench(cfg)
     out_dir = cfg["output"]["dir"]
     os.makedirs(out_dir, exist_ok=True)
     write_text_atomic(os.path.join(out_dir, "bench.json"), json.dumps(result, indent=2) + "\n")

@@ -112,11 +112,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jester-als generate: wrote {stats['path']} in {time.perf_counter() - started:.1f} s")
         print("  " + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()}))
         return 0
-    if args.job == "scale":
+    if args.job in ("scale", "bench"):  # every engine runs in a worker process of its own
+        from jester_als.bench import bench_job
         from jester_als.scale import scale_job
 
-        scale_job(cfg)
-        print(f"jester-als scale: done in {time.perf_counter() - started:.0f} s; outputs in {cfg['output']['dir']}")
+        try:
+            (scale_job if args.job == "scale" else bench_job)(cfg)
+        except JobError as exc:
+            log.debug("job error", exc_info=True)
+            print(f"jester-als {args.job}: {exc}", file=sys.stderr)
+            return 1
+        print(f"jester-als {args.job}: done in {time.perf_counter() - started:.0f} s; outputs in "
+              f"{cfg['output']['dir']}")
         return 0
     return _run_spark_job(args, cfg, started)
 
@@ -126,8 +133,6 @@ def als_iterations(job: str, cfg: dict) -> dict[str, int]:
     if job in ("tune", "pipeline"):
         grid_max = max(cfg["tune"]["grid"].get("maxIter", [10]))
         return {"tune.grid.maxIter": grid_max, "tune.refit_max_iter": cfg["tune"]["refit_max_iter"] or grid_max}
-    if job == "bench":
-        return {"bench.maxIter": cfg["bench"]["maxIter"]}
     return {}
 
 
@@ -161,11 +166,6 @@ def _run_spark_job(args, cfg: dict, started: float) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main_thread else None
     try:
-        if args.job == "bench":
-            from jester_als.bench import bench_job
-
-            bench_job(spark, cfg)
-            return 0
         metrics = run_spark_job(spark, cfg, args.job, on_start=current.append)
         metrics.setdefault("run", {})["output_dir"] = cfg["output"]["dir"]
         print(_summary(args.job, metrics, time.perf_counter() - started))

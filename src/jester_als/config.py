@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,6 +95,10 @@ def _non_negative(v):
 
 def _open_unit(v):
     return None if 0 < v < 1 else "must be between 0 and 1 (exclusive)"
+
+
+def _memory_size(v):
+    return None if re.fullmatch(r"auto|\d+(\.\d+)?[mMgG]", v) else "must be auto or a size like 8g or 4096m"
 
 
 def _unit(v):
@@ -237,9 +242,15 @@ SCHEMA: dict[str, Any] = {
         "numpy_repeats": Field(int, 5, check=_positive, doc="NumPy ALS fits timed (median)"),
         "spark_repeats": Field(int, 3, check=_positive, doc="Spark ALS fits timed (median)"),
         "loop_repeats": Field(int, 1, check=_non_negative, doc="0 skips the seed's slow loop"),
-        "target_numpy_seconds": Field((int, float), 1.0, check=_positive,
+        "memory_budget_mb": Field(int, 20_000, check=_positive,
+                                  doc="peak RSS allowed to each engine's process; sizes past it are refused"),
+        "time_budget_seconds": Field((int, float), 3600, check=_positive, doc="per engine"),
+        "spark_driver_memory": Field(str, "auto", check=_memory_size,
+                                     doc="Spark's driver heap: auto sizes it to the data, or e.g. 8g"),
+        "work_dir": Field(str, None, nullable=True, doc="where the generated table goes (default: temp dir)"),
+        "target_numpy_seconds": Field((int, float), 0.35, check=_positive,
                 doc="target: NumPy fit at most this many seconds"),
-        "target_speedup": Field((int, float), 10.0, check=_positive,
+        "target_speedup": Field((int, float), 15.0, check=_positive,
                 doc="target: NumPy at least this many times faster than Spark"),
     },
     "scale": {

@@ -31,7 +31,8 @@ JOBS: dict[str, Job] = {job.name: job for job in (
         needs=("ratings", "model")),
     Job("pipeline", "prepare, tune, baseline and recommend in one run, with metrics.json and report.md",
         outputs=("ratings", "rejected", "user_ids", "model", "recommendations")),
-    Job("bench", "time NumPy ALS, Spark ALS and the seed's loop on the same ratings; writes bench.json and bench.md"),
+    Job("bench", "time NumPy ALS, Spark ALS and the seed's loop on the same ratings, each in its own process; "
+                 "bench.json, bench.md", spark=False),
     Job("scale", "scaling study: both engines along users and jokes axes; scale.json, scale.md, scale.png",
         spark=False),
 )}

@@ -19,17 +19,16 @@ from pyspark.ml.tuning import ParamGridBuilder, TrainValidationSplit
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from jester_als.hashsplit import SPLIT_BUCKETS, test_threshold
 from jester_als.session import is_connect, try_persist, try_unpersist
 
 log = logging.getLogger(__name__)
 
-SPLIT_BUCKETS = 1_000_000
-
-
 def is_test_rating(*, test_fraction: float, seed: int):
-    """Boolean column: this (user, joke) rating is held out for test."""
+    """Boolean column: this (user, joke) rating is held out for test (the rule in ``hashsplit``, whose
+    ``is_test`` computes the same for NumPy arrays)."""
     bucket = F.pmod(F.xxhash64("user", "joke", F.lit(seed)), F.lit(SPLIT_BUCKETS))
-    return bucket < F.lit(int(round(test_fraction * SPLIT_BUCKETS)))
+    return bucket < F.lit(test_threshold(test_fraction))
 
 
 def split_ratings(ratings: DataFrame, *, test_fraction: float, seed: int) -> tuple[DataFrame, DataFrame]:

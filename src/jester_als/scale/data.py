@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jester_als import hashsplit
 from jester_als.generate import GeneratorParams, generate_chunks
 from jester_als.numpy_als import arrow_column
 
@@ -21,10 +22,10 @@ def write_split_parquet(params: GeneratorParams, directory: Path, test_fraction:
     writers = {name: pq.ParquetWriter(directory / f"{name}.parquet", schema) for name in ("train", "test")}
     counts = {"train": 0, "test": 0}
     try:
-        for index, chunk in enumerate(generate_chunks(params)):
+        for chunk in generate_chunks(params):
             users, jokes, values = chunk.long()
             users, jokes = users.astype(np.int32), jokes.astype(np.int32)
-            is_test = np.random.default_rng([seed, index]).random(values.size) < test_fraction
+            is_test = hashsplit.is_test(users, jokes, test_fraction=test_fraction, seed=seed)
             for name, mask in (("train", ~is_test), ("test", is_test)):
                 writers[name].write_table(pa.table({"user": users[mask], "joke": jokes[mask],
                                                     "rating": values[mask]}, schema=schema))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -15,26 +16,25 @@ import numpy as np
 from jester_als.scale.worker import WorkerSpec
 
 
-def run_worker(engine: str, data_dir: Path, cfg: dict, repeats: int) -> dict:
-    """Run one engine on one point in a fresh process; sample the tree's RSS; enforce the budgets."""
+def run_worker(spec: WorkerSpec, *, memory_budget_mb: float, time_budget_seconds: float,
+               keep_log_in: Path | None = None) -> dict:
+    """Run one engine on one point in a fresh process; sample the tree's RSS; enforce the budgets. When the
+    worker fails, its log is copied into ``keep_log_in`` (the job's output directory) and named in the result."""
     import psutil
 
-    scale = cfg["scale"]
-    result_file = data_dir / f"{engine}-result.json"
-    spec_file = data_dir / f"{engine}-spec.json"
-    WorkerSpec(engine=engine, data_dir=str(data_dir), rank=scale["rank"], reg_param=scale["regParam"],
-               max_iter=scale["maxIter"], repeats=repeats, result_file=str(result_file),
-               spark_driver_memory=scale["spark_driver_memory"],
-               dense_budget_mb=scale["numpy_dense_budget_mb"]).write(spec_file)
+    data_dir = Path(spec.data_dir)
+    spec_file = data_dir / f"{spec.engine}-spec.json"
+    result_file = Path(spec.result_file)
+    spec.write(spec_file)
     args = [sys.executable, "-m", "jester_als.scale.worker", str(spec_file)]
     env = dict(os.environ, SPARK_LOCAL_IP=os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"))
     started = time.perf_counter()
-    log_path = data_dir / f"{engine}-worker.log"
+    log_path = data_dir / f"{spec.engine}-worker.log"
     with open(log_path, "wb") as log_file:  # a file, not a pipe: a chatty worker must never block on it
         process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log_file, env=env)
     root = psutil.Process(process.pid)
     peak, limit = 0, None
-    budget_bytes = scale["memory_budget_mb"] * 2**20
+    budget_bytes = memory_budget_mb * 2**20
     while process.poll() is None:
         try:
             tree = [root] + root.children(recursive=True)
@@ -44,9 +44,9 @@ def run_worker(engine: str, data_dir: Path, cfg: dict, repeats: int) -> dict:
         peak = max(peak, rss)
         elapsed = time.perf_counter() - started
         if rss > budget_bytes:
-            limit = f"memory: {rss / 2**20:,.0f} MB > budget {scale['memory_budget_mb']:,} MB"
-        elif elapsed > scale["time_budget_seconds"]:
-            limit = f"time: {elapsed:,.0f} s > budget {scale['time_budget_seconds']:,} s"
+            limit = f"memory: {rss / 2**20:,.0f} MB > budget {memory_budget_mb:,} MB"
+        elif elapsed > time_budget_seconds:
+            limit = f"time: {elapsed:,.0f} s > budget {time_budget_seconds:,} s"
         if limit:
             for p in reversed([root] + root.children(recursive=True)):
                 try:
@@ -58,12 +58,17 @@ def run_worker(engine: str, data_dir: Path, cfg: dict, repeats: int) -> dict:
         time.sleep(0.1)
     stderr = log_path.read_text(errors="replace")
     wall = time.perf_counter() - started
-    if limit:
-        return {"completed": False, "limit": limit, "peak_rss_mb": peak / 2**20, "wall_seconds": wall}
-    if process.returncode != 0 or not result_file.exists():
-        reason = "out of memory" if "OutOfMemory" in stderr or "MemoryError" in stderr else "failed"
-        return {"completed": False, "limit": f"{reason}: exit {process.returncode}: {stderr.strip()[-300:]}",
-                "peak_rss_mb": peak / 2**20, "wall_seconds": wall}
+    if limit or process.returncode != 0 or not result_file.exists():
+        if not limit:
+            reason = "out of memory" if "OutOfMemory" in stderr or "MemoryError" in stderr else "failed"
+            limit = f"{reason}: exit {process.returncode}: {stderr.strip()[-300:]}"
+        failed = {"completed": False, "limit": limit, "peak_rss_mb": peak / 2**20, "wall_seconds": wall}
+        if keep_log_in is not None:
+            keep_log_in.mkdir(parents=True, exist_ok=True)
+            kept = keep_log_in / f"{data_dir.name}-{spec.engine}-worker.log"
+            shutil.copyfile(log_path, kept)
+            failed["log"] = str(kept)
+        return failed
     result = json.loads(result_file.read_text())
     result.update(completed=True, peak_rss_mb=peak / 2**20, wall_seconds=wall,
                   fit_seconds=float(np.median(result["seconds"])))

@@ -15,6 +15,7 @@ from jester_als.scale.costmodel import ENGINES, fit_cost_model, predict
 from jester_als.scale.data import write_split_parquet
 from jester_als.scale.render import plot, render_scale
 from jester_als.scale.runner import machine_memory_gb, run_worker
+from jester_als.scale.worker import WorkerSpec
 
 log = logging.getLogger("jester_als.scale")
 
@@ -56,7 +57,14 @@ def run_study(cfg: dict) -> dict:
                     continue
                 cheap = sizes["train_ratings"] <= scale["repeat_below_ratings"]
                 repeats = scale["repeats"] if cheap else 1
-                result = run_worker(engine, data_dir, cfg, repeats)
+                spec = WorkerSpec(engine=engine, data_dir=str(data_dir), rank=scale["rank"],
+                                  reg_param=scale["regParam"], max_iter=scale["maxIter"], repeats=repeats,
+                                  result_file=str(data_dir / f"{engine}-result.json"),
+                                  spark_driver_memory=scale["spark_driver_memory"],
+                                  dense_budget_mb=scale["numpy_dense_budget_mb"])
+                result = run_worker(spec, memory_budget_mb=scale["memory_budget_mb"],
+                                    time_budget_seconds=scale["time_budget_seconds"],
+                                    keep_log_in=Path(cfg["output"]["dir"]) / "worker-logs")
                 point["engines"][engine] = result
                 if not result["completed"]:
                     stopped[key] = result["limit"]

@@ -17,7 +17,7 @@ from jester_als.scale.data import read_ratings
 class WorkerSpec:
     """What one worker run is asked to do; written as JSON for the worker process to read."""
 
-    engine: str  # "numpy" or "spark"
+    engine: str  # "numpy", "spark" or "loop" (the seed notebook's per-user loop, bench only)
     data_dir: str  # holds train.parquet and test.parquet
     rank: int
     reg_param: float
@@ -26,6 +26,7 @@ class WorkerSpec:
     result_file: str  # where the worker writes {"seconds": [...], "rmse": ..., ...}
     spark_driver_memory: str = "4g"
     dense_budget_mb: float = 512.0
+    seed: int = 1
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self)))
@@ -38,44 +39,52 @@ class WorkerSpec:
 def run(spec: WorkerSpec) -> int:
     """Fit ``spec.engine`` ``spec.repeats`` times on the point's training ratings, score the test ratings,
     write the result file."""
-    engine, rank, reg, iters, repeats = spec.engine, spec.rank, spec.reg_param, spec.max_iter, spec.repeats
-    data_dir, out, dense_budget_mb = Path(spec.data_dir), spec.result_file, spec.dense_budget_mb
+    rank, reg, iters, repeats = spec.rank, spec.reg_param, spec.max_iter, spec.repeats
+    data_dir = Path(spec.data_dir)
     seconds = []
-    if engine == "numpy":
-        from jester_als.numpy_als import RatingMatrix, fit_numpy_als, rmse_mae
+    if spec.engine in ("numpy", "loop"):
+        from jester_als.numpy_als import RatingMatrix, fit_loop_als, fit_numpy_als, rmse_mae
 
+        started = time.perf_counter()
         train = RatingMatrix.from_ids(*read_ratings(data_dir / "train.parquet"))
+        load_seconds = time.perf_counter() - started
         for _ in range(repeats):
             started = time.perf_counter()
-            model = fit_numpy_als(train, rank=rank, reg_param=reg, max_iter=iters, seed=1,
-                                  dense_budget_mb=dense_budget_mb)
+            if spec.engine == "numpy":
+                model = fit_numpy_als(train, rank=rank, reg_param=reg, max_iter=iters, seed=spec.seed,
+                                      dense_budget_mb=spec.dense_budget_mb)
+            else:
+                model = fit_loop_als(train, rank=rank, reg_param=reg, max_iter=iters, seed=spec.seed)
             seconds.append(time.perf_counter() - started)
+        del train
         users, jokes, ratings = read_ratings(data_dir / "test.parquet")
-        score = {**rmse_mae(ratings, model.predict(users, jokes)), "path": model.layout}
+        score = {**rmse_mae(ratings, model.predict(users, jokes)), "path": model.layout,
+                 "load_seconds": load_seconds}
     else:
         from pyspark.sql import SparkSession
 
         from jester_als.session import als_blocks
         from jester_als.tune import fit_als, make_als, regression_metrics
 
-        memory = spec.spark_driver_memory
-        spark = (SparkSession.builder.master("local[*]").appName("jester-als-scale")
-                 .config("spark.driver.memory", memory).config("spark.ui.enabled", "false")
+        spark = (SparkSession.builder.master("local[*]").appName("jester-als-worker")
+                 .config("spark.driver.memory", spec.spark_driver_memory).config("spark.ui.enabled", "false")
                  .config("spark.sql.shuffle.partitions", str(os.cpu_count() or 2))
                  # inside the point's directory, which the study removes when it ends (also on failure)
                  .config("spark.checkpoint.dir", str(data_dir / "checkpoints"))
                  .config("spark.log.level", "ERROR").getOrCreate())
+        started = time.perf_counter()
         train = spark.read.parquet(str(data_dir / "train.parquet")).persist()
         train.count()
-        als = make_als(seed=1, blocks=als_blocks(spark, "auto"))
+        load_seconds = time.perf_counter() - started
+        als = make_als(seed=spec.seed, blocks=als_blocks(spark, "auto"))
         for _ in range(repeats):
             model, fit_seconds = fit_als(train, als, {"rank": rank, "regParam": reg, "maxIter": iters})
             seconds.append(fit_seconds)
         test = spark.read.parquet(str(data_dir / "test.parquet"))
         scores = regression_metrics(model.transform(test))
-        score = {"rmse": scores["rmse"], "mae": scores["mae"], "rows": scores["rows"]}
+        score = {"rmse": scores["rmse"], "mae": scores["mae"], "rows": scores["rows"], "load_seconds": load_seconds}
         spark.stop()
-    Path(out).write_text(json.dumps({"seconds": seconds, **score}))
+    Path(spec.result_file).write_text(json.dumps({"seconds": seconds, **score}))
     return 0
 
 
