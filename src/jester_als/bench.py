@@ -94,7 +94,7 @@ def run_bench(cfg: dict) -> dict:
             spec = WorkerSpec(engine=engine, data_dir=str(work), rank=bench["rank"], reg_param=bench["regParam"],
                               max_iter=bench["maxIter"], repeats=bench[repeats_key], seed=bench["seed"],
                               result_file=str(work / f"{engine}-result.json"), spark_driver_memory=f"{heap}m",
-                              dense_budget_mb=cfg["baseline"]["dense_budget_mb"])
+                              dense_budget_mb=bench["numpy_dense_budget_mb"])
             result = run_worker(spec, memory_budget_mb=bench["memory_budget_mb"],
                                 time_budget_seconds=bench["time_budget_seconds"], keep_log_in=out_dir)
             if not result["completed"]:

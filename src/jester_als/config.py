@@ -248,6 +248,8 @@ SCHEMA: dict[str, Any] = {
         "spark_driver_memory": Field(str, "auto", check=_memory_size,
                                      doc="Spark's driver heap: auto sizes it to the data, or e.g. 8g"),
         "work_dir": Field(str, None, nullable=True, doc="where the generated table goes (default: temp dir)"),
+        "numpy_dense_budget_mb": Field((int, float), 4096, check=_non_negative,
+                                       doc="largest dense users x jokes pattern + ratings NumPy ALS may build"),
         "target_numpy_seconds": Field((int, float), 0.35, check=_positive,
                 doc="target: NumPy fit at most this many seconds"),
         "target_speedup": Field((int, float), 15.0, check=_positive,

@@ -236,10 +236,11 @@ def block_rows(rank: int, rows: int, threads: int) -> int:
     return max(1, -(-rows // (rounds * threads)))
 
 
-def uses_dense_path(block: int, jokes: int, ratings: int, users: int, dense_budget_mb: float) -> bool:
-    """Dense BLAS products on each block when a block's users x jokes pattern and ratings (two float32 arrays)
-    fit ``dense_budget_mb`` and at least ``DENSE_MIN_DENSITY`` of all cells are rated; sparse otherwise."""
-    return block * jokes * 8 <= dense_budget_mb * 2**20 and ratings >= DENSE_MIN_DENSITY * users * jokes
+def uses_dense_path(users: int, jokes: int, ratings: int, dense_budget_mb: float) -> bool:
+    """Dense BLAS products when the users x jokes pattern and ratings (two float32 arrays, built once per fit)
+    fit ``dense_budget_mb`` and at least ``DENSE_MIN_DENSITY`` of the cells are rated; sparse otherwise."""
+    cells = users * jokes
+    return cells * 8 <= dense_budget_mb * 2**20 and ratings >= DENSE_MIN_DENSITY * cells
 
 
 def engine_threads() -> int:
@@ -270,7 +271,7 @@ class _Solver:
         n_users, n_jokes = data.shape
         self.block = block_rows(rank, n_users, threads)
         self.starts = list(range(0, n_users, self.block))
-        self.dense = uses_dense_path(self.block, n_jokes, data.nnz, n_users, dense_budget_mb)
+        self.dense = uses_dense_path(n_users, n_jokes, data.nnz, dense_budget_mb)
         self.tri_i, self.tri_j = np.triu_indices(rank)
         packed = np.zeros((rank, rank), dtype=np.intp)
         packed[self.tri_i, self.tri_j] = np.arange(len(self.tri_i))
@@ -407,8 +408,8 @@ def fit_numpy_als(data: RatingMatrix, *, rank: int, reg_param: float, max_iter: 
         Stop early when the training RMSE improves by less than this between iterations (it is then
         computed every iteration; without ``tol`` only at DEBUG log level).
     dense_budget_mb : float
-        Largest dense block (a block's users x jokes pattern and ratings, float32) to build; above it, or when
-        fewer than ``DENSE_MIN_DENSITY`` of the cells are rated, the products use sparse matrices.
+        Largest dense users x jokes pattern and ratings (two float32 arrays) to build; above it, or when fewer
+        than ``DENSE_MIN_DENSITY`` of the cells are rated, the products use the sparse ratings directly.
     threads : int, optional
         Worker threads (default: the cores this process may use).
     """

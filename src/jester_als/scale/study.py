@@ -57,12 +57,12 @@ def run_study(cfg: dict) -> dict:
                     continue
                 cheap = sizes["train_ratings"] <= scale["repeat_below_ratings"]
                 repeats = scale["repeats"] if cheap else 1
-                spec = WorkerSpec(engine=engine, data_dir=str(data_dir), rank=scale["rank"],
-                                  reg_param=scale["regParam"], max_iter=scale["maxIter"], repeats=repeats,
-                                  result_file=str(data_dir / f"{engine}-result.json"),
-                                  spark_driver_memory=scale["spark_driver_memory"],
-                                  dense_budget_mb=scale["numpy_dense_budget_mb"])
-                result = run_worker(spec, memory_budget_mb=scale["memory_budget_mb"],
+                worker = WorkerSpec(engine=engine, data_dir=str(data_dir), rank=scale["rank"],
+                                    reg_param=scale["regParam"], max_iter=scale["maxIter"], repeats=repeats,
+                                    result_file=str(data_dir / f"{engine}-result.json"),
+                                    spark_driver_memory=scale["spark_driver_memory"],
+                                    dense_budget_mb=scale["numpy_dense_budget_mb"])
+                result = run_worker(worker, memory_budget_mb=scale["memory_budget_mb"],
                                     time_budget_seconds=scale["time_budget_seconds"],
                                     keep_log_in=Path(cfg["output"]["dir"]) / "worker-logs")
                 point["engines"][engine] = result
