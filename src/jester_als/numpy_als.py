@@ -457,9 +457,10 @@ def fit_loop_als(data: RatingMatrix, *, rank: int, reg_param: float, max_iter: i
     """The seed notebook's algorithm, kept as a reference point for ``bench``: one ``np.linalg.solve`` per
     user and per joke in a Python loop (same objective, same initialization, hence the same result)."""
     n_users, n_jokes = data.shape
-    order_u = np.argsort(data.users, kind="stable")
+    user_of = data.users  # built on request: once, not per user
+    order_u = np.argsort(user_of, kind="stable")
     order_j = np.argsort(data.jokes, kind="stable")
-    u_bounds = np.searchsorted(data.users[order_u], np.arange(n_users + 1))
+    u_bounds = np.searchsorted(user_of[order_u], np.arange(n_users + 1))
     j_bounds = np.searchsorted(data.jokes[order_j], np.arange(n_jokes + 1))
     rng = np.random.default_rng(seed)
     users = _unit_random(rng, n_users, rank)
@@ -468,7 +469,7 @@ def fit_loop_als(data: RatingMatrix, *, rank: int, reg_param: float, max_iter: i
     for _ in range(max_iter):
         for j in range(n_jokes):
             rows = order_j[j_bounds[j]:j_bounds[j + 1]]
-            x = users[data.users[rows]]
+            x = users[user_of[rows]]
             jokes[j] = np.linalg.solve(x.T @ x + reg_param * max(len(rows), 1) * eye, x.T @ data.ratings[rows])
         for u in range(n_users):
             rows = order_u[u_bounds[u]:u_bounds[u + 1]]
