@@ -50,8 +50,26 @@ def test_metrics_hold_the_contract_keys(pipeline_run):
     assert abs(numpy_als["test_rmse"] - numpy_als["spark_test_rmse_same_rows"]) < 0.02 * numpy_als["test_rmse"]
     assert numpy_als["test_rmse"] < 0.5 * min(baselines["bias"]["test_rmse"], baselines["global_mean"]["test_rmse"])
     assert 0 < numpy_als["fit_seconds"] < metrics["run"]["wall_seconds"]
-    # 12 bytes a rating at least (two int32 ids and a float32) for the collected ratings
-    assert numpy_als["memory"]["collected_mb"] * 2**20 >= 12 * metrics["data"]["ratings"]
+    # 8 bytes a training rating at least (int32 joke, float32 rating) and 12 a test rating for what was collected;
+    # the driver's peak while collecting and fitting holds at least that
+    memory = numpy_als["memory"]
+    assert memory["collected_mb"] * 2**20 >= 8 * data["train_ratings"] + 12 * data["test_ratings"]
+    assert memory["driver_peak_mb"] >= memory["collected_mb"] + memory["factors_mb"]
+    assert numpy_als["collect_seconds"] + numpy_als["fit_seconds"] == pytest.approx(numpy_als["driver_seconds"])
+    # Predictions are clipped to the rating scale: the error can only shrink (every true rating is inside it)
+    clipping = spark_als["clipping"]
+    assert clipping["range"] == [-10.0, 10.0] and clipping["predictions_outside"] >= 0
+    assert spark_als["test_rmse"] <= clipping["test_rmse_unclipped"]
+    assert (spark_als["test_rmse"] < clipping["test_rmse_unclipped"]) == (clipping["predictions_outside"] > 0)
+    # Ranking: the model, and the references on the same users and jokes, with all four metrics
+    references = metrics["references"]
+    for name in ("random", "popularity"):
+        assert references[name]["users"] == spark_als["ranking"]["users"] > 0
+        assert set(references[name]) >= {"precision_at_k", "ndcg_at_k", "recall_at_k", "map_at_k"}
+        assert spark_als["ndcg_at_10"] > references[name]["ndcg_at_k"]
+    recommendations = metrics["recommendations"]
+    assert 0 < recommendations["jokes_recommended"] <= params.jokes
+    assert recommendations["catalogue_coverage"] == recommendations["jokes_recommended"] / params.jokes
     assert metrics["run"]["job"] == "pipeline"
     assert metrics["run"]["versions"]["spark"].startswith("4.")
 
@@ -64,6 +82,8 @@ def test_report_shows_the_results(pipeline_run):
     for engine in ("| Spark ALS |", "| NumPy ALS (driver) |", "| user + joke bias |", "| global mean |"):
         assert engine in report
     assert f"{metrics['spark_als']['test_rmse']:.4f}" in report
+    assert "| random order |" in report and "| joke popularity (mean training rating) |" in report
+    assert "collect + fit (s)" in report and "Catalogue coverage" in report
     assert report.count("| maxIter=8, rank=") == 2 and "best" in report
 
 
@@ -91,6 +111,9 @@ def test_ratings_model_and_recommendations_are_written(spark, pipeline_run):
     for row in ordered.limit(20).collect():
         scores = [s["score"] for s in row["s"]]
         assert scores == sorted(scores, reverse=True)
+    # scores are on the rating scale (clipped), as every prediction the job reports
+    bounds = recs.agg(F.min("score"), F.max("score")).first()
+    assert -10.0 <= bounds[0] <= bounds[1] <= 10.0
     assert not [p for p in os.listdir(out) if p.startswith(".staging")]
 
 

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from jester_als.tune import evaluate_model, fit_als, make_als, ranking_metrics, split_ratings, tune_als
+from jester_als.tune import (
+    evaluate_model,
+    fit_als,
+    make_als,
+    ranking_metrics,
+    reference_rankings,
+    split_ratings,
+    tune_als,
+)
 
 
 def test_split_is_over_ratings_deterministic_and_disjoint(small_ratings):
@@ -60,10 +68,17 @@ def test_tuning_recovers_planted_structure_and_reports_every_grid_point(spark, s
     predictions = model.transform(test)
     best_order = ranking_metrics(predictions.withColumn("prediction", F.col("rating")), k=5, threshold=3.0)
     worst_order = ranking_metrics(predictions.withColumn("prediction", -F.col("rating")), k=5, threshold=3.0)
-    for key in ("precision_at_k", "ndcg_at_k"):
+    # The references rank the same users' same jokes without a model: on a planted structure with no joke
+    # effects, popularity knows little more than a random order, and the model beats both.
+    references = reference_rankings(predictions, train, k=5, threshold=3.0, seed=42)
+    for key in ("precision_at_k", "ndcg_at_k", "recall_at_k", "map_at_k"):
         model_score = scores[key.replace("_k", "_5")]
-        print(key, worst_order[key], model_score, best_order[key])
+        print(key, worst_order[key], references["random"][key], references["popularity"][key], model_score,
+              best_order[key])
         assert model_score > worst_order[key] + 0.8 * (best_order[key] - worst_order[key])
+        assert model_score > references["popularity"][key] and model_score > references["random"][key]
+        assert worst_order[key] < references["random"][key] < best_order[key]
+    assert references["random"]["users"] == references["popularity"]["users"] == scores["ranking"]["users"]
     assert scores["test_rows_scored"] == test.count()
     assert 0 < seconds <= outer  # the reported fit time is the fit's, inside the call
     train.unpersist()

@@ -129,6 +129,8 @@ def compare_engines(spark, spark_model, ratings: DataFrame, cfg: dict, params: d
         "bias": bias_predict(sample.test_users, sample.test_jokes),
         "global_mean": np.full(sample.test_ratings.size, float(sample.train.ratings.mean(dtype=np.float64))),
     }
+    low, high = cfg["input"]["rating_range"]
+    predictions = {name: np.clip(p, low, high) for name, p in predictions.items()}  # the rating scale, for all
     # The same rows for every engine: those every engine can score (ALS drops cold starts).
     same = np.logical_and.reduce([~np.isnan(p) for p in predictions.values()])
     truth = sample.test_ratings[same]

@@ -212,7 +212,7 @@ SCHEMA: dict[str, Any] = {
                                     "point's)"),
     },
     "evaluate": {
-        "k": Field(int, 10, check=_positive, doc="cut-off for precision@k and NDCG@k"),
+        "k": Field(int, 10, check=_positive, doc="cut-off for precision@k, recall@k, MAP@k and NDCG@k"),
         "relevance_threshold": Field((int, float), 5.0, doc="ratings >= this count as relevant"),
     },
     "recommend": {

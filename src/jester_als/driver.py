@@ -46,7 +46,7 @@ def tune_numpy(train_df, test_df, cfg: dict, reason: str) -> tuple[dict, NumpyAL
     model = fit_numpy_als(RatingMatrix.from_ids(users, jokes, ratings), rank=params["rank"],
                           reg_param=params["regParam"], max_iter=params["maxIter"], seed=cfg["als"]["seed"])
     fit_seconds = time.perf_counter() - started
-    scores = rmse_mae(test_ratings, model.predict(test_users, test_jokes))
+    scores = rmse_mae(test_ratings, _clip(model.predict(test_users, test_jokes), cfg["input"]["rating_range"]))
     log.warning("Spark ALS not allowed here; tuned NumPy ALS on the driver instead: %s, test RMSE %.4f", params,
                 scores["rmse"])
     section = {"engine": "numpy (fallback)", "fallback_reason": reason, "best_params": best, "params": params,
@@ -56,8 +56,13 @@ def tune_numpy(train_df, test_df, cfg: dict, reason: str) -> tuple[dict, NumpyAL
     return section, model
 
 
-def recommend_numpy(spark, model: NumpyALSModel, rated_df, top_n: int):
-    """Top-N unrated jokes per user from NumPy factors, scored on the driver in blocks of users."""
+def _clip(values: np.ndarray, rating_range) -> np.ndarray:
+    return values if rating_range is None else np.clip(values, rating_range[0], rating_range[1])
+
+
+def recommend_numpy(spark, model: NumpyALSModel, rated_df, top_n: int, rating_range=None):
+    """Top-N unrated jokes per user from NumPy factors, scored on the driver in blocks of users; ranked by the
+    raw score, the written score clipped to ``rating_range`` as in ``recommend_unrated``."""
     import pyarrow as pa
 
     users, jokes, _ = collect_ratings(rated_df)
@@ -87,5 +92,5 @@ def recommend_numpy(spark, model: NumpyALSModel, rated_df, top_n: int):
     table = pa.table({"user": np.concatenate(out_user).astype(np.int32),
                       "rank": np.concatenate(out_rank).astype(np.int32),
                       "joke": np.concatenate(out_joke).astype(np.int32),
-                      "score": np.concatenate(out_score).astype(np.float64)})
+                      "score": _clip(np.concatenate(out_score).astype(np.float64), rating_range)})
     return spark.createDataFrame(table)

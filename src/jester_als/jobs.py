@@ -22,7 +22,7 @@ from jester_als.prepare import InputError, check_duplicates, content_hash, hex64
 from jester_als.recommend import recommend_unrated
 from jester_als.registry import JOBS as REGISTRY
 from jester_als.session import als_blocks, is_connect, master_of, try_persist, try_unpersist
-from jester_als.tune import evaluate_model, fit_als, make_als, split_ratings, tune_als
+from jester_als.tune import evaluate_model, fit_als, make_als, reference_rankings, split_ratings, tune_als
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,10 @@ def run_tune(spark: SparkSession, cfg: dict, out: RunOutputs,
             params["maxIter"] = tuning["refit_max_iter"]
         model, fit_seconds = fit_als(train, als, params)
         evaluation = evaluate_model(model, test, k=cfg["evaluate"]["k"],
-                                    threshold=cfg["evaluate"]["relevance_threshold"])
+                                    threshold=cfg["evaluate"]["relevance_threshold"],
+                                    rating_range=cfg["input"]["rating_range"])
+        references = reference_rankings(model.transform(test), train, k=cfg["evaluate"]["k"],
+                                        threshold=cfg["evaluate"]["relevance_threshold"], seed=split["seed"])
         model.write().overwrite().save(out.path("model"))
     finally:
         try_unpersist(train)
@@ -141,7 +144,7 @@ def run_tune(spark: SparkSession, cfg: dict, out: RunOutputs,
     sections = {"data": {"train_ratings": train_count, "test_ratings": test_count,
                          "split": {"test_fraction": split["test_fraction"], "seed": split["seed"],
                                    "method": "xxhash64(user, joke, seed)"}},
-                "spark_als": spark_als}
+                "spark_als": spark_als, "references": references}
     return sections, model, ratings
 
 
@@ -156,20 +159,24 @@ def run_recommend(spark: SparkSession, cfg: dict, out: RunOutputs, model=None,
             user_ids = spark.read.parquet(out.final_path("user_ids"))
     top_n = cfg["recommend"]["top_n"]
     if isinstance(model, NumpyALSModel):
-        recommendations = recommend_numpy(spark, model, ratings, top_n)
+        recommendations = recommend_numpy(spark, model, ratings, top_n, cfg["input"]["rating_range"])
     else:
-        recommendations = recommend_unrated(model, ratings, top_n)
+        recommendations = recommend_unrated(model, ratings, top_n, cfg["input"]["rating_range"])
     if user_ids is not None:
         recommendations = (recommendations.join(user_ids, on="user", how="inner")
                            .select(F.col("original_user").alias("user"), "rank", "joke", "score"))
     recommendations.write.mode("overwrite").parquet(out.path("recommendations"))
     written = spark.read.parquet(out.path("recommendations"))
-    row = written.agg(F.countDistinct("user").alias("users"), F.count(F.lit(1)).alias("rows")).first()
-    rating_users = ratings.select("user").distinct().count()
-    log.info("recommendations: top %d for %d users (%d users have no unrated joke left)", top_n, row["users"],
-             rating_users - row["users"])
+    row = written.agg(F.countDistinct("user").alias("users"), F.count(F.lit(1)).alias("rows"),
+                      F.countDistinct("joke").alias("jokes")).first()
+    known = ratings.agg(F.countDistinct("user").alias("users"), F.countDistinct("joke").alias("jokes")).first()
+    coverage = row["jokes"] / known["jokes"] if known["jokes"] else None
+    log.info("recommendations: top %d for %d users (%d users have no unrated joke left); %d of %d jokes "
+             "recommended to someone", top_n, row["users"], known["users"] - row["users"], row["jokes"],
+             known["jokes"])
     return {"recommendations": {"top_n": top_n, "users": row["users"], "rows": row["rows"],
-                                "users_without": rating_users - row["users"]}}
+                                "users_without": known["users"] - row["users"], "jokes_recommended": row["jokes"],
+                                "catalogue_coverage": coverage}}
 
 
 def load_model(out: RunOutputs):
@@ -228,7 +235,8 @@ def merge_sections(into: dict, new: dict) -> dict:
 
 # The sections of metrics.json each job's results make out of date: new data invalidates everything computed
 # from the old ratings; a new model invalidates what was computed from the old model.
-FROM_RATINGS = ("spark_als", "numpy_als", "baselines", "recommendations", "als_engine", "baseline_skipped")
+FROM_RATINGS = ("spark_als", "references", "numpy_als", "baselines", "recommendations", "als_engine",
+                "baseline_skipped")
 FROM_MODEL = ("numpy_als", "baselines", "recommendations", "baseline_skipped")
 
 

@@ -7,8 +7,11 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 
-def recommend_unrated(model: ALSModel, rated: DataFrame, top_n: int) -> DataFrame:
+def recommend_unrated(model: ALSModel, rated: DataFrame, top_n: int, rating_range=None) -> DataFrame:
     """``user``, ``rank`` (1 = best), ``joke``, ``score`` for every user in the model.
+
+    Jokes are ranked by the model's raw score; the ``score`` written is clipped to ``rating_range`` (the
+    rating scale), so two jokes both predicted above the top of the scale keep their order.
 
     ``rated`` holds every known rating (train and test): a joke the user rated is never recommended.
     ALS ranks all jokes for a user in its blocked top-k; asking for ``top_n`` plus the most any user has
@@ -22,6 +25,8 @@ def recommend_unrated(model: ALSModel, rated: DataFrame, top_n: int) -> DataFram
                   .select("user", F.col("r.joke").alias("joke"), F.col("r.rating").cast("double").alias("score")))
     unrated = candidates.join(rated.select("user", "joke"), on=["user", "joke"], how="left_anti")
     order = Window.partitionBy("user").orderBy(F.col("score").desc(), F.col("joke"))
-    return (unrated.withColumn("rank", F.row_number().over(order))
-            .where(F.col("rank") <= top_n)
-            .select("user", "rank", "joke", "score"))
+    ranked = unrated.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= top_n)
+    if rating_range is not None:
+        low, high = float(rating_range[0]), float(rating_range[1])
+        ranked = ranked.withColumn("score", F.least(F.greatest(F.col("score"), F.lit(low)), F.lit(high)))
+    return ranked.select("user", "rank", "joke", "score")

@@ -71,18 +71,33 @@ def render_report(metrics: dict) -> str:
                       [[_params(p["params"]), _num(p["validation_rmse"]),
                         "best" if all(spark["best_params"].get(k) == v for k, v in p["params"].items())
                         else ""] for p in spark["validation"]]), ""]
-        k = (spark.get("ranking") or {}).get("k")
-        if k:
-            out += [f"Ranking each user's held-out jokes by predicted rating (relevant: rating >= "
-                    f"{spark['ranking'].get('relevance_threshold')}): precision@{k} "
-                    f"{_num(spark.get(f'precision_at_{k}'))}, NDCG@{k} {_num(spark.get(f'ndcg_at_{k}'))} over "
-                    f"{_num(spark['ranking'].get('users'))} users.", ""]
+        out += ranking_section(metrics)
     recs = metrics.get("recommendations")
     if recs:
         out += ["## Recommendations", "",
                 f"Top {recs['top_n']} unrated jokes for {_num(recs['users'])} users in `recommendations/`; "
-                f"{_num(recs.get('users_without'))} users rated every joke and get none.", ""]
+                f"{_num(recs.get('users_without'))} users rated every joke and get none. Catalogue coverage: "
+                f"{_num(recs.get('jokes_recommended'))} distinct jokes recommended "
+                f"({_num(recs.get('catalogue_coverage'), 3)} of the jokes with ratings).", ""]
     return "\n".join(out)
+
+
+def ranking_section(metrics: dict) -> list[str]:
+    """The model's ranking metrics beside rankings without a model, on the same users and held-out jokes."""
+    spark = metrics.get("spark_als") or {}
+    ranking = spark.get("ranking") or {}
+    k = ranking.get("k")
+    if not k:
+        return []
+    references = metrics.get("references") or {}
+    keys = ("precision_at_k", "recall_at_k", "map_at_k", "ndcg_at_k")
+    rows = [["Spark ALS (chosen model)", *(_num(ranking.get(key)) for key in keys), _num(ranking.get("users"))]]
+    for name, label in (("popularity", "joke popularity (mean training rating)"), ("random", "random order")):
+        if references.get(name):
+            rows.append([label, *(_num(references[name].get(key)) for key in keys), _num(references[name]["users"])])
+    return [f"Ranking each user's held-out jokes (relevant: rating >= {ranking.get('relevance_threshold')}; "
+            f"Spark's RankingEvaluator definitions), against rankings that use no model:", "",
+            table(["ranking", f"precision@{k}", f"recall@{k}", f"MAP@{k}", f"NDCG@{k}", "users"], rows), ""]
 
 
 def engine_rows(metrics: dict) -> list[list]:

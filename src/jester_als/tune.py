@@ -158,12 +158,17 @@ def regression_metrics(predictions: DataFrame, *, label: str = "rating", predict
     return {"rmse": float(row["rmse"]), "mae": float(row["mae"]), "rows": int(row["rows"])}
 
 
+RANKING_METRICS = (("precisionAtK", "precision_at_k"), ("ndcgAtK", "ndcg_at_k"), ("recallAtK", "recall_at_k"),
+                   ("meanAveragePrecisionAtK", "map_at_k"))
+
+
 def ranking_metrics(predictions: DataFrame, *, k: int, threshold: float) -> dict:
-    """Precision@k and NDCG@k of ranking each user's held-out jokes by predicted rating.
+    """Precision@k, NDCG@k, recall@k and MAP@k of ranking each user's held-out jokes by ``prediction``.
 
     Relevant jokes are the user's held-out ratings >= ``threshold``; only held-out jokes are ranked because
     the relevance of a joke the user never rated is unknown. Users with no relevant held-out joke are
-    left out (their precision is undefined). Uses Spark's ``RankingEvaluator`` definitions.
+    left out (their precision is undefined). Ties in ``prediction`` are broken by joke id. Uses Spark's
+    ``RankingEvaluator`` definitions.
     """
     by_score = Window.partitionBy("user").orderBy(F.col("prediction").desc(), F.col("joke"))
     by_rating = Window.partitionBy("user").orderBy(F.col("rating").desc(), F.col("joke"))
@@ -177,22 +182,54 @@ def ranking_metrics(predictions: DataFrame, *, k: int, threshold: float) -> dict
             F.when(F.col("rating") >= threshold, F.struct("label_pos", F.col("joke").cast("double").alias("j"))))),
             lambda s: s["j"]).alias("relevant_jokes"),
     ).where(F.size("relevant_jokes") > 0)
-    users = per_user.count()
-    if users == 0:
-        return {"precision_at_k": None, "ndcg_at_k": None, "k": k, "users": 0}
-    result = {"k": k, "users": users, "relevance_threshold": threshold}
-    for metric, key in (("precisionAtK", "precision_at_k"), ("ndcgAtK", "ndcg_at_k")):
-        evaluator = RankingEvaluator(predictionCol="ranked_jokes", labelCol="relevant_jokes",
-                                     metricName=metric, k=k)
-        result[key] = float(evaluator.evaluate(per_user))
-    return result
+    per_user = try_persist(per_user, "the per-user rankings")
+    try:
+        users = per_user.count()
+        if users == 0:
+            return {**{key: None for _, key in RANKING_METRICS}, "k": k, "users": 0}
+        result = {"k": k, "users": users, "relevance_threshold": threshold}
+        for metric, key in RANKING_METRICS:
+            evaluator = RankingEvaluator(predictionCol="ranked_jokes", labelCol="relevant_jokes",
+                                         metricName=metric, k=k)
+            result[key] = float(evaluator.evaluate(per_user))
+        return result
+    finally:
+        try_unpersist(per_user)
 
 
-def evaluate_model(model: ALSModel, test: DataFrame, *, k: int, threshold: float) -> dict:
-    """Score the held-out ratings: RMSE, MAE, precision@k, NDCG@k, and how many test rows were scored."""
+def reference_rankings(scored: DataFrame, train: DataFrame, *, k: int, threshold: float, seed: int) -> dict:
+    """What ranking the same users' same held-out jokes without a model scores, with the same definitions:
+    ``random`` (a seeded hash of user and joke: the same order on every run and partitioning) and
+    ``popularity`` (the joke's mean training rating, for everyone). ``scored`` holds the rows the model
+    scored (user, joke, rating), so the references rank exactly the model's rows."""
+    rows = scored.select("user", "joke", "rating")
+    random_order = rows.withColumn("prediction", F.xxhash64("user", "joke", F.lit(seed)).cast("double"))
+    joke_means = train.groupBy("joke").agg(F.avg("rating").alias("prediction"))
+    popularity = rows.join(joke_means, on="joke", how="left").fillna({"prediction": float("-inf")})
+    return {"random": ranking_metrics(random_order, k=k, threshold=threshold),
+            "popularity": ranking_metrics(popularity, k=k, threshold=threshold)}
+
+
+def clipped(column, rating_range) -> F.Column:
+    """A prediction column clipped to the rating scale [low, high]."""
+    low, high = float(rating_range[0]), float(rating_range[1])
+    return F.least(F.greatest(column, F.lit(low)), F.lit(high))
+
+
+def evaluate_model(model: ALSModel, test: DataFrame, *, k: int, threshold: float, rating_range=None) -> dict:
+    """Score the held-out ratings: RMSE and MAE of the predictions clipped to ``rating_range`` (and of the raw
+    ones, to show what clipping changed), precision@k, NDCG@k, recall@k, MAP@k, and how many test rows were
+    scored."""
     predictions = model.transform(test)  # coldStartStrategy=drop removes unseen users and jokes
-    scores = regression_metrics(predictions)
+    raw = regression_metrics(predictions)
+    result = {"test_rmse": raw["rmse"], "test_mae": raw["mae"], "test_rows_scored": raw["rows"]}
+    if rating_range is not None:
+        low, high = float(rating_range[0]), float(rating_range[1])
+        scores = regression_metrics(predictions.withColumn("prediction", clipped(F.col("prediction"), rating_range)))
+        outside = predictions.where((F.col("prediction") < low) | (F.col("prediction") > high)).count()
+        result.update(test_rmse=scores["rmse"], test_mae=scores["mae"],
+                      clipping={"range": [low, high], "predictions_outside": outside,
+                                "test_rmse_unclipped": raw["rmse"], "test_mae_unclipped": raw["mae"]})
     ranking = ranking_metrics(predictions, k=k, threshold=threshold)
-    return {"test_rmse": scores["rmse"], "test_mae": scores["mae"], "test_rows_scored": scores["rows"],
-            f"precision_at_{k}": ranking["precision_at_k"], f"ndcg_at_{k}": ranking["ndcg_at_k"],
+    return {**result, **{f"{key.removesuffix('_k')}_{k}": ranking[key] for _, key in RANKING_METRICS},
             "ranking": ranking}

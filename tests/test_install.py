@@ -1,0 +1,49 @@
+"""The wheel as a user installs it: into a fresh environment, with only the `spark` extra (no test tools), the
+jobs that import pyarrow, psutil, scipy and threadpoolctl must run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+from test_everywhere import SMALL_RUN
+
+pytestmark = pytest.mark.cluster  # minutes: a venv, a pip install, three Spark jobs
+
+
+def _run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, **kwargs)
+    assert result.returncode == 0, f"{' '.join(command)} exited {result.returncode}:\n{result.stderr[-3000:]}"
+    return result
+
+
+def test_wheel_with_only_the_spark_extra_runs_scale_help_and_baseline(tmp_path, small_table):
+    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path / "dist"), str(ROOT)])
+    wheel = next((tmp_path / "dist").glob("jester_als-*.whl"))
+    venv = tmp_path / "venv"
+    _run([sys.executable, "-m", "venv", str(venv)])
+    _run([str(venv / "bin" / "pip"), "install", "--quiet", f"{wheel}[spark]"])
+    installed = _run([str(venv / "bin" / "pip"), "list", "--format=json"]).stdout
+    names = {p["name"].lower() for p in json.loads(installed)}
+    assert {"pyspark", "pyarrow", "psutil", "scipy", "threadpoolctl"} <= names
+    assert not names & {"pytest", "chispa", "matplotlib", "ruff"}  # nothing of the test extra came along
+
+    cli = str(venv / "bin" / "jester-als")
+    assert "scaling study" in _run([cli, "scale", "--help"]).stdout + _run([cli, "--help"]).stdout
+    path, _ = small_table
+    out = tmp_path / "out"
+    common = ["--set", f"input.path={path}", "--set", f"output.dir={out}", "--master", "local[2]", *SMALL_RUN]
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "SPARK_LOCAL_IP": "127.0.0.1", "HOME": str(tmp_path),
+           "PYSPARK_PYTHON": str(venv / "bin" / "python")}
+    for job in ("prepare", "tune", "baseline"):
+        _run([cli, job, *common], env=env, cwd=tmp_path)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["numpy_als"]["test_rmse"] < 1.5 * metrics["numpy_als"]["spark_test_rmse_same_rows"]
+    assert metrics["numpy_als"]["memory"]["driver_peak_mb"] > metrics["numpy_als"]["memory"]["collected_mb"]
+    assert Path(out / "report.md").exists()
