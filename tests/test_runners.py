@@ -162,3 +162,11 @@ def test_checkpoint_dirs_the_job_creates_are_removed_on_success_and_failure(smal
                             capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert failed.returncode == 1
     assert not list(scratch.glob("jester-als-checkpoint-*"))
+
+
+def test_version_is_the_package_version(capsys):
+    import jester_als
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"jester-als {jester_als.__version__}" == \
+        f"jester-als {metadata.version('jester-als')}"

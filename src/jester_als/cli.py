@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 
+from jester_als import __version__
 from jester_als.config import ConfigError, load_config
 from jester_als.errors import JobError
 from jester_als.registry import JOBS, check_needs
@@ -30,6 +31,7 @@ log = logging.getLogger("jester_als")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jester-als", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"jester-als {__version__}")
     jobs = parser.add_subparsers(dest="job", metavar="JOB", required=True)
     for name, job in JOBS.items():
         sub = jobs.add_parser(name, help=job.help, description=job.help)
@@ -74,12 +76,15 @@ def _summary(job: str, metrics: dict, seconds: float) -> str:
     if numpy_als and baselines and job in ("baseline", "pipeline"):
         lines.append(f"  same {numpy_als['rows']:,} held-out ratings of {numpy_als['sample_users']:,} sampled users: "
                      f"test RMSE Spark ALS {numpy_als['spark_test_rmse_same_rows']:.4f} | NumPy ALS "
-                     f"{numpy_als['test_rmse']:.4f} (fit {numpy_als['fit_seconds']:.2f} s) | user+joke bias "
+                     f"{numpy_als['test_rmse']:.4f} (collect {numpy_als['collect_seconds']:.1f} s + fit "
+                     f"{numpy_als['fit_seconds']:.2f} s on the driver) | user+joke bias "
                      f"{baselines['bias']['test_rmse']:.4f} | global mean {baselines['global_mean']['test_rmse']:.4f}")
     recs = metrics.get("recommendations")
     if recs and job in ("recommend", "pipeline"):
         lines.append(f"  recommendations: top {recs['top_n']} for {recs['users']:,} users")
-    lines.append(f"  outputs: {metrics.get('run', {}).get('output_dir', '')}")
+    output_dir = metrics.get("run", {}).get("output_dir", "")
+    lines.append(f"  outputs: {output_dir}")
+    lines.append(f"  report: {output_dir.rstrip('/')}/report.md")
     return "\n".join(lines)
 
 
