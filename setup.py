@@ -16,6 +16,9 @@ setup(
     long_description_content_type="text/markdown",
     package_dir={"": "src"},
     packages=find_packages("src"),
+    # src/jester_als/conf links to the repository's conf/: the YAML configs ship in the wheel, so `--conf bench`
+    # (or a path that does not exist here, like conf/bench.yaml) finds the packaged default after pip install.
+    package_data={"jester_als": ["conf/*.yaml"]},
     python_requires=">=3.10",
     # Clusters and Databricks bring their own Spark: pyspark is an extra, never a hard requirement.
     install_requires=[

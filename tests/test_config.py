@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from conftest import ROOT
 from jester_als.cli import main
 from jester_als.config import ConfigError, load_config, parse_override
 
@@ -141,3 +144,14 @@ def test_readme_config_table_is_generated_from_the_schema():
     block = readme.split(README_TABLE_START, 1)[1].split(README_TABLE_END, 1)[0].strip()
     assert block == config_table(), "README's config table is stale: python -m jester_als.config --readme README.md"
     assert "| `tune.refit_max_iter` | integer | `20` |" in block  # what a reader looks up, e.g.
+
+
+def test_packaged_configs_are_found_by_name_from_anywhere(tmp_path, monkeypatch):
+    from jester_als.config import packaged_configs, resolve_conf_path
+
+    monkeypatch.chdir(tmp_path)  # no conf/ here: a user's directory after pip install
+    assert set(packaged_configs()) == {"local", "bench", "scale", "databricks"}
+    for name in ("bench", "conf/bench.yaml", "bench.yaml"):
+        assert Path(resolve_conf_path(name)).read_text() == (ROOT / "conf" / "bench.yaml").read_text()
+    with pytest.raises(ConfigError, match="packaged configs: bench, databricks, local, scale"):
+        resolve_conf_path("conf/nope.yaml")

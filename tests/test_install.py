@@ -43,6 +43,10 @@ def test_wheel_with_only_the_spark_extra_runs_scale_help_and_baseline(tmp_path, 
            "PYSPARK_PYTHON": str(venv / "bin" / "python")}
     for job in ("prepare", "tune", "baseline"):
         _run([cli, job, *common], env=env, cwd=tmp_path)
+    # no conf/ in the user's directory: the packaged default of that name is read
+    generated = _run([cli, "generate", "--conf", "conf/local.yaml", "--set", "generate.users=50",
+                      "--set", f"generate.path={tmp_path / 'g.csv'}"], env=env, cwd=tmp_path)
+    assert "wrote" in generated.stdout and (tmp_path / "g.csv").exists()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["numpy_als"]["test_rmse"] < 1.5 * metrics["numpy_als"]["spark_test_rmse_same_rows"]
     assert metrics["numpy_als"]["memory"]["driver_peak_mb"] > metrics["numpy_als"]["memory"]["collected_mb"]

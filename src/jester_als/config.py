@@ -492,15 +492,32 @@ def _attribute(problem: str, overrides: list[str]) -> str:
     return problem
 
 
+def packaged_configs() -> dict[str, str]:
+    """The YAML configs shipped inside the package (the repository's ``conf/``), by name: local, bench, ..."""
+    from importlib import resources
+
+    folder = resources.files("jester_als").joinpath("conf")
+    if not folder.is_dir():
+        return {}
+    return {entry.name.removesuffix(".yaml"): str(entry) for entry in folder.iterdir()
+            if entry.name.endswith(".yaml")}
+
+
 def resolve_conf_path(path: str) -> str:
-    """Find a config file; under spark-submit cluster mode a file shipped with ``--files`` sits in the
-    driver's working directory under its base name."""
+    """Find a config file: the path itself; under spark-submit cluster mode, a file shipped with ``--files``
+    in the driver's working directory under its base name; else a packaged default named like the file
+    (``--conf bench`` or ``--conf conf/bench.yaml`` after ``pip install``)."""
     if os.path.exists(path):
         return path
     shipped = os.path.basename(path)
     if os.path.exists(shipped):
         return shipped
-    raise ConfigError([f"config file {path!r} does not exist (also looked for {shipped!r} in {os.getcwd()})"])
+    packaged = packaged_configs()
+    name = shipped.removesuffix(".yaml")
+    if name in packaged:
+        return packaged[name]
+    raise ConfigError([f"config file {path!r} does not exist (also looked for {shipped!r} in {os.getcwd()}); "
+                       f"packaged configs: {', '.join(sorted(packaged)) or 'none'}"])
 
 
 def load_config(path: str | None, overrides: Iterable[str] = (), *, base: dict | None = None) -> dict:
