@@ -170,3 +170,19 @@ def test_version_is_the_package_version(capsys):
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"jester-als {jester_als.__version__}" == \
         f"jester-als {metadata.version('jester-als')}"
+
+
+def test_check_job_validates_config_and_header_without_running_anything(spark, small_table, tmp_path, capsys):
+    path, params = small_table
+    out = tmp_path / "out"
+    assert main(["check", "--set", f"input.path={path}", "--set", f"output.dir={out}"]) == 0
+    said = capsys.readouterr().out
+    assert f"jokes {params.jokes}" in said and "is valid" in said
+    assert not out.exists()  # nothing written
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("User,1,two,3\n1,2.5,3.0,4.0\n")
+    assert main(["check", "--set", f"input.path={bad}", "--set", f"output.dir={out}"]) == 1
+    assert "joke column(s) ['two'] are not integer joke ids" in capsys.readouterr().err
+    assert main(["check", "--set", f"input.path={bad}", "--set", "split.test_fraction=2"]) == 2
+    assert "split.test_fraction" in capsys.readouterr().err

@@ -31,13 +31,18 @@ from jester_als.scale.worker import WorkerSpec
 log = logging.getLogger(__name__)
 
 # Spark ALS's driver heap in local mode, per training rating: the persisted ratings, ALS's in/out blocks for
-# users and items, and the shuffle of both between iterations. Measured with `jester-als scale` on this
-# project's tables: 145 M training ratings fitted in a 14 GB heap, 58 M did not fit in 4 GB.
-SPARK_HEAP_BYTES_PER_RATING = 100
+# users and items, and the shuffle of both between iterations. Measured with this project's tables: 145 M
+# training ratings fitted in a 14 GB heap (the least that fits: about 100 bytes a rating), 58 M did not fit in
+# 4 GB; and a heap that just fits is slow: 58 M ratings took 350 s for 20 iterations in a 6.4 GB heap (100
+# bytes a rating) against about 140 s in 14 GB. So Spark gets 250 bytes a rating when the budget allows it,
+# never less than 4 GB, and a size is refused only when even the 100 bytes a rating it needs do not fit.
+SPARK_HEAP_NEED_BYTES_PER_RATING = 100
+SPARK_HEAP_GIVE_BYTES_PER_RATING = 250
 SPARK_HEAP_BASE_MB = 1024
-SPARK_HEAP_MIN_MB = 2048
+SPARK_HEAP_MIN_MB = 4096
 # The JVM's resident memory beyond its heap (metaspace, threads, Netty buffers) and the Python driver's.
-SPARK_PROCESS_OVERHEAD_MB = 1536
+SPARK_PROCESS_OVERHEAD_MB = 2048
+
 
 ENGINES = (("numpy_als", "numpy", "numpy_repeats"), ("seed_loop", "loop", "loop_repeats"),
            ("spark_als", "spark", "spark_repeats"))
@@ -51,28 +56,36 @@ class BenchEngineFailed(JobError):
     """An engine's worker process did not complete (budget exceeded, out of memory, error)."""
 
 
-def spark_heap_mb(train_ratings: int, setting: str) -> int:
-    """The heap for Spark's fit: ``bench.spark_driver_memory`` if set (e.g. "8g"), else sized to the data."""
+def _heap_mb(train_ratings: int, bytes_per_rating: int) -> int:
+    return max(SPARK_HEAP_MIN_MB, SPARK_HEAP_BASE_MB + -(-train_ratings * bytes_per_rating // 2**20))
+
+
+def spark_heap_mb(train_ratings: int, bench: dict) -> int:
+    """The heap for Spark's fit: ``bench.spark_driver_memory`` if set (e.g. "8g"), else sized to the data
+    within ``bench.memory_budget_mb``; BenchTooLargeError when Spark's need does not fit the budget."""
+    setting, budget = bench["spark_driver_memory"], bench["memory_budget_mb"]
     if setting != "auto":
         number, unit = setting[:-1], setting[-1].lower()
         return int(float(number) * {"g": 1024, "m": 1}[unit])
-    return max(SPARK_HEAP_MIN_MB, SPARK_HEAP_BASE_MB + -(-train_ratings * SPARK_HEAP_BYTES_PER_RATING // 2**20))
-
-
-def check_fits(bench: dict, params: GeneratorParams) -> int:
-    """Spark's heap for the expected table, or BenchTooLargeError before anything is generated."""
-    expected_train = int(params.users * min(params.mean_ratings, params.jokes) * (1 - bench["test_fraction"]))
-    heap = spark_heap_mb(expected_train, bench["spark_driver_memory"])
-    need = heap + SPARK_PROCESS_OVERHEAD_MB
-    if bench["spark_repeats"] and need > bench["memory_budget_mb"]:
+    need = _heap_mb(train_ratings, SPARK_HEAP_NEED_BYTES_PER_RATING)
+    if need + SPARK_PROCESS_OVERHEAD_MB > budget:
         raise BenchTooLargeError(
-            f"bench.users={params.users:,} gives about {expected_train:,} training ratings; Spark ALS needs about "
-            f"{heap:,} MB of driver heap for them ({SPARK_HEAP_BYTES_PER_RATING} bytes a rating) plus "
-            f"{SPARK_PROCESS_OVERHEAD_MB:,} MB beside it, above bench.memory_budget_mb={bench['memory_budget_mb']:,}. "
-            f"Lower bench.users, raise bench.memory_budget_mb if the machine has the memory, set "
+            f"bench.users={bench['users']:,} gives about {train_ratings:,} training ratings; Spark ALS needs about "
+            f"{need:,} MB of driver heap for them ({SPARK_HEAP_NEED_BYTES_PER_RATING} bytes a rating) plus "
+            f"{SPARK_PROCESS_OVERHEAD_MB:,} MB beside it, above bench.memory_budget_mb={budget:,}. Lower "
+            f"bench.users, raise bench.memory_budget_mb if the machine has the memory, set "
             f"bench.spark_driver_memory (e.g. 12g) to try a smaller heap, or bench.spark_repeats=0 to time "
             f"NumPy alone")
-    return heap
+    return min(_heap_mb(train_ratings, SPARK_HEAP_GIVE_BYTES_PER_RATING), budget - SPARK_PROCESS_OVERHEAD_MB)
+
+
+def check_fits(bench: dict, params: GeneratorParams) -> int | None:
+    """Spark's heap for the expected table (None when Spark does not run), or BenchTooLargeError before
+    anything is generated."""
+    if not bench["spark_repeats"]:
+        return None
+    expected_train = int(params.users * min(params.mean_ratings, params.jokes) * (1 - bench["test_fraction"]))
+    return spark_heap_mb(expected_train, bench)
 
 
 def run_bench(cfg: dict) -> dict:
@@ -93,7 +106,8 @@ def run_bench(cfg: dict) -> dict:
                 continue
             spec = WorkerSpec(engine=engine, data_dir=str(work), rank=bench["rank"], reg_param=bench["regParam"],
                               max_iter=bench["maxIter"], repeats=bench[repeats_key], seed=bench["seed"],
-                              result_file=str(work / f"{engine}-result.json"), spark_driver_memory=f"{heap}m",
+                              result_file=str(work / f"{engine}-result.json"),
+                              spark_driver_memory=f"{heap or SPARK_HEAP_MIN_MB}m",
                               dense_budget_mb=bench["numpy_dense_budget_mb"])
             result = run_worker(spec, memory_budget_mb=bench["memory_budget_mb"],
                                 time_budget_seconds=bench["time_budget_seconds"], keep_log_in=out_dir)

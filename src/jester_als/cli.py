@@ -171,6 +171,13 @@ def _run_spark_job(args, cfg: dict, started: float) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main_thread else None
     try:
+        if args.job == "check":
+            from jester_als.prepare import check_input
+
+            found = check_input(spark, cfg["input"])
+            print(f"jester-als check: config {cfg.get('_source') or '(built-in defaults)'} is valid; "
+                  + ", ".join(f"{k} {v}" for k, v in found.items()))
+            return 0
         metrics = run_spark_job(spark, cfg, args.job, on_start=current.append)
         metrics.setdefault("run", {})["output_dir"] = cfg["output"]["dir"]
         print(_summary(args.job, metrics, time.perf_counter() - started))

@@ -297,6 +297,22 @@ def check_unique_users(table: DataFrame, user_column: str, source: str) -> None:
                          f"(column {user_column!r})")
 
 
+def check_input(spark: SparkSession, inp: dict) -> dict:
+    """What ``prepare`` checks before reading any row: the input exists and its header has the user column and
+    integer joke ids (wide), the three columns (long), or any columns (the original Jester layout). Spark reads
+    the header and nothing else; raises InputError like ``prepare``."""
+    source = input_name(inp)
+    table = read_table(spark, inp)
+    header = [c for c in table.columns if c != MALFORMED]
+    result = {"input": source, "layout": inp["layout"], "columns": len(header)}
+    if inp["layout"] == "wide":
+        jokes = joke_columns(header, inp["user_column"], inp["drop_columns"], source)
+        result.update(jokes=len(jokes), joke_ids=[min(j for _, j in jokes), max(j for _, j in jokes)])
+    elif inp["layout"] == "long":
+        long_cells(table, inp["long_columns"], source)
+    return result
+
+
 def ratings_cells(spark: SparkSession, inp: dict) -> tuple[DataFrame, str, dict]:
     """Read the configured input; return its cells (wide melted or long), the input's name and fingerprint."""
     source = input_name(inp)

@@ -20,6 +20,8 @@ class Job:
 
 
 JOBS: dict[str, Job] = {job.name: job for job in (
+    Job("check", "validate the config and the input's header, with no Spark work beyond reading the header; "
+                 "exit 0 (fine), 1 (input problem) or 2 (config problem)"),
     Job("generate", "write a synthetic Jester-shaped wide CSV with a planted structure (no Spark)", spark=False),
     Job("prepare", "read the Jester table, melt it to (user, joke, rating), write ratings/ and rejected/",
         outputs=("ratings", "rejected", "user_ids")),
