@@ -186,3 +186,45 @@ def test_check_job_validates_config_and_header_without_running_anything(spark, s
     assert "joke column(s) ['two'] are not integer joke ids" in capsys.readouterr().err
     assert main(["check", "--set", f"input.path={bad}", "--set", "split.test_fraction=2"]) == 2
     assert "split.test_fraction" in capsys.readouterr().err
+
+
+def test_progress_logs_the_step_a_heartbeat_and_the_end():
+    import logging
+    import time
+
+    from jester_als.progress import step
+
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = logging.getLogger("jester_als.progress")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with step(2, 4, "tune: 9 grid points", heartbeat=0.05):
+            deadline = time.monotonic() + 30
+            while sum("so far" in r for r in records) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+    finally:
+        logger.removeHandler(handler)
+    assert records[0] == "step 2/4: tune: 9 grid points"
+    assert sum(r.startswith("step 2/4: tune: 9 grid points, ") and r.endswith(" s so far") for r in records) >= 2
+    assert records[-1].startswith("step 2/4: tune: 9 grid points done in ")
+
+
+def test_job_logging_leaves_the_hosts_root_logger_alone(tmp_path, capsys):
+    import logging
+
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.name)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        assert main(["generate", "--set", "generate.users=30", "--set", f"generate.path={tmp_path / 'g.csv'}",
+                     "--set", "log_level=DEBUG"]) == 0
+    finally:
+        root.removeHandler(handler)
+    assert not [name for name in seen if name.startswith("jester_als")]
+    assert "INFO jester_als: generate: 30 users x 100 jokes" in capsys.readouterr().err  # the job's own lines
+    assert logging.getLogger().level == logging.WARNING  # the host's level, untouched

@@ -51,9 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("py4j").setLevel(logging.WARNING)
+    """The job's own lines on stderr: the ``jester_als`` logger gets a handler, the root logger is left alone,
+    so a host that configured logging already (a notebook, the Databricks driver) keeps its own setup and
+    shows the job's lines without anything else's being turned up."""
+    logger = logging.getLogger("jester_als")
+    logger.setLevel(getattr(logging, level))
+    if not any(getattr(h, "_jester_als", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        handler._jester_als = True
+        logger.addHandler(handler)
+    logger.propagate = False
 
 
 def _summary(job: str, metrics: dict, seconds: float) -> str:
@@ -113,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.job == "generate":
         from jester_als.generate import GeneratorParams, write_wide_csv
 
-        stats = write_wide_csv(GeneratorParams.from_config(cfg["generate"]), cfg["generate"]["path"])
+        params = GeneratorParams.from_config(cfg["generate"])
+        log.info("generate: %d users x %d jokes (seed %d) into %s", params.users, params.jokes, params.seed,
+                 cfg["generate"]["path"])
+        stats = write_wide_csv(params, cfg["generate"]["path"])
         print(f"jester-als generate: wrote {stats['path']} in {time.perf_counter() - started:.1f} s")
         print("  " + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()}))
         return 0

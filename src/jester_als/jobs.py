@@ -18,7 +18,8 @@ from jester_als.driver import recommend_numpy, tune_numpy
 from jester_als.fallback import WAYS_OUT, AlsNotAllowedError, is_not_allowed, not_allowed_reason
 from jester_als.numpy_als import NumpyALSModel
 from jester_als.outputs import RunOutputs, now_iso
-from jester_als.prepare import InputError, check_duplicates, content_hash, hex64, prepare_ratings
+from jester_als.prepare import InputError, check_duplicates, content_hash, hex64, input_name, prepare_ratings
+from jester_als.progress import step
 from jester_als.recommend import recommend_unrated
 from jester_als.registry import JOBS as REGISTRY
 from jester_als.session import als_blocks, is_connect, master_of, try_persist, try_unpersist
@@ -214,12 +215,19 @@ def run_baseline(spark: SparkSession, cfg: dict, out: RunOutputs, model: ALSMode
 
 
 def run_pipeline(spark: SparkSession, cfg: dict, out: RunOutputs) -> dict:
-    sections, ratings, user_ids = run_prepare(spark, cfg, out)
-    tuned, model, ratings = run_tune(spark, cfg, out, ratings)
+    grid_points = 1
+    for values in cfg["tune"]["grid"].values():
+        grid_points *= len(values)
+    with step(1, 4, f"prepare: read and melt {input_name(cfg['input'])}"):
+        sections, ratings, user_ids = run_prepare(spark, cfg, out)
+    with step(2, 4, f"tune: {grid_points} grid points, then the final fit"):
+        tuned, model, ratings = run_tune(spark, cfg, out, ratings)
     merge_sections(sections, tuned)
     spark_params = tuned.get("spark_als", {}).get("model_params")
-    merge_sections(sections, run_baseline(spark, cfg, out, model, ratings, spark_params))
-    merge_sections(sections, run_recommend(spark, cfg, out, model, ratings, user_ids))
+    with step(3, 4, "baseline: NumPy ALS and baselines on the driver"):
+        merge_sections(sections, run_baseline(spark, cfg, out, model, ratings, spark_params))
+    with step(4, 4, f"recommend: top {cfg['recommend']['top_n']} per user"):
+        merge_sections(sections, run_recommend(spark, cfg, out, model, ratings, user_ids))
     return sections
 
 
@@ -296,7 +304,11 @@ def run_spark_job(spark: SparkSession, cfg: dict, job: str, on_start=None) -> di
         on_start(out)
     started, clock = now_iso(), time.perf_counter()
     try:
-        sections = JOBS[job](spark, cfg, out)
+        if job == "pipeline":
+            sections = JOBS[job](spark, cfg, out)
+        else:
+            with step(1, 1, job):
+                sections = JOBS[job](spark, cfg, out)
         manifest = run_manifest(spark, cfg, job, out, started, time.perf_counter() - clock)
 
         def update(previous: dict) -> tuple[dict, str]:
