@@ -44,6 +44,7 @@ SPARK_HEAP_MIN_MB = 4096
 SPARK_PROCESS_OVERHEAD_MB = 2048
 
 
+JESTER_USERS = 24_983
 ENGINES = (("numpy_als", "numpy", "numpy_repeats"), ("seed_loop", "loop", "loop_repeats"),
            ("spark_als", "spark", "spark_repeats"))
 
@@ -144,9 +145,11 @@ def run_bench(cfg: dict) -> dict:
                     "spark_over_numpy_at_least": bench["target_speedup"]},
     }
     speedup = result["speedup_vs_numpy"].get("spark_als")
-    result["targets"]["met"] = bool(numpy_median is not None and speedup is not None
-                                    and numpy_median <= bench["target_numpy_seconds"]
-                                    and speedup >= bench["target_speedup"])
+    at_jester_size = (gen.users, gen.jokes, bench["maxIter"]) == (JESTER_USERS, 100, 20)
+    result["targets"]["applies"] = at_jester_size  # the targets are stated for the Jester-sized default run
+    result["targets"]["met"] = (bool(numpy_median is not None and speedup is not None
+                                     and numpy_median <= bench["target_numpy_seconds"]
+                                     and speedup >= bench["target_speedup"]) if at_jester_size else None)
     return result
 
 
@@ -180,8 +183,10 @@ def render_bench(result: dict) -> str:
         f"peak = that process tree's largest resident memory, including the ratings it read.", "",
         table(["engine", "median fit (s)", "runs", "time / NumPy's", "peak (MB)", "bytes / training rating",
                "test RMSE", "test MAE"], rows), "",
-        f"Targets: NumPy fit <= {targets['numpy_fit_at_most_seconds']} s and Spark/NumPy >= "
-        f"{targets['spark_over_numpy_at_least']}x: {'met' if targets['met'] else 'NOT met'}.", ""])
+        (f"Targets at Jester size: NumPy fit <= {targets['numpy_fit_at_most_seconds']} s and Spark/NumPy >= "
+         f"{targets['spark_over_numpy_at_least']}x: {'met' if targets['met'] else 'NOT met'}."
+         if targets.get("applies") else "The targets are stated for the Jester-sized default run (24,983 users, "
+                                        "100 jokes, 20 iterations); not judged at this size."), ""])
 
 
 def bench_job(cfg: dict) -> dict:
