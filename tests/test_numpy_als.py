@@ -8,7 +8,14 @@ import pytest
 from conftest import small_params
 from jester_als.baseline import fit_bias_model
 from jester_als.generate import generate_chunks
-from jester_als.numpy_als import RatingMatrix, batched_cholesky_solve, fit_loop_als, fit_numpy_als, rmse_mae
+from jester_als.numpy_als import (
+    RatingMatrix,
+    batched_cholesky_solve,
+    fit_loop_als,
+    fit_numpy_als,
+    rmse_mae,
+    solve_jokes_given_users,
+)
 
 
 def long_arrays(params):
@@ -40,14 +47,24 @@ def test_each_factor_is_the_regularized_least_squares_solution(dense_budget_mb):
     data = RatingMatrix.from_ids(users, jokes, values)
     reg, rank = 0.2, 3
     model = fit_numpy_als(data, rank=rank, reg_param=reg, max_iter=4, seed=5, dense_budget_mb=dense_budget_mb)
+    user_of = data.users
     for u in range(data.shape[0]):
-        rows = data.users == u
+        rows = user_of == u
         y = model.joke_factors[data.jokes[rows]]
         n_u = rows.sum()
         system = np.vstack([y, np.sqrt(reg * n_u) * np.eye(rank)])
         target = np.concatenate([data.ratings[rows], np.zeros(rank)])
         direct = np.linalg.lstsq(system, target, rcond=None)[0]
         assert np.allclose(model.user_factors[u], direct, atol=1e-4), f"user {data.user_ids[u]}"
+    # The joke side: a joke half-step for the final user factors, against a direct solve per joke.
+    jokes_now = solve_jokes_given_users(data, model.user_factors, reg, dense_budget_mb=dense_budget_mb)
+    user_of = data.users
+    for j in range(data.shape[1]):
+        rows = data.jokes == j
+        x = model.user_factors[user_of[rows]]
+        system = np.vstack([x, np.sqrt(reg * rows.sum()) * np.eye(rank)])
+        direct = np.linalg.lstsq(system, np.concatenate([data.ratings[rows], np.zeros(rank)]), rcond=None)[0]
+        assert np.allclose(jokes_now[j], direct, atol=1e-4), f"joke {data.joke_ids[j]}"
 
 
 def test_vectorized_engine_equals_the_seed_loop_algorithm():

@@ -150,8 +150,8 @@ def test_new_data_or_a_new_model_drops_the_sections_computed_from_the_old(spark,
     write_wide_csv(small_params(seed=99), str(other))
     assert main(["prepare", *common, "--set", f"input.path={other}"]) == 0  # other data
     after_prepare = metrics()
-    assert not {"spark_als", "recommendations"} & set(after_prepare)
-    assert set(after_prepare["stale_sections_dropped"]) == {"spark_als", "recommendations"}
+    assert not {"spark_als", "references", "recommendations"} & set(after_prepare)
+    assert set(after_prepare["stale_sections_dropped"]) == {"spark_als", "references", "recommendations"}
     assert "train_ratings" not in after_prepare["data"]  # counts of the old split went with the old data
     assert after_prepare["data"]["source"].endswith("other.csv")
 

@@ -50,6 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a line is logged (a host or a test may replace it between
+    runs in one process), not to the stream it was when the handler was made."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def _setup_logging(level: str) -> None:
     """The job's own lines on stderr: the ``jester_als`` logger gets a handler, the root logger is left alone,
     so a host that configured logging already (a notebook, the Databricks driver) keeps its own setup and
@@ -57,7 +70,7 @@ def _setup_logging(level: str) -> None:
     logger = logging.getLogger("jester_als")
     logger.setLevel(getattr(logging, level))
     if not any(getattr(h, "_jester_als", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         handler._jester_als = True
         logger.addHandler(handler)

@@ -453,6 +453,16 @@ def solve_users_given_jokes(data: RatingMatrix, joke_factors: np.ndarray, reg_pa
         return solver.solve_users(pool, np.asarray(joke_factors, dtype=np.float64), reg_param)
 
 
+def solve_jokes_given_users(data: RatingMatrix, user_factors: np.ndarray, reg_param: float, *,
+                            dense_budget_mb: float = DEFAULT_DENSE_BUDGET_MB) -> np.ndarray:
+    """One joke half-step: every joke's factor that minimizes Spark's objective for these user factors (rows in
+    ``data.user_ids`` order); the first thing each iteration does."""
+    threads = engine_threads()
+    solver = _Solver(data, user_factors.shape[1], dense_budget_mb, threads)
+    with _blas_limited(threads), ThreadPoolExecutor(threads) as pool:
+        return solver.solve_jokes(pool, np.asarray(user_factors, dtype=np.float64), reg_param)
+
+
 def fit_loop_als(data: RatingMatrix, *, rank: int, reg_param: float, max_iter: int, seed: int = 0) -> NumpyALSModel:
     """The seed notebook's algorithm, kept as a reference point for ``bench``: one ``np.linalg.solve`` per
     user and per joke in a Python loop (same objective, same initialization, hence the same result)."""
