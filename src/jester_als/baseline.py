@@ -12,7 +12,7 @@ import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from jester_als.hashsplit import SPLIT_BUCKETS
+from jester_als.hashsplit import SPLIT_BUCKETS, test_threshold
 from jester_als.numpy_als import RatingMatrix, arrow_ratings, fit_numpy_als, positions, rmse_mae
 from jester_als.peakmem import PeakRSS
 from jester_als.tune import is_test_rating
@@ -29,7 +29,7 @@ def sample_users(ratings: DataFrame, *, max_users: int | None, fraction: float |
     users = ratings.select("user").distinct().withColumn(
         "user_hash", F.pmod(F.xxhash64("user", F.lit(seed)), F.lit(SPLIT_BUCKETS)))
     if fraction is not None and fraction < 1.0:
-        users = users.where(F.col("user_hash") < F.lit(int(round(fraction * SPLIT_BUCKETS))))
+        users = users.where(F.col("user_hash") < F.lit(test_threshold(fraction)))
     if max_users is not None:
         users = users.orderBy("user_hash", "user").limit(max_users)
     return users.select("user")

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -442,25 +441,28 @@ def fit_numpy_als(data: RatingMatrix, *, rank: int, reg_param: float, max_iter: 
     return NumpyALSModel(users, jokes, data.user_ids, data.joke_ids, history, iterations, solver.layout)
 
 
+def _one_half_step(data: RatingMatrix, given: np.ndarray, reg_param: float, dense_budget_mb: float,
+                   side: str) -> np.ndarray:
+    threads = engine_threads()
+    solver = _Solver(data, given.shape[1], dense_budget_mb, threads)
+    solve = solver.solve_users if side == "users" else solver.solve_jokes
+    with _blas_limited(threads), ThreadPoolExecutor(threads) as pool:
+        return solve(pool, np.asarray(given, dtype=np.float64), reg_param)
+
+
 def solve_users_given_jokes(data: RatingMatrix, joke_factors: np.ndarray, reg_param: float, *,
                             dense_budget_mb: float = DEFAULT_DENSE_BUDGET_MB) -> np.ndarray:
     """One user half-step: every user's factor that minimizes Spark's objective for these joke factors (rows
     in ``data.joke_ids`` order). The last thing each Spark ALS iteration does, so it recovers a Spark model's
     user factors from its item factors."""
-    threads = engine_threads()
-    solver = _Solver(data, joke_factors.shape[1], dense_budget_mb, threads)
-    with _blas_limited(threads), ThreadPoolExecutor(threads) as pool:
-        return solver.solve_users(pool, np.asarray(joke_factors, dtype=np.float64), reg_param)
+    return _one_half_step(data, joke_factors, reg_param, dense_budget_mb, "users")
 
 
 def solve_jokes_given_users(data: RatingMatrix, user_factors: np.ndarray, reg_param: float, *,
                             dense_budget_mb: float = DEFAULT_DENSE_BUDGET_MB) -> np.ndarray:
     """One joke half-step: every joke's factor that minimizes Spark's objective for these user factors (rows in
     ``data.user_ids`` order); the first thing each iteration does."""
-    threads = engine_threads()
-    solver = _Solver(data, user_factors.shape[1], dense_budget_mb, threads)
-    with _blas_limited(threads), ThreadPoolExecutor(threads) as pool:
-        return solver.solve_jokes(pool, np.asarray(user_factors, dtype=np.float64), reg_param)
+    return _one_half_step(data, user_factors, reg_param, dense_budget_mb, "jokes")
 
 
 def fit_loop_als(data: RatingMatrix, *, rank: int, reg_param: float, max_iter: int, seed: int = 0) -> NumpyALSModel:
@@ -495,9 +497,3 @@ def rmse_mae(actual: np.ndarray, predicted: np.ndarray) -> dict:
     if err.size == 0:
         return {"rmse": None, "mae": None, "rows": 0}
     return {"rmse": float(np.sqrt(np.mean(err ** 2))), "mae": float(np.mean(np.abs(err))), "rows": int(err.size)}
-
-
-def timed_fit(data: RatingMatrix, **params) -> tuple[NumpyALSModel, float]:
-    started = time.perf_counter()
-    model = fit_numpy_als(data, **params)
-    return model, time.perf_counter() - started

@@ -6,6 +6,8 @@ from pyspark.ml.recommendation import ALSModel
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from jester_als.tune import clipped
+
 
 def recommend_unrated(model: ALSModel, rated: DataFrame, top_n: int, rating_range=None) -> DataFrame:
     """``user``, ``rank`` (1 = best), ``joke``, ``score`` for every user in the model.
@@ -27,6 +29,5 @@ def recommend_unrated(model: ALSModel, rated: DataFrame, top_n: int, rating_rang
     order = Window.partitionBy("user").orderBy(F.col("score").desc(), F.col("joke"))
     ranked = unrated.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= top_n)
     if rating_range is not None:
-        low, high = float(rating_range[0]), float(rating_range[1])
-        ranked = ranked.withColumn("score", F.least(F.greatest(F.col("score"), F.lit(low)), F.lit(high)))
+        ranked = ranked.withColumn("score", clipped(F.col("score"), rating_range))
     return ranked.select("user", "rank", "joke", "score")

@@ -145,17 +145,27 @@ def fit_als(train: DataFrame, als: ALS, params: dict) -> tuple[ALSModel, float]:
     return model, time.perf_counter() - started
 
 
-def regression_metrics(predictions: DataFrame, *, label: str = "rating", prediction: str = "prediction") -> dict:
-    """RMSE and MAE of predictions against held-out ratings, in one pass."""
-    row = predictions.agg(
-        F.sqrt(F.avg(F.pow(F.col(prediction) - F.col(label), 2))).alias("rmse"),
-        F.avg(F.abs(F.col(prediction) - F.col(label))).alias("mae"),
-        F.count(F.lit(1)).alias("rows"),
-    ).first()
+def regression_metrics(predictions: DataFrame, *, label: str = "rating", prediction: str = "prediction",
+                       rating_range=None) -> dict:
+    """RMSE and MAE of predictions against held-out ratings, in one pass. With ``rating_range``, ``rmse`` and
+    ``mae`` are of the predictions clipped to it, and the same pass adds the raw ones (``raw_rmse``,
+    ``raw_mae``) and how many predictions fell outside the scale (``outside``)."""
+    raw_error = F.col(prediction) - F.col(label)
+    error = raw_error if rating_range is None else clipped(F.col(prediction), rating_range) - F.col(label)
+    columns = [F.sqrt(F.avg(error * error)).alias("rmse"), F.avg(F.abs(error)).alias("mae"),
+               F.count(F.lit(1)).alias("rows")]
+    if rating_range is not None:
+        low, high = float(rating_range[0]), float(rating_range[1])
+        columns += [F.sqrt(F.avg(raw_error * raw_error)).alias("raw_rmse"), F.avg(F.abs(raw_error)).alias("raw_mae"),
+                    F.count(F.when((F.col(prediction) < low) | (F.col(prediction) > high), 1)).alias("outside")]
+    row = predictions.agg(*columns).first()
     if not row["rows"]:
         raise ValueError("no predictions to evaluate: every test rating belongs to a user or joke unseen in "
                          "training")
-    return {"rmse": float(row["rmse"]), "mae": float(row["mae"]), "rows": int(row["rows"])}
+    result = {"rmse": float(row["rmse"]), "mae": float(row["mae"]), "rows": int(row["rows"])}
+    if rating_range is not None:
+        result.update(raw_rmse=float(row["raw_rmse"]), raw_mae=float(row["raw_mae"]), outside=int(row["outside"]))
+    return result
 
 
 RANKING_METRICS = (("precisionAtK", "precision_at_k"), ("ndcgAtK", "ndcg_at_k"), ("recallAtK", "recall_at_k"),
@@ -221,15 +231,12 @@ def evaluate_model(model: ALSModel, test: DataFrame, *, k: int, threshold: float
     ones, to show what clipping changed), precision@k, NDCG@k, recall@k, MAP@k, and how many test rows were
     scored."""
     predictions = model.transform(test)  # coldStartStrategy=drop removes unseen users and jokes
-    raw = regression_metrics(predictions)
-    result = {"test_rmse": raw["rmse"], "test_mae": raw["mae"], "test_rows_scored": raw["rows"]}
+    scores = regression_metrics(predictions, rating_range=rating_range)
+    result = {"test_rmse": scores["rmse"], "test_mae": scores["mae"], "test_rows_scored": scores["rows"]}
     if rating_range is not None:
-        low, high = float(rating_range[0]), float(rating_range[1])
-        scores = regression_metrics(predictions.withColumn("prediction", clipped(F.col("prediction"), rating_range)))
-        outside = predictions.where((F.col("prediction") < low) | (F.col("prediction") > high)).count()
-        result.update(test_rmse=scores["rmse"], test_mae=scores["mae"],
-                      clipping={"range": [low, high], "predictions_outside": outside,
-                                "test_rmse_unclipped": raw["rmse"], "test_mae_unclipped": raw["mae"]})
+        result["clipping"] = {"range": [float(rating_range[0]), float(rating_range[1])],
+                              "predictions_outside": scores["outside"], "test_rmse_unclipped": scores["raw_rmse"],
+                              "test_mae_unclipped": scores["raw_mae"]}
     ranking = ranking_metrics(predictions, k=k, threshold=threshold)
     return {**result, **{f"{key.removesuffix('_k')}_{k}": ranking[key] for _, key in RANKING_METRICS},
             "ranking": ranking}
