@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from conftest import small_params
-from jester_als.baseline import fit_bias_model
 from jester_als.generate import generate_chunks
 from jester_als.numpy_als import (
     RatingMatrix,
     batched_cholesky_solve,
+    fit_biases,
     fit_loop_als,
     fit_numpy_als,
     rmse_mae,
@@ -104,10 +104,62 @@ def test_cold_start_predictions_are_nan():
 def test_bias_baseline_beats_global_mean_on_planted_effects():
     params = small_params(users=800, rank=1, factor_scale=0.0, user_bias=2.0, joke_bias=1.5, noise=1.0)
     train, (tu, tj, tv) = split(*long_arrays(params))
-    predict = fit_bias_model(train, reg=5.0)
-    bias = rmse_mae(tv, predict(tu, tj))["rmse"]
+    bias = rmse_mae(tv, fit_biases(train, reg=5.0).predict(tu, tj))["rmse"]
     global_mean = rmse_mae(tv, np.full(tv.size, train.ratings.mean()))["rmse"]
     assert bias < 1.15 * params.noise < global_mean
+
+
+def test_biased_als_recovers_planted_offsets_and_beats_plain_als_on_them(tmp_path):
+    """Strong user and joke effects on top of a rank-2 structure: the biased model's offsets track the planted
+    ones, its factors are the plain objective's solution on the residuals, and it beats plain ALS of the same
+    rank, which has to spend factors on the offsets."""
+    from jester_als.numpy_als import NumpyALSModel, residuals
+
+    params = small_params(users=1500, jokes=60, rank=2, factor_scale=2.0, user_bias=3.0, joke_bias=2.5,
+                          noise=1.0, min_ratings=15, mean_ratings=30)
+    train, (tu, tj, tv) = split(*long_arrays(params))
+    fit = dict(rank=2, reg_param=0.1, max_iter=15, seed=3)
+    biased = fit_numpy_als(train, biases=True, bias_reg=5.0, **fit)
+    plain = fit_numpy_als(train, **fit)
+    biased_rmse = rmse_mae(tv, biased.predict(tu, tj))["rmse"]
+    plain_rmse = rmse_mae(tv, plain.predict(tu, tj))["rmse"]
+    # Measured: 1.25 against 2.12 (the planted noise is 1.0; clipping to [-10, 10] adds the rest).
+    assert biased_rmse < plain_rmse - 0.5, (biased_rmse, plain_rmse)
+    assert biased_rmse < 1.35 * params.noise
+    # The joke offsets follow the jokes' mean residual rating: ranked the same way, nearly.
+    offsets = biased.biases
+    joke_means = np.bincount(train.jokes, train.ratings, train.shape[1]) / train.joke_counts
+    assert np.corrcoef(offsets.joke, joke_means)[0, 1] > 0.95
+    # The factors are plain ALS on the residuals: the same seed on the residual matrix gives the same factors.
+    again = fit_numpy_als(residuals(train, offsets), **fit)
+    np.testing.assert_allclose(again.user_factors, biased.user_factors, atol=1e-6)
+    # Saved and loaded, the offsets come back with the factors.
+    biased.save(str(tmp_path / "model"))
+    loaded = NumpyALSModel.load(str(tmp_path / "model"))
+    np.testing.assert_array_equal(loaded.predict(tu, tj), biased.predict(tu, tj))
+
+
+def test_bias_fit_is_the_alternating_closed_form_on_its_own_ratings():
+    """Each offset is the regularized mean of what the other offsets leave; computed here per joke and per user
+    with a Python loop over the final offsets (one more pass moves nothing beyond 1e-6)."""
+    users, jokes, values = long_arrays(small_params(users=120, jokes=12, min_ratings=4, mean_ratings=8,
+                                                    gauge_jokes=2, user_bias=2.0, joke_bias=2.0))
+    data = RatingMatrix.from_ids(users, jokes, values)
+    reg = 3.0
+    b = fit_biases(data, reg=reg, passes=60)
+    user_of = data.users
+    for j in range(data.shape[1]):
+        rows = data.jokes == j
+        expected = (data.ratings[rows] - b.mean - b.user[user_of[rows]]).sum() / (reg + rows.sum())
+        assert abs(b.joke[j] - expected) < 1e-6
+    for u in range(data.shape[0]):
+        rows = user_of == u
+        expected = (data.ratings[rows] - b.mean - b.joke[data.jokes[rows]]).sum() / (reg + rows.sum())
+        assert abs(b.user[u] - expected) < 1e-6
+    # Ten passes (the engines' number) are within 5e-3 of the converged offsets even on this small table of
+    # 8 ratings a user, which converges slowly (measured 1.5e-3).
+    ten = fit_biases(data, reg=reg)
+    assert np.abs(ten.user - b.user).max() < 5e-3 and np.abs(ten.joke - b.joke).max() < 5e-3
 
 
 def test_model_saves_loads_and_refuses_non_finite_factors(tmp_path):

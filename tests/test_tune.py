@@ -51,7 +51,7 @@ def test_tuning_recovers_planted_structure_and_reports_every_grid_point(spark, s
         (1, 0.05), (1, 0.5), (3, 0.05), (3, 0.5)}
     assert all(p["validation_rmse"] > 0 for p in result.validation)
     best = min(result.validation, key=lambda p: p["validation_rmse"])
-    assert result.best_params == {**best["params"]}
+    assert result.best_params == {**best["params"], "biases": False}
     assert result.best_params["rank"] == 3  # the planted rank beats rank 1
 
     outer = time.perf_counter()

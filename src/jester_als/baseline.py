@@ -13,7 +13,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from jester_als.hashsplit import SPLIT_BUCKETS, test_threshold
-from jester_als.numpy_als import RatingMatrix, arrow_ratings, fit_numpy_als, positions, rmse_mae
+from jester_als.numpy_als import RatingMatrix, arrow_ratings, fit_biases, fit_numpy_als, rmse_mae
 from jester_als.peakmem import PeakRSS
 from jester_als.tune import is_test_rating
 
@@ -65,29 +65,6 @@ def collect_sample(ratings: DataFrame, *, test_fraction: float, split_seed: int,
                            time.perf_counter() - started)
 
 
-def fit_bias_model(train: RatingMatrix, *, reg: float, iterations: int = 10):
-    """Regularized user + joke effects around the global mean, by alternating closed-form updates:
-    b_j = sum(r - mu - b_u) / (reg + n_j), then b_u likewise. Returns a predict(users, jokes) function."""
-    mu = float(train.ratings.mean(dtype=np.float64))
-    n_users, n_jokes = train.shape
-    user_counts = train.user_counts
-    joke_counts = train.joke_counts
-    users = train.users
-    user_bias = np.zeros(n_users)
-    joke_bias = np.zeros(n_jokes)
-    residual_base = train.ratings.astype(np.float64) - mu
-    for _ in range(iterations):
-        joke_bias = np.bincount(train.jokes, residual_base - user_bias[users], n_jokes) / (reg + joke_counts)
-        user_bias = np.bincount(users, residual_base - joke_bias[train.jokes], n_users) / (reg + user_counts)
-
-    def predict(users: np.ndarray, jokes: np.ndarray) -> np.ndarray:
-        u, u_known = positions(train.user_ids, users)
-        j, j_known = positions(train.joke_ids, jokes)
-        return mu + np.where(u_known, user_bias[u], 0.0) + np.where(j_known, joke_bias[j], 0.0)
-
-    return predict
-
-
 def spark_predictions(model, spark, users: np.ndarray, jokes: np.ndarray) -> np.ndarray:
     """The Spark model's predictions for exactly these (user, joke) rows, in order (NaN = cold start)."""
     import pyarrow as pa
@@ -105,7 +82,8 @@ def compare_engines(spark, spark_model, ratings: DataFrame, cfg: dict, params: d
     """Collect the sample, fit NumPy ALS and the baselines, score everything on the same held-out rows."""
     base = cfg["baseline"]
     numpy_params = {"rank": int(params["rank"]), "reg_param": float(params["regParam"]),
-                    "max_iter": int(params["maxIter"])}
+                    "max_iter": int(params["maxIter"]), "biases": bool(params.get("biases", False)),
+                    "bias_reg": float(cfg["als"]["bias_reg"])}
     with PeakRSS() as driver_memory:  # what the driver pays for NumPy ALS: the collected sample and the fit
         sample = collect_sample(ratings, test_fraction=cfg["split"]["test_fraction"],
                                 split_seed=cfg["split"]["seed"], max_users=base["max_users"],
@@ -120,13 +98,13 @@ def compare_engines(spark, spark_model, ratings: DataFrame, cfg: dict, params: d
                                     dense_budget_mb=base["dense_budget_mb"], **numpy_params)
         numpy_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    bias_predict = fit_bias_model(sample.train, reg=base["bias_reg"])
+    bias_model = fit_biases(sample.train, reg=base["bias_reg"])
     bias_seconds = time.perf_counter() - started
 
     predictions = {
         "numpy_als": numpy_model.predict(sample.test_users, sample.test_jokes),
         "spark_als": spark_predictions(spark_model, spark, sample.test_users, sample.test_jokes),
-        "bias": bias_predict(sample.test_users, sample.test_jokes),
+        "bias": bias_model.predict(sample.test_users, sample.test_jokes),
         "global_mean": np.full(sample.test_ratings.size, float(sample.train.ratings.mean(dtype=np.float64))),
     }
     low, high = cfg["input"]["rating_range"]
@@ -141,7 +119,7 @@ def compare_engines(spark, spark_model, ratings: DataFrame, cfg: dict, params: d
         "sample_test_ratings": int(sample.test_ratings.size),
         "rows": int(same.sum()),
         "params": {"rank": numpy_params["rank"], "regParam": numpy_params["reg_param"],
-                   "maxIter": numpy_params["max_iter"]},
+                   "maxIter": numpy_params["max_iter"], "biases": numpy_params["biases"]},
         "iterations": numpy_model.iterations,
         "test_rmse": scores["numpy_als"]["rmse"], "test_mae": scores["numpy_als"]["mae"],
         "fit_seconds": numpy_seconds,

@@ -31,6 +31,7 @@ ALS_GRID_PARAMS = {
     "numItemBlocks": int,
     "checkpointInterval": int,
     "blockSize": int,
+    "biases": bool,  # not Spark's: the biased model (jester_als.biased) or the plain one
 }
 
 
@@ -196,6 +197,10 @@ SCHEMA: dict[str, Any] = {
         "checkpoint_interval": Field(int, 10, check=_positive,
                 doc="ALS checkpoints every this many iterations (needs a checkpoint dir)"),
         "nonnegative": Field(bool, False, doc="ALS non-negative factors"),
+        "biases": Field(bool, False, doc="fit mu + user and joke offsets first, ALS on the residuals "
+                                         "(a grid's biases list overrides it)"),
+        "bias_reg": Field((int, float), 10.0, check=_non_negative,
+                          doc="regularization of the biased model's offsets (added to each rating count)"),
         "seed": Field(int, 42, doc="seeds ALS's initialization"),
         "fallback": Field(str, "none", choices=("none", "numpy"),
                           doc="when the platform refuses Spark ALS: stop (none) or use NumPy ALS on the driver"),

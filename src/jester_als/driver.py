@@ -23,28 +23,32 @@ def tune_numpy(train_df, test_df, cfg: dict, reason: str) -> tuple[dict, NumpyAL
     """The same grid, train ratio and seeds as the Spark tuning, fitted with NumPy ALS on the driver."""
     tuning = cfg["tune"]
     grid = tuning["grid"]
-    ignored = sorted(set(grid) - {"rank", "regParam", "maxIter"})
+    ignored = sorted(set(grid) - {"rank", "regParam", "maxIter", "biases"})
     if ignored:
         log.warning("NumPy fallback ignores grid params it does not have: %s", ignored)
     users, jokes, ratings = collect_ratings(train_df)
     test_users, test_jokes, test_ratings = collect_ratings(test_df)
     inner_train = np.random.default_rng(tuning["seed"]).random(ratings.size) < tuning["train_ratio"]
     fit_part = RatingMatrix.from_ids(users[inner_train], jokes[inner_train], ratings[inner_train])
-    names = ("maxIter", "rank", "regParam")
-    values = [grid.get(name, [default]) for name, default in zip(names, (10, 10, 0.1))]
+    names = ("biases", "maxIter", "rank", "regParam")
+    defaults = (cfg["als"]["biases"], 10, 10, 0.1)
+    values = [grid.get(name, [default]) for name, default in zip(names, defaults)]
+    bias_reg = cfg["als"]["bias_reg"]
     validation = []
     started = time.perf_counter()
-    for max_iter, rank, reg in itertools.product(*values):
-        model = fit_numpy_als(fit_part, rank=rank, reg_param=reg, max_iter=max_iter, seed=cfg["als"]["seed"])
+    for biases, max_iter, rank, reg in itertools.product(*values):
+        model = fit_numpy_als(fit_part, rank=rank, reg_param=reg, max_iter=max_iter, seed=cfg["als"]["seed"],
+                              biases=bool(biases), bias_reg=bias_reg)
         score = rmse_mae(ratings[~inner_train], model.predict(users[~inner_train], jokes[~inner_train]))
-        validation.append({"params": {"maxIter": max_iter, "rank": rank, "regParam": reg},
+        validation.append({"params": {"biases": bool(biases), "maxIter": max_iter, "rank": rank, "regParam": reg},
                            "validation_rmse": score["rmse"]})
     tune_seconds = time.perf_counter() - started
     best = dict(min(validation, key=lambda p: p["validation_rmse"])["params"])
     params = dict(best, maxIter=tuning["refit_max_iter"] or best["maxIter"])
     started = time.perf_counter()
     model = fit_numpy_als(RatingMatrix.from_ids(users, jokes, ratings), rank=params["rank"],
-                          reg_param=params["regParam"], max_iter=params["maxIter"], seed=cfg["als"]["seed"])
+                          reg_param=params["regParam"], max_iter=params["maxIter"], seed=cfg["als"]["seed"],
+                          biases=params["biases"], bias_reg=bias_reg)
     fit_seconds = time.perf_counter() - started
     scores = rmse_mae(test_ratings, _clip(model.predict(test_users, test_jokes), cfg["input"]["rating_range"]))
     log.warning("Spark ALS not allowed here; tuned NumPy ALS on the driver instead: %s, test RMSE %.4f", params,
@@ -78,6 +82,8 @@ def recommend_numpy(spark, model: NumpyALSModel, rated_df, top_n: int, rating_ra
     for start in range(0, len(model.user_ids), block):
         stop = min(start + block, len(model.user_ids))
         scores = model.user_factors[start:stop] @ model.joke_factors.T
+        if model.biases is not None:  # fitted on the same ratings: the same user and joke positions
+            scores += model.biases.mean + model.biases.user[start:stop, None] + model.biases.joke[None, :]
         rows = order[bounds[start]:bounds[stop]]
         scores[u[rows] - start, j[rows]] = -np.inf  # never recommend a rated joke
         top = np.argsort(-scores, axis=1, kind="stable")[:, :n]

@@ -14,6 +14,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jester_als import __version__
+from jester_als.biased import BiasedALSModel
 from jester_als.driver import recommend_numpy, tune_numpy
 from jester_als.fallback import WAYS_OUT, AlsNotAllowedError, is_not_allowed, not_allowed_reason
 from jester_als.numpy_als import NumpyALSModel
@@ -115,25 +116,30 @@ def run_tune(spark: SparkSession, cfg: dict, out: RunOutputs,
         tuning = cfg["tune"]
         log.info("tuning ALS on %d training ratings (%d held out), %d user and item blocks",
                  train_count, test_count, blocks)
+        bias_reg = cfg["als"]["bias_reg"]
         result = tune_als(train, als, tuning["grid"], train_ratio=tuning["train_ratio"],
-                          parallelism=tuning["parallelism"], seed=tuning["seed"])
+                          parallelism=tuning["parallelism"], seed=tuning["seed"], biases=cfg["als"]["biases"],
+                          bias_reg=bias_reg)
         params = dict(result.best_params)
         if tuning["refit_max_iter"]:
             params["maxIter"] = tuning["refit_max_iter"]
-        model, fit_seconds = fit_als(train, als, params)
+        model, fit_seconds = fit_als(train, als, params, bias_reg=bias_reg)
         evaluation = evaluate_model(model, test, k=cfg["evaluate"]["k"],
                                     threshold=cfg["evaluate"]["relevance_threshold"],
                                     rating_range=cfg["input"]["rating_range"])
         references = reference_rankings(model.transform(test), train, k=cfg["evaluate"]["k"],
                                         threshold=cfg["evaluate"]["relevance_threshold"], seed=split["seed"])
-        model.write().overwrite().save(out.path("model"))
+        save_model(model, out.path("model"))
     finally:
         try_unpersist(train)
         try_unpersist(test)
     spark_als = {
         "best_params": result.best_params,
         "model_params": params,
+        "biases": bool(params.get("biases")),
+        "bias_reg": bias_reg if params.get("biases") else None,
         "validation": result.validation,
+        "tune_method": result.method,
         "tune_seconds": result.tune_seconds,
         "train_ratio": tuning["train_ratio"],
         "fit_seconds": fit_seconds,
@@ -153,7 +159,7 @@ def run_recommend(spark: SparkSession, cfg: dict, out: RunOutputs, model=None,
                   ratings: DataFrame | None = None, user_ids: DataFrame | None = None) -> dict:
     """Top-N unrated jokes per user; users carry their original ids when prepare re-indexed them."""
     if model is None:
-        model = load_model(out)
+        model = load_model(out, spark)
     if ratings is None:
         ratings = read_prepared_ratings(spark, out)
         if os.path.exists(out.final_path("user_ids")):
@@ -180,12 +186,27 @@ def run_recommend(spark: SparkSession, cfg: dict, out: RunOutputs, model=None,
                                 "catalogue_coverage": coverage}}
 
 
-def load_model(out: RunOutputs):
-    """The saved ALSModel, or the NumPy model a fallback run saved in its place."""
-    path = out.final_path("model")
+def save_model(model, path: str) -> None:
+    """Write a fitted Spark model (plain ``ALSModel`` or :class:`BiasedALSModel`) under ``path``."""
+    if isinstance(model, BiasedALSModel):
+        model.save(path)
+    else:
+        model.write().overwrite().save(path)
+
+
+def load_model(out: RunOutputs, spark: SparkSession | None = None):
+    """The saved model of ``out``'s directory (see :func:`load_model_at`)."""
+    return load_model_at(out.final_path("model"), spark)
+
+
+def load_model_at(path: str, spark: SparkSession | None = None):
+    """The model saved at ``path``: an ``ALSModel``, a :class:`BiasedALSModel`, or the NumPy model a fallback
+    run saved in its place."""
     if NumpyALSModel.saved_at(path):
         return NumpyALSModel.load(path)
     try:
+        if BiasedALSModel.saved_at(path):
+            return BiasedALSModel.load(spark or SparkSession.getActiveSession(), path)
         return ALSModel.load(path)
     except Exception as exc:
         raise InputError(f"model {path}: cannot be loaded ({str(exc).splitlines()[0]}); run the tune job "
@@ -197,7 +218,7 @@ def run_baseline(spark: SparkSession, cfg: dict, out: RunOutputs, model: ALSMode
     """NumPy ALS and the baselines on a collected sample, against the Spark model on the same rows."""
     from jester_als.baseline import compare_engines
 
-    model = model or load_model(out)
+    model = model or load_model(out, spark)
     if isinstance(model, NumpyALSModel):
         log.warning("baseline: skipped; Spark ALS was not allowed, so the NumPy engine is the model itself")
         return {"baseline_skipped": "Spark ALS not allowed here; the model is NumPy ALS (see numpy_als)"}

@@ -46,11 +46,20 @@ def make_als(*, seed: int, blocks: int, checkpoint_interval: int = 10, nonnegati
 
 
 def param_grid(als: ALS, grid: dict) -> list:
-    """ParamGridBuilder over every ALS parameter named in the YAML grid, in a stable order."""
+    """ParamGridBuilder over every ALS parameter named in the YAML grid, in a stable order (``biases`` is not
+    an ALS parameter: :func:`grid_points` adds it)."""
     builder = ParamGridBuilder()
     for name in sorted(grid):
-        builder = builder.addGrid(als.getParam(name), list(grid[name]))
+        if name != "biases":
+            builder = builder.addGrid(als.getParam(name), list(grid[name]))
     return builder.build()
+
+
+def grid_points(als: ALS, grid: dict, biases: bool = False) -> list[tuple[bool, dict]]:
+    """(biases, ALS param map) for every grid point: the ALS grid once per value of ``grid['biases']``
+    (``[biases]`` when the grid does not name it), plain points first."""
+    flags = sorted({bool(v) for v in grid.get("biases", [biases])})
+    return [(flag, param_map) for flag in flags for param_map in param_grid(als, grid)]
 
 
 def _plain(value):
@@ -62,6 +71,7 @@ class TuneResult:
     best_params: dict
     validation: list[dict]  # one per grid point: params and validation RMSE
     tune_seconds: float
+    method: str = "TrainValidationSplit"
 
 
 def tvs_runs_here(spark) -> bool:
@@ -77,55 +87,93 @@ def tvs_runs_here(spark) -> bool:
     return not (is_connect(spark) and major_minor < (4, 1))
 
 
-def train_validation_split(train: DataFrame, als: ALS, param_maps: list, evaluator, *, train_ratio: float,
-                           seed: int) -> list[tuple]:
-    """What ``TrainValidationSplit._fit`` does, on the calling thread: the same seeded ``rand`` column splits
-    ``train`` into a fitting part (< ``train_ratio``) and a validation part, each grid point is fitted on
-    the first and scored on the second. Returns ``(param_map, metric)`` per grid point. (Spark's also refits
+def train_validation_split(train: DataFrame, als: ALS, points: list[tuple[bool, dict]], evaluator, *,
+                           train_ratio: float, seed: int, bias_reg: float = 10.0,
+                           parallelism: int = 1) -> list[float]:
+    """What ``TrainValidationSplit._fit`` does, for grid points that may include the biased model: the same
+    seeded ``rand`` column splits ``train`` into a fitting part (< ``train_ratio``) and a validation part,
+    each point is fitted on the first and scored on the second, ``parallelism`` points at a time on threads
+    that carry the session (as TVS's ``inheritable_thread_target``). The offsets of the biased points are
+    fitted once, on the fitting part only. Returns the metric per point, in order. (Spark's TVS also refits
     the best point on all of ``train``; the jobs do that themselves with ``tune.refit_max_iter``.)"""
+    from multiprocessing.pool import ThreadPool
+
+    from pyspark.util import inheritable_thread_target
+
+    from jester_als.biased import fit_biased_als, fit_biases
+
     rand_col = f"{als.uid}_rand"
     marked = train.select("*", F.rand(seed).alias(rand_col))
     condition = marked[rand_col] >= train_ratio
     validation = try_persist(marked.filter(condition), "the validation part")
     fitting = try_persist(marked.filter(~condition), "the fitting part")
+    biases = None
     try:
-        return [(param_map, evaluator.evaluate(als.fit(fitting, param_map).transform(validation, param_map)))
-                for param_map in param_maps]
+        if any(flag for flag, _ in points):
+            biases = fit_biases(fitting, reg=bias_reg)
+
+        def score(point: tuple[bool, dict]) -> float:
+            flag, param_map = point
+            if flag:
+                model = fit_biased_als(fitting, als.copy(param_map), bias_reg=bias_reg, biases=biases)
+                return evaluator.evaluate(model.transform(validation))
+            return evaluator.evaluate(als.fit(fitting, param_map).transform(validation, param_map))
+
+        if parallelism <= 1 or len(points) == 1:
+            return [score(point) for point in points]
+        pool = ThreadPool(processes=min(parallelism, len(points)))
+        try:
+            return pool.map(inheritable_thread_target(train.sparkSession)(score), points)
+        finally:
+            pool.close()
     finally:
+        if biases is not None:
+            biases.release()
         try_unpersist(fitting)
         try_unpersist(validation)
 
 
 def tune_als(train: DataFrame, als: ALS, grid: dict, *, train_ratio: float, parallelism: int,
-             seed: int, method: str = "auto") -> TuneResult:
-    """Run TrainValidationSplit over the grid on the training ratings and report every grid point.
+             seed: int, method: str = "auto", biases: bool = False, bias_reg: float = 10.0) -> TuneResult:
+    """Tune over the grid on the training ratings and report every grid point.
 
-    ``method`` ``"auto"`` uses Spark's TrainValidationSplit where it runs and otherwise
-    :func:`train_validation_split`, which does the same split, fits and evaluation on the calling thread
-    (one grid point at a time); ``"tvs"`` and ``"loop"`` force one of them.
+    A grid of Spark ALS parameters alone runs Spark's TrainValidationSplit where it runs (``method``
+    ``"auto"``). A grid that includes the biased model (``biases: [false, true]`` in the grid, or
+    ``biases=True``) cannot: the biased model is fitted by this project's code around ALS, not by one Spark
+    estimator, so :func:`train_validation_split` does exactly what TVS does for every point; so does a client
+    on which TVS does not run (pyspark 4.0 over Connect). ``"tvs"`` and ``"loop"`` force one of them.
     """
-    param_maps = param_grid(als, grid)
+    points = grid_points(als, grid, biases)
     evaluator = RegressionEvaluator(metricName="rmse", labelCol="rating", predictionCol="prediction")
-    use_tvs = method == "tvs" or (method == "auto" and tvs_runs_here(train.sparkSession))
+    any_biased = any(flag for flag, _ in points)
+    use_tvs = not any_biased and (method == "tvs" or (method == "auto" and tvs_runs_here(train.sparkSession)))
     started = time.perf_counter()
     if use_tvs:
         log.info("TrainValidationSplit: %d grid points, trainRatio %.2f, parallelism %d",
-                 len(param_maps), train_ratio, parallelism)
-        tvs = TrainValidationSplit(estimator=als, estimatorParamMaps=param_maps, evaluator=evaluator,
+                 len(points), train_ratio, parallelism)
+        tvs = TrainValidationSplit(estimator=als, estimatorParamMaps=[p for _, p in points], evaluator=evaluator,
                                    trainRatio=train_ratio, parallelism=parallelism, seed=seed)
         tvs_model = tvs.fit(train)
-        scored = list(zip(tvs_model.getEstimatorParamMaps(), tvs_model.validationMetrics))
+        metrics = list(tvs_model.validationMetrics)
+        points = [(False, param_map) for param_map in tvs_model.getEstimatorParamMaps()]
+        how = "TrainValidationSplit"
     else:
         import pyspark
 
-        log.info("TrainValidationSplit: %d grid points, trainRatio %.2f, one at a time (the job's own loop: "
-                 "Spark's TrainValidationSplit does not run over Spark Connect with pyspark %s)",
-                 len(param_maps), train_ratio, pyspark.__version__)
-        scored = train_validation_split(train, als, param_maps, evaluator, train_ratio=train_ratio, seed=seed)
+        threads = parallelism if tvs_runs_here(train.sparkSession) else 1
+        why = ("the grid includes the biased model" if any_biased else
+               f"Spark's TrainValidationSplit does not run over Spark Connect with pyspark {pyspark.__version__}")
+        log.info("train/validation split: %d grid points, trainRatio %.2f, %d at a time (the job's own loop: %s)",
+                 len(points), train_ratio, threads, why)
+        metrics = train_validation_split(train, als, points, evaluator, train_ratio=train_ratio, seed=seed,
+                                         bias_reg=bias_reg, parallelism=threads)
+        how = "the job's loop (as TrainValidationSplit)"
     tune_seconds = time.perf_counter() - started
     validation = []
-    for param_map, rmse in scored:
+    for (flag, param_map), rmse in zip(points, metrics):
         params = {p.name: _plain(v) for p, v in param_map.items()}
+        if "biases" in grid or biases:
+            params["biases"] = flag
         validation.append({"params": dict(sorted(params.items())), "validation_rmse": float(rmse)})
         log.info("  %s -> validation RMSE %.4f", params, rmse)
     best = min(validation, key=lambda point: point["validation_rmse"])
@@ -133,15 +181,20 @@ def tune_als(train: DataFrame, als: ALS, grid: dict, *, train_ratio: float, para
     # Params not in the grid are the estimator's own; name the ones the contract promises.
     for name in ("rank", "regParam", "maxIter"):
         best_params.setdefault(name, _plain(als.getOrDefault(name)))
-    return TuneResult(best_params=best_params, validation=validation, tune_seconds=tune_seconds)
+    best_params.setdefault("biases", False)
+    return TuneResult(best_params=best_params, validation=validation, tune_seconds=tune_seconds, method=how)
 
 
-def fit_als(train: DataFrame, als: ALS, params: dict) -> tuple[ALSModel, float]:
-    """Fit ALS with the given params on all training ratings; returns the model and the fit wall time."""
-    estimator = als.copy({als.getParam(name): value for name, value in params.items()})
+def fit_als(train: DataFrame, als: ALS, params: dict, *, bias_reg: float = 10.0) -> tuple[ALSModel, float]:
+    """Fit the model ``params`` name (ALS params, and ``biases`` for the biased model) on all training ratings;
+    returns the model and the fit wall time (the offsets' fit included)."""
+    from jester_als.biased import fit_biased_als
+
+    biased = bool(params.get("biases"))
+    estimator = als.copy({als.getParam(name): value for name, value in params.items() if name != "biases"})
     started = time.perf_counter()
-    model = estimator.fit(train)
     # fit() is eager for ALS (factors are computed and cached), so this times the whole optimisation.
+    model = fit_biased_als(train, estimator, bias_reg=bias_reg) if biased else estimator.fit(train)
     return model, time.perf_counter() - started
 
 
