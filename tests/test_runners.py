@@ -228,3 +228,28 @@ def test_job_logging_leaves_the_hosts_root_logger_alone(tmp_path, capsys):
     assert not [name for name in seen if name.startswith("jester_als")]
     assert "INFO jester_als: generate: 30 users x 100 jokes" in capsys.readouterr().err  # the job's own lines
     assert logging.getLogger().level == logging.WARNING  # the host's level, untouched
+
+
+def test_a_local_run_names_its_spark_ui_and_it_answers(tmp_path):
+    """The job logs the UI's address for a session it starts on this machine, and the address is the UI's
+    (Spark moves to another port when 4040 is taken, so the port is chosen up front): fetched while the
+    session is up, in a fresh process."""
+    script = (
+        "import io, logging, re, urllib.request\n"
+        "from jester_als.session import build_session, release_session\n"
+        "buffer = io.StringIO()\n"
+        "handler = logging.StreamHandler(buffer)\n"
+        "log = logging.getLogger('jester_als'); log.addHandler(handler); log.setLevel(logging.INFO)\n"
+        "spark, created = build_session({'app_name': 'ui-test', 'log_level': 'WARN'}, master='local[1]')\n"
+        "try:\n"
+        "    url = re.search(r'Spark UI: (http://\\S+)', buffer.getvalue()).group(1)\n"
+        "    page = urllib.request.urlopen(url + '/jobs/', timeout=30).read().decode()\n"
+        "    print(url, 'ui-test' in page)\n"
+        "finally:\n"
+        "    release_session(spark, created)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    url, found = done.stdout.split()[-2:]
+    assert url.startswith("http://localhost:") and found == "True", done.stdout

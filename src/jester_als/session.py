@@ -77,6 +77,7 @@ def build_session(spark_cfg: dict, *, master: str | None = None, remote: str | N
         _apply_connect_settings(spark, extra, None, quiet=True)
         log.info("Spark %s over Spark Connect, local server %s started by pyspark, checkpoint dir %s",
                  spark.version, remote, launch["spark.checkpoint.dir"])
+        log_ui_address(launch)
         return spark, not platform_owned()
     if remote:
         spark = builder.remote(remote).getOrCreate()
@@ -103,6 +104,8 @@ def build_session(spark_cfg: dict, *, master: str | None = None, remote: str | N
         return spark, False
     log.info("Spark %s session (%s), checkpoint dir %s", spark.version, master_of(spark) or "default master",
              _conf(spark, "spark.checkpoint.dir") or checkpoint_dir)
+    if runs_locally(master, remote):
+        log_ui_address(launch)
     return spark, not platform_owned()
 
 
@@ -119,9 +122,20 @@ def runs_locally(master: str | None, remote: str | None) -> bool:
 def local_mode_defaults() -> dict:
     """Settings for Spark in local mode on one machine, under any config's own ``spark.conf``: Spark's 200
     shuffle partitions are 200 tiny tasks on a laptop; the console progress bar only where a person watches."""
+    from jester_als.localcluster import free_ports
+
     cores = os.cpu_count() or 2
+    # The UI's port is chosen here, not left to Spark: Spark moves to the next port when 4040 is taken and
+    # does not put the port it bound back into the conf, so only a port chosen up front can be shown.
     return {"spark.sql.shuffle.partitions": str(2 * cores), "spark.driver.memory": "4g",
-            "spark.ui.showConsoleProgress": str(sys.stderr.isatty()).lower()}
+            "spark.ui.showConsoleProgress": str(sys.stderr.isatty()).lower(),
+            "spark.ui.port": str(free_ports(1)[0])}
+
+
+def log_ui_address(settings: dict) -> None:
+    """Name the Spark UI of a session started on this machine (its port was set in ``settings``)."""
+    if settings.get("spark.ui.enabled", "true") != "false" and settings.get("spark.ui.port"):
+        log.info("Spark UI: http://localhost:%s (while the job runs)", settings["spark.ui.port"])
 
 
 _OWNED_DIRS: list[str] = []
