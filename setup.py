@@ -18,7 +18,7 @@ setup(
     packages=find_packages("src"),
     # src/jester_als/conf links to the repository's conf/: the YAML configs ship in the wheel, so `--conf bench`
     # (or a path that does not exist here, like conf/bench.yaml) finds the packaged default after pip install.
-    package_data={"jester_als": ["conf/*.yaml"]},
+    package_data={"jester_als": ["conf/*.yaml", "log4j2.properties"]},
     python_requires=">=3.10",
     # Clusters and Databricks bring their own Spark: pyspark is an extra, never a hard requirement.
     install_requires=[
@@ -34,7 +34,10 @@ setup(
         # pandas 3). Clusters and Databricks bring their own pyspark.
         "spark": ["pyspark[connect]>=4.0,<5", "pandas>=2.0,<3"],
         "plot": ["matplotlib>=3.7"],
-        "test": ["pytest>=8", "chispa>=0.10", "databricks-bundles>=0.270", "matplotlib>=3.7", "ruff>=0.6"],
+        # The full package: its SQLite store is the local default (mlflow-skinny has no SQL store).
+        "mlflow": ["mlflow>=3.0"],
+        "test": ["pytest>=8", "chispa>=0.10", "databricks-bundles>=0.270", "matplotlib>=3.7", "mlflow>=3.0",
+                 "ruff>=0.6"],
     },
     entry_points={"console_scripts": ["jester-als = jester_als.cli:run"]},
 )

@@ -82,3 +82,13 @@ def small_ratings(spark, small_table):
     prepared.release()
     yield ratings, params
     ratings.unpersist()
+
+
+def png_size(path) -> tuple[int, int]:
+    """(width, height) of a PNG file, read from its header; fails on anything that is not a PNG."""
+    import struct
+
+    with open(path, "rb") as handle:
+        head = handle.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR", f"{path} is not a PNG"
+    return struct.unpack(">II", head[16:24])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+from conftest import png_size
 from jester_als.cli import main
 
 TINY = ["--set", "bench.users=300", "--set", "bench.jokes=30", "--set", "generate.min_ratings=10",
@@ -36,6 +37,9 @@ def test_bench_writes_json_and_markdown_for_every_engine(tmp_path, capsys):
     assert "| NumPy ALS (vectorized) |" in markdown and "| Spark ALS |" in markdown and "peak (MB)" in markdown
     assert "| NumPy ALS (vectorized) |" in capsys.readouterr().out
     assert not list(out.glob("*worker.log"))  # logs are kept only for a worker that failed
+    # The bar chart: a PNG of the size drawn (11 x 3.8 in at 100 dpi), linked from bench.md
+    assert result["plot"] == "bench.png" and png_size(out / "bench.png") == (1100, 380)
+    assert "](bench.png)" in markdown
 
 
 def test_bench_refuses_a_size_spark_cannot_fit_before_generating_anything(tmp_path, capsys):

@@ -22,7 +22,7 @@ def write(tmp_path, text):
 def test_shipped_configs_are_valid():
     cfg = load_config(ROOT_CONF)
     assert cfg["input"]["path"] == "data/jester_synthetic.csv"
-    assert cfg["tune"]["grid"]["rank"] == [5, 10]
+    assert cfg["tune"]["grid"] == {"rank": [5], "regParam": [0.3, 0.5], "biases": [False, True], "maxIter": [10]}
 
 
 def test_unknown_key_is_named(tmp_path):

@@ -156,10 +156,10 @@ def test_bias_fit_is_the_alternating_closed_form_on_its_own_ratings():
         rows = user_of == u
         expected = (data.ratings[rows] - b.mean - b.joke[data.jokes[rows]]).sum() / (reg + rows.sum())
         assert abs(b.user[u] - expected) < 1e-6
-    # Ten passes (the engines' number) are within 5e-3 of the converged offsets even on this small table of
-    # 8 ratings a user, which converges slowly (measured 1.5e-3).
-    ten = fit_biases(data, reg=reg)
-    assert np.abs(ten.user - b.user).max() < 5e-3 and np.abs(ten.joke - b.joke).max() < 5e-3
+    # The engines' 3 passes are within 0.05 of a rating point of the converged offsets even on this small table
+    # of 8 ratings a user, which converges slowly (measured 0.026; 6e-4 on the default Jester-sized table).
+    few = fit_biases(data, reg=reg)
+    assert np.abs(few.user - b.user).max() < 0.05 and np.abs(few.joke - b.joke).max() < 0.05
 
 
 def test_model_saves_loads_and_refuses_non_finite_factors(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 from pyspark.ml.recommendation import ALSModel
 from pyspark.sql import functions as F
 
+from conftest import png_size
 from jester_als.cli import main
 
 TOP_N = 5
@@ -22,7 +23,7 @@ def pipeline_run(spark, small_table, tmp_path_factory):
             "--set", f"input.path={path}", "--set", f"output.dir={out}",
             "--set", "tune.grid={rank: [2, 3], regParam: [0.1], maxIter: [8]}",
             "--set", "tune.refit_max_iter=12", "--set", f"recommend.top_n={TOP_N}",
-            "--set", "evaluate.relevance_threshold=3.0"]
+            "--set", "evaluate.relevance_threshold=3.0", "--set", "tracking.mlflow=true"]
     assert main(argv) == 0
     return out, params, argv
 
@@ -85,6 +86,79 @@ def test_report_shows_the_results(pipeline_run):
     assert "| random order |" in report and "| joke popularity (mean training rating) |" in report
     assert "collect + fit (s)" in report and "Catalogue coverage" in report
     assert report.count("| maxIter=8, rank=") == 2 and "best" in report
+
+
+def test_report_embeds_the_plots_drawn_from_the_metrics(pipeline_run, tmp_path, monkeypatch):
+    """Each plot is a PNG of the size it is drawn at (width x height in inches at 100 dpi), linked from the
+    report; the histogram counts every held-out row each engine scored. Without matplotlib the same metrics
+    give no plots and a report that says why."""
+    from jester_als.plots import run_plots
+    from jester_als.report import render_report
+
+    out, _, _ = pipeline_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["plots"] == {"tuning": "plots/tuning.png", "engines": "plots/engines.png",
+                                "errors": "plots/errors.png"}
+    # tuning: 1.2 + 3.6 in per panel (one panel: maxIter=8) x 3.6 in
+    assert png_size(out / "plots" / "tuning.png") == (480, 360)
+    assert png_size(out / "plots" / "engines.png") == (1100, 380)
+    assert png_size(out / "plots" / "errors.png") == (800, 380)
+    report = (out / "report.md").read_text()
+    for name in ("tuning", "engines", "errors"):
+        assert f"](plots/{name}.png)" in report
+    histogram = metrics["baselines"]["error_histogram"]
+    assert len(histogram["edges"]) == 41 and histogram["edges"][0] == -20.0
+    assert {sum(c) for c in histogram["counts"].values()} == {metrics["baselines"]["rows"]}
+
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # as if not installed
+    skipped = run_plots(metrics, str(tmp_path))
+    assert "skipped" in skipped and "jester-als[plot]" in skipped["skipped"]
+    assert not (tmp_path / "plots").exists()
+    assert "Plots skipped: matplotlib is not installed" in render_report({**metrics, "plots": skipped})
+
+
+def test_the_run_is_tracked_in_mlflow(pipeline_run):
+    """Read back through the MLflow client from the local store the job chose (SQLite under output.dir): the
+    run, its config as params, its versions as tags, its results as metrics, a nested run per grid point, and
+    the artifacts."""
+    from mlflow import MlflowClient
+
+    out, _, _ = pipeline_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("jester-als")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["tune.grid.rank"] == "[2, 3]" and parent.data.params["tracking.mlflow"] == "True"
+    assert parent.data.tags["jester_als.job"] == "pipeline"
+    assert parent.data.tags["version.spark"] == metrics["run"]["versions"]["spark"]
+    assert parent.data.metrics["spark_als.test_rmse"] == pytest.approx(metrics["spark_als"]["test_rmse"])
+    assert parent.data.metrics["numpy_als.test_rmse"] == pytest.approx(metrics["numpy_als"]["test_rmse"])
+    assert parent.data.metrics["data.ratings"] == metrics["data"]["ratings"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted((r.data.params["rank"], r.data.metrics["validation_rmse"]) for r in children) == sorted(
+        (str(p["params"]["rank"]), pytest.approx(p["validation_rmse"])) for p in metrics["spark_als"]["validation"])
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"metrics.json", "report.md", "plots", "model"} <= artifacts
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "plots")} == {
+        "plots/tuning.png", "plots/engines.png", "plots/errors.png"}
+    assert (out / "mlartifacts").is_dir()  # artifacts stay beside the store, not in the working directory
+
+
+def test_a_tracking_failure_warns_and_leaves_the_job_green(small_table, tmp_path, capsys):
+    """An MLflow server that does not answer: one warning, exit 0, outputs committed."""
+    from jester_als.localcluster import free_ports
+
+    path, _ = small_table
+    port = free_ports(1)[0]  # nothing listens there
+    assert main(["prepare", "--set", f"input.path={path}", "--set", f"output.dir={tmp_path / 'out'}",
+                 "--set", "tracking.mlflow=true", "--set", f"tracking.tracking_uri=http://127.0.0.1:{port}"]) == 0
+    assert (tmp_path / "out" / "ratings").is_dir() and (tmp_path / "out" / "metrics.json").exists()
+    failures = [line for line in capsys.readouterr().err.splitlines() if "MLflow tracking failed" in line]
+    assert len(failures) == 1 and "results are unaffected" in failures[0]
 
 
 def test_ratings_model_and_recommendations_are_written(spark, pipeline_run):

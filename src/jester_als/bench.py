@@ -189,12 +189,30 @@ def render_bench(result: dict) -> str:
                                         "100 jokes, 20 iterations); not judged at this size."), ""])
 
 
+def bench_plot(result: dict, path: str):
+    """``bench.png``: each engine's test RMSE and median fit time (bars), or why it was skipped."""
+    from jester_als.plots import SKIPPED, _pyplot, engine_bars
+
+    plt = _pyplot()
+    if plt is None:
+        return {"skipped": SKIPPED}
+    rows = [(LABELS[name], engine["rmse"], engine["median_seconds"]) for name, engine in result["engines"].items()]
+    data = result["data"]
+    engine_bars(plt, rows, f"bench: {data['users']:,} users, {data['train_ratings']:,} training ratings, "
+                           f"{result['params']['maxIter']} iterations", path, "median fit seconds")
+    return os.path.basename(path)
+
+
 def bench_job(cfg: dict) -> dict:
     result = run_bench(cfg)
     out_dir = cfg["output"]["dir"]
     os.makedirs(out_dir, exist_ok=True)
+    plot = bench_plot(result, os.path.join(out_dir, "bench.png"))
+    result["plot"] = plot
     write_text_atomic(os.path.join(out_dir, "bench.json"), json.dumps(result, indent=2) + "\n")
     text = render_bench(result)
+    text += ("\n![median fit time and test RMSE per engine](bench.png)\n" if plot == "bench.png"
+             else f"\nPlot skipped: {plot['skipped']}.\n")
     write_text_atomic(os.path.join(out_dir, "bench.md"), text)
     print(text)
     return result

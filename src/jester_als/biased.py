@@ -23,7 +23,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from jester_als.numpy_als import BIAS_PASSES
-from jester_als.session import try_persist, try_unpersist
+from jester_als.session import materialize, try_persist, try_unpersist
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ class SparkBiases:
     reg: float
 
     def release(self) -> None:
+        """Drop the offsets' cached blocks (checkpointed or persisted)."""
         try_unpersist(self.user)
         try_unpersist(self.joke)
 
@@ -46,8 +47,8 @@ def fit_biases(train: DataFrame, *, reg: float, passes: int = BIAS_PASSES) -> Sp
     """Regularized offsets of ``train``'s ratings, jokes first in each pass:
     ``b_j = sum(r - mu - b_u) / (reg + n_j)``, then ``b_u = sum(r - mu - b_j) / (reg + n_u)``.
 
-    Each pass's table is used once by the next, so one plan computes all passes without recomputation; only
-    the centred ratings (read by every pass) and the final offsets (read by every prediction) are persisted.
+    Each pass's offsets are computed and cut from their lineage before the next pass reads them
+    (:func:`materialize`), so plans stay one pass deep; the centred ratings, read by every pass, are persisted.
     """
     mean = train.agg(F.avg("rating")).first()[0]
     if mean is None:
@@ -61,14 +62,10 @@ def fit_biases(train: DataFrame, *, reg: float, passes: int = BIAS_PASSES) -> Sp
         for _ in range(passes):
             residual = centred if user_bias is None else (
                 centred.join(user_bias, on="user").select("joke", (F.col("r") - F.col("user_bias")).alias("r")))
-            joke_bias = residual.groupBy("joke").agg(shrunk.alias("joke_bias"))
-            user_bias = (centred.join(F.broadcast(joke_bias), on="joke")
-                         .select("user", (F.col("r") - F.col("joke_bias")).alias("r"))
-                         .groupBy("user").agg(shrunk.alias("user_bias")))
-        user_bias = try_persist(user_bias, "the user offsets")
-        joke_bias = try_persist(joke_bias, "the joke offsets")
-        user_bias.count()  # materialize both now, while the centred ratings are still cached
-        joke_bias.count()
+            joke_bias = materialize(residual.groupBy("joke").agg(shrunk.alias("joke_bias")), "the joke offsets")
+            user_bias = materialize(centred.join(F.broadcast(joke_bias), on="joke")
+                                    .select("user", (F.col("r") - F.col("joke_bias")).alias("r"))
+                                    .groupBy("user").agg(shrunk.alias("user_bias")), "the user offsets")
     finally:
         try_unpersist(centred)
     return SparkBiases(float(mean), user_bias, joke_bias, float(reg))
@@ -161,11 +158,7 @@ def fit_biased_als(train: DataFrame, estimator: ALS, *, bias_reg: float,
     """Offsets on ``train`` (or the ones given, fitted on the same ratings), then ``estimator`` on the
     residuals."""
     biases = biases or fit_biases(train, reg=bias_reg)
-    residual = try_persist(with_offsets(train.withColumn("offset", F.lit(0.0)), biases, column="offset")
+    residual = materialize(with_offsets(train.withColumn("offset", F.lit(0.0)), biases, column="offset")
                            .select("user", "joke", (F.col("rating") - F.col("offset")).alias("rating")),
                            "the residual ratings")
-    try:
-        model = estimator.fit(residual)
-    finally:
-        try_unpersist(residual)
-    return BiasedALSModel(model, biases)
+    return BiasedALSModel(estimator.fit(residual), biases)

@@ -206,7 +206,8 @@ SCHEMA: dict[str, Any] = {
                           doc="when the platform refuses Spark ALS: stop (none) or use NumPy ALS on the driver"),
     },
     "tune": {
-        "grid": MapOf((int, float, bool, list), {"rank": [5, 10], "regParam": [0.1, 0.3], "maxIter": [10]},
+        "grid": MapOf((int, float, bool, list), {"rank": [5], "regParam": [0.3, 0.5], "biases": [False, True],
+                                "maxIter": [10]},
                       doc="ALS param -> list of values"),
         "train_ratio": Field((int, float), 0.8, check=_open_unit,
                 doc="TrainValidationSplit's share of the training ratings used for fitting"),
@@ -235,6 +236,15 @@ SCHEMA: dict[str, Any] = {
         "dense_budget_mb": Field((int, float), 512, check=_non_negative,
                                  doc="largest dense users x jokes pattern NumPy ALS may build"),
         "bias_reg": Field((int, float), 10.0, check=_non_negative, doc="regularization of the bias baseline"),
+    },
+    "tracking": {
+        "mlflow": Field(bool, False, doc="log each job run to MLflow (the mlflow extra)"),
+        "tracking_uri": Field(str, None, nullable=True,
+                              doc="MLflow tracking URI (null: databricks on Databricks, else a SQLite store "
+                                  "in output.dir)"),
+        "experiment": Field(str, "jester-als",
+                            doc="experiment name (on Databricks a name that is not a path goes under "
+                                "/Users/<you>/)"),
     },
     "bench": {
         "users": Field(int, 24983, check=_positive, doc="users in the benchmark's table"),

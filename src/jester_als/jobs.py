@@ -24,7 +24,15 @@ from jester_als.progress import step
 from jester_als.recommend import recommend_unrated
 from jester_als.registry import JOBS as REGISTRY
 from jester_als.session import als_blocks, is_connect, master_of, try_persist, try_unpersist
-from jester_als.tune import evaluate_model, fit_als, make_als, reference_rankings, split_ratings, tune_als
+from jester_als.tune import (
+    evaluate_predictions,
+    fit_als,
+    held_out_predictions,
+    make_als,
+    reference_rankings,
+    split_ratings,
+    tune_als,
+)
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +132,11 @@ def run_tune(spark: SparkSession, cfg: dict, out: RunOutputs,
         if tuning["refit_max_iter"]:
             params["maxIter"] = tuning["refit_max_iter"]
         model, fit_seconds = fit_als(train, als, params, bias_reg=bias_reg)
-        evaluation = evaluate_model(model, test, k=cfg["evaluate"]["k"],
-                                    threshold=cfg["evaluate"]["relevance_threshold"],
-                                    rating_range=cfg["input"]["rating_range"])
-        references = reference_rankings(model.transform(test), train, k=cfg["evaluate"]["k"],
+        predictions = held_out_predictions(model, test)
+        evaluation = evaluate_predictions(predictions, k=cfg["evaluate"]["k"],
+                                          threshold=cfg["evaluate"]["relevance_threshold"],
+                                          rating_range=cfg["input"]["rating_range"])
+        references = reference_rankings(predictions, train, k=cfg["evaluate"]["k"],
                                         threshold=cfg["evaluate"]["relevance_threshold"], seed=split["seed"])
         save_model(model, out.path("model"))
     finally:
@@ -317,6 +326,7 @@ JOBS = {
 def run_spark_job(spark: SparkSession, cfg: dict, job: str, on_start=None) -> dict:
     """Run one Spark job with staged outputs; returns the full ``metrics.json`` content it committed.
     ``on_start`` receives the run's outputs (the entry point uses it to clean up after an interrupt)."""
+    from jester_als.plots import run_plots
     from jester_als.report import render_report
 
     out = RunOutputs(cfg["output"]["dir"], cfg["output"]["mode"], list(REGISTRY[job].outputs))
@@ -341,9 +351,17 @@ def run_spark_job(spark: SparkSession, cfg: dict, job: str, on_start=None) -> di
             if not stale:
                 metrics.pop("stale_sections_dropped", None)
             metrics["run"] = manifest
+            plots = run_plots(metrics, out.final)
+            if plots:
+                metrics["plots"] = plots
+            else:
+                metrics.pop("plots", None)
             return metrics, render_report(metrics)
 
         metrics = out.commit(update)
     finally:
         out.abort()
+    from jester_als.tracking import track_job
+
+    track_job(cfg, job, metrics, out.final, spark)  # after the commit: tracking can only add
     return metrics

@@ -64,9 +64,10 @@ def render_report(metrics: dict) -> str:
                 table(["params", "validation RMSE"],
                       [[_params(p["params"]), _num(p["validation_rmse"])] for p in fallback["validation"]]), ""]
     if spark and spark.get("validation"):
-        out += ["## TrainValidationSplit grid", "",
-                f"{len(spark['validation'])} grid points in {_num(spark.get('tune_seconds'), 1)} s "
-                f"(validation RMSE on a {_num(spark.get('train_ratio'), 2)} train ratio of the training ratings).", "",
+        out += ["## Tuning grid", "",
+                f"{len(spark['validation'])} grid points in {_num(spark.get('tune_seconds'), 1)} s by "
+                f"{spark.get('tune_method', 'TrainValidationSplit')} (validation RMSE on a "
+                f"{_num(spark.get('train_ratio'), 2)} train ratio of the training ratings).", "",
                 table(["params", "validation RMSE", ""],
                       [[_params(p["params"]), _num(p["validation_rmse"]),
                         "best" if all(spark["best_params"].get(k) == v for k, v in p["params"].items())
@@ -79,7 +80,27 @@ def render_report(metrics: dict) -> str:
                 f"{_num(recs.get('users_without'))} users rated every joke and get none. Catalogue coverage: "
                 f"{_num(recs.get('jokes_recommended'))} distinct jokes recommended "
                 f"({_num(recs.get('catalogue_coverage'), 3)} of the jokes with ratings).", ""]
+    out += plots_section(metrics.get("plots"))
     return "\n".join(out)
+
+
+PLOT_CAPTIONS = {
+    "tuning": "Validation RMSE over the tuning grid (rank x regParam; one panel per other grid parameter; the "
+              "chosen point outlined)",
+    "engines": "Engines and baselines on the same held-out ratings: test RMSE and fit time",
+    "errors": "Held-out errors of the chosen model, NumPy ALS and the bias baseline on the same rows",
+}
+
+
+def plots_section(plots: dict | None) -> list[str]:
+    if not plots:
+        return []
+    if "skipped" in plots:
+        return ["## Plots", "", f"Plots skipped: {plots['skipped']}.", ""]
+    out = ["## Plots", ""]
+    for name, path in plots.items():
+        out += [f"![{PLOT_CAPTIONS.get(name, name)}]({path})", "", f"*{PLOT_CAPTIONS.get(name, name)}.*", ""]
+    return out
 
 
 def ranking_section(metrics: dict) -> list[str]:

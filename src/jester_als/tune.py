@@ -20,7 +20,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from jester_als.hashsplit import SPLIT_BUCKETS, test_threshold
-from jester_als.session import is_connect, try_persist, try_unpersist
+from jester_als.session import is_connect, materialize, try_persist, try_unpersist
 
 log = logging.getLogger(__name__)
 
@@ -112,18 +112,25 @@ def train_validation_split(train: DataFrame, als: ALS, points: list[tuple[bool, 
         if any(flag for flag, _ in points):
             biases = fit_biases(fitting, reg=bias_reg)
 
-        def score(point: tuple[bool, dict]) -> float:
-            flag, param_map = point
+        def score(numbered: tuple[int, tuple[bool, dict]]) -> float:
+            number, (flag, param_map) = numbered
+            started = time.perf_counter()
             if flag:
                 model = fit_biased_als(fitting, als.copy(param_map), bias_reg=bias_reg, biases=biases)
-                return evaluator.evaluate(model.transform(validation))
-            return evaluator.evaluate(als.fit(fitting, param_map).transform(validation, param_map))
+                metric = evaluator.evaluate(model.transform(validation))
+            else:
+                metric = evaluator.evaluate(als.fit(fitting, param_map).transform(validation, param_map))
+            log.info("  grid point %d/%d done in %.1f s: %s%s -> validation RMSE %.4f", number, len(points),
+                     time.perf_counter() - started, "biased " if flag else "",
+                     {p.name: _plain(v) for p, v in param_map.items()}, metric)
+            return metric
 
+        numbered = list(enumerate(points, start=1))
         if parallelism <= 1 or len(points) == 1:
-            return [score(point) for point in points]
+            return [score(point) for point in numbered]
         pool = ThreadPool(processes=min(parallelism, len(points)))
         try:
-            return pool.map(inheritable_thread_target(train.sparkSession)(score), points)
+            return pool.map(inheritable_thread_target(train.sparkSession)(score), numbered)
         finally:
             pool.close()
     finally:
@@ -175,7 +182,8 @@ def tune_als(train: DataFrame, als: ALS, grid: dict, *, train_ratio: float, para
         if "biases" in grid or biases:
             params["biases"] = flag
         validation.append({"params": dict(sorted(params.items())), "validation_rmse": float(rmse)})
-        log.info("  %s -> validation RMSE %.4f", params, rmse)
+        if use_tvs:  # the loop logged each point as it finished
+            log.info("  %s -> validation RMSE %.4f", params, rmse)
     best = min(validation, key=lambda point: point["validation_rmse"])
     best_params = dict(best["params"])
     # Params not in the grid are the estimator's own; name the ones the contract promises.
@@ -280,10 +288,20 @@ def clipped(column, rating_range) -> F.Column:
 
 
 def evaluate_model(model: ALSModel, test: DataFrame, *, k: int, threshold: float, rating_range=None) -> dict:
-    """Score the held-out ratings: RMSE and MAE of the predictions clipped to ``rating_range`` (and of the raw
-    ones, to show what clipping changed), precision@k, NDCG@k, recall@k, MAP@k, and how many test rows were
-    scored."""
-    predictions = model.transform(test)  # coldStartStrategy=drop removes unseen users and jokes
+    """Score the held-out ratings (see :func:`evaluate_predictions`)."""
+    return evaluate_predictions(held_out_predictions(model, test), k=k, threshold=threshold, rating_range=rating_range)
+
+
+def held_out_predictions(model, test: DataFrame) -> DataFrame:
+    """The model's predictions for the held-out ratings, computed once (the metrics and the references all read
+    them; the biased model's are joins on top of ALS's). ``coldStartStrategy=drop`` removes unseen users and
+    jokes."""
+    return materialize(model.transform(test), "the test predictions")
+
+
+def evaluate_predictions(predictions: DataFrame, *, k: int, threshold: float, rating_range=None) -> dict:
+    """RMSE and MAE of the predictions clipped to ``rating_range`` (and of the raw ones, to show what clipping
+    changed), precision@k, NDCG@k, recall@k, MAP@k, and how many test rows were scored."""
     scores = regression_metrics(predictions, rating_range=rating_range)
     result = {"test_rmse": scores["rmse"], "test_mae": scores["mae"], "test_rows_scored": scores["rows"]}
     if rating_range is not None:

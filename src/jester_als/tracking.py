@@ -1,0 +1,185 @@
+"""MLflow tracking of a finished job, optional (the ``mlflow`` extra, ``tracking.mlflow: true``).
+
+A job is logged after its outputs are committed, from what it wrote: one run per job run, with the resolved
+config as params, the run manifest's versions as tags, the results as metrics, one nested run per tuning grid
+point (its params and validation RMSE), ``metrics.json``, ``report.md`` and the plots as artifacts, and the
+model. Tracking can only add: a failure (no MLflow, a server that is down, no permission) is one warning and
+the job's results and exit status stay what they were.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+# metrics.json values logged as MLflow metrics: (section, dotted key inside it).
+METRICS = [
+    ("data", "users"), ("data", "items"), ("data", "ratings"), ("data", "train_ratings"), ("data", "test_ratings"),
+    ("data", "rejected"), ("data", "missing"),
+    ("spark_als", "test_rmse"), ("spark_als", "test_mae"), ("spark_als", "test_rows_scored"),
+    ("spark_als", "fit_seconds"), ("spark_als", "tune_seconds"),
+    ("spark_als", "ranking.precision_at_k"), ("spark_als", "ranking.recall_at_k"),
+    ("spark_als", "ranking.map_at_k"), ("spark_als", "ranking.ndcg_at_k"),
+    ("spark_als", "clipping.predictions_outside"), ("spark_als", "clipping.test_rmse_unclipped"),
+    ("references", "random.ndcg_at_k"), ("references", "random.precision_at_k"),
+    ("references", "popularity.ndcg_at_k"), ("references", "popularity.precision_at_k"),
+    ("numpy_als", "test_rmse"), ("numpy_als", "test_mae"), ("numpy_als", "spark_test_rmse_same_rows"),
+    ("numpy_als", "fit_seconds"), ("numpy_als", "collect_seconds"), ("numpy_als", "driver_seconds"),
+    ("numpy_als", "memory.driver_peak_mb"),
+    ("baselines", "bias.test_rmse"), ("baselines", "global_mean.test_rmse"),
+    ("recommendations", "users"), ("recommendations", "catalogue_coverage"),
+    ("run", "wall_seconds"),
+]
+
+
+def _get(section: dict, dotted: str):
+    value = section
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    """``{"tune": {"grid": {"rank": [5]}}}`` -> ``{"tune.grid.rank": "[5]"}``: the config as MLflow params."""
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = str(value)
+    return out
+
+
+def on_databricks() -> bool:
+    return bool(os.environ.get("DATABRICKS_RUNTIME_VERSION"))
+
+
+def tracking_target(tracking: dict, output_dir: str, spark=None) -> tuple[str, str, str | None]:
+    """(tracking URI, experiment name, artifact location for a new experiment).
+
+    On Databricks the workspace's tracking server (``databricks``) and, for a name that is not a workspace
+    path, an experiment under the user's folder (``/Users/<user>/<name>``: Databricks names experiments by
+    workspace path). Elsewhere a SQLite store and an artifact folder under ``output.dir``: MLflow 3 keeps the
+    plain-directory store in maintenance mode and refuses it unless told otherwise."""
+    name = tracking["experiment"]
+    if tracking["tracking_uri"]:
+        return tracking["tracking_uri"], name, None
+    if on_databricks():
+        if not name.startswith("/") and spark is not None:
+            user = spark.sql("SELECT current_user()").first()[0]
+            name = f"/Users/{user}/{name}"
+        return "databricks", name, None
+    base = os.path.abspath(output_dir)
+    return f"sqlite:///{os.path.join(base, 'mlflow.db')}", name, os.path.join(base, "mlartifacts")
+
+
+def track_job(cfg: dict, job: str, metrics: dict, output_dir: str, spark=None) -> dict | None:
+    """Log the committed job to MLflow when ``tracking.mlflow`` is on. Returns what was logged (run id,
+    URI, experiment) or why not; never raises."""
+    tracking = cfg.get("tracking") or {}
+    if not tracking.get("mlflow"):
+        return None
+    try:
+        import mlflow
+    except ImportError:
+        log.warning("tracking.mlflow is on but MLflow is not installed (pip install 'jester-als[mlflow]'); "
+                    "this run is not tracked")
+        return {"skipped": "mlflow not installed"}
+    # MLflow's HTTP client retries a server that does not answer 7 times with exponential backoff (minutes);
+    # a job that is done should not wait that long to say tracking failed. A user's own setting wins.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    try:
+        return _log(mlflow, cfg, job, metrics, output_dir, spark)
+    except Exception as exc:  # noqa: BLE001 - tracking never changes the job's outcome
+        log.warning("MLflow tracking failed (%s: %s); the job's results are unaffected", type(exc).__name__,
+                    str(exc).splitlines()[0] if str(exc) else "")
+        return {"failed": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+
+
+def _log(mlflow, cfg: dict, job: str, metrics: dict, output_dir: str, spark) -> dict:
+    uri, name, artifacts = tracking_target(cfg["tracking"], output_dir, spark)
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    experiment_id = (experiment.experiment_id if experiment is not None
+                     else client.create_experiment(name, artifact_location=artifacts))
+    run_meta = metrics.get("run") or {}
+    tags = {"jester_als.job": job, "jester_als.run_id": str(run_meta.get("run_id")),
+            "spark_mode": str(run_meta.get("spark_mode")), "master": str(run_meta.get("master"))}
+    tags.update({f"version.{k}": str(v) for k, v in (run_meta.get("versions") or {}).items()})
+    parent = client.create_run(experiment_id, run_name=f"{job} {run_meta.get('run_id', '')}".strip(), tags=tags)
+    run_id = parent.info.run_id
+    status = "FAILED"
+    try:
+        params = flatten(run_meta.get("config") or {})
+        items = list(params.items())
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in items[start:start + 100]])
+        values = {f"{section}.{key}": _get(metrics.get(section) or {}, key) for section, key in METRICS}
+        logged = [mlflow.entities.Metric(k, float(v), 0, 0) for k, v in values.items()
+                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if logged:
+            client.log_batch(run_id, metrics=logged)
+        spark_als = metrics.get("spark_als") or {}
+        if "biases" in spark_als:
+            client.set_tag(run_id, "model.biases", str(spark_als["biases"]))
+        for number, point in enumerate(spark_als.get("validation") or [], start=1):
+            child = client.create_run(experiment_id, run_name=f"grid point {number}",
+                                      tags={"mlflow.parentRunId": run_id, "jester_als.job": job})
+            client.log_batch(child.info.run_id,
+                             params=[mlflow.entities.Param(k, str(v)) for k, v in point["params"].items()],
+                             metrics=[mlflow.entities.Metric("validation_rmse", float(point["validation_rmse"]),
+                                                             0, 0)])
+            client.set_terminated(child.info.run_id)
+        for item in ("metrics.json", "report.md"):
+            path = os.path.join(output_dir, item)
+            if os.path.exists(path):
+                client.log_artifact(run_id, path)
+        plots = os.path.join(output_dir, "plots")
+        if os.path.isdir(plots):
+            client.log_artifacts(run_id, plots, "plots")
+        _log_model(mlflow, client, run_id, output_dir, spark)
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run_id, status)
+    log.info("MLflow: run %s in experiment %s (%s)", run_id, name, uri)
+    return {"run_id": run_id, "experiment": name, "tracking_uri": uri}
+
+
+def _log_model(mlflow, client, run_id: str, output_dir: str, spark) -> None:
+    """The saved model as the run's ``model/`` artifacts: a Spark ALSModel as an ``mlflow.spark`` model where
+    MLflow can log one from this session; otherwise (the biased model, which is this project's, not a Spark
+    ML model; a NumPy fallback model; Spark Connect, where ``mlflow.spark`` needs the JVM) the saved directory
+    as it is, with one log line."""
+    from jester_als.biased import BiasedALSModel
+    from jester_als.numpy_als import NumpyALSModel
+    from jester_als.session import is_connect
+
+    path = os.path.join(output_dir, "model")
+    if not os.path.isdir(path):
+        return
+    plain = not (BiasedALSModel.saved_at(path) or NumpyALSModel.saved_at(path))
+    if plain and spark is not None and not is_connect(spark):
+        previous = mlflow.get_tracking_uri()
+        try:
+            from pyspark.ml.recommendation import ALSModel
+
+            mlflow.set_tracking_uri(client.tracking_uri)  # the fluent API below logs to the global URI
+            with mlflow.start_run(run_id=run_id):
+                mlflow.spark.log_model(ALSModel.load(path), name="model")
+            return
+        except Exception as exc:  # noqa: BLE001 - the directory below is the fallback
+            log.info("MLflow: mlflow.spark could not log the model (%s); logging its directory instead",
+                     str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        finally:
+            mlflow.set_tracking_uri(previous)
+    else:
+        log.info("MLflow: the model is logged as its saved directory (%s)",
+                 "biased model" if not plain and BiasedALSModel.saved_at(path) else
+                 "NumPy model" if not plain else "mlflow.spark needs a classic session")
+    client.log_artifacts(run_id, path, "model")
