@@ -25,8 +25,13 @@ def run_scale(tmp_path, *extra):
     return out, json.loads((out / "scale.json").read_text())
 
 
-def test_tiny_grid_writes_json_markdown_and_plot(tmp_path):
+def test_tiny_grid_writes_json_markdown_and_plot(tmp_path, monkeypatch, capsys):
+    import jester_als.scale.runner
+
+    monkeypatch.setattr(jester_als.scale.runner, "HEARTBEAT_SECONDS", 1.0)  # the study's 20 s, shortened
     out, study = run_scale(tmp_path)
+    # a running worker is never silent: its time and memory so far, every heartbeat (a Spark worker takes > 2 s)
+    assert "spark worker (users-300x100): 1 s so far" in capsys.readouterr().err
     assert [(p["axis"], p["users"], p["jokes"]) for p in study["points"]] == [
         ("users", 300, 100), ("users", 600, 100), ("users", 1200, 100), ("jokes", 300, 40)]
     point_noise = 4.4  # the generator's default noise, which the scale study keeps
@@ -38,6 +43,9 @@ def test_tiny_grid_writes_json_markdown_and_plot(tmp_path):
             # fit time inside the worker's wall time; a worker process holds at least an interpreter (50 MB)
             assert 0 < result["fit_seconds"] < result["wall_seconds"]
             assert result["peak_rss_mb"] > 50 and 0 < result["rmse"] < 3 * point_noise
+            assert result["log"].startswith(str(out / "worker-logs")) and (out / "worker-logs").is_dir()
+    # every worker's log is kept; a Spark worker's holds its JVM's own lines
+    assert "WARNING: Using incubator modules" in open(study["points"][0]["engines"]["spark"]["log"]).read()
     assert len(study["points"][0]["engines"]["numpy"]["seconds"]) == 2  # repeated where cheap
     assert set(study["cost_model"]["engines"]) == set(ENGINES)
     assert [p["name"] for p in study["predictions"]][0] == "real Jester (dataset 1)"

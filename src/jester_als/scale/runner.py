@@ -4,6 +4,7 @@ the time or memory budget, and reads back its result."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -13,13 +14,18 @@ from pathlib import Path
 
 import numpy as np
 
+from jester_als.progress import HEARTBEAT_SECONDS
 from jester_als.scale.worker import WorkerSpec
+
+log = logging.getLogger("jester_als.scale")
 
 
 def run_worker(spec: WorkerSpec, *, memory_budget_mb: float, time_budget_seconds: float,
-               keep_log_in: Path | None = None) -> dict:
-    """Run one engine on one point in a fresh process; sample the tree's RSS; enforce the budgets. When the
-    worker fails, its log is copied into ``keep_log_in`` (the job's output directory) and named in the result."""
+               keep_log_in: Path | None = None, keep_all_logs: bool = False) -> dict:
+    """Run one engine on one point in a fresh process; sample the tree's RSS; enforce the budgets; every
+    ``HEARTBEAT_SECONDS`` log the time so far and the memory now. The worker's log is copied into
+    ``keep_log_in`` (the job's output directory) and named in the result when it fails, or always with
+    ``keep_all_logs``."""
     import psutil
 
     data_dir = Path(spec.data_dir)
@@ -35,6 +41,7 @@ def run_worker(spec: WorkerSpec, *, memory_budget_mb: float, time_budget_seconds
     root = psutil.Process(process.pid)
     peak, limit = 0, None
     budget_bytes = memory_budget_mb * 2**20
+    next_beat = HEARTBEAT_SECONDS
     while process.poll() is None:
         try:
             tree = [root] + root.children(recursive=True)
@@ -43,6 +50,10 @@ def run_worker(spec: WorkerSpec, *, memory_budget_mb: float, time_budget_seconds
             rss = 0
         peak = max(peak, rss)
         elapsed = time.perf_counter() - started
+        if elapsed >= next_beat:
+            log.info("    %s worker (%s): %.0f s so far, %s MB now, peak %s MB", spec.engine, Path(spec.data_dir).name,
+                     elapsed, f"{rss / 2**20:,.0f}", f"{peak / 2**20:,.0f}")
+            next_beat += HEARTBEAT_SECONDS
         if rss > budget_bytes:
             limit = f"memory: {rss / 2**20:,.0f} MB > budget {memory_budget_mb:,} MB"
         elif elapsed > time_budget_seconds:
@@ -58,20 +69,25 @@ def run_worker(spec: WorkerSpec, *, memory_budget_mb: float, time_budget_seconds
         time.sleep(0.1)
     stderr = log_path.read_text(errors="replace")
     wall = time.perf_counter() - started
-    if limit or process.returncode != 0 or not result_file.exists():
+    failed_run = bool(limit or process.returncode != 0 or not result_file.exists())
+    kept = None
+    if keep_log_in is not None and (failed_run or keep_all_logs):
+        keep_log_in.mkdir(parents=True, exist_ok=True)
+        kept = keep_log_in / f"{data_dir.name}-{spec.engine}-worker.log"
+        shutil.copyfile(log_path, kept)
+    if failed_run:
         if not limit:
             reason = "out of memory" if "OutOfMemory" in stderr or "MemoryError" in stderr else "failed"
             limit = f"{reason}: exit {process.returncode}: {stderr.strip()[-300:]}"
         failed = {"completed": False, "limit": limit, "peak_rss_mb": peak / 2**20, "wall_seconds": wall}
-        if keep_log_in is not None:
-            keep_log_in.mkdir(parents=True, exist_ok=True)
-            kept = keep_log_in / f"{data_dir.name}-{spec.engine}-worker.log"
-            shutil.copyfile(log_path, kept)
+        if kept is not None:
             failed["log"] = str(kept)
         return failed
     result = json.loads(result_file.read_text())
     result.update(completed=True, peak_rss_mb=peak / 2**20, wall_seconds=wall,
                   fit_seconds=float(np.median(result["seconds"])))
+    if kept is not None:
+        result["log"] = str(kept)
     return result
 
 

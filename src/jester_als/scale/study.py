@@ -64,7 +64,7 @@ def run_study(cfg: dict) -> dict:
                                     dense_budget_mb=scale["numpy_dense_budget_mb"])
                 result = run_worker(worker, memory_budget_mb=scale["memory_budget_mb"],
                                     time_budget_seconds=scale["time_budget_seconds"],
-                                    keep_log_in=Path(cfg["output"]["dir"]) / "worker-logs")
+                                    keep_log_in=Path(cfg["output"]["dir"]) / "worker-logs", keep_all_logs=True)
                 point["engines"][engine] = result
                 if not result["completed"]:
                     stopped[key] = result["limit"]
