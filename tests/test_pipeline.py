@@ -146,6 +146,8 @@ def test_the_run_is_tracked_in_mlflow(pipeline_run):
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "plots")} == {
         "plots/tuning.png", "plots/engines.png", "plots/errors.png"}
     assert (out / "mlartifacts").is_dir()  # artifacts stay beside the store, not in the working directory
+    # the plain Spark model of a classic session is an MLflow spark model, not just files
+    assert "model/MLmodel" in {a.path for a in client.list_artifacts(parent.info.run_id, "model")}
 
 
 def test_a_tracking_failure_warns_and_leaves_the_job_green(small_table, tmp_path, capsys):

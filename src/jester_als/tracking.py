@@ -171,7 +171,8 @@ def _log_model(mlflow, client, run_id: str, output_dir: str, spark) -> None:
 
             mlflow.set_tracking_uri(client.tracking_uri)  # the fluent API below logs to the global URI
             with mlflow.start_run(run_id=run_id):
-                mlflow.spark.log_model(ALSModel.load(path), name="model")
+                # positional: mlflow.spark calls it artifact_path (3.17), other flavours name
+                mlflow.spark.log_model(ALSModel.load(path), "model")
             return
         except Exception as exc:  # noqa: BLE001 - the directory below is the fallback
             log.info("MLflow: mlflow.spark could not log the model (%s); logging its directory instead",
