@@ -253,3 +253,23 @@ def test_a_local_run_names_its_spark_ui_and_it_answers(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     url, found = done.stdout.split()[-2:]
     assert url.startswith("http://localhost:") and found == "True", done.stdout
+
+
+def test_spark_warnings_go_to_a_log_file_unless_verbose(tmp_path):
+    """A local run keeps Spark's own warnings (here: a deprecated SQL setting, which Spark warns about every time
+    it is set) out of the console and in output.dir/spark.log; with -v the console shows them too."""
+    excerpt = ROOT / "tests" / "data" / "jester_seed_excerpt.csv"
+    deprecated = "The SQL config 'spark.sql.execution.arrow.enabled' has been deprecated"
+
+    def prepare(out, *flags):
+        done = subprocess.run([sys.executable, "-m", "jester_als.cli", "prepare", *flags,
+                               "--set", f"input.path={excerpt}", "--set", f"output.dir={out}",
+                               "--set", "spark.conf={spark.sql.execution.arrow.enabled: true}"],
+                              capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stderr
+
+    quiet = prepare(tmp_path / "quiet")
+    assert deprecated not in quiet and f"Spark's own warnings: {tmp_path / 'quiet' / 'spark.log'}" in quiet
+    assert deprecated in (tmp_path / "quiet" / "spark.log").read_text()
+    assert deprecated in prepare(tmp_path / "verbose", "-v")

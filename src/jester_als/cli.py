@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -165,6 +166,13 @@ def als_iterations(job: str, cfg: dict) -> dict[str, int]:
     return {}
 
 
+def spark_log_path(output_dir: str) -> str | None:
+    """Where a local run's Spark log goes: ``spark.log`` in the output directory (a local path only)."""
+    if "://" in output_dir and not output_dir.startswith("file://"):
+        return None
+    return os.path.join(os.path.abspath(output_dir.removeprefix("file://")), "spark.log")
+
+
 def _run_spark_job(args, cfg: dict, started: float) -> int:
     """Run a Spark job. On Ctrl-C (exit 130) or SIGTERM (exit 143) Spark is stopped first, then the staged
     outputs are removed, so nothing half-written is left and the previous outputs stay as they were."""
@@ -173,7 +181,8 @@ def _run_spark_job(args, cfg: dict, started: float) -> int:
 
     try:
         check_needs(args.job, cfg["output"]["dir"])
-        spark, created = build_session(cfg["spark"], master=args.master, remote=args.remote)
+        spark, created = build_session(cfg["spark"], master=args.master, remote=args.remote,
+                                       spark_log=spark_log_path(cfg["output"]["dir"]), verbose=args.verbose)
         try:
             check_iterations(spark, als_iterations(args.job, cfg))
         except JobError:

@@ -31,7 +31,8 @@ def platform_owned() -> bool:
     return bool(os.environ.get("DATABRICKS_RUNTIME_VERSION"))
 
 
-def build_session(spark_cfg: dict, *, master: str | None = None, remote: str | None = None):
+def build_session(spark_cfg: dict, *, master: str | None = None, remote: str | None = None,
+                  spark_log: str | None = None, verbose: bool = False):
     """Return ``(spark, created)``; ``created`` is False when the session belongs to someone else (an active
     session we joined, or the platform's on Databricks), which the job must then never stop.
 
@@ -55,7 +56,9 @@ def build_session(spark_cfg: dict, *, master: str | None = None, remote: str | N
     builder = SparkSession.builder.appName(spark_cfg.get("app_name", "jester-als"))
     extra = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in (spark_cfg.get("conf") or {}).items()}
     if runs_locally(master, remote):
-        extra = {**local_mode_defaults(), **extra}
+        if spark_log:
+            os.makedirs(os.path.dirname(spark_log), exist_ok=True)
+        extra = {**local_mode_defaults(spark_log, verbose), **extra}
         # Local mode talks to itself only: bind to the loopback address instead of letting Spark warn (two lines)
         # that the hostname resolves to it and pick another interface. A user's own SPARK_LOCAL_IP wins.
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -109,6 +112,8 @@ def build_session(spark_cfg: dict, *, master: str | None = None, remote: str | N
              _conf(spark, "spark.checkpoint.dir") or checkpoint_dir)
     if runs_locally(master, remote):
         log_ui_address(launch)
+        if spark_log:
+            log.info("Spark's own warnings: %s%s", spark_log, "" if verbose else " (-v shows them here too)")
     return spark, not platform_owned()
 
 
@@ -122,7 +127,7 @@ def runs_locally(master: str | None, remote: str | None) -> bool:
     return not (os.environ.get("PYSPARK_GATEWAY_PORT") or platform_owned())
 
 
-def local_mode_defaults() -> dict:
+def local_mode_defaults(spark_log: str | None = None, verbose: bool = False) -> dict:
     """Settings for Spark in local mode on one machine, under any config's own ``spark.conf``: Spark's 200
     shuffle partitions are 200 tiny tasks on a laptop; the console progress bar only where a person watches."""
     from jester_als.localcluster import free_ports
@@ -131,10 +136,17 @@ def local_mode_defaults() -> dict:
     # The UI's port is chosen here, not left to Spark: Spark moves to the next port when 4040 is taken and
     # does not put the port it bound back into the conf, so only a port chosen up front can be shown.
     log4j = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2.properties")
+    # Spark's own log lines: to ``spark_log`` (spark.log under output.dir), errors only on the console unless
+    # verbose; without a file, the console keeps Spark's warnings.
+    java = [f"-Dlog4j2.configurationFile=file:{log4j}",
+            f"-Djester_als.console_level={'warn' if verbose or not spark_log else 'error'}"]
+    if spark_log:
+        java.append(f"-Djester_als.spark_log={spark_log}")
     return {"spark.sql.shuffle.partitions": str(2 * cores), "spark.driver.memory": "4g",
             "spark.ui.showConsoleProgress": str(sys.stderr.isatty()).lower(),
             "spark.ui.port": str(free_ports(1)[0]),
-            "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile=file:{log4j}"}
+            "spark.driver.extraJavaOptions": " ".join(f'"{option}"' if " " in option else option
+                                                      for option in java)}
 
 
 def log_ui_address(settings: dict) -> None:

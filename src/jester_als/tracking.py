@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +95,12 @@ def track_job(cfg: dict, job: str, metrics: dict, output_dir: str, spark=None) -
     # a job that is done should not wait that long to say tracking failed. A user's own setting wins.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    started = time.perf_counter()
     try:
-        return _log(mlflow, cfg, job, metrics, output_dir, spark)
+        logged = _log(mlflow, cfg, job, metrics, output_dir, spark)
+        log.info("MLflow: run %s in experiment %s (%s), logged in %.1f s", logged["run_id"], logged["experiment"],
+                 logged["tracking_uri"], time.perf_counter() - started)
+        return logged
     except Exception as exc:  # noqa: BLE001 - tracking never changes the job's outcome
         log.warning("MLflow tracking failed (%s: %s); the job's results are unaffected", type(exc).__name__,
                     str(exc).splitlines()[0] if str(exc) else "")
@@ -147,7 +152,6 @@ def _log(mlflow, cfg: dict, job: str, metrics: dict, output_dir: str, spark) -> 
         status = "FINISHED"
     finally:
         client.set_terminated(run_id, status)
-    log.info("MLflow: run %s in experiment %s (%s)", run_id, name, uri)
     return {"run_id": run_id, "experiment": name, "tracking_uri": uri}
 
 
