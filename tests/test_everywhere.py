@@ -22,7 +22,8 @@ from frames import assert_same_results
 ROOT = Path(__file__).resolve().parents[1]
 # The biased model (the default's choice) in every mode these runs cover: classic, Connect, a standalone cluster.
 SMALL_RUN = ["--set", "tune.grid={rank: [2, 3], regParam: [0.1], maxIter: [6], biases: [true]}",
-             "--set", "tune.refit_max_iter=8", "--set", "recommend.top_n=3", "--set", "evaluate.relevance_threshold=3.0"]
+             "--set", "tune.refit_max_iter=8", "--set", "recommend.top_n=3",
+             "--set", "evaluate.relevance_threshold=3.0"]
 
 
 def comparable(metrics: dict) -> dict:
