@@ -86,7 +86,7 @@ def spark_predictions(model, test_rows: DataFrame, users: np.ndarray, jokes: np.
     return np.where(found, values[at] if len(keys) else np.nan, np.nan)
 
 
-def compare_engines(spark, spark_model, ratings: DataFrame, cfg: dict, params: dict) -> dict:
+def compare_engines(spark_model, ratings: DataFrame, cfg: dict, params: dict) -> dict:
     """Collect the sample, fit NumPy ALS and the baselines, score everything on the same held-out rows."""
     base = cfg["baseline"]
     numpy_params = {"rank": int(params["rank"]), "reg_param": float(params["regParam"]),

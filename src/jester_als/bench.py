@@ -191,9 +191,9 @@ def render_bench(result: dict) -> str:
 
 def bench_plot(result: dict, path: str):
     """``bench.png``: each engine's test RMSE and median fit time (bars), or why it was skipped."""
-    from jester_als.plots import SKIPPED, _pyplot, engine_bars
+    from jester_als.plots import SKIPPED, engine_bars, pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return {"skipped": SKIPPED}
     rows = [(LABELS[name], engine["rmse"], engine["median_seconds"]) for name, engine in result["engines"].items()]

@@ -239,7 +239,7 @@ def run_baseline(spark: SparkSession, cfg: dict, out: RunOutputs, model: ALSMode
         raise InputError(f"baseline: no ALS params to use; set baseline.params or run tune first so that "
                          f"{out.final_path('metrics.json')} holds spark_als.model_params")
     try:
-        return compare_engines(spark, model, ratings, cfg, params)
+        return compare_engines(model, ratings, cfg, params)
     except ValueError as exc:
         raise InputError(f"baseline: {exc}") from None
 

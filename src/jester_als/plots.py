@@ -18,7 +18,7 @@ SKIPPED = "matplotlib is not installed (pip install 'jester-als[plot]')"
 DPI = 100
 
 
-def _pyplot():
+def pyplot():
     try:
         import matplotlib
     except ImportError:
@@ -122,7 +122,7 @@ def error_histogram(plt, histogram: dict, path: str) -> None:
 def run_plots(metrics: dict, output_dir: str) -> dict:
     """Draw every plot the metrics allow into ``output_dir/plots/``; returns ``{name: relative path}``, or
     ``{"skipped": reason}`` without matplotlib."""
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         log.warning("plots skipped: %s", SKIPPED)
         return {"skipped": SKIPPED}
