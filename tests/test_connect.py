@@ -73,7 +73,7 @@ def test_job_fails_within_a_bound_when_the_server_dies_mid_fit(spark, tmp_path):
         def read():
             for line in process.stdout:
                 lines.append(line)
-                if "TrainValidationSplit:" in line:
+                if "grid points, trainRatio" in line:  # Spark's TVS or the job's loop (pyspark 4.0) has started
                     fitting.set()
 
         reader = threading.Thread(target=read, daemon=True)
