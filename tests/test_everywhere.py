@@ -165,9 +165,9 @@ def test_tune_survives_losing_its_executor_mid_fit(spark, dist, tmp_path):
             killed = None
             if name == "executor_killed":
                 lines = []
-                for line in job.stdout:  # wait until TrainValidationSplit has started
+                for line in job.stdout:  # wait until tuning has started (TVS or the job's loop: the same words)
                     lines.append(line)
-                    if "TrainValidationSplit:" in line:
+                    if "grid points, trainRatio" in line:
                         break
                 # Then until the executor has started ALS's tasks: its log shows them (observable, no sleep).
                 started = _tasks_started(tmp_path / "cluster")
