@@ -13,7 +13,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from jester_als.hashsplit import SPLIT_BUCKETS, test_threshold
-from jester_als.numpy_als import RatingMatrix, arrow_ratings, fit_biases, fit_numpy_als, rmse_mae
+from jester_als.numpy_als import RatingMatrix, arrow_ratings, fit_biases, fit_numpy_als, positions, rmse_mae
 from jester_als.peakmem import PeakRSS
 from jester_als.tune import is_test_rating
 
@@ -77,13 +77,10 @@ def spark_predictions(model, test_rows: DataFrame, users: np.ndarray, jokes: np.
     collected (sending the pairs from the driver made one task of ~9 MB at Jester size)."""
     scored = model.transform(test_rows).select("user", "joke", "prediction").toArrow()
     keys = _pair_keys(scored.column("user").to_numpy(), scored.column("joke").to_numpy())
-    values = scored.column("prediction").to_numpy().astype(np.float64)
     order = np.argsort(keys)
-    keys, values = keys[order], values[order]
-    wanted = _pair_keys(users, jokes)
-    at = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
-    found = (keys[at] == wanted) if len(keys) else np.zeros(len(wanted), dtype=bool)
-    return np.where(found, values[at] if len(keys) else np.nan, np.nan)
+    values = scored.column("prediction").to_numpy().astype(np.float64)[order]
+    at, found = positions(keys[order], _pair_keys(users, jokes))
+    return np.where(found, values[at] if len(values) else np.nan, np.nan)
 
 
 def compare_engines(spark_model, ratings: DataFrame, cfg: dict, params: dict) -> dict:

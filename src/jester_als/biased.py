@@ -76,9 +76,14 @@ def with_offsets(df: DataFrame, biases: SparkBiases, column: str = "prediction")
     their original order."""
     joined = (df.join(biases.user, on="user", how="left")
               .join(F.broadcast(biases.joke), on="joke", how="left"))
-    total = (F.col(column).cast("double") + F.lit(biases.mean) + F.coalesce(F.col("user_bias"), F.lit(0.0))
-             + F.coalesce(F.col("joke_bias"), F.lit(0.0)))
+    total = F.col(column).cast("double") + offset_sum(biases)
     return joined.select(*[total.alias(c) if c == column else F.col(c) for c in df.columns])
+
+
+def offset_sum(biases: SparkBiases) -> F.Column:
+    """``mu + b_u + b_j`` over joined ``user_bias`` and ``joke_bias`` columns (a missing offset adds 0)."""
+    return (F.lit(biases.mean) + F.coalesce(F.col("user_bias"), F.lit(0.0))
+            + F.coalesce(F.col("joke_bias"), F.lit(0.0)))
 
 
 class BiasedALSModel:
@@ -122,8 +127,7 @@ class BiasedALSModel:
                  .join(self.biases.joke, on="joke", how="left"))
         dot = F.aggregate(F.zip_with("uf", "jf", lambda a, b: a.cast("double") * b), F.lit(0.0),
                           lambda acc, x: acc + x)
-        score = (dot + F.lit(self.biases.mean) + F.coalesce(F.col("user_bias"), F.lit(0.0))
-                 + F.coalesce(F.col("joke_bias"), F.lit(0.0)))
+        score = dot + offset_sum(self.biases)
         pairs = users.crossJoin(F.broadcast(jokes)).select("user", "joke", score.alias("rating"))
         order = Window.partitionBy("user").orderBy(F.col("rating").desc(), F.col("joke"))
         top = pairs.withColumn("pos", F.row_number().over(order)).where(F.col("pos") <= k)

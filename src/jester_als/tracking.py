@@ -13,6 +13,8 @@ import logging
 import os
 import time
 
+from jester_als.plots import PLOTS_DIR
+
 log = logging.getLogger(__name__)
 
 # metrics.json values logged as MLflow metrics: (section, dotted key inside it).
@@ -145,9 +147,9 @@ def _log(mlflow, cfg: dict, job: str, metrics: dict, output_dir: str, spark) -> 
             path = os.path.join(output_dir, item)
             if os.path.exists(path):
                 client.log_artifact(run_id, path)
-        plots = os.path.join(output_dir, "plots")
+        plots = os.path.join(output_dir, PLOTS_DIR)
         if os.path.isdir(plots):
-            client.log_artifacts(run_id, plots, "plots")
+            client.log_artifacts(run_id, plots, PLOTS_DIR)
         _log_model(mlflow, client, run_id, output_dir, spark)
         status = "FINISHED"
     finally:
@@ -167,8 +169,9 @@ def _log_model(mlflow, client, run_id: str, output_dir: str, spark) -> None:
     path = os.path.join(output_dir, "model")
     if not os.path.isdir(path):
         return
-    plain = not (BiasedALSModel.saved_at(path) or NumpyALSModel.saved_at(path))
-    if plain and spark is not None and not is_connect(spark):
+    kind = ("NumPy model" if NumpyALSModel.saved_at(path) else "biased model" if BiasedALSModel.saved_at(path)
+            else None)
+    if kind is None and spark is not None and not is_connect(spark):
         previous = mlflow.get_tracking_uri()
         try:
             from pyspark.ml.recommendation import ALSModel
@@ -185,6 +188,5 @@ def _log_model(mlflow, client, run_id: str, output_dir: str, spark) -> None:
             mlflow.set_tracking_uri(previous)
     else:
         log.info("MLflow: the model is logged as its saved directory (%s)",
-                 "biased model" if not plain and BiasedALSModel.saved_at(path) else
-                 "NumPy model" if not plain else "mlflow.spark needs a classic session")
+                 kind or "mlflow.spark needs a classic session")
     client.log_artifacts(run_id, path, "model")
