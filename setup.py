@@ -24,6 +24,7 @@ setup(
     install_requires=[
         "numpy>=1.26",
         "pyyaml>=6.0",
+        "pydantic>=2.5",  # the typed config models (jester_als.config)
         "scipy>=1.10",  # sparse products in NumPy ALS when the rating pattern is too sparse to be dense
         "threadpoolctl>=3.1",  # NumPy ALS runs its own threads and keeps BLAS to one thread inside each
         "pyarrow>=15",  # baseline, bench, scale and the fallback collect ratings to the driver as Arrow

@@ -155,3 +155,38 @@ def test_packaged_configs_are_found_by_name_from_anywhere(tmp_path, monkeypatch)
         assert Path(resolve_conf_path(name)).read_text() == (ROOT / "conf" / "bench.yaml").read_text()
     with pytest.raises(ConfigError, match="packaged configs: bench, databricks, local, scale"):
         resolve_conf_path("conf/nope.yaml")
+
+
+def test_types_are_strict_and_worded_as_people_write_them(tmp_path):
+    path = write(tmp_path, """
+tune: {parallelism: true, train_ratio: "0.8"}
+input: {missing_values: [99, "n/a", false], format: xls, delimiter: ";;"}
+spark: {conf: {spark.driver.memory: [4g]}}
+recommend: [10]
+""")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert set(err.value.problems) == {
+        "tune.parallelism: expected an integer, got True",
+        "tune.train_ratio: expected a number, got '0.8'",
+        "input.missing_values: expected a list of number values, got item(s) ['n/a', False]",
+        "input.format: expected one of ['csv', 'parquet', 'table'], got 'xls'",
+        "input.delimiter: expected a single character, got ';;'",
+        "spark.conf.spark.driver.memory: expected a string or a number or a boolean, got ['4g']",
+        "recommend: expected a mapping, got list",
+    }
+
+
+def test_empty_sections_and_mappings_take_their_defaults(tmp_path):
+    cfg = load_config(write(tmp_path, "tune:\n  grid:\nspark:\n  conf:\nrecommend:\n"))
+    assert cfg["tune"]["grid"] == load_config(None)["tune"]["grid"]
+    assert cfg["spark"]["conf"] == {} and cfg["recommend"]["top_n"] == 10
+
+
+def test_every_key_of_the_models_is_documented():
+    from jester_als.config import describe_schema
+
+    rows = describe_schema()
+    assert len(rows) > 100
+    assert [key for key, _, _, doc in rows if not doc.strip()] == []
+    assert ("als.blocks", "integer or string", "auto") == rows[[r[0] for r in rows].index("als.blocks")][:3]

@@ -1,7 +1,13 @@
-"""Typed YAML configuration: the schema, loading, ``--set`` overrides and validation.
+"""Typed YAML configuration: the models, loading, ``--set`` overrides and validation.
 
-Every error in a config is collected and reported at once, before Spark starts, each with its key path and
-what was expected. Defaults are stated once, in ``SCHEMA``.
+The config is :class:`JesterConfig`, one pydantic model per section: each key's type is its annotation, its
+default and meaning are stated once in ``key(...)`` (the README's table is generated from them), and the few
+checks types cannot state (``regParam > 0``, a grid's names, a memory size) are validators beside the keys.
+Validation is strict (``"5"`` is not an integer, ``true`` is not a number; an integer stands for a number).
+Every error is collected and reported at once, before Spark starts, in this project's words
+(``split.seed: expected an integer, got 'forty-two'``), and a value given with ``--set`` is reported as a
+``--set`` problem. The jobs read the validated config as plain dicts (``model_dump()``), which is what Spark's
+session builder, the JSON outputs and MLflow's params take.
 """
 
 from __future__ import annotations
@@ -9,15 +15,15 @@ from __future__ import annotations
 import copy
 import os
 import re
+import types
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from jester_als.generate import GeneratorParams as _GEN
-
-REQUIRED = object()
 
 # ALS params a grid may name: everything Spark's ALS estimator takes except the column names and the
 # explicit/implicit switch (this project is explicit feedback only).
@@ -55,35 +61,40 @@ class ConfigError(Exception):
         super().__init__("\n".join(parts))
 
 
-@dataclass(frozen=True)
-class Field:
-    """One leaf of the schema: its type, default, and an optional extra check."""
-
-    kind: type | tuple[type, ...]
-    default: Any = REQUIRED
-    nullable: bool = False
-    choices: tuple | None = None
-    check: Callable[[Any], str | None] | None = None
-    doc: str = ""
+_TYPE_NAMES = {int: "integer", float: "number", str: "string", bool: "boolean", list: "list", dict: "mapping"}
 
 
-@dataclass(frozen=True)
-class MapOf:
-    """A free-form mapping whose keys are strings and whose values have one of the given kinds."""
-
-    kind: type | tuple[type, ...]
-    default: dict = field(default_factory=dict)
-    doc: str = ""
+def _type_name(kind) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(_TYPE_NAMES.get(k, getattr(k, "__name__", str(k))) for k in kinds)
 
 
-@dataclass(frozen=True)
-class ListOf:
-    """A list whose items have the given kind."""
+def _a(kind) -> str:
+    """The type as people write it after "expected": "an integer", "a number or a string"."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if set(kinds) >= {int, float}:
+        kinds = tuple(k for k in kinds if k is not int)  # an integer is a number
+    names = [_TYPE_NAMES.get(k, k.__name__) for k in kinds]
+    return " or ".join(("an " if name[0] in "aeiou" else "a ") + name for name in names)
 
-    kind: type | tuple[type, ...]
-    default: Any = REQUIRED
-    min_len: int = 0
-    doc: str = ""
+
+def _coerce(value, kind):
+    """Ints stand for floats where a number is wanted (``regParam: 1``)."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _checked(message: Callable[[Any], str | None]) -> AfterValidator:
+    """An extra check on a value that already has its type: ``message`` returns what is wrong, or None."""
+
+    def check(value):
+        problem = message(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    return AfterValidator(check)
 
 
 def _positive(v):
@@ -98,18 +109,48 @@ def _open_unit(v):
     return None if 0 < v < 1 else "must be between 0 and 1 (exclusive)"
 
 
-def _memory_size(v):
-    return None if re.fullmatch(r"auto|\d+(\.\d+)?[mMgG]", v) else "must be auto or a size like 8g or 4096m"
-
-
 def _unit(v):
     return None if 0 < v <= 1 else "must be in (0, 1]"
 
 
+def _memory_size(v):
+    return None if re.fullmatch(r"auto|\d+(\.\d+)?[mMgG]", v) else "must be auto or a size like 8g or 4096m"
+
+
 def _range_pair(v):
-    if len(v) != 2 or not v[0] < v[1]:
-        return "must be [low, high] with low < high"
-    return None
+    return None if len(v) == 2 and v[0] < v[1] else "must be [low, high] with low < high"
+
+
+def _single_character(v):
+    return None if len(v) == 1 else "expected a single character"
+
+
+def _blocks(v):
+    ok = v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+    return None if ok else "must be 'auto' or an integer >= 1"
+
+
+def _kinds(*kinds: type) -> AfterValidator:
+    """A value of any of ``kinds`` (a bool is not an integer): for the few keys that take more than one type."""
+
+    def message(value):
+        if any(type(value) is kind or (kind is float and type(value) is int) for kind in kinds):
+            return None
+        return f"expected {_a(kinds)}"
+
+    return _checked(message)
+
+
+# The types of the schema. Strict: "5" is not an integer and true is not a number; an integer stands for a number.
+PositiveInt = Annotated[int, _checked(_positive)]
+NonNegativeInt = Annotated[int, _checked(_non_negative)]
+Number = float
+PositiveNumber = Annotated[float, _checked(_positive)]
+NonNegativeNumber = Annotated[float, _checked(_non_negative)]
+Fraction = Annotated[float, _checked(_open_unit)]
+# Values whose type is one of several: their README type is given by ``kind``.
+IntOrNumber = Annotated[Any, _kinds(int, float)]
+SparkValue = Annotated[Any, _kinds(str, int, float, bool)]
 
 
 def _grid_check(grid: dict) -> list[str]:
@@ -141,290 +182,240 @@ def _grid_check(grid: dict) -> list[str]:
     return problems
 
 
-SCHEMA: dict[str, Any] = {
-    "input": {
-        "format": Field(str, "csv", choices=("csv", "parquet", "table"),
-                        doc="csv or parquet file/directory at `path`, or a catalog `table`"),
-        "path": Field(str, "data/jester_synthetic.csv", nullable=True,
-                      doc="file or directory to read (csv, parquet)"),
-        "table": Field(str, None, nullable=True, doc="catalog table, e.g. workspace.default.jester_data_1"),
-        "layout": Field(str, "wide", choices=("wide", "long", "jester"),
-                        doc="wide: one row per user, one column per joke; long: user, joke, rating; jester: "
-                            "the original files (no header, count column first, users by row)"),
-        "user_ids": Field(str, "auto", choices=("auto", "integer", "reindex"),
-                          doc="auto: re-index when any id is not an integer in Int range"),
-        "min_ratings_per_user": Field(int, 1, check=_positive,
-                                      doc="users with fewer valid ratings are refused (too_few_ratings)"),
-        "header": Field(bool, True, doc="csv: first line holds the column names"),
-        "delimiter": Field(str, ",", doc="csv field delimiter"),
-        "user_column": Field(str, "User", doc="wide layout: the column holding the user id"),
-        "drop_columns": ListOf(str, ["Number of Jokes Rated"], doc="wide layout: columns that are not jokes"),
-        "long_columns": {
-            "user": Field(str, "user", doc="long layout: the user id column"),
-            "joke": Field(str, "joke", doc="long layout: the joke id column"),
-            "rating": Field(str, "rating", doc="long layout: the rating column"),
-        },
-        "missing_values": ListOf((int, float), [99], doc="sentinels that mean 'not rated' (never 0)"),
-        "rating_range": ListOf((int, float), [-10.0, 10.0], doc="[low, high]; values outside are refused"),
-    },
-    "generate": {
-        "path": Field(str, "data/jester_synthetic.csv", doc="where `generate` writes the wide CSV"),
-        "users": Field(int, _GEN.users, check=_positive, doc="users (rows) in the synthetic table"),
-        "jokes": Field(int, _GEN.jokes, check=_positive, doc="jokes (columns) in the synthetic table"),
-        "rank": Field(int, _GEN.rank, check=_positive, doc="rank of the planted low-rank structure"),
-        "noise": Field((int, float), _GEN.noise, check=_non_negative, doc="standard deviation of the noise"),
-        "factor_scale": Field((int, float), _GEN.factor_scale, check=_non_negative,
-                              doc="standard deviation of the low-rank part"),
-        "user_bias": Field((int, float), _GEN.user_bias, check=_non_negative, doc="std of the user effects"),
-        "joke_bias": Field((int, float), _GEN.joke_bias, check=_non_negative, doc="std of the joke effects"),
-        "mean": Field((int, float), _GEN.mean, doc="centre of the ratings before clipping"),
-        "min_ratings": Field(int, _GEN.min_ratings, check=_positive, doc="every user rates at least this many"),
-        "mean_ratings": Field((int, float), _GEN.mean_ratings, check=_positive, doc="average ratings per user"),
-        "gauge_jokes": Field(int, _GEN.gauge_jokes, check=_non_negative, doc="jokes rated by nearly everyone"),
-        "zero_fraction": Field((int, float), _GEN.zero_fraction, check=_non_negative,
-                               doc="extra share of exact 0.00 ratings (clicks on the centre)"),
-        "seed": Field(int, _GEN.seed, doc="seeds the synthetic table"),
-    },
-    "split": {
-        "test_fraction": Field((int, float), 0.2, check=_open_unit, doc="share of ratings held out for test"),
-        "seed": Field(int, 42, doc="seeds the hash that splits ratings"),
-    },
-    "als": {
-        "blocks": Field((int, str), "auto",
-                        check=lambda v: None if v == "auto" or (isinstance(v, int) and v >= 1)
-                        else "must be 'auto' or an integer >= 1",
-                        doc="user and item blocks; auto = the cores Spark has"),
-        "checkpoint_interval": Field(int, 10, check=_positive,
-                doc="ALS checkpoints every this many iterations (needs a checkpoint dir)"),
-        "nonnegative": Field(bool, False, doc="ALS non-negative factors"),
-        "biases": Field(bool, False, doc="fit mu + user and joke offsets first, ALS on the residuals "
-                                         "(a grid's biases list overrides it)"),
-        "bias_reg": Field((int, float), 10.0, check=_non_negative,
-                          doc="regularization of the biased model's offsets (added to each rating count)"),
-        "seed": Field(int, 42, doc="seeds ALS's initialization"),
-        "fallback": Field(str, "none", choices=("none", "numpy"),
-                          doc="when the platform refuses Spark ALS: stop (none) or use NumPy ALS on the driver"),
-    },
-    "tune": {
-        "grid": MapOf((int, float, bool, list), {"rank": [5], "regParam": [0.3, 0.5], "biases": [False, True],
-                                "maxIter": [10]},
-                      doc="ALS param -> list of values"),
-        "train_ratio": Field((int, float), 0.8, check=_open_unit,
-                doc="TrainValidationSplit's share of the training ratings used for fitting"),
-        "parallelism": Field(int, 2, check=_positive, doc="grid points fitted at once"),
-        "seed": Field(int, 42, doc="seeds TrainValidationSplit's split"),
-        "refit_max_iter": Field(int, 20, nullable=True, check=_positive,
-                                doc="maxIter for the final fit on all training ratings (null: the best grid "
-                                    "point's)"),
-    },
-    "evaluate": {
-        "k": Field(int, 10, check=_positive, doc="cut-off for precision@k, recall@k, MAP@k and NDCG@k"),
-        "relevance_threshold": Field((int, float), 5.0, doc="ratings >= this count as relevant"),
-    },
-    "recommend": {
-        "top_n": Field(int, 10, check=_positive, doc="jokes recommended per user"),
-    },
-    "baseline": {
-        "max_users": Field(int, 100_000, nullable=True, check=_positive,
-                           doc="collect at most this many users to the driver (null: no cap)"),
-        "fraction": Field((int, float), None, nullable=True, check=_unit,
-                          doc="sample this share of users first (null: all)"),
-        "seed": Field(int, 42, doc="seeds the user sample and NumPy ALS's initialization"),
-        "params": MapOf((int, float), {}, doc="rank, regParam, maxIter for NumPy ALS (default: Spark's model)"),
-        "tol": Field((int, float), None, nullable=True, check=_positive,
-                     doc="stop NumPy ALS when the training RMSE improves by less than this"),
-        "dense_budget_mb": Field((int, float), 512, check=_non_negative,
-                                 doc="largest dense users x jokes pattern NumPy ALS may build"),
-        "bias_reg": Field((int, float), 10.0, check=_non_negative, doc="regularization of the bias baseline"),
-    },
-    "tracking": {
-        "mlflow": Field(bool, False, doc="log each job run to MLflow (the mlflow extra)"),
-        "tracking_uri": Field(str, None, nullable=True,
-                              doc="MLflow tracking URI (null: databricks on Databricks, else a SQLite store "
-                                  "in output.dir)"),
-        "experiment": Field(str, "jester-als",
-                            doc="experiment name (on Databricks a name that is not a path goes under "
-                                "/Users/<you>/)"),
-    },
-    "bench": {
-        "users": Field(int, 24983, check=_positive, doc="users in the benchmark's table"),
-        "jokes": Field(int, 100, check=_positive, doc="jokes in the benchmark's table"),
-        "rank": Field(int, 10, check=_positive, doc="ALS rank of every engine"),
-        "regParam": Field((int, float), 0.1, check=_positive, doc="ALS regParam of every engine"),
-        "maxIter": Field(int, 20, check=_positive, doc="ALS iterations of every engine"),
-        "test_fraction": Field((int, float), 0.2, check=_open_unit, doc="share of ratings held out"),
-        "seed": Field(int, 42, doc="seeds the table and the split"),
-        "numpy_repeats": Field(int, 5, check=_positive, doc="NumPy ALS fits timed (median)"),
-        "spark_repeats": Field(int, 3, check=_positive, doc="Spark ALS fits timed (median)"),
-        "loop_repeats": Field(int, 1, check=_non_negative, doc="0 skips the seed's slow loop"),
-        "memory_budget_mb": Field(int, 20_000, check=_positive,
-                                  doc="peak RSS allowed to each engine's process; sizes past it are refused"),
-        "time_budget_seconds": Field((int, float), 3600, check=_positive, doc="per engine"),
-        "spark_driver_memory": Field(str, "auto", check=_memory_size,
-                                     doc="Spark's driver heap: auto sizes it to the data, or e.g. 8g"),
-        "work_dir": Field(str, None, nullable=True, doc="where the generated table goes (default: temp dir)"),
-        "numpy_dense_budget_mb": Field((int, float), 4096, check=_non_negative,
-                                       doc="largest dense users x jokes pattern + ratings NumPy ALS may build"),
-        "target_numpy_seconds": Field((int, float), 0.35, check=_positive,
-                doc="target: NumPy fit at most this many seconds"),
-        "target_speedup": Field((int, float), 15.0, check=_positive,
-                doc="target: NumPy at least this many times faster than Spark"),
-    },
-    "scale": {
-        "users_axis": ListOf(int, [25_000, 100_000, 250_000, 1_000_000, 2_500_000],
-                             doc="users at each point of the users axis (100 jokes)"),
-        "jokes_axis": ListOf(int, [100, 1_000, 3_000, 10_000], doc="jokes at each point of the jokes axis"),
-        "jokes_axis_users": Field(int, 25_000, check=_positive, doc="users on the jokes axis"),
-        "jokes_axis_ratings_per_user": Field((int, float), 50, check=_positive,
-                                             doc="mean ratings per user on the jokes axis (most rate few)"),
-        "rank": Field(int, 10, check=_positive, doc="ALS rank in the study"),
-        "regParam": Field((int, float), 0.1, check=_positive, doc="ALS regParam in the study"),
-        "maxIter": Field(int, 10, check=_positive, doc="ALS iterations in the study"),
-        "test_fraction": Field((int, float), 0.2, check=_open_unit, doc="share of ratings held out"),
-        "seed": Field(int, 42, doc="seeds the tables and splits"),
-        "repeats": Field(int, 3, check=_positive, doc="fits per point where one is cheap"),
-        "repeat_below_ratings": Field(int, 2_000_000, check=_non_negative,
-                                      doc="a point with fewer training ratings than this is cheap"),
-        "time_budget_seconds": Field((int, float), 900, check=_positive, doc="per engine and point"),
-        "memory_budget_mb": Field(int, 20_000, check=_positive, doc="peak RSS per engine and point"),
-        "spark_driver_memory": Field(str, "14g", doc="local-mode JVM heap for the Spark worker"),
-        "numpy_dense_budget_mb": Field((int, float), 4096, check=_non_negative,
-                                       doc="NumPy ALS's dense rating-pattern budget in the study"),
-        "work_dir": Field(str, None, nullable=True, doc="where generated tables go (default: temp dir)"),
-        "machine_memory_gb": Field((int, float), 24, check=_positive, doc="the one machine of the predictions"),
-        "cluster_executors": Field(int, 8, check=_positive, doc="the cluster of the predictions"),
-        "cores_per_executor": Field(int, 4, check=_positive, doc="cores per executor of the predictions"),
-    },
-    "output": {
-        "dir": Field(str, "output/local", doc="every output of a run goes under this directory (a local or "
-                                              "mounted path)"),
-        "mode": Field(str, "overwrite", choices=("overwrite", "error"),
-                      doc="overwrite: replace a previous run's outputs; error: refuse"),
-    },
-    "spark": {
-        "app_name": Field(str, "jester-als", doc="the Spark application name"),
-        "master": Field(str, None, nullable=True, doc="leave null under spark-submit and Databricks"),
-        "remote": Field(str, None, nullable=True, doc="Spark Connect URL, e.g. sc://localhost:15002"),
-        "checkpoint_dir": Field(str, None, nullable=True, doc="default: a temporary directory"),
-        "log_level": Field(str, "WARN", choices=("ERROR", "WARN", "INFO", "DEBUG"), doc="Spark's own log level"),
-        "conf": MapOf((str, int, float, bool), {},
-                      doc="extra Spark settings applied when the job builds the session (over the local-mode "
-                          "defaults: shuffle partitions 2 x cores, driver memory 4g, console progress bar "
-                          "only on a terminal)"),
-    },
-    "log_level": Field(str, "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), doc="the job's log level"),
-}
+class Section(BaseModel):
+    """A mapping of the config: unknown keys are refused, values are not converted between types, and a
+    section given as null (``tune:`` with nothing under it) takes every default."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data):
+        if data is None:
+            return {}
+        if isinstance(data, dict):  # `conf:` or `grid:` with nothing under it: the default mapping
+            return {k: v for k, v in data.items()
+                    if not (v is None and k in cls.model_fields and get_origin(_plain(cls.model_fields[k].annotation))
+                            is dict)}
+        return data
 
 
-_TYPE_NAMES = {int: "integer", float: "number", str: "string", bool: "boolean", list: "list", dict: "mapping"}
+def key(default: Any, doc: str, *, kind: str | None = None) -> Any:
+    """One key: its default (stated here and nowhere else) and what it does (the README's table)."""
+    extra = {"kind": kind} if kind else None
+    if isinstance(default, (list, dict)):
+        return Field(default_factory=lambda: copy.deepcopy(default), description=doc, json_schema_extra=extra)
+    return Field(default, description=doc, json_schema_extra=extra)
 
 
-def _type_name(kind) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+def section(model: type[Section]) -> Any:
+    return Field(default_factory=model)
 
 
-def _a(kind) -> str:
-    """The type as people write it after "expected": "an integer", "a number or a string"."""
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if set(kinds) == {int, float}:
-        kinds = (float,)  # an integer is a number
-    names = [_TYPE_NAMES.get(k, k.__name__) for k in kinds]
-    return " or ".join(("an " if name[0] in "aeiou" else "a ") + name for name in names)
+class LongColumns(Section):
+    user: str = key("user", "long layout: the user id column")
+    joke: str = key("joke", "long layout: the joke id column")
+    rating: str = key("rating", "long layout: the rating column")
 
 
-def _is_kind(value, kind) -> bool:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if isinstance(value, bool):
-        return bool in kinds
-    return isinstance(value, kinds)
+class InputConfig(Section):
+    format: Literal["csv", "parquet", "table"] = key(
+        "csv", "csv or parquet file/directory at `path`, or a catalog `table`")
+    path: str | None = key("data/jester_synthetic.csv", "file or directory to read (csv, parquet)")
+    table: str | None = key(None, "catalog table, e.g. workspace.default.jester_data_1")
+    layout: Literal["wide", "long", "jester"] = key(
+        "wide", "wide: one row per user, one column per joke; long: user, joke, rating; jester: the original files "
+                "(no header, count column first, users by row)")
+    user_ids: Literal["auto", "integer", "reindex"] = key(
+        "auto", "auto: re-index when any id is not an integer in Int range")
+    min_ratings_per_user: PositiveInt = key(1, "users with fewer valid ratings are refused (too_few_ratings)")
+    header: bool = key(True, "csv: first line holds the column names")
+    delimiter: Annotated[str, _checked(_single_character)] = key(",", "csv field delimiter")
+    user_column: str = key("User", "wide layout: the column holding the user id")
+    drop_columns: list[str] = key(["Number of Jokes Rated"], "wide layout: columns that are not jokes")
+    long_columns: LongColumns = section(LongColumns)
+    missing_values: list[Number] = key([99], "sentinels that mean 'not rated' (never 0)")
+    rating_range: Annotated[list[Number], _checked(_range_pair)] = key(
+        [-10.0, 10.0], "[low, high]; values outside are refused")
 
 
-def _coerce(value, kind):
-    """Ints stand for floats where a number is wanted (``regParam: 1``)."""
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if float in kinds and int not in kinds and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
+class GenerateConfig(Section):
+    path: str = key("data/jester_synthetic.csv", "where `generate` writes the wide CSV")
+    users: PositiveInt = key(_GEN.users, "users (rows) in the synthetic table")
+    jokes: PositiveInt = key(_GEN.jokes, "jokes (columns) in the synthetic table")
+    rank: PositiveInt = key(_GEN.rank, "rank of the planted low-rank structure")
+    noise: NonNegativeNumber = key(_GEN.noise, "standard deviation of the noise")
+    factor_scale: NonNegativeNumber = key(_GEN.factor_scale, "standard deviation of the low-rank part")
+    user_bias: NonNegativeNumber = key(_GEN.user_bias, "std of the user effects")
+    joke_bias: NonNegativeNumber = key(_GEN.joke_bias, "std of the joke effects")
+    mean: Number = key(_GEN.mean, "centre of the ratings before clipping")
+    min_ratings: PositiveInt = key(_GEN.min_ratings, "every user rates at least this many")
+    mean_ratings: PositiveNumber = key(_GEN.mean_ratings, "average ratings per user")
+    gauge_jokes: NonNegativeInt = key(_GEN.gauge_jokes, "jokes rated by nearly everyone")
+    zero_fraction: NonNegativeNumber = key(_GEN.zero_fraction, "extra share of exact 0.00 ratings (clicks on the "
+                                                               "centre)")
+    seed: int = key(_GEN.seed, "seeds the synthetic table")
 
 
-def _validate(schema: dict, values: Any, path: str, problems: list[str]) -> dict:
-    if not isinstance(values, dict):
-        problems.append(f"{path or '<top>'}: expected a mapping, got {type(values).__name__}")
-        values = {}
-    resolved = {}
-    for key in values:
-        if key not in schema:
-            known = ", ".join(sorted(schema))
-            problems.append(f"{path + '.' if path else ''}{key}: unknown key (expected one of: {known})")
-    for key, spec in schema.items():
-        key_path = f"{path}.{key}" if path else key
-        present = key in values
-        value = values.get(key)
-        if isinstance(spec, dict):
-            resolved[key] = _validate(spec, value if present and value is not None else {}, key_path, problems)
-        elif isinstance(spec, MapOf):
-            value = copy.deepcopy(spec.default) if not present or value is None else value
-            if not isinstance(value, dict):
-                problems.append(f"{key_path}: expected a mapping, got {type(value).__name__}")
-                value = {}
-            for k, v in value.items():
-                if not _is_kind(v, spec.kind):
-                    problems.append(f"{key_path}.{k}: expected {_a(spec.kind)}, got {v!r}")
-            if key_path == "tune.grid":
-                if not value:
-                    problems.append(f"{key_path}: empty grid (name at least one ALS parameter)")
-                problems.extend(f"{key_path}.{p}" for p in _grid_check(value))
-                value = {k: [_coerce(x, ALS_GRID_PARAMS.get(k, object)) for x in (v if isinstance(v, list) else [v])]
-                         for k, v in value.items()}
-            resolved[key] = value
-        elif isinstance(spec, ListOf):
-            if not present:
-                if spec.default is REQUIRED:
-                    problems.append(f"{key_path}: required (a list of {_type_name(spec.kind)} values)")
-                resolved[key] = copy.deepcopy(spec.default) if spec.default is not REQUIRED else None
-                continue
-            if not isinstance(value, list):
-                problems.append(f"{key_path}: expected a list of {_type_name(spec.kind)} values, got {value!r}")
-                resolved[key] = copy.deepcopy(spec.default)
-                continue
-            bad = [v for v in value if not _is_kind(v, spec.kind)]
-            if bad:
-                problems.append(f"{key_path}: expected a list of {_type_name(spec.kind)} values, got item(s) {bad!r}")
-            if len(value) < spec.min_len:
-                problems.append(f"{key_path}: needs at least {spec.min_len} item(s)")
-            if key_path == "input.rating_range" and not bad:
-                msg = _range_pair(value)
-                if msg:
-                    problems.append(f"{key_path}: {msg}, got {value!r}")
-            resolved[key] = value
-        else:
-            if not present:
-                if spec.default is REQUIRED:
-                    problems.append(f"{key_path}: required ({_a(spec.kind)})"
-                                    + (f": {spec.doc}" if spec.doc else ""))
-                    resolved[key] = None
-                else:
-                    resolved[key] = copy.deepcopy(spec.default)
-                continue
-            if value is None:
-                if not spec.nullable:
-                    problems.append(f"{key_path}: must not be null (expected {_a(spec.kind)})")
-                resolved[key] = None
-                continue
-            if not _is_kind(value, spec.kind):
-                problems.append(f"{key_path}: expected {_a(spec.kind)}, got {value!r}")
-                resolved[key] = value
-                continue
-            value = _coerce(value, spec.kind)
-            if spec.choices and value not in spec.choices:
-                problems.append(f"{key_path}: expected one of {list(spec.choices)}, got {value!r}")
-            elif spec.check:
-                msg = spec.check(value)
-                if msg:
-                    problems.append(f"{key_path}: {msg}, got {value!r}")
-            resolved[key] = value
-    return resolved
+class SplitConfig(Section):
+    test_fraction: Fraction = key(0.2, "share of ratings held out for test")
+    seed: int = key(42, "seeds the hash that splits ratings")
+
+
+class AlsConfig(Section):
+    blocks: Annotated[Any, _checked(_blocks)] = key("auto", "user and item blocks; auto = the cores Spark has",
+                                                    kind="integer or string")
+    checkpoint_interval: PositiveInt = key(10, "ALS checkpoints every this many iterations (needs a checkpoint "
+                                               "dir)")
+    nonnegative: bool = key(False, "ALS non-negative factors")
+    biases: bool = key(False, "fit mu + user and joke offsets first, ALS on the residuals (a grid's biases list "
+                              "overrides it)")
+    bias_reg: NonNegativeNumber = key(10.0, "regularization of the biased model's offsets (added to each rating "
+                                            "count)")
+    seed: int = key(42, "seeds ALS's initialization")
+    fallback: Literal["none", "numpy"] = key(
+        "none", "when the platform refuses Spark ALS: stop (none) or use NumPy ALS on the driver")
+
+
+def _grid(grid: dict) -> dict:
+    problems = ["empty grid (name at least one ALS parameter)"] if not grid else _grid_check(grid)
+    if problems:
+        raise PydanticCustomError("problems", "{problems}", {"problems": problems})
+    return {name: [_coerce(v, ALS_GRID_PARAMS[name]) for v in (values if isinstance(values, list) else [values])]
+            for name, values in grid.items()}
+
+
+class TuneConfig(Section):
+    grid: Annotated[dict[str, Any], AfterValidator(_grid)] = key(
+        {"rank": [5], "regParam": [0.3, 0.5], "biases": [False, True], "maxIter": [10]},
+        "ALS param -> list of values")
+    train_ratio: Fraction = key(0.8, "TrainValidationSplit's share of the training ratings used for fitting")
+    parallelism: PositiveInt = key(2, "grid points fitted at once")
+    seed: int = key(42, "seeds TrainValidationSplit's split")
+    refit_max_iter: PositiveInt | None = key(
+        20, "maxIter for the final fit on all training ratings (null: the best grid point's)")
+
+
+class EvaluateConfig(Section):
+    k: PositiveInt = key(10, "cut-off for precision@k, recall@k, MAP@k and NDCG@k")
+    relevance_threshold: Number = key(5.0, "ratings >= this count as relevant")
+
+
+class RecommendConfig(Section):
+    top_n: PositiveInt = key(10, "jokes recommended per user")
+
+
+def _numpy_params(params: dict) -> dict:
+    problems = [f"{name}: unknown (expected rank, regParam, maxIter)" for name in params
+                if name not in ("rank", "regParam", "maxIter")]
+    if params and not problems and set(params) != {"rank", "regParam", "maxIter"}:
+        problems.append("give all of rank, regParam, maxIter (or none to use Spark's)")
+    if params.get("regParam", 1) <= 0:
+        problems.append(f"regParam: {params['regParam']!r} must be > 0 (ALS needs regularization)")
+    if problems:
+        raise PydanticCustomError("problems", "{problems}", {"problems": problems})
+    return params
+
+
+class BaselineConfig(Section):
+    max_users: PositiveInt | None = key(100_000, "collect at most this many users to the driver (null: no cap)")
+    fraction: Annotated[float, _checked(_unit)] | None = key(None, "sample this share of users first (null: all)")
+    seed: int = key(42, "seeds the user sample and NumPy ALS's initialization")
+    params: Annotated[dict[str, IntOrNumber], AfterValidator(_numpy_params)] = key(
+        {}, "rank, regParam, maxIter for NumPy ALS (default: Spark's model)")
+    tol: PositiveNumber | None = key(None, "stop NumPy ALS when the training RMSE improves by less than this")
+    dense_budget_mb: NonNegativeNumber = key(512, "largest dense users x jokes pattern NumPy ALS may build")
+    bias_reg: NonNegativeNumber = key(10.0, "regularization of the bias baseline")
+
+
+class TrackingConfig(Section):
+    mlflow: bool = key(False, "log each job run to MLflow (the mlflow extra)")
+    tracking_uri: str | None = key(None, "MLflow tracking URI (null: databricks on Databricks, else a SQLite store "
+                                         "in output.dir)")
+    experiment: str = key("jester-als", "experiment name (on Databricks a name that is not a path goes under "
+                                        "/Users/<you>/)")
+
+
+class BenchConfig(Section):
+    users: PositiveInt = key(24983, "users in the benchmark's table")
+    jokes: PositiveInt = key(100, "jokes in the benchmark's table")
+    rank: PositiveInt = key(10, "ALS rank of every engine")
+    regParam: PositiveNumber = key(0.1, "ALS regParam of every engine")
+    maxIter: PositiveInt = key(20, "ALS iterations of every engine")
+    test_fraction: Fraction = key(0.2, "share of ratings held out")
+    seed: int = key(42, "seeds the table and the split")
+    numpy_repeats: PositiveInt = key(5, "NumPy ALS fits timed (median)")
+    spark_repeats: PositiveInt = key(3, "Spark ALS fits timed (median)")
+    loop_repeats: NonNegativeInt = key(1, "0 skips the seed's slow loop")
+    memory_budget_mb: PositiveInt = key(20_000, "peak RSS allowed to each engine's process; sizes past it are "
+                                                "refused")
+    time_budget_seconds: PositiveNumber = key(3600, "per engine")
+    spark_driver_memory: Annotated[str, _checked(_memory_size)] = key(
+        "auto", "Spark's driver heap: auto sizes it to the data, or e.g. 8g")
+    work_dir: str | None = key(None, "where the generated table goes (default: temp dir)")
+    numpy_dense_budget_mb: NonNegativeNumber = key(4096, "largest dense users x jokes pattern + ratings NumPy ALS "
+                                                         "may build")
+    target_numpy_seconds: PositiveNumber = key(0.35, "target: NumPy fit at most this many seconds")
+    target_speedup: PositiveNumber = key(15.0, "target: NumPy at least this many times faster than Spark")
+
+
+class ScaleConfig(Section):
+    users_axis: list[int] = key([25_000, 100_000, 250_000, 1_000_000, 2_500_000],
+                                "users at each point of the users axis (100 jokes)")
+    jokes_axis: list[int] = key([100, 1_000, 3_000, 10_000], "jokes at each point of the jokes axis")
+    jokes_axis_users: PositiveInt = key(25_000, "users on the jokes axis")
+    jokes_axis_ratings_per_user: PositiveNumber = key(50, "mean ratings per user on the jokes axis (most rate few)")
+    rank: PositiveInt = key(10, "ALS rank in the study")
+    regParam: PositiveNumber = key(0.1, "ALS regParam in the study")
+    maxIter: PositiveInt = key(10, "ALS iterations in the study")
+    test_fraction: Fraction = key(0.2, "share of ratings held out")
+    seed: int = key(42, "seeds the tables and splits")
+    repeats: PositiveInt = key(3, "fits per point where one is cheap")
+    repeat_below_ratings: NonNegativeInt = key(2_000_000, "a point with fewer training ratings than this is cheap")
+    time_budget_seconds: PositiveNumber = key(900, "per engine and point")
+    memory_budget_mb: PositiveInt = key(20_000, "peak RSS per engine and point")
+    spark_driver_memory: str = key("14g", "local-mode JVM heap for the Spark worker")
+    numpy_dense_budget_mb: NonNegativeNumber = key(4096, "NumPy ALS's dense rating-pattern budget in the study")
+    work_dir: str | None = key(None, "where generated tables go (default: temp dir)")
+    machine_memory_gb: PositiveNumber = key(24, "the one machine of the predictions")
+    cluster_executors: PositiveInt = key(8, "the cluster of the predictions")
+    cores_per_executor: PositiveInt = key(4, "cores per executor of the predictions")
+
+
+class OutputConfig(Section):
+    dir: str = key("output/local", "every output of a run goes under this directory (a local or mounted path)")
+    mode: Literal["overwrite", "error"] = key("overwrite", "overwrite: replace a previous run's outputs; error: "
+                                                           "refuse")
+
+
+class SparkConfig(Section):
+    app_name: str = key("jester-als", "the Spark application name")
+    master: str | None = key(None, "leave null under spark-submit and Databricks")
+    remote: str | None = key(None, "Spark Connect URL, e.g. sc://localhost:15002")
+    checkpoint_dir: str | None = key(None, "default: a temporary directory")
+    log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = key("WARN", "Spark's own log level")
+    conf: dict[str, SparkValue] = key(
+        {}, "extra Spark settings applied when the job builds the session (over the local-mode defaults: shuffle "
+            "partitions 2 x cores, driver memory 4g, console progress bar only on a terminal)")
+
+
+class JesterConfig(Section):
+    """The whole config: one section per concern, each key with its type, default and meaning."""
+
+    input: InputConfig = section(InputConfig)
+    generate: GenerateConfig = section(GenerateConfig)
+    split: SplitConfig = section(SplitConfig)
+    als: AlsConfig = section(AlsConfig)
+    tune: TuneConfig = section(TuneConfig)
+    evaluate: EvaluateConfig = section(EvaluateConfig)
+    recommend: RecommendConfig = section(RecommendConfig)
+    baseline: BaselineConfig = section(BaselineConfig)
+    tracking: TrackingConfig = section(TrackingConfig)
+    bench: BenchConfig = section(BenchConfig)
+    scale: ScaleConfig = section(ScaleConfig)
+    output: OutputConfig = section(OutputConfig)
+    spark: SparkConfig = section(SparkConfig)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = key("INFO", "the job's log level")
 
 
 def _cross_checks(cfg: dict, problems: list[str]) -> None:
@@ -433,8 +424,6 @@ def _cross_checks(cfg: dict, problems: list[str]) -> None:
         problems.append("input.table: required when input.format is 'table'")
     if inp["format"] in ("csv", "parquet") and not inp["path"]:
         problems.append(f"input.path: required when input.format is '{inp['format']}'")
-    if isinstance(inp.get("delimiter"), str) and len(inp["delimiter"]) != 1:
-        problems.append(f"input.delimiter: expected a single character, got {inp['delimiter']!r}")
     gen = cfg["generate"]
     if all(isinstance(gen.get(k), int) for k in ("users", "jokes", "min_ratings", "gauge_jokes")):
         if gen["min_ratings"] > gen["jokes"]:
@@ -445,14 +434,6 @@ def _cross_checks(cfg: dict, problems: list[str]) -> None:
                 gen["min_ratings"] <= gen["mean_ratings"] <= gen["jokes"]):
             problems.append(f"generate.mean_ratings: {gen['mean_ratings']} must lie between generate.min_ratings "
                             f"and generate.jokes")
-    params = cfg["baseline"].get("params") or {}
-    for name in params:
-        if name not in ("rank", "regParam", "maxIter"):
-            problems.append(f"baseline.params.{name}: unknown (expected rank, regParam, maxIter)")
-    if params and set(params) != {"rank", "regParam", "maxIter"}:
-        problems.append("baseline.params: give all of rank, regParam, maxIter (or none to use Spark's)")
-    if isinstance(params.get("regParam"), (int, float)) and params["regParam"] <= 0:
-        problems.append(f"baseline.params.regParam: {params['regParam']!r} must be > 0 (ALS needs regularization)")
     out = cfg["output"].get("dir")
     if isinstance(out, str) and "://" not in out and os.path.isfile(out):
         problems.append(f"output.dir: {out!r} is a file (expected a directory or a path that does not exist)")
@@ -557,7 +538,10 @@ def load_config(path: str | None, overrides: Iterable[str] = (), *, base: dict |
     overrides = list(overrides)
     raw = apply_overrides(raw, overrides)
     problems: list[str] = []
-    cfg = _validate(SCHEMA, raw, "", problems)
+    try:
+        cfg = JesterConfig.model_validate(raw).model_dump()
+    except ValidationError as exc:
+        problems = _problems(exc)
     if not problems:
         _cross_checks(cfg, problems)
     if problems:
@@ -571,17 +555,99 @@ README_TABLE_END = "<!-- end of config table -->"
 
 
 def _yaml_value(value) -> str:
-    if value is REQUIRED:
-        return "required"
     text = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
     return text.removesuffix("\n...").removesuffix("...").strip()
 
 
+def _plain(annotation):
+    """The type under ``Annotated[...]`` and ``... | None``."""
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation = get_args(annotation)[0]
+        elif origin in (Union, types.UnionType):
+            others = [a for a in get_args(annotation) if a is not type(None)]
+            if len(others) != 1:
+                return annotation
+            annotation = others[0]
+        else:
+            return annotation
+
+
+def _is_section(annotation) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _annotation_at(loc: tuple) -> Any:
+    """The declared type of the key at ``loc`` (None where the path leaves the models)."""
+    model, annotation = JesterConfig, None
+    for part in loc:
+        if not _is_section(model) or part not in model.model_fields:
+            return None
+        annotation = model.model_fields[part].annotation
+        model = _plain(annotation)
+    return annotation
+
+
+def _kind(annotation) -> str:
+    """How the README names a type: integer, number, string, boolean, list of ..., mapping."""
+    plain = _plain(annotation)
+    origin = get_origin(plain)
+    if origin is Literal:
+        return _type_name(type(get_args(plain)[0]))
+    if origin is list:
+        return f"list of {_kind(get_args(plain)[0])}"
+    if origin is dict or plain is dict:
+        return "mapping"
+    return _type_name(plain)
+
+
+_TYPE_ERRORS = {"int_type": int, "float_type": float, "string_type": str, "bool_type": bool, "list_type": list,
+                "dict_type": dict, "model_type": dict}
+
+
+def _problems(error: ValidationError) -> list[str]:
+    """pydantic's errors as this project words them: ``key.path: what was expected, got what was given``, one
+    per bad value (the bad items of one list together)."""
+    problems: list[str] = []
+    bad_items: dict[str, list] = {}
+    for err in error.errors():
+        loc, kind, value = err["loc"], err["type"], err.get("input")
+        path = ".".join(str(part) for part in loc)
+        if kind == "problems":  # several problems from one check, each "sub.key: message" or "message"
+            problems.extend(f"{path}.{p}" if ": " in p else f"{path}: {p}" for p in err["ctx"]["problems"])
+        elif kind == "extra_forbidden":
+            parent = _plain(_annotation_at(loc[:-1])) if len(loc) > 1 else JesterConfig
+            known = ", ".join(parent.model_fields) if _is_section(parent) else ""
+            problems.append(f"{path}: unknown key (expected one of: {known})")
+        elif kind == "value_error":
+            problems.append(f"{path}: {err['ctx']['error']}, got {value!r}")
+        elif kind == "literal_error":
+            choices = list(get_args(_plain(_annotation_at(loc))))
+            problems.append(f"{path}: expected one of {choices}, got {value!r}")
+        elif kind in _TYPE_ERRORS and loc and isinstance(loc[-1], int):  # an item of a list
+            bad_items.setdefault(".".join(str(part) for part in loc[:-1]), []).append(value)
+        elif kind in _TYPE_ERRORS and value is None:
+            problems.append(f"{path}: must not be null (expected {_a(_TYPE_ERRORS[kind])})")
+        elif _TYPE_ERRORS.get(kind) is dict:
+            problems.append(f"{path}: expected a mapping, got {type(value).__name__}")
+        elif kind == "list_type":
+            problems.append(f"{path}: expected a {_kind(_annotation_at(loc))} values, got {value!r}")
+        elif kind in _TYPE_ERRORS:
+            problems.append(f"{path}: expected {_a(_TYPE_ERRORS[kind])}, got {value!r}")
+        else:
+            problems.append(f"{path}: {err['msg']}, got {value!r}")
+    for path, items in bad_items.items():
+        kind = _kind(_annotation_at(tuple(path.split("."))))
+        problems.append(f"{path}: expected a {kind} values, got item(s) {items!r}")
+    return problems
+
+
 def config_table() -> str:
-    """The README's config table, from the schema: every key, its type, its default, what it does."""
+    """The README's config table, from the models: every key, its type, its default, what it does."""
     lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
-    for key, kind, default, doc in describe_schema(yaml_defaults=True):
-        lines.append(f"| `{key}` | {kind} | `{default}` | {doc.replace('|', '/')} |")
+    for key_path, kind, default, doc in describe_schema():
+        lines.append(f"| `{key_path}` | {kind} | `{default}` | {doc.replace('|', '/')} |")
     return "\n".join(lines)
 
 
@@ -598,26 +664,21 @@ def write_readme_table(readme: str) -> bool:
     return new != text
 
 
-def describe_schema(schema: dict = SCHEMA, prefix: str = "", *,
-                    yaml_defaults: bool = False) -> list[tuple[str, str, str, str]]:
-    """Rows of (key, type, default, doc) for documentation."""
+def describe_schema(model: type[BaseModel] | None = None, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """Rows of (key, type, default as YAML, meaning) for every key of the models, in their order."""
     rows = []
-    for key, spec in schema.items():
-        path = f"{prefix}{key}"
-        if isinstance(spec, dict):
-            rows.extend(describe_schema(spec, path + ".", yaml_defaults=yaml_defaults))
-        else:
-            if yaml_defaults:
-                default = _yaml_value(spec.default)
-            else:
-                default = "required" if spec.default is REQUIRED else repr(spec.default)
-            kind = f"list of {_type_name(spec.kind)}" if isinstance(spec, ListOf) else (
-                "mapping" if isinstance(spec, MapOf) else _type_name(spec.kind))
-            doc = spec.doc
-            if yaml_defaults and getattr(spec, "choices", None):
-                choices = ", ".join(map(str, spec.choices))
-                doc = f"{doc} (one of: {choices})" if doc else f"one of: {choices}"
-            rows.append((path, kind, default, doc))
+    for name, info in (model or JesterConfig).model_fields.items():
+        annotation = _plain(info.annotation)
+        if _is_section(annotation):
+            rows.extend(describe_schema(annotation, f"{prefix}{name}."))
+            continue
+        extra = info.json_schema_extra or {}
+        doc = info.description or ""
+        if get_origin(annotation) is Literal:
+            choices = ", ".join(map(str, get_args(annotation)))
+            doc = f"{doc} (one of: {choices})" if doc else f"one of: {choices}"
+        rows.append((f"{prefix}{name}", extra.get("kind") or _kind(info.annotation),
+                     _yaml_value(info.get_default(call_default_factory=True)), doc))
     return rows
 
 
