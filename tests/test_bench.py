@@ -55,6 +55,8 @@ def test_bench_refuses_a_size_spark_cannot_fit_before_generating_anything(tmp_pa
 
 def test_bench_keeps_the_log_of_a_worker_that_failed(tmp_path, capsys):
     out = tmp_path / "bench"
+    out.mkdir()
+    (out / "bench.json").write_text("a previous run's")
     argv = ["bench", "--conf", "conf/bench.yaml", "--set", f"output.dir={out}", *TINY,
             "--set", "bench.spark_driver_memory=1m", "--set", "bench.loop_repeats=0"]
     assert main(argv) == 1
@@ -62,3 +64,7 @@ def test_bench_keeps_the_log_of_a_worker_that_failed(tmp_path, capsys):
     assert "spark_als did not complete" in message and "worker log:" in message
     logs = list(out.glob("*-spark-worker.log"))
     assert len(logs) == 1 and logs[0].stat().st_size > 0
+    # the outputs are staged: a failed run replaces nothing and leaves no staging directory
+    assert (out / "bench.json").read_text() == "a previous run's" and not list(out.glob(".staging-*"))
+    assert main([*argv, "--set", "output.mode=error"]) == 1
+    assert "already holds ['bench.json'] and output.mode is 'error'" in capsys.readouterr().err

@@ -22,7 +22,7 @@ import numpy as np
 
 from jester_als.errors import JobError
 from jester_als.generate import GeneratorParams
-from jester_als.outputs import now_iso, write_text_atomic
+from jester_als.outputs import now_iso, staged_outputs, write_text_atomic
 from jester_als.report import table
 from jester_als.scale.data import write_split_parquet
 from jester_als.scale.runner import run_worker
@@ -204,15 +204,16 @@ def bench_plot(result: dict, path: str):
 
 
 def bench_job(cfg: dict) -> dict:
-    result = run_bench(cfg)
-    out_dir = cfg["output"]["dir"]
-    os.makedirs(out_dir, exist_ok=True)
-    plot = bench_plot(result, os.path.join(out_dir, "bench.png"))
-    result["plot"] = plot
-    write_text_atomic(os.path.join(out_dir, "bench.json"), json.dumps(result, indent=2) + "\n")
-    text = render_bench(result)
-    text += ("\n![median fit time and test RMSE per engine](bench.png)\n" if plot == "bench.png"
-             else f"\nPlot skipped: {plot['skipped']}.\n")
-    write_text_atomic(os.path.join(out_dir, "bench.md"), text)
+    from jester_als.registry import JOBS
+
+    with staged_outputs(cfg["output"], JOBS["bench"].outputs) as out:  # mode checked before any work
+        result = run_bench(cfg)
+        plot = bench_plot(result, out.path("bench.png"))
+        result["plot"] = plot
+        write_text_atomic(out.path("bench.json"), json.dumps(result, indent=2) + "\n")
+        text = render_bench(result)
+        text += ("\n![median fit time and test RMSE per engine](bench.png)\n" if plot == "bench.png"
+                 else f"\nPlot skipped: {plot['skipped']}.\n")
+        write_text_atomic(out.path("bench.md"), text)
     print(text)
     return result

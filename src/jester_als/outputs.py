@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
@@ -70,6 +71,7 @@ class RunOutputs:
         self.run_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
         self.stage = os.path.join(self.final, f".staging-{self.run_id}")
         self.committed = False
+        self.created = False  # output.dir did not exist before this run
 
     def check(self) -> None:
         """Refuse early when ``mode`` is ``error`` and any of this job's outputs exists."""
@@ -81,6 +83,7 @@ class RunOutputs:
                 raise OutputExistsError(
                     f"output.dir {self.final!r} already holds {existing} and output.mode is 'error'; "
                     f"choose another output.dir or set output.mode=overwrite")
+        self.created = not os.path.exists(self.final)
         try:
             os.makedirs(self.stage, exist_ok=True)
         except OSError as exc:
@@ -100,9 +103,10 @@ class RunOutputs:
                 return json.load(fh)
         return {}
 
-    def commit(self, update) -> dict:
+    def commit(self, update=None) -> dict:
         """Swap every staged item into place, then merge this run's results into metrics.json and rewrite
-        report.md, all under the output directory's lock.
+        report.md, all under the output directory's lock (without ``update``: only the swap, for the jobs
+        whose outputs are whole files, such as bench and scale).
 
         ``update(previous_metrics) -> (metrics, report)`` is called with what ``metrics.json`` holds at that
         moment, so two jobs that finish together on one ``output.dir`` (Databricks runs ``baseline`` and
@@ -120,23 +124,46 @@ class RunOutputs:
                     os.replace(target, previous)
                 if os.path.exists(staged):
                     os.replace(staged, target)
-            metrics, report = update(self.read_metrics())
-            write_text_atomic(self.final_path(METRICS_FILE), json.dumps(metrics, indent=2, sort_keys=False) + "\n")
-            if report is not None:
-                write_text_atomic(self.final_path(REPORT_FILE), report)
+            metrics: dict = {}
+            if update is not None:
+                metrics, report = update(self.read_metrics())
+                write_text_atomic(self.final_path(METRICS_FILE),
+                                  json.dumps(metrics, indent=2, sort_keys=False) + "\n")
+                if report is not None:
+                    write_text_atomic(self.final_path(REPORT_FILE), report)
         shutil.rmtree(self.stage, ignore_errors=True)
         self.committed = True
         log.info("outputs committed to %s", self.final)
         return metrics
 
     def abort(self) -> None:
-        """Remove this run's staging directory (the previous outputs were never touched)."""
+        """Remove this run's staging directory (the previous outputs were never touched), and output.dir
+        itself when this run created it and it is left empty."""
         if not self.committed:
             for _ in range(3):  # a task that was being cancelled may still create a file or two
                 shutil.rmtree(self.stage, ignore_errors=True)
                 if not os.path.exists(self.stage):
-                    return
+                    break
                 time.sleep(0.5)
+            if self.created:
+                try:
+                    os.rmdir(self.final)
+                except OSError:  # not empty (logs, a lock file, another job's outputs) or already gone
+                    pass
+
+
+@contextmanager
+def staged_outputs(output: dict, items) -> Iterator[RunOutputs]:
+    """The staged outputs of a job that writes whole files (``output`` is the config's output section):
+    checked against ``output.mode`` first; what the block writes under ``path(item)`` replaces the previous
+    run's files together when the block ends, and nothing is replaced when it raises."""
+    out = RunOutputs(output["dir"], output["mode"], list(items))
+    out.check()
+    try:
+        yield out
+        out.commit()
+    finally:
+        out.abort()
 
 
 LOCK_FILE = ".metrics.lock"

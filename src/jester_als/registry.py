@@ -15,7 +15,7 @@ class Job:
     name: str
     help: str
     spark: bool = True  # builds a SparkSession (and takes --master / --remote)
-    outputs: tuple[str, ...] = ()  # directories under output.dir it replaces (checked against output.mode)
+    outputs: tuple[str, ...] = ()  # directories or files under output.dir it replaces (checked against output.mode)
     needs: tuple[str, ...] = ()  # directories under output.dir an earlier job must have written
 
 
@@ -34,9 +34,9 @@ JOBS: dict[str, Job] = {job.name: job for job in (
     Job("pipeline", "prepare, tune, baseline and recommend in one run, with metrics.json and report.md",
         outputs=("ratings", "rejected", "user_ids", "model", "recommendations")),
     Job("bench", "time NumPy ALS, Spark ALS and the seed's loop on the same ratings, each in its own process; "
-                 "bench.json, bench.md", spark=False),
+                 "bench.json, bench.md", spark=False, outputs=("bench.json", "bench.md", "bench.png")),
     Job("scale", "scaling study: both engines along users and jokes axes; scale.json, scale.md, scale.png",
-        spark=False),
+        spark=False, outputs=("scale.json", "scale.md", "scale.png")),
 )}
 
 PRODUCED_BY = {"ratings": "prepare", "model": "tune"}

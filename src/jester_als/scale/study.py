@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from jester_als.generate import GeneratorParams
-from jester_als.outputs import now_iso, write_text_atomic
+from jester_als.outputs import now_iso, staged_outputs, write_text_atomic
 from jester_als.scale.costmodel import ENGINES, fit_cost_model, predict
 from jester_als.scale.data import write_split_parquet
 from jester_als.scale.render import plot, render_scale
@@ -85,8 +85,17 @@ def run_study(cfg: dict) -> dict:
 
 
 def scale_job(cfg: dict) -> dict:
-    study = run_study(cfg)
-    out_dir = cfg["output"]["dir"]
+    from jester_als.registry import JOBS
+
+    with staged_outputs(cfg["output"], JOBS["scale"].outputs) as out:  # mode checked before any work
+        study = run_study(cfg)
+        write_study(study, out.stage)
+    return study
+
+
+def write_study(study: dict, out_dir: str) -> None:
+    """``scale.png`` (when matplotlib is there), ``scale.json`` and ``scale.md`` of a study into ``out_dir`` (the
+    job's staging directory); the markdown is printed too."""
     os.makedirs(out_dir, exist_ok=True)
     study["plot"] = plot(study, os.path.join(out_dir, "scale.png"))
     write_text_atomic(os.path.join(out_dir, "scale.json"), json.dumps(study, indent=2) + "\n")
@@ -95,4 +104,3 @@ def scale_job(cfg: dict) -> dict:
         text += "\nThe plot was skipped: matplotlib is not installed.\n"
     write_text_atomic(os.path.join(out_dir, "scale.md"), text)
     print(text)
-    return study
