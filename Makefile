@@ -66,8 +66,8 @@ $(STAMP40): setup.py
 setup-spark40: java $(STAMP40) ## a second environment with pyspark 4.0 (what Databricks runs) for the tests
 
 test: setup setup-spark40 lint ## lint, the test suite on the newest pyspark, then the Spark-facing tests on pyspark 4.0
-	$(BIN)/pytest -q tests
-	$(VENV40)/bin/pytest -q $(SPARK40_TESTS)
+	$(BIN)/pytest -q --durations=15 tests
+	$(VENV40)/bin/pytest -q --durations=5 $(SPARK40_TESTS)
 
 lint: setup ## ruff over the library, the jobs and the tests (settings in pyproject.toml)
 	$(BIN)/ruff check src tests jobs setup.py

@@ -84,6 +84,26 @@ def small_ratings(spark, small_table):
     ratings.unpersist()
 
 
+PIPELINE_TOP_N = 5
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(spark, small_table, tmp_path_factory):
+    """One pipeline run on the small table through the entry point (tuned, tracked in MLflow), shared by the
+    tests that read its outputs (they must not change them): its output dir, the table's parameters, its argv."""
+    from jester_als.cli import main
+
+    path, params = small_table
+    out = tmp_path_factory.mktemp("pipeline") / "out"
+    argv = ["pipeline", "--conf", "conf/local.yaml",
+            "--set", f"input.path={path}", "--set", f"output.dir={out}",
+            "--set", "tune.grid={rank: [2, 3], regParam: [0.1], maxIter: [8]}",
+            "--set", "tune.refit_max_iter=12", "--set", f"recommend.top_n={PIPELINE_TOP_N}",
+            "--set", "evaluate.relevance_threshold=3.0", "--set", "tracking.mlflow=true"]
+    assert main(argv) == 0
+    return out, params, argv
+
+
 def png_size(path) -> tuple[int, int]:
     """(width, height) of a PNG file, read from its header; fails on anything that is not a PNG."""
     import struct

@@ -9,23 +9,9 @@ import pytest
 from pyspark.ml.recommendation import ALSModel
 from pyspark.sql import functions as F
 
+from conftest import PIPELINE_TOP_N as TOP_N
 from conftest import png_size
 from jester_als.cli import main
-
-TOP_N = 5
-
-
-@pytest.fixture(scope="module")
-def pipeline_run(spark, small_table, tmp_path_factory):
-    path, params = small_table
-    out = tmp_path_factory.mktemp("pipeline") / "out"
-    argv = ["pipeline", "--conf", "conf/local.yaml",
-            "--set", f"input.path={path}", "--set", f"output.dir={out}",
-            "--set", "tune.grid={rank: [2, 3], regParam: [0.1], maxIter: [8]}",
-            "--set", "tune.refit_max_iter=12", "--set", f"recommend.top_n={TOP_N}",
-            "--set", "evaluate.relevance_threshold=3.0", "--set", "tracking.mlflow=true"]
-    assert main(argv) == 0
-    return out, params, argv
 
 
 def test_metrics_hold_the_contract_keys(pipeline_run):

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from jester_als.cli import main
 from jester_als.config import load_config
 from jester_als.prepare import prepare_ratings
 from jester_als.tune import fit_als, make_als, split_ratings
@@ -41,17 +40,15 @@ def results(metrics: dict) -> dict:
 RERUN_TOLERANCE = 1e-6
 
 
-def test_rerunning_the_pipeline_gives_the_same_results(spark, small_table, tmp_path):
-    """The second run is a fresh process, with a CPU-bound process beside it, so task timing differs."""
-    path, _ = small_table
-    argv = ["--conf", "conf/local.yaml", "--set", f"input.path={path}",
-            "--set", "tune.grid={rank: [2, 3], regParam: [0.1], maxIter: [6]}", "--set", "recommend.top_n=3"]
-    first_out, second_out = tmp_path / "first", tmp_path / "second"
-    assert main(["pipeline", *argv, "--set", f"output.dir={first_out}"]) == 0
+def test_rerunning_the_pipeline_gives_the_same_results(spark, pipeline_run, small_table, tmp_path):
+    """The rerun is a fresh process, with a CPU-bound process beside it, so task timing differs from the first
+    run (the session's shared pipeline run)."""
+    first_out, _, argv = pipeline_run
+    second_out = tmp_path / "second"
     burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        rerun = subprocess.run([sys.executable, "-m", "jester_als.cli", "pipeline", *argv,
-                                "--set", f"output.dir={second_out}"],
+        rerun = subprocess.run([sys.executable, "-m", "jester_als.cli", *argv, "--set", f"output.dir={second_out}",
+                                "--set", "tracking.mlflow=false"],
                                capture_output=True, text=True, cwd=ROOT, timeout=600)
     finally:
         burner.kill()
@@ -64,7 +61,7 @@ def test_rerunning_the_pipeline_gives_the_same_results(spark, small_table, tmp_p
     assert_same_results(results(second), results(first), rel=RERUN_TOLERANCE)
     assert first["run"]["run_id"] != second["run"]["run_id"]
     manifest = first["run"]
-    assert manifest["config"]["input"]["path"] == str(path)
+    assert manifest["config"]["input"]["path"] == str(small_table[0])
     assert set(manifest["versions"]) == {"jester_als", "python", "spark", "numpy"}
     assert manifest["started"] <= manifest["finished"]
     assert first["data"]["input"]["rows"] == 400 and len(first["data"]["input"]["content_hash"]) == 16
@@ -85,16 +82,19 @@ def test_fifty_iterations_do_not_overflow_the_stack(spark, small_table):
     prepared.release()
 
 
-def test_sigterm_stops_cleanly_and_keeps_the_previous_outputs(small_table, tmp_path):
-    path, _ = small_table
+def test_sigterm_stops_cleanly_and_keeps_the_previous_outputs(pipeline_run, tmp_path):
+    """SIGTERM while a pipeline writes its staged outputs over a previous run's (a copy of the shared run)."""
+    import shutil
+
+    done, _, argv = pipeline_run
     out = tmp_path / "out"
+    shutil.copytree(done, out)
     base = [sys.executable, "-m", "jester_als.cli"]
-    common = ["--conf", "conf/local.yaml", "--set", f"input.path={path}", "--set", f"output.dir={out}",
-              "--set", "spark.master=local[2]"]
-    done = subprocess.run(base + ["prepare"] + common, capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    common = [*argv[1:], "--set", f"output.dir={out}", "--set", "spark.master=local[2]",
+              "--set", "tracking.mlflow=false"]
     before = (out / "metrics.json").read_bytes()
     ratings_before = sorted(os.listdir(out / "ratings"))
+    model_before = sorted(p.relative_to(out) for p in (out / "model").rglob("*"))
 
     job = subprocess.Popen(base + ["pipeline"] + common + ["--set", "tune.grid.maxIter=[30]"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
@@ -114,4 +114,4 @@ def test_sigterm_stops_cleanly_and_keeps_the_previous_outputs(small_table, tmp_p
     assert not [p for p in os.listdir(out) if p.startswith(".staging-")]
     assert (out / "metrics.json").read_bytes() == before
     assert sorted(os.listdir(out / "ratings")) == ratings_before
-    assert not (out / "model").exists()
+    assert sorted(p.relative_to(out) for p in (out / "model").rglob("*")) == model_before

@@ -14,6 +14,7 @@ import pytest
 from py4j.protocol import Py4JError
 
 import jester_als.tune
+from conftest import EXCERPT, PIPELINE_TOP_N
 from jester_als.cli import main
 
 from test_databricks import WHITELIST_ERROR
@@ -84,14 +85,22 @@ def test_console_script_exits_with_the_status(tmp_path):
     assert "split.test_fraction" in result.stderr
 
 
-def test_baseline_and_recommend_at_once_on_one_output_dir_keep_both_sections(spark, small_table, tmp_path):
+def test_baseline_and_recommend_at_once_on_one_output_dir_keep_both_sections(pipeline_run, tmp_path):
     """Databricks runs both right after tune, on one output.dir: each merges its sections into metrics.json
-    under the directory's lock, so neither section is lost and report.md shows both."""
-    path, _ = small_table
+    under the directory's lock, so neither section is lost and report.md shows both. Starts from a copy of the
+    shared pipeline run with the two jobs' sections taken out."""
+    import shutil
+
+    done, _, argv = pipeline_run
     out = tmp_path / "out"
-    common = ["--conf", "conf/local.yaml", "--set", f"input.path={path}", "--set", f"output.dir={out}", *SMALL_RUN]
-    assert main(["prepare", *common]) == 0
-    assert main(["tune", *common]) == 0
+    shutil.copytree(done, out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    for section in ("numpy_als", "baselines", "recommendations"):
+        del metrics[section]
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    shutil.rmtree(out / "recommendations")
+    (out / "report.md").unlink()
+    common = [*argv[1:], "--set", f"output.dir={out}", "--set", "tracking.mlflow=false"]
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
     jobs = {job: subprocess.Popen([sys.executable, "-m", "jester_als.cli", job, *common,
                                    "--set", "spark.conf={spark.ui.enabled: false}"],
@@ -102,7 +111,7 @@ def test_baseline_and_recommend_at_once_on_one_output_dir_keep_both_sections(spa
         assert process.returncode == 0, f"{job}:\n{output[-3000:]}"
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"data", "spark_als", "numpy_als", "baselines", "recommendations"} <= set(metrics)
-    assert metrics["recommendations"]["top_n"] == 3
+    assert metrics["recommendations"]["top_n"] == PIPELINE_TOP_N
     assert metrics["numpy_als"]["rows"] > 0
     report = (out / "report.md").read_text()
     assert "## Engines on the same held-out ratings" in report and "Recommendations" in report
@@ -147,20 +156,16 @@ def test_a_job_run_before_the_one_it_needs_says_so_once_before_spark_starts(job,
     assert "Spark" not in result.stderr  # refused before a session was started
 
 
-def test_checkpoint_dirs_the_job_creates_are_removed_on_success_and_failure(small_table, tmp_path):
-    path, _ = small_table
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
-    env = {**os.environ, "TMPDIR": str(scratch), "PYSPARK_PYTHON": sys.executable}
-    common = ["--conf", "conf/local.yaml", "--set", f"input.path={path}", "--set", "spark.master=local[1]"]
-    ok = subprocess.run([sys.executable, "-m", "jester_als.cli", "prepare", *common,
-                         "--set", f"output.dir={tmp_path / 'ok'}"], capture_output=True, text=True, cwd=ROOT,
-                        env=env, timeout=300)
-    assert ok.returncode == 0, ok.stderr[-2000:]
-    failed = subprocess.run([sys.executable, "-m", "jester_als.cli", "prepare", *common,
+def test_checkpoint_dirs_the_job_creates_are_removed_on_success_and_failure(quiet_prepare, tmp_path):
+    _, stderr, scratch = quiet_prepare  # a successful prepare with TMPDIR=scratch
+    assert f"checkpoint dir {scratch}/jester-als-checkpoint-" in stderr  # made there ...
+    assert not list(scratch.glob("jester-als-checkpoint-*"))  # ... and removed
+    failed = subprocess.run([sys.executable, "-m", "jester_als.cli", "prepare", "--conf", "conf/local.yaml",
                              "--set", "input.path=/nowhere/jester.csv", "--set", f"output.dir={tmp_path / 'bad'}"],
-                            capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
-    assert failed.returncode == 1
+                            capture_output=True, text=True, cwd=ROOT, env={**os.environ, "TMPDIR": str(scratch)},
+                            timeout=300)
+    assert failed.returncode == 1 and "/nowhere/jester.csv" in failed.stderr, failed.stderr[-2000:]
+    assert f"checkpoint dir {scratch}/jester-als-checkpoint-" in failed.stderr
     assert not list(scratch.glob("jester-als-checkpoint-*"))
 
 
@@ -255,21 +260,34 @@ def test_a_local_run_names_its_spark_ui_and_it_answers(tmp_path):
     assert url.startswith("http://localhost:") and found == "True", done.stdout
 
 
-def test_spark_warnings_go_to_a_log_file_unless_verbose(tmp_path):
-    """A local run keeps Spark's own warnings (here: a deprecated SQL setting, which Spark warns about every time
-    it is set) out of the console and in output.dir/spark.log; with -v the console shows them too."""
-    excerpt = ROOT / "tests" / "data" / "jester_seed_excerpt.csv"
-    deprecated = "The SQL config 'spark.sql.execution.arrow.enabled' has been deprecated"
+DEPRECATED = "The SQL config 'spark.sql.execution.arrow.enabled' has been deprecated"
 
-    def prepare(out, *flags):
-        done = subprocess.run([sys.executable, "-m", "jester_als.cli", "prepare", *flags,
-                               "--set", f"input.path={excerpt}", "--set", f"output.dir={out}",
-                               "--set", "spark.conf={spark.sql.execution.arrow.enabled: true}"],
-                              capture_output=True, text=True, timeout=600, cwd=tmp_path)
-        assert done.returncode == 0, done.stderr[-2000:]
-        return done.stderr
 
-    quiet = prepare(tmp_path / "quiet")
-    assert deprecated not in quiet and f"Spark's own warnings: {tmp_path / 'quiet' / 'spark.log'}" in quiet
-    assert deprecated in (tmp_path / "quiet" / "spark.log").read_text()
-    assert deprecated in prepare(tmp_path / "verbose", "-v")
+def _prepare_excerpt(cwd, out, *flags, env=None) -> str:
+    """``prepare`` of the real excerpt in a fresh process from ``cwd`` (no conf/ there: the packaged default),
+    setting a deprecated SQL option, which Spark warns about every time it is set; returns its stderr."""
+    done = subprocess.run([sys.executable, "-m", "jester_als.cli", "prepare", *flags,
+                           "--set", f"input.path={EXCERPT}", "--set", f"output.dir={out}",
+                           "--set", "spark.conf={spark.sql.execution.arrow.enabled: true}"],
+                          capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stderr
+
+
+@pytest.fixture(scope="module")
+def quiet_prepare(tmp_path_factory):
+    """One default (not verbose) prepare with its own TMPDIR: (its output dir, stderr, the TMPDIR)."""
+    where = tmp_path_factory.mktemp("quiet")
+    scratch = where / "tmp"
+    scratch.mkdir()
+    stderr = _prepare_excerpt(where, where / "out", env={**os.environ, "TMPDIR": str(scratch)})
+    return where / "out", stderr, scratch
+
+
+def test_spark_warnings_go_to_a_log_file_unless_verbose(quiet_prepare, tmp_path):
+    """A local run keeps Spark's own warnings out of the console and in output.dir/spark.log; with -v the
+    console shows them too."""
+    out, quiet, _ = quiet_prepare
+    assert DEPRECATED not in quiet and f"Spark's own warnings: {out / 'spark.log'}" in quiet
+    assert DEPRECATED in (out / "spark.log").read_text()
+    assert DEPRECATED in _prepare_excerpt(tmp_path, tmp_path / "verbose", "-v")

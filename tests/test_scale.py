@@ -25,13 +25,26 @@ def run_scale(tmp_path, *extra):
     return out, json.loads((out / "scale.json").read_text())
 
 
-def test_tiny_grid_writes_json_markdown_and_plot(tmp_path, monkeypatch, capsys):
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    """The study on the tiny grid, run once for this module: its output dir, scale.json, and what it logged
+    (with the heartbeat shortened from the study's 20 s to 1 s)."""
+    import contextlib
+    import io
+
     import jester_als.scale.runner
 
-    monkeypatch.setattr(jester_als.scale.runner, "HEARTBEAT_SECONDS", 1.0)  # the study's 20 s, shortened
-    out, study = run_scale(tmp_path)
+    logged = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(logged):
+        patch.setattr(jester_als.scale.runner, "HEARTBEAT_SECONDS", 1.0)
+        out, study = run_scale(tmp_path_factory.mktemp("tiny"))
+    return out, study, logged.getvalue()
+
+
+def test_tiny_grid_writes_json_markdown_and_plot(tiny_study):
+    out, study, logged = tiny_study
     # a running worker is never silent: its time and memory so far, every heartbeat (a Spark worker takes > 2 s)
-    assert "spark worker (users-300x100): 1 s so far" in capsys.readouterr().err
+    assert "spark worker (users-300x100): 1 s so far" in logged
     assert [(p["axis"], p["users"], p["jokes"]) for p in study["points"]] == [
         ("users", 300, 100), ("users", 600, 100), ("users", 1200, 100), ("jokes", 300, 40)]
     point_noise = 4.4  # the generator's default noise, which the scale study keeps
@@ -67,10 +80,16 @@ def test_budget_stop_records_the_limit_instead_of_crashing(tmp_path):
                 assert "at a smaller size" in point["engines"][engine]["limit"]
 
 
-def test_without_matplotlib_the_plot_is_skipped_and_said(tmp_path, monkeypatch):
+def test_without_matplotlib_the_plot_is_skipped_and_said(tiny_study, tmp_path, monkeypatch):
+    """The job's last step, writing the study, on the tiny study's results with matplotlib missing."""
+    from jester_als.scale.study import write_study
+
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    out, study = run_scale(tmp_path, "--set", "scale.users_axis=[300]", "--set", "scale.jokes_axis=[]")
+    study = json.loads((tiny_study[0] / "scale.json").read_text())
+    out = tmp_path / "no-plot"
+    write_study(study, str(out))
     assert study["plot"] is False and not (out / "scale.png").exists()
+    assert json.loads((out / "scale.json").read_text())["plot"] is False
     assert "The plot was skipped: matplotlib is not installed." in (out / "scale.md").read_text()
 
 
