@@ -10,6 +10,7 @@ from pyspark.sql import functions as F
 
 from jester_als.tune import (
     evaluate_model,
+    evaluate_predictions,
     fit_als,
     make_als,
     ranking_metrics,
@@ -79,6 +80,11 @@ def test_tuning_recovers_planted_structure_and_reports_every_grid_point(spark, s
         assert model_score > references["popularity"][key] and model_score > references["random"][key]
         assert worst_order[key] < references["random"][key] < best_order[key]
     assert references["random"]["users"] == references["popularity"]["users"] == scores["ranking"]["users"]
+    # the job ranks the model's order and both references in one pass: the same figures as one by one
+    fused = evaluate_predictions(predictions, k=5, threshold=3.0, references=(train, 42))
+    assert fused["ranking"] == pytest.approx(scores["ranking"], rel=1e-9)
+    for name in ("random", "popularity"):
+        assert fused["references"][name] == pytest.approx(references[name], rel=1e-9)
     assert scores["test_rows_scored"] == test.count()
     assert 0 < seconds <= outer  # the reported fit time is the fit's, inside the call
     train.unpersist()

@@ -241,44 +241,64 @@ def ranking_metrics(predictions: DataFrame, *, k: int, threshold: float) -> dict
     left out (their precision is undefined). Ties in ``prediction`` are broken by joke id. Uses Spark's
     ``RankingEvaluator`` definitions.
     """
-    by_score = Window.partitionBy("user").orderBy(F.col("prediction").desc(), F.col("joke"))
+    return rankings_metrics(predictions, ["prediction"], k=k, threshold=threshold)["prediction"]
+
+
+def rankings_metrics(rows: DataFrame, scores: list[str], *, k: int, threshold: float) -> dict[str, dict]:
+    """:func:`ranking_metrics` of several orders of the same rows at once (a column of ``rows`` each): one
+    shuffle by user ranks them all, and the per-user lists are built and kept once for every evaluator."""
     by_rating = Window.partitionBy("user").orderBy(F.col("rating").desc(), F.col("joke"))
-    ranked = (predictions
-              .withColumn("pred_pos", F.row_number().over(by_score))
-              .withColumn("label_pos", F.row_number().over(by_rating)))
+    ranked = rows.withColumn("_label_pos", F.row_number().over(by_rating))
+    for i, score in enumerate(scores):
+        by_score = Window.partitionBy("user").orderBy(F.col(score).desc(), F.col("joke"))
+        ranked = ranked.withColumn(f"_pos{i}", F.row_number().over(by_score))
+
+    def in_order(position: str, keep=None):
+        entry = F.struct(F.col(position).alias("pos"), F.col("joke").cast("double").alias("j"))
+        return F.transform(F.array_sort(F.collect_list(entry if keep is None else F.when(keep, entry))),
+                           lambda e: e["j"])
+
     per_user = ranked.groupBy("user").agg(
-        F.transform(F.array_sort(F.collect_list(F.struct("pred_pos", F.col("joke").cast("double").alias("j")))),
-                    lambda s: s["j"]).alias("ranked_jokes"),
-        F.transform(F.array_sort(F.collect_list(
-            F.when(F.col("rating") >= threshold, F.struct("label_pos", F.col("joke").cast("double").alias("j"))))),
-            lambda s: s["j"]).alias("relevant_jokes"),
+        in_order("_label_pos", F.col("rating") >= threshold).alias("relevant_jokes"),
+        *[in_order(f"_pos{i}").alias(f"ranked{i}") for i in range(len(scores))],
     ).where(F.size("relevant_jokes") > 0)
     per_user = try_persist(per_user, "the per-user rankings")
     try:
         users = per_user.count()
-        if users == 0:
-            return {**{key: None for _, key in RANKING_METRICS}, "k": k, "users": 0}
-        result = {"k": k, "users": users, "relevance_threshold": threshold}
-        for metric, key in RANKING_METRICS:
-            evaluator = RankingEvaluator(predictionCol="ranked_jokes", labelCol="relevant_jokes",
-                                         metricName=metric, k=k)
-            result[key] = float(evaluator.evaluate(per_user))
-        return result
+        results = {}
+        for i, score in enumerate(scores):
+            if users == 0:
+                results[score] = {**{key: None for _, key in RANKING_METRICS}, "k": k, "users": 0}
+                continue
+            result = {"k": k, "users": users, "relevance_threshold": threshold}
+            for metric, key in RANKING_METRICS:
+                evaluator = RankingEvaluator(predictionCol=f"ranked{i}", labelCol="relevant_jokes",
+                                             metricName=metric, k=k)
+                result[key] = float(evaluator.evaluate(per_user))
+            results[score] = result
+        return results
     finally:
         try_unpersist(per_user)
 
 
+REFERENCES = ("random", "popularity")
+
+
+def with_references(scored: DataFrame, train: DataFrame, *, seed: int) -> DataFrame:
+    """``scored`` (user, joke, rating, ...) with the two reference orders as columns: ``random`` (a seeded hash
+    of user and joke: the same order on every run and partitioning) and ``popularity`` (the joke's mean
+    training rating, for everyone; a joke without training ratings last)."""
+    joke_means = train.groupBy("joke").agg(F.avg("rating").alias("popularity"))
+    return (scored.join(joke_means, on="joke", how="left").fillna({"popularity": float("-inf")})
+            .withColumn("random", F.xxhash64("user", "joke", F.lit(seed)).cast("double")))
+
+
 def reference_rankings(scored: DataFrame, train: DataFrame, *, k: int, threshold: float, seed: int) -> dict:
-    """What ranking the same users' same held-out jokes without a model scores, with the same definitions:
-    ``random`` (a seeded hash of user and joke: the same order on every run and partitioning) and
-    ``popularity`` (the joke's mean training rating, for everyone). ``scored`` holds the rows the model
-    scored (user, joke, rating), so the references rank exactly the model's rows."""
-    rows = scored.select("user", "joke", "rating")
-    random_order = rows.withColumn("prediction", F.xxhash64("user", "joke", F.lit(seed)).cast("double"))
-    joke_means = train.groupBy("joke").agg(F.avg("rating").alias("prediction"))
-    popularity = rows.join(joke_means, on="joke", how="left").fillna({"prediction": float("-inf")})
-    return {"random": ranking_metrics(random_order, k=k, threshold=threshold),
-            "popularity": ranking_metrics(popularity, k=k, threshold=threshold)}
+    """What ranking the same users' same held-out jokes without a model scores, with the same definitions
+    (:func:`with_references`). ``scored`` holds the rows the model scored (user, joke, rating), so the
+    references rank exactly the model's rows."""
+    rows = with_references(scored.select("user", "joke", "rating"), train, seed=seed)
+    return rankings_metrics(rows, list(REFERENCES), k=k, threshold=threshold)
 
 
 def clipped(column, rating_range) -> F.Column:
@@ -299,15 +319,25 @@ def held_out_predictions(model, test: DataFrame) -> DataFrame:
     return materialize(model.transform(test), "the test predictions")
 
 
-def evaluate_predictions(predictions: DataFrame, *, k: int, threshold: float, rating_range=None) -> dict:
+def evaluate_predictions(predictions: DataFrame, *, k: int, threshold: float, rating_range=None,
+                         references: tuple[DataFrame, int] | None = None) -> dict:
     """RMSE and MAE of the predictions clipped to ``rating_range`` (and of the raw ones, to show what clipping
-    changed), precision@k, NDCG@k, recall@k, MAP@k, and how many test rows were scored."""
+    changed), precision@k, NDCG@k, recall@k, MAP@k, and how many test rows were scored. With ``references``
+    (the training ratings and a seed), the reference rankings of the same rows too, under ``"references"``,
+    ranked in the same pass as the model's (:func:`reference_rankings`)."""
     scores = regression_metrics(predictions, rating_range=rating_range)
     result = {"test_rmse": scores["rmse"], "test_mae": scores["mae"], "test_rows_scored": scores["rows"]}
     if rating_range is not None:
         result["clipping"] = {"range": [float(rating_range[0]), float(rating_range[1])],
                               "predictions_outside": scores["outside"], "test_rmse_unclipped": scores["raw_rmse"],
                               "test_mae_unclipped": scores["raw_mae"]}
-    ranking = ranking_metrics(predictions, k=k, threshold=threshold)
+    if references is None:
+        ranking = ranking_metrics(predictions, k=k, threshold=threshold)
+    else:
+        train, seed = references
+        rows = with_references(predictions.select("user", "joke", "rating", "prediction"), train, seed=seed)
+        rankings = rankings_metrics(rows, ["prediction", *REFERENCES], k=k, threshold=threshold)
+        ranking = rankings.pop("prediction")
+        result["references"] = rankings
     return {**result, **{f"{key.removesuffix('_k')}_{k}": ranking[key] for _, key in RANKING_METRICS},
             "ranking": ranking}
