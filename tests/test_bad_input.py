@@ -163,6 +163,14 @@ def test_duplicated_joke_columns_stop(tmp_path, capsys):
 def test_duplicated_users_stop(tmp_path, capsys):
     code, out, _ = prepare(tmp_path, HEADER + "1,2,1,2,,\n1,2,,,3,4\n")
     refused(code, out, capsys, "user id(s) on more than one row: '1' (2 rows)")
+    # ids are compared as ALS sees them: 7, 007 and 7.0 are one user
+    code, out, _ = prepare(tmp_path, HEADER + "7,2,1,2,,\n007,2,,,3,4\n 7.0 ,1,,,,5\n8,1,1,,,\n")
+    refused(code, out, capsys, "user id(s) on more than one row: '7' (3 rows)")
+
+
+def test_long_table_with_two_ratings_of_one_joke_by_one_user_stops(tmp_path, capsys):
+    code, out, _ = prepare(tmp_path, "user,joke,rating\n1,1,2.5\n1,2,3.0\n2,1,1.0\n1,2,-4.0\n", "input.layout=long")
+    refused(code, out, capsys, "more than one rating for the same user and joke (user 1 joke 2)")
 
 
 def test_empty_file_stops(tmp_path, capsys):

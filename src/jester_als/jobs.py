@@ -29,7 +29,6 @@ from jester_als.tune import (
     fit_als,
     held_out_predictions,
     make_als,
-    reference_rankings,
     split_ratings,
     tune_als,
 )
@@ -53,7 +52,8 @@ def run_prepare(spark: SparkSession, cfg: dict, out: RunOutputs) -> tuple[dict, 
     input for ALS) and the id mapping."""
     prepared = prepare_ratings(spark, cfg["input"])
     try:
-        check_duplicates(prepared.ratings, prepared.source)
+        if cfg["input"]["layout"] == "long":  # wide and Jester tables have one row per user and distinct jokes
+            check_duplicates(prepared.ratings, prepared.source)
         prepared.ratings.write.mode("overwrite").parquet(out.path("ratings"))
         prepared.rejected.write.mode("overwrite").parquet(out.path("rejected"))
         if prepared.user_ids is not None:
@@ -135,9 +135,9 @@ def run_tune(spark: SparkSession, cfg: dict, out: RunOutputs,
         predictions = held_out_predictions(model, test)
         evaluation = evaluate_predictions(predictions, k=cfg["evaluate"]["k"],
                                           threshold=cfg["evaluate"]["relevance_threshold"],
-                                          rating_range=cfg["input"]["rating_range"])
-        references = reference_rankings(predictions, train, k=cfg["evaluate"]["k"],
-                                        threshold=cfg["evaluate"]["relevance_threshold"], seed=split["seed"])
+                                          rating_range=cfg["input"]["rating_range"],
+                                          references=(train, split["seed"]))
+        references = evaluation.pop("references")
         save_model(model, out.path("model"))
     finally:
         try_unpersist(train)

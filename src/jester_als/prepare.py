@@ -284,13 +284,37 @@ def hex64(value) -> str:
 
 def fingerprint(table: DataFrame) -> dict:
     """Row count and an order-independent content hash of the table as read."""
-    row = table.agg(F.count(F.lit(1)).alias("rows"), content_hash(*table.columns).alias("hash")).first()
-    return {"rows": int(row["rows"]), "content_hash": hex64(row["hash"])}
+    return read_summary(table)[0]
+
+
+def _user_key(user_column: str):
+    """A wide row's user as ALS will see it: the integer id when the trimmed id is one (so ``12``, ``012`` and
+    ``12.0`` are one user), else the trimmed text (re-indexed by its text); null when blank."""
+    text = F.trim(F.col(_quote(user_column)).cast("string"))
+    return F.when(text != "", F.coalesce(_int_id(_quote(user_column)).cast("string"), text))
+
+
+def read_summary(table: DataFrame, user_column: str | None = None, *, wide: bool = False) -> tuple[dict, dict]:
+    """One pass over the table as read: its fingerprint (row count and order-independent content hash) and,
+    given the user column, how many of its ids are not integers in Int range (``not_int``: they need
+    re-indexing) and, for a wide table, how many rows name a user and how many distinct users they name."""
+    aggregates = [F.count(F.lit(1)).alias("rows"), content_hash(*table.columns).alias("hash")]
+    if user_column:
+        text = F.trim(F.col(_quote(user_column)).cast("string"))
+        aggregates.append(F.count(F.when((text != "") & _int_id(_quote(user_column)).isNull(), 1)).alias("not_int"))
+        if wide:
+            key = _user_key(user_column)
+            aggregates += [F.count(key).alias("named"), F.countDistinct(key).alias("distinct")]
+    row = table.agg(*aggregates).first().asDict()
+    users = {k: int(row[k]) for k in ("not_int", "named", "distinct") if k in row}
+    return {"rows": int(row["rows"]), "content_hash": hex64(row["hash"])}, users
 
 
 def check_unique_users(table: DataFrame, user_column: str, source: str) -> None:
-    repeated = (table.groupBy(F.trim(F.col(_quote(user_column)).cast("string")).alias("id")).count()
-                .where("count > 1 AND id IS NOT NULL AND id != ''").orderBy("id").limit(5).collect())
+    """Each user on one row (ids compared as ALS sees them: ``12`` and ``12.0`` are one user): then a wide
+    table cannot give two ratings of one joke by one user, since its joke columns are distinct."""
+    repeated = (table.groupBy(_user_key(user_column).alias("id")).count()
+                .where("count > 1 AND id IS NOT NULL").orderBy("id").limit(5).collect())
     if repeated:
         shown = ", ".join(f"{r['id']!r} ({r['count']} rows)" for r in repeated)
         raise InputError(f"{source}: user id(s) on more than one row: {shown}; each user must have one row "
@@ -313,32 +337,39 @@ def check_input(spark: SparkSession, inp: dict) -> dict:
     return result
 
 
-def ratings_cells(spark: SparkSession, inp: dict) -> tuple[DataFrame, str, dict]:
-    """Read the configured input; return its cells (wide melted or long), the input's name and fingerprint."""
+def ratings_cells(spark: SparkSession, inp: dict) -> tuple[DataFrame, str, dict, bool | None]:
+    """Read the configured input; return its cells (wide melted or long), the input's name and fingerprint, and
+    whether some user id is not an integer in Int range (None where the cells must be asked)."""
     source = input_name(inp)
     table = read_table(spark, inp)
-    prints = fingerprint(table)
+    layout = inp["layout"]
+    user_column = {"wide": inp["user_column"], "long": inp["long_columns"]["user"]}.get(layout)
+    if user_column is not None and user_column not in table.columns:
+        user_column = None  # refused below with the layout's own message
+    prints, users = read_summary(table, user_column, wide=layout == "wide")
+    not_int = users["not_int"] > 0 if "not_int" in users else None
     if prints["rows"] == 0:
         raise InputError(f"{source}: has a header but no rows")
-    if inp["layout"] == "jester":
+    if layout == "jester":
         cells, jokes = jester_original_cells(table, source)
         log.info("%s: Jester layout, %d joke columns, users numbered by row", source, len(jokes))
-        return cells, source, prints
-    if inp["layout"] == "wide":
+        return cells, source, prints, False  # users are numbered 1..rows
+    if layout == "wide":
         header = [c for c in table.columns if c != MALFORMED]
         jokes = joke_columns(header, inp["user_column"], inp["drop_columns"], source)
-        check_unique_users(table, inp["user_column"], source)
+        if users["distinct"] != users["named"]:
+            check_unique_users(table, inp["user_column"], source)
         log.info("%s: %d joke columns (ids %d..%d)", source, len(jokes), min(j for _, j in jokes),
                  max(j for _, j in jokes))
         if MALFORMED not in table.columns:
-            return melt_wide_ratings(table, inp["user_column"], jokes), source, prints
+            return melt_wide_ratings(table, inp["user_column"], jokes), source, prints, not_int
         well_formed = table.where(F.col(MALFORMED).isNull()).drop(MALFORMED)
         cells = (melt_wide_ratings(well_formed, inp["user_column"], jokes)
                  .withColumn("forced_reason", F.lit(None).cast("string"))
                  .withColumn("detail", F.lit(None).cast("string")))
         malformed = malformed_row_cells(table, header, inp["user_column"], dict(jokes), inp["delimiter"])
-        return cells.unionByName(malformed), source, prints
-    return long_cells(table, inp["long_columns"], source), source, prints
+        return cells.unionByName(malformed), source, prints, not_int
+    return long_cells(table, inp["long_columns"], source), source, prints, not_int
 
 
 def malformed_row_cells(table: DataFrame, header: list[str], user_column: str, joke_ids: dict[str, int],
@@ -405,10 +436,10 @@ def prepare_ratings(spark: SparkSession, inp: dict) -> PreparedRatings:
 
 
 def _prepare(spark: SparkSession, inp: dict, restore: dict) -> PreparedRatings:
-    cells, source, prints = ratings_cells(spark, inp)
+    cells, source, prints, not_int = ratings_cells(spark, inp)
     user_ids = None
     mode = inp["user_ids"]
-    if mode == "reindex" or (mode == "auto" and needs_reindex(cells)):
+    if mode == "reindex" or (mode == "auto" and (needs_reindex(cells) if not_int is None else not_int)):
         user_ids = try_persist(user_id_mapping(cells), "the user id mapping")
         cells = cells.join(user_ids, F.trim(F.col("user_raw")) == F.col("original_user"), "left") \
             .drop("original_user")
