@@ -395,7 +395,10 @@ def malformed_row_cells(table: DataFrame, header: list[str], user_column: str, j
                                     F.col("fields"), F.lit(len(header))).alias("detail")))
 
 
-def count_cells(classified: DataFrame) -> dict:
+def count_cells(classified: DataFrame, *, rows_are_users: bool = False) -> dict:
+    """Cells by status and reason, the jokes nobody rated, and (unless ``rows_are_users``) the users without a
+    rating. Where every row of the table is one user (wide and Jester layouts) the rows without a rating are
+    the table's rows less the users with ratings, which ``prepare`` counts anyway: left as None here."""
     rows = classified.groupBy("status", "reason").count().collect()
     counts = {"cells": 0, "accepted": 0, "missing": {}, "rejected": {}}
     for row in rows:
@@ -410,8 +413,8 @@ def count_cells(classified: DataFrame) -> dict:
     unrated = (classified.where(F.col("joke").isNotNull()).groupBy("joke").agg(accepted.alias("n"))
                .where("n = 0").orderBy("joke").collect())
     counts["jokes_without_ratings"] = [r["joke"] for r in unrated]
-    counts["rows_without_ratings"] = (classified.groupBy("user_raw").agg(accepted.alias("n"))
-                                      .where("n = 0").count())
+    counts["rows_without_ratings"] = None if rows_are_users else (
+        classified.groupBy("user_raw").agg(accepted.alias("n")).where("n = 0").count())
     return counts
 
 
@@ -449,7 +452,7 @@ def _prepare(spark: SparkSession, inp: dict, restore: dict) -> PreparedRatings:
         classify_cells(cells, missing_values=inp["missing_values"], rating_range=inp["rating_range"],
                        min_ratings_per_user=inp["min_ratings_per_user"]),
         "the classified input cells")
-    counts = count_cells(classified)
+    counts = count_cells(classified, rows_are_users=inp["layout"] != "long")
     ratings = (classified.where(F.col("status") == "accepted")
                .select("user", "joke", "rating"))
     detail = F.col("detail") if "detail" in classified.columns else F.lit(None).cast("string")
