@@ -54,7 +54,7 @@ run: setup $(DATA) ## run the pipeline job on the embedded default data (CONF=co
 bench: setup ## time NumPy ALS vs Spark ALS vs the seed loop at Jester size (output/bench/bench.md; ARGS="--set bench.users=N")
 	$(BIN)/jester-als bench --conf conf/bench.yaml $(ARGS)
 
-scale: setup ## the scaling study: NumPy vs Spark from 25 k to 2.5 M users and 100 to 10,000 jokes (~30 min)
+scale: setup ## the scaling study: NumPy vs Spark from 25 k to 2.5 M users and 100 to 10,000 jokes (docs/ holds a run: 11.6 min)
 	$(BIN)/jester-als scale --conf conf/scale.yaml
 
 $(STAMP40): setup.py
