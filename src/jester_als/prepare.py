@@ -197,10 +197,14 @@ def _int_id(column: str):
     return F.when(ok, as_double.cast("int"))
 
 
+def _not_int_id(column: str):
+    """The id in ``column`` is not blank and not an integer in Int range: it needs re-indexing."""
+    return (F.trim(F.col(column).cast("string")) != "") & _int_id(column).isNull()
+
+
 def needs_reindex(cells: DataFrame) -> bool:
     """Some non-blank user id is not an integer in Int range."""
-    bad = cells.where((F.trim(F.col("user_raw")) != "") & _int_id("user_raw").isNull())
-    return bool(bad.limit(1).count())
+    return bool(cells.where(_not_int_id("user_raw")).limit(1).count())
 
 
 def user_id_mapping(cells: DataFrame) -> DataFrame:
@@ -300,8 +304,7 @@ def read_summary(table: DataFrame, user_column: str | None = None, *, wide: bool
     re-indexing) and, for a wide table, how many rows name a user and how many distinct users they name."""
     aggregates = [F.count(F.lit(1)).alias("rows"), content_hash(*table.columns).alias("hash")]
     if user_column:
-        text = F.trim(F.col(_quote(user_column)).cast("string"))
-        aggregates.append(F.count(F.when((text != "") & _int_id(_quote(user_column)).isNull(), 1)).alias("not_int"))
+        aggregates.append(F.count(F.when(_not_int_id(_quote(user_column)), 1)).alias("not_int"))
         if wide:
             key = _user_key(user_column)
             aggregates += [F.count(key).alias("named"), F.countDistinct(key).alias("distinct")]
