@@ -249,13 +249,16 @@ def ensure_checkpoint_dir(spark, wanted: str | None, *, force: bool = False) -> 
         log.warning("could not set the checkpoint dir (%s)", str(exc).splitlines()[0])
 
 
-# Spark's ALS without a checkpoint directory keeps the whole lineage of its factor RDDs, and deserializing a
-# task over a long lineage overflows the JVM's stack (StackOverflowError in ObjectInputStream.readObject0),
-# which stops the SparkContext, or kills a Connect server. Measured here (Spark 4.3 Connect server with no
-# checkpoint directory, 1.8 M Jester-size ratings, rank 10, 2 blocks; the README gives the runs):
-# maxIter 10, 15 and 20 fitted; 21 and 25 killed the server (20 is at the edge: the issue saw it fail on real
-# Jester data). The limit keeps a margin of 5 below the highest that fitted.
-ITERATIONS_WITHOUT_CHECKPOINTS = 15
+# Spark's ALS without a checkpoint directory keeps the whole lineage of its factor RDDs, and (de)serializing a
+# task over a long lineage overflows a JVM thread's stack: on the driver ("Task serialization failed:
+# StackOverflowError" in ObjectOutputStream, the job aborts) or in an executor (ObjectInputStream, which stops
+# the SparkContext or kills a Connect server). How deep a stack gets before it overflows depends on how much of
+# the (de)serialization code the JIT has compiled yet, so the edge moves with the machine's load. Measured
+# (Spark 4.3 Connect server, no checkpoint directory, local[2]): 1.8 M Jester-size ratings, rank 10: maxIter 20
+# fitted, 21 and 25 killed the server; 400 users x 40 jokes, a fresh server, two CPU-bound processes beside it:
+# 20 and 25 fitted; and the same small table in a CI run on a busy machine of this kind failed at 15 (driver
+# side). The limit is half the highest count that fitted on the large table.
+ITERATIONS_WITHOUT_CHECKPOINTS = 10
 
 
 class CheckpointDirMissing(JobError):
@@ -277,7 +280,7 @@ def check_iterations(spark, iterations: dict[str, int]) -> None:
     raise CheckpointDirMissing(
         f"this Spark session has no checkpoint directory and it is a launch-time setting the job cannot change "
         f"(a Spark Connect server, or a session started elsewhere); without one Spark's ALS overflows its stack "
-        f"past about 20 iterations, so at most {ITERATIONS_WITHOUT_CHECKPOINTS} are allowed, and this run asks for "
+        f"past 15 to 20 iterations, so at most {ITERATIONS_WITHOUT_CHECKPOINTS} are allowed, and this run asks for "
         f"{asked}. Start the server or cluster with --conf spark.checkpoint.dir=<shared dir> (Databricks: the job "
         f"cluster's spark_conf), or lower those settings to {ITERATIONS_WITHOUT_CHECKPOINTS} or less.")
 
