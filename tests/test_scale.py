@@ -11,7 +11,9 @@ import pytest
 from jester_als.cli import main
 from jester_als.scale.costmodel import ENGINES, fit_cost_model, predict_point
 
-TINY = ["--set", "scale.users_axis=[300, 600, 1200]", "--set", "scale.jokes_axis=[40]",
+TINY = ["--set", "scale.users_axis=[300, 1200]", "--set", "scale.jokes_axis=[40]",
+        "--set", "scale.density_axis=[10, 25]", "--set", "scale.density_axis_users=300",
+        "--set", "scale.density_axis_jokes=60",
         "--set", "scale.jokes_axis_users=300", "--set", "scale.jokes_axis_ratings_per_user=20",
         "--set", "scale.maxIter=3", "--set", "scale.rank=3", "--set", "scale.repeats=2",
         "--set", "scale.spark_driver_memory=1g", "--set", "generate.min_ratings=20",
@@ -46,7 +48,12 @@ def test_tiny_grid_writes_json_markdown_and_plot(tiny_study):
     # a running worker is never silent: its time and memory so far, every heartbeat (a Spark worker takes > 2 s)
     assert "spark worker (users-300x100): 1 s so far" in logged
     assert [(p["axis"], p["users"], p["jokes"]) for p in study["points"]] == [
-        ("users", 300, 100), ("users", 600, 100), ("users", 1200, 100), ("jokes", 300, 40)]
+        ("users", 300, 100), ("users", 1200, 100), ("density", 300, 60), ("density", 300, 60), ("jokes", 300, 40)]
+    # a line per point with its index, the time so far and (after the first) the time left
+    assert "scale point 1/5 (users axis, 300 x 100); 0.0 min so far, time left known after the first point" in logged
+    assert "scale point 5/5 (jokes axis, 300 x 40)" in logged and " min left" in logged
+    density = [p for p in study["points"] if p["axis"] == "density"]
+    assert 8 < density[0]["ratings"] / 300 < 12 and 22 < density[1]["ratings"] / 300 < 28  # ratings per user
     point_noise = 4.4  # the generator's default noise, which the scale study keeps
     for point in study["points"]:
         assert point["train_ratings"] + point["test_ratings"] == point["ratings"] > 0
@@ -60,11 +67,19 @@ def test_tiny_grid_writes_json_markdown_and_plot(tiny_study):
     # every worker's log is kept; a Spark worker's holds its JVM's own lines
     assert "WARNING: Using incubator modules" in open(study["points"][0]["engines"]["spark"]["log"]).read()
     assert len(study["points"][0]["engines"]["numpy"]["seconds"]) == 2  # repeated where cheap
-    assert set(study["cost_model"]["engines"]) == set(ENGINES)
+    for engine in ENGINES:
+        # five points fit a model but leave none to check it on, and the study says so
+        entry = study["cost_model"][engine]
+        assert entry["fitted"] and entry["checks"] == [] and "holding two out" in entry["checks_skipped"]
+        limits = study["limits"][engine]
+        assert limits["largest_fitted"]["users"] == 1200 and limits["first_not_fitted"] is None
     assert [p["name"] for p in study["predictions"]][0] == "real Jester (dataset 1)"
     markdown = (out / "scale.md").read_text()
-    assert "| users | 1,200 | 100 |" in markdown and "Crossover on the users axis" in markdown
-    assert "## Cost model" in markdown and "## Predictions" in markdown
+    assert "| users | 1,200 | 100 |" in markdown and "Crossover on the density axis" in markdown
+    assert "## Cost model" in markdown and "## Predictions" in markdown and "## Single-machine limits" in markdown
+    assert "every size on the axis fitted, so the measured limit lies beyond it" in markdown
+    assert "no held-out check: 5 completed points" in markdown
+    assert "The cluster column is arithmetic, not measurement" in markdown
     assert (out / "scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -78,6 +93,10 @@ def test_budget_stop_records_the_limit_instead_of_crashing(tmp_path):
             if point["axis"] == "users":
                 assert point["engines"][engine]["skipped"]
                 assert "at a smaller size" in point["engines"][engine]["limit"]
+        # the measured limit: nothing fitted, and the first size that did not, with its reason
+        limits = study["limits"][engine]
+        assert limits["largest_fitted"] is None and limits["first_not_fitted"]["users"] == 300
+        assert limits["first_not_fitted"]["why"].startswith("memory: ")
 
 
 def test_without_matplotlib_the_plot_is_skipped_and_said(tiny_study, tmp_path, monkeypatch):
@@ -93,35 +112,96 @@ def test_without_matplotlib_the_plot_is_skipped_and_said(tiny_study, tmp_path, m
     assert "The plot was skipped: matplotlib is not installed." in (out / "scale.md").read_text()
 
 
-def test_cost_model_reproduces_the_points_it_was_fitted_on():
-    """Points made from known coefficients are recovered within 1%, and the held-out point is predicted."""
-    rank, iterations = 10, 10
-    truth = {"time": [0.3, 2e-9, 1e-8, 3e-10], "memory": [900.0, 4e-5, 2e-3, 1.5e-5]}
+TRUTH = {"time": [0.3, 2e-9, 1e-8, 3e-10], "memory": [900.0, 4e-5, 2e-3, 1.5e-5]}
+
+
+def _planted_points(rank, iterations, noise=0.0, seed=0):
+    """Points on three axes made from known coefficients (TRUTH), with multiplicative noise of that size."""
+    rng = np.random.default_rng(seed)
+    sizes = ([("users", u, 100, u * 58) for u in (25_000, 60_000, 100_000, 250_000, 1_000_000)]
+             + [("density", 100_000, 1_000, 100_000 * r) for r in (5, 10, 25, 50)]
+             + [("jokes", 120_000, j, 120_000 * 150) for j in (1_000, 5_000, 17_770)])
     points = []
-    for users, jokes in ((25_000, 100), (60_000, 100), (100_000, 100), (250_000, 100), (25_000, 3_000),
-                         (50_000, 3_000), (1_000_000, 100)):
-        nnz = users * 58
-        seconds = (truth["time"][0] + truth["time"][1] * nnz * rank ** 2
-                   + truth["time"][2] * (users + jokes) * rank ** 3) * iterations
-        memory = truth["memory"][0] + truth["memory"][1] * nnz + truth["memory"][2] * (users + jokes) * rank
-        dense = jokes == 100  # the sparse 3,000-joke point takes the sparse path
+    for axis, users, jokes, nnz in sizes:
+        seconds = (TRUTH["time"][0] + TRUTH["time"][1] * nnz * rank ** 2
+                   + TRUTH["time"][2] * (users + jokes) * rank ** 3) * iterations
+        memory = TRUTH["memory"][0] + TRUTH["memory"][1] * nnz + TRUTH["memory"][2] * (users + jokes) * rank
+        dense = jokes == 100  # the many-joke points take the sparse path
+        wobble = lambda: 1 + noise * rng.standard_normal()
         numpy_result = {"completed": True, "path": "dense" if dense else "sparse",
-                        "fit_seconds": seconds + dense * truth["time"][3] * users * jokes * rank ** 2 * iterations,
-                        "peak_rss_mb": memory + dense * truth["memory"][3] * users * jokes}
-        spark_result = {"completed": True, "fit_seconds": seconds, "peak_rss_mb": memory}
-        points.append({"users": users, "jokes": jokes, "train_ratings": nnz,
+                        "fit_seconds": (seconds + dense * TRUTH["time"][3] * users * jokes * rank ** 2 * iterations)
+                        * wobble(), "peak_rss_mb": (memory + dense * TRUTH["memory"][3] * users * jokes) * wobble()}
+        spark_result = {"completed": True, "fit_seconds": seconds * wobble(), "peak_rss_mb": memory * wobble()}
+        points.append({"axis": axis, "users": users, "jokes": jokes, "train_ratings": nnz,
                        "engines": {"numpy": numpy_result, "spark": spark_result}})
-    model = fit_cost_model(points, rank, iterations)
+    return points
+
+
+def test_cost_model_recovers_planted_coefficients_and_checks_both_ends():
+    """Exact points: every coefficient recovered within 1% and both held-out checks on target; the checks
+    are the largest point (above the range) and one inside it, neither used to fit."""
+    rank, iterations = 10, 10
+    model = fit_cost_model(_planted_points(rank, iterations), rank, iterations)
     for engine in ENGINES:
-        entry = model["engines"][engine]
-        assert entry["points_used"] == 6
-        assert entry["time"]["max_relative_error_on_fitted"] < 0.01
-        assert entry["memory"]["max_relative_error_on_fitted"] < 0.01
-        held = entry["holdout"]
-        assert held["predicted_seconds"] == pytest.approx(held["measured_seconds"], rel=0.02)
-        assert held["predicted_memory_mb"] == pytest.approx(held["measured_memory_mb"], rel=0.02)
+        entry = model[engine]
+        assert entry["points_used"] == 10
+        for target in ("time", "memory"):
+            got = [c["value"] for c in entry["coefficients"][target]]
+            assert got == pytest.approx(TRUTH[target][:len(got)], rel=0.01)
+            assert [c["term"] for c in entry["coefficients"][target]][:3] == (
+                ["fixed", "ratings x k^2", "rows x k^3"] if target == "time" else ["fixed", "ratings", "rows x k"])
+        above, inside = entry["checks"]
+        assert (above["role"], above["users"], above["jokes"]) == ("above", 1_000_000, 100)
+        # inside: the point nearest the log-middle of the rest, 500,000 to 18 M ratings (about 3 M)
+        assert (inside["role"], inside["users"], inside["jokes"]) == ("inside", 60_000, 100)
+        for check in entry["checks"]:
+            assert check["within_target"] and abs(check["seconds_error"]) < 0.01 and abs(check["mb_error"]) < 0.01
         again = predict_point(entry, engine, 50_000_000, 10_000, 4e9, rank, iterations)
         assert np.isfinite(again["seconds"]) and again["memory_mb"] > 0
+
+
+def test_cost_model_standard_errors_cover_the_planted_coefficients():
+    """With 5% noise on every measurement, each coefficient the fit keeps lies within four of its standard
+    errors of the planted value, and a check that misses by more than 25% is reported as missing."""
+    rank, iterations = 10, 10
+    model = fit_cost_model(_planted_points(rank, iterations, noise=0.05, seed=3), rank, iterations)
+    for engine in ENGINES:
+        for target in ("time", "memory"):
+            for c, truth in zip(model[engine]["coefficients"][target], TRUTH[target]):
+                if c["stderr"] is not None:
+                    assert c["stderr"] > 0 and abs(c["value"] - truth) < 4 * c["stderr"], (engine, target, c)
+    points = _planted_points(rank, iterations)
+    points[4]["engines"]["spark"]["fit_seconds"] *= 2  # the point held out above the range: now twice as slow
+    above = fit_cost_model(points, rank, iterations)["spark"]["checks"][0]
+    assert above["role"] == "above" and above["seconds_error"] == pytest.approx(-0.5, abs=0.01)
+    assert not above["within_target"]
+
+
+def test_too_few_points_fit_without_checks_and_say_why():
+    rank, iterations = 10, 10
+    model = fit_cost_model(_planted_points(rank, iterations)[:5], rank, iterations)
+    assert model["spark"]["fitted"] and model["spark"]["checks"] == []
+    assert "holding two out would leave fewer than 4" in model["spark"]["checks_skipped"]
+    assert fit_cost_model(_planted_points(rank, iterations)[:2], rank, iterations)["numpy"] == {
+        "fitted": False, "reason": "2 completed points (need 4)"}
+
+
+def test_shuffle_volume_counts_each_factor_copy_once_per_iteration():
+    """4 blocks: 1,000 users with 50 ratings each reach all 4 joke blocks; 100 jokes with 500 ratings reach
+    all 4 user blocks; rank 10 float32s: (1,000 + 100) x 4 x 10 x 4 bytes; the cluster column uses it as is."""
+    from jester_als.scale.costmodel import predict, shuffle_bytes_per_iteration
+
+    assert shuffle_bytes_per_iteration(1_000, 100, 50_000, 10, 4) == (1_000 + 100) * 4 * 10 * 4
+    # a joke rated twice is sent to at most two blocks, whatever the number of blocks
+    assert shuffle_bytes_per_iteration(0, 100, 200, 10, 8) == 100 * 2 * 10 * 4
+    rank, iterations = 10, 10
+    model = fit_cost_model(_planted_points(rank, iterations), rank, iterations)
+    cfg = {"scale": {"machine_memory_gb": 24, "cluster_executors": 8, "cores_per_executor": 4,
+                     "test_fraction": 0.2, "numpy_dense_budget_mb": 4096}}
+    netflix = predict(model, cfg)[2]
+    assert netflix["engines"]["spark"]["cluster"]["shuffle_gb_per_iteration"] == pytest.approx(
+        shuffle_bytes_per_iteration(480_189, 17_770, netflix["train_ratings"], rank, 32) / 2**30)
+    assert netflix["engines"]["spark"]["cluster"]["measured"] is False
 
 
 def _point(axis, users, jokes, ratings, numpy_r, spark_r):
@@ -144,15 +224,46 @@ def test_crossover_is_the_first_size_where_spark_runs_and_numpy_does_not_or_spar
     assert crossover(points[:1], "users") is None  # NumPy ran and was faster everywhere
 
 
-def test_single_machine_limit_solves_the_memory_model_for_the_machine():
-    from jester_als.scale.render import single_machine_limit
+def test_predicted_limit_solves_the_memory_model_on_the_path_the_engine_takes():
+    from jester_als.scale.costmodel import predicted_limit
 
     # peak MB = 500 + 1e-4 x nnz + 1e-3 x (users + jokes) x rank, 50 ratings per user, rank 10:
-    # 0.005 + 0.01 = 0.015 MB per user; a 16 GB machine holds (16384 - 500 - 1) / 0.015 users.
-    study = {"points": [_point("users", 1000, 100, 50_000, {}, {})], "machine": {"memory_gb": 16},
-             "cost_model": {"rank": 10, "engines": {"numpy": {"fitted": True,
-                                                              "memory": {"coefficients": [500, 1e-4, 1e-3]}}}}}
-    limit = single_machine_limit(study, "numpy")
-    assert limit["users"] == pytest.approx((16 * 1024 - 500 - 1e-3 * 100 * 10) / 0.015)
+    # 0.005 + 0.01 = 0.015 MB per user; 16 GB hold (16384 - 500 - 1) / 0.015 users.
+    memory = [{"term": t, "value": v, "stderr": None} for t, v in zip(["fixed", "ratings", "rows x k"], [500, 1e-4, 1e-3])]
+    spark = {"fitted": True, "coefficients": {"time": [], "memory": memory}}
+    limit = predicted_limit(spark, "spark", per_user=50, jokes=100, rank=10, machine_mb=16 * 1024, dense_budget_mb=0)
+    assert limit["users"] == pytest.approx((16 * 1024 - 500 - 1e-3 * 100 * 10) / 0.015, rel=1e-6)
     assert limit["train_ratings"] == pytest.approx(limit["users"] * 50)
-    assert single_machine_limit(study, "spark") is None  # no fitted model, no limit
+    assert predicted_limit({"fitted": False}, "spark", per_user=50, jokes=100, rank=10, machine_mb=1,
+                           dense_budget_mb=0) is None
+    # NumPy: 1e-5 MB per dense cell on the dense path, which a 400 MB budget allows up to 524,288 users x 100
+    # jokes (8.9 GB by the model); past it the sparse path, without that term: the limit lies on the sparse side.
+    numpy = {"fitted": True, "coefficients": {"time": [], "memory": memory + [
+        {"term": "dense cells", "value": 1e-5, "stderr": None}]}}
+    limit = predicted_limit(numpy, "numpy", per_user=50, jokes=100, rank=10, machine_mb=16 * 1024, dense_budget_mb=400)
+    assert limit["path"] == "sparse" and limit["users"] == pytest.approx((16 * 1024 - 500 - 1) / 0.015, rel=1e-6)
+
+
+def test_long_generator_draws_by_popularity_keeps_gauge_jokes_and_repeats_itself():
+    from jester_als.generate import GeneratorParams, generate_long_chunks, long_chunks, planted_model
+
+    params = GeneratorParams(users=3_000, jokes=5_000, mean_ratings=40, min_ratings=20, gauge_jokes=5, seed=4)
+    first = [np.concatenate(parts) for parts in zip(*generate_long_chunks(params))]
+    again = [np.concatenate(parts) for parts in zip(*long_chunks(params))]
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    users, jokes, values = first
+    cells = users.astype(np.int64) * (params.jokes + 1) + jokes
+    assert np.unique(cells).size == cells.size  # a user rates a joke once
+    assert users.min() == 1 and users.max() == params.users and jokes.min() >= 1 and jokes.max() <= params.jokes
+    per_user = np.bincount(users)[1:]
+    # 20..60 drawn (mean 40), few repeats among 5,000 jokes, plus the 5 gauge jokes nearly all keep
+    assert 40 < per_user.mean() < 46 and per_user.min() >= 20
+    model = planted_model(params)
+    gauge = np.flatnonzero(model.gauge) + 1
+    assert np.isin(jokes, gauge).sum() > 0.98 * params.users * gauge.size
+    counts = np.bincount(jokes, minlength=params.jokes + 1)[1:]
+    others = ~model.gauge
+    # popular jokes are drawn more: the correlation of counts with the popularity weights is strong
+    assert np.corrcoef(counts[others], model.popularity[others])[0, 1] > 0.8
+    assert values.min() >= -10 and values.max() <= 10

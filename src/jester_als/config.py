@@ -360,11 +360,18 @@ class BenchConfig(Section):
 
 
 class ScaleConfig(Section):
-    users_axis: list[int] = key([25_000, 100_000, 250_000, 1_000_000, 2_500_000],
-                                "users at each point of the users axis (100 jokes)")
-    jokes_axis: list[int] = key([100, 1_000, 3_000, 10_000], "jokes at each point of the jokes axis")
-    jokes_axis_users: PositiveInt = key(25_000, "users on the jokes axis")
-    jokes_axis_ratings_per_user: PositiveNumber = key(50, "mean ratings per user on the jokes axis (most rate few)")
+    users_axis: list[int] = key([25_000, 100_000, 250_000, 1_000_000, 2_500_000, 4_000_000],
+                                "users at each point of the users axis (100 jokes, 72.6 ratings per user); the "
+                                "largest meant to pass the memory budget")
+    density_axis: list[PositiveNumber] = key([5, 10, 25, 50, 100],
+                                             "mean ratings per user at each point of the density axis")
+    density_axis_users: PositiveInt = key(100_000, "users on the density axis")
+    density_axis_jokes: PositiveInt = key(1_000, "jokes on the density axis")
+    jokes_axis: list[int] = key([100, 1_000, 5_000, 17_770], "jokes at each point of the jokes axis (17,770: "
+                                                              "Netflix's item count)")
+    jokes_axis_users: PositiveInt = key(120_000, "users on the jokes axis")
+    jokes_axis_ratings_per_user: PositiveNumber = key(200, "mean ratings per user on the jokes axis (at most 72.6% "
+                                                           "of the jokes)")
     rank: PositiveInt = key(10, "ALS rank in the study")
     regParam: PositiveNumber = key(0.1, "ALS regParam in the study")
     maxIter: PositiveInt = key(10, "ALS iterations in the study")
@@ -372,9 +379,9 @@ class ScaleConfig(Section):
     seed: int = key(42, "seeds the tables and splits")
     repeats: PositiveInt = key(3, "fits per point where one is cheap")
     repeat_below_ratings: NonNegativeInt = key(2_000_000, "a point with fewer training ratings than this is cheap")
-    time_budget_seconds: PositiveNumber = key(900, "per engine and point")
+    time_budget_seconds: PositiveNumber = key(600, "per engine and point")
     memory_budget_mb: PositiveInt = key(20_000, "peak RSS per engine and point")
-    spark_driver_memory: str = key("14g", "local-mode JVM heap for the Spark worker")
+    spark_driver_memory: str = key("16g", "local-mode JVM heap for the Spark worker")
     numpy_dense_budget_mb: NonNegativeNumber = key(4096, "NumPy ALS's dense rating-pattern budget in the study")
     work_dir: str | None = key(None, "where generated tables go (default: temp dir)")
     machine_memory_gb: PositiveNumber = key(24, "the one machine of the predictions")

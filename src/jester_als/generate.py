@@ -148,6 +148,55 @@ def generate_chunks(p: GeneratorParams) -> Iterator[WideChunk]:
         yield WideChunk(start + 1, values, user_factors, user_effects)
 
 
+# Past this many jokes a table is generated as long triples (:func:`generate_long_chunks`): a wide chunk
+# costs users x jokes cells of work whatever the ratings, which at Netflix's 17,770 items is 200 times the
+# ratings themselves.
+LONG_FROM_JOKES = 2000
+RATINGS_PER_LONG_CHUNK = 2_000_000
+
+
+def generate_long_chunks(p: GeneratorParams) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The table as (user id, joke id, rating) arrays, chunk by chunk, for tables with many jokes: work and
+    memory in proportion to the ratings. Ratings follow the same planted model as :func:`generate_chunks`,
+    and the gauge jokes are rated by nearly everyone as there; each user's other jokes are drawn by
+    popularity *with* replacement and repeats dropped, so a user rates a few fewer jokes than drawn (about
+    ``draws^2 / (2 jokes)`` with even popularity). The same parameters always give the same table (not the
+    table :func:`generate_chunks` would give)."""
+    model = planted_model(p)
+    s = _factor_std(p)
+    chunk_users = max(1, int(RATINGS_PER_LONG_CHUNK // max(1.0, p.mean_ratings)))
+    cumulative = np.cumsum(model.popularity / model.popularity.sum())
+    gauge = np.flatnonzero(model.gauge)
+    for index, start in enumerate(range(0, p.users, chunk_users)):
+        n = min(chunk_users, p.users - start)
+        rng = np.random.default_rng([p.seed, 2, index])
+        user_factors = rng.normal(0.0, s, size=(n, p.rank))
+        user_effects = rng.normal(0.0, p.user_bias, size=n)
+        counts = _ratings_per_user(rng, n, p)
+        owners = np.repeat(np.arange(n, dtype=np.int64), counts)
+        drawn = np.minimum(np.searchsorted(cumulative, rng.random(owners.size), side="right"), p.jokes - 1)
+        gauge_owners = np.repeat(np.arange(n, dtype=np.int64), gauge.size)
+        gauge_jokes = np.tile(gauge, n)
+        kept = rng.random(gauge_owners.size) >= GAUGE_MISS_PROBABILITY
+        cells = np.unique(np.concatenate([owners * p.jokes + drawn, (gauge_owners * p.jokes + gauge_jokes)[kept]]))
+        users, jokes = cells // p.jokes, cells % p.jokes
+        signal = (p.mean + user_effects[users] + model.joke_effects[jokes]
+                  + np.einsum("ij,ij->i", user_factors[users], model.joke_factors[jokes]))
+        values = np.round(np.clip(signal + rng.normal(0.0, p.noise, size=cells.size), RATING_LOW, RATING_HIGH), 2)
+        values = values + 0.0  # + 0.0 turns -0.0 into 0.0
+        values[rng.random(cells.size) < p.zero_fraction] = 0.0
+        yield users + start + 1, jokes + 1, values
+
+
+def long_chunks(p: GeneratorParams) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(user id, joke id, rating) chunks of the table, generated the way that suits its shape."""
+    if p.jokes > LONG_FROM_JOKES:
+        yield from generate_long_chunks(p)
+    else:
+        for chunk in generate_chunks(p):
+            yield chunk.long()
+
+
 def _cell_strings() -> np.ndarray:
     """Every value the generator can emit, pre-formatted; index round(r * 100) + 1000, blank last."""
     table = [f"{v / 100:.2f}" for v in range(-1000, 1001)]

@@ -1,7 +1,11 @@
-"""The cost model: per-iteration time and peak memory as least-squares fits over the measured points, a check
-on a point left out, Spark's shuffle volume, and predictions for sizes this machine cannot hold."""
+"""The cost model: per-iteration time and peak memory of each engine as weighted least-squares fits of named
+terms over the measured points, each coefficient with its standard error; checks on points left out of the fit
+(one above the measured range, one inside it); Spark's shuffle volume; predictions for sizes this machine
+cannot hold."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -9,74 +13,138 @@ from jester_als.numpy_als import uses_dense_path
 
 ENGINES = ("numpy", "spark")
 BYTES_PER_FACTOR = 4  # Spark ships float32 factors in its shuffles
+CHECK_TARGET = 0.25  # a held-out check passes when predicted time and memory are within 25% of measured
+
+
+def terms(engine: str) -> dict[str, list[str]]:
+    """The names of each model's terms, in the order of :func:`_features`."""
+    time_terms = ["fixed", "ratings x k^2", "rows x k^3"]
+    memory = ["fixed", "ratings", "rows x k"]
+    if engine == "numpy":
+        time_terms.append("dense cells x k^2")
+        memory.append("dense cells")
+    return {"time": time_terms, "memory": memory}
 
 
 def _features(engine: str, users: float, jokes: float, nnz: float, rank: int, dense: bool = False) -> dict:
+    """Each term's size at a point: rows are users + jokes (one normal-equation solve each), dense cells the
+    users x jokes pattern NumPy's dense path works on and stores (its sparse path has none)."""
     time_terms = [1.0, nnz * rank ** 2, (users + jokes) * rank ** 3]
     memory = [1.0, nnz, (users + jokes) * rank]
     if engine == "numpy":
-        # NumPy's dense path works and stores the whole users x jokes pattern; the sparse path does not.
         time_terms.append(users * jokes * rank ** 2 if dense else 0.0)
         memory.append(users * jokes if dense else 0.0)
     return {"time": time_terms, "memory": memory}
 
 
 def shuffle_bytes_per_iteration(users: float, jokes: float, nnz: float, rank: int, blocks: int) -> float:
-    """Spark ALS sends each factor once to every block of the other side that rates it: at most
-    min(blocks, its ratings) copies per user and per joke, each rank float32s, per half iteration."""
+    """Bytes Spark ALS shuffles in one iteration (both half iterations): each factor goes once to every block
+    of the other side that rates it, at most min(blocks, its ratings) copies per user and per joke, each
+    ``rank`` float32s. The users half ships joke factors, the jokes half user factors; the sum is the
+    iteration."""
     joke_copies = jokes * min(blocks, max(1.0, nnz / max(jokes, 1.0)))
     user_copies = users * min(blocks, max(1.0, nnz / max(users, 1.0)))
     return (joke_copies + user_copies) * rank * BYTES_PER_FACTOR
 
 
-def _nnls(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Least squares with non-negative coefficients, relative errors (points span orders of magnitude)."""
+def weighted_nnls(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Non-negative least squares on relative errors (points span orders of magnitude): the coefficients,
+    their standard errors (NaN for a coefficient held at zero, and for all when no degree of freedom is left)
+    and the largest relative error on the points fitted. The standard errors are those of the ordinary
+    weighted fit restricted to the coefficients that are not at zero: s^2 (A^T A)^-1, with s^2 the residual
+    variance on n - p degrees of freedom."""
     from scipy.optimize import nnls
 
-    weights = 1.0 / np.maximum(y, 1e-9)
-    coef, _ = nnls(x * weights[:, None], y * weights)
-    return coef
+    weights = 1.0 / np.maximum(y, 1e-12)
+    a, b = x * weights[:, None], y * weights
+    coef, _ = nnls(a, b)
+    stderr = np.full(coef.shape, np.nan)
+    active = coef > 0
+    residual = b - a @ coef
+    freedom = len(y) - int(active.sum())
+    if freedom > 0 and active.any():
+        s2 = float(residual @ residual) / freedom
+        gram = a[:, active].T @ a[:, active]
+        try:
+            stderr[active] = np.sqrt(np.maximum(np.diag(np.linalg.inv(gram)) * s2, 0.0))
+        except np.linalg.LinAlgError:
+            pass
+    fitted = x @ coef
+    return coef, stderr, float(np.max(np.abs(fitted - y) / np.maximum(y, 1e-12)))
+
+
+def _holdouts(rows: list[tuple[dict, dict]], needed: int) -> list[tuple[str, tuple[dict, dict]]]:
+    """The points left out of the fit: the largest (above the range the fit sees) and the one nearest the
+    middle of the rest on a log scale of training ratings (inside it), when enough points remain to fit
+    ``needed`` terms with a degree of freedom to spare."""
+    if len(rows) - 2 < needed + 1:
+        return []
+    ordered = sorted(rows, key=lambda r: (r[0]["train_ratings"], r[0]["users"] + r[0]["jokes"]))
+    above, rest = ordered[-1], ordered[:-1]
+    logs = np.log([r[0]["train_ratings"] for r in rest])
+    middle = (logs.min() + logs.max()) / 2
+    candidates = range(1, len(rest) - 1)  # never the smallest or largest left: the check must lie inside
+    inside = rest[min(candidates, key=lambda i: abs(logs[i] - middle))]
+    return [("above", above), ("inside", inside)]
+
+
+def _dense(engine: str, result: dict) -> bool:
+    return engine == "numpy" and result.get("path") == "dense"
 
 
 def fit_cost_model(points: list[dict], rank: int, iterations: int, holdout: bool = True) -> dict:
-    """Per engine: time per iteration and peak memory as non-negative combinations of the features. The
-    largest completed point of each engine is held out (when there are enough points) to check the model."""
-    model = {"rank": rank, "iterations": iterations, "engines": {}}
+    """Per engine: time per iteration and peak memory as non-negative combinations of the terms, fitted on
+    the completed points less the held-out ones, and the held-out checks."""
+    model = {"rank": rank, "iterations": iterations, "check_target": CHECK_TARGET}
     for engine in ENGINES:
-        rows = [(p, p["engines"][engine]) for p in points
-                if p["engines"].get(engine, {}).get("completed")]
-        if len(rows) < 3:
-            model["engines"][engine] = {"fitted": False, "reason": f"{len(rows)} completed points (need 3)"}
+        rows = [(p, p["engines"][engine]) for p in points if p["engines"].get(engine, {}).get("completed")]
+        names = terms(engine)
+        needed = len(names["time"])
+        if len(rows) < needed:
+            model[engine] = {"fitted": False, "reason": f"{len(rows)} completed points (need {needed})"}
             continue
-        rows.sort(key=lambda r: r[0]["train_ratings"])
-        held = rows[-1] if holdout and len(rows) >= 4 else None
-        used = rows[:-1] if held else rows
-        fitted = {}
+        held = _holdouts(rows, needed) if holdout else []
+        held_ids = {id(r) for _, r in held}
+        used = [r for r in rows if id(r) not in held_ids]
+        entry = {"fitted": True, "points_used": len(used), "coefficients": {}, "max_relative_error_on_fitted": {}}
         for target, key in (("time", "fit_seconds"), ("memory", "peak_rss_mb")):
-            x = np.array([_features(engine, p["users"], p["jokes"], p["train_ratings"], rank,
-                                    r.get("path") == "dense")[target] for p, r in used])
+            x = np.array([_features(engine, p["users"], p["jokes"], p["train_ratings"], rank, _dense(engine, r))
+                          [target] for p, r in used])
             y = np.array([r[key] / (iterations if target == "time" else 1.0) for _, r in used])
-            coef = _nnls(x, y)
-            fitted_y = x @ coef
-            fitted[target] = {"coefficients": coef.tolist(),
-                              "max_relative_error_on_fitted": float(np.max(np.abs(fitted_y - y) / y))}
-        entry = {"fitted": True, "points_used": len(used), **fitted}
-        if held:
-            p, r = held
-            predicted = predict_point(entry, engine, p["users"], p["jokes"], p["train_ratings"], rank, iterations,
-                                      r.get("path") == "dense")
-            entry["holdout"] = {"users": p["users"], "jokes": p["jokes"], "train_ratings": p["train_ratings"],
-                                "measured_seconds": r["fit_seconds"], "predicted_seconds": predicted["seconds"],
-                                "measured_memory_mb": r["peak_rss_mb"], "predicted_memory_mb": predicted["memory_mb"]}
-        model["engines"][engine] = entry
+            coef, stderr, error = weighted_nnls(x, y)
+            entry["coefficients"][target] = [
+                {"term": name, "value": float(c), "stderr": None if math.isnan(s) else float(s)}
+                for name, c, s in zip(names[target], coef, stderr)]
+            entry["max_relative_error_on_fitted"][target] = error
+        entry["checks"] = [check(entry, engine, role, p, r, rank, iterations) for role, (p, r) in held]
+        if not held:
+            entry["checks_skipped"] = (f"{len(rows)} completed points: holding two out would leave fewer than "
+                                       f"{needed + 1} to fit")
+        model[engine] = entry
     return model
+
+
+def check(entry: dict, engine: str, role: str, p: dict, r: dict, rank: int, iterations: int) -> dict:
+    predicted = predict_point(entry, engine, p["users"], p["jokes"], p["train_ratings"], rank, iterations,
+                              _dense(engine, r))
+    seconds_error = predicted["seconds"] / r["fit_seconds"] - 1
+    mb_error = predicted["memory_mb"] / r["peak_rss_mb"] - 1
+    return {"role": role, "axis": p.get("axis"), "train_ratings": p["train_ratings"], "users": p["users"],
+            "jokes": p["jokes"], "predicted_seconds": predicted["seconds"], "measured_seconds": r["fit_seconds"],
+            "predicted_mb": predicted["memory_mb"], "measured_mb": r["peak_rss_mb"],
+            "seconds_error": seconds_error, "mb_error": mb_error,
+            "within_target": abs(seconds_error) <= CHECK_TARGET and abs(mb_error) <= CHECK_TARGET}
+
+
+def values(entry: dict, target: str) -> list[float]:
+    return [c["value"] for c in entry["coefficients"][target]]
 
 
 def predict_point(entry: dict, engine: str, users: float, jokes: float, nnz: float, rank: int,
                   iterations: int, dense: bool = False) -> dict:
     features = _features(engine, users, jokes, nnz, rank, dense)
-    seconds = float(np.dot(features["time"], entry["time"]["coefficients"])) * iterations
-    memory = float(np.dot(features["memory"], entry["memory"]["coefficients"]))
+    seconds = float(np.dot(features["time"], values(entry, "time"))) * iterations
+    memory = float(np.dot(features["memory"], values(entry, "memory")))
     return {"seconds": seconds, "memory_mb": memory}
 
 
@@ -89,6 +157,9 @@ TARGETS = [
 
 
 def predict(model: dict, cfg: dict) -> list[dict]:
+    """The models' predictions for the named data sets. The cluster column divides the work and the
+    size-dependent memory of one machine over the executors (perfect scaling, no network time: an
+    assumption, said so in scale.md) and computes the shuffle volume from the partitioning rule above."""
     scale = cfg["scale"]
     rank, iterations = model["rank"], model["iterations"]
     machine_mb = scale["machine_memory_gb"] * 1024
@@ -97,7 +168,8 @@ def predict(model: dict, cfg: dict) -> list[dict]:
     for target in TARGETS:
         nnz = target["ratings"] * (1 - scale["test_fraction"])
         row = {**target, "train_ratings": nnz, "engines": {}}
-        for engine, entry in model["engines"].items():
+        for engine in ENGINES:
+            entry = model.get(engine, {})
             if not entry.get("fitted"):
                 continue
             dense = engine == "numpy" and uses_dense_path(target["users"], target["jokes"], nnz,
@@ -105,19 +177,47 @@ def predict(model: dict, cfg: dict) -> list[dict]:
             one = predict_point(entry, engine, target["users"], target["jokes"], nnz, rank, iterations, dense)
             if engine == "numpy":
                 one["path"] = "dense" if dense else "sparse"
-            fits = one["memory_mb"] <= machine_mb
-            row["engines"][engine] = {**one, "fits_one_machine": fits}
+            row["engines"][engine] = {**one, "fits_one_machine": one["memory_mb"] <= machine_mb}
             if engine == "spark":
-                # Work and data divide over executors; the per-iteration fixed cost does not.
-                coef_t = entry["time"]["coefficients"]
-                coef_m = entry["memory"]["coefficients"]
-                fixed = coef_t[0] * iterations
+                fixed_seconds = values(entry, "time")[0] * iterations
+                fixed_mb = values(entry, "memory")[0]
                 row["engines"]["spark"]["cluster"] = {
                     "executors": executors,
-                    "seconds": fixed + (one["seconds"] - fixed) / executors,
-                    "memory_mb_per_executor": coef_m[0] + (one["memory_mb"] - coef_m[0]) / executors,
-                    "shuffle_gb_per_iteration": 2 * shuffle_bytes_per_iteration(
+                    "seconds": fixed_seconds + (one["seconds"] - fixed_seconds) / executors,
+                    "memory_mb_per_executor": fixed_mb + (one["memory_mb"] - fixed_mb) / executors,
+                    "shuffle_gb_per_iteration": shuffle_bytes_per_iteration(
                         target["users"], target["jokes"], nnz, rank, executors * scale["cores_per_executor"]) / 2**30,
+                    "measured": False,
                 }
         out.append(row)
     return out
+
+
+def predicted_limit(entry: dict, engine: str, *, per_user: float, jokes: int, rank: int, machine_mb: float,
+                    dense_budget_mb: float) -> dict | None:
+    """The number of users (``jokes`` jokes, ``per_user`` training ratings each) at which the engine's memory
+    model reaches ``machine_mb`` (the study passes its memory budget, the line a measured run is stopped at), taking NumPy's path at each size as the engine would (dense while the
+    pattern fits its budget, sparse past it): a geometric scan, then bisection."""
+    if not entry.get("fitted"):
+        return None
+
+    def memory(users: float) -> float:
+        nnz = users * per_user
+        dense = engine == "numpy" and uses_dense_path(users, jokes, nnz, dense_budget_mb)
+        return float(np.dot(_features(engine, users, jokes, nnz, rank, dense)["memory"], values(entry, "memory")))
+
+    low, high = 1_000.0, None
+    users = low
+    while users < 1e10:
+        if memory(users) > machine_mb:
+            high = users
+            break
+        low, users = users, users * 1.5
+    if high is None:
+        return None
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if memory(middle) <= machine_mb else (low, middle)
+    nnz = low * per_user
+    path = ("dense" if uses_dense_path(low, jokes, nnz, dense_budget_mb) else "sparse") if engine == "numpy" else None
+    return {"users": low, "train_ratings": nnz, "memory_mb": machine_mb, "path": path}

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 
 from jester_als import hashsplit
-from jester_als.generate import GeneratorParams, generate_chunks
+from jester_als.generate import GeneratorParams, long_chunks
 from jester_als.numpy_als import arrow_column
 
 
 def write_split_parquet(params: GeneratorParams, directory: Path, test_fraction: float, seed: int) -> dict:
     """Stream the generated table to ``train.parquet`` and ``test.parquet`` (long layout), chunk by chunk, so
-    generating a large table needs memory for one chunk only."""
+    generating a large table needs memory for one chunk only (tables with many jokes are generated long)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -22,8 +22,7 @@ def write_split_parquet(params: GeneratorParams, directory: Path, test_fraction:
     writers = {name: pq.ParquetWriter(directory / f"{name}.parquet", schema) for name in ("train", "test")}
     counts = {"train": 0, "test": 0}
     try:
-        for chunk in generate_chunks(params):
-            users, jokes, values = chunk.long()
+        for users, jokes, values in long_chunks(params):
             users, jokes = users.astype(np.int32), jokes.astype(np.int32)
             is_test = hashsplit.is_test(users, jokes, test_fraction=test_fraction, seed=seed)
             for name, mask in (("train", ~is_test), ("test", is_test)):

@@ -9,6 +9,12 @@ from jester_als.report import table
 from jester_als.scale.costmodel import ENGINES
 
 log = logging.getLogger("jester_als.scale")
+AXES = ("users", "density", "jokes")
+ENGINE_NAMES = {"numpy": "NumPy", "spark": "Spark local mode"}
+
+
+def model_rank(study: dict) -> int:
+    return study["cost_model"]["rank"]
 
 
 def crossover(points: list[dict], axis: str) -> dict | None:
@@ -25,26 +31,6 @@ def crossover(points: list[dict], axis: str) -> dict | None:
             return {"train_ratings": p["train_ratings"], "users": p["users"], "jokes": p["jokes"],
                     "why": "Spark fitted faster"}
     return None
-
-
-def single_machine_limit(study: dict, engine: str) -> dict | None:
-    """Along the users axis (100 jokes, the users axis' ratings per user), the size at which the engine's
-    fitted memory model reaches the machine's memory: where one machine runs out and Spark on a cluster
-    becomes necessary."""
-    entry = study["cost_model"]["engines"].get(engine, {})
-    users_points = [p for p in study["points"] if p["axis"] == "users" and p["users"]]
-    if not entry.get("fitted") or not users_points:
-        return None
-    per_user = users_points[-1]["train_ratings"] / users_points[-1]["users"]
-    machine_mb = study["machine"]["memory_gb"] * 1024
-    coef = entry["memory"]["coefficients"]
-    jokes, rank = 100, study["cost_model"]["rank"]
-    dense_per_user = coef[3] * jokes if len(coef) > 3 else 0.0
-    slope = coef[1] * per_user + coef[2] * rank + dense_per_user  # MB per user
-    if slope <= 0:
-        return None
-    users = (machine_mb - coef[0] - coef[2] * jokes * rank) / slope
-    return {"users": users, "train_ratings": users * per_user, "memory_gb": study["machine"]["memory_gb"]}
 
 
 def _cell(result: dict, key: str, fmt: str) -> str:
@@ -79,37 +65,52 @@ def render_scale(study: dict) -> str:
                     "Spark fit (s)", "Spark peak (MB)", "NumPy RMSE", "Spark RMSE"], rows), ""]
     if limits:
         lines += ["Limits reached:", *limits, ""]
-    for axis in ("users", "jokes"):
+    for axis in AXES:
         cross = crossover(study["points"], axis)
         lines.append(f"Crossover on the {axis} axis: " + (
             f"at {cross['train_ratings']:,} training ratings ({cross['users']:,} x {cross['jokes']:,}): "
             f"{cross['why']}." if cross else "none within the measured range: NumPy ALS on one machine was "
                                              "faster at every size both engines completed."))
+    lines += ["", "## Single-machine limits", "",
+              f"Along the users axis (100 jokes), against the study's memory budget of "
+              f"{study['budgets']['memory_mb']:,} MB (Spark's heap: {study['budgets']['spark_driver_memory']}):", ""]
     for engine in ENGINES:
-        limit = single_machine_limit(study, engine)
-        if limit:
-            lines.append(f"{'NumPy' if engine == 'numpy' else 'Spark local mode'} runs out of this machine's "
-                         f"{limit['memory_gb']:.0f} GB at about {limit['users'] / 1e6:.1f} M Jester-like users "
-                         f"({limit['train_ratings'] / 1e6:,.0f} M training ratings), by the memory model below.")
-    lines += ["", "## Cost model", ""]
-    model = study["cost_model"]
-    for engine, entry in model["engines"].items():
+        limit = study["limits"].get(engine) or {}
+        largest, first, predicted = limit.get("largest_fitted"), limit.get("first_not_fitted"), limit.get("predicted")
+        said = [f"largest measured to fit {largest['users']:,} users ({largest['train_ratings']:,} ratings, peak "
+                f"{largest['peak_mb']:,.0f} MB)" if largest else "no size fitted"]
+        said.append(f"{first['users']:,} users did not ({first['why']})" if first
+                    else "every size on the axis fitted, so the measured limit lies beyond it")
+        if predicted:
+            said.append(f"the memory model reaches the budget at {predicted['users'] / 1e6:,.2f} M users "
+                        f"({predicted['train_ratings'] / 1e6:,.0f} M ratings"
+                        + (f", {predicted['path']} path)" if predicted.get("path") else ")"))
+        lines.append(f"- {ENGINE_NAMES[engine]}: " + "; ".join(said) + ".")
+    lines += ["", "## Cost model", "",
+              f"Seconds per iteration and peak MB as non-negative least-squares fits (relative errors) of the terms "
+              f"below (k = rank {model_rank(study)}, rows = users + jokes, dense cells = users x jokes on NumPy's "
+              f"dense path); each coefficient +- its standard error (blank: held at zero). Checked on points left "
+              f"out of the fit, one above the measured range and one inside it; target: within "
+              f"{study['cost_model']['check_target']:.0%}.", ""]
+    for engine in ENGINES:
+        entry = study["cost_model"].get(engine, {})
         if not entry.get("fitted"):
-            lines.append(f"- {engine}: not fitted ({entry['reason']})")
+            lines.append(f"- {ENGINE_NAMES[engine]}: not fitted ({entry.get('reason', 'no points')})")
             continue
-        t, m = entry["time"]["coefficients"], entry["memory"]["coefficients"]
-        dense = f" + {m[3]:.3g} x users x jokes [dense path]" if len(m) > 3 else ""
-        dense_t = f" + {t[3]:.3g} x users x jokes k^2 [dense path]" if len(t) > 3 else ""
-        time_error = entry["time"]["max_relative_error_on_fitted"]
-        lines.append(f"- {engine}: seconds per iteration = {t[0]:.3g} + {t[1]:.3g} x nnz k^2 + {t[2]:.3g} x "
-                     f"(users + jokes) k^3{dense_t} (fitted points within {time_error:.0%});"
-                     f" peak MB = {m[0]:.3g} + {m[1]:.3g} x nnz + {m[2]:.3g} x (users + jokes) k{dense} (within "
-                     f"{entry['memory']['max_relative_error_on_fitted']:.0%})")
-        if "holdout" in entry:
-            h = entry["holdout"]
-            lines.append(f"  - check on a point not used to fit ({h['train_ratings']:,} ratings): predicted "
-                         f"{h['predicted_seconds']:.1f} s / {h['predicted_memory_mb']:,.0f} MB, measured "
-                         f"{h['measured_seconds']:.1f} s / {h['measured_memory_mb']:,.0f} MB")
+        for target, unit in (("time", "s/iteration"), ("memory", "MB")):
+            coefficients = " + ".join(f"{c['value']:.3g}" + (f" (+-{c['stderr']:.2g})" if c["stderr"] is not None
+                                                             else "") + f" x {c['term']}".replace(" x fixed", "")
+                                      for c in entry["coefficients"][target])
+            lines.append(f"- {ENGINE_NAMES[engine]} {unit} = {coefficients}; fitted points within "
+                         f"{entry['max_relative_error_on_fitted'][target]:.0%} ({entry['points_used']} points)")
+        if not entry["checks"]:
+            lines.append(f"  - no held-out check: {entry.get('checks_skipped', '')}")
+        for c in entry["checks"]:
+            verdict = "within target" if c["within_target"] else "MISSES the target"
+            lines.append(f"  - check {c['role']} the range ({c['axis']} axis, {c['users']:,} x {c['jokes']:,}, "
+                         f"{c['train_ratings']:,} ratings): predicted {c['predicted_seconds']:,.1f} s / "
+                         f"{c['predicted_mb']:,.0f} MB, measured {c['measured_seconds']:,.1f} s / "
+                         f"{c['measured_mb']:,.0f} MB ({c['seconds_error']:+.0%} / {c['mb_error']:+.0%}): {verdict}")
     lines += ["", "## Predictions", ""]
     prediction_rows = []
     for row in study["predictions"]:
@@ -126,8 +127,12 @@ def render_scale(study: dict) -> str:
             f"{cluster['shuffle_gb_per_iteration']:,.1f} GB shuffled/iteration" if cluster else ""])
     executors = study["predictions"][0]["engines"].get("spark", {}).get("cluster", {}).get("executors", "N")
     lines += [table(["data set", "train ratings", "NumPy, one machine", "Spark, one machine (local)",
-                     f"Spark, cluster of {executors} executors"],
-                    prediction_rows), ""]
+                     f"Spark, cluster of {executors} executors (assumed scaling)"],
+                    prediction_rows), "",
+              "Every figure here is the cost model's, extrapolated from the points measured above. The cluster "
+              "column is arithmetic, not measurement: it divides the one-machine model's size-dependent time and "
+              "memory by the executors (perfect speed-up, no network time) and counts the bytes ALS's "
+              "partitioning must shuffle per iteration.", ""]
     return "\n".join(lines)
 
 
@@ -142,7 +147,7 @@ def plot(study: dict, path: str) -> bool:
         log.warning("matplotlib is not installed: scale.png skipped (pip install 'jester-als[plot]')")
         return False
     fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for axis, style in (("users", "-o"), ("jokes", "--s")):
+    for axis, style in zip(AXES, ("-o", ":^", "--s")):
         for engine, color in (("numpy", "tab:blue"), ("spark", "tab:orange")):
             done = [p for p in study["points"] if p["axis"] == axis and p["engines"][engine].get("completed")]
             if not done:
@@ -151,17 +156,18 @@ def plot(study: dict, path: str) -> bool:
             label = f"{'NumPy' if engine == 'numpy' else 'Spark'} ({axis} axis)"
             ax_time.plot(x, [p["engines"][engine]["fit_seconds"] for p in done], style, color=color, label=label)
             ax_mem.plot(x, [p["engines"][engine]["peak_rss_mb"] for p in done], style, color=color, label=label)
-        cross = crossover(study["points"], axis)
-        if cross:
-            for ax in (ax_time, ax_mem):
-                ax.axvline(cross["train_ratings"], color="gray", linestyle=":", label=f"crossover ({axis})")
-    limit = single_machine_limit(study, "numpy")
-    if limit:
+    for engine, color in (("numpy", "tab:blue"), ("spark", "tab:orange")):
+        limit = study["limits"].get(engine) or {}
+        largest, predicted = limit.get("largest_fitted"), limit.get("predicted")
+        name = "NumPy" if engine == "numpy" else "Spark"
         for ax in (ax_time, ax_mem):
-            ax.axvline(limit["train_ratings"], color="red", linestyle=":",
-                       label=f"NumPy outgrows {limit['memory_gb']:.0f} GB (model)")
-        ax_mem.axhline(limit["memory_gb"] * 1024, color="red", linestyle="--", linewidth=0.8,
-                       label="machine memory")
+            if largest:
+                ax.axvline(largest["train_ratings"], color=color, linestyle="-", linewidth=2, alpha=0.35,
+                           label=f"{name}: largest measured to fit" if ax is ax_mem else None)
+            if predicted:
+                ax.axvline(predicted["train_ratings"], color=color, linestyle=":",
+                           label=f"{name}: model reaches the budget" if ax is ax_mem else None)
+    ax_mem.axhline(study["budgets"]["memory_mb"], color="red", linestyle="--", linewidth=0.8, label="memory budget")
     for ax, ylabel in ((ax_time, "fit time (s)"), (ax_mem, "peak resident memory (MB)")):
         ax.set_xscale("log")
         ax.set_yscale("log")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from jester_als.generate import GeneratorParams
 from jester_als.outputs import now_iso, staged_outputs, write_text_atomic
-from jester_als.scale.costmodel import ENGINES, fit_cost_model, predict
+from jester_als.scale.costmodel import ENGINES, fit_cost_model, predict, predicted_limit
 from jester_als.scale.data import write_split_parquet
 from jester_als.scale.render import plot, render_scale
 from jester_als.scale.runner import machine_memory_gb, run_worker
@@ -21,14 +21,35 @@ log = logging.getLogger("jester_als.scale")
 
 
 def axis_points(cfg: dict) -> list[dict]:
+    """The study's design: three axes, so that ratings, rows (users + jokes) and dense cells (users x jokes)
+    vary independently. Users axis: Jester's shape (100 jokes, 72.6 ratings per user) with ever more users;
+    density axis: fixed users and jokes, ratings per user from few to many; jokes axis: fixed users, ever more
+    jokes, up to a Netflix-shaped table (17,770 items)."""
     scale = cfg["scale"]
     points = [{"axis": "users", "users": n, "jokes": 100, "mean_ratings": 72.6, "min_ratings": 36,
                "gauge_jokes": 30} for n in scale["users_axis"]]
-    sparse = scale["jokes_axis_ratings_per_user"]
+    density_jokes = scale["density_axis_jokes"]
+    points += [{"axis": "density", "users": scale["density_axis_users"], "jokes": density_jokes,
+                "mean_ratings": float(r), "min_ratings": max(1, int(r) // 2), "gauge_jokes": min(5, max(1, int(r) // 4))}
+               for r in scale["density_axis"]]
+    per_user = scale["jokes_axis_ratings_per_user"]
     points += [{"axis": "jokes", "users": scale["jokes_axis_users"], "jokes": j,
-                "mean_ratings": min(float(sparse), 0.726 * j), "min_ratings": min(15, j),
+                "mean_ratings": min(float(per_user), 0.726 * j), "min_ratings": min(15, j),
                 "gauge_jokes": min(10, j)} for j in scale["jokes_axis"]]
     return points
+
+
+def _progress(index: int, specs: list[dict], started: float) -> str:
+    """``point 3/15 (users axis, 250,000 x 100); 2.1 min so far, about 20 min left``: time left from the
+    time per planned rating so far (the planned ratings are users x mean ratings per user)."""
+    spec = specs[index]
+    planned = [s["users"] * s["mean_ratings"] for s in specs]
+    elapsed = time.monotonic() - started
+    done = sum(planned[:index])
+    left = (f"about {elapsed / done * sum(planned[index:]) / 60:.0f} min left" if done and elapsed > 0
+            else "time left known after the first point")
+    return (f"point {index + 1}/{len(specs)} ({spec['axis']} axis, {spec['users']:,} x {spec['jokes']:,}); "
+            f"{elapsed / 60:.1f} min so far, {left}")
 
 
 def run_study(cfg: dict) -> dict:
@@ -37,18 +58,22 @@ def run_study(cfg: dict) -> dict:
     work = Path(tempfile.mkdtemp(prefix="jester-als-scale-", dir=scale["work_dir"]))
     stopped: dict[tuple[str, str], str] = {}
     points = []
+    specs = axis_points(cfg)
+    study_started = time.monotonic()
     try:
-        for spec in axis_points(cfg):
+        for index, spec in enumerate(specs):
+            log.info("scale %s", _progress(index, specs, study_started))
             params = GeneratorParams.from_config(gen_cfg, users=spec["users"], jokes=spec["jokes"],
                                                  mean_ratings=spec["mean_ratings"], min_ratings=spec["min_ratings"],
                                                  gauge_jokes=spec["gauge_jokes"])
-            data_dir = work / f"{spec['axis']}-{spec['users']}x{spec['jokes']}"
+            data_dir = work / (f"{spec['axis']}-{spec['users']}x{spec['jokes']}"
+                               + (f"-{spec['mean_ratings']:g}per" if spec["axis"] == "density" else ""))
             started = time.perf_counter()
             sizes = write_split_parquet(params, data_dir, scale["test_fraction"], scale["seed"])
             point = {**spec, **sizes, "ratings": sizes["train_ratings"] + sizes["test_ratings"],
                      "generate_seconds": time.perf_counter() - started, "engines": {}}
-            log.info("scale point %s: %d users x %d jokes, %d training ratings", spec["axis"], spec["users"],
-                     spec["jokes"], sizes["train_ratings"])
+            log.info("  %s training ratings, generated in %.0f s", f"{sizes['train_ratings']:,}",
+                     point["generate_seconds"])
             for engine in ENGINES:
                 key = (spec["axis"], engine)
                 if key in stopped:
@@ -80,8 +105,36 @@ def run_study(cfg: dict) -> dict:
     model = fit_cost_model(points, scale["rank"], scale["maxIter"])
     return {"when": now_iso(), "machine": {"cpus": os.cpu_count(), "memory_gb": machine_memory_gb()},
             "params": {k: scale[k] for k in ("rank", "regParam", "maxIter")},
-            "budgets": {"time_seconds": scale["time_budget_seconds"], "memory_mb": scale["memory_budget_mb"]},
-            "points": points, "cost_model": model, "predictions": predict(model, cfg)}
+            "budgets": {"time_seconds": scale["time_budget_seconds"], "memory_mb": scale["memory_budget_mb"],
+                        "spark_driver_memory": scale["spark_driver_memory"]},
+            "study_minutes": (time.monotonic() - study_started) / 60,
+            "points": points, "cost_model": model, "limits": limits(points, model, cfg),
+            "predictions": predict(model, cfg)}
+
+
+def limits(points: list[dict], model: dict, cfg: dict) -> dict:
+    """Per engine, along the users axis: the largest size measured to fit, the first size that did not (and
+    why), and the size at which the memory model reaches the machine's memory."""
+    scale = cfg["scale"]
+    users_points = [p for p in points if p["axis"] == "users"]
+    out = {}
+    for engine in ENGINES:
+        fitted = [p for p in users_points if p["engines"][engine].get("completed")]
+        stopped = [p for p in users_points if not p["engines"][engine].get("completed")]
+        largest = fitted[-1] if fitted else None
+        per_user = (largest or users_points[-1])["train_ratings"] / (largest or users_points[-1])["users"] \
+            if users_points else 0.0
+        out[engine] = {
+            "largest_fitted": {"users": largest["users"], "jokes": largest["jokes"],
+                               "train_ratings": largest["train_ratings"],
+                               "peak_mb": largest["engines"][engine]["peak_rss_mb"]} if largest else None,
+            "first_not_fitted": {"users": stopped[0]["users"], "train_ratings": stopped[0]["train_ratings"],
+                                 "why": stopped[0]["engines"][engine]["limit"]} if stopped else None,
+            "predicted": predicted_limit(model.get(engine, {}), engine, per_user=per_user, jokes=100,
+                                         rank=model["rank"], machine_mb=scale["memory_budget_mb"],
+                                         dense_budget_mb=scale["numpy_dense_budget_mb"]) if users_points else None,
+        }
+    return out
 
 
 def scale_job(cfg: dict) -> dict:
