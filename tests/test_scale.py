@@ -229,7 +229,8 @@ def test_predicted_limit_solves_the_memory_model_on_the_path_the_engine_takes():
 
     # peak MB = 500 + 1e-4 x nnz + 1e-3 x (users + jokes) x rank, 50 ratings per user, rank 10:
     # 0.005 + 0.01 = 0.015 MB per user; 16 GB hold (16384 - 500 - 1) / 0.015 users.
-    memory = [{"term": t, "value": v, "stderr": None} for t, v in zip(["fixed", "ratings", "rows x k"], [500, 1e-4, 1e-3])]
+    memory = [{"term": t, "value": v, "stderr": None}
+              for t, v in zip(["fixed", "ratings", "rows x k"], [500, 1e-4, 1e-3])]
     spark = {"fitted": True, "coefficients": {"time": [], "memory": memory}}
     limit = predicted_limit(spark, "spark", per_user=50, jokes=100, rank=10, machine_mb=16 * 1024, dense_budget_mb=0)
     assert limit["users"] == pytest.approx((16 * 1024 - 500 - 1e-3 * 100 * 10) / 0.015, rel=1e-6)

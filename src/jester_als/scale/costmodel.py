@@ -196,8 +196,9 @@ def predict(model: dict, cfg: dict) -> list[dict]:
 def predicted_limit(entry: dict, engine: str, *, per_user: float, jokes: int, rank: int, machine_mb: float,
                     dense_budget_mb: float) -> dict | None:
     """The number of users (``jokes`` jokes, ``per_user`` training ratings each) at which the engine's memory
-    model reaches ``machine_mb`` (the study passes its memory budget, the line a measured run is stopped at), taking NumPy's path at each size as the engine would (dense while the
-    pattern fits its budget, sparse past it): a geometric scan, then bisection."""
+    model reaches ``machine_mb`` (the study passes its memory budget, the line a measured run is stopped at),
+    taking NumPy's path at each size as the engine would (dense while the pattern fits its budget, sparse past
+    it): a geometric scan, then bisection."""
     if not entry.get("fitted"):
         return None
 

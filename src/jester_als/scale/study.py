@@ -30,7 +30,8 @@ def axis_points(cfg: dict) -> list[dict]:
                "gauge_jokes": 30} for n in scale["users_axis"]]
     density_jokes = scale["density_axis_jokes"]
     points += [{"axis": "density", "users": scale["density_axis_users"], "jokes": density_jokes,
-                "mean_ratings": float(r), "min_ratings": max(1, int(r) // 2), "gauge_jokes": min(5, max(1, int(r) // 4))}
+                "mean_ratings": float(r), "min_ratings": max(1, int(r) // 2),
+                "gauge_jokes": min(5, max(1, int(r) // 4))}
                for r in scale["density_axis"]]
     per_user = scale["jokes_axis_ratings_per_user"]
     points += [{"axis": "jokes", "users": scale["jokes_axis_users"], "jokes": j,
