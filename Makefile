@@ -23,7 +23,7 @@ SPARK_ENV = PYSPARK_PYTHON="$(CURDIR)/$(BIN)/python" PYSPARK_DRIVER_PYTHON="$(CU
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-spark40 java run lint test test-fast generate bench package submit cluster-demo connect-server scale clean
+.PHONY: help setup setup-spark40 java run lint test test-fast generate bench package submit cluster-demo connect-server scale scale-docs clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -54,8 +54,12 @@ run: setup $(DATA) ## run the pipeline job on the embedded default data (CONF=co
 bench: setup ## time NumPy ALS vs Spark ALS vs the seed loop at Jester size (output/bench/bench.md; ARGS="--set bench.users=N")
 	$(BIN)/jester-als bench --conf conf/bench.yaml $(ARGS)
 
-scale: setup ## the scaling study: NumPy vs Spark from 25 k to 2.5 M users and 100 to 10,000 jokes (docs/ holds a run: 11.6 min)
+scale: setup ## the scaling study: NumPy vs Spark along users, density and jokes axes (docs/scale.md: how long it took)
 	$(BIN)/jester-als scale --conf conf/scale.yaml
+
+scale-docs: setup ## copy the last `make scale` run into docs/ and regenerate the README's section from it
+	cp output/scale/scale.json output/scale/scale.md output/scale/scale.png docs/
+	$(BIN)/python -m jester_als.readme README.md
 
 $(STAMP40): setup.py
 	$(PYTHON) -m venv $(VENV40)

@@ -138,11 +138,11 @@ def test_the_embedded_default_is_the_built_in_default():
 def test_readme_config_table_is_generated_from_the_schema():
     from pathlib import Path
 
-    from jester_als.config import README_TABLE_END, README_TABLE_START, config_table
+    from jester_als import readme
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = readme.split(README_TABLE_START, 1)[1].split(README_TABLE_END, 1)[0].strip()
-    assert block == config_table(), "README's config table is stale: python -m jester_als.config --readme README.md"
+    root = Path(__file__).resolve().parents[1]
+    block = readme.current((root / "README.md").read_text(), "config table")
+    assert block == readme.expected("config table", root), f"README's config table is stale: {readme.COMMAND}"
     assert "| `tune.refit_max_iter` | integer | `20` |" in block  # what a reader looks up, e.g.
 
 

@@ -14,6 +14,8 @@ from jester_als.scale.costmodel import ENGINES, fit_cost_model, predict_point
 TINY = ["--set", "scale.users_axis=[300, 1200]", "--set", "scale.jokes_axis=[40]",
         "--set", "scale.density_axis=[10, 25]", "--set", "scale.density_axis_users=300",
         "--set", "scale.density_axis_jokes=60",
+        "--set", "scale.cluster_measure_users=[300, 600, 1200]", "--set", "scale.cluster_measure_executors=[2]",
+        "--set", "scale.cluster_worker_memory=2g", "--set", "scale.cluster_executor_memory=512m",
         "--set", "scale.jokes_axis_users=300", "--set", "scale.jokes_axis_ratings_per_user=20",
         "--set", "scale.maxIter=3", "--set", "scale.rank=3", "--set", "scale.repeats=2",
         "--set", "scale.spark_driver_memory=1g", "--set", "generate.min_ratings=20",
@@ -50,7 +52,7 @@ def test_tiny_grid_writes_json_markdown_and_plot(tiny_study):
     assert [(p["axis"], p["users"], p["jokes"]) for p in study["points"]] == [
         ("users", 300, 100), ("users", 1200, 100), ("density", 300, 60), ("density", 300, 60), ("jokes", 300, 40)]
     # a line per point with its index, the time so far and (after the first) the time left
-    assert "scale point 1/5 (users axis, 300 x 100); 0.0 min so far, time left known after the first point" in logged
+    assert "scale point 1/5 (users axis, 300 x 100); 0.0 min so far, time left known after two points" in logged
     assert "scale point 5/5 (jokes axis, 300 x 40)" in logged and " min left" in logged
     density = [p for p in study["points"] if p["axis"] == "density"]
     assert 8 < density[0]["ratings"] / 300 < 12 and 22 < density[1]["ratings"] / 300 < 28  # ratings per user
@@ -79,12 +81,23 @@ def test_tiny_grid_writes_json_markdown_and_plot(tiny_study):
     assert "## Cost model" in markdown and "## Predictions" in markdown and "## Single-machine limits" in markdown
     assert "every size on the axis fitted, so the measured limit lies beyond it" in markdown
     assert "no held-out check: 5 completed points" in markdown
-    assert "The cluster column is arithmetic, not measurement" in markdown
+    assert "In the cluster column the time is arithmetic, not measurement" in markdown
+    # the cluster side measured by Spark itself: shuffle bytes per iteration grow with the data, two executors
+    # each report a peak, and the model fitted on two sizes is checked on the third
+    cluster = study["cluster"]["measurements"]
+    assert [(m["users"], m["executors"]) for m in cluster] == [(300, 2), (600, 2), (1200, 2)]
+    shuffled = [m["shuffle_bytes_per_iteration"] for m in cluster]
+    assert 0 < shuffled[0] < shuffled[1] < shuffled[2]
+    assert all(len(m["executor_peaks_mb"]) == 2 and min(m["executor_peaks_mb"]) > 50 for m in cluster)
+    model = study["cluster"]["model"]
+    assert model["fitted"] and model["sizes_used"] == [cluster[0]["train_ratings"], cluster[1]["train_ratings"]]
+    assert [c["train_ratings"] for c in model["checks"]] == [cluster[2]["train_ratings"]]
+    assert "## Measured on a standalone cluster" in markdown
     assert (out / "scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_budget_stop_records_the_limit_instead_of_crashing(tmp_path):
-    _, study = run_scale(tmp_path, "--set", "scale.memory_budget_mb=40")
+    _, study = run_scale(tmp_path, "--set", "scale.memory_budget_mb=40", "--set", "scale.cluster_measure_users=[]")
     first, later = study["points"][0], study["points"][1:]
     for engine in ENGINES:
         assert not first["engines"][engine]["completed"]
@@ -186,6 +199,33 @@ def test_too_few_points_fit_without_checks_and_say_why():
         "fitted": False, "reason": "2 completed points (need 4)"}
 
 
+def test_cluster_model_recovers_a_planted_shuffle_factor_and_executor_memory():
+    """Measurements made from a shuffle factor of 1.3 over the partitioning rule and 400 MB + 150 MB per million
+    ratings per executor are recovered, and the largest size (left out) is predicted; a size that misses is
+    reported as missing."""
+    from jester_als.scale.cluster import fit_cluster_model
+    from jester_als.scale.costmodel import shuffle_bytes_per_iteration
+
+    measurements = []
+    for users in (25_000, 50_000, 100_000):
+        for executors in (1, 2, 4):
+            nnz = users * 58
+            measurements.append({"users": users, "jokes": 100, "train_ratings": nnz, "executors": executors,
+                                 "shuffle_bytes_per_iteration": 1.3 * shuffle_bytes_per_iteration(users, 100, nnz, 10,
+                                                                                                  executors),
+                                 "executor_peak_mb": 400 + 150e-6 * nnz / executors})
+    model = fit_cluster_model(measurements, 10)
+    assert model["shuffle_factor"] == pytest.approx(1.3)
+    assert model["executor_memory_mb"]["fixed"] == pytest.approx(400)
+    assert model["executor_memory_mb"]["per_rating"] == pytest.approx(150e-6)
+    assert [c["executors"] for c in model["checks"]] == [1, 2, 4]
+    assert all(c["within_target"] and abs(c["shuffle_error"]) < 1e-9 for c in model["checks"])
+    measurements[-1]["executor_peak_mb"] *= 2
+    assert not fit_cluster_model(measurements, 10)["checks"][-1]["within_target"]
+    assert fit_cluster_model(measurements[:6], 10) == {
+        "fitted": False, "reason": "2 sizes measured (need 3: two to fit, one to check)"}
+
+
 def test_shuffle_volume_counts_each_factor_copy_once_per_iteration():
     """4 blocks: 1,000 users with 50 ratings each reach all 4 joke blocks; 100 jokes with 500 ratings reach
     all 4 user blocks; rank 10 float32s: (1,000 + 100) x 4 x 10 x 4 bytes; the cluster column uses it as is."""
@@ -201,7 +241,7 @@ def test_shuffle_volume_counts_each_factor_copy_once_per_iteration():
     netflix = predict(model, cfg)[2]
     assert netflix["engines"]["spark"]["cluster"]["shuffle_gb_per_iteration"] == pytest.approx(
         shuffle_bytes_per_iteration(480_189, 17_770, netflix["train_ratings"], rank, 32) / 2**30)
-    assert netflix["engines"]["spark"]["cluster"]["measured"] is False
+    assert netflix["engines"]["spark"]["cluster"]["shuffle_and_memory_from"] == "partitioning rule"
 
 
 def _point(axis, users, jokes, ratings, numpy_r, spark_r):

@@ -35,7 +35,7 @@ JOBS: dict[str, Job] = {job.name: job for job in (
         outputs=("ratings", "rejected", "user_ids", "model", "recommendations")),
     Job("bench", "time NumPy ALS, Spark ALS and the seed's loop on the same ratings, each in its own process; "
                  "bench.json, bench.md", spark=False, outputs=("bench.json", "bench.md", "bench.png")),
-    Job("scale", "scaling study: both engines along users and jokes axes; scale.json, scale.md, scale.png",
+    Job("scale", "scaling study: both engines along users, density and jokes axes; scale.json, scale.md, scale.png",
         spark=False, outputs=("scale.json", "scale.md", "scale.png")),
 )}
 

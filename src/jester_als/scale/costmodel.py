@@ -156,10 +156,14 @@ TARGETS = [
 ]
 
 
-def predict(model: dict, cfg: dict) -> list[dict]:
-    """The models' predictions for the named data sets. The cluster column divides the work and the
-    size-dependent memory of one machine over the executors (perfect scaling, no network time: an
-    assumption, said so in scale.md) and computes the shuffle volume from the partitioning rule above."""
+def predict(model: dict, cfg: dict, cluster: dict | None = None) -> list[dict]:
+    """The models' predictions for the named data sets. The cluster column's time divides the size-dependent
+    part of one machine's time over the executors (perfect scaling, no network time: an assumption, said so
+    in scale.md). Its shuffle volume and memory per executor come from the cluster model fitted to the
+    standalone-cluster measurements when there is one (``cluster``), else from the partitioning rule above
+    and one machine's memory divided over the executors."""
+    measured = (cluster or {}).get("model") or {}
+    measured = measured if measured.get("fitted") else None
     scale = cfg["scale"]
     rank, iterations = model["rank"], model["iterations"]
     machine_mb = scale["machine_memory_gb"] * 1024
@@ -181,13 +185,20 @@ def predict(model: dict, cfg: dict) -> list[dict]:
             if engine == "spark":
                 fixed_seconds = values(entry, "time")[0] * iterations
                 fixed_mb = values(entry, "memory")[0]
+                copies = shuffle_bytes_per_iteration(target["users"], target["jokes"], nnz, rank,
+                                                     executors * scale["cores_per_executor"])
+                if measured:
+                    memory = measured["executor_memory_mb"]
+                    per_executor = memory["fixed"] + memory["per_rating"] * nnz / executors
+                else:
+                    per_executor = fixed_mb + (one["memory_mb"] - fixed_mb) / executors
                 row["engines"]["spark"]["cluster"] = {
                     "executors": executors,
                     "seconds": fixed_seconds + (one["seconds"] - fixed_seconds) / executors,
-                    "memory_mb_per_executor": fixed_mb + (one["memory_mb"] - fixed_mb) / executors,
-                    "shuffle_gb_per_iteration": shuffle_bytes_per_iteration(
-                        target["users"], target["jokes"], nnz, rank, executors * scale["cores_per_executor"]) / 2**30,
-                    "measured": False,
+                    "memory_mb_per_executor": per_executor,
+                    "shuffle_gb_per_iteration": copies * (measured["shuffle_factor"] if measured else 1.0) / 2**30,
+                    "shuffle_and_memory_from": "cluster measurements" if measured else "partitioning rule",
+                    "time_from": "assumed perfect scaling",
                 }
         out.append(row)
     return out

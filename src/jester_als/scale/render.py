@@ -41,6 +41,91 @@ def _cell(result: dict, key: str, fmt: str) -> str:
     return fmt.format(result[key])
 
 
+def _completed(result: dict) -> bool:
+    return bool(result.get("completed"))
+
+
+def answer(study: dict) -> str:
+    """The question's answer in a few sentences, every figure taken from the study."""
+    both = [p for p in study["points"] if all(_completed(p["engines"].get(e, {})) for e in ENGINES)]
+    said = []
+    if both:
+        ratios = [(p["engines"]["spark"]["fit_seconds"] / p["engines"]["numpy"]["fit_seconds"], p) for p in both]
+        low, high = min(ratios, key=lambda r: r[0]), max(ratios, key=lambda r: r[0])
+        where = lambda r: f"{r[1]['users']:,} x {r[1]['jokes']:,}, {r[1]['train_ratings'] / 1e6:,.1f} M ratings"
+        faster = [r for r in ratios if r[0] < 1]
+        said.append(
+            ("NumPy ALS on the driver fitted faster than Spark in local mode at every size both completed "
+             if not faster else f"Spark in local mode fitted faster than NumPy at {len(faster)} of the "
+                                f"{len(ratios)} sizes both completed; elsewhere NumPy was faster ")
+            + f"(Spark took {low[0]:.1f}x NumPy's time at {where(low)}, {high[0]:.1f}x at {where(high)}).")
+    top_jokes = max((p for p in both if p["axis"] == "jokes"), key=lambda p: p["jokes"], default=None)
+    if top_jokes:
+        n, sp = top_jokes["engines"]["numpy"], top_jokes["engines"]["spark"]
+        said.append(f"With many items ({top_jokes['users']:,} users x {top_jokes['jokes']:,} jokes, "
+                    f"{top_jokes['train_ratings'] / 1e6:,.1f} M ratings, NumPy on its {n.get('path', '')} path) the "
+                    f"lead is {sp['fit_seconds'] / n['fit_seconds']:.1f}x ({n['fit_seconds']:,.1f} s against "
+                    f"{sp['fit_seconds']:,.1f} s).")
+    for engine in ENGINES:
+        limit = study.get("limits", {}).get(engine) or {}
+        largest, first = limit.get("largest_fitted"), limit.get("first_not_fitted")
+        if largest:
+            per_rating = largest["peak_mb"] * 2**20 / largest["train_ratings"]
+            said.append(f"{ENGINE_NAMES[engine]} fitted up to {largest['users'] / 1e6:,.2f} M Jester-like users "
+                        f"({largest['train_ratings'] / 1e6:,.0f} M training ratings, peak "
+                        f"{largest['peak_mb'] / 1024:,.1f} GB, {per_rating:,.0f} bytes a rating)"
+                        + (f" and not at {first['users'] / 1e6:,.2f} M ({first['why'].split(':')[0]})" if first
+                           else ", the largest size tried") + ".")
+    predicted = (study.get("limits", {}).get("numpy") or {}).get("predicted")
+    if predicted:
+        said.append(f"By NumPy's memory model the budget of {predicted['memory_mb'] / 1024:,.1f} GB is reached at "
+                    f"about {predicted['users'] / 1e6:,.1f} M users ({predicted['train_ratings'] / 1e6:,.0f} M "
+                    f"ratings). Past the memory of one machine, Spark on a cluster is necessary: not for speed, "
+                    f"but to spread the ratings and factors over several machines' memory.")
+    return " ".join(said) if said else "Too few sizes completed to answer."
+
+
+def cluster_lines(cluster: dict | None) -> list[str]:
+    """The standalone-cluster measurements and the cluster model fitted to them."""
+    if not cluster:
+        return []
+    lines = ["", "## Measured on a standalone cluster", "",
+             "Spark ALS on the project's standalone cluster (one worker on this machine) with one-core executors "
+             "and as many ALS blocks; Spark's REST API gives the shuffle bytes written per iteration (a 6-iteration "
+             "fit less a 2-iteration fit, over 4) and each executor's peak memory (its process tree's resident "
+             "set). Wall-clock speed-up is not measured: the executors share this machine's cores.", ""]
+    rows = []
+    for m in cluster["measurements"]:
+        rows.append([f"{m['users']:,}", f"{m['train_ratings']:,}", str(m["executors"]),
+                     f"{m['shuffle_bytes_per_iteration'] / 2**20:,.1f}" if "shuffle_bytes_per_iteration" in m
+                     else m.get("limit", ""),
+                     f"{m['executor_peak_mb']:,.0f}" if "executor_peak_mb" in m else ""])
+    lines += [table(["users", "train ratings", "executors", "shuffle MB / iteration", "executor peak MB"], rows), ""]
+    model = cluster["model"]
+    if not model.get("fitted"):
+        return lines + [f"Cluster model not fitted: {model['reason']}."]
+    memory = model["executor_memory_mb"]
+    lines.append(f"Cluster model (fitted on {', '.join(f'{n:,}' for n in model['sizes_used'])} training ratings): "
+                 f"shuffle per iteration = {model['shuffle_factor']:.2f} x the partitioning rule's factor copies "
+                 f"(k float32s each); executor peak MB = {memory['fixed']:,.0f} + {memory['per_rating'] * 1e6:,.1f} "
+                 f"x million training ratings per executor. Checks on the largest size, left out:")
+    for c in model["checks"]:
+        lines.append(f"- {c['executors']} executor(s), {c['train_ratings']:,} ratings: shuffle predicted "
+                     f"{c['predicted_shuffle_bytes'] / 2**20:,.1f} MB, measured "
+                     f"{c['measured_shuffle_bytes'] / 2**20:,.1f} MB "
+                     f"({c['shuffle_error']:+.0%}); executor memory predicted {c['predicted_executor_mb']:,.0f} MB, "
+                     f"measured {c['measured_executor_mb']:,.0f} MB ({c['memory_error']:+.0%}): "
+                     + ("within target" if c["within_target"] else "MISSES the target"))
+    return lines
+
+
+def readme_section(study: dict) -> str:
+    """scale.md as the README shows it: the plot, then every section one heading level down."""
+    body = render_scale(study).split("\n", 2)[2]  # without the title
+    body = "\n".join("#" + line if line.startswith("## ") else line for line in body.splitlines())
+    return "![NumPy ALS vs Spark ALS: fit time and peak memory against training ratings](docs/scale.png)\n\n" + body
+
+
 def render_scale(study: dict) -> str:
     rows = []
     for p in study["points"]:
@@ -54,13 +139,14 @@ def render_scale(study: dict) -> str:
               for p in study["points"] for engine, r in p["engines"].items()
               if not r.get("completed") and not r.get("skipped")]
     params = study["params"]
-    lines = ["# jester-als scale", "",
+    minutes = f" The study took {study['study_minutes']:.1f} minutes." if "study_minutes" in study else ""
+    lines = ["# jester-als scale", "", "## The answer", "", answer(study), "", "## Measurements", "",
              f"Rank {params['rank']}, regParam {params['regParam']}, {params['maxIter']} iterations; "
              f"{study['machine']['cpus']} CPUs, {study['machine']['memory_gb']:.0f} GB; budgets "
              f"{study['budgets']['time_seconds']:,} s and {study['budgets']['memory_mb']:,} MB per fit; "
              f"{study['when']}. Fit time is the median of repeats where a fit is cheap; peak memory is the "
              f"resident set of the whole worker process tree (the driver for NumPy; driver and executor, one "
-             f"JVM, for Spark local mode).", "",
+             f"JVM, for Spark local mode).{minutes}", "",
              table(["axis", "users", "jokes", "train ratings", "NumPy fit (s)", "NumPy peak (MB)",
                     "Spark fit (s)", "Spark peak (MB)", "NumPy RMSE", "Spark RMSE"], rows), ""]
     if limits:
@@ -111,6 +197,7 @@ def render_scale(study: dict) -> str:
                          f"{c['train_ratings']:,} ratings): predicted {c['predicted_seconds']:,.1f} s / "
                          f"{c['predicted_mb']:,.0f} MB, measured {c['measured_seconds']:,.1f} s / "
                          f"{c['measured_mb']:,.0f} MB ({c['seconds_error']:+.0%} / {c['mb_error']:+.0%}): {verdict}")
+    lines += cluster_lines(study.get("cluster"))
     lines += ["", "## Predictions", ""]
     prediction_rows = []
     for row in study["predictions"]:
@@ -129,10 +216,13 @@ def render_scale(study: dict) -> str:
     lines += [table(["data set", "train ratings", "NumPy, one machine", "Spark, one machine (local)",
                      f"Spark, cluster of {executors} executors (assumed scaling)"],
                     prediction_rows), "",
-              "Every figure here is the cost model's, extrapolated from the points measured above. The cluster "
-              "column is arithmetic, not measurement: it divides the one-machine model's size-dependent time and "
-              "memory by the executors (perfect speed-up, no network time) and counts the bytes ALS's "
-              "partitioning must shuffle per iteration.", ""]
+              "Every figure here is the cost model's, extrapolated from the points measured above. In the "
+              "cluster column the time is arithmetic, not measurement: the one-machine model's size-dependent "
+              "time divided by the executors (perfect speed-up, no network time). "
+              + ("Its shuffle volume and memory per executor come from the cluster model fitted to the "
+                 "standalone-cluster measurements above." if (study.get("cluster") or {}).get("model", {}).get("fitted")
+                 else "Its shuffle volume is the partitioning rule's and its memory one machine's divided by the "
+                      "executors: nothing of it was measured on a cluster."), ""]
     return "\n".join(lines)
 
 

@@ -21,21 +21,22 @@ log = logging.getLogger("jester_als.scale")
 
 
 def run_worker(spec: WorkerSpec, *, memory_budget_mb: float, time_budget_seconds: float,
-               keep_log_in: Path | None = None, keep_all_logs: bool = False) -> dict:
+               keep_log_in: Path | None = None, keep_all_logs: bool = False, name: str | None = None) -> dict:
     """Run one engine on one point in a fresh process; sample the tree's RSS; enforce the budgets; every
     ``HEARTBEAT_SECONDS`` log the time so far and the memory now. The worker's log is copied into
     ``keep_log_in`` (the job's output directory) and named in the result when it fails, or always with
-    ``keep_all_logs``."""
+    ``keep_all_logs``. ``name`` tells apart several runs of one engine on one point (default: point-engine)."""
     import psutil
 
     data_dir = Path(spec.data_dir)
-    spec_file = data_dir / f"{spec.engine}-spec.json"
+    label = name or f"{data_dir.name}-{spec.engine}"
+    spec_file = data_dir / f"{label}-spec.json"
     result_file = Path(spec.result_file)
     spec.write(spec_file)
     args = [sys.executable, "-m", "jester_als.scale.worker", str(spec_file)]
     env = dict(os.environ, SPARK_LOCAL_IP=os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"))
     started = time.perf_counter()
-    log_path = data_dir / f"{spec.engine}-worker.log"
+    log_path = data_dir / f"{label}-worker.log"
     with open(log_path, "wb") as log_file:  # a file, not a pipe: a chatty worker must never block on it
         process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log_file, env=env)
     root = psutil.Process(process.pid)
@@ -73,7 +74,7 @@ def run_worker(spec: WorkerSpec, *, memory_budget_mb: float, time_budget_seconds
     kept = None
     if keep_log_in is not None and (failed_run or keep_all_logs):
         keep_log_in.mkdir(parents=True, exist_ok=True)
-        kept = keep_log_in / f"{data_dir.name}-{spec.engine}-worker.log"
+        kept = keep_log_in / f"{label}-worker.log"
         shutil.copyfile(log_path, kept)
     if failed_run:
         if not limit:
@@ -84,8 +85,9 @@ def run_worker(spec: WorkerSpec, *, memory_budget_mb: float, time_budget_seconds
             failed["log"] = str(kept)
         return failed
     result = json.loads(result_file.read_text())
-    result.update(completed=True, peak_rss_mb=peak / 2**20, wall_seconds=wall,
-                  fit_seconds=float(np.median(result["seconds"])))
+    result.update(completed=True, peak_rss_mb=peak / 2**20, wall_seconds=wall)
+    if result.get("seconds"):
+        result["fit_seconds"] = float(np.median(result["seconds"]))
     if kept is not None:
         result["log"] = str(kept)
     return result

@@ -9,6 +9,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from jester_als.generate import GeneratorParams
 from jester_als.outputs import now_iso, staged_outputs, write_text_atomic
 from jester_als.scale.costmodel import ENGINES, fit_cost_model, predict, predicted_limit
@@ -40,15 +42,19 @@ def axis_points(cfg: dict) -> list[dict]:
     return points
 
 
-def _progress(index: int, specs: list[dict], started: float) -> str:
-    """``point 3/15 (users axis, 250,000 x 100); 2.1 min so far, about 20 min left``: time left from the
-    time per planned rating so far (the planned ratings are users x mean ratings per user)."""
+def _progress(index: int, specs: list[dict], seconds: list[float], started: float) -> str:
+    """``point 3/15 (users axis, 250,000 x 100); 2.1 min so far, about 20 min left``. Time left: each point
+    done so far took ``a + b x planned ratings`` (fitted to the points done; planned ratings are users x mean
+    ratings per user), applied to the points left; from two points on."""
     spec = specs[index]
-    planned = [s["users"] * s["mean_ratings"] for s in specs]
+    planned = np.array([s["users"] * s["mean_ratings"] for s in specs], dtype=float)
     elapsed = time.monotonic() - started
-    done = sum(planned[:index])
-    left = (f"about {elapsed / done * sum(planned[index:]) / 60:.0f} min left" if done and elapsed > 0
-            else "time left known after the first point")
+    left = "time left known after two points"
+    if index >= 2:
+        from scipy.optimize import nnls
+
+        coef, _ = nnls(np.column_stack([np.ones(index), planned[:index]]), np.array(seconds[:index]))
+        left = f"about {(coef[0] * (len(specs) - index) + coef[1] * planned[index:].sum()) / 60:.0f} min left"
     return (f"point {index + 1}/{len(specs)} ({spec['axis']} axis, {spec['users']:,} x {spec['jokes']:,}); "
             f"{elapsed / 60:.1f} min so far, {left}")
 
@@ -61,9 +67,11 @@ def run_study(cfg: dict) -> dict:
     points = []
     specs = axis_points(cfg)
     study_started = time.monotonic()
+    point_seconds: list[float] = []
     try:
         for index, spec in enumerate(specs):
-            log.info("scale %s", _progress(index, specs, study_started))
+            log.info("scale %s", _progress(index, specs, point_seconds, study_started))
+            point_started = time.monotonic()
             params = GeneratorParams.from_config(gen_cfg, users=spec["users"], jokes=spec["jokes"],
                                                  mean_ratings=spec["mean_ratings"], min_ratings=spec["min_ratings"],
                                                  gauge_jokes=spec["gauge_jokes"])
@@ -97,8 +105,14 @@ def run_study(cfg: dict) -> dict:
                 log.info("  %s: %s", engine, f"{result['fit_seconds']:.2f} s, peak {result['peak_rss_mb']:,.0f} MB, "
                          f"RMSE {result['rmse']:.4f}" if result["completed"] else result["limit"])
             points.append(point)
+            point_seconds.append(time.monotonic() - point_started)
             for name in ("train.parquet", "test.parquet"):
                 (data_dir / name).unlink(missing_ok=True)
+        cluster = None
+        if scale["cluster_measure_users"]:
+            from jester_als.scale.cluster import measure_cluster
+
+            cluster = measure_cluster(cfg, work, Path(cfg["output"]["dir"]) / "worker-logs")
     finally:
         import shutil
 
@@ -109,8 +123,8 @@ def run_study(cfg: dict) -> dict:
             "budgets": {"time_seconds": scale["time_budget_seconds"], "memory_mb": scale["memory_budget_mb"],
                         "spark_driver_memory": scale["spark_driver_memory"]},
             "study_minutes": (time.monotonic() - study_started) / 60,
-            "points": points, "cost_model": model, "limits": limits(points, model, cfg),
-            "predictions": predict(model, cfg)}
+            "points": points, "cost_model": model, "limits": limits(points, model, cfg), "cluster": cluster,
+            "predictions": predict(model, cfg, cluster)}
 
 
 def limits(points: list[dict], model: dict, cfg: dict) -> dict:

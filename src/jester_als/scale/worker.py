@@ -17,7 +17,7 @@ from jester_als.scale.data import read_ratings
 class WorkerSpec:
     """What one worker run is asked to do; written as JSON for the worker process to read."""
 
-    engine: str  # "numpy", "spark" or "loop" (the seed notebook's per-user loop, bench only)
+    engine: str  # "numpy", "spark", "loop" (the seed notebook's per-user loop, bench only) or "spark-cluster"
     data_dir: str  # holds train.parquet and test.parquet
     rank: int
     reg_param: float
@@ -27,6 +27,7 @@ class WorkerSpec:
     spark_driver_memory: str = "4g"
     dense_budget_mb: float = 512.0
     seed: int = 1
+    cluster: dict | None = None  # engine "spark-cluster": master, executors, ui_port, executor_memory, short, long
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self)))
@@ -42,6 +43,13 @@ def run(spec: WorkerSpec) -> int:
     rank, reg, iters, repeats = spec.rank, spec.reg_param, spec.max_iter, spec.repeats
     data_dir = Path(spec.data_dir)
     seconds = []
+    if spec.engine == "spark-cluster":
+        from jester_als.scale.cluster import run_cluster_worker
+
+        result = run_cluster_worker({**spec.cluster, "train": str(data_dir / "train.parquet"), "rank": rank,
+                                     "reg_param": reg, "checkpoint_dir": str(data_dir / "checkpoints")})
+        Path(spec.result_file).write_text(json.dumps(result))
+        return 0
     if spec.engine in ("numpy", "loop"):
         from jester_als.numpy_als import RatingMatrix, fit_loop_als, fit_numpy_als, rmse_mae
 
