@@ -45,6 +45,7 @@ def tiny_study(tmp_path_factory):
     return out, study, logged.getvalue()
 
 
+@pytest.mark.cluster  # the tiny study measures the cluster side on a real standalone cluster
 def test_tiny_grid_writes_json_markdown_and_plot(tiny_study):
     out, study, logged = tiny_study
     # a running worker is never silent: its time and memory so far, every heartbeat (a Spark worker takes > 2 s)
@@ -112,6 +113,7 @@ def test_budget_stop_records_the_limit_instead_of_crashing(tmp_path):
         assert limits["first_not_fitted"]["why"].startswith("memory: ")
 
 
+@pytest.mark.cluster
 def test_without_matplotlib_the_plot_is_skipped_and_said(tiny_study, tmp_path, monkeypatch):
     """The job's last step, writing the study, on the tiny study's results with matplotlib missing."""
     from jester_als.scale.study import write_study
@@ -125,25 +127,27 @@ def test_without_matplotlib_the_plot_is_skipped_and_said(tiny_study, tmp_path, m
     assert "The plot was skipped: matplotlib is not installed." in (out / "scale.md").read_text()
 
 
-TRUTH = {"time": [0.3, 2e-9, 1e-8, 3e-10], "memory": [900.0, 4e-5, 2e-3, 1.5e-5]}
+TRUTH = {"time": [0.3, 2e-9, 1e-8, 3e-10, 6e-9], "memory": [900.0, 4e-5, 2e-3, 1.5e-5]}
 
 
 def _planted_points(rank, iterations, noise=0.0, seed=0):
     """Points on three axes made from known coefficients (TRUTH), with multiplicative noise of that size."""
     rng = np.random.default_rng(seed)
     sizes = ([("users", u, 100, u * 58) for u in (25_000, 60_000, 100_000, 250_000, 1_000_000)]
-             + [("density", 100_000, 1_000, 100_000 * r) for r in (5, 10, 25, 50)]
+             + [("density", 100_000, 1_000, 100_000 * r) for r in (5, 10, 25, 50, 100)]
              + [("jokes", 120_000, j, 120_000 * 150) for j in (1_000, 5_000, 17_770)])
     points = []
     for axis, users, jokes, nnz in sizes:
         seconds = (TRUTH["time"][0] + TRUTH["time"][1] * nnz * rank ** 2
                    + TRUTH["time"][2] * (users + jokes) * rank ** 3) * iterations
         memory = TRUTH["memory"][0] + TRUTH["memory"][1] * nnz + TRUTH["memory"][2] * (users + jokes) * rank
-        dense = jokes == 100  # the many-joke points take the sparse path
+        dense = nnz >= 0.1 * users * jokes  # NumPy's rule: dense from 10% of the cells rated
         wobble = lambda: 1 + noise * rng.standard_normal()
+        path_size = users * jokes if dense else nnz  # dense cells, or the sparse path's ratings
+        path_seconds = (TRUTH["time"][3] if dense else TRUTH["time"][4]) * path_size * rank ** 2 * iterations
         numpy_result = {"completed": True, "path": "dense" if dense else "sparse",
-                        "fit_seconds": (seconds + dense * TRUTH["time"][3] * users * jokes * rank ** 2 * iterations)
-                        * wobble(), "peak_rss_mb": (memory + dense * TRUTH["memory"][3] * users * jokes) * wobble()}
+                        "fit_seconds": (seconds + path_seconds) * wobble(),
+                        "peak_rss_mb": (memory + dense * TRUTH["memory"][3] * users * jokes) * wobble()}
         spark_result = {"completed": True, "fit_seconds": seconds * wobble(), "peak_rss_mb": memory * wobble()}
         points.append({"axis": axis, "users": users, "jokes": jokes, "train_ratings": nnz,
                        "engines": {"numpy": numpy_result, "spark": spark_result}})
@@ -157,7 +161,7 @@ def test_cost_model_recovers_planted_coefficients_and_checks_both_ends():
     model = fit_cost_model(_planted_points(rank, iterations), rank, iterations)
     for engine in ENGINES:
         entry = model[engine]
-        assert entry["points_used"] == 10
+        assert entry["points_used"] == 11
         for target in ("time", "memory"):
             got = [c["value"] for c in entry["coefficients"][target]]
             assert got == pytest.approx(TRUTH[target][:len(got)], rel=0.01)
@@ -196,7 +200,7 @@ def test_too_few_points_fit_without_checks_and_say_why():
     assert model["spark"]["fitted"] and model["spark"]["checks"] == []
     assert "holding two out would leave fewer than 4" in model["spark"]["checks_skipped"]
     assert fit_cost_model(_planted_points(rank, iterations)[:2], rank, iterations)["numpy"] == {
-        "fitted": False, "reason": "2 completed points (need 4)"}
+        "fitted": False, "reason": "2 completed points (need 5)"}
 
 
 def test_cluster_model_recovers_a_planted_shuffle_factor_and_executor_memory():
@@ -308,3 +312,21 @@ def test_long_generator_draws_by_popularity_keeps_gauge_jokes_and_repeats_itself
     # popular jokes are drawn more: the correlation of counts with the popularity weights is strong
     assert np.corrcoef(counts[others], model.popularity[others])[0, 1] > 0.8
     assert values.min() >= -10 and values.max() <= 10
+
+
+def test_readme_scaling_section_is_generated_from_docs_scale_json():
+    """The README's study figures are docs/scale.json's (the full run `make scale-docs` copied there): the
+    section is regenerated from it and compared, so no figure in it is typed by hand."""
+    from pathlib import Path
+
+    from jester_als import readme
+
+    root = Path(__file__).resolve().parents[1]
+    study = json.loads((root / "docs" / "scale.json").read_text())
+    block = readme.current((root / "README.md").read_text(), "scaling study")
+    assert block == readme.expected("scaling study", root), f"README's scaling study is stale: {readme.COMMAND}"
+    # the full run: all three axes, every engine's model checked on two held-out points, the cluster measured
+    assert {p["axis"] for p in study["points"]} == {"users", "density", "jokes"}
+    for engine in ENGINES:
+        assert [c["role"] for c in study["cost_model"][engine]["checks"]] == ["above", "inside"]
+    assert study["cluster"]["model"]["fitted"]

@@ -21,18 +21,20 @@ def terms(engine: str) -> dict[str, list[str]]:
     time_terms = ["fixed", "ratings x k^2", "rows x k^3"]
     memory = ["fixed", "ratings", "rows x k"]
     if engine == "numpy":
-        time_terms.append("dense cells x k^2")
+        time_terms += ["dense cells x k^2", "sparse-path ratings x k^2"]
         memory.append("dense cells")
     return {"time": time_terms, "memory": memory}
 
 
 def _features(engine: str, users: float, jokes: float, nnz: float, rank: int, dense: bool = False) -> dict:
     """Each term's size at a point: rows are users + jokes (one normal-equation solve each), dense cells the
-    users x jokes pattern NumPy's dense path works on and stores (its sparse path has none)."""
+    users x jokes pattern NumPy's dense path works on and stores (its sparse path has none); NumPy's sparse
+    path pays for its SciPy products per rating, at a cost per rating of its own."""
     time_terms = [1.0, nnz * rank ** 2, (users + jokes) * rank ** 3]
     memory = [1.0, nnz, (users + jokes) * rank]
     if engine == "numpy":
         time_terms.append(users * jokes * rank ** 2 if dense else 0.0)
+        time_terms.append(0.0 if dense else nnz * rank ** 2)
         memory.append(users * jokes if dense else 0.0)
     return {"time": time_terms, "memory": memory}
 

@@ -177,7 +177,9 @@ def render_scale(study: dict) -> str:
               f"below (k = rank {model_rank(study)}, rows = users + jokes, dense cells = users x jokes on NumPy's "
               f"dense path); each coefficient +- its standard error (blank: held at zero). Checked on points left "
               f"out of the fit, one above the measured range and one inside it; target: within "
-              f"{study['cost_model']['check_target']:.0%}.", ""]
+              f"{study['cost_model']['check_target']:.0%}."
+              + (f" Refitted {study['refit']['when']} from this run's measurements: {study['refit']['why']}."
+                 if study.get("refit") else ""), ""]
     for engine in ENGINES:
         entry = study["cost_model"].get(engine, {})
         if not entry.get("fitted"):

@@ -129,7 +129,8 @@ def run_study(cfg: dict) -> dict:
 
 def limits(points: list[dict], model: dict, cfg: dict) -> dict:
     """Per engine, along the users axis: the largest size measured to fit, the first size that did not (and
-    why), and the size at which the memory model reaches the machine's memory."""
+    why), and the size at which the memory model reaches the study's memory budget (the line a run is stopped
+    at, so that the prediction and the measurement answer the same question)."""
     scale = cfg["scale"]
     users_points = [p for p in points if p["axis"] == "users"]
     out = {}
@@ -152,6 +153,22 @@ def limits(points: list[dict], model: dict, cfg: dict) -> dict:
     return out
 
 
+def refit(study: dict, cfg: dict, why: str) -> dict:
+    """The cost model, limits and predictions recomputed from a study's measured points (and its cluster
+    measurements) by this version's model, with the study's own rank and iterations; the measurements are not
+    touched, and ``refit`` in the result says when and why."""
+    params = study["params"]
+    cfg = {**cfg, "scale": {**cfg["scale"], **params}}
+    model = fit_cost_model(study["points"], params["rank"], params["maxIter"])
+    cluster = study.get("cluster")
+    if cluster:
+        from jester_als.scale.cluster import fit_cluster_model
+
+        cluster = {**cluster, "model": fit_cluster_model(cluster["measurements"], params["rank"])}
+    return {**study, "cost_model": model, "limits": limits(study["points"], model, cfg), "cluster": cluster,
+            "predictions": predict(model, cfg, cluster), "refit": {"when": now_iso(), "why": why}}
+
+
 def scale_job(cfg: dict) -> dict:
     from jester_als.registry import JOBS
 
@@ -172,3 +189,18 @@ def write_study(study: dict, out_dir: str) -> None:
         text += "\nThe plot was skipped: matplotlib is not installed.\n"
     write_text_atomic(os.path.join(out_dir, "scale.md"), text)
     print(text)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from jester_als.config import load_config
+
+    if len(sys.argv) != 5 or sys.argv[1] != "--refit" or sys.argv[3] != "--why":
+        print("usage: python -m jester_als.scale.study --refit DIR --why TEXT (DIR holds a study's scale.json; "
+              "its cost model, limits, predictions, scale.md and scale.png are rewritten)", file=sys.stderr)
+        sys.exit(2)
+    directory = sys.argv[2]
+    with open(os.path.join(directory, "scale.json")) as fh:
+        measured = json.load(fh)
+    write_study(refit(measured, load_config("conf/scale.yaml", []), sys.argv[4]), directory)
