@@ -23,7 +23,7 @@ SPARK_ENV = PYSPARK_PYTHON="$(CURDIR)/$(BIN)/python" PYSPARK_DRIVER_PYTHON="$(CU
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-spark40 java run lint test test-fast generate bench package submit cluster-demo connect-server scale scale-docs clean
+.PHONY: help setup setup-spark40 java run lint test test-fast generate bench package submit cluster-demo connect-server scale scale-docs run-docs bench-docs clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -56,6 +56,15 @@ bench: setup ## time NumPy ALS vs Spark ALS vs the seed loop at Jester size (out
 
 scale: setup ## the scaling study: NumPy vs Spark along users, density and jokes axes (docs/scale.md: how long it took)
 	$(BIN)/jester-als scale --conf conf/scale.yaml
+
+run-docs: setup ## copy the last `make run`'s metrics.json into docs/run/ and regenerate the README's section from it
+	mkdir -p docs/run
+	cp output/local/metrics.json docs/run/
+	$(BIN)/python -m jester_als.readme README.md
+
+bench-docs: setup ## copy the last `make bench` run into docs/ and regenerate the README's section from it
+	cp output/bench/bench.json output/bench/bench.md output/bench/bench.png docs/
+	$(BIN)/python -m jester_als.readme README.md
 
 scale-docs: setup ## copy the last `make scale` run into docs/ and regenerate the README's section from it
 	cp output/scale/scale.json output/scale/scale.md output/scale/scale.png docs/

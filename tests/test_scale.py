@@ -314,18 +314,13 @@ def test_long_generator_draws_by_popularity_keeps_gauge_jokes_and_repeats_itself
     assert values.min() >= -10 and values.max() <= 10
 
 
-def test_readme_scaling_section_is_generated_from_docs_scale_json():
-    """The README's study figures are docs/scale.json's (the full run `make scale-docs` copied there): the
-    section is regenerated from it and compared, so no figure in it is typed by hand."""
+def test_docs_scale_json_is_a_full_run():
+    """docs/scale.json, which the README's study section is generated from (tests/test_readme.py compares
+    them), holds a full run: all three axes, each engine's model checked on two held-out points, the cluster
+    measured."""
     from pathlib import Path
 
-    from jester_als import readme
-
-    root = Path(__file__).resolve().parents[1]
-    study = json.loads((root / "docs" / "scale.json").read_text())
-    block = readme.current((root / "README.md").read_text(), "scaling study")
-    assert block == readme.expected("scaling study", root), f"README's scaling study is stale: {readme.COMMAND}"
-    # the full run: all three axes, every engine's model checked on two held-out points, the cluster measured
+    study = json.loads((Path(__file__).resolve().parents[1] / "docs" / "scale.json").read_text())
     assert {p["axis"] for p in study["points"]} == {"users", "density", "jokes"}
     for engine in ENGINES:
         assert [c["role"] for c in study["cost_model"][engine]["checks"]] == ["above", "inside"]

@@ -78,7 +78,8 @@ def _setup_logging(level: str) -> None:
     logger.propagate = False
 
 
-def _summary(job: str, metrics: dict, seconds: float) -> str:
+def summary(job: str, metrics: dict, seconds: float) -> str:
+    """What a finished job prints: its time, then a line per section of ``metrics`` the job produced."""
     lines = [f"jester-als {job}: done in {seconds:.1f} s"]
     data = metrics.get("data", {})
     if "ratings" in data:
@@ -104,7 +105,8 @@ def _summary(job: str, metrics: dict, seconds: float) -> str:
     recs = metrics.get("recommendations")
     if recs and job in ("recommend", "pipeline"):
         lines.append(f"  recommendations: top {recs['top_n']} for {recs['users']:,} users")
-    output_dir = metrics.get("run", {}).get("output_dir", "")
+    run = metrics.get("run", {})
+    output_dir = run.get("output_dir") or run.get("config", {}).get("output", {}).get("dir", "")
     lines.append(f"  outputs: {output_dir}")
     lines.append(f"  report: {output_dir.rstrip('/')}/report.md")
     return "\n".join(lines)
@@ -213,7 +215,7 @@ def _run_spark_job(args, cfg: dict, started: float) -> int:
             return 0
         metrics = run_spark_job(spark, cfg, args.job, on_start=current.append)
         metrics.setdefault("run", {})["output_dir"] = cfg["output"]["dir"]
-        print(_summary(args.job, metrics, time.perf_counter() - started))
+        print(summary(args.job, metrics, time.perf_counter() - started))
         return 0
     except JobError as exc:
         log.debug("job error", exc_info=True)

@@ -1,7 +1,9 @@
 """README sections generated from what the project itself knows or wrote, so that no figure in them is typed
-by hand: the config table (from the config models) and the scaling study (from ``docs/scale.json``, the run
-``make scale-docs`` copied there). Each section sits between a start and an end marker;
-``python -m jester_als.readme README.md`` rewrites them, and tests fail when one is stale."""
+by hand: the config table (from the config models), the `make run` summary and report (from
+``docs/run/metrics.json``), the benchmark (``docs/bench.json``) and the scaling study (``docs/scale.json``): the
+runs ``make run-docs``, ``make bench-docs`` and ``make scale-docs`` copied there. Each section sits between a
+start and an end marker; ``python -m jester_als.readme README.md`` rewrites them, and tests fail when one is
+stale."""
 
 from __future__ import annotations
 
@@ -26,9 +28,30 @@ def _scale_section(root: Path) -> str:
     return readme_section(json.loads((root / "docs" / "scale.json").read_text()))
 
 
+def _run_section(root: Path) -> str:
+    """The summary `make run` prints and its report's tables (without the title and the plots), headings two
+    levels down."""
+    from jester_als.cli import summary
+    from jester_als.report import render_report
+
+    metrics = json.loads((root / "docs" / "run" / "metrics.json").read_text())
+    report = render_report(metrics).split("\n## Plots", 1)[0].split("\n", 2)[2].strip()
+    report = "\n".join("##" + line if line.startswith("## ") else line for line in report.splitlines())
+    return f"```\n{summary('pipeline', metrics, metrics['run']['wall_seconds'])}\n```\n\n{report}"
+
+
+def _bench_section(root: Path) -> str:
+    from jester_als.bench import render_bench
+
+    body = render_bench(json.loads((root / "docs" / "bench.json").read_text())).split("\n", 2)[2].strip()
+    return body + "\n\n![median fit time and test RMSE per engine](docs/bench.png)"
+
+
 # name -> what the section is made from; its markers are derived from the name.
 SECTIONS: dict[str, Callable[[Path], str]] = {
     "config table": lambda root: _config_table(),
+    "pipeline run": _run_section,
+    "benchmark": _bench_section,
     "scaling study": _scale_section,
 }
 
