@@ -325,3 +325,36 @@ def test_docs_scale_json_is_a_full_run():
     for engine in ENGINES:
         assert [c["role"] for c in study["cost_model"][engine]["checks"]] == ["above", "inside"]
     assert study["cluster"]["model"]["fitted"]
+
+
+def test_refit_keeps_the_measurements_and_reproduces_the_recorded_models():
+    """docs/scale.json's models are what this version computes from its measurements, and a refit leaves
+    every measurement as it was and says why it was made."""
+    from pathlib import Path
+
+    from jester_als.config import load_config
+    from jester_als.scale.study import refit
+
+    root = Path(__file__).resolve().parents[1]
+    study = json.loads((root / "docs" / "scale.json").read_text())
+    again = refit(study, load_config(str(root / "conf" / "scale.yaml"), []), "checking")
+    assert again["points"] == study["points"] and again["cluster"]["measurements"] == study["cluster"]["measurements"]
+    assert again["refit"]["why"] == "checking"
+    for key in ("cost_model", "limits", "predictions"):
+        _assert_close(json.loads(json.dumps(again[key])), study[key], key)
+
+
+def _assert_close(got, want, where):
+    """Equal structure and text; numbers to 1e-6 relative (BLAS may round differently on another CPU)."""
+    if isinstance(want, dict):
+        assert set(got) == set(want), where
+        for key in want:
+            _assert_close(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, list):
+        assert len(got) == len(want), where
+        for i, (a, b) in enumerate(zip(got, want)):
+            _assert_close(a, b, f"{where}[{i}]")
+    elif isinstance(want, float) and not isinstance(want, bool):
+        assert got == pytest.approx(want, rel=1e-6, abs=1e-12), where
+    else:
+        assert got == want, where

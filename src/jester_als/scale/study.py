@@ -190,17 +190,3 @@ def write_study(study: dict, out_dir: str) -> None:
     write_text_atomic(os.path.join(out_dir, "scale.md"), text)
     print(text)
 
-
-if __name__ == "__main__":
-    import sys
-
-    from jester_als.config import load_config
-
-    if len(sys.argv) != 5 or sys.argv[1] != "--refit" or sys.argv[3] != "--why":
-        print("usage: python -m jester_als.scale.study --refit DIR --why TEXT (DIR holds a study's scale.json; "
-              "its cost model, limits, predictions, scale.md and scale.png are rewritten)", file=sys.stderr)
-        sys.exit(2)
-    directory = sys.argv[2]
-    with open(os.path.join(directory, "scale.json")) as fh:
-        measured = json.load(fh)
-    write_study(refit(measured, load_config("conf/scale.yaml", []), sys.argv[4]), directory)
