@@ -115,19 +115,34 @@ def _ratings_per_user(rng: np.random.Generator, n: int, p: GeneratorParams) -> n
     return counts
 
 
+def _user_chunks(p: GeneratorParams, chunk_users: int, stream: int):
+    """Consecutive chunks of users, each with its own generator (seeded by the parameters' seed, ``stream`` and
+    the chunk's index) that has drawn the users' factors, effects and rating counts: (first user's offset,
+    the generator, factors, effects, counts)."""
+    s = _factor_std(p)
+    for index, start in enumerate(range(0, p.users, chunk_users)):
+        n = min(chunk_users, p.users - start)
+        rng = np.random.default_rng([p.seed, stream, index])
+        user_factors = rng.normal(0.0, s, size=(n, p.rank))
+        user_effects = rng.normal(0.0, p.user_bias, size=n)
+        yield start, rng, user_factors, user_effects, _ratings_per_user(rng, n, p)
+
+
+def _observed(signal: np.ndarray, rng: np.random.Generator, p: GeneratorParams) -> np.ndarray:
+    """What a user would enter for ``signal``: plus noise, clipped to the slider's range, rounded to 0.01,
+    with a share of exact 0.00."""
+    values = signal + rng.normal(0.0, p.noise, size=signal.shape)
+    values = np.round(np.clip(values, RATING_LOW, RATING_HIGH), 2) + 0.0  # + 0.0 turns -0.0 into 0.0
+    values[rng.random(signal.shape) < p.zero_fraction] = 0.0
+    return values
+
+
 def generate_chunks(p: GeneratorParams) -> Iterator[WideChunk]:
     """Yield the table in chunks of users; the same parameters always give the same table."""
     model = planted_model(p)
-    s = _factor_std(p)
-    chunk_users = max(1, CELLS_PER_CHUNK // p.jokes)
     log_weights = np.log(model.popularity)
-    for index, start in enumerate(range(0, p.users, chunk_users)):
-        n = min(chunk_users, p.users - start)
-        rng = np.random.default_rng([p.seed, 1, index])
-        user_factors = rng.normal(0.0, s, size=(n, p.rank))
-        user_effects = rng.normal(0.0, p.user_bias, size=n)
-        counts = _ratings_per_user(rng, n, p)
-
+    for start, rng, user_factors, user_effects, counts in _user_chunks(p, max(1, CELLS_PER_CHUNK // p.jokes), 1):
+        n = counts.size
         # Weighted sampling without replacement (Efraimidis-Spirakis): the k largest of log(u) / w.
         # Gauge jokes go first unless the user happened to skip one.
         keys = np.log(rng.random((n, p.jokes))) / np.exp(log_weights)
@@ -141,9 +156,7 @@ def generate_chunks(p: GeneratorParams) -> Iterator[WideChunk]:
 
         signal = (p.mean + user_effects[:, None] + model.joke_effects[None, :]
                   + user_factors @ model.joke_factors.T)
-        values = signal + rng.normal(0.0, p.noise, size=(n, p.jokes))
-        values = np.round(np.clip(values, RATING_LOW, RATING_HIGH), 2) + 0.0  # + 0.0 turns -0.0 into 0.0
-        values[rng.random((n, p.jokes)) < p.zero_fraction] = 0.0
+        values = _observed(signal, rng, p)
         values[~rated] = np.nan
         yield WideChunk(start + 1, values, user_factors, user_effects)
 
@@ -163,16 +176,11 @@ def generate_long_chunks(p: GeneratorParams) -> Iterator[tuple[np.ndarray, np.nd
     ``draws^2 / (2 jokes)`` with even popularity). The same parameters always give the same table (not the
     table :func:`generate_chunks` would give)."""
     model = planted_model(p)
-    s = _factor_std(p)
     chunk_users = max(1, int(RATINGS_PER_LONG_CHUNK // max(1.0, p.mean_ratings)))
     cumulative = np.cumsum(model.popularity / model.popularity.sum())
     gauge = np.flatnonzero(model.gauge)
-    for index, start in enumerate(range(0, p.users, chunk_users)):
-        n = min(chunk_users, p.users - start)
-        rng = np.random.default_rng([p.seed, 2, index])
-        user_factors = rng.normal(0.0, s, size=(n, p.rank))
-        user_effects = rng.normal(0.0, p.user_bias, size=n)
-        counts = _ratings_per_user(rng, n, p)
+    for start, rng, user_factors, user_effects, counts in _user_chunks(p, chunk_users, 2):
+        n = counts.size
         owners = np.repeat(np.arange(n, dtype=np.int64), counts)
         drawn = np.minimum(np.searchsorted(cumulative, rng.random(owners.size), side="right"), p.jokes - 1)
         gauge_owners = np.repeat(np.arange(n, dtype=np.int64), gauge.size)
@@ -182,10 +190,7 @@ def generate_long_chunks(p: GeneratorParams) -> Iterator[tuple[np.ndarray, np.nd
         users, jokes = cells // p.jokes, cells % p.jokes
         signal = (p.mean + user_effects[users] + model.joke_effects[jokes]
                   + np.einsum("ij,ij->i", user_factors[users], model.joke_factors[jokes]))
-        values = np.round(np.clip(signal + rng.normal(0.0, p.noise, size=cells.size), RATING_LOW, RATING_HIGH), 2)
-        values = values + 0.0  # + 0.0 turns -0.0 into 0.0
-        values[rng.random(cells.size) < p.zero_fraction] = 0.0
-        yield users + start + 1, jokes + 1, values
+        yield users + start + 1, jokes + 1, _observed(signal, rng, p)
 
 
 def long_chunks(p: GeneratorParams) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
