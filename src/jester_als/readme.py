@@ -22,29 +22,38 @@ def _config_table() -> str:
     return config_table()
 
 
-def _scale_section(root: Path) -> str:
-    from jester_als.scale.render import readme_section
+def _section(markdown: str, levels: int) -> str:
+    """A page the project renders, as a README section: without its title line, headings ``levels`` down."""
+    body = markdown.split("\n", 2)[2].strip()
+    return "\n".join("#" * levels + line if line.startswith("## ") else line for line in body.splitlines())
 
-    return readme_section(json.loads((root / "docs" / "scale.json").read_text()))
+
+def _docs(root: Path, name: str) -> dict:
+    return json.loads((root / "docs" / name).read_text())
+
+
+def _scale_section(root: Path) -> str:
+    from jester_als.scale.render import render_scale
+
+    return ("![NumPy ALS vs Spark ALS: fit time and peak memory against training ratings](docs/scale.png)\n\n"
+            + _section(render_scale(_docs(root, "scale.json")), 1))
 
 
 def _run_section(root: Path) -> str:
-    """The summary `make run` prints and its report's tables (without the title and the plots), headings two
-    levels down."""
+    """The summary `make run` prints and its report's tables (without the plots), headings two levels down."""
     from jester_als.cli import summary
     from jester_als.report import render_report
 
-    metrics = json.loads((root / "docs" / "run" / "metrics.json").read_text())
-    report = render_report(metrics).split("\n## Plots", 1)[0].split("\n", 2)[2].strip()
-    report = "\n".join("##" + line if line.startswith("## ") else line for line in report.splitlines())
+    metrics = _docs(root, "run/metrics.json")
+    report = _section(render_report(metrics).split("\n## Plots", 1)[0], 2)
     return f"```\n{summary('pipeline', metrics, metrics['run']['wall_seconds'])}\n```\n\n{report}"
 
 
 def _bench_section(root: Path) -> str:
     from jester_als.bench import render_bench
 
-    body = render_bench(json.loads((root / "docs" / "bench.json").read_text())).split("\n", 2)[2].strip()
-    return body + "\n\n![median fit time and test RMSE per engine](docs/bench.png)"
+    return (_section(render_bench(_docs(root, "bench.json")), 1)
+            + "\n\n![median fit time and test RMSE per engine](docs/bench.png)")
 
 
 # name -> what the section is made from; its markers are derived from the name.

@@ -119,13 +119,6 @@ def cluster_lines(cluster: dict | None) -> list[str]:
     return lines
 
 
-def readme_section(study: dict) -> str:
-    """scale.md as the README shows it: the plot, then every section one heading level down."""
-    body = render_scale(study).split("\n", 2)[2]  # without the title
-    body = "\n".join("#" + line if line.startswith("## ") else line for line in body.splitlines())
-    return "![NumPy ALS vs Spark ALS: fit time and peak memory against training ratings](docs/scale.png)\n\n" + body
-
-
 def render_scale(study: dict) -> str:
     rows = []
     for p in study["points"]:
