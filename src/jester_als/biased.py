@@ -112,28 +112,35 @@ class BiasedALSModel:
         dropped, as the plain model's ``coldStartStrategy='drop'`` does."""
         return with_offsets(self.als_model.transform(df), self.biases)
 
-    def recommendForAllUsers(self, k: int) -> DataFrame:  # noqa: N802
-        """Top ``k`` jokes per user by the full score, in ``ALSModel.recommendForAllUsers``' shape
-        (``user``, ``recommendations``: array of (joke, rating)).
+    def all_scores(self) -> DataFrame:
+        """``user``, ``joke``, ``score = mu + b_u + b_j + x_u . y_j`` for every user and joke of the model.
 
-        The joke offset changes the order, so Spark's factor-only top-k cannot be reused: every user is scored
-        against every joke (the joke factors broadcast, one dot product per pair), which is what
+        The joke offset changes each user's order, so Spark's factor-only top-k cannot be reused: every user
+        is scored against every joke (the joke factors broadcast, one dot product per pair), which is what
         ``recommendForAllUsers`` computes too, in SQL instead of BLAS: fine for catalogues of hundreds or a few
-        thousand items, slow for millions of users x millions of items.
+        thousand items, slow for millions of users x millions of items. The users are spread over the
+        session's shuffle partitions first: a few MB of user factors would otherwise be one partition (adaptive
+        execution coalesces small shuffles), and one task would score every pair (7 s of the default run's
+        recommendations on one of two cores).
         """
+        spark = self.biases.user.sparkSession
+        partitions = int(spark.conf.get("spark.sql.shuffle.partitions"))
         users = (self.als_model.userFactors.withColumnRenamed("id", "user").withColumnRenamed("features", "uf")
-                 .join(self.biases.user, on="user", how="left"))
+                 .join(self.biases.user, on="user", how="left").repartition(partitions))
         jokes = (self.als_model.itemFactors.withColumnRenamed("id", "joke").withColumnRenamed("features", "jf")
                  .join(self.biases.joke, on="joke", how="left"))
-        dot = F.aggregate(F.zip_with("uf", "jf", lambda a, b: a.cast("double") * b), F.lit(0.0),
-                          lambda acc, x: acc + x)
+        # The dot product spelled out over the rank's positions: generated code, where zip_with + aggregate
+        # (interpreted lambdas) took 1.4 times as long on the default model (1.2 s against 1.6 s, warm).
+        dot = sum(F.col("uf")[i].cast("double") * F.col("jf")[i] for i in range(self.rank))
         score = dot + offset_sum(self.biases)
-        pairs = users.crossJoin(F.broadcast(jokes)).select("user", "joke", score.alias("rating"))
-        order = Window.partitionBy("user").orderBy(F.col("rating").desc(), F.col("joke"))
-        top = pairs.withColumn("pos", F.row_number().over(order)).where(F.col("pos") <= k)
-        return top.groupBy("user").agg(
-            F.transform(F.array_sort(F.collect_list(F.struct("pos", "joke", "rating"))),
-                        lambda s: F.struct(s["joke"].alias("joke"), s["rating"].alias("rating")))
+        return users.crossJoin(F.broadcast(jokes)).select("user", "joke", score.alias("score"))
+
+    def recommendForAllUsers(self, k: int) -> DataFrame:  # noqa: N802
+        """Top ``k`` jokes per user by the full score (:meth:`all_scores`), in
+        ``ALSModel.recommendForAllUsers``' shape (``user``, ``recommendations``: array of (joke, rating))."""
+        return top_per_user(self.all_scores(), k).groupBy("user").agg(
+            F.transform(F.array_sort(F.collect_list(F.struct("rank", "joke", "score"))),
+                        lambda s: F.struct(s["joke"].alias("joke"), s["score"].alias("rating")))
             .alias("recommendations"))
 
     def save(self, path: str) -> None:
@@ -155,6 +162,14 @@ class BiasedALSModel:
         biases = SparkBiases(float(meta["mean"]), spark.read.parquet(os.path.join(path, "user_bias")),
                              spark.read.parquet(os.path.join(path, "joke_bias")), float(meta["reg"]))
         return cls(ALSModel.load(os.path.join(path, "als")), biases)
+
+
+def top_per_user(scores: DataFrame, n: int) -> DataFrame:
+    """``user``, ``rank`` (1 = best), ``joke``, ``score``: each user's ``n`` highest ``score`` rows, ties
+    broken by joke id."""
+    order = Window.partitionBy("user").orderBy(F.col("score").desc(), F.col("joke"))
+    return (scores.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= n)
+            .select("user", "rank", "joke", "score"))
 
 
 def fit_biased_als(train: DataFrame, estimator: ALS, *, bias_reg: float,

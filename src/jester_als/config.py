@@ -287,13 +287,13 @@ def _grid(grid: dict) -> dict:
 
 class TuneConfig(Section):
     grid: Annotated[dict[str, Any], AfterValidator(_grid)] = key(
-        {"rank": [5], "regParam": [0.3, 0.5], "biases": [False, True], "maxIter": [10]},
+        {"rank": [5], "regParam": [0.3], "biases": [False, True], "maxIter": [10]},
         "ALS param -> list of values")
     train_ratio: Fraction = key(0.8, "TrainValidationSplit's share of the training ratings used for fitting")
     parallelism: PositiveInt = key(2, "grid points fitted at once")
     seed: int = key(42, "seeds TrainValidationSplit's split")
     refit_max_iter: PositiveInt | None = key(
-        20, "maxIter for the final fit on all training ratings (null: the best grid point's)")
+        None, "maxIter for the final fit on all training ratings (null: the best grid point's)")
 
 
 class EvaluateConfig(Section):

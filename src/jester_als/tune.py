@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pyspark.ml.evaluation import RankingEvaluator, RegressionEvaluator
 from pyspark.ml.recommendation import ALS, ALSModel
 from pyspark.ml.tuning import ParamGridBuilder, TrainValidationSplit
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from jester_als.hashsplit import SPLIT_BUCKETS, test_threshold
@@ -246,21 +246,19 @@ def ranking_metrics(predictions: DataFrame, *, k: int, threshold: float) -> dict
 
 def rankings_metrics(rows: DataFrame, scores: list[str], *, k: int, threshold: float) -> dict[str, dict]:
     """:func:`ranking_metrics` of several orders of the same rows at once (a column of ``rows`` each): one
-    shuffle by user ranks them all, and the per-user lists are built and kept once for every evaluator."""
-    by_rating = Window.partitionBy("user").orderBy(F.col("rating").desc(), F.col("joke"))
-    ranked = rows.withColumn("_label_pos", F.row_number().over(by_rating))
-    for i, score in enumerate(scores):
-        by_score = Window.partitionBy("user").orderBy(F.col(score).desc(), F.col("joke"))
-        ranked = ranked.withColumn(f"_pos{i}", F.row_number().over(by_score))
+    shuffle by user gathers each user's rows, every order is a sort of that user's short list (no window
+    sort per order), and the per-user lists are built and kept once for every evaluator."""
 
-    def in_order(position: str, keep=None):
-        entry = F.struct(F.col(position).alias("pos"), F.col("joke").cast("double").alias("j"))
+    def in_order(score: str, keep=None):
+        # Ascending (-score, joke) is score descending with ties broken by joke id: a window's
+        # ORDER BY score DESC, joke, without the window's sort of all rows.
+        entry = F.struct((-F.col(score).cast("double")).alias("s"), F.col("joke").cast("double").alias("j"))
         return F.transform(F.array_sort(F.collect_list(entry if keep is None else F.when(keep, entry))),
                            lambda e: e["j"])
 
-    per_user = ranked.groupBy("user").agg(
-        in_order("_label_pos", F.col("rating") >= threshold).alias("relevant_jokes"),
-        *[in_order(f"_pos{i}").alias(f"ranked{i}") for i in range(len(scores))],
+    per_user = rows.groupBy("user").agg(
+        in_order("rating", F.col("rating") >= threshold).alias("relevant_jokes"),
+        *[in_order(score).alias(f"ranked{i}") for i, score in enumerate(scores)],
     ).where(F.size("relevant_jokes") > 0)
     per_user = try_persist(per_user, "the per-user rankings")
     try:
