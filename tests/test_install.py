@@ -14,7 +14,7 @@ from conftest import ROOT
 
 from test_everywhere import SMALL_RUN
 
-pytestmark = pytest.mark.cluster  # minutes: a venv, a pip install, three Spark jobs
+pytestmark = pytest.mark.cluster  # minutes: a venv, a pip install, a Spark job
 
 
 def _run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -41,8 +41,8 @@ def test_wheel_with_only_the_spark_extra_runs_scale_help_and_baseline(tmp_path, 
     common = ["--set", f"input.path={path}", "--set", f"output.dir={out}", "--master", "local[2]", *SMALL_RUN]
     env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "SPARK_LOCAL_IP": "127.0.0.1", "HOME": str(tmp_path),
            "PYSPARK_PYTHON": str(venv / "bin" / "python")}
-    for job in ("prepare", "tune", "baseline"):
-        _run([cli, job, *common], env=env, cwd=tmp_path)
+    # pipeline: prepare, tune, baseline (pyarrow, scipy, threadpoolctl, psutil) and recommend, one Spark start
+    _run([cli, "pipeline", *common], env=env, cwd=tmp_path)
     # no conf/ in the user's directory: the packaged default of that name is read
     generated = _run([cli, "generate", "--conf", "conf/local.yaml", "--set", "generate.users=50",
                       "--set", f"generate.path={tmp_path / 'g.csv'}"], env=env, cwd=tmp_path)
