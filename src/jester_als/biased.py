@@ -23,7 +23,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from jester_als.numpy_als import BIAS_PASSES
-from jester_als.session import materialize, try_persist, try_unpersist
+from jester_als.session import cluster_cores, materialize, try_persist, try_unpersist
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +119,18 @@ class BiasedALSModel:
         is scored against every joke (the joke factors broadcast, one dot product per pair), which is what
         ``recommendForAllUsers`` computes too, in SQL instead of BLAS: fine for catalogues of hundreds or a few
         thousand items, slow for millions of users x millions of items. The users are spread over the
-        session's shuffle partitions first: a few MB of user factors would otherwise be one partition (adaptive
-        execution coalesces small shuffles), and one task would score every pair (7 s of the default run's
-        recommendations on one of two cores).
+        session's cores first: a few MB of user factors would otherwise be one partition (adaptive execution
+        coalesces small shuffles), and one task would score every pair (a 7.2 s task of the default run's
+        recommendations, on one of two cores).
         """
-        spark = self.biases.user.sparkSession
-        partitions = int(spark.conf.get("spark.sql.shuffle.partitions"))
         users = (self.als_model.userFactors.withColumnRenamed("id", "user").withColumnRenamed("features", "uf")
-                 .join(self.biases.user, on="user", how="left").repartition(partitions))
+                 .join(self.biases.user, on="user", how="left"))
+        spark = self.biases.user.sparkSession
+        shuffle = spark.conf.get("spark.sql.shuffle.partitions", None) or ""
+        # Databricks also accepts "auto" there (auto-optimized shuffle): then the core count alone decides.
+        partitions = cluster_cores(spark) or (int(shuffle) if shuffle.isdigit() else None)
+        if partitions:
+            users = users.repartition(partitions)
         jokes = (self.als_model.itemFactors.withColumnRenamed("id", "joke").withColumnRenamed("features", "jf")
                  .join(self.biases.joke, on="joke", how="left"))
         # The dot product spelled out over the rank's positions: generated code, where zip_with + aggregate
