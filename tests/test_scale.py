@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jester_als.cli import main
+from jester_als.numpy_als import block_rows, engine_threads
 from jester_als.scale.costmodel import ENGINES, fit_cost_model, predict_point
 
 TINY = ["--set", "scale.users_axis=[300, 1200]", "--set", "scale.jokes_axis=[40]",
@@ -127,7 +128,9 @@ def test_without_matplotlib_the_plot_is_skipped_and_said(tiny_study, tmp_path, m
     assert "The plot was skipped: matplotlib is not installed." in (out / "scale.md").read_text()
 
 
-TRUTH = {"time": [0.3, 2e-9, 1e-8, 3e-10, 6e-9], "memory": [900.0, 4e-5, 2e-3, 1.5e-5]}
+# Spark's time uses the first three terms; NumPy's adds dense cells, sparse-path ratings and sparse-path jokes x
+# blocks of users (costmodel._features).
+TRUTH = {"time": [0.3, 2e-9, 1e-8, 3e-10, 6e-9, 2e-8], "memory": [900.0, 4e-5, 2e-3, 1.5e-5]}
 
 
 def _planted_points(rank, iterations, noise=0.0, seed=0):
@@ -143,8 +146,11 @@ def _planted_points(rank, iterations, noise=0.0, seed=0):
         memory = TRUTH["memory"][0] + TRUTH["memory"][1] * nnz + TRUTH["memory"][2] * (users + jokes) * rank
         dense = nnz >= 0.1 * users * jokes  # NumPy's rule: dense from 10% of the cells rated
         wobble = lambda: 1 + noise * rng.standard_normal()
-        path_size = users * jokes if dense else nnz  # dense cells, or the sparse path's ratings
-        path_seconds = (TRUTH["time"][3] if dense else TRUTH["time"][4]) * path_size * rank ** 2 * iterations
+        if dense:
+            path_seconds = TRUTH["time"][3] * users * jokes * rank ** 2 * iterations
+        else:
+            blocks = np.ceil(users / block_rows(rank, users, engine_threads()))
+            path_seconds = (TRUTH["time"][4] * nnz + TRUTH["time"][5] * jokes * blocks) * rank ** 2 * iterations
         numpy_result = {"completed": True, "path": "dense" if dense else "sparse",
                         "fit_seconds": (seconds + path_seconds) * wobble(),
                         "peak_rss_mb": (memory + dense * TRUTH["memory"][3] * users * jokes) * wobble()}
@@ -200,7 +206,7 @@ def test_too_few_points_fit_without_checks_and_say_why():
     assert model["spark"]["fitted"] and model["spark"]["checks"] == []
     assert "holding two out would leave fewer than 4" in model["spark"]["checks_skipped"]
     assert fit_cost_model(_planted_points(rank, iterations)[:2], rank, iterations)["numpy"] == {
-        "fitted": False, "reason": "2 completed points (need 5)"}
+        "fitted": False, "reason": "2 completed points (need 6)"}  # one per NumPy time term
 
 
 def test_cluster_model_recovers_a_planted_shuffle_factor_and_executor_memory():
