@@ -206,7 +206,7 @@ def test_too_few_points_fit_without_checks_and_say_why():
     assert model["spark"]["fitted"] and model["spark"]["checks"] == []
     assert "holding two out would leave fewer than 4" in model["spark"]["checks_skipped"]
     assert fit_cost_model(_planted_points(rank, iterations)[:2], rank, iterations)["numpy"] == {
-        "fitted": False, "reason": "2 completed points (need 6)"}  # one per NumPy time term
+        "fitted": False, "reason": "2 completed points (need 4)"}  # one per term dense points exercise
 
 
 def test_cluster_model_recovers_a_planted_shuffle_factor_and_executor_memory():

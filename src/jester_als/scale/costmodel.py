@@ -107,7 +107,11 @@ def fit_cost_model(points: list[dict], rank: int, iterations: int, holdout: bool
     for engine in ENGINES:
         rows = [(p, p["engines"][engine]) for p in points if p["engines"].get(engine, {}).get("completed")]
         names = terms(engine)
-        needed = len(names["time"])
+        # One point per term the points exercise: a term that is zero at every point (the sparse path's, when
+        # every point was dense) cannot be fitted and stays at zero, so it needs no point.
+        exercised = [_features(engine, p["users"], p["jokes"], p["train_ratings"], rank, _dense(engine, r))["time"]
+                     for p, r in rows]
+        needed = int(np.count_nonzero(np.any(exercised, axis=0))) if rows else len(names["time"])
         if len(rows) < needed:
             model[engine] = {"fitted": False, "reason": f"{len(rows)} completed points (need {needed})"}
             continue
