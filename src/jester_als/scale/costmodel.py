@@ -107,10 +107,11 @@ def fit_cost_model(points: list[dict], rank: int, iterations: int, holdout: bool
     for engine in ENGINES:
         rows = [(p, p["engines"][engine]) for p in points if p["engines"].get(engine, {}).get("completed")]
         names = terms(engine)
+        features = {id(row): _features(engine, row[0]["users"], row[0]["jokes"], row[0]["train_ratings"], rank,
+                                       _dense(engine, row[1])) for row in rows}
         # One point per term the points exercise: a term that is zero at every point (the sparse path's, when
         # every point was dense) cannot be fitted and stays at zero, so it needs no point.
-        exercised = [_features(engine, p["users"], p["jokes"], p["train_ratings"], rank, _dense(engine, r))["time"]
-                     for p, r in rows]
+        exercised = [f["time"] for f in features.values()]
         needed = int(np.count_nonzero(np.any(exercised, axis=0))) if rows else len(names["time"])
         if len(rows) < needed:
             model[engine] = {"fitted": False, "reason": f"{len(rows)} completed points (need {needed})"}
@@ -120,8 +121,7 @@ def fit_cost_model(points: list[dict], rank: int, iterations: int, holdout: bool
         used = [r for r in rows if id(r) not in held_ids]
         entry = {"fitted": True, "points_used": len(used), "coefficients": {}, "max_relative_error_on_fitted": {}}
         for target, key in (("time", "fit_seconds"), ("memory", "peak_rss_mb")):
-            x = np.array([_features(engine, p["users"], p["jokes"], p["train_ratings"], rank, _dense(engine, r))
-                          [target] for p, r in used])
+            x = np.array([features[id(row)][target] for row in used])
             y = np.array([r[key] / (iterations if target == "time" else 1.0) for _, r in used])
             coef, stderr, error = weighted_nnls(x, y)
             entry["coefficients"][target] = [
