@@ -138,7 +138,10 @@ def local_mode_defaults(spark_log: str | None = None, verbose: bool = False) -> 
     log4j = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2.properties")
     # Spark's own log lines: to ``spark_log`` (spark.log under output.dir), errors only on the console unless
     # verbose; without a file, the console keeps Spark's warnings.
-    java = [f"-Dlog4j2.configurationFile=file:{log4j}",
+    # The parallel (throughput) collector instead of G1: a local job is one batch JVM where pauses do not
+    # matter; `jester-als prepare` on the default table took 46.5-49.8 s with it against 51.7-51.8 s with G1
+    # (2 cores, runs interleaved).
+    java = ["-XX:+UseParallelGC", f"-Dlog4j2.configurationFile=file:{log4j}",
             f"-Djester_als.console_level={'warn' if verbose or not spark_log else 'error'}"]
     if spark_log:
         java.append(f"-Djester_als.spark_log={spark_log}")
