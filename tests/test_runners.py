@@ -18,7 +18,6 @@ from conftest import EXCERPT, PIPELINE_TOP_N
 from jester_als.cli import main
 
 from test_databricks import WHITELIST_ERROR
-from test_everywhere import SMALL_RUN
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,18 +119,20 @@ def test_baseline_and_recommend_at_once_on_one_output_dir_keep_both_sections(pip
 
 @pytest.mark.cluster
 def test_make_submit_works_from_a_clone_without_activating_anything(small_table, tmp_path):
-    path, _ = small_table
+    path, params = small_table
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON",
                                                              "SPARK_HOME")}
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if not p.startswith(str(ROOT / ".venv")))
-    args = " ".join(f"'{a}'" for a in ["--set", f"input.path={path}", "--set", f"output.dir={out}", *SMALL_RUN])
-    result = subprocess.run(["make", "--no-print-directory", "submit", "MASTER=local[2]", "JOB=pipeline",
+    # prepare, the cheapest job: what is under test is the packaging and spark-submit's environment (the
+    # pipeline through spark-submit runs in tests/test_everywhere.py, on a standalone cluster).
+    args = " ".join(f"'{a}'" for a in ["--set", f"input.path={path}", "--set", f"output.dir={out}"])
+    result = subprocess.run(["make", "--no-print-directory", "submit", "MASTER=local[2]", "JOB=prepare",
                              f"ARGS={args}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["run"]["master"] == "local[2]"
-    assert metrics["recommendations"]["top_n"] == 3
+    assert metrics["run"]["master"] == "local[2]" and metrics["run"]["job"] == "prepare"
+    assert metrics["data"]["users"] == params.users and (out / "ratings").is_dir()
 
 
 def test_every_registered_job_has_its_entry_script_and_nothing_else_does():
