@@ -368,11 +368,10 @@ def ratings_cells(spark: SparkSession, inp: dict) -> tuple[DataFrame, str, dict,
             check_unique_users(table, inp["user_column"], source)
         log.info("%s: %d joke columns (ids %d..%d)", source, len(jokes), min(j for _, j in jokes),
                  max(j for _, j in jokes))
-        if MALFORMED not in table.columns:
-            return melt_wide_ratings(table, inp["user_column"], jokes), source, prints, not_int
         if not users.get("malformed"):
-            # Every row had the header's width (counted in the summary pass): one scan of the file instead of
-            # a second for the malformed rows, which cost 3-4 s on the default table (2 cores).
+            # No malformed-row column, or every row had the header's width (counted in the summary pass): one
+            # scan of the file instead of a second for the malformed rows, which cost 3-4 s on the default table
+            # (2 cores). drop() of a column the table lacks is a no-op.
             return melt_wide_ratings(table.drop(MALFORMED), inp["user_column"], jokes), source, prints, not_int
         well_formed = table.where(F.col(MALFORMED).isNull()).drop(MALFORMED)
         cells = (melt_wide_ratings(well_formed, inp["user_column"], jokes)
