@@ -9,10 +9,14 @@ from conftest import small_params
 from jester_als.generate import generate_chunks
 from jester_als.numpy_als import (
     RatingMatrix,
+    MIN_BLOCK_ROWS,
     batched_cholesky_solve,
+    block_rows,
     fit_biases,
     fit_loop_als,
     fit_numpy_als,
+    last_level_cache_bytes,
+    packed_offsets,
     rmse_mae,
     solve_jokes_given_users,
 )
@@ -29,12 +33,35 @@ def split(users, jokes, values, seed=0, test_fraction=0.2):
 
 
 def test_batched_cholesky_matches_numpy_solve():
+    """The packed upper triangles, as the Gram products give them, plus the ridge, solved in one batch: the same
+    answer as LAPACK's solve of each full system."""
     rng = np.random.default_rng(3)
-    a = rng.normal(size=(500, 6, 6))
-    gram = a @ a.transpose(0, 2, 1) + 0.5 * np.eye(6)
-    rhs = rng.normal(size=(500, 6))
-    x = batched_cholesky_solve(np.ascontiguousarray(gram.transpose(1, 2, 0)), np.ascontiguousarray(rhs.T))
-    assert np.allclose(x, np.linalg.solve(gram, rhs[..., None])[..., 0], atol=1e-10)
+    k = 6
+    a = rng.normal(size=(500, k, k))
+    gram = a @ a.transpose(0, 2, 1)
+    ridge = rng.uniform(0.1, 2.0, size=500)
+    rhs = rng.normal(size=(500, k))
+    rows, cols = np.triu_indices(k)
+    upper = np.ascontiguousarray(gram[:, rows, cols].T)  # (k(k+1)/2, n)
+    assert packed_offsets(k) == [int(np.flatnonzero((rows == j) & (cols == j))[0]) for j in range(k)]
+    x = batched_cholesky_solve(upper.astype(np.float32), np.ascontiguousarray(rhs.T).astype(np.float32), ridge)
+    expected = np.linalg.solve(gram.astype(np.float32).astype(np.float64) + ridge[:, None, None] * np.eye(k),
+                               rhs.astype(np.float32).astype(np.float64)[..., None])[..., 0]
+    assert np.allclose(x, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_blocks_fit_the_cache_and_even_out_over_threads():
+    """Every thread's solve buffer ((k + 1) x k float64 a row) fits the last-level cache, blocks never fall
+    below the floor, and the rows split into equal blocks, the same number per thread."""
+    cache = 32 * 2**20
+    assert block_rows(10, 24_983, 2, cache) == 12_492  # Jester: one block per thread
+    assert block_rows(10, 24_983, 1, cache) == 24_983
+    big = block_rows(10, 2_500_000, 2, cache)
+    assert 2 * big * 8 * 11 * 10 <= cache and big > 15_000  # bounded: 2.5 M users do not grow the block
+    assert -(-2_500_000 // big) % 2 == 0  # an even number of blocks for two threads
+    # a tiny cache: the floor of 512 rows, evened out to 196 blocks of 511 (98 per thread)
+    assert MIN_BLOCK_ROWS == 512 and block_rows(20, 100_000, 2, 1024) == 511
+    assert last_level_cache_bytes() >= 2**20  # whatever this machine reports (or the fallback), not nonsense
 
 
 @pytest.mark.parametrize("dense_budget_mb", [512, 0], ids=["dense", "sparse"])

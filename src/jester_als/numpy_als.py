@@ -174,6 +174,7 @@ class NumpyALSModel:
     train_rmse: list[float] = field(default_factory=list)
     iterations: int = 0
     layout: str = "dense"  # which products the fit used: "dense" or "sparse"
+    blocks: int = 0  # blocks of users each half-step was cut into (a term of the scaling study's cost model)
     biases: Biases | None = None  # the biased model's mu + b_u + b_j (fitted on the same ratings)
 
     def nbytes(self) -> int:
@@ -250,56 +251,88 @@ def _unit_random(rng: np.random.Generator, n: int, rank: int) -> np.ndarray:
     return factors / np.linalg.norm(factors, axis=1, keepdims=True)
 
 
-def batched_cholesky_solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    """Solve ``gram[:, :, i] x[:, i] = rhs[:, i]`` for a batch of symmetric positive definite k x k systems.
+def packed_offsets(rank: int) -> list[int]:
+    """Where each row of a k x k symmetric matrix starts in its packed upper triangle (NumPy's ``triu_indices``
+    order: (0,0), (0,1) ... (0,k-1), (1,1) ...). Row j's entries from the diagonal on, (j, j) ... (j, k-1), are
+    the contiguous rows ``offsets[j] : offsets[j] + k - j``; by symmetry they are also column j's from the
+    diagonal down, which is what a column-by-column Cholesky factorization reads."""
+    return [j * rank - j * (j - 1) // 2 for j in range(rank)]
 
-    ``gram`` is (k, k, n) and ``rhs`` (k, n), float64: the batch is the last, contiguous axis, so every step of
-    the factorization is one vector operation over all n systems. Both are overwritten (the lower triangle of
-    ``gram`` by the Cholesky factor, ``rhs`` by the solution), so a call allocates one (k, n) scratch array and
-    nothing else. The loops run over the k columns (k is the rank, ~10); this beats one LAPACK call per system
-    (14 ms against 27 ms for 25,000 systems of rank 10 here). Returns x as (n, k), a view of ``rhs``.
+
+def batched_cholesky_solve(upper: np.ndarray, rhs: np.ndarray, ridge: np.ndarray) -> np.ndarray:
+    """Solve ``(A_i + ridge_i I) x_i = b_i`` for a batch of n symmetric positive definite k x k systems.
+
+    ``upper`` is (k(k+1)/2, n): each system's upper triangle, packed in ``triu_indices`` order (what the Gram
+    products give), ``rhs`` is (k, n) and ``ridge`` (n,); any float type (they are read once, into float64).
+    The batch is the last, contiguous axis, so every step is one vector operation over all n systems; the
+    loops run over the k columns (k is the rank, ~10): 6k + 2k short NumPy calls whatever n is. This beats
+    one LAPACK call per system (14 ms against 27 ms for 25,000 systems of rank 10 here).
+
+    The factor L is built column by column in one float64 (k + 1, k, n) buffer whose extra row k holds b:
+    eliminating that row with the same update as the rows of L is the forward substitution L y = b, so it
+    costs no loop of its own, and the packed input is read straight into the buffer (no unpacked k x k copy).
+    Returns x as (n, k), a view of the buffer.
     """
-    k = gram.shape[0]
-    scratch = np.empty_like(rhs)
+    k, n = rhs.shape
+    offsets = packed_offsets(k)
+    factor = np.empty((k + 1, k, n))
+    scratch = np.empty((k + 1, n))
     for j in range(k):
-        if j:
-            row = gram[j, :j]
-            gram[j, j] -= np.einsum("mn,mn->n", row, row, out=scratch[0])
-        np.sqrt(gram[j, j], out=gram[j, j])
+        column = factor[j:, j]  # L[j:k, j] and, in the last row, y[j]
+        np.copyto(column[:-1], upper[offsets[j]:offsets[j] + k - j])
+        np.copyto(column[-1], rhs[j])
+        column[0] += ridge
+        if j:  # A[i, j] - sum over m < j of L[i, m] L[j, m], for i = j (the diagonal) .. k-1 and for b
+            column -= np.einsum("imn,mn->in", factor[j:, :j], factor[j, :j], out=scratch[:k + 1 - j])
+        np.sqrt(column[0], out=column[0])
+        column[1:] /= column[0]
+    x = factor[k]  # y, overwritten by x: backward substitution L^T x = y
+    for j in range(k - 1, -1, -1):
         if j + 1 < k:
-            if j:
-                below = scratch[:k - j - 1]
-                gram[j + 1:, j] -= np.einsum("imn,mn->in", gram[j + 1:, :j], gram[j, :j], out=below)
-            gram[j + 1:, j] /= gram[j, j]
-    for j in range(k):  # forward substitution: L y = b
-        if j:
-            rhs[j] -= np.einsum("mn,mn->n", gram[j, :j], rhs[:j], out=scratch[0])
-        rhs[j] /= gram[j, j]
-    for j in range(k - 1, -1, -1):  # backward substitution: L^T x = y
-        if j + 1 < k:
-            rhs[j] -= np.einsum("mn,mn->n", gram[j + 1:, j], rhs[j + 1:], out=scratch[0])
-        rhs[j] /= gram[j, j]
-    return rhs.T
+            x[j] -= np.einsum("mn,mn->n", factor[j + 1:k, j], x[j + 1:], out=scratch[0])
+        x[j] /= factor[j, j]
+    return x.T
 
 
 DEFAULT_DENSE_BUDGET_MB = 512
 # BLAS on a dense block does users x jokes work where sparse products do ratings' worth, about ten times
 # slower per element: dense pays only while at least this share of the cells is rated (Jester: 73%).
 DENSE_MIN_DENSITY = 0.1
-# Rows solved together: their k x k float64 Gram matrices should stay in the CPU's last-level cache (8 MiB:
-# 10,485 rows at rank 10, 2,621 at rank 20), so the working set does not grow with the number of users. Not
-# smaller: the batched solve is ~120 short NumPy calls per block whatever its size, and below a few thousand
-# rows their Python overhead and the threads' hand-offs of the GIL cost more than the cache saves (measured:
-# 25,000 rank-10 systems on 2 threads took 42 ms in blocks of 1,024, 26 ms in blocks of 2,621, 13 ms in blocks
-# of 8,192; 17 ms on one thread).
-BLOCK_CACHE_BYTES = 8 * 2**20
+# Rows solved together: each thread's solve buffer ((k + 1) x k float64 a row, ``batched_cholesky_solve``)
+# should stay in the CPU's last-level cache, so the working set does not grow with the number of users. Not
+# smaller than that: the batched solve is ~80 short NumPy calls per block whatever its size, so fewer, larger
+# blocks pay less Python overhead and fewer GIL hand-offs. Measured here (32 MiB L3, 2 threads, rank 10): 219 ns
+# a system in blocks of 3,000 rows, 143 at 6,000, 116 at 12,000, 97 at 24,000, then 171 at 48,000 and 184 at
+# 96,000 once two threads' buffers (2 x 42 MB) no longer fit; the Jester-size fit (20 iterations) took a median
+# 0.294 s in four blocks of 6,246 users and 0.250-0.261 s in two of 12,492.
+FALLBACK_CACHE_BYTES = 8 * 2**20  # where the OS does not say (macOS, Windows)
 MIN_BLOCK_ROWS = 512
 
 
-def block_rows(rank: int, rows: int, threads: int) -> int:
-    """How many users (or jokes) one block solves: at most as many k x k float64 systems as fit
-    ``BLOCK_CACHE_BYTES``, and evened out so every thread gets the same number of equal blocks."""
-    most = max(MIN_BLOCK_ROWS, BLOCK_CACHE_BYTES // (8 * rank * rank))
+def last_level_cache_bytes() -> int:
+    """The size of the CPU's last-level cache, as Linux reports it in sysfs (``os.sysconf`` has no name for
+    it, and glibc's ``getconf LEVEL3_CACHE_SIZE`` gave ten times the real size on this VM)."""
+    caches = "/sys/devices/system/cpu/cpu0/cache"
+    best = (0, FALLBACK_CACHE_BYTES)
+    try:
+        for index in os.listdir(caches):
+            if not index.startswith("index"):
+                continue
+            with open(os.path.join(caches, index, "level")) as level, open(os.path.join(caches, index, "size")) as f:
+                size = f.read().strip()
+                units = {"K": 2**10, "M": 2**20, "G": 2**30}
+                value = int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
+                best = max(best, (int(level.read()), value))
+    except (OSError, ValueError):
+        return FALLBACK_CACHE_BYTES
+    return best[1]
+
+
+def block_rows(rank: int, rows: int, threads: int, cache_bytes: int | None = None) -> int:
+    """How many users (or jokes) one block solves: at most as many as the solve buffers of all ``threads``
+    fit the last-level cache, and evened out so every thread gets the same number of equal blocks."""
+    cache = last_level_cache_bytes() if cache_bytes is None else cache_bytes
+    most = max(MIN_BLOCK_ROWS, cache // (threads * 8 * (rank + 1) * rank))
     rounds = max(1, -(-rows // (most * threads)))
     return max(1, -(-rows // (rounds * threads)))
 
@@ -340,11 +373,7 @@ class _Solver:
         self.block = block_rows(rank, n_users, threads)
         self.starts = list(range(0, n_users, self.block))
         self.dense = uses_dense_path(n_users, n_jokes, data.nnz, dense_budget_mb)
-        self.tri_i, self.tri_j = np.triu_indices(rank)
-        packed = np.zeros((rank, rank), dtype=np.intp)
-        packed[self.tri_i, self.tri_j] = np.arange(len(self.tri_i))
-        packed[self.tri_j, self.tri_i] = np.arange(len(self.tri_i))
-        self.unpack = packed.ravel()  # row of the packed upper triangle holding each of the k x k entries
+        self.offsets = packed_offsets(rank)
         self.user_counts = data.user_counts
         self.joke_counts = data.joke_counts
         if self.dense:  # the block products read these two in place: built once per fit
@@ -380,22 +409,25 @@ class _Solver:
         return (sp.csr_matrix((self.ones[:hi - lo], cols, indptr), shape=shape, copy=False),
                 sp.csr_matrix((values, cols, indptr), shape=shape, copy=False))
 
-    def _outer(self, factors: np.ndarray) -> np.ndarray:
-        return factors[:, self.tri_i] * factors[:, self.tri_j]  # (n, k(k+1)/2): symmetric, so half
+    def _outer_t(self, factors_t: np.ndarray) -> np.ndarray:
+        """(k(k+1)/2, n) packed upper triangles of the n outer products x x^T, from factors as (k, n): one
+        broadcast product of contiguous rows per factor row (symmetric, so half)."""
+        k = self.rank
+        out = np.empty((len(self.offsets) and self.offsets[-1] + 1, factors_t.shape[1]), dtype=factors_t.dtype)
+        for i, start in enumerate(self.offsets):
+            np.multiply(factors_t[i], factors_t[i:], out=out[start:start + k - i])
+        return out
 
     def _solve(self, upper: np.ndarray, rhs: np.ndarray, counts: np.ndarray, reg: float) -> np.ndarray:
         """Solve (Gram + regParam n I) x = rhs for n rows given as packed upper triangles (k(k+1)/2, n) and
         right-hand sides (k, n)."""
-        k = self.rank
-        gram = np.take(upper.astype(np.float64), self.unpack, axis=0).reshape(k, k, -1)
-        diag = np.arange(k)
-        gram[diag, diag] += reg * np.maximum(counts, 1)  # ALS-WR: lambda scaled by each row's rating count
-        return batched_cholesky_solve(gram, rhs.astype(np.float64))  # a copy: the solve overwrites it
+        # ALS-WR: lambda scaled by each row's rating count
+        return batched_cholesky_solve(upper, rhs, reg * np.maximum(counts, 1))
 
     def solve_users(self, pool, jokes: np.ndarray, reg: float) -> np.ndarray:
         out = np.empty((self.data.shape[0], self.rank))
         jokes32 = jokes.astype(np.float32)
-        outer_t = np.ascontiguousarray(self._outer(jokes32).T)
+        outer_t = self._outer_t(np.ascontiguousarray(jokes32.T))
         jokes_t = np.ascontiguousarray(jokes32.T)
 
         def work(start: int) -> None:
@@ -413,19 +445,21 @@ class _Solver:
     def solve_jokes(self, pool, users: np.ndarray, reg: float) -> np.ndarray:
         n_jokes = self.data.shape[1]
         users32 = users.astype(np.float32)
-        width = len(self.tri_i)
+        users_t = np.ascontiguousarray(users32.T)  # (k, n): each block's outer products from contiguous rows
+        width = self.offsets[-1] + 1
 
         def accumulate(starts: list[int]) -> tuple[np.ndarray, np.ndarray]:
             upper = np.zeros((width, n_jokes), dtype=np.float64)
             rhs = np.zeros((self.rank, n_jokes), dtype=np.float64)
             for start in starts:
                 pattern, weighted = self._block(start)
-                block_users = users32[start:start + pattern.shape[0]]
+                stop = start + pattern.shape[0]
+                block_users, outer_t = users32[start:stop], self._outer_t(users_t[:, start:stop])
                 if self.dense:
-                    upper += self._outer(block_users).T @ pattern
+                    upper += outer_t @ pattern
                     rhs += block_users.T @ weighted
                 else:
-                    upper += (pattern.T @ self._outer(block_users)).T
+                    upper += (pattern.T @ outer_t.T).T
                     rhs += (weighted.T @ block_users).T
             return upper, rhs
 
@@ -514,7 +548,8 @@ def fit_numpy_als(data: RatingMatrix, *, rank: int, reg_param: float, max_iter: 
             f"NumPy ALS (rank {rank}, regParam {reg_param}, {iterations} iterations) produced non-finite factors: "
             f"the training ratings hold NaN or infinity, or regParam is too small for users or jokes with few "
             f"ratings")
-    return NumpyALSModel(users, jokes, data.user_ids, data.joke_ids, history, iterations, solver.layout, offsets)
+    return NumpyALSModel(users, jokes, data.user_ids, data.joke_ids, history, iterations, solver.layout,
+                         len(solver.starts), offsets)
 
 
 def _one_half_step(data: RatingMatrix, given: np.ndarray, reg_param: float, dense_budget_mb: float,

@@ -26,12 +26,14 @@ def terms(engine: str) -> dict[str, list[str]]:
     return {"time": time_terms, "memory": memory}
 
 
-def _features(engine: str, users: float, jokes: float, nnz: float, rank: int, dense: bool = False) -> dict:
+def _features(engine: str, users: float, jokes: float, nnz: float, rank: int, dense: bool = False,
+              blocks: int | None = None) -> dict:
     """Each term's size at a point: rows are users + jokes (one normal-equation solve each), dense cells the
     users x jokes pattern NumPy's dense path works on and stores (its sparse path has none); NumPy's sparse
     path pays for its SciPy products per rating, at a cost per rating of its own, and for every block of users
     a dense jokes x k(k+1)/2 product and sum on the jokes' side (``numpy_als._Solver.solve_jokes``), blocks as
-    the engine cuts them on this machine's cores. (A sparse-path cost per row was tried too: this design cannot
+    the engine cuts them on this machine's cores (``blocks``: what a measured point recorded; else the engine's
+    rule for this machine, ``numpy_als.block_rows``). (A sparse-path cost per row was tried too: this design cannot
     tell it from the shared rows term, and with 5% noise on planted points its standard errors no longer
     covered the truth.)"""
     time_terms = [1.0, nnz * rank ** 2, (users + jokes) * rank ** 3]
@@ -39,7 +41,8 @@ def _features(engine: str, users: float, jokes: float, nnz: float, rank: int, de
     if engine == "numpy":
         time_terms.append(users * jokes * rank ** 2 if dense else 0.0)
         time_terms.append(0.0 if dense else nnz * rank ** 2)
-        blocks = np.ceil(users / block_rows(rank, int(users), engine_threads()))
+        if blocks is None:
+            blocks = np.ceil(users / block_rows(rank, int(users), engine_threads()))
         time_terms.append(0.0 if dense else jokes * blocks * rank ** 2)
         memory.append(users * jokes if dense else 0.0)
     return {"time": time_terms, "memory": memory}
@@ -100,6 +103,12 @@ def _dense(engine: str, result: dict) -> bool:
     return engine == "numpy" and result.get("path") == "dense"
 
 
+def _measured_features(engine: str, point: dict, result: dict, rank: int) -> dict:
+    """The terms at a measured point, with the blocks its fit recorded."""
+    return _features(engine, point["users"], point["jokes"], point["train_ratings"], rank, _dense(engine, result),
+                     result.get("blocks"))
+
+
 def fit_cost_model(points: list[dict], rank: int, iterations: int, holdout: bool = True) -> dict:
     """Per engine: time per iteration and peak memory as non-negative combinations of the terms, fitted on
     the completed points less the held-out ones, and the held-out checks."""
@@ -107,8 +116,7 @@ def fit_cost_model(points: list[dict], rank: int, iterations: int, holdout: bool
     for engine in ENGINES:
         rows = [(p, p["engines"][engine]) for p in points if p["engines"].get(engine, {}).get("completed")]
         names = terms(engine)
-        features = {id(row): _features(engine, row[0]["users"], row[0]["jokes"], row[0]["train_ratings"], rank,
-                                       _dense(engine, row[1])) for row in rows}
+        features = {id(row): _measured_features(engine, *row, rank) for row in rows}
         # One point per term the points exercise: a term that is zero at every point (the sparse path's, when
         # every point was dense) cannot be fitted and stays at zero, so it needs no point.
         exercised = [f["time"] for f in features.values()]
@@ -138,7 +146,7 @@ def fit_cost_model(points: list[dict], rank: int, iterations: int, holdout: bool
 
 def check(entry: dict, engine: str, role: str, p: dict, r: dict, rank: int, iterations: int) -> dict:
     predicted = predict_point(entry, engine, p["users"], p["jokes"], p["train_ratings"], rank, iterations,
-                              _dense(engine, r))
+                              _dense(engine, r), r.get("blocks"))
     seconds_error = predicted["seconds"] / r["fit_seconds"] - 1
     mb_error = predicted["memory_mb"] / r["peak_rss_mb"] - 1
     return {"role": role, "axis": p.get("axis"), "train_ratings": p["train_ratings"], "users": p["users"],
@@ -153,8 +161,8 @@ def values(entry: dict, target: str) -> list[float]:
 
 
 def predict_point(entry: dict, engine: str, users: float, jokes: float, nnz: float, rank: int,
-                  iterations: int, dense: bool = False) -> dict:
-    features = _features(engine, users, jokes, nnz, rank, dense)
+                  iterations: int, dense: bool = False, blocks: int | None = None) -> dict:
+    features = _features(engine, users, jokes, nnz, rank, dense, blocks)
     seconds = float(np.dot(features["time"], values(entry, "time"))) * iterations
     memory = float(np.dot(features["memory"], values(entry, "memory")))
     return {"seconds": seconds, "memory_mb": memory}

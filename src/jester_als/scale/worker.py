@@ -66,7 +66,7 @@ def run(spec: WorkerSpec) -> int:
             seconds.append(time.perf_counter() - started)
         del train
         users, jokes, ratings = read_ratings(data_dir / "test.parquet")
-        score = {**rmse_mae(ratings, model.predict(users, jokes)), "path": model.layout,
+        score = {**rmse_mae(ratings, model.predict(users, jokes)), "path": model.layout, "blocks": model.blocks,
                  "load_seconds": load_seconds}
     else:
         from pyspark.sql import SparkSession
