@@ -8,8 +8,8 @@ import pytest
 from conftest import small_params
 from jester_als.generate import generate_chunks
 from jester_als.numpy_als import (
-    RatingMatrix,
     MIN_BLOCK_ROWS,
+    RatingMatrix,
     batched_cholesky_solve,
     block_rows,
     fit_biases,
