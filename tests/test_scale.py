@@ -20,7 +20,9 @@ TINY = ["--set", "scale.users_axis=[300, 1200]", "--set", "scale.jokes_axis=[40]
         "--set", "scale.jokes_axis_users=300", "--set", "scale.jokes_axis_ratings_per_user=20",
         "--set", "scale.maxIter=3", "--set", "scale.rank=3", "--set", "scale.repeats=2",
         "--set", "scale.spark_driver_memory=1g", "--set", "generate.min_ratings=20",
-        "--set", "generate.mean_ratings=30"]
+        "--set", "generate.mean_ratings=30",
+        # no limit probes: at a 20 GB budget they would be millions of users (test_limit_probes_* covers them)
+        "--set", "scale.limit_probes=[]"]
 
 
 def run_scale(tmp_path, *extra):
@@ -364,3 +366,40 @@ def _assert_close(got, want, where):
         assert got == pytest.approx(want, rel=1e-6, abs=1e-12), where
     else:
         assert got == want, where
+
+
+def test_limit_probes_bracket_each_unreached_memory_limit_and_run_one_engine():
+    """An engine that fitted every users-axis size gets probes at 0.8x and 1.2x the users at which its memory
+    model reaches the budget; an engine already stopped gets none; a probe's point counts for its own engine's
+    limit only."""
+    from pathlib import Path
+
+    from jester_als.config import load_config
+    from jester_als.scale.study import limit_probes, limits
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(str(root / "conf" / "scale.yaml"), ["scale.memory_budget_mb=100000"])
+    rank, iterations = cfg["scale"]["rank"], cfg["scale"]["maxIter"]
+    points = _planted_points(rank, iterations)
+    predicted = limits(points, fit_cost_model(points, rank, iterations, holdout=False), cfg)
+    # the planted memory models reach 100,000 MB at about 4.2 M (NumPy) and 4.4 M users (Spark); the axis ends at 1 M
+    assert 4.1e6 < predicted["numpy"]["predicted"]["users"] < 4.2e6 < predicted["spark"]["predicted"]["users"] < 4.5e6
+    probes = limit_probes(points, cfg)
+    assert [(p["users"], p["probe"]) for p in probes] == sorted(
+        (int(round(predicted[e]["predicted"]["users"] * f, -5)), e) for e in ENGINES for f in (0.8, 1.2))
+    assert all(p["axis"] == "users" and p["jokes"] == 100 and p["users"] > 1_000_000 for p in probes)
+    assert limit_probes(points, {**cfg, "scale": {**cfg["scale"], "limit_probes": []}}) == []
+
+    # Spark stopped on the axis: only NumPy is probed
+    stopped = json.loads(json.dumps(points))
+    largest = max((p for p in stopped if p["axis"] == "users"), key=lambda p: p["users"])
+    largest["engines"]["spark"] = {"completed": False, "limit": "time: 600 s > budget 600.0 s"}
+    assert {p["probe"] for p in limit_probes(stopped, cfg)} == {"numpy"}
+
+    # a NumPy probe that ran out of memory is NumPy's first size that did not fit, not Spark's
+    failed = {"axis": "users", "users": 5_000_000, "jokes": 100, "train_ratings": 5_000_000 * 58, "probe": "numpy",
+              "engines": {"numpy": {"completed": False, "limit": "memory: 20,001 MB > budget 20,000 MB"},
+                          "spark": {"completed": False, "skipped": True, "limit": "not run: a probe of numpy's"}}}
+    found = limits(points + [failed], fit_cost_model(points, rank, iterations, holdout=False), cfg)
+    assert found["numpy"]["first_not_fitted"]["users"] == 5_000_000
+    assert found["spark"]["first_not_fitted"] is None and found["spark"]["largest_fitted"]["users"] == 1_000_000

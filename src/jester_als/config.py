@@ -363,6 +363,10 @@ class ScaleConfig(Section):
     users_axis: list[int] = key([25_000, 100_000, 250_000, 1_000_000, 2_500_000, 4_000_000],
                                 "users at each point of the users axis (100 jokes, 72.6 ratings per user); the "
                                 "largest meant to pass the memory budget")
+    limit_probes: list[PositiveNumber] = key([0.8, 1.2],
+                                             "users-axis sizes past the listed ones, as multiples of the users at "
+                                             "which an engine's memory model reaches the budget, run for an engine "
+                                             "that fitted every listed size (empty: none)")
     density_axis: list[PositiveNumber] = key([5, 10, 25, 50, 100],
                                              "mean ratings per user at each point of the density axis")
     density_axis_users: PositiveInt = key(100_000, "users on the density axis")

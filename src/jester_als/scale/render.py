@@ -37,7 +37,7 @@ def _cell(result: dict, key: str, fmt: str) -> str:
     if not result:
         return ""
     if not result.get("completed"):
-        return "limit" if key == "fit_seconds" else ""
+        return ("not run" if result.get("skipped") else "limit") if key == "fit_seconds" else ""
     return fmt.format(result[key])
 
 

@@ -28,8 +28,7 @@ def axis_points(cfg: dict) -> list[dict]:
     density axis: fixed users and jokes, ratings per user from few to many; jokes axis: fixed users, ever more
     jokes, up to a Netflix-shaped table (17,770 items)."""
     scale = cfg["scale"]
-    points = [{"axis": "users", "users": n, "jokes": 100, "mean_ratings": 72.6, "min_ratings": 36,
-               "gauge_jokes": 30} for n in scale["users_axis"]]
+    points = [users_point(n) for n in scale["users_axis"]]
     density_jokes = scale["density_axis_jokes"]
     points += [{"axis": "density", "users": scale["density_axis_users"], "jokes": density_jokes,
                 "mean_ratings": float(r), "min_ratings": max(1, int(r) // 2),
@@ -40,6 +39,36 @@ def axis_points(cfg: dict) -> list[dict]:
                 "mean_ratings": min(float(per_user), 0.726 * j), "min_ratings": min(15, j),
                 "gauge_jokes": min(10, j)} for j in scale["jokes_axis"]]
     return points
+
+
+def users_point(users: int, probe: str | None = None) -> dict:
+    """A users-axis point: Jester's shape (100 jokes, 72.6 ratings per user); ``probe`` names the one engine a
+    limit probe runs."""
+    return {"axis": "users", "users": users, "jokes": 100, "mean_ratings": 72.6, "min_ratings": 36,
+            "gauge_jokes": 30, **({"probe": probe} if probe else {})}
+
+
+def limit_probes(points: list[dict], cfg: dict) -> list[dict]:
+    """Users-axis points past the listed sizes, so that a memory limit the listed sizes did not reach is
+    measured, not only modelled: for each engine that fitted every users-axis size so far, the multiples
+    ``scale.limit_probes`` of the users at which its memory model (fitted on the points so far, all of them)
+    reaches the budget, rounded to 100,000 users and above the largest size run. Each probe runs that engine
+    only; a failed probe stops the larger ones, as on the axis."""
+    scale = cfg["scale"]
+    if not scale["limit_probes"]:
+        return []
+    found = limits(points, fit_cost_model(points, scale["rank"], scale["maxIter"], holdout=False), cfg)
+    largest = max((p["users"] for p in points if p["axis"] == "users"), default=0)
+    probes = []
+    for engine in ENGINES:
+        predicted = found[engine]["predicted"]
+        if found[engine]["first_not_fitted"] or not predicted:
+            continue
+        for factor in scale["limit_probes"]:
+            users = int(round(predicted["users"] * factor, -5))
+            if users > largest:
+                probes.append(users_point(users, probe=engine))
+    return sorted(probes, key=lambda p: p["users"])
 
 
 def _progress(index: int, specs: list[dict], seconds: list[float], started: float) -> str:
@@ -69,7 +98,9 @@ def run_study(cfg: dict) -> dict:
     study_started = time.monotonic()
     point_seconds: list[float] = []
     try:
-        for index, spec in enumerate(specs):
+        index = 0
+        while index < len(specs):
+            spec = specs[index]
             log.info("scale %s", _progress(index, specs, point_seconds, study_started))
             point_started = time.monotonic()
             params = GeneratorParams.from_config(gen_cfg, users=spec["users"], jokes=spec["jokes"],
@@ -88,6 +119,10 @@ def run_study(cfg: dict) -> dict:
                 if key in stopped:
                     point["engines"][engine] = {"completed": False, "skipped": True,
                                                 "limit": f"not run: {stopped[key]} at a smaller size"}
+                    continue
+                if spec.get("probe", engine) != engine:
+                    point["engines"][engine] = {"completed": False, "skipped": True,
+                                                "limit": f"not run: a probe of {spec['probe']}'s memory limit"}
                     continue
                 cheap = sizes["train_ratings"] <= scale["repeat_below_ratings"]
                 repeats = scale["repeats"] if cheap else 1
@@ -108,6 +143,13 @@ def run_study(cfg: dict) -> dict:
             point_seconds.append(time.monotonic() - point_started)
             for name in ("train.parquet", "test.parquet"):
                 (data_dir / name).unlink(missing_ok=True)
+            index += 1
+            if spec["axis"] == "users" and "probe" not in spec and (index == len(specs)
+                                                                    or specs[index]["axis"] != "users"):
+                probes = limit_probes(points, cfg)
+                log.info("scale: %s", "limit probes at " + ", ".join(f"{p['users']:,} users ({p['probe']})"
+                                                                     for p in probes) if probes else "no limit probes")
+                specs[index:index] = probes
         cluster = None
         if scale["cluster_measure_users"]:
             from jester_als.scale.cluster import measure_cluster
@@ -135,8 +177,9 @@ def limits(points: list[dict], model: dict, cfg: dict) -> dict:
     users_points = [p for p in points if p["axis"] == "users"]
     out = {}
     for engine in ENGINES:
-        fitted = [p for p in users_points if p["engines"][engine].get("completed")]
-        stopped = [p for p in users_points if not p["engines"][engine].get("completed")]
+        mine = [p for p in users_points if p.get("probe", engine) == engine]  # not the other engine's probes
+        fitted = [p for p in mine if p["engines"][engine].get("completed")]
+        stopped = [p for p in mine if not p["engines"][engine].get("completed")]
         largest = fitted[-1] if fitted else None
         per_user = (largest or users_points[-1])["train_ratings"] / (largest or users_points[-1])["users"] \
             if users_points else 0.0
