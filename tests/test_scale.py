@@ -403,3 +403,26 @@ def test_limit_probes_bracket_each_unreached_memory_limit_and_run_one_engine():
     found = limits(points + [failed], fit_cost_model(points, rank, iterations, holdout=False), cfg)
     assert found["numpy"]["first_not_fitted"]["users"] == 5_000_000
     assert found["spark"]["first_not_fitted"] is None and found["spark"]["largest_fitted"]["users"] == 1_000_000
+
+
+@pytest.mark.parametrize("jokes", [100, 3000], ids=["wide", "long"])
+def test_generated_split_is_the_same_on_one_thread_and_on_two(tmp_path, monkeypatch, jokes):
+    """Chunks generated on a thread pool are written in order: the Parquet files hold the same rows as when
+    one thread generates everything."""
+    import jester_als.generate as generate
+    import jester_als.scale.data as data
+    from jester_als.generate import GeneratorParams
+
+    params = GeneratorParams(users=3_000, jokes=jokes, seed=5, mean_ratings=40, min_ratings=10, gauge_jokes=5)
+    monkeypatch.setattr(generate, "CELLS_PER_CHUNK", 30_000)  # ten chunks of 300 users (wide)
+    monkeypatch.setattr(generate, "RATINGS_PER_LONG_CHUNK", 12_000)  # ten chunks of 300 users (long)
+    files = []
+    for threads in (1, 2):
+        monkeypatch.setattr(data, "engine_threads", lambda threads=threads: threads)
+        sizes = data.write_split_parquet(params, tmp_path / str(threads), 0.2, 42)
+        files.append([data.read_ratings(tmp_path / str(threads) / f"{name}.parquet") for name in ("train", "test")])
+        assert sizes["train_ratings"] == files[-1][0][0].size and sizes["test_ratings"] == files[-1][1][0].size
+    for one, two in zip(*files):
+        for a, b in zip(one, two):
+            assert np.array_equal(a, b)
+    assert files[0][1][0].size > 0.15 * (files[0][0][0].size + files[0][1][0].size)  # a split, not empty

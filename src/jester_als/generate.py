@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -139,26 +140,38 @@ def _observed(signal: np.ndarray, rng: np.random.Generator, p: GeneratorParams) 
 
 def generate_chunks(p: GeneratorParams) -> Iterator[WideChunk]:
     """Yield the table in chunks of users; the same parameters always give the same table."""
+    return (task() for task in wide_chunk_tasks(p))
+
+
+def wide_chunk_tasks(p: GeneratorParams) -> Iterator[Callable[[], WideChunk]]:
+    """The table's chunks as independent tasks, in order: each chunk has its own seeded generator, so the
+    tasks may run on any thread in any order and still give the same table."""
     model = planted_model(p)
     log_weights = np.log(model.popularity)
     for start, rng, user_factors, user_effects, counts in _user_chunks(p, max(1, CELLS_PER_CHUNK // p.jokes), 1):
-        n = counts.size
-        # Weighted sampling without replacement (Efraimidis-Spirakis): the k largest of log(u) / w.
-        # Gauge jokes go first unless the user happened to skip one.
-        keys = np.log(rng.random((n, p.jokes))) / np.exp(log_weights)
-        gauge_kept = model.gauge & (rng.random((n, p.jokes)) >= GAUGE_MISS_PROBABILITY)
-        keys[gauge_kept] = np.inf
-        order = np.argsort(-keys, axis=1, kind="stable")
-        rated = np.zeros((n, p.jokes), dtype=bool)
-        take = np.arange(p.jokes)[None, :] < counts[:, None]
-        rows = np.broadcast_to(np.arange(n)[:, None], order.shape)
-        rated[rows[take], order[take]] = True
+        yield partial(_wide_chunk, p, model, log_weights, start, rng, user_factors, user_effects, counts)
 
-        signal = (p.mean + user_effects[:, None] + model.joke_effects[None, :]
-                  + user_factors @ model.joke_factors.T)
-        values = _observed(signal, rng, p)
-        values[~rated] = np.nan
-        yield WideChunk(start + 1, values, user_factors, user_effects)
+
+def _wide_chunk(p: GeneratorParams, model: PlantedModel, log_weights: np.ndarray, start: int,
+                rng: np.random.Generator, user_factors: np.ndarray, user_effects: np.ndarray,
+                counts: np.ndarray) -> WideChunk:
+    n = counts.size
+    # Weighted sampling without replacement (Efraimidis-Spirakis): the k largest of log(u) / w.
+    # Gauge jokes go first unless the user happened to skip one.
+    keys = np.log(rng.random((n, p.jokes))) / np.exp(log_weights)
+    gauge_kept = model.gauge & (rng.random((n, p.jokes)) >= GAUGE_MISS_PROBABILITY)
+    keys[gauge_kept] = np.inf
+    order = np.argsort(-keys, axis=1, kind="stable")
+    rated = np.zeros((n, p.jokes), dtype=bool)
+    take = np.arange(p.jokes)[None, :] < counts[:, None]
+    rows = np.broadcast_to(np.arange(n)[:, None], order.shape)
+    rated[rows[take], order[take]] = True
+
+    signal = (p.mean + user_effects[:, None] + model.joke_effects[None, :]
+              + user_factors @ model.joke_factors.T)
+    values = _observed(signal, rng, p)
+    values[~rated] = np.nan
+    return WideChunk(start + 1, values, user_factors, user_effects)
 
 
 # Past this many jokes a table is generated as long triples (:func:`generate_long_chunks`): a wide chunk
@@ -175,31 +188,50 @@ def generate_long_chunks(p: GeneratorParams) -> Iterator[tuple[np.ndarray, np.nd
     popularity *with* replacement and repeats dropped, so a user rates a few fewer jokes than drawn (about
     ``draws^2 / (2 jokes)`` with even popularity). The same parameters always give the same table (not the
     table :func:`generate_chunks` would give)."""
+    return (task() for task in _long_tasks(p))
+
+
+def _long_tasks(p: GeneratorParams) -> Iterator[Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray]]]:
     model = planted_model(p)
     chunk_users = max(1, int(RATINGS_PER_LONG_CHUNK // max(1.0, p.mean_ratings)))
     cumulative = np.cumsum(model.popularity / model.popularity.sum())
-    gauge = np.flatnonzero(model.gauge)
     for start, rng, user_factors, user_effects, counts in _user_chunks(p, chunk_users, 2):
-        n = counts.size
-        owners = np.repeat(np.arange(n, dtype=np.int64), counts)
-        drawn = np.minimum(np.searchsorted(cumulative, rng.random(owners.size), side="right"), p.jokes - 1)
-        gauge_owners = np.repeat(np.arange(n, dtype=np.int64), gauge.size)
-        gauge_jokes = np.tile(gauge, n)
-        kept = rng.random(gauge_owners.size) >= GAUGE_MISS_PROBABILITY
-        cells = np.unique(np.concatenate([owners * p.jokes + drawn, (gauge_owners * p.jokes + gauge_jokes)[kept]]))
-        users, jokes = cells // p.jokes, cells % p.jokes
-        signal = (p.mean + user_effects[users] + model.joke_effects[jokes]
-                  + np.einsum("ij,ij->i", user_factors[users], model.joke_factors[jokes]))
-        yield users + start + 1, jokes + 1, _observed(signal, rng, p)
+        yield partial(_long_chunk, p, model, cumulative, start, rng, user_factors, user_effects, counts)
+
+
+def _long_chunk(p: GeneratorParams, model: PlantedModel, cumulative: np.ndarray, start: int,
+                rng: np.random.Generator, user_factors: np.ndarray, user_effects: np.ndarray,
+                counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = counts.size
+    gauge = np.flatnonzero(model.gauge)
+    owners = np.repeat(np.arange(n, dtype=np.int64), counts)
+    drawn = np.minimum(np.searchsorted(cumulative, rng.random(owners.size), side="right"), p.jokes - 1)
+    gauge_owners = np.repeat(np.arange(n, dtype=np.int64), gauge.size)
+    gauge_jokes = np.tile(gauge, n)
+    kept = rng.random(gauge_owners.size) >= GAUGE_MISS_PROBABILITY
+    cells = np.unique(np.concatenate([owners * p.jokes + drawn, (gauge_owners * p.jokes + gauge_jokes)[kept]]))
+    users, jokes = cells // p.jokes, cells % p.jokes
+    signal = (p.mean + user_effects[users] + model.joke_effects[jokes]
+              + np.einsum("ij,ij->i", user_factors[users], model.joke_factors[jokes]))
+    return users + start + 1, jokes + 1, _observed(signal, rng, p)
 
 
 def long_chunks(p: GeneratorParams) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(user id, joke id, rating) chunks of the table, generated the way that suits its shape."""
+    return (task() for task in long_chunk_tasks(p))
+
+
+def long_chunk_tasks(p: GeneratorParams) -> Iterator[Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """:func:`long_chunks` as independent tasks, in order (see :func:`wide_chunk_tasks`)."""
     if p.jokes > LONG_FROM_JOKES:
-        yield from generate_long_chunks(p)
+        yield from _long_tasks(p)
     else:
-        for chunk in generate_chunks(p):
-            yield chunk.long()
+        for task in wide_chunk_tasks(p):
+            yield partial(_as_long, task)
+
+
+def _as_long(task: Callable[[], WideChunk]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return task().long()
 
 
 def _cell_strings() -> np.ndarray:

