@@ -402,6 +402,12 @@ def test_limit_probes_bracket_each_unreached_memory_limit_and_run_one_engine():
                           "spark": {"completed": False, "skipped": True, "limit": "not run: a probe of numpy's"}}}
     found = limits(points + [failed], fit_cost_model(points, rank, iterations, holdout=False), cfg)
     assert found["numpy"]["first_not_fitted"]["users"] == 5_000_000
+    # a probe that fitted (in fewer iterations) is a limit measurement, not a point of the cost model
+    fitted = {**failed, "engines": {**failed["engines"], "numpy": {"completed": True, "fit_seconds": 1.0,
+                                                                   "peak_rss_mb": 1.0, "path": "sparse"}}}
+    assert fit_cost_model(points + [fitted], rank, iterations) == fit_cost_model(points, rank, iterations)
+    assert limits(points + [fitted], fit_cost_model(points, rank, iterations), cfg)["numpy"]["largest_fitted"][
+        "users"] == 5_000_000
     assert found["spark"]["first_not_fitted"] is None and found["spark"]["largest_fitted"]["users"] == 1_000_000
 
 

@@ -367,6 +367,7 @@ class ScaleConfig(Section):
                                              "users-axis sizes past the listed ones, as multiples of the users at "
                                              "which an engine's memory model reaches the budget, run for an engine "
                                              "that fitted every listed size (empty: none)")
+    limit_probe_iterations: PositiveInt = key(2, "ALS iterations of a limit probe (its memory peaks in the first)")
     density_axis: list[PositiveNumber] = key([5, 10, 25, 50, 100],
                                              "mean ratings per user at each point of the density axis")
     density_axis_users: PositiveInt = key(100_000, "users on the density axis")

@@ -114,7 +114,9 @@ def fit_cost_model(points: list[dict], rank: int, iterations: int, holdout: bool
     the completed points less the held-out ones, and the held-out checks."""
     model = {"rank": rank, "iterations": iterations, "check_target": CHECK_TARGET}
     for engine in ENGINES:
-        rows = [(p, p["engines"][engine]) for p in points if p["engines"].get(engine, {}).get("completed")]
+        # limit probes (fewer iterations, one engine) measure a limit, not the cost: not fitted on
+        rows = [(p, p["engines"][engine]) for p in points
+                if p["engines"].get(engine, {}).get("completed") and "probe" not in p]
         names = terms(engine)
         features = {id(row): _measured_features(engine, *row, rank) for row in rows}
         # One point per term the points exercise: a term that is zero at every point (the sparse path's, when

@@ -123,7 +123,8 @@ def render_scale(study: dict) -> str:
     rows = []
     for p in study["points"]:
         numpy_r, spark_r = p["engines"].get("numpy", {}), p["engines"].get("spark", {})
-        rows.append([p["axis"], f"{p['users']:,}", f"{p['jokes']:,}", f"{p['train_ratings']:,}",
+        axis = p["axis"] + (f" (limit probe, {p['iterations']} iterations)" if "probe" in p else "")
+        rows.append([axis, f"{p['users']:,}", f"{p['jokes']:,}", f"{p['train_ratings']:,}",
                      _cell(numpy_r, "fit_seconds", "{:.2f}") + (f" ({numpy_r['path']})" if numpy_r.get("path") else ""),
                      _cell(numpy_r, "peak_rss_mb", "{:,.0f}"),
                      _cell(spark_r, "fit_seconds", "{:.2f}"), _cell(spark_r, "peak_rss_mb", "{:,.0f}"),
@@ -234,7 +235,8 @@ def plot(study: dict, path: str) -> bool:
     fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(12, 4.5))
     for axis, style in zip(AXES, ("-o", ":^", "--s")):
         for engine, color in (("numpy", "tab:blue"), ("spark", "tab:orange")):
-            done = [p for p in study["points"] if p["axis"] == axis and p["engines"][engine].get("completed")]
+            done = [p for p in study["points"] if p["axis"] == axis and p["engines"][engine].get("completed")
+                    and "probe" not in p]  # a probe's fewer iterations would bend the time line
             if not done:
                 continue
             x = [p["train_ratings"] for p in done]

@@ -53,7 +53,10 @@ def limit_probes(points: list[dict], cfg: dict) -> list[dict]:
     measured, not only modelled: for each engine that fitted every users-axis size so far, the multiples
     ``scale.limit_probes`` of the users at which its memory model (fitted on the points so far, all of them)
     reaches the budget, rounded to 100,000 users and above the largest size run. Each probe runs that engine
-    only; a failed probe stops the larger ones, as on the axis."""
+    only, for ``scale.limit_probe_iterations`` iterations: NumPy ALS allocates everything it holds (the ratings,
+    the blocks' buffers, the factors) before its first iteration ends, so more iterations add time but no
+    memory; the probes' times are for those iterations and stay out of the cost model. A failed probe stops the
+    larger ones, as on the axis."""
     scale = cfg["scale"]
     if not scale["limit_probes"]:
         return []
@@ -111,7 +114,9 @@ def run_study(cfg: dict) -> dict:
             started = time.perf_counter()
             sizes = write_split_parquet(params, data_dir, scale["test_fraction"], scale["seed"])
             point = {**spec, **sizes, "ratings": sizes["train_ratings"] + sizes["test_ratings"],
-                     "generate_seconds": time.perf_counter() - started, "engines": {}}
+                     "generate_seconds": time.perf_counter() - started, "engines": {},
+                     # a limit probe measures memory, which the first iteration has already reached
+                     "iterations": scale["limit_probe_iterations"] if "probe" in spec else scale["maxIter"]}
             log.info("  %s training ratings, generated in %.0f s", f"{sizes['train_ratings']:,}",
                      point["generate_seconds"])
             for engine in ENGINES:
@@ -127,7 +132,7 @@ def run_study(cfg: dict) -> dict:
                 cheap = sizes["train_ratings"] <= scale["repeat_below_ratings"]
                 repeats = scale["repeats"] if cheap else 1
                 worker = WorkerSpec(engine=engine, data_dir=str(data_dir), rank=scale["rank"],
-                                    reg_param=scale["regParam"], max_iter=scale["maxIter"], repeats=repeats,
+                                    reg_param=scale["regParam"], max_iter=point["iterations"], repeats=repeats,
                                     result_file=str(data_dir / f"{engine}-result.json"),
                                     spark_driver_memory=scale["spark_driver_memory"],
                                     dense_budget_mb=scale["numpy_dense_budget_mb"])
