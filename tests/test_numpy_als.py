@@ -248,3 +248,26 @@ def test_one_user_half_step_recovers_spark_user_factors(spark):
     assert np.max(np.abs(plain_l2 - spark_users)) > 1e-2 * scale
     print(f"largest difference from Spark's user factors: {np.max(np.abs(ours - spark_users)) / scale:.2e} "
           f"of the largest factor entry")
+
+
+def test_ratings_in_user_order_and_shuffled_give_the_same_matrix():
+    """Input in ascending user order is taken without a sort (where each user's rows begin is read off the ids);
+    the same ratings shuffled are sorted into the same users, rows and per-user ratings."""
+    rng = np.random.default_rng(4)
+    users = np.sort(rng.choice([3, 8, 9, 40, 41, 700], size=5_000)).astype(np.int32)
+    jokes = rng.integers(1, 30, size=5_000).astype(np.int32)
+    ratings = rng.uniform(-10, 10, size=5_000).astype(np.float32)
+    ordered = RatingMatrix.from_ids(users, jokes, ratings)
+    order = rng.permutation(users.size)
+    shuffled = RatingMatrix.from_ids(users[order], jokes[order], ratings[order])
+    assert ordered.user_ids.tolist() == shuffled.user_ids.tolist() == [3, 8, 9, 40, 41, 700]
+    assert ordered.indptr.tolist() == shuffled.indptr.tolist()
+    assert ordered.indptr[-1] == 5_000 and np.all(np.diff(ordered.indptr) > 0)
+    for u in range(6):
+        rows = slice(ordered.indptr[u], ordered.indptr[u + 1])
+        want = sorted(zip(ordered.jokes[rows].tolist(), ordered.ratings[rows].tolist()))
+        assert sorted(zip(shuffled.jokes[rows].tolist(), shuffled.ratings[rows].tolist())) == want
+        assert want == sorted(zip((jokes[users == ordered.user_ids[u]] - 1).tolist(),
+                                  ratings[users == ordered.user_ids[u]].tolist()))
+    empty = RatingMatrix.from_ids(users[:0], jokes[:0], ratings[:0])
+    assert empty.shape == (0, 0) and empty.indptr.tolist() == [0]
