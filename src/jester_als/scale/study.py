@@ -52,7 +52,8 @@ def limit_probes(points: list[dict], cfg: dict) -> list[dict]:
     """Users-axis points past the listed sizes, so that a memory limit the listed sizes did not reach is
     measured, not only modelled: for each engine that fitted every users-axis size so far, the multiples
     ``scale.limit_probes`` of the users at which its memory model (fitted on the points so far, all of them)
-    reaches the budget, rounded to 100,000 users and above the largest size run. Each probe runs that engine
+    reaches the budget, rounded to 100,000 users, above the largest users-axis size run and at most ten times it
+    (a model extrapolated further is not worth a run of that size). Each probe runs that engine
     only, for ``scale.limit_probe_iterations`` iterations: NumPy ALS allocates everything it holds (the ratings,
     the blocks' buffers, the factors) before its first iteration ends, so more iterations add time but no
     memory; the probes' times are for those iterations and stay out of the cost model. A failed probe stops the
@@ -69,7 +70,7 @@ def limit_probes(points: list[dict], cfg: dict) -> list[dict]:
             continue
         for factor in scale["limit_probes"]:
             users = int(round(predicted["users"] * factor, -5))
-            if users > largest:
+            if largest < users <= 10 * largest:
                 probes.append(users_point(users, probe=engine))
     return sorted(probes, key=lambda p: p["users"])
 
@@ -149,8 +150,9 @@ def run_study(cfg: dict) -> dict:
             for name in ("train.parquet", "test.parquet"):
                 (data_dir / name).unlink(missing_ok=True)
             index += 1
-            if spec["axis"] == "users" and "probe" not in spec and (index == len(specs)
-                                                                    or specs[index]["axis"] != "users"):
+            if index == len(specs) and not any("probe" in s for s in specs):
+                # after every axis: on the users axis alone ratings, rows and dense cells grow together, and
+                # the memory model could not tell its terms apart
                 probes = limit_probes(points, cfg)
                 log.info("scale: %s", "limit probes at " + ", ".join(f"{p['users']:,} users ({p['probe']})"
                                                                      for p in probes) if probes else "no limit probes")
