@@ -186,3 +186,15 @@ def test_every_key_of_the_models_is_documented():
     assert len(rows) > 100
     assert [key for key, _, _, doc in rows if not doc.strip()] == []
     assert ("als.blocks", "integer or string", "auto") == rows[[r[0] for r in rows].index("als.blocks")][:3]
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    """PyYAML keeps the last of two equal keys without a word; the config names both, for every mapping."""
+    conf = tmp_path / "twice.yaml"
+    conf.write_text("als:\n  seed: 1\n  seed: 2\ntune:\n  grid:\n    rank: [5]\n    rank: [10]\nals:\n  blocks: 2\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(conf))
+    assert caught.value.problems == ["als.seed: given twice (lines 2 and 3); remove one",
+                                     "tune.grid.rank: given twice (lines 6 and 7); remove one",
+                                     "als: given twice (lines 1 and 8); remove one"]
+    assert str(conf) in str(caught.value)

@@ -534,6 +534,27 @@ def resolve_conf_path(path: str) -> str:
                        f"packaged configs: {', '.join(sorted(packaged)) or 'none'}"])
 
 
+def duplicate_keys(node: yaml.Node | None, path: str = "") -> list[str]:
+    """A problem for every key given twice in one mapping of a composed YAML document (PyYAML keeps the last
+    value without a word), with the lines of both."""
+    problems: list[str] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else str(key)
+            where = f"{path}.{name}" if path else str(name)
+            if name in seen:
+                problems.append(f"{where}: given twice (lines {seen[name]} and {key.start_mark.line + 1}); "
+                                f"remove one")
+            else:
+                seen[name] = key.start_mark.line + 1
+            problems += duplicate_keys(value, where)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            problems += duplicate_keys(item, f"{path}[{i}]")
+    return problems
+
+
 def load_config(path: str | None, overrides: Iterable[str] = (), *, base: dict | None = None) -> dict:
     """Read YAML from ``path`` (or start from ``base``), apply ``--set`` overrides, validate, fill defaults.
 
@@ -548,9 +569,13 @@ def load_config(path: str | None, overrides: Iterable[str] = (), *, base: dict |
         source = resolve_conf_path(path)
         try:
             with open(source, encoding="utf-8") as fh:
-                raw = yaml.safe_load(fh) or {}
+                text = fh.read()
+            duplicates = duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
+            raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
             raise ConfigError([f"not valid YAML: {exc}"], source) from None
+        if duplicates:  # YAML would keep the last silently
+            raise ConfigError(duplicates, source)
         if not isinstance(raw, dict):
             raise ConfigError([f"expected a mapping at the top, got {type(raw).__name__}"], source)
     overrides = list(overrides)
