@@ -24,6 +24,7 @@ first (:func:`fit_biases`), then the objective above on the residuals ``r_uj - m
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -317,6 +318,7 @@ FALLBACK_CACHE_BYTES = 8 * 2**20  # where the OS does not say (macOS, Windows)
 MIN_BLOCK_ROWS = 512
 
 
+@functools.lru_cache(maxsize=1)
 def last_level_cache_bytes() -> int:
     """The size of the CPU's last-level cache, as Linux reports it in sysfs (``os.sysconf`` has no name for
     it, and glibc's ``getconf LEVEL3_CACHE_SIZE`` gave ten times the real size on this VM)."""
