@@ -389,6 +389,15 @@ def test_limit_probes_bracket_each_unreached_memory_limit_and_run_one_engine():
         (int(round(predicted[e]["predicted"]["users"] * f, -5)), e) for e in ENGINES for f in (0.8, 1.2))
     assert all(p["axis"] == "users" and p["jokes"] == 100 and p["users"] > 1_000_000 for p in probes)
     assert limit_probes(points, {**cfg, "scale": {**cfg["scale"], "limit_probes": []}}) == []
+    # the progress line does not extrapolate the axes' time per rating to a one-engine, two-iteration probe
+    import time
+
+    from jester_als.scale.study import _progress
+
+    specs = [{"axis": p["axis"], "users": p["users"], "jokes": p["jokes"], "mean_ratings": 58.0} for p in points]
+    line = _progress(len(specs), specs + probes, [60.0] * len(specs), time.monotonic())
+    assert line.endswith("a limit probe of numpy, its time not estimated") and line.startswith(
+        f"point {len(specs) + 1}/{len(specs) + 4} (users axis, {probes[0]['users']:,} x 100)")
 
     # Spark stopped on the axis: only NumPy is probed
     stopped = json.loads(json.dumps(points))

@@ -83,7 +83,9 @@ def _progress(index: int, specs: list[dict], seconds: list[float], started: floa
     planned = np.array([s["users"] * s["mean_ratings"] for s in specs], dtype=float)
     elapsed = time.monotonic() - started
     left = "time left known after two points"
-    if index >= 2:
+    if "probe" in spec:  # one engine for a few iterations: the axes' time per rating says nothing of it
+        left = f"a limit probe of {spec['probe']}, its time not estimated"
+    elif index >= 2:
         from scipy.optimize import nnls
 
         coef, _ = nnls(np.column_stack([np.ones(index), planned[:index]]), np.array(seconds[:index]))
