@@ -195,15 +195,15 @@ def _long_tasks(p: GeneratorParams) -> Iterator[Callable[[], tuple[np.ndarray, n
     model = planted_model(p)
     chunk_users = max(1, int(RATINGS_PER_LONG_CHUNK // max(1.0, p.mean_ratings)))
     cumulative = np.cumsum(model.popularity / model.popularity.sum())
+    gauge = np.flatnonzero(model.gauge)
     for start, rng, user_factors, user_effects, counts in _user_chunks(p, chunk_users, 2):
-        yield partial(_long_chunk, p, model, cumulative, start, rng, user_factors, user_effects, counts)
+        yield partial(_long_chunk, p, model, cumulative, gauge, start, rng, user_factors, user_effects, counts)
 
 
-def _long_chunk(p: GeneratorParams, model: PlantedModel, cumulative: np.ndarray, start: int,
+def _long_chunk(p: GeneratorParams, model: PlantedModel, cumulative: np.ndarray, gauge: np.ndarray, start: int,
                 rng: np.random.Generator, user_factors: np.ndarray, user_effects: np.ndarray,
                 counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n = counts.size
-    gauge = np.flatnonzero(model.gauge)
     owners = np.repeat(np.arange(n, dtype=np.int64), counts)
     drawn = np.minimum(np.searchsorted(cumulative, rng.random(owners.size), side="right"), p.jokes - 1)
     gauge_owners = np.repeat(np.arange(n, dtype=np.int64), gauge.size)

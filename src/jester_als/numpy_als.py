@@ -384,6 +384,7 @@ class _Solver:
         self.starts = list(range(0, n_users, self.block))
         self.dense = uses_dense_path(n_users, n_jokes, data.nnz, dense_budget_mb)
         self.offsets = packed_offsets(rank)
+        self.width = rank * (rank + 1) // 2  # rows of a packed upper triangle
         self.user_counts = data.user_counts
         self.joke_counts = data.joke_counts
         if self.dense:  # the block products read these two in place: built once per fit
@@ -423,7 +424,7 @@ class _Solver:
         """(k(k+1)/2, n) packed upper triangles of the n outer products x x^T, from factors as (k, n): one
         broadcast product of contiguous rows per factor row (symmetric, so half)."""
         k = self.rank
-        out = np.empty((len(self.offsets) and self.offsets[-1] + 1, factors_t.shape[1]), dtype=factors_t.dtype)
+        out = np.empty((self.width, factors_t.shape[1]), dtype=factors_t.dtype)
         for i, start in enumerate(self.offsets):
             np.multiply(factors_t[i], factors_t[i:], out=out[start:start + k - i])
         return out
@@ -456,10 +457,9 @@ class _Solver:
         n_jokes = self.data.shape[1]
         users32 = users.astype(np.float32)
         users_t = np.ascontiguousarray(users32.T)  # (k, n): each block's outer products from contiguous rows
-        width = self.offsets[-1] + 1
 
         def accumulate(starts: list[int]) -> tuple[np.ndarray, np.ndarray]:
-            upper = np.zeros((width, n_jokes), dtype=np.float64)
+            upper = np.zeros((self.width, n_jokes), dtype=np.float64)
             rhs = np.zeros((self.rank, n_jokes), dtype=np.float64)
             for start in starts:
                 pattern, weighted = self._block(start)
@@ -475,7 +475,7 @@ class _Solver:
 
         shares = [self.starts[t::self.threads] for t in range(self.threads)]
         parts = list(pool.map(accumulate, [share for share in shares if share]))
-        upper = sum((p[0] for p in parts), np.zeros((width, n_jokes)))
+        upper = sum((p[0] for p in parts), np.zeros((self.width, n_jokes)))
         rhs = sum((p[1] for p in parts), np.zeros((self.rank, n_jokes)))
         out = np.empty((n_jokes, self.rank))
 
