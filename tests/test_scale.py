@@ -79,17 +79,29 @@ def test_tiny_grid_writes_json_markdown_and_plot(tiny_study):
         assert entry["fitted"] and entry["checks"] == [] and "holding two out" in entry["checks_skipped"]
         limits = study["limits"][engine]
         assert limits["largest_fitted"]["users"] == 1200 and limits["first_not_fitted"] is None
+    # Spark's own account of its memory: the cached training ratings in storage memory, none of it on disk at
+    # these sizes, so its heap held everything up to the largest
+    for point in study["points"]:
+        signals = point["engines"]["spark"]["spark_memory"]
+        assert signals["storage_memory_peak_mb"] > 0 and signals["storage_disk_peak_mb"] == 0
+        assert signals["spilled_mb"] == 0 and 0 <= signals["gc_share"] < 1
+    held = study["limits"]["spark"]["in_memory"]
+    assert held["largest_held"]["users"] == 1200 and held["first_on_disk"] is None
     assert [p["name"] for p in study["predictions"]][0] == "real Jester (dataset 1)"
     markdown = (out / "scale.md").read_text()
     assert "| users | 1,200 | 100 |" in markdown and "Crossover on the density axis" in markdown
     assert "## Cost model" in markdown and "## Predictions" in markdown and "## Single-machine limits" in markdown
     assert "every size on the axis fitted, so the measured limit lies beyond it" in markdown
+    assert "its heap held every cached block up to 1,200 users, and nothing spilled" in markdown
     assert "no held-out check: 5 completed points" in markdown
     assert "In the cluster column the time is arithmetic, not measurement" in markdown
     # the cluster side measured by Spark itself: shuffle bytes per iteration grow with the data, two executors
     # each report a peak, and the model fitted on two sizes is checked on the third
     cluster = study["cluster"]["measurements"]
     assert [(m["users"], m["executors"]) for m in cluster] == [(300, 2), (600, 2), (1200, 2)]
+    # one application per executor count fitted every size: one worker log for it, a 3- and a 1-iteration fit
+    assert sorted(p.name for p in (out / "worker-logs").glob("cluster-*")) == ["cluster-2-worker.log"]
+    assert study["cluster"]["iterations"] == {"short": 1, "long": 3}
     shuffled = [m["shuffle_bytes_per_iteration"] for m in cluster]
     assert 0 < shuffled[0] < shuffled[1] < shuffled[2]
     assert all(len(m["executor_peaks_mb"]) == 2 and min(m["executor_peaks_mb"]) > 50 for m in cluster)

@@ -89,11 +89,16 @@ def cluster_lines(cluster: dict | None) -> list[str]:
     """The standalone-cluster measurements and the cluster model fitted to them."""
     if not cluster:
         return []
+    # studies before one application per executor count ran a 6- and a 2-iteration fit
+    iterations = cluster.get("iterations") or {"short": 2, "long": 6}
+    short, long = iterations["short"], iterations["long"]
     lines = ["", "## Measured on a standalone cluster", "",
              "Spark ALS on the project's standalone cluster (one worker on this machine) with one-core executors "
-             "and as many ALS blocks; Spark's REST API gives the shuffle bytes written per iteration (a 6-iteration "
-             "fit less a 2-iteration fit, over 4) and each executor's peak memory (its process tree's resident "
-             "set). Wall-clock speed-up is not measured: the executors share this machine's cores.", ""]
+             "and as many ALS blocks, one application per executor count fitting the sizes smallest first; "
+             f"Spark's REST API gives the shuffle bytes written per iteration (a {long}-iteration fit less a "
+             f"{short}-iteration fit, over {long - short}) and each executor's peak memory during a size's stages "
+             "(its process tree's resident set, which keeps what a smaller size grew). Wall-clock speed-up is not "
+             "measured: the executors share this machine's cores.", ""]
     rows = []
     for m in cluster["measurements"]:
         rows.append([f"{m['users']:,}", f"{m['train_ratings']:,}", str(m["executors"]),
@@ -161,6 +166,15 @@ def render_scale(study: dict) -> str:
                 f"{largest['peak_mb']:,.0f} MB)" if largest else "no size fitted"]
         said.append(f"{first['users']:,} users did not ({first['why']})" if first
                     else "every size on the axis fitted, so the measured limit lies beyond it")
+        held = limit.get("in_memory")
+        if held:
+            kept, disk = held["largest_held"], held["first_on_disk"]
+            said.append((f"its heap held every cached block up to {kept['users']:,} users" if kept
+                         else "its heap held the cached blocks at no size")
+                        + (f"; from {disk['users']:,} users {disk['disk_mb']:,.0f} MB of them were on disk and "
+                           f"{disk['spilled_mb']:,.0f} MB spilled (garbage collection {disk['gc_share']:.0%} of task "
+                           f"time), so past that its memory is the heap and the cost is disk"
+                           if disk else ", and nothing spilled"))
         if predicted:
             said.append(f"the memory model reaches the budget at {predicted['users'] / 1e6:,.2f} M users "
                         f"({predicted['train_ratings'] / 1e6:,.0f} M ratings"

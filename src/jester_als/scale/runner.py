@@ -52,7 +52,7 @@ def run_worker(spec: WorkerSpec, *, memory_budget_mb: float, time_budget_seconds
         peak = max(peak, rss)
         elapsed = time.perf_counter() - started
         if elapsed >= next_beat:
-            log.info("    %s worker (%s): %.0f s so far, %s MB now, peak %s MB", spec.engine, Path(spec.data_dir).name,
+            log.info("    %s worker (%s): %.0f s so far, %s MB now, peak %s MB", spec.engine, name or data_dir.name,
                      elapsed, f"{rss / 2**20:,.0f}", f"{peak / 2**20:,.0f}")
             next_beat += HEARTBEAT_SECONDS
         if rss > budget_bytes:

@@ -178,6 +178,25 @@ def run_study(cfg: dict) -> dict:
             "predictions": predict(model, cfg, cluster)}
 
 
+def in_memory(fitted: list[dict], engine: str) -> dict | None:
+    """Where Spark's heap stopped holding what it caches: the largest fitted size with no cached block on disk
+    and nothing spilled, and the first fitted size with either, as its own REST API reported them (points of
+    studies before these signals were recorded give None)."""
+    signals = [(p, p["engines"][engine].get("spark_memory")) for p in fitted]
+    if not signals or any(s is None for _, s in signals):
+        return None
+
+    def size(point, s):
+        return {"users": point["users"], "train_ratings": point["train_ratings"],
+                "disk_mb": s["storage_disk_peak_mb"], "spilled_mb": s["spilled_mb"],
+                "storage_memory_mb": s["storage_memory_peak_mb"], "gc_share": s["gc_share"]}
+
+    on_disk = [i for i, (_, s) in enumerate(signals) if s["storage_disk_peak_mb"] > 0 or s["spilled_mb"] > 0]
+    first = on_disk[0] if on_disk else len(signals)
+    return {"largest_held": size(*signals[first - 1]) if first else None,
+            "first_on_disk": size(*signals[first]) if on_disk else None}
+
+
 def limits(points: list[dict], model: dict, cfg: dict) -> dict:
     """Per engine, along the users axis: the largest size measured to fit, the first size that did not (and
     why), and the size at which the memory model reaches the study's memory budget (the line a run is stopped
@@ -198,6 +217,8 @@ def limits(points: list[dict], model: dict, cfg: dict) -> dict:
                                "peak_mb": largest["engines"][engine]["peak_rss_mb"]} if largest else None,
             "first_not_fitted": {"users": stopped[0]["users"], "train_ratings": stopped[0]["train_ratings"],
                                  "why": stopped[0]["engines"][engine]["limit"]} if stopped else None,
+            # Spark's own account of where its heap stopped holding the data (absent from older studies)
+            **({"in_memory": held} if engine == "spark" and (held := in_memory(fitted, engine)) else {}),
             "predicted": predicted_limit(model.get(engine, {}), engine, per_user=per_user, jokes=100,
                                          rank=model["rank"], machine_mb=scale["memory_budget_mb"],
                                          dense_budget_mb=scale["numpy_dense_budget_mb"]) if users_points else None,

@@ -27,7 +27,9 @@ class WorkerSpec:
     spark_driver_memory: str = "4g"
     dense_budget_mb: float = 512.0
     seed: int = 1
-    cluster: dict | None = None  # engine "spark-cluster": master, executors, ui_port, executor_memory, short, long
+    # engine "spark-cluster": master, executors, ui_port, executor_memory and sizes ([{users, train}], data_dir
+    # holding their directories)
+    cluster: dict | None = None
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self)))
@@ -46,9 +48,8 @@ def run(spec: WorkerSpec) -> int:
     if spec.engine == "spark-cluster":
         from jester_als.scale.cluster import run_cluster_worker
 
-        result = run_cluster_worker({**spec.cluster, "train": str(data_dir / "train.parquet"), "rank": rank,
-                                     "reg_param": reg, "checkpoint_dir": str(data_dir / "checkpoints")})
-        Path(spec.result_file).write_text(json.dumps(result))
+        run_cluster_worker({**spec.cluster, "rank": rank, "reg_param": reg,
+                            "checkpoint_dir": str(data_dir / "checkpoints")}, Path(spec.result_file))
         return 0
     if spec.engine in ("numpy", "loop"):
         from jester_als.numpy_als import RatingMatrix, fit_loop_als, fit_numpy_als, rmse_mae
@@ -71,26 +72,34 @@ def run(spec: WorkerSpec) -> int:
     else:
         from pyspark.sql import SparkSession
 
+        from jester_als.localcluster import free_port
+        from jester_als.scale.cluster import StoragePeaks, spark_memory_signals
         from jester_als.session import als_blocks
         from jester_als.tune import fit_als, make_als, regression_metrics
 
+        ui_port = free_port()  # the UI serves the REST API that says whether the heap held the data
         spark = (SparkSession.builder.master("local[*]").appName("jester-als-worker")
-                 .config("spark.driver.memory", spec.spark_driver_memory).config("spark.ui.enabled", "false")
+                 .config("spark.driver.memory", spec.spark_driver_memory).config("spark.ui.enabled", "true")
+                 .config("spark.ui.port", str(ui_port)).config("spark.port.maxRetries", "0")
+                 .config("spark.ui.showConsoleProgress", "false")
                  .config("spark.sql.shuffle.partitions", str(os.cpu_count() or 2))
                  # inside the point's directory, which the study removes when it ends (also on failure)
                  .config("spark.checkpoint.dir", str(data_dir / "checkpoints"))
                  .config("spark.log.level", "ERROR").getOrCreate())
-        started = time.perf_counter()
-        train = spark.read.parquet(str(data_dir / "train.parquet")).persist()
-        train.count()
-        load_seconds = time.perf_counter() - started
-        als = make_als(seed=spec.seed, blocks=als_blocks(spark, "auto"))
-        for _ in range(repeats):
-            model, fit_seconds = fit_als(train, als, {"rank": rank, "regParam": reg, "maxIter": iters})
-            seconds.append(fit_seconds)
+        ui, app = f"http://127.0.0.1:{ui_port}", spark.conf.get("spark.app.id")
+        with StoragePeaks(ui, app) as storage:
+            started = time.perf_counter()
+            train = spark.read.parquet(str(data_dir / "train.parquet")).persist()
+            train.count()
+            load_seconds = time.perf_counter() - started
+            als = make_als(seed=spec.seed, blocks=als_blocks(spark, "auto"))
+            for _ in range(repeats):
+                model, fit_seconds = fit_als(train, als, {"rank": rank, "regParam": reg, "maxIter": iters})
+                seconds.append(fit_seconds)
         test = spark.read.parquet(str(data_dir / "test.parquet"))
         scores = regression_metrics(model.transform(test))
-        score = {"rmse": scores["rmse"], "mae": scores["mae"], "rows": scores["rows"], "load_seconds": load_seconds}
+        score = {"rmse": scores["rmse"], "mae": scores["mae"], "rows": scores["rows"], "load_seconds": load_seconds,
+                 "spark_memory": spark_memory_signals(ui, app, storage)}
         spark.stop()
     Path(spec.result_file).write_text(json.dumps({"seconds": seconds, **score}))
     return 0
