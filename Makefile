@@ -33,11 +33,13 @@ java:
 	  "Install it, e.g. 'sudo apt-get install -y openjdk-17-jre-headless' (Debian/Ubuntu)" \
 	  "or 'brew install openjdk@17' (macOS), then run make again." >&2; exit 1; }
 
+# --no-compile: pip would byte-compile every module of pyspark, MLflow and the rest up front; Python compiles
+# what it imports when it first imports it.
 $(STAMP): setup.py
 	@test -n "$(PYTHON)" || { echo "Python 3.10+ is needed (python3.11 or python3 on PATH)" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[spark,test]"
+	$(BIN)/pip install --quiet --no-compile -e ".[spark,test]"
 	touch $(STAMP)
 
 setup: java $(STAMP) ## create .venv and install the package with Spark and test tools
@@ -73,7 +75,7 @@ scale-docs: setup ## copy the last `make scale` run into docs/ and regenerate th
 $(STAMP40): setup.py
 	$(PYTHON) -m venv $(VENV40)
 	$(VENV40)/bin/pip install --quiet --upgrade pip
-	$(VENV40)/bin/pip install --quiet -e ".[spark,test]" "pyspark[connect]==$(SPARK40)"
+	$(VENV40)/bin/pip install --quiet --no-compile -e ".[spark,test]" "pyspark[connect]==$(SPARK40)"
 	touch $(STAMP40)
 
 setup-spark40: java $(STAMP40) ## a second environment with pyspark 4.0 (what Databricks runs) for the tests

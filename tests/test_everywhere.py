@@ -142,7 +142,8 @@ def _tasks_started(workdir: Path) -> int:
 @pytest.mark.cluster
 def test_tune_survives_losing_its_executor_mid_fit(spark, dist, tmp_path):
     """Kill the executor JVM while ALS is fitting; the standalone master starts a new one, lost work is
-    recomputed, and the job ends with the metrics of an undisturbed run."""
+    recomputed, and the job ends with the metrics of an undisturbed run (in this process, on local[2]: two
+    cores as on the cluster, so the same two ALS blocks and the same factors up to the order of float sums)."""
     from jester_als.generate import GeneratorParams, write_wide_csv
     from jester_als.localcluster import child_env, submit_command
 
@@ -153,40 +154,40 @@ def test_tune_survives_losing_its_executor_mid_fit(spark, dist, tmp_path):
                  "--set", f"output.dir={prepared}"]) == 0
     tune = ["tune.grid={rank: [5], regParam: [0.3], maxIter: [15]}", "tune.refit_max_iter=15"]
     runs = {}
+    calm_out = tmp_path / "undisturbed"
+    shutil.copytree(prepared, calm_out)
+    assert main(["tune", "--conf", "conf/local.yaml", "--set", f"output.dir={calm_out}",
+                 *(a for t in tune for a in ("--set", t))]) == 0
+    runs["undisturbed"] = json.loads((calm_out / "metrics.json").read_text())["spark_als"]
+    out = tmp_path / "executor_killed"
+    shutil.copytree(prepared, out)
     with standalone_cluster(tmp_path / "cluster", cores=2, memory="1g") as master:
-        for name in ("undisturbed", "executor_killed"):
-            out = tmp_path / name
-            shutil.copytree(prepared, out)
-            command = submit_command(master, "tune", str(ROOT / "conf" / "local.yaml"),
-                                     [f"output.dir={out}", f"spark.checkpoint_dir={tmp_path / 'ckpt' / name}",
-                                      *tune], dist=str(dist))
-            job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   env=child_env(), cwd=tmp_path)
-            killed = None
-            if name == "executor_killed":
-                lines = []
-                for line in job.stdout:  # wait until tuning has started (TVS or the job's loop: the same words)
-                    lines.append(line)
-                    if "grid points, trainRatio" in line:
-                        break
-                # Then until the executor has started ALS's tasks: its log shows them (observable, no sleep).
-                started = _tasks_started(tmp_path / "cluster")
-                deadline = time.monotonic() + 120
-                while _tasks_started(tmp_path / "cluster") < started + 10:
-                    assert time.monotonic() < deadline, "the executor never started the fit's tasks"
-                    time.sleep(0.1)
-                executors = _executors_under(tmp_path / "cluster")
-                assert executors, "no executor process found to kill"
-                for process in executors:
-                    process.kill()
-                killed = [p.pid for p in executors]
-            output, _ = job.communicate(timeout=600)
-            assert job.returncode == 0, output[-3000:]
-            if killed:
-                assert "Lost executor" in "".join(lines) + output  # the driver saw the loss and carried on
-            runs[name] = json.loads((out / "metrics.json").read_text())["spark_als"]
-            if killed:
-                assert not set(killed) & {p.pid for p in _executors_under(tmp_path / "cluster")}
+        command = submit_command(master, "tune", str(ROOT / "conf" / "local.yaml"),
+                                 [f"output.dir={out}", f"spark.checkpoint_dir={tmp_path / 'ckpt'}", *tune],
+                                 dist=str(dist))
+        job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=child_env(), cwd=tmp_path)
+        lines = []
+        for line in job.stdout:  # wait until tuning has started (TVS or the job's loop: the same words)
+            lines.append(line)
+            if "grid points, trainRatio" in line:
+                break
+        # Then until the executor has started ALS's tasks: its log shows them (observable, no sleep).
+        started = _tasks_started(tmp_path / "cluster")
+        deadline = time.monotonic() + 120
+        while _tasks_started(tmp_path / "cluster") < started + 10:
+            assert time.monotonic() < deadline, "the executor never started the fit's tasks"
+            time.sleep(0.1)
+        executors = _executors_under(tmp_path / "cluster")
+        assert executors, "no executor process found to kill"
+        for process in executors:
+            process.kill()
+        killed = [p.pid for p in executors]
+        output, _ = job.communicate(timeout=600)
+        assert job.returncode == 0, output[-3000:]
+        assert "Lost executor" in "".join(lines) + output  # the driver saw the loss and carried on
+        runs["executor_killed"] = json.loads((out / "metrics.json").read_text())["spark_als"]
+        assert not set(killed) & {p.pid for p in _executors_under(tmp_path / "cluster")}
     calm, hit = runs["undisturbed"], runs["executor_killed"]
     assert hit["best_params"] == calm["best_params"]
     assert hit["test_rmse"] == pytest.approx(calm["test_rmse"], rel=1e-6)
