@@ -23,7 +23,7 @@ SPARK_ENV = PYSPARK_PYTHON="$(CURDIR)/$(BIN)/python" PYSPARK_DRIVER_PYTHON="$(CU
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-spark40 java run lint test test-fast generate bench package submit cluster-demo connect-server scale scale-docs run-docs bench-docs clean
+.PHONY: help setup setup-spark40 java run lint test test-suite test-spark40 test-fast generate bench package submit cluster-demo connect-server scale scale-docs run-docs bench-docs clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -80,8 +80,15 @@ $(STAMP40): setup.py
 
 setup-spark40: java $(STAMP40) ## a second environment with pyspark 4.0 (what Databricks runs) for the tests
 
-test: setup setup-spark40 lint ## lint, the test suite on the newest pyspark, then the Spark-facing tests on pyspark 4.0
+# The two passes run side by side (each one's output printed whole when it ends): the suite alone leaves a
+# core idle while JVMs start and services come up.
+test: setup setup-spark40 lint ## lint, then the test suite on the newest pyspark beside the Spark-facing tests on pyspark 4.0
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test-suite test-spark40
+
+test-suite: setup
 	$(BIN)/pytest -q --durations=15 tests
+
+test-spark40: setup-spark40
 	$(VENV40)/bin/pytest -q --durations=5 $(SPARK40_TESTS)
 
 lint: setup ## ruff over the library, the jobs and the tests (settings in pyproject.toml)

@@ -30,8 +30,9 @@ def source_tree(target: Path) -> Path:
     for name in ("setup.py", "pyproject.toml", "README.md"):
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, target / name)
-    shutil.copytree(ROOT / "src", target / "src", symlinks=True,
-                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("src", "conf"):  # src/jester_als/conf is a link to conf/, as in the repository
+        shutil.copytree(ROOT / name, target / name, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     return target
 
 
