@@ -453,3 +453,28 @@ def test_generated_split_is_the_same_on_one_thread_and_on_two(tmp_path, monkeypa
         for a, b in zip(one, two):
             assert np.array_equal(a, b)
     assert files[0][1][0].size > 0.15 * (files[0][0][0].size + files[0][1][0].size)  # a split, not empty
+
+
+def test_a_probe_reads_the_first_users_of_a_larger_table(tmp_path, monkeypatch):
+    """A smaller limit probe fits the first users of its larger probe's table: the rows read up to a user id are
+    exactly the table's rows of those users, found from the row groups' statistics wherever the boundary falls
+    (inside a group, on a group's end, before the first user, past the last), and counted the same way."""
+    import pyarrow.parquet as pq
+
+    import jester_als.generate as generate
+    import jester_als.scale.data as data
+    from jester_als.generate import GeneratorParams
+
+    params = GeneratorParams(users=3_000, jokes=100, seed=5, mean_ratings=40, min_ratings=10, gauge_jokes=5)
+    monkeypatch.setattr(generate, "CELLS_PER_CHUNK", 30_000)  # ten chunks of 300 users, a row group each
+    data.write_split_parquet(params, tmp_path, 0.2, 42)
+    for name in ("train", "test"):
+        assert pq.ParquetFile(tmp_path / f"{name}.parquet").num_row_groups == 10
+        users, jokes, ratings = data.read_ratings(tmp_path / f"{name}.parquet")
+        assert users[0] == 1 and users[-1] == 3_000 and np.all(np.diff(users) >= 0)
+        for max_user in (0, 1, 450, 600, 2_999, 3_000, 10_000):
+            keep = users <= max_user
+            got = data.read_ratings(tmp_path / f"{name}.parquet", max_user)
+            for a, b in zip(got, (users[keep], jokes[keep], ratings[keep])):
+                assert np.array_equal(a, b), (name, max_user)
+            assert data.split_counts(tmp_path, max_user)[f"{name}_ratings"] == keep.sum()

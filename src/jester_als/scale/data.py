@@ -63,22 +63,54 @@ def in_order(tasks: Iterable[Callable[[], T]], threads: int) -> Iterator[T]:
             yield pending.popleft().result()
 
 
-def read_ratings(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(user, joke, rating) arrays of a Parquet file written by :func:`write_split_parquet`: int32 ids and
-    float32 ratings filled row group by row group, so the Arrow side never holds more than one row group (the
-    whole table as Arrow buffers would double the collected data's share of the engine's peak memory)."""
+def user_prefix(source, max_user: int | None) -> tuple[int, list[tuple[int, int]]]:
+    """The rows of a Parquet file written by :func:`write_split_parquet` (users ascending) whose user is at most
+    ``max_user`` (all rows for None), as (rows, [(row group, rows taken from its start)]): from the row groups'
+    statistics, reading the user column of the one group the boundary falls in."""
+    groups = []
+    for group in range(source.num_row_groups):
+        rows = source.metadata.row_group(group).num_rows
+        if max_user is None:
+            groups.append((group, rows))
+            continue
+        stats = source.metadata.row_group(group).column(0).statistics  # column 0 is "user"
+        if stats is not None and stats.has_min_max and stats.max <= max_user:
+            groups.append((group, rows))
+        elif stats is None or not stats.has_min_max or stats.min <= max_user:
+            users = arrow_column(source.read_row_group(group, columns=["user"]), "user")
+            groups.append((group, int(np.searchsorted(users, max_user, side="right"))))
+            break
+        else:
+            break
+    return sum(rows for _, rows in groups), groups
+
+
+def split_counts(directory: Path, max_user: int | None = None) -> dict:
+    """Training and test ratings of a table written by :func:`write_split_parquet` (of its first ``max_user``
+    users, when given)."""
+    import pyarrow.parquet as pq
+
+    return {f"{name}_ratings": user_prefix(pq.ParquetFile(directory / f"{name}.parquet"), max_user)[0]
+            for name in ("train", "test")}
+
+
+def read_ratings(path: Path, max_user: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(user, joke, rating) arrays of a Parquet file written by :func:`write_split_parquet` (its users up to
+    ``max_user``, when given): int32 ids and float32 ratings filled row group by row group, so the Arrow side
+    never holds more than one row group (the whole table as Arrow buffers would double the collected data's
+    share of the engine's peak memory)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     source = pq.ParquetFile(path)
-    rows = source.metadata.num_rows
+    rows, groups = user_prefix(source, max_user)
     out = {"user": np.empty(rows, np.int32), "joke": np.empty(rows, np.int32), "rating": np.empty(rows, np.float32)}
     position = 0
-    for group in range(source.num_row_groups):
-        table = source.read_row_group(group, columns=list(out))
+    for group, taken in groups:
+        table = source.read_row_group(group, columns=list(out)).slice(0, taken)
         for name, array in out.items():
-            array[position:position + table.num_rows] = arrow_column(table, name)
-        position += table.num_rows
+            array[position:position + taken] = arrow_column(table, name)
+        position += taken
         del table
     pa.default_memory_pool().release_unused()  # Arrow's allocator keeps freed buffers otherwise
     return out["user"], out["joke"], out["rating"]

@@ -14,7 +14,7 @@ import numpy as np
 from jester_als.generate import GeneratorParams
 from jester_als.outputs import now_iso, staged_outputs, write_text_atomic
 from jester_als.scale.costmodel import ENGINES, fit_cost_model, predict, predicted_limit
-from jester_als.scale.data import write_split_parquet
+from jester_als.scale.data import split_counts, write_split_parquet
 from jester_als.scale.render import plot, render_scale
 from jester_als.scale.runner import machine_memory_gb, run_worker
 from jester_als.scale.worker import WorkerSpec
@@ -109,13 +109,21 @@ def run_study(cfg: dict) -> dict:
             spec = specs[index]
             log.info("scale %s", _progress(index, specs, point_seconds, study_started))
             point_started = time.monotonic()
-            params = GeneratorParams.from_config(gen_cfg, users=spec["users"], jokes=spec["jokes"],
-                                                 mean_ratings=spec["mean_ratings"], min_ratings=spec["min_ratings"],
-                                                 gauge_jokes=spec["gauge_jokes"])
-            data_dir = work / (f"{spec['axis']}-{spec['users']}x{spec['jokes']}"
-                               + (f"-{spec['mean_ratings']:g}per" if spec["axis"] == "density" else ""))
+            # an engine's limit probes share one table, its largest probe's: a smaller probe fits its first users
+            table = max((s for s in specs if s.get("probe") and s["probe"] == spec["probe"]),
+                        key=lambda s: s["users"]) if "probe" in spec else spec
+            max_user = spec["users"] if table["users"] > spec["users"] else None
+            data_dir = work / (f"{table['axis']}-{table['users']}x{table['jokes']}"
+                               + (f"-{table['mean_ratings']:g}per" if table["axis"] == "density" else ""))
             started = time.perf_counter()
-            sizes = write_split_parquet(params, data_dir, scale["test_fraction"], scale["seed"])
+            if not (data_dir / "train.parquet").exists():
+                params = GeneratorParams.from_config(gen_cfg, users=table["users"], jokes=table["jokes"],
+                                                     mean_ratings=table["mean_ratings"],
+                                                     min_ratings=table["min_ratings"], gauge_jokes=table["gauge_jokes"])
+                if table is not spec:
+                    log.info("  generating %s users once for %s's limit probes", f"{table['users']:,}", spec["probe"])
+                write_split_parquet(params, data_dir, scale["test_fraction"], scale["seed"])
+            sizes = split_counts(data_dir, max_user)
             point = {**spec, **sizes, "ratings": sizes["train_ratings"] + sizes["test_ratings"],
                      "generate_seconds": time.perf_counter() - started, "engines": {},
                      # a limit probe measures memory, which the first iteration has already reached
@@ -138,10 +146,11 @@ def run_study(cfg: dict) -> dict:
                                     reg_param=scale["regParam"], max_iter=point["iterations"], repeats=repeats,
                                     result_file=str(data_dir / f"{engine}-result.json"),
                                     spark_driver_memory=scale["spark_driver_memory"],
-                                    dense_budget_mb=scale["numpy_dense_budget_mb"])
+                                    dense_budget_mb=scale["numpy_dense_budget_mb"], max_user=max_user)
                 result = run_worker(worker, memory_budget_mb=scale["memory_budget_mb"],
                                     time_budget_seconds=scale["time_budget_seconds"],
-                                    keep_log_in=Path(cfg["output"]["dir"]) / "worker-logs", keep_all_logs=True)
+                                    keep_log_in=Path(cfg["output"]["dir"]) / "worker-logs", keep_all_logs=True,
+                                    name=f"{data_dir.name}-{spec['users']}-{engine}" if max_user else None)
                 point["engines"][engine] = result
                 if not result["completed"]:
                     stopped[key] = result["limit"]
@@ -149,8 +158,9 @@ def run_study(cfg: dict) -> dict:
                          f"RMSE {result['rmse']:.4f}" if result["completed"] else result["limit"])
             points.append(point)
             point_seconds.append(time.monotonic() - point_started)
-            for name in ("train.parquet", "test.parquet"):
-                (data_dir / name).unlink(missing_ok=True)
+            if max_user is None:  # the table's last point (a probe's shared table ends with its largest probe)
+                for name in ("train.parquet", "test.parquet"):
+                    (data_dir / name).unlink(missing_ok=True)
             index += 1
             if index == len(specs) and not any("probe" in s for s in specs):
                 # after every axis: on the users axis alone ratings, rows and dense cells grow together, and

@@ -27,6 +27,7 @@ class WorkerSpec:
     spark_driver_memory: str = "4g"
     dense_budget_mb: float = 512.0
     seed: int = 1
+    max_user: int | None = None  # fit the table's users up to this id only (a limit probe on a larger table)
     # engine "spark-cluster": master, executors, ui_port, executor_memory and sizes ([{users, train}], data_dir
     # holding their directories)
     cluster: dict | None = None
@@ -37,6 +38,10 @@ class WorkerSpec:
     @classmethod
     def read(cls, path: str | Path) -> WorkerSpec:
         return cls(**json.loads(Path(path).read_text()))
+
+
+def users_up_to(frame, max_user: int | None):
+    return frame if max_user is None else frame.where(frame["user"] <= max_user)
 
 
 def run(spec: WorkerSpec) -> int:
@@ -55,7 +60,7 @@ def run(spec: WorkerSpec) -> int:
         from jester_als.numpy_als import RatingMatrix, fit_loop_als, fit_numpy_als, rmse_mae
 
         started = time.perf_counter()
-        train = RatingMatrix.from_ids(*read_ratings(data_dir / "train.parquet"))
+        train = RatingMatrix.from_ids(*read_ratings(data_dir / "train.parquet", spec.max_user))
         load_seconds = time.perf_counter() - started
         for _ in range(repeats):
             started = time.perf_counter()
@@ -66,7 +71,7 @@ def run(spec: WorkerSpec) -> int:
                 model = fit_loop_als(train, rank=rank, reg_param=reg, max_iter=iters, seed=spec.seed)
             seconds.append(time.perf_counter() - started)
         del train
-        users, jokes, ratings = read_ratings(data_dir / "test.parquet")
+        users, jokes, ratings = read_ratings(data_dir / "test.parquet", spec.max_user)
         score = {**rmse_mae(ratings, model.predict(users, jokes)), "path": model.layout, "blocks": model.blocks,
                  "load_seconds": load_seconds}
     else:
@@ -89,14 +94,14 @@ def run(spec: WorkerSpec) -> int:
         ui, app = f"http://127.0.0.1:{ui_port}", spark.conf.get("spark.app.id")
         with StoragePeaks(ui, app) as storage:
             started = time.perf_counter()
-            train = spark.read.parquet(str(data_dir / "train.parquet")).persist()
+            train = users_up_to(spark.read.parquet(str(data_dir / "train.parquet")), spec.max_user).persist()
             train.count()
             load_seconds = time.perf_counter() - started
             als = make_als(seed=spec.seed, blocks=als_blocks(spark, "auto"))
             for _ in range(repeats):
                 model, fit_seconds = fit_als(train, als, {"rank": rank, "regParam": reg, "maxIter": iters})
                 seconds.append(fit_seconds)
-        test = spark.read.parquet(str(data_dir / "test.parquet"))
+        test = users_up_to(spark.read.parquet(str(data_dir / "test.parquet")), spec.max_user)
         scores = regression_metrics(model.transform(test))
         score = {"rmse": scores["rmse"], "mae": scores["mae"], "rows": scores["rows"], "load_seconds": load_seconds,
                  "spark_memory": spark_memory_signals(ui, app, storage)}
