@@ -87,6 +87,7 @@ def test_tiny_grid_writes_json_markdown_and_plot(tiny_study):
         assert signals["spilled_mb"] == 0 and 0 <= signals["gc_share"] < 1
     held = study["limits"]["spark"]["in_memory"]
     assert held["largest_held"]["users"] == 1200 and held["first_on_disk"] is None
+    assert held["storage_model"]["unified_memory_mb"] == pytest.approx((1024 - 300) * 0.6)  # of the 1g heap
     assert [p["name"] for p in study["predictions"]][0] == "real Jester (dataset 1)"
     markdown = (out / "scale.md").read_text()
     assert "| users | 1,200 | 100 |" in markdown and "Crossover on the density axis" in markdown
@@ -478,3 +479,31 @@ def test_a_probe_reads_the_first_users_of_a_larger_table(tmp_path, monkeypatch):
             for a, b in zip(got, (users[keep], jokes[keep], ratings[keep])):
                 assert np.array_equal(a, b), (name, max_user)
             assert data.split_counts(tmp_path, max_user)[f"{name}_ratings"] == keep.sum()
+
+
+def test_spark_in_memory_limit_from_its_own_storage_figures():
+    """Spark's resident memory is its heap's size, so its in-memory limit is read from what it says it caches:
+    the largest size before the first with blocks on disk, and a line through the cached bytes that finds where
+    they fill the unified memory of the heap (UnifiedMemoryManager: (heap - 300 MB) x 0.6)."""
+    from jester_als.scale.study import in_memory
+
+    def point(users, disk_mb=0.0):
+        ratings = users * 58
+        cached = 5 + 40 * ratings / 2**20  # planted: 5 MB + 40 bytes a rating
+        return {"users": users, "train_ratings": ratings,
+                "engines": {"spark": {"completed": True, "spark_memory": {
+                    "storage_memory_peak_mb": cached, "storage_disk_peak_mb": disk_mb, "spilled_mb": 0.0,
+                    "gc_share": 0.01}}}}
+
+    found = in_memory([point(10_000), point(100_000), point(1_000_000), point(2_000_000, disk_mb=300.0)], "spark",
+                      "4g")
+    assert found["largest_held"]["users"] == 1_000_000 and found["first_on_disk"]["users"] == 2_000_000
+    model = found["storage_model"]
+    assert model["bytes_per_rating"] == pytest.approx(40, rel=1e-6) and model["fixed_mb"] == pytest.approx(5)
+    assert model["unified_memory_mb"] == pytest.approx((4096 - 300) * 0.6)
+    assert model["fills_at"]["train_ratings"] == pytest.approx((model["unified_memory_mb"] - 5) * 2**20 / 40)
+    assert model["fills_at"]["users"] == pytest.approx(model["fills_at"]["train_ratings"] / 58)
+    # studies recorded before Spark's own figures were kept: no claim
+    old = point(10_000)
+    del old["engines"]["spark"]["spark_memory"]
+    assert in_memory([old, point(100_000)], "spark", "4g") is None

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jester_als.config import size_mb
 from jester_als.errors import JobError
 from jester_als.generate import GeneratorParams
 from jester_als.outputs import now_iso, staged_outputs, write_text_atomic
@@ -66,8 +67,7 @@ def spark_heap_mb(train_ratings: int, bench: dict) -> int:
     within ``bench.memory_budget_mb``; BenchTooLargeError when Spark's need does not fit the budget."""
     setting, budget = bench["spark_driver_memory"], bench["memory_budget_mb"]
     if setting != "auto":
-        number, unit = setting[:-1], setting[-1].lower()
-        return int(float(number) * {"g": 1024, "m": 1}[unit])
+        return size_mb(setting)
     need = _heap_mb(train_ratings, SPARK_HEAP_NEED_BYTES_PER_RATING)
     if need + SPARK_PROCESS_OVERHEAD_MB > budget:
         raise BenchTooLargeError(

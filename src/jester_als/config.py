@@ -117,6 +117,11 @@ def _memory_size(v):
     return None if re.fullmatch(r"auto|\d+(\.\d+)?[mMgG]", v) else "must be auto or a size like 8g or 4096m"
 
 
+def size_mb(setting: str) -> int:
+    """MB of a JVM memory size as the config writes it ("16g", "4096m")."""
+    return int(float(setting[:-1]) * {"g": 1024, "m": 1}[setting[-1].lower()])
+
+
 def _range_pair(v):
     return None if len(v) == 2 and v[0] < v[1] else "must be [low, high] with low < high"
 

@@ -175,6 +175,14 @@ def render_scale(study: dict) -> str:
                            f"{disk['spilled_mb']:,.0f} MB spilled (garbage collection {disk['gc_share']:.0%} of task "
                            f"time), so past that its memory is the heap and the cost is disk"
                            if disk else ", and nothing spilled"))
+            model = held.get("storage_model")
+            if model and model["fills_at"]:
+                said.append(f"Spark's cached blocks grew {model['bytes_per_rating']:.1f} bytes a training rating "
+                            f"(+ {model['fixed_mb']:,.0f} MB; within {model['max_relative_error']:.0%} of every "
+                            f"point), so they fill the {model['unified_memory_mb']:,.0f} MB of unified memory of a "
+                            f"{model['heap']} heap at about {model['fills_at']['users'] / 1e6:,.2f} M users "
+                            f"({model['fills_at']['train_ratings'] / 1e6:,.0f} M ratings), where blocks start going "
+                            f"to disk; its resident memory is the heap's size, not this need")
         if predicted:
             said.append(f"the memory model reaches the budget at {predicted['users'] / 1e6:,.2f} M users "
                         f"({predicted['train_ratings'] / 1e6:,.0f} M ratings"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jester_als.config import size_mb
 from jester_als.generate import GeneratorParams
 from jester_als.outputs import now_iso, staged_outputs, write_text_atomic
 from jester_als.scale.costmodel import ENGINES, fit_cost_model, predict, predicted_limit
@@ -188,10 +189,18 @@ def run_study(cfg: dict) -> dict:
             "predictions": predict(model, cfg, cluster)}
 
 
-def in_memory(fitted: list[dict], engine: str) -> dict | None:
-    """Where Spark's heap stopped holding what it caches: the largest fitted size with no cached block on disk
-    and nothing spilled, and the first fitted size with either, as its own REST API reported them (points of
-    studies before these signals were recorded give None)."""
+# Spark's unified memory (execution and storage) in a heap (UnifiedMemoryManager: 300 MB reserved for the
+# system, spark.memory.fraction 0.6 of the rest, the default the workers keep); cached blocks that do not fit it go
+# to disk under ALS's MEMORY_AND_DISK.
+SPARK_RESERVED_MB, SPARK_MEMORY_FRACTION = 300, 0.6
+
+
+def in_memory(fitted: list[dict], engine: str, heap: str) -> dict | None:
+    """Where Spark's heap stops holding what it caches, measured and modelled from its own REST API: the largest
+    fitted size below the first with a cached block on disk or a spill, that first size, and a line through the
+    peaks of cached bytes (``MB = fixed + per rating x training ratings``, least squares on relative error) with
+    the size at which it fills the unified memory of ``heap`` (points of studies before these signals were
+    recorded give None)."""
     signals = [(p, p["engines"][engine].get("spark_memory")) for p in fitted]
     if not signals or any(s is None for _, s in signals):
         return None
@@ -203,8 +212,23 @@ def in_memory(fitted: list[dict], engine: str) -> dict | None:
 
     on_disk = [i for i, (_, s) in enumerate(signals) if s["storage_disk_peak_mb"] > 0 or s["spilled_mb"] > 0]
     first = on_disk[0] if on_disk else len(signals)
-    return {"largest_held": size(*signals[first - 1]) if first else None,
-            "first_on_disk": size(*signals[first]) if on_disk else None}
+    out = {"largest_held": size(*signals[first - 1]) if first else None,
+           "first_on_disk": size(*signals[first]) if on_disk else None}
+    held = signals[:first]
+    if len(held) >= 2:
+        ratings = np.array([p["train_ratings"] for p, _ in held], dtype=float)
+        cached = np.array([s["storage_memory_peak_mb"] for _, s in held])
+        a = np.column_stack([np.ones_like(ratings), ratings]) / cached[:, None]
+        (fixed, per_rating), *_ = np.linalg.lstsq(a, np.ones_like(cached), rcond=None)
+        unified = (size_mb(heap) - SPARK_RESERVED_MB) * SPARK_MEMORY_FRACTION
+        limit = (unified - fixed) / per_rating if per_rating > 0 else None
+        per_user = held[-1][0]["train_ratings"] / held[-1][0]["users"]
+        out["storage_model"] = {
+            "fixed_mb": float(fixed), "bytes_per_rating": float(per_rating * 2**20),
+            "max_relative_error": float(np.max(np.abs((fixed + per_rating * ratings) / cached - 1))),
+            "unified_memory_mb": unified, "heap": heap,
+            "fills_at": {"train_ratings": float(limit), "users": float(limit / per_user)} if limit else None}
+    return out
 
 
 def limits(points: list[dict], model: dict, cfg: dict) -> dict:
@@ -228,7 +252,8 @@ def limits(points: list[dict], model: dict, cfg: dict) -> dict:
             "first_not_fitted": {"users": stopped[0]["users"], "train_ratings": stopped[0]["train_ratings"],
                                  "why": stopped[0]["engines"][engine]["limit"]} if stopped else None,
             # Spark's own account of where its heap stopped holding the data (absent from older studies)
-            **({"in_memory": held} if engine == "spark" and (held := in_memory(fitted, engine)) else {}),
+            **({"in_memory": held} if engine == "spark"
+               and (held := in_memory(fitted, engine, scale["spark_driver_memory"])) else {}),
             "predicted": predicted_limit(model.get(engine, {}), engine, per_user=per_user, jokes=100,
                                          rank=model["rank"], machine_mb=scale["memory_budget_mb"],
                                          dense_budget_mb=scale["numpy_dense_budget_mb"]) if users_points else None,
