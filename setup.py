@@ -37,8 +37,8 @@ setup(
         "plot": ["matplotlib>=3.7"],
         # The full package: its SQLite store is the local default (mlflow-skinny has no SQL store).
         "mlflow": ["mlflow>=3.0"],
-        "test": ["pytest>=8", "chispa>=0.10", "databricks-bundles>=0.270", "matplotlib>=3.7", "mlflow>=3.0",
-                 "ruff>=0.6"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "chispa>=0.10", "databricks-bundles>=0.270", "matplotlib>=3.7",
+                 "mlflow>=3.0", "ruff>=0.6"],
     },
     entry_points={"console_scripts": ["jester-als = jester_als.cli:run"]},
 )
