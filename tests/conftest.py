@@ -12,10 +12,12 @@ import pytest
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 # Every JVM the tests start (sessions, spark-submit, the standalone cluster's daemons and executors, Connect
 # servers) lives for seconds on a few MB, where C2's optimizing compiler burns CPU it never earns back: C1 only
-# took test_tune.py from 91 to 51 CPU-seconds (50.7 to 36.2 s) on this 2-core machine. The parallel collector is
-# the one local jobs choose (session.local_mode_defaults); a second, different one would stop the JVM. Jobs and
-# benchmarks outside the tests keep the JVM's defaults.
-os.environ.setdefault("JAVA_TOOL_OPTIONS", "-XX:TieredStopAtLevel=1 -XX:+UseParallelGC")
+# took test_tune.py from 91 to 51 CPU-seconds (50.7 to 36.2 s) on this 2-core machine. C1's frames are larger
+# than C2's, and deserializing ALS's lineage of ten iterations (the checkpoint interval) overflowed a task
+# thread's default 1 MB stack in the shared session (a StackOverflowError in a task ends a local-mode JVM), so
+# threads get 4 MB. The parallel collector is the one local jobs choose (session.local_mode_defaults); a second,
+# different one would stop the JVM. Jobs and benchmarks outside the tests keep the JVM's defaults.
+os.environ.setdefault("JAVA_TOOL_OPTIONS", "-XX:TieredStopAtLevel=1 -XX:+UseParallelGC -Xss4m")
 
 ROOT = Path(__file__).resolve().parents[1]
 # The first 10 rows of the seed's real Jester table (../shared/data), kept in the repo so tests run anywhere.

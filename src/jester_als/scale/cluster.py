@@ -22,10 +22,10 @@ from jester_als.scale.costmodel import CHECK_TARGET, shuffle_bytes_per_iteration
 
 log = logging.getLogger("jester_als.scale")
 
-# Executor memory metrics travel with heartbeats; the defaults (10 s) would miss a short fit's peak.
 # The two fits whose difference is the shuffle of (LONG - SHORT) iterations: ALS shuffles the same blocks every
 # iteration, so two iterations of difference measure it as well as more would, and the fits stay short.
 SHORT_ITERATIONS, LONG_ITERATIONS = 1, 3
+# Executor memory metrics travel with heartbeats; the defaults (10 s) would miss a short fit's peak.
 METRICS_CONF = {"spark.executor.heartbeatInterval": "1s", "spark.executor.metrics.pollingInterval": "100ms",
                 "spark.executor.processTreeMetrics.enabled": "true"}
 

@@ -111,7 +111,7 @@ def run_study(cfg: dict) -> dict:
             log.info("scale %s", _progress(index, specs, point_seconds, study_started))
             point_started = time.monotonic()
             # an engine's limit probes share one table, its largest probe's: a smaller probe fits its first users
-            table = max((s for s in specs if s.get("probe") and s["probe"] == spec["probe"]),
+            table = max((s for s in specs if s.get("probe") == spec["probe"]),
                         key=lambda s: s["users"]) if "probe" in spec else spec
             max_user = spec["users"] if table["users"] > spec["users"] else None
             data_dir = work / (f"{table['axis']}-{table['users']}x{table['jokes']}"
