@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jester_als.peakmem import Sampler
 from jester_als.scale.costmodel import CHECK_TARGET, shuffle_bytes_per_iteration
 
 log = logging.getLogger("jester_als.scale")
@@ -95,23 +96,16 @@ def executor_peaks_mb(ui: str, app: str, stage_ids: set[int], executors: int, ti
         time.sleep(0.5)
 
 
-class StoragePeaks:
+class StoragePeaks(Sampler):
     """The peak memory and disk that cached blocks held while it ran, per Spark's block managers
-    (``/executors``: memoryUsed, diskUsed), polled every ``interval`` seconds in a thread: a cached block on disk
-    means the heap did not hold what Spark wanted to keep in memory (ALS persists MEMORY_AND_DISK)."""
+    (``/executors``: memoryUsed, diskUsed), read at the start and then every ``interval`` seconds: a cached block
+    on disk means the heap did not hold what Spark wanted to keep in memory (ALS persists MEMORY_AND_DISK)."""
 
     def __init__(self, ui: str, app: str, interval: float = 1.0):
-        import threading
-
-        self.ui, self.app, self.interval = ui, app, interval
+        super().__init__(interval, "storage-peaks")
+        self.ui, self.app = ui, app
         self.memory_mb = self.disk_mb = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            self.read()
-            self._stop.wait(self.interval)
+        self.read()
 
     def read(self) -> None:
         try:
@@ -120,15 +114,6 @@ class StoragePeaks:
             return  # a busy driver; the next poll reads it
         self.memory_mb = max(self.memory_mb, sum(e.get("memoryUsed", 0) for e in executors) / 2**20)
         self.disk_mb = max(self.disk_mb, sum(e.get("diskUsed", 0) for e in executors) / 2**20)
-
-    def __enter__(self) -> StoragePeaks:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.read()
 
 
 def spark_memory_signals(ui: str, app: str, storage: StoragePeaks) -> dict:
