@@ -69,11 +69,12 @@ def user_prefix(source, max_user: int | None) -> tuple[int, list[tuple[int, int]
     statistics, reading the user column of the one group the boundary falls in."""
     groups = []
     for group in range(source.num_row_groups):
-        rows = source.metadata.row_group(group).num_rows
+        meta = source.metadata.row_group(group)
+        rows = meta.num_rows
         if max_user is None:
             groups.append((group, rows))
             continue
-        stats = source.metadata.row_group(group).column(0).statistics  # column 0 is "user"
+        stats = meta.column(0).statistics  # column 0 is "user"
         if stats is not None and stats.has_min_max and stats.max <= max_user:
             groups.append((group, rows))
         elif stats is None or not stats.has_min_max or stats.min <= max_user:
