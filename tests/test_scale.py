@@ -87,7 +87,9 @@ def test_tiny_grid_writes_json_markdown_and_plot(tiny_study):
         assert signals["spilled_mb"] == 0 and 0 <= signals["gc_share"] < 1
     held = study["limits"]["spark"]["in_memory"]
     assert held["largest_held"]["users"] == 1200 and held["first_on_disk"] is None
-    assert held["storage_model"]["unified_memory_mb"] == pytest.approx((1024 - 300) * 0.6)  # of the 1g heap
+    # Spark's own figure (its block manager's maxMemory) is UnifiedMemoryManager's rule for the 1g heap
+    assert held["storage_model"]["unified_memory_from"] == "Spark's maxMemory"
+    assert held["storage_model"]["unified_memory_mb"] == pytest.approx((1024 - 300) * 0.6, rel=0.01)
     assert [p["name"] for p in study["predictions"]][0] == "real Jester (dataset 1)"
     markdown = (out / "scale.md").read_text()
     assert "| users | 1,200 | 100 |" in markdown and "Crossover on the density axis" in markdown
@@ -399,7 +401,7 @@ def test_limit_probes_bracket_each_unreached_memory_limit_and_run_one_engine():
     assert 4.1e6 < predicted["numpy"]["predicted"]["users"] < 4.2e6 < predicted["spark"]["predicted"]["users"] < 4.5e6
     probes = limit_probes(points, cfg)
     assert [(p["users"], p["probe"]) for p in probes] == sorted(
-        (int(round(predicted[e]["predicted"]["users"] * f, -5)), e) for e in ENGINES for f in (0.8, 1.2))
+        (int(float(f"{predicted[e]['predicted']['users'] * f:.2g}")), e) for e in ENGINES for f in (0.8, 1.2))
     assert all(p["axis"] == "users" and p["jokes"] == 100 and p["users"] > 1_000_000 for p in probes)
     assert limit_probes(points, {**cfg, "scale": {**cfg["scale"], "limit_probes": []}}) == []
     # the progress line does not extrapolate the axes' time per rating to a one-engine, two-iteration probe
@@ -420,6 +422,7 @@ def test_limit_probes_bracket_each_unreached_memory_limit_and_run_one_engine():
 
     # a NumPy probe that ran out of memory is NumPy's first size that did not fit, not Spark's
     failed = {"axis": "users", "users": 5_000_000, "jokes": 100, "train_ratings": 5_000_000 * 58, "probe": "numpy",
+              "iterations": 2,
               "engines": {"numpy": {"completed": False, "limit": "memory: 20,001 MB > budget 20,000 MB"},
                           "spark": {"completed": False, "skipped": True, "limit": "not run: a probe of numpy's"}}}
     found = limits(points + [failed], fit_cost_model(points, rank, iterations, holdout=False), cfg)
@@ -428,9 +431,85 @@ def test_limit_probes_bracket_each_unreached_memory_limit_and_run_one_engine():
     fitted = {**failed, "engines": {**failed["engines"], "numpy": {"completed": True, "fit_seconds": 1.0,
                                                                    "peak_rss_mb": 1.0, "path": "sparse"}}}
     assert fit_cost_model(points + [fitted], rank, iterations) == fit_cost_model(points, rank, iterations)
-    assert limits(points + [fitted], fit_cost_model(points, rank, iterations), cfg)["numpy"]["largest_fitted"][
-        "users"] == 5_000_000
+    largest = limits(points + [fitted], fit_cost_model(points, rank, iterations), cfg)["numpy"]["largest_fitted"]
+    assert largest["users"] == 5_000_000 and largest["probe_iterations"] == 2  # the answer says it was a probe
     assert found["spark"]["first_not_fitted"] is None and found["spark"]["largest_fitted"]["users"] == 1_000_000
+
+
+def test_spark_probes_where_its_cached_blocks_fill_its_heap():
+    """Spark local mode's resident memory stops at its heap, so its probes are multiples of the size at which its
+    cached blocks (by its own figures) fill the unified memory its block manager reports, not of its memory
+    model's budget point; none when blocks already went to disk on the axis (that limit is measured there)."""
+    from pathlib import Path
+
+    from jester_als.config import load_config
+    from jester_als.scale.study import limit_probes, limits
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(str(root / "conf" / "scale.yaml"), ["scale.memory_budget_mb=100000"])
+    rank, iterations = cfg["scale"]["rank"], cfg["scale"]["maxIter"]
+    points = _planted_points(rank, iterations)
+    for p in points:  # planted: 5 MB + 40 bytes a training rating cached, in 4,000 MB of unified memory
+        p["engines"]["spark"]["spark_memory"] = {
+            "storage_memory_peak_mb": 5 + 40 * p["train_ratings"] / 2**20, "storage_disk_peak_mb": 0.0,
+            "spilled_mb": 0.0, "gc_share": 0.01, "storage_max_mb": 4000.0}
+    found = limits(points, fit_cost_model(points, rank, iterations, holdout=False), cfg)["spark"]
+    model = found["in_memory"]["storage_model"]
+    assert model["unified_memory_mb"] == 4000.0 and model["unified_memory_from"] == "Spark's maxMemory"
+    fills = (4000 - 5) * 2**20 / 40 / 58  # users (58 training ratings each) whose cached blocks fill it
+    assert model["fills_at"]["users"] == pytest.approx(fills, rel=1e-6)
+    assert abs(found["predicted"]["users"] - fills) > 1e6  # the memory model's budget point is elsewhere
+    spark = [p["users"] for p in limit_probes(points, cfg) if p["probe"] == "spark"]
+    assert spark == [1_400_000, 2_200_000]  # 0.8 and 1.2 x 1.81 M users, to two significant figures
+    # blocks on disk at the axis' largest size: Spark's in-memory limit is measured there, no probe
+    largest = max((p for p in points if p["axis"] == "users"), key=lambda p: p["users"])
+    largest["engines"]["spark"]["spark_memory"]["storage_disk_peak_mb"] = 100.0
+    assert {p["probe"] for p in limit_probes(points, cfg)} == {"numpy"}
+
+
+def test_a_worker_out_of_its_heap_says_which_memory_ran_out():
+    """A Spark worker whose JVM ran out of heap ends its log with py4j's lost connection; the recorded limit
+    quotes the line that says why (lines from a 1g-heap Spark probe at 250,000 users on this machine)."""
+    from jester_als.scale.runner import failure
+
+    log = "\n".join([
+        "Setting Spark log level to \"ERROR\".",
+        "26/11/29 19:51:27 ERROR Executor: Exception in task 0.0 in stage 8.0 (TID 11)",
+        "java.lang.OutOfMemoryError: Java heap space",
+        "\tat java.base/java.util.Arrays.copyOf(Arrays.java:3541)",
+        "py4j.protocol.Py4JNetworkError: Answer from Java side is empty",
+        "ConnectionRefusedError: [Errno 111] Connection refused"])
+    assert failure(1, log) == "out of memory: exit 1: java.lang.OutOfMemoryError: Java heap space"
+    assert failure(1, "Traceback ...\nValueError: bad spec\n") == "failed: exit 1: Traceback ...\nValueError: bad spec"
+
+
+def test_a_missed_check_says_why_from_the_measurements():
+    """scale.md says why a held-out check missed, from the study's own figures: Spark's resident memory at its
+    heap, peaks that fell as the ratings grew, executors that peaked unevenly; and says so when it finds none."""
+    from jester_als.scale.render import uneven, why_missed
+
+    def point(axis, users, ratings, spark_mb, numpy_mb=100.0):
+        return {"axis": axis, "users": users, "jokes": 100, "train_ratings": ratings,
+                "engines": {"spark": {"completed": True, "peak_rss_mb": spark_mb},
+                            "numpy": {"completed": True, "peak_rss_mb": numpy_mb}}}
+
+    study = {"budgets": {"spark_driver_memory": "4g"}, "cost_model": {"check_target": 0.25},
+             "points": [point("users", 1_000, 58_000, 900.0), point("users", 2_000_000, 116_000_000, 4_300.0),
+                        point("density", 10_000, 200_000, 1_500.0), point("density", 10_000, 400_000, 1_100.0)]}
+    check = {"axis": "density", "mb_error": 0.6, "seconds_error": 0.1}
+    said = why_missed(study, "spark", check)
+    assert "resident memory reached its 4g heap (4,300 MB at 2,000,000 x 100)" in said
+    assert "its peak fell as the ratings grew (1,500 MB at 200,000 ratings and 1,100 MB at 400,000)" in said
+    assert "time miss" not in said
+    assert why_missed(study, "numpy", check) == "the memory miss has no cause the measurements show"
+    assert why_missed(study, "spark", {**check, "mb_error": 0.1, "seconds_error": -0.3}) == (
+        "the time miss has no cause the measurements show")
+
+    cluster = {"measurements": [{"executors": 4, "train_ratings": 100, "executor_peaks_mb": [743.0, 900.0, 1360.0]},
+                                {"executors": 2, "train_ratings": 100, "executor_peaks_mb": [1000.0, 1100.0]}]}
+    assert uneven(cluster, {"executors": 4, "train_ratings": 100}).startswith(
+        "; why: its 3 executors peaked 743 to 1,360 MB (1.8x), not evenly")
+    assert uneven(cluster, {"executors": 2, "train_ratings": 100}) == ""  # within a quarter: no such cause
 
 
 @pytest.mark.parametrize("jokes", [100, 3000], ids=["wide", "long"])

@@ -370,7 +370,8 @@ class ScaleConfig(Section):
                                 "largest meant to pass the memory budget")
     limit_probes: list[PositiveNumber] = key([0.8, 1.2],
                                              "users-axis sizes past the listed ones, as multiples of the users at "
-                                             "which an engine's memory model reaches the budget, run for an engine "
+                                             "which an engine's memory model reaches the budget (Spark: at which "
+                                             "its cached blocks fill its heap's unified memory), run for an engine "
                                              "that fitted every listed size (empty: none)")
     limit_probe_iterations: PositiveInt = key(2, "ALS iterations of a limit probe (its memory peaks in the first)")
     density_axis: list[PositiveNumber] = key([5, 10, 25, 50, 100],

@@ -118,13 +118,18 @@ class StoragePeaks(Sampler):
 
 def spark_memory_signals(ui: str, app: str, storage: StoragePeaks) -> dict:
     """What Spark itself says of its memory over an application: bytes spilled by its stages (memory and disk),
-    the peaks of cached blocks in memory and on disk, and the share of task time spent in garbage collection."""
+    the peaks of cached blocks in memory and on disk, the memory its block managers may cache in, and the share
+    of task time spent in garbage collection."""
     stages = rest(ui, f"/applications/{app}/stages?status=complete")
     executors = rest(ui, f"/applications/{app}/executors")
     task_ms = sum(e.get("totalDuration", 0) for e in executors)
     return {"spilled_mb": sum(s.get("diskBytesSpilled", 0) for s in stages) / 2**20,
             "spilled_memory_mb": sum(s.get("memoryBytesSpilled", 0) for s in stages) / 2**20,
             "storage_memory_peak_mb": storage.memory_mb, "storage_disk_peak_mb": storage.disk_mb,
+            # an executor's maxMemory is its block manager's maxOnHeapStorageMemory at registration, which the
+            # UnifiedMemoryManager gives as its whole unified region ((heap - 300 MB) x spark.memory.fraction, less
+            # execution memory in use): apache/spark core/.../memory/UnifiedMemoryManager.scala
+            "storage_max_mb": sum(e.get("maxMemory", 0) for e in executors) / 2**20,
             "gc_share": sum(e.get("totalGCTime", 0) for e in executors) / task_ms if task_ms else None}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
+from jester_als.config import size_mb
 from jester_als.report import table
 from jester_als.scale.costmodel import ENGINES
 
@@ -21,7 +22,7 @@ def crossover(points: list[dict], axis: str) -> dict | None:
     """The first size at which NumPy could not run (budget) while Spark still could, or at which Spark
     became faster."""
     for p in points:
-        if p["axis"] != axis:
+        if p["axis"] != axis or "probe" in p:  # a limit probe runs one engine: the other's "not run" is no stop
             continue
         numpy_r, spark_r = p["engines"].get("numpy", {}), p["engines"].get("spark", {})
         if spark_r.get("completed") and not numpy_r.get("completed"):
@@ -43,6 +44,43 @@ def _cell(result: dict, key: str, fmt: str) -> str:
 
 def _completed(result: dict) -> bool:
     return bool(result.get("completed"))
+
+
+def _not_monotone(study: dict, engine: str, axis: str) -> list[str]:
+    """Pairs of neighbouring sizes on ``axis`` where more training ratings peaked lower by over 10%."""
+    done = sorted((p for p in study["points"] if p["axis"] == axis and "probe" not in p
+                   and _completed(p["engines"].get(engine, {}))), key=lambda p: p["train_ratings"])
+    return [f"{a['engines'][engine]['peak_rss_mb']:,.0f} MB at {a['train_ratings']:,} ratings and "
+            f"{b['engines'][engine]['peak_rss_mb']:,.0f} MB at {b['train_ratings']:,}"
+            for a, b in zip(done, done[1:])
+            if b["engines"][engine]["peak_rss_mb"] < 0.9 * a["engines"][engine]["peak_rss_mb"]]
+
+
+def why_missed(study: dict, engine: str, check: dict) -> str:
+    """Why a held-out check missed, from what the study measured: for memory, a Spark resident set at its heap
+    (the heap the JVM was given, not the fit's need) and peaks that fell as the ratings grew on the check's axis
+    (memory set by the runtime, not by the data); said plainly when neither is found."""
+    found, target = [], study["cost_model"]["check_target"]
+    if abs(check["mb_error"]) > target:
+        heap = study["budgets"].get("spark_driver_memory")
+        at_heap = [p for p in study["points"] if engine == "spark" and heap and "probe" not in p
+                   and _completed(p["engines"].get(engine, {}))
+                   and p["engines"][engine]["peak_rss_mb"] >= 0.9 * size_mb(heap)]
+        if at_heap:
+            found.append(f"local mode's resident memory reached its {heap} heap ("
+                         + ", ".join(f"{p['engines'][engine]['peak_rss_mb']:,.0f} MB at {p['users']:,} x "
+                                     f"{p['jokes']:,}" for p in at_heap)
+                         + "): it is the heap the JVM grew to, not what the fit needs (its cached blocks, under "
+                           "Single-machine limits)")
+        falling = _not_monotone(study, engine, check["axis"])
+        if falling:
+            found.append(f"on the {check['axis']} axis its peak fell as the ratings grew ({'; '.join(falling)}), "
+                         f"so its memory there is set by the runtime's own sizing more than by the data")
+        if not found:
+            found.append("the memory miss has no cause the measurements show")
+    if abs(check["seconds_error"]) > target:
+        found.append("the time miss has no cause the measurements show")
+    return "; ".join(found)
 
 
 def answer(study: dict) -> str:
@@ -71,11 +109,19 @@ def answer(study: dict) -> str:
         largest, first = limit.get("largest_fitted"), limit.get("first_not_fitted")
         if largest:
             per_rating = largest["peak_mb"] * 2**20 / largest["train_ratings"]
+            probe = (f", {largest['probe_iterations']} iterations of a limit probe"
+                     if largest.get("probe_iterations") else "")
             said.append(f"{ENGINE_NAMES[engine]} fitted up to {largest['users'] / 1e6:,.2f} M Jester-like users "
-                        f"({largest['train_ratings'] / 1e6:,.0f} M training ratings, peak "
+                        f"({largest['train_ratings'] / 1e6:,.0f} M training ratings{probe}, peak "
                         f"{largest['peak_mb'] / 1024:,.1f} GB, {per_rating:,.0f} bytes a rating)"
                         + (f" and not at {first['users'] / 1e6:,.2f} M ({first['why'].split(':')[0]})" if first
                            else ", the largest size tried") + ".")
+        held = limit.get("in_memory") or {}
+        if held.get("largest_held") and held.get("first_on_disk"):
+            kept, disk = held["largest_held"], held["first_on_disk"]
+            said.append(f"Its heap held all it cached up to {kept['users'] / 1e6:,.2f} M users; at "
+                        f"{disk['users'] / 1e6:,.2f} M {disk['disk_mb']:,.0f} MB of its cached blocks were on disk: "
+                        f"past its memory Spark goes on from disk rather than stopping.")
     predicted = (study.get("limits", {}).get("numpy") or {}).get("predicted")
     if predicted:
         said.append(f"By NumPy's memory model the budget of {predicted['memory_mb'] / 1024:,.1f} GB is reached at "
@@ -120,8 +166,21 @@ def cluster_lines(cluster: dict | None) -> list[str]:
                      f"{c['measured_shuffle_bytes'] / 2**20:,.1f} MB "
                      f"({c['shuffle_error']:+.0%}); executor memory predicted {c['predicted_executor_mb']:,.0f} MB, "
                      f"measured {c['measured_executor_mb']:,.0f} MB ({c['memory_error']:+.0%}): "
-                     + ("within target" if c["within_target"] else "MISSES the target"))
+                     + ("within target" if c["within_target"] else "MISSES the target" + uneven(cluster, c)))
     return lines
+
+
+def uneven(cluster: dict, check: dict) -> str:
+    """Why a cluster check's executor memory missed, when the measurement shows it: executors whose peaks differ
+    by over a quarter, where the model takes the largest as an even share of the ratings."""
+    peaks = next((m.get("executor_peaks_mb") for m in cluster["measurements"]
+                  if m["executors"] == check["executors"] and m["train_ratings"] == check["train_ratings"]), None)
+    if not peaks or len(peaks) < 2 or max(peaks) < 1.25 * min(peaks):
+        return ""
+    return (f"; why: its {len(peaks)} executors peaked {min(peaks):,.0f} to {max(peaks):,.0f} MB "
+            f"({max(peaks) / min(peaks):.1f}x), not evenly: the model takes the largest executor's peak as an "
+            f"even share of the ratings, and the cached ratings and ALS blocks are not spread evenly over so few "
+            f"small tasks")
 
 
 def render_scale(study: dict) -> str:
@@ -177,12 +236,15 @@ def render_scale(study: dict) -> str:
                            if disk else ", and nothing spilled"))
             model = held.get("storage_model")
             if model and model["fills_at"]:
+                reported = model.get("unified_memory_from") == "Spark's maxMemory"
                 said.append(f"Spark's cached blocks grew {model['bytes_per_rating']:.1f} bytes a training rating "
                             f"(+ {model['fixed_mb']:,.0f} MB; within {model['max_relative_error']:.0%} of every "
                             f"point), so they fill the {model['unified_memory_mb']:,.0f} MB of unified memory of a "
-                            f"{model['heap']} heap at about {model['fills_at']['users'] / 1e6:,.2f} M users "
-                            f"({model['fills_at']['train_ratings'] / 1e6:,.0f} M ratings), where blocks start going "
-                            f"to disk; its resident memory is the heap's size, not this need")
+                            f"{model['heap']} heap ("
+                            + ("its block manager's maxMemory" if reported else "(heap - 300 MB) x 0.6")
+                            + f") at about {model['fills_at']['users'] / 1e6:,.2f} M users "
+                            f"({model['fills_at']['train_ratings'] / 1e6:,.0f} M ratings), past which its heap cannot "
+                            f"hold them; its resident memory is the heap's size, not this need")
         if predicted:
             said.append(f"the memory model reaches the budget at {predicted['users'] / 1e6:,.2f} M users "
                         f"({predicted['train_ratings'] / 1e6:,.0f} M ratings"
@@ -210,7 +272,8 @@ def render_scale(study: dict) -> str:
         if not entry["checks"]:
             lines.append(f"  - no held-out check: {entry.get('checks_skipped', '')}")
         for c in entry["checks"]:
-            verdict = "within target" if c["within_target"] else "MISSES the target"
+            verdict = "within target" if c["within_target"] else ("MISSES the target; why: "
+                                                                   + why_missed(study, engine, c))
             lines.append(f"  - check {c['role']} the range ({c['axis']} axis, {c['users']:,} x {c['jokes']:,}, "
                          f"{c['train_ratings']:,} ratings): predicted {c['predicted_seconds']:,.1f} s / "
                          f"{c['predicted_mb']:,.0f} MB, measured {c['measured_seconds']:,.1f} s / "

@@ -78,8 +78,7 @@ def run_worker(spec: WorkerSpec, *, memory_budget_mb: float, time_budget_seconds
         shutil.copyfile(log_path, kept)
     if failed_run:
         if not limit:
-            reason = "out of memory" if "OutOfMemory" in stderr or "MemoryError" in stderr else "failed"
-            limit = f"{reason}: exit {process.returncode}: {stderr.strip()[-300:]}"
+            limit = failure(process.returncode, stderr)
         failed = {"completed": False, "limit": limit, "peak_rss_mb": peak / 2**20, "wall_seconds": wall}
         if kept is not None:
             failed["log"] = str(kept)
@@ -91,6 +90,15 @@ def run_worker(spec: WorkerSpec, *, memory_budget_mb: float, time_budget_seconds
     if kept is not None:
         result["log"] = str(kept)
     return result
+
+
+def failure(returncode: int, log: str) -> str:
+    """Why a worker failed, from its log: out of memory names the first line that says which memory ran out
+    ("java.lang.OutOfMemoryError: Java heap space"; the end of a Spark worker's log is py4j losing its JVM,
+    which says nothing of why); any other failure quotes the log's end."""
+    said = next((line.strip() for line in log.splitlines() if "OutOfMemory" in line or "MemoryError" in line), None)
+    return (f"out of memory: exit {returncode}: {said[-300:]}" if said
+            else f"failed: exit {returncode}: {log.strip()[-300:]}")
 
 
 def machine_memory_gb() -> float:

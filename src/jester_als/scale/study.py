@@ -49,16 +49,28 @@ def users_point(users: int, probe: str | None = None) -> dict:
             "gauge_jokes": 30, **({"probe": probe} if probe else {})}
 
 
+def probe_target(limit: dict, engine: str) -> dict | None:
+    """The size an engine's limit probes are multiples of: where its memory model reaches the budget; for Spark
+    local mode, whose resident memory stops at its heap (so that model's budget point says nothing of its limit),
+    where its cached blocks fill the heap's unified memory, when its points recorded them, and none if some
+    already went to disk on the axis (that limit is measured there)."""
+    held = limit.get("in_memory")
+    if engine == "spark" and held:
+        model = held.get("storage_model")
+        return None if held["first_on_disk"] or not model else model["fills_at"]
+    return limit["predicted"]
+
+
 def limit_probes(points: list[dict], cfg: dict) -> list[dict]:
-    """Users-axis points past the listed sizes, so that a memory limit the listed sizes did not reach is
-    measured, not only modelled: for each engine that fitted every users-axis size so far, the multiples
-    ``scale.limit_probes`` of the users at which its memory model (fitted on the points so far, all of them)
-    reaches the budget, rounded to 100,000 users, above the largest users-axis size run and at most ten times it
-    (a model extrapolated further is not worth a run of that size). Each probe runs that engine
-    only, for ``scale.limit_probe_iterations`` iterations: NumPy ALS allocates everything it holds (the ratings,
-    the blocks' buffers, the factors) before its first iteration ends, so more iterations add time but no
-    memory; the probes' times are for those iterations and stay out of the cost model. A failed probe stops the
-    larger ones, as on the axis."""
+    """Users-axis points past the listed sizes, so that a limit the listed sizes did not reach is measured, not
+    only modelled: for each engine that fitted every users-axis size so far, the multiples ``scale.limit_probes``
+    of its :func:`probe_target` (from models fitted on the points so far, all of them), rounded to two significant
+    figures, each size once, above the largest users-axis size run and at most ten times it (a model
+    extrapolated further is not worth a run of that size). Each probe runs that engine only, for
+    ``scale.limit_probe_iterations`` iterations: NumPy ALS allocates everything it holds (the ratings, the blocks'
+    buffers, the factors) and Spark ALS caches its blocks before the first iteration ends, so more iterations add
+    time but no memory; the probes' times are for those iterations and stay out of the cost model. A failed probe
+    stops the larger ones, as on the axis."""
     scale = cfg["scale"]
     if not scale["limit_probes"]:
         return []
@@ -66,12 +78,12 @@ def limit_probes(points: list[dict], cfg: dict) -> list[dict]:
     largest = max((p["users"] for p in points if p["axis"] == "users"), default=0)
     probes = []
     for engine in ENGINES:
-        predicted = found[engine]["predicted"]
-        if found[engine]["first_not_fitted"] or not predicted:
+        target = probe_target(found[engine], engine)
+        if found[engine]["first_not_fitted"] or not target:
             continue
         for factor in scale["limit_probes"]:
-            users = int(round(predicted["users"] * factor, -5))
-            if largest < users <= 10 * largest:
+            users = int(float(f"{target['users'] * factor:.2g}"))
+            if largest < users <= 10 * largest and users_point(users, engine) not in probes:
                 probes.append(users_point(users, probe=engine))
     return sorted(probes, key=lambda p: p["users"])
 
@@ -110,9 +122,8 @@ def run_study(cfg: dict) -> dict:
             spec = specs[index]
             log.info("scale %s", _progress(index, specs, point_seconds, study_started))
             point_started = time.monotonic()
-            # an engine's limit probes share one table, its largest probe's: a smaller probe fits its first users
-            table = max((s for s in specs if s.get("probe") == spec["probe"]),
-                        key=lambda s: s["users"]) if "probe" in spec else spec
+            # the limit probes share one table, the largest probe's: a smaller probe fits its first users
+            table = max((s for s in specs if "probe" in s), key=lambda s: s["users"]) if "probe" in spec else spec
             max_user = spec["users"] if table["users"] > spec["users"] else None
             data_dir = work / (f"{table['axis']}-{table['users']}x{table['jokes']}"
                                + (f"-{table['mean_ratings']:g}per" if table["axis"] == "density" else ""))
@@ -122,7 +133,7 @@ def run_study(cfg: dict) -> dict:
                                                      mean_ratings=table["mean_ratings"],
                                                      min_ratings=table["min_ratings"], gauge_jokes=table["gauge_jokes"])
                 if table is not spec:
-                    log.info("  generating %s users once for %s's limit probes", f"{table['users']:,}", spec["probe"])
+                    log.info("  generating %s users once for the limit probes", f"{table['users']:,}")
                 write_split_parquet(params, data_dir, scale["test_fraction"], scale["seed"])
             sizes = split_counts(data_dir, max_user)
             point = {**spec, **sizes, "ratings": sizes["train_ratings"] + sizes["test_ratings"],
@@ -220,13 +231,16 @@ def in_memory(fitted: list[dict], engine: str, heap: str) -> dict | None:
         cached = np.array([s["storage_memory_peak_mb"] for _, s in held])
         a = np.column_stack([np.ones_like(ratings), ratings]) / cached[:, None]
         (fixed, per_rating), *_ = np.linalg.lstsq(a, np.ones_like(cached), rcond=None)
-        unified = (size_mb(heap) - SPARK_RESERVED_MB) * SPARK_MEMORY_FRACTION
+        # the block manager's own figure where the points recorded it (studies before it: the same rule, computed)
+        reported = held[-1][1].get("storage_max_mb")
+        unified = reported or (size_mb(heap) - SPARK_RESERVED_MB) * SPARK_MEMORY_FRACTION
         limit = (unified - fixed) / per_rating if per_rating > 0 else None
         per_user = held[-1][0]["train_ratings"] / held[-1][0]["users"]
         out["storage_model"] = {
             "fixed_mb": float(fixed), "bytes_per_rating": float(per_rating * 2**20),
             "max_relative_error": float(np.max(np.abs((fixed + per_rating * ratings) / cached - 1))),
-            "unified_memory_mb": unified, "heap": heap,
+            "unified_memory_mb": unified, "unified_memory_from": "Spark's maxMemory" if reported else "computed",
+            "heap": heap,
             "fills_at": {"train_ratings": float(limit), "users": float(limit / per_user)} if limit else None}
     return out
 
@@ -248,7 +262,9 @@ def limits(points: list[dict], model: dict, cfg: dict) -> dict:
         out[engine] = {
             "largest_fitted": {"users": largest["users"], "jokes": largest["jokes"],
                                "train_ratings": largest["train_ratings"],
-                               "peak_mb": largest["engines"][engine]["peak_rss_mb"]} if largest else None,
+                               "peak_mb": largest["engines"][engine]["peak_rss_mb"],
+                               **({"probe_iterations": largest["iterations"]} if "probe" in largest else {})}
+            if largest else None,
             "first_not_fitted": {"users": stopped[0]["users"], "train_ratings": stopped[0]["train_ratings"],
                                  "why": stopped[0]["engines"][engine]["limit"]} if stopped else None,
             # Spark's own account of where its heap stopped holding the data (absent from older studies)
@@ -263,10 +279,11 @@ def limits(points: list[dict], model: dict, cfg: dict) -> dict:
 
 def refit(study: dict, cfg: dict, why: str) -> dict:
     """The cost model, limits and predictions recomputed from a study's measured points (and its cluster
-    measurements) by this version's model, with the study's own rank and iterations; the measurements are not
-    touched, and ``refit`` in the result says when and why."""
-    params = study["params"]
-    cfg = {**cfg, "scale": {**cfg["scale"], **params}}
+    measurements) by this version's model, with the study's own rank, iterations and budgets; the measurements
+    are not touched, and ``refit`` in the result says when and why."""
+    params, budgets = study["params"], study["budgets"]
+    cfg = {**cfg, "scale": {**cfg["scale"], **params, "memory_budget_mb": budgets["memory_mb"],
+                            "spark_driver_memory": budgets["spark_driver_memory"]}}
     model = fit_cost_model(study["points"], params["rank"], params["maxIter"])
     cluster = study.get("cluster")
     if cluster:
