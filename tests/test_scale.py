@@ -348,6 +348,13 @@ def test_docs_scale_json_is_a_full_run():
     for engine in ENGINES:
         assert [c["role"] for c in study["cost_model"][engine]["checks"]] == ["above", "inside"]
     assert study["cluster"]["model"]["fitted"]
+    # each engine's limit measured on both sides: a size that fitted and a larger one that did not, with the
+    # model's limit between them (NumPy: its memory model at the budget; Spark: its cached blocks filling its heap)
+    limits = study["limits"]
+    for engine, modelled in (("numpy", limits["numpy"]["predicted"]),
+                             ("spark", limits["spark"]["in_memory"]["storage_model"]["fills_at"])):
+        assert limits[engine]["largest_fitted"]["users"] < modelled["users"] < limits[engine]["first_not_fitted"][
+            "users"], engine
 
 
 def test_refit_keeps_the_measurements_and_reproduces_the_recorded_models():

@@ -120,8 +120,14 @@ def answer(study: dict) -> str:
         if held.get("largest_held") and held.get("first_on_disk"):
             kept, disk = held["largest_held"], held["first_on_disk"]
             said.append(f"Its heap held all it cached up to {kept['users'] / 1e6:,.2f} M users; at "
-                        f"{disk['users'] / 1e6:,.2f} M {disk['disk_mb']:,.0f} MB of its cached blocks were on disk: "
-                        f"past its memory Spark goes on from disk rather than stopping.")
+                        f"{disk['users'] / 1e6:,.2f} M {disk['disk_mb']:,.0f} MB of its cached blocks were on disk "
+                        f"and it still fitted.")
+        fills = (held.get("storage_model") or {}).get("fills_at")
+        if fills:
+            between = largest and first and largest["users"] < fills["users"] < first["users"]
+            said.append(f"By its own figures its cached blocks fill the unified memory of its "
+                        f"{held['storage_model']['heap']} heap at about {fills['users'] / 1e6:,.2f} M users"
+                        + (", between the two" if between else "") + ".")
     predicted = (study.get("limits", {}).get("numpy") or {}).get("predicted")
     if predicted:
         said.append(f"By NumPy's memory model the budget of {predicted['memory_mb'] / 1024:,.1f} GB is reached at "
