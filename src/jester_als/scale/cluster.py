@@ -127,8 +127,10 @@ def spark_memory_signals(ui: str, app: str, storage: StoragePeaks) -> dict:
             "spilled_memory_mb": sum(s.get("memoryBytesSpilled", 0) for s in stages) / 2**20,
             "storage_memory_peak_mb": storage.memory_mb, "storage_disk_peak_mb": storage.disk_mb,
             # an executor's maxMemory is its block manager's maxOnHeapStorageMemory at registration, which the
-            # UnifiedMemoryManager gives as its whole unified region ((heap - 300 MB) x spark.memory.fraction, less
-            # execution memory in use): apache/spark core/.../memory/UnifiedMemoryManager.scala
+            # UnifiedMemoryManager gives as its whole unified region ((the JVM's Runtime.maxMemory - 300 MB) x
+            # spark.memory.fraction, less execution memory in use): apache/spark
+            # core/src/main/scala/org/apache/spark/memory/UnifiedMemoryManager.scala. Runtime.maxMemory is the -Xmx
+            # heap under G1 but leaves out a survivor space under ParallelGC, hence Spark's figure, not the rule.
             "storage_max_mb": sum(e.get("maxMemory", 0) for e in executors) / 2**20,
             "gc_share": sum(e.get("totalGCTime", 0) for e in executors) / task_ms if task_ms else None}
 

@@ -201,8 +201,8 @@ def run_study(cfg: dict) -> dict:
 
 
 # Spark's unified memory (execution and storage) in a heap (UnifiedMemoryManager: 300 MB reserved for the
-# system, spark.memory.fraction 0.6 of the rest, the default the workers keep); cached blocks that do not fit it go
-# to disk under ALS's MEMORY_AND_DISK.
+# system, spark.memory.fraction 0.6 of the rest, the default the workers keep), for studies recorded before the
+# workers kept Spark's own figure (maxMemory, which starts from the JVM's usable heap rather than -Xmx).
 SPARK_RESERVED_MB, SPARK_MEMORY_FRACTION = 300, 0.6
 
 
