@@ -109,14 +109,18 @@ def _measured_features(engine: str, point: dict, result: dict, rank: int) -> dic
                      result.get("blocks"))
 
 
+def cost_points(points: list[dict], engine: str) -> list[dict]:
+    """The points that measured ``engine``'s cost: completed, and not limit probes (fewer iterations, one
+    engine: they measure a limit, not the cost)."""
+    return [p for p in points if p["engines"].get(engine, {}).get("completed") and "probe" not in p]
+
+
 def fit_cost_model(points: list[dict], rank: int, iterations: int, holdout: bool = True) -> dict:
     """Per engine: time per iteration and peak memory as non-negative combinations of the terms, fitted on
     the completed points less the held-out ones, and the held-out checks."""
     model = {"rank": rank, "iterations": iterations, "check_target": CHECK_TARGET}
     for engine in ENGINES:
-        # limit probes (fewer iterations, one engine) measure a limit, not the cost: not fitted on
-        rows = [(p, p["engines"][engine]) for p in points
-                if p["engines"].get(engine, {}).get("completed") and "probe" not in p]
+        rows = [(p, p["engines"][engine]) for p in cost_points(points, engine)]
         names = terms(engine)
         features = {id(row): _measured_features(engine, *row, rank) for row in rows}
         # One point per term the points exercise: a term that is zero at every point (the sparse path's, when

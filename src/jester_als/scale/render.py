@@ -9,7 +9,7 @@ import numpy as np
 
 from jester_als.config import size_mb
 from jester_als.report import table
-from jester_als.scale.costmodel import ENGINES
+from jester_als.scale.costmodel import ENGINES, cost_points
 
 log = logging.getLogger("jester_als.scale")
 AXES = ("users", "density", "jokes")
@@ -50,8 +50,8 @@ def _completed(result: dict) -> bool:
 
 def _not_monotone(study: dict, engine: str, axis: str) -> list[str]:
     """Pairs of neighbouring sizes on ``axis`` where more training ratings peaked lower by over 10%."""
-    done = sorted((p for p in study["points"] if p["axis"] == axis and "probe" not in p
-                   and _completed(p["engines"].get(engine, {}))), key=lambda p: p["train_ratings"])
+    done = sorted((p for p in cost_points(study["points"], engine) if p["axis"] == axis),
+                  key=lambda p: p["train_ratings"])
     return [f"{a['engines'][engine]['peak_rss_mb']:,.0f} MB at {a['train_ratings']:,} ratings and "
             f"{b['engines'][engine]['peak_rss_mb']:,.0f} MB at {b['train_ratings']:,}"
             for a, b in zip(done, done[1:])
@@ -65,9 +65,8 @@ def why_missed(study: dict, engine: str, check: dict) -> str:
     found, target = [], study["cost_model"]["check_target"]
     if abs(check["mb_error"]) > target:
         heap = study["budgets"].get("spark_driver_memory")
-        at_heap = [p for p in study["points"] if engine == "spark" and heap and "probe" not in p
-                   and _completed(p["engines"].get(engine, {}))
-                   and p["engines"][engine]["peak_rss_mb"] >= 0.9 * size_mb(heap)]
+        at_heap = [p for p in cost_points(study["points"], engine)
+                   if p["engines"][engine]["peak_rss_mb"] >= 0.9 * size_mb(heap)] if engine == "spark" and heap else []
         if at_heap:
             found.append(f"local mode's resident memory reached its {heap} heap ("
                          + ", ".join(f"{p['engines'][engine]['peak_rss_mb']:,.0f} MB at {p['users']:,} x "
@@ -350,8 +349,8 @@ def plot(study: dict, path: str) -> bool:
     fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(12, 4.5))
     for axis, style in zip(AXES, ("-o", ":^", "--s")):
         for engine, color in (("numpy", "tab:blue"), ("spark", "tab:orange")):
-            done = [p for p in study["points"] if p["axis"] == axis and p["engines"][engine].get("completed")
-                    and "probe" not in p]  # a probe's fewer iterations would bend the time line
+            # not the limit probes: their fewer iterations would bend the time line
+            done = [p for p in cost_points(study["points"], engine) if p["axis"] == axis]
             if not done:
                 continue
             x = [p["train_ratings"] for p in done]

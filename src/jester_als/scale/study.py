@@ -82,9 +82,9 @@ def limit_probes(points: list[dict], cfg: dict) -> list[dict]:
         if found[engine]["first_not_fitted"] or not target:
             continue
         for factor in scale["limit_probes"]:
-            users = int(float(f"{target['users'] * factor:.2g}"))
-            if largest < users <= 10 * largest and users_point(users, engine) not in probes:
-                probes.append(users_point(users, probe=engine))
+            probe = users_point(int(float(f"{target['users'] * factor:.2g}")), probe=engine)
+            if largest < probe["users"] <= 10 * largest and probe not in probes:
+                probes.append(probe)
     return sorted(probes, key=lambda p: p["users"])
 
 
