@@ -517,14 +517,14 @@ def test_a_missed_check_says_why_from_the_measurements():
     study["points"][0]["engines"]["spark"]["seconds"] = [8.0, 4.0, 3.0]  # first fit 4 s over the median
     study["points"][2]["engines"]["spark"]["seconds"] = [9.0, 5.0, 5.5]  # 3.5 s over
     study["points"][3]["engines"]["spark"]["seconds"] = [23.75]
-    slow = {"axis": "density", "users": 10_000, "train_ratings": 400_000, "mb_error": 0.0, "seconds_error": -0.2,
+    slow = {"axis": "density", "users": 10_000, "train_ratings": 400_000, "mb_error": 0.0, "seconds_error": -0.3,
             "predicted_seconds": 16.0, "measured_seconds": 23.75}
-    assert why_missed(study, "spark", {**slow, "seconds_error": -0.3}) == (
+    assert why_missed(study, "spark", slow) == (
         "this size was fitted once, so its time includes the worker's first fit, which at the 2 sizes fitted 3 "
         "times took 3.8 s longer on average than their median (the JVM compiling Spark's code); less that, the "
         "check is -20%")  # 16 / (23.75 - 3.75) - 1
     study["points"][3]["engines"]["spark"]["seconds"] = [23.75, 20.0, 20.0]  # repeated: no such cause
-    assert why_missed(study, "spark", {**slow, "seconds_error": -0.3}) == (
+    assert why_missed(study, "spark", slow) == (
         "the time miss has no cause the measurements show")
 
     cluster = {"measurements": [{"executors": 4, "train_ratings": 100, "executor_peaks_mb": [743.0, 900.0, 1360.0]},
