@@ -56,11 +56,13 @@ def excerpt_path() -> Path:
 
 def small_params(**overrides):
     """A small Jester-shaped table with a pure planted rank-3 structure (no user or joke effects, which
-    would add two ranks ALS has to spend on them) plus noise of standard deviation 1."""
+    would add two ranks ALS has to spend on them) plus noise of standard deviation 1, in rating units (the
+    additive model clipped to the scale, three equal factors)."""
     from jester_als.generate import GeneratorParams
 
     base = dict(users=400, jokes=40, rank=3, noise=1.0, factor_scale=3.0, user_bias=0.0, joke_bias=0.0,
-                mean=0.0, min_ratings=20, mean_ratings=30, gauge_jokes=10, zero_fraction=0.0, seed=11)
+                mean=0.0, min_ratings=20, mean_ratings=30, gauge_jokes=10, zero_fraction=0.0, seed=11,
+                marginal="clip", spectrum_decay=1.0, share_rated_all=0.25)
     base.update(overrides)
     return GeneratorParams(**base)
 

@@ -248,15 +248,23 @@ class GenerateConfig(Section):
     path: str = key("data/jester_synthetic.csv", "where `generate` writes the wide CSV")
     users: PositiveInt = key(_GEN.users, "users (rows) in the synthetic table")
     jokes: PositiveInt = key(_GEN.jokes, "jokes (columns) in the synthetic table")
-    rank: PositiveInt = key(_GEN.rank, "rank of the planted low-rank structure")
+    marginal: Literal["jester", "clip"] = key(
+        _GEN.marginal, "jester: the latent's standard score mapped onto the real ratings' distribution; clip: "
+                       "`mean` + latent clipped to [-10, 10] (effects, factors and noise in rating units)")
+    rank: PositiveInt = key(_GEN.rank, "number of planted factors")
+    spectrum_decay: Annotated[float, _checked(_unit)] = key(
+        _GEN.spectrum_decay, "each planted factor's variance is this times the previous one's (1: equal factors)")
     noise: NonNegativeNumber = key(_GEN.noise, "standard deviation of the noise")
     factor_scale: NonNegativeNumber = key(_GEN.factor_scale, "standard deviation of the low-rank part")
     user_bias: NonNegativeNumber = key(_GEN.user_bias, "std of the user effects")
     joke_bias: NonNegativeNumber = key(_GEN.joke_bias, "std of the joke effects")
-    mean: Number = key(_GEN.mean, "centre of the ratings before clipping")
+    mean: Number = key(_GEN.mean, "clip marginal: centre of the ratings before clipping")
     min_ratings: PositiveInt = key(_GEN.min_ratings, "every user rates at least this many")
     mean_ratings: PositiveNumber = key(_GEN.mean_ratings, "average ratings per user")
-    gauge_jokes: NonNegativeInt = key(_GEN.gauge_jokes, "jokes rated by nearly everyone")
+    share_rated_all: Annotated[float, _checked(lambda v: None if 0 <= v < 1 else "must be in [0, 1)")] = key(
+        _GEN.share_rated_all, "share of users who rate every joke (tables of up to 150 jokes)")
+    gauge_jokes: NonNegativeInt = key(_GEN.gauge_jokes, "jokes rated by nearly everyone (the real set's ids first: "
+                                                        "the ten gauge jokes, then 20 more)")
     zero_fraction: NonNegativeNumber = key(_GEN.zero_fraction, "extra share of exact 0.00 ratings (clicks on the "
                                                                "centre)")
     seed: int = key(_GEN.seed, "seeds the synthetic table")
