@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from jester_als.numpy_als import block_rows, engine_threads, uses_dense_path
+from jester_als.numpy_als import block_rows, engine_threads, last_level_cache_bytes, uses_dense_path
 
 ENGINES = ("numpy", "spark")
 BYTES_PER_FACTOR = 4  # Spark ships float32 factors in its shuffles
@@ -26,8 +26,17 @@ def terms(engine: str) -> dict[str, list[str]]:
     return {"time": time_terms, "memory": memory}
 
 
+def block_rule(machine: dict | None = None) -> dict:
+    """What NumPy's block size depends on: the last-level cache and the engine's threads, of the machine a study
+    ran on (its ``machine`` section) or of this one. A study's predictions are for its own machine, so a refit on
+    another machine keeps that machine's rule."""
+    machine = machine or {}
+    return {"cache_bytes": machine.get("last_level_cache_bytes") or last_level_cache_bytes(),
+            "threads": machine.get("engine_threads") or engine_threads()}
+
+
 def _features(engine: str, users: float, jokes: float, nnz: float, rank: int, dense: bool = False,
-              blocks: int | None = None) -> dict:
+              blocks: int | None = None, rule: dict | None = None) -> dict:
     """Each term's size at a point: rows are users + jokes (one normal-equation solve each), dense cells the
     users x jokes pattern NumPy's dense path works on and stores (its sparse path has none); NumPy's sparse
     path pays for its SciPy products per rating, at a cost per rating of its own, and for every block of users
@@ -42,7 +51,8 @@ def _features(engine: str, users: float, jokes: float, nnz: float, rank: int, de
         time_terms.append(users * jokes * rank ** 2 if dense else 0.0)
         time_terms.append(0.0 if dense else nnz * rank ** 2)
         if blocks is None:
-            blocks = np.ceil(users / block_rows(rank, int(users), engine_threads()))
+            rule = rule or block_rule()
+            blocks = np.ceil(users / block_rows(rank, int(users), rule["threads"], rule["cache_bytes"]))
         time_terms.append(0.0 if dense else jokes * blocks * rank ** 2)
         memory.append(users * jokes if dense else 0.0)
     return {"time": time_terms, "memory": memory}
@@ -115,9 +125,11 @@ def cost_points(points: list[dict], engine: str) -> list[dict]:
     return [p for p in points if p["engines"].get(engine, {}).get("completed") and "probe" not in p]
 
 
-def fit_cost_model(points: list[dict], rank: int, iterations: int, holdout: bool = True) -> dict:
+def fit_cost_model(points: list[dict], rank: int, iterations: int, holdout: bool = True,
+                   machine: dict | None = None) -> dict:
     """Per engine: time per iteration and peak memory as non-negative combinations of the terms, fitted on
-    the completed points less the held-out ones, and the held-out checks."""
+    the completed points less the held-out ones, and the held-out checks; NumPy's entry keeps the block rule of
+    ``machine`` (the study's: :func:`block_rule`) for its predictions."""
     model = {"rank": rank, "iterations": iterations, "check_target": CHECK_TARGET}
     for engine in ENGINES:
         rows = [(p, p["engines"][engine]) for p in cost_points(points, engine)]
@@ -134,6 +146,8 @@ def fit_cost_model(points: list[dict], rank: int, iterations: int, holdout: bool
         held_ids = {id(r) for _, r in held}
         used = [r for r in rows if id(r) not in held_ids]
         entry = {"fitted": True, "points_used": len(used), "coefficients": {}, "max_relative_error_on_fitted": {}}
+        if engine == "numpy":
+            entry["block_rule"] = block_rule(machine)
         for target, key in (("time", "fit_seconds"), ("memory", "peak_rss_mb")):
             x = np.array([features[id(row)][target] for row in used])
             y = np.array([r[key] / (iterations if target == "time" else 1.0) for _, r in used])
@@ -168,7 +182,7 @@ def values(entry: dict, target: str) -> list[float]:
 
 def predict_point(entry: dict, engine: str, users: float, jokes: float, nnz: float, rank: int,
                   iterations: int, dense: bool = False, blocks: int | None = None) -> dict:
-    features = _features(engine, users, jokes, nnz, rank, dense, blocks)
+    features = _features(engine, users, jokes, nnz, rank, dense, blocks, entry.get("block_rule"))
     seconds = float(np.dot(features["time"], values(entry, "time"))) * iterations
     memory = float(np.dot(features["memory"], values(entry, "memory")))
     return {"seconds": seconds, "memory_mb": memory}
@@ -242,7 +256,8 @@ def predicted_limit(entry: dict, engine: str, *, per_user: float, jokes: int, ra
     def memory(users: float) -> float:
         nnz = users * per_user
         dense = engine == "numpy" and uses_dense_path(users, jokes, nnz, dense_budget_mb)
-        return float(np.dot(_features(engine, users, jokes, nnz, rank, dense)["memory"], values(entry, "memory")))
+        features = _features(engine, users, jokes, nnz, rank, dense, rule=entry.get("block_rule"))
+        return float(np.dot(features["memory"], values(entry, "memory")))
 
     low, high = 1_000.0, None
     users = low

@@ -13,6 +13,7 @@ import numpy as np
 
 from jester_als.config import size_mb
 from jester_als.generate import GeneratorParams
+from jester_als.numpy_als import engine_threads, last_level_cache_bytes
 from jester_als.outputs import now_iso, staged_outputs, write_text_atomic
 from jester_als.scale.costmodel import ENGINES, fit_cost_model, predict, predicted_limit
 from jester_als.scale.data import split_counts, write_split_parquet
@@ -190,8 +191,10 @@ def run_study(cfg: dict) -> dict:
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)
-    model = fit_cost_model(points, scale["rank"], scale["maxIter"])
-    return {"when": now_iso(), "machine": {"cpus": os.cpu_count(), "memory_gb": machine_memory_gb()},
+    machine = {"cpus": os.cpu_count(), "memory_gb": machine_memory_gb(),
+               "last_level_cache_bytes": last_level_cache_bytes(), "engine_threads": engine_threads()}
+    model = fit_cost_model(points, scale["rank"], scale["maxIter"], machine=machine)
+    return {"when": now_iso(), "machine": machine,
             "params": {k: scale[k] for k in ("rank", "regParam", "maxIter")},
             "budgets": {"time_seconds": scale["time_budget_seconds"], "memory_mb": scale["memory_budget_mb"],
                         "spark_driver_memory": scale["spark_driver_memory"]},
@@ -284,7 +287,7 @@ def refit(study: dict, cfg: dict, why: str) -> dict:
     params, budgets = study["params"], study["budgets"]
     cfg = {**cfg, "scale": {**cfg["scale"], **params, "memory_budget_mb": budgets["memory_mb"],
                             "spark_driver_memory": budgets["spark_driver_memory"]}}
-    model = fit_cost_model(study["points"], params["rank"], params["maxIter"])
+    model = fit_cost_model(study["points"], params["rank"], params["maxIter"], machine=study.get("machine"))
     cluster = study.get("cluster")
     if cluster:
         from jester_als.scale.cluster import fit_cluster_model
