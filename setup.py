@@ -35,10 +35,13 @@ setup(
         # pandas 3). Clusters and Databricks bring their own pyspark.
         "spark": ["pyspark[connect]>=4.0,<5", "pandas>=2.0,<3"],
         "plot": ["matplotlib>=3.7"],
+        # input.format: xls, the original Jester files (.xls and .xlsx)
+        "excel": ["python-calamine>=0.2"],
         # The full package: its SQLite store is the local default (mlflow-skinny has no SQL store).
         "mlflow": ["mlflow>=3.0"],
         "test": ["pytest>=8", "pytest-xdist>=3.5", "chispa>=0.10", "databricks-bundles>=0.270", "matplotlib>=3.7",
-                 "mlflow>=3.0", "ruff>=0.6"],
+                 "mlflow>=3.0", "ruff>=0.6", "python-calamine>=0.2",
+                 "xlwt>=1.3"],  # xlwt writes the .xls files the Excel tests read
     },
     entry_points={"console_scripts": ["jester-als = jester_als.cli:run"]},
 )

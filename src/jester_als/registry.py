@@ -24,7 +24,7 @@ JOBS: dict[str, Job] = {job.name: job for job in (
                  "exit 0 (fine), 1 (input problem) or 2 (config problem)"),
     Job("generate", "write a synthetic Jester-shaped wide CSV with a planted structure (no Spark)", spark=False),
     Job("prepare", "read the Jester table, melt it to (user, joke, rating), write ratings/ and rejected/",
-        outputs=("ratings", "rejected", "user_ids")),
+        outputs=("ratings", "rejected", "user_ids", "user_files")),
     Job("tune", "split the ratings, tune ALS with TrainValidationSplit, evaluate on test, save model/",
         outputs=("model",), needs=("ratings",)),
     Job("recommend", "top-N unrated jokes per user from the saved model into recommendations/",
@@ -32,7 +32,7 @@ JOBS: dict[str, Job] = {job.name: job for job in (
     Job("baseline", "NumPy ALS and simple baselines on a collected sample, against Spark ALS on the same rows",
         needs=("ratings", "model")),
     Job("pipeline", "prepare, tune, baseline and recommend in one run, with metrics.json and report.md",
-        outputs=("ratings", "rejected", "user_ids", "model", "recommendations")),
+        outputs=("ratings", "rejected", "user_ids", "user_files", "model", "recommendations")),
     Job("bench", "time NumPy ALS, Spark ALS and the seed's loop on the same ratings, each in its own process; "
                  "bench.json, bench.md", spark=False, outputs=("bench.json", "bench.md", "bench.png")),
     Job("scale", "scaling study: both engines along users, density and jokes axes; scale.json, scale.md, scale.png",
