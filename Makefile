@@ -23,7 +23,7 @@ SPARK_ENV = PYSPARK_PYTHON="$(CURDIR)/$(BIN)/python" PYSPARK_DRIVER_PYTHON="$(CU
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-spark40 java run lint test test-suite test-spark40 test-fast generate bench package submit cluster-demo connect-server scale scale-docs run-docs bench-docs clean
+.PHONY: help setup setup-spark40 java run lint test test-suite test-spark40 test-fast generate bench package submit cluster-demo connect-server scale scale-docs run-docs bench-docs defaults-docs download-jester clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -62,6 +62,10 @@ scale: setup ## the scaling study: NumPy vs Spark along users, density and jokes
 run-docs: setup ## copy the last `make run`'s metrics.json into docs/run/ and regenerate the README's section from it
 	mkdir -p docs/run
 	cp output/local/metrics.json docs/run/
+	$(BIN)/python -m jester_als.readme README.md
+
+defaults-docs: setup ## how the default grid was chosen: validation RMSE of candidate grids on the default table (docs/defaults.md)
+	$(BIN)/python -m jester_als.defaults --conf $(CONF) --out docs
 	$(BIN)/python -m jester_als.readme README.md
 
 bench-docs: setup ## copy the last `make bench` run into docs/ and regenerate the README's section from it
@@ -114,6 +118,9 @@ cluster-demo: package $(DATA) ## start a real standalone master + worker, submit
 
 connect-server: setup ## run a local Spark Connect server in the foreground (jobs then take --remote sc://...)
 	$(BIN)/python -m jester_als.localcluster connect-server
+
+download-jester: setup ## download the real Jester dataset 1 (3 .xls files) into data/jester/ (needs internet; DATASET=3 for the 150-joke sheet)
+	$(BIN)/python -m jester_als.download --dataset $(or $(DATASET),1) --into $(if $(filter 3,$(DATASET)),data/jester3,data/jester)
 
 clean: ## remove the venv, build products, outputs and generated data
 	rm -rf $(VENV) $(VENV40) dist build src/*.egg-info output data spark-warehouse metastore_db derby.log .pytest_cache

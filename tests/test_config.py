@@ -22,7 +22,8 @@ def write(tmp_path, text):
 def test_shipped_configs_are_valid():
     cfg = load_config(ROOT_CONF)
     assert cfg["input"]["path"] == "data/jester_synthetic.csv"
-    assert cfg["tune"]["grid"] == {"rank": [5], "regParam": [0.3], "biases": [False, True], "maxIter": [10]}
+    assert cfg["tune"]["grid"] == {"rank": [5, 10, 20], "regParam": [0.3, 0.5], "biases": [False, True],
+                                   "maxIter": [5]}
 
 
 def test_unknown_key_is_named(tmp_path):
@@ -139,7 +140,7 @@ def test_config_table_shows_each_key_with_its_type_and_default():
     """The table the README's section is generated from (tests/test_readme.py compares the two)."""
     from jester_als.config import config_table
 
-    assert "| `tune.refit_max_iter` | integer | `null` |" in config_table()  # what a reader looks up, e.g.
+    assert "| `tune.refit_max_iter` | integer | `20` |" in config_table()  # what a reader looks up, e.g.
 
 
 def test_packaged_configs_are_found_by_name_from_anywhere(tmp_path, monkeypatch):

@@ -32,7 +32,7 @@ def comparable(metrics: dict) -> dict:
     spark_als = {k: v for k, v in metrics["spark_als"].items() if "seconds" not in k and k != "tune_method"}
     numpy_als = {k: v for k, v in metrics["numpy_als"].items()
                  if "seconds" not in k and k != "memory"}
-    data = {k: v for k, v in metrics["data"].items() if k != "source"}
+    data = {k: v for k, v in metrics["data"].items() if k != "source" and "seconds" not in k}
     return {"data": data, "spark_als": spark_als, "numpy_als": numpy_als,
             "baselines": {k: ({kk: vv for kk, vv in v.items() if "seconds" not in kk} if isinstance(v, dict) else v)
                           for k, v in metrics["baselines"].items()},

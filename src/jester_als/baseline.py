@@ -13,7 +13,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from jester_als.hashsplit import SPLIT_BUCKETS, test_threshold
-from jester_als.numpy_als import RatingMatrix, arrow_ratings, fit_biases, fit_numpy_als, positions, rmse_mae
+from jester_als.numpy_als import RatingMatrix, arrow_ratings, fit_biases, fit_numpy_als, nmae, positions, rmse_mae
 from jester_als.peakmem import PeakRSS
 from jester_als.tune import is_test_rating
 
@@ -118,6 +118,8 @@ def compare_engines(spark_model, ratings: DataFrame, cfg: dict, params: dict) ->
     same = np.logical_and.reduce([~np.isnan(p) for p in predictions.values()])
     truth = sample.test_ratings[same]
     scores = {name: rmse_mae(truth, p[same]) for name, p in predictions.items()}
+    for score in scores.values():
+        score["nmae"] = nmae(score["mae"], (low, high))
     width = float(high - low)
     edges = np.linspace(-width, width, 41)  # every error of a clipped prediction of an in-range rating
     histogram = {"edges": edges.tolist(),
@@ -133,6 +135,7 @@ def compare_engines(spark_model, ratings: DataFrame, cfg: dict, params: dict) ->
                    "maxIter": numpy_params["max_iter"], "biases": numpy_params["biases"]},
         "iterations": numpy_model.iterations,
         "test_rmse": scores["numpy_als"]["rmse"], "test_mae": scores["numpy_als"]["mae"],
+        "test_nmae": scores["numpy_als"]["nmae"],
         "fit_seconds": numpy_seconds,
         "spark_test_rmse_same_rows": scores["spark_als"]["rmse"],
         "spark_test_mae_same_rows": scores["spark_als"]["mae"],
@@ -146,9 +149,10 @@ def compare_engines(spark_model, ratings: DataFrame, cfg: dict, params: dict) ->
     baselines = {
         "rows": int(same.sum()),
         "global_mean": {"test_rmse": scores["global_mean"]["rmse"], "test_mae": scores["global_mean"]["mae"],
+                        "test_nmae": scores["global_mean"]["nmae"],
                         "value": float(sample.train.ratings.mean(dtype=np.float64))},
         "bias": {"test_rmse": scores["bias"]["rmse"], "test_mae": scores["bias"]["mae"],
-                 "reg": base["bias_reg"], "fit_seconds": bias_seconds},
+                 "test_nmae": scores["bias"]["nmae"], "reg": base["bias_reg"], "fit_seconds": bias_seconds},
         "error_histogram": histogram,
     }
     log.info("same %d rows: numpy ALS RMSE %.4f (fit %.2f s), Spark ALS %.4f, bias %.4f, global mean %.4f",

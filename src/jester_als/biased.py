@@ -176,12 +176,19 @@ def top_per_user(scores: DataFrame, n: int) -> DataFrame:
             .select("user", "rank", "joke", "score"))
 
 
-def fit_biased_als(train: DataFrame, estimator: ALS, *, bias_reg: float,
-                   biases: SparkBiases | None = None) -> BiasedALSModel:
+def residual_ratings(train: DataFrame, biases: SparkBiases) -> DataFrame:
+    """``train``'s ratings less ``mu + b_u + b_j``, computed now and cut from their lineage."""
+    return materialize(with_offsets(train.withColumn("offset", F.lit(0.0)), biases, column="offset")
+                       .select("user", "joke", (F.col("rating") - F.col("offset")).alias("rating")),
+                       "the residual ratings")
+
+
+def fit_biased_als(train: DataFrame, estimator: ALS, *, bias_reg: float, biases: SparkBiases | None = None,
+                   residual: DataFrame | None = None) -> BiasedALSModel:
     """Offsets on ``train`` (or the ones given, fitted on the same ratings), then ``estimator`` on the
-    residuals."""
+    residuals (or the ones given: :func:`residual_ratings` of the same ratings and offsets, which tuning computes
+    once for all of its biased grid points)."""
     biases = biases or fit_biases(train, reg=bias_reg)
-    residual = materialize(with_offsets(train.withColumn("offset", F.lit(0.0)), biases, column="offset")
-                           .select("user", "joke", (F.col("rating") - F.col("offset")).alias("rating")),
-                           "the residual ratings")
+    if residual is None:
+        residual = residual_ratings(train, biases)
     return BiasedALSModel(estimator.fit(residual), biases)

@@ -92,8 +92,9 @@ def summary(job: str, metrics: dict, seconds: float) -> str:
     spark = metrics.get("spark_als")
     if spark and job in ("tune", "pipeline"):
         params = spark.get("model_params", spark["best_params"])
+        nmae = f", NMAE {spark['test_nmae']:.4f}" if spark.get("test_nmae") is not None else ""
         lines.append(f"  Spark ALS {params}: test RMSE {spark['test_rmse']:.4f}, "
-                     f"MAE {spark['test_mae']:.4f} (tuning {spark['tune_seconds']:.1f} s over "
+                     f"MAE {spark['test_mae']:.4f}{nmae} (tuning {spark['tune_seconds']:.1f} s over "
                      f"{len(spark['validation'])} grid points, final fit {spark['fit_seconds']:.1f} s)")
     numpy_als, baselines = metrics.get("numpy_als"), metrics.get("baselines")
     if numpy_als and baselines and job in ("baseline", "pipeline"):

@@ -224,8 +224,9 @@ class LongColumns(Section):
 
 
 class InputConfig(Section):
-    format: Literal["csv", "parquet", "table"] = key(
-        "csv", "csv or parquet file/directory at `path`, or a catalog `table`")
+    format: Literal["csv", "parquet", "table", "xls"] = key(
+        "csv", "csv or parquet file/directory at `path`, a catalog `table`, or xls: the original Excel files (a "
+               "file, a directory of them or a glob; layout jester; the excel extra)")
     path: str | None = key("data/jester_synthetic.csv", "file or directory to read (csv, parquet)")
     table: str | None = key(None, "catalog table, e.g. workspace.default.jester_data_1")
     layout: Literal["wide", "long", "jester"] = key(
@@ -242,6 +243,9 @@ class InputConfig(Section):
     missing_values: list[Number] = key([99], "sentinels that mean 'not rated' (never 0)")
     rating_range: Annotated[list[Number], _checked(_range_pair)] = key(
         [-10.0, 10.0], "[low, high]; values outside are refused")
+    reference_scan: bool = key(
+        True, "after prepare, time one plain read-melt-write of the same input and report prepare's time against "
+              "it (data.timing)")
 
 
 class GenerateConfig(Section):
@@ -300,13 +304,16 @@ def _grid(grid: dict) -> dict:
 
 class TuneConfig(Section):
     grid: Annotated[dict[str, Any], AfterValidator(_grid)] = key(
-        {"rank": [5], "regParam": [0.3], "biases": [False, True], "maxIter": [10]},
+        {"rank": [5, 10, 20], "regParam": [0.3, 0.5], "biases": [False, True], "maxIter": [5]},
         "ALS param -> list of values")
     train_ratio: Fraction = key(0.8, "TrainValidationSplit's share of the training ratings used for fitting")
     parallelism: PositiveInt = key(2, "grid points fitted at once")
     seed: int = key(42, "seeds TrainValidationSplit's split")
     refit_max_iter: PositiveInt | None = key(
-        None, "maxIter for the final fit on all training ratings (null: the best grid point's)")
+        20, "maxIter for the final fit on all training ratings (null: the best grid point's)")
+    scale_reg_param: bool = key(
+        True, "the grid's regParam values are for a 20-point scale (Jester's) and are multiplied by the span of "
+              "input.rating_range / 20 (x 0.2 on a 1-5 scale); false: used as given")
 
 
 class EvaluateConfig(Section):
@@ -454,7 +461,10 @@ def _cross_checks(cfg: dict, problems: list[str]) -> None:
     inp = cfg["input"]
     if inp["format"] == "table" and not inp["table"]:
         problems.append("input.table: required when input.format is 'table'")
-    if inp["format"] in ("csv", "parquet") and not inp["path"]:
+    if inp["format"] == "xls" and inp["layout"] != "jester":
+        problems.append(f"input.layout: must be 'jester' with input.format 'xls' (the original files have no header "
+                        f"row), got {inp['layout']!r}")
+    if inp["format"] in ("csv", "parquet", "xls") and not inp["path"]:
         problems.append(f"input.path: required when input.format is '{inp['format']}'")
     gen = cfg["generate"]
     if all(isinstance(gen.get(k), int) for k in ("users", "jokes", "min_ratings", "gauge_jokes")):

@@ -9,7 +9,15 @@ import time
 
 import numpy as np
 
-from jester_als.numpy_als import NumpyALSModel, RatingMatrix, arrow_ratings, fit_numpy_als, positions, rmse_mae
+from jester_als.numpy_als import (
+    NumpyALSModel,
+    RatingMatrix,
+    arrow_ratings,
+    fit_numpy_als,
+    nmae,
+    positions,
+    rmse_mae,
+)
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +29,10 @@ def collect_ratings(df) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def tune_numpy(train_df, test_df, cfg: dict, reason: str) -> tuple[dict, NumpyALSModel]:
     """The same grid, train ratio and seeds as the Spark tuning, fitted with NumPy ALS on the driver."""
+    from jester_als.tune import reg_param_factor, scaled_grid
+
     tuning = cfg["tune"]
-    grid = tuning["grid"]
+    grid = scaled_grid(tuning["grid"], reg_param_factor(cfg["input"]["rating_range"], tuning["scale_reg_param"]))
     ignored = sorted(set(grid) - {"rank", "regParam", "maxIter", "biases"})
     if ignored:
         log.warning("NumPy fallback ignores grid params it does not have: %s", ignored)
@@ -56,6 +66,7 @@ def tune_numpy(train_df, test_df, cfg: dict, reason: str) -> tuple[dict, NumpyAL
     section = {"engine": "numpy (fallback)", "fallback_reason": reason, "best_params": best, "params": params,
                "model_params": params, "validation": validation, "tune_seconds": tune_seconds,
                "fit_seconds": fit_seconds, "test_rmse": scores["rmse"], "test_mae": scores["mae"],
+               "test_nmae": nmae(scores["mae"], cfg["input"]["rating_range"]),
                "test_rows_scored": scores["rows"], "train_ratings": int(ratings.size)}
     return section, model
 

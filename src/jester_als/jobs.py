@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import shutil
 import time
 
 from pyspark.ml.recommendation import ALSModel
@@ -19,7 +20,7 @@ from jester_als.driver import recommend_numpy, tune_numpy
 from jester_als.fallback import WAYS_OUT, AlsNotAllowedError, is_not_allowed, not_allowed_reason
 from jester_als.numpy_als import NumpyALSModel
 from jester_als.outputs import RunOutputs, now_iso
-from jester_als.prepare import InputError, check_duplicates, content_hash, hex64, input_name, prepare_ratings
+from jester_als.prepare import InputError, check_duplicates, hex64, input_name, prepare_ratings, reference_scan
 from jester_als.progress import step
 from jester_als.recommend import recommend_unrated
 from jester_als.registry import JOBS as REGISTRY
@@ -29,6 +30,8 @@ from jester_als.tune import (
     fit_als,
     held_out_predictions,
     make_als,
+    reg_param_factor,
+    scaled_grid,
     split_ratings,
     tune_als,
 )
@@ -50,7 +53,13 @@ def run_prepare(spark: SparkSession, cfg: dict, out: RunOutputs) -> tuple[dict, 
     """Read, melt, classify; write ``ratings/``, ``rejected/`` (and ``user_ids/`` when ids were re-indexed);
     return the data section, the ratings as read back from what was written (a deterministic, short-lineage
     input for ALS) and the id mapping."""
+    scan_path = out.path(".reference-scan")
+    # The plain read-melt-write runs first, paying the session's warm-up as any first job would, and again
+    # after prepare on a warm session: prepare's time is held against the second.
+    first_scan = timed_scan(spark, cfg["input"], scan_path) if cfg["input"]["reference_scan"] else None
+    started = time.perf_counter()
     prepared = prepare_ratings(spark, cfg["input"])
+    checked = time.perf_counter()
     try:
         if cfg["input"]["layout"] == "long":  # wide and Jester tables have one row per user and distinct jokes
             check_duplicates(prepared.ratings, prepared.source)
@@ -58,17 +67,28 @@ def run_prepare(spark: SparkSession, cfg: dict, out: RunOutputs) -> tuple[dict, 
         prepared.rejected.write.mode("overwrite").parquet(out.path("rejected"))
         if prepared.user_ids is not None:
             prepared.user_ids.select("original_user", "user").write.mode("overwrite").parquet(out.path("user_ids"))
+        if prepared.user_files is not None:
+            prepared.user_files.write.mode("overwrite").parquet(out.path("user_files"))
     finally:
         prepared.release()
         if prepared.user_ids is not None:
             try_unpersist(prepared.user_ids)
+    written = time.perf_counter()
+    timing = {"read_and_count": round(checked - started, 2), "write": round(written - checked, 2),
+              "prepare": round(written - started, 2)}
+    scan = timed_scan(spark, cfg["input"], scan_path) if first_scan is not None else None
+    shutil.rmtree(scan_path, ignore_errors=True)
+    if scan is not None:
+        timing.update(reference_scan_first=round(first_scan, 2), reference_scan=round(scan, 2),
+                      ratio=round((written - started) / scan, 2))
+        log.info("prepare took %.1f s (read, classify and count %.1f s, write %.1f s); a plain read-melt-write of "
+                 "the same input took %.1f s before it (the session's first job) and %.1f s after it: prepare "
+                 "%.1fx the second", written - started, checked - started, written - checked, first_scan, scan,
+                 (written - started) / scan)
     user_ids = spark.read.parquet(out.path("user_ids")) if prepared.user_ids is not None else None
     counts = prepared.counts
+    row = counts["ratings"]
     ratings = spark.read.parquet(out.path("ratings"))
-    row = ratings.agg(F.countDistinct("user").alias("users"), F.countDistinct("joke").alias("items"),
-                      F.count(F.lit(1)).alias("ratings"), F.avg("rating").alias("mean"),
-                      F.stddev_pop("rating").alias("std"),
-                      content_hash("user", "joke", "rating").alias("hash")).first()
     if not row["ratings"]:
         raise InputError(f"{prepared.source}: no valid ratings among {counts['cells']:,} cells "
                          f"(missing {counts['missing']}, rejected {counts['rejected']})")
@@ -85,11 +105,22 @@ def run_prepare(spark: SparkSession, cfg: dict, out: RunOutputs) -> tuple[dict, 
         "rejected": counts["rejected_total"], "missing": counts["missing_total"],
         "cells": {"read": counts["cells"], "accepted": counts["accepted"],
                   "missing": counts["missing"], "rejected": counts["rejected"]},
+        "timing_seconds": timing,
     }
     log.info("%s: %d cells -> %d ratings by %d users of %d jokes; %d missing, %d rejected %s",
              prepared.source, counts["cells"], row["ratings"], row["users"], row["items"],
              counts["missing_total"], counts["rejected_total"], counts["rejected"] or "")
     return {"data": data}, ratings, user_ids
+
+
+def timed_scan(spark: SparkSession, inp: dict, path: str) -> float | None:
+    """:func:`reference_scan`'s seconds, or None where it cannot run: an input it cannot read is left to
+    ``prepare``, whose checks say what is wrong with it."""
+    try:
+        return reference_scan(spark, inp, path)
+    except Exception as exc:  # the input's problem is reported by prepare itself
+        log.debug("reference scan skipped (%s)", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return None
 
 
 def run_tune(spark: SparkSession, cfg: dict, out: RunOutputs,
@@ -123,10 +154,20 @@ def run_tune(spark: SparkSession, cfg: dict, out: RunOutputs,
                      "als_engine": "numpy (fallback: Spark ALS not allowed here)", "numpy_als": section},
                     numpy_model, ratings)
         tuning = cfg["tune"]
-        log.info("tuning ALS on %d training ratings (%d held out), %d user and item blocks",
-                 train_count, test_count, blocks)
+        # The points of a wave share the cores: with blocks: auto each gets its share of them (at least one
+        # block); the final fit has them all.
+        tune_blocks = max(1, blocks // tuning["parallelism"]) if cfg["als"]["blocks"] == "auto" else blocks
+        log.info("tuning ALS on %d training ratings (%d held out), %d grid points at a time with %d user and item "
+                 "blocks each; the final fit with %d", train_count, test_count, tuning["parallelism"], tune_blocks,
+                 blocks)
         bias_reg = cfg["als"]["bias_reg"]
-        result = tune_als(train, als, tuning["grid"], train_ratio=tuning["train_ratio"],
+        reg_factor = reg_param_factor(cfg["input"]["rating_range"], tuning["scale_reg_param"])
+        grid = scaled_grid(tuning["grid"], reg_factor)
+        if reg_factor != 1.0 and "regParam" in grid:
+            log.info("regParam values %s scaled by %.3g to the rating range %s: %s", tuning["grid"]["regParam"],
+                     reg_factor, cfg["input"]["rating_range"], grid["regParam"])
+        tune_estimator = als.copy({als.numUserBlocks: tune_blocks, als.numItemBlocks: tune_blocks})
+        result = tune_als(train, tune_estimator, grid, train_ratio=tuning["train_ratio"],
                           parallelism=tuning["parallelism"], seed=tuning["seed"], biases=cfg["als"]["biases"],
                           bias_reg=bias_reg)
         params = dict(result.best_params)
@@ -149,11 +190,15 @@ def run_tune(spark: SparkSession, cfg: dict, out: RunOutputs,
         "biases": bool(params.get("biases")),
         "bias_reg": bias_reg if params.get("biases") else None,
         "validation": result.validation,
+        "grid_edges": result.edges,
+        "reg_param_factor": reg_factor,
         "tune_method": result.method,
         "tune_seconds": result.tune_seconds,
+        "tune_waves_seconds": result.waves,
         "train_ratio": tuning["train_ratio"],
         "fit_seconds": fit_seconds,
         "blocks": blocks,
+        "tune_blocks": tune_blocks,
         **evaluation,
     }
     log.info("final model %s: test RMSE %.4f, MAE %.4f (fit %.1f s, tuning %.1f s)", params,
@@ -249,16 +294,18 @@ def run_pipeline(spark: SparkSession, cfg: dict, out: RunOutputs) -> dict:
     grid_points = 1
     for values in cfg["tune"]["grid"].values():
         grid_points *= len(values)
-    with step(1, 4, f"prepare: read and melt {input_name(cfg['input'])}"):
+    steps: dict[str, float] = {}
+    with step(1, 4, f"prepare: read and melt {input_name(cfg['input'])}", record=steps, name="prepare"):
         sections, ratings, user_ids = run_prepare(spark, cfg, out)
-    with step(2, 4, f"tune: {grid_points} grid points, then the final fit"):
+    with step(2, 4, f"tune: {grid_points} grid points, then the final fit", record=steps, name="tune"):
         tuned, model, ratings = run_tune(spark, cfg, out, ratings)
     merge_sections(sections, tuned)
     spark_params = tuned.get("spark_als", {}).get("model_params")
-    with step(3, 4, "baseline: NumPy ALS and baselines on the driver"):
+    with step(3, 4, "baseline: NumPy ALS and baselines on the driver", record=steps, name="baseline"):
         merge_sections(sections, run_baseline(spark, cfg, out, model, ratings, spark_params))
-    with step(4, 4, f"recommend: top {cfg['recommend']['top_n']} per user"):
+    with step(4, 4, f"recommend: top {cfg['recommend']['top_n']} per user", record=steps, name="recommend"):
         merge_sections(sections, run_recommend(spark, cfg, out, model, ratings, user_ids))
+    sections["steps_seconds"] = steps
     return sections
 
 

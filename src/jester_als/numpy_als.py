@@ -618,3 +618,8 @@ def rmse_mae(actual: np.ndarray, predicted: np.ndarray) -> dict:
     if err.size == 0:
         return {"rmse": None, "mae": None, "rows": 0}
     return {"rmse": float(np.sqrt(np.mean(err ** 2))), "mae": float(np.mean(np.abs(err))), "rows": int(err.size)}
+
+
+def nmae(mae: float | None, rating_range) -> float | None:
+    """MAE over the span of the rating scale (Goldberg et al. 2001), the measure Jester papers report."""
+    return None if mae is None else mae / (float(rating_range[1]) - float(rating_range[0]))

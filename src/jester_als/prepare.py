@@ -32,6 +32,7 @@ from __future__ import annotations
 import csv
 import logging
 import re
+import time
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -39,6 +40,11 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
 from jester_als.errors import JobError
+from jester_als.excel import FILE as EXCEL_FILE
+from jester_als.excel import ROW as EXCEL_ROW
+from jester_als.excel import USER as EXCEL_USER
+from jester_als.excel import ExcelInputError, read_excel_table
+from jester_als.excel import joke_columns as excel_joke_columns
 from jester_als.session import try_persist, try_unpersist
 
 log = logging.getLogger(__name__)
@@ -77,9 +83,13 @@ def read_table(spark: SparkSession, inp: dict) -> DataFrame:
                 table = reader.option("columnNameOfCorruptRecord", MALFORMED).schema(schema).csv(inp["path"])
         elif inp["format"] == "parquet":
             table = spark.read.parquet(inp["path"])
+        elif inp["format"] == "xls":
+            table = read_excel_table(spark, inp["path"])
         else:
             table = spark.read.table(inp["table"])
         columns = table.columns
+    except ExcelInputError as exc:
+        raise InputError(str(exc)) from None
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "PATH_NOT_FOUND" in first or "TABLE_OR_VIEW_NOT_FOUND" in first or "does not exist" in first:
@@ -150,11 +160,13 @@ def stack_expression(jokes: list[tuple[str, int]]) -> str:
 
 
 def melt_wide_ratings(wide: DataFrame, user_column: str, jokes: list[tuple[str, int]]) -> DataFrame:
-    """Wide table -> one row per (user, joke) cell: ``user_raw`` string, ``joke`` int, ``raw`` string.
+    """Wide table -> one row per (user, joke) cell: ``user_raw`` string, ``user`` int (null unless the id is an
+    integer in Int range), ``joke`` int, ``raw`` string.
 
-    Every cell is kept, blanks included, so that it can be counted."""
+    Every cell is kept, blanks included, so that it can be counted. The user's id is parsed once per row, before
+    the row is melted into its cells."""
     return wide.select(F.col(_quote(user_column)).cast("string").alias("user_raw"),
-                       F.expr(stack_expression(jokes)))
+                       _int_id(_quote(user_column)).alias("user"), F.expr(stack_expression(jokes)))
 
 
 def number_rows(table: DataFrame, column: str = "_row") -> DataFrame:
@@ -264,9 +276,20 @@ class PreparedRatings:
     user_ids: DataFrame | None = None  # original_user -> user, when ids were re-indexed
     fingerprint: dict | None = None
     restore: dict | None = None  # session settings to put back once the outputs are written
+    table: DataFrame | None = None  # the input as read, persisted
+
+    @property
+    def user_files(self) -> DataFrame | None:
+        """user -> the Excel file and row it was read from (format xls), else None."""
+        if self.table is None or EXCEL_FILE not in self.table.columns:
+            return None
+        return self.table.select(F.col(EXCEL_USER).cast("int").alias("user"), F.col(EXCEL_FILE).alias("file"),
+                                 F.col(EXCEL_ROW).alias("row"))
 
     def release(self) -> None:
         try_unpersist(self.classified)
+        if self.table is not None:
+            try_unpersist(self.table)
         for key, value in (self.restore or {}).items():
             try:
                 self.classified.sparkSession.conf.set(key, value)
@@ -344,11 +367,13 @@ def check_input(spark: SparkSession, inp: dict) -> dict:
     return result
 
 
-def ratings_cells(spark: SparkSession, inp: dict) -> tuple[DataFrame, str, dict, bool | None]:
-    """Read the configured input; return its cells (wide melted or long), the input's name and fingerprint, and
-    whether some user id is not an integer in Int range (None where the cells must be asked)."""
+def ratings_cells(spark: SparkSession, inp: dict, table: DataFrame | None = None
+                  ) -> tuple[DataFrame, str, dict, bool | None]:
+    """Read the configured input (or take ``table``, the input as read); return its cells (wide melted or
+    long), the input's name and fingerprint, and whether some user id is not an integer in Int range (None where
+    the cells must be asked)."""
     source = input_name(inp)
-    table = read_table(spark, inp)
+    table = read_table(spark, inp) if table is None else table
     layout = inp["layout"]
     user_column = {"wide": inp["user_column"], "long": inp["long_columns"]["user"]}.get(layout)
     if user_column is not None and user_column not in table.columns:
@@ -357,6 +382,10 @@ def ratings_cells(spark: SparkSession, inp: dict) -> tuple[DataFrame, str, dict,
     not_int = users["not_int"] > 0 if "not_int" in users else None
     if prints["rows"] == 0:
         raise InputError(f"{source}: has a header but no rows")
+    if layout == "jester" and EXCEL_USER in table.columns:  # the Excel files, users numbered as they were read
+        jokes = excel_joke_columns(table.columns)
+        log.info("%s: Jester layout, %d joke columns, users numbered by row across the files", source, len(jokes))
+        return melt_wide_ratings(table, EXCEL_USER, jokes), source, prints, False
     if layout == "jester":
         cells, jokes = jester_original_cells(table, source)
         log.info("%s: Jester layout, %d joke columns, users numbered by row", source, len(jokes))
@@ -397,7 +426,7 @@ def malformed_row_cells(table: DataFrame, header: list[str], user_column: str, j
         F.trim(F.col(_quote(user_column)).cast("string")).alias("user_raw"),
         F.size(fields).alias("fields"), F.posexplode(fields).alias("pos", "field"))
     return (rows.where(~F.col("pos").isin(skipped))
-            .select("user_raw",
+            .select("user_raw", _int_id("user_raw").alias("user"),
                     F.try_element_at(joke_at, (F.col("pos") + 1).cast("int")).alias("joke"),
                     F.regexp_replace("field", r'^\s*"(.*)"\s*$', "$1").alias("raw"),
                     F.lit("wrong_field_count").alias("forced_reason"),
@@ -406,25 +435,44 @@ def malformed_row_cells(table: DataFrame, header: list[str], user_column: str, j
 
 
 def count_cells(classified: DataFrame, *, rows_are_users: bool = False) -> dict:
-    """Cells by status and reason, the jokes nobody rated, and (unless ``rows_are_users``) the users without a
-    rating. Where every row of the table is one user (wide and Jester layouts) the rows without a rating are
-    the table's rows less the users with ratings, which ``prepare`` counts anyway: left as None here."""
-    rows = classified.groupBy("status", "reason").count().collect()
+    """Cells by status and reason, the jokes nobody rated, the accepted ratings' summary (``users``, ``items``,
+    ``ratings``, ``mean``, ``std`` and the content hash of (user, joke, rating)) and (unless ``rows_are_users``)
+    the users without a rating, from two aggregations over the persisted cells: one by joke, status and reason
+    (a few hundred rows, summed here) and the distinct users with a rating. Where every row of the table is one
+    user (wide and Jester layouts) the rows without a rating are the table's rows less the users with ratings:
+    left as None here."""
+    accepted = F.col("status") == "accepted"
+    rating = F.when(accepted, F.col("rating"))
+    groups = (classified.groupBy("joke", "status", "reason")
+              .agg(F.count(F.lit(1)).alias("cells"), F.count(rating).alias("n"), F.sum(rating).alias("total"),
+                   F.sum(rating * rating).alias("squares"),
+                   F.sum(F.when(accepted, F.xxhash64("user", "joke", "rating")).cast("decimal(38,0)")).alias("hash"))
+              .collect())
     counts = {"cells": 0, "accepted": 0, "missing": {}, "rejected": {}}
-    for row in rows:
-        counts["cells"] += row["count"]
+    rated_per_joke: dict = {}
+    for row in groups:
+        counts["cells"] += row["cells"]
         if row["status"] == "accepted":
-            counts["accepted"] += row["count"]
+            counts["accepted"] += row["cells"]
         else:
-            counts[row["status"]][row["reason"]] = row["count"]
+            by_reason = counts[row["status"]]
+            by_reason[row["reason"]] = by_reason.get(row["reason"], 0) + row["cells"]
+        if row["joke"] is not None:
+            rated_per_joke[row["joke"]] = rated_per_joke.get(row["joke"], 0) + row["n"]
     counts["missing_total"] = sum(counts["missing"].values())
     counts["rejected_total"] = sum(counts["rejected"].values())
-    accepted = F.sum(F.when(F.col("status") == "accepted", 1).otherwise(0))
-    unrated = (classified.where(F.col("joke").isNotNull()).groupBy("joke").agg(accepted.alias("n"))
-               .where("n = 0").orderBy("joke").collect())
-    counts["jokes_without_ratings"] = [r["joke"] for r in unrated]
+    counts["jokes_without_ratings"] = sorted(joke for joke, n in rated_per_joke.items() if not n)
+    rated = [row for row in groups if row["n"]]
+    n = sum(row["n"] for row in rated)
+    mean = sum(row["total"] for row in rated) / n if n else None
+    counts["ratings"] = {
+        "ratings": n, "items": sum(1 for v in rated_per_joke.values() if v), "mean": mean,
+        "std": max(sum(row["squares"] for row in rated) / n - mean * mean, 0.0) ** 0.5 if n else None,
+        "hash": sum(int(row["hash"]) for row in rated),
+        "users": classified.where(accepted).select("user").distinct().count() if n else 0,
+    }
     counts["rows_without_ratings"] = None if rows_are_users else (
-        classified.groupBy("user_raw").agg(accepted.alias("n")).where("n = 0").count())
+        classified.groupBy("user_raw").agg(F.count(rating).alias("n")).where("n = 0").count())
     return counts
 
 
@@ -449,12 +497,18 @@ def prepare_ratings(spark: SparkSession, inp: dict) -> PreparedRatings:
 
 
 def _prepare(spark: SparkSession, inp: dict, restore: dict) -> PreparedRatings:
-    cells, source, prints, not_int = ratings_cells(spark, inp)
+    # The input is parsed once: its summary pass fills the cache, and the cells are melted from the cache.
+    table = try_persist(read_table(spark, inp), "the input table")
+    try:
+        cells, source, prints, not_int = ratings_cells(spark, inp, table)
+    except BaseException:
+        try_unpersist(table)
+        raise
     user_ids = None
     mode = inp["user_ids"]
     if mode == "reindex" or (mode == "auto" and (needs_reindex(cells) if not_int is None else not_int)):
         user_ids = try_persist(user_id_mapping(cells), "the user id mapping")
-        cells = cells.join(user_ids, F.trim(F.col("user_raw")) == F.col("original_user"), "left") \
+        cells = cells.drop("user").join(user_ids, F.trim(F.col("user_raw")) == F.col("original_user"), "left") \
             .drop("original_user")
         log.info("%s: user ids are not all integers in Int range; re-indexed %d users (mapping in user_ids/)",
                  source, user_ids.count())
@@ -463,8 +517,10 @@ def _prepare(spark: SparkSession, inp: dict, restore: dict) -> PreparedRatings:
     # What is kept for the counts and the two outputs: the raw text only of refused cells and the rating only
     # of accepted ones (nulls cost next to nothing in the cache). Caching every cell's text took 9.2 s of the
     # default table's prepare step where this takes 6.4 s (2 cores, warm JVM).
+    # The long layout counts its users without a rating by their raw ids, so keeps every cell's.
     rejected_only = F.col("status") == "rejected"
-    kept = [F.col(c) if c not in ("joke_raw", "raw", "detail") else F.when(rejected_only, F.col(c)).alias(c)
+    text = ("joke_raw", "raw", "detail") if inp["layout"] == "long" else ("joke_raw", "raw", "detail", "user_raw")
+    kept = [F.col(c) if c not in text else F.when(rejected_only, F.col(c)).alias(c)
             for c in ("user", "joke", "user_raw", "reason", "status", "joke_raw", "raw", "detail")
             if c in classified.columns]
     classified = try_persist(
@@ -483,7 +539,35 @@ def _prepare(spark: SparkSession, inp: dict, restore: dict) -> PreparedRatings:
                 .orderBy("detail").limit(5).collect())
         log.warning("%s: %d cells refused from rows whose field count differs from the header: %s", source,
                     malformed, "; ".join(r["detail"] for r in rows))
-    return PreparedRatings(ratings, rejected, counts, source, classified, user_ids, prints, restore)
+    return PreparedRatings(ratings, rejected, counts, source, classified, user_ids, prints, restore, table)
+
+
+def reference_scan(spark: SparkSession, inp: dict, path: str) -> float:
+    """Seconds of the least work any prepare must do: one read of the input, melted (wide layouts), its
+    non-blank cells written as Parquet under ``path``, without checks or counts. ``prepare``'s own time is
+    reported against it."""
+    started = time.perf_counter()
+    if inp["format"] == "csv":
+        header = inp["header"] and inp["layout"] != "jester"
+        table = spark.read.option("header", header).option("sep", inp["delimiter"]).csv(inp["path"])
+    else:
+        table = read_table(spark, inp)
+    if inp["layout"] == "long":
+        columns = inp["long_columns"]
+        cells = table.select(F.col(_quote(columns["user"])).alias("user_raw"),
+                             F.col(_quote(columns["joke"])).alias("joke"),
+                             F.col(_quote(columns["rating"])).alias("raw"))
+    elif inp["layout"] == "jester":
+        cells = melt_wide_ratings(table.withColumn("_user", F.lit("0")), "_user",
+                                  [(name, position) for position, name in enumerate(table.columns) if position > 0])
+    else:
+        jokes = joke_columns(table.columns, inp["user_column"], inp["drop_columns"], input_name(inp))
+        cells = melt_wide_ratings(table, inp["user_column"], jokes)
+    (cells.where(F.col("raw").isNotNull() & (F.trim(F.col("raw").cast("string")) != ""))
+     .select(F.col("user_raw").cast("int").alias("user"), F.col("joke").cast("int").alias("joke"),
+             F.col("raw").cast("double").alias("rating"))
+     .write.mode("overwrite").parquet(path))
+    return time.perf_counter() - started
 
 
 def check_duplicates(ratings: DataFrame, source: str) -> None:

@@ -13,9 +13,11 @@ HEARTBEAT_SECONDS = 20.0
 
 
 @contextmanager
-def step(index: int, total: int, what: str, heartbeat: float = HEARTBEAT_SECONDS):
+def step(index: int, total: int, what: str, heartbeat: float = HEARTBEAT_SECONDS, *,
+         record: dict | None = None, name: str | None = None):
     """``with step(2, 4, "tuning"):`` logs ``step 2/4: tuning``, then every ``heartbeat`` seconds ``step 2/4:
-    tuning, 40 s so far``, and ``step 2/4: tuning done in 52.3 s`` (or ``failed after``)."""
+    tuning, 40 s so far``, and ``step 2/4: tuning done in 52.3 s`` (or ``failed after``); with ``record`` and
+    ``name``, the step's seconds are kept as ``record[name]``."""
     label = f"step {index}/{total}: {what}"
     log.info("%s", label)
     started = time.perf_counter()
@@ -35,4 +37,7 @@ def step(index: int, total: int, what: str, heartbeat: float = HEARTBEAT_SECONDS
     finally:
         done.set()
         beater.join()
-    log.info("%s done in %.1f s", label, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    if record is not None and name:
+        record[name] = round(seconds, 2)
+    log.info("%s done in %.1f s", label, seconds)

@@ -60,10 +60,24 @@ def _bench_section(root: Path) -> str:
             + "\n\n![median fit time and test RMSE per engine](docs/bench.png)")
 
 
+def _defaults_section(root: Path) -> str:
+    from jester_als.defaults import render
+
+    return _section(render(_docs(root, "defaults.json")), 1)
+
+
+def _generated_section(root: Path) -> str:
+    from jester_als.defaults import render_statistics
+
+    return render_statistics(_docs(root, "defaults.json")["generated_statistics"])
+
+
 # name -> what the section is made from; its markers are derived from the name.
 SECTIONS: dict[str, Callable[[Path], str]] = {
     "config table": lambda root: _config_table(),
     "pipeline run": _run_section,
+    "default grid": _defaults_section,
+    "generated data": _generated_section,
     "benchmark": _bench_section,
     "scaling study": _scale_section,
 }

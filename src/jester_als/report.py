@@ -45,7 +45,7 @@ def render_report(metrics: dict) -> str:
     if comparison:
         out += ["## Engines on the same held-out ratings", "",
                 table(["engine", "params", "collect (s)", "fit (s)", "collect + fit (s)", "test RMSE", "test MAE",
-                       "rows scored"], comparison), ""]
+                       "test NMAE", "rows scored"], comparison), ""]
         out += comparison_notes(metrics) + [""]
     elif spark and "test_rmse" in spark:
         out += ["## Spark ALS on the test ratings", "",
@@ -72,7 +72,9 @@ def render_report(metrics: dict) -> str:
                       [[_params(p["params"]), _num(p["validation_rmse"]),
                         "best" if all(spark["best_params"].get(k) == v for k, v in p["params"].items())
                         else ""] for p in spark["validation"]]), ""]
+        out += tuning_notes(spark)
         out += ranking_section(metrics)
+    out += timing_section(metrics)
     recs = metrics.get("recommendations")
     if recs:
         out += ["## Recommendations", "",
@@ -82,6 +84,44 @@ def render_report(metrics: dict) -> str:
                 f"({_num(recs.get('catalogue_coverage'), 3)} of the jokes with ratings).", ""]
     out += plots_section(metrics.get("plots"))
     return "\n".join(out)
+
+
+def timing_section(metrics: dict) -> list[str]:
+    """Where the run's time went: its steps, and prepare's own parts against a plain scan of the same input."""
+    steps = metrics.get("steps_seconds") or {}
+    timing = (metrics.get("data") or {}).get("timing_seconds") or {}
+    if not steps and not timing:
+        return []
+    out = ["## Where the time went", ""]
+    if steps:
+        out += [table(list(steps), [[f"{v:.1f} s" for v in steps.values()]]), ""]
+    if timing:
+        line = (f"prepare: {timing['prepare']:.1f} s (read, classify and count {timing['read_and_count']:.1f} s, "
+                f"write {timing['write']:.1f} s).")
+        if "reference_scan" in timing:
+            line += (f" A plain read-melt-write of the same input, without checks or counts: "
+                     f"{timing['reference_scan_first']:.1f} s as the session's first job, "
+                     f"{timing['reference_scan']:.1f} s repeated after prepare; prepare took {timing['ratio']:.1f}x "
+                     f"the repeated scan.")
+        out += [line, ""]
+    return out
+
+
+def tuning_notes(spark: dict) -> list[str]:
+    """Where the chosen point sits in the grid, how regParam was scaled, and the time of each wave."""
+    notes = []
+    for edge in spark.get("grid_edges") or []:
+        notes.append(f"The chosen {edge['param']} ({edge['value']}) is the {edge['edge']} value the grid tried "
+                     f"({', '.join(map(str, edge['tried']))}): the best value may lie "
+                     f"{'above' if edge['edge'] == 'largest' else 'below'} it; widen the grid to find out.")
+    factor = spark.get("reg_param_factor")
+    if factor not in (None, 1.0):
+        notes.append(f"regParam values were scaled by {factor:g} to the rating scale (`tune.scale_reg_param`).")
+    waves = spark.get("tune_waves_seconds")
+    if waves:
+        notes.append(f"Tuning ran in {len(waves)} wave(s) of parallel grid points: "
+                     f"{', '.join(f'{w:.1f}' for w in waves)} s.")
+    return [note for item in notes for note in (item, "")]
 
 
 PLOT_CAPTIONS = {
@@ -131,15 +171,23 @@ def engine_rows(metrics: dict) -> list[list]:
     return [
         ["Spark ALS", _params(spark.get("model_params")), "", _num(spark.get("fit_seconds"), 2),
          _num(spark.get("fit_seconds"), 2), _num(numpy_als["spark_test_rmse_same_rows"]),
-         _num(numpy_als.get("spark_test_mae_same_rows")), rows_scored],
+         _num(numpy_als.get("spark_test_mae_same_rows")), _num(_nmae(numpy_als.get("spark_test_mae_same_rows"),
+                                                                     metrics)), rows_scored],
         ["NumPy ALS (driver)", _params(numpy_als["params"]), _num(collect, 2), _num(fit, 2), _num(collect + fit, 2),
-         _num(numpy_als["test_rmse"]), _num(numpy_als["test_mae"]), rows_scored],
+         _num(numpy_als["test_rmse"]), _num(numpy_als["test_mae"]), _num(numpy_als.get("test_nmae")), rows_scored],
         ["user + joke bias", f"reg={baselines['bias']['reg']}", "same sample",
          _num(baselines["bias"]["fit_seconds"], 2), "", _num(baselines["bias"]["test_rmse"]),
-         _num(baselines["bias"]["test_mae"]), rows_scored],
+         _num(baselines["bias"]["test_mae"]), _num(baselines["bias"].get("test_nmae")), rows_scored],
         ["global mean", f"mean={baselines['global_mean']['value']:.3f}", "same sample", "0.00", "",
-         _num(baselines["global_mean"]["test_rmse"]), _num(baselines["global_mean"]["test_mae"]), rows_scored],
+         _num(baselines["global_mean"]["test_rmse"]), _num(baselines["global_mean"]["test_mae"]),
+         _num(baselines["global_mean"].get("test_nmae")), rows_scored],
     ]
+
+
+def _nmae(mae, metrics: dict):
+    """MAE over the span of the rating scale the run clipped to (``spark_als.clipping.range``)."""
+    span = ((metrics.get("spark_als") or {}).get("clipping") or {}).get("range")
+    return None if mae is None or not span else mae / (span[1] - span[0])
 
 
 def comparison_notes(metrics: dict) -> list[str]:
@@ -152,7 +200,8 @@ def comparison_notes(metrics: dict) -> list[str]:
         f"can score. Spark ALS was fitted on all {_num(metrics.get('data', {}).get('train_ratings'))} training "
         f"ratings; NumPy ALS and the baselines on the sample's {_num(numpy_als['sample_train_ratings'])}. "
         f"On all {_num(spark.get('test_rows_scored'))} test ratings Spark ALS scores RMSE "
-        f"{_num(spark.get('test_rmse'))}, MAE {_num(spark.get('test_mae'))}.",
+        f"{_num(spark.get('test_rmse'))}, MAE {_num(spark.get('test_mae'))}, NMAE {_num(spark.get('test_nmae'))} "
+        f"(MAE over the span of the rating scale, as Jester papers report it).",
         "",
         f"Driver cost of NumPy ALS: collecting the sample took {numpy_als['collect_seconds']:.1f} s and the fit "
         f"{numpy_als['fit_seconds']:.2f} s; the driver process peaked at {memory['driver_peak_mb']:,.0f} MB "

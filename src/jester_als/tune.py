@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pyspark.ml.evaluation import RankingEvaluator, RegressionEvaluator
 from pyspark.ml.recommendation import ALS, ALSModel
@@ -20,6 +20,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from jester_als.hashsplit import SPLIT_BUCKETS, test_threshold
+from jester_als.numpy_als import nmae
 from jester_als.session import is_connect, materialize, try_persist, try_unpersist
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ class TuneResult:
     validation: list[dict]  # one per grid point: params and validation RMSE
     tune_seconds: float
     method: str = "TrainValidationSplit"
+    edges: list[dict] = field(default_factory=list)  # grid_edges of the best point
+    waves: list[float] = field(default_factory=list)  # seconds of each wave of ``parallelism`` points
 
 
 def tvs_runs_here(spark) -> bool:
@@ -89,7 +92,7 @@ def tvs_runs_here(spark) -> bool:
 
 def train_validation_split(train: DataFrame, als: ALS, points: list[tuple[bool, dict]], evaluator, *,
                            train_ratio: float, seed: int, bias_reg: float = 10.0,
-                           parallelism: int = 1) -> list[float]:
+                           parallelism: int = 1, finished: list | None = None) -> list[float]:
     """What ``TrainValidationSplit._fit`` does, for grid points that may include the biased model: the same
     seeded ``rand`` column splits ``train`` into a fitting part (< ``train_ratio``) and a validation part,
     each point is fitted on the first and scored on the second, ``parallelism`` points at a time on threads
@@ -100,29 +103,33 @@ def train_validation_split(train: DataFrame, als: ALS, points: list[tuple[bool, 
 
     from pyspark.util import inheritable_thread_target
 
-    from jester_als.biased import fit_biased_als, fit_biases
+    from jester_als.biased import fit_biased_als, fit_biases, residual_ratings
 
     rand_col = f"{als.uid}_rand"
     marked = train.select("*", F.rand(seed).alias(rand_col))
     condition = marked[rand_col] >= train_ratio
     validation = try_persist(marked.filter(condition), "the validation part")
     fitting = try_persist(marked.filter(~condition), "the fitting part")
-    biases = None
+    biases = residual = None
     try:
         if any(flag for flag, _ in points):
             biases = fit_biases(fitting, reg=bias_reg)
+            residual = residual_ratings(fitting, biases)
 
         def score(numbered: tuple[int, tuple[bool, dict]]) -> float:
             number, (flag, param_map) = numbered
             started = time.perf_counter()
             if flag:
-                model = fit_biased_als(fitting, als.copy(param_map), bias_reg=bias_reg, biases=biases)
+                model = fit_biased_als(fitting, als.copy(param_map), bias_reg=bias_reg, biases=biases,
+                                       residual=residual)
                 metric = evaluator.evaluate(model.transform(validation))
             else:
                 metric = evaluator.evaluate(als.fit(fitting, param_map).transform(validation, param_map))
             log.info("  grid point %d/%d done in %.1f s: %s%s -> validation RMSE %.4f", number, len(points),
                      time.perf_counter() - started, "biased " if flag else "",
                      {p.name: _plain(v) for p, v in param_map.items()}, metric)
+            if finished is not None:
+                finished.append(time.perf_counter())
             return metric
 
         numbered = list(enumerate(points, start=1))
@@ -136,6 +143,7 @@ def train_validation_split(train: DataFrame, als: ALS, points: list[tuple[bool, 
     finally:
         if biases is not None:
             biases.release()
+            try_unpersist(residual)
         try_unpersist(fitting)
         try_unpersist(validation)
 
@@ -155,6 +163,8 @@ def tune_als(train: DataFrame, als: ALS, grid: dict, *, train_ratio: float, para
     any_biased = any(flag for flag, _ in points)
     use_tvs = not any_biased and (method == "tvs" or (method == "auto" and tvs_runs_here(train.sparkSession)))
     started = time.perf_counter()
+    finished: list[float] = []  # when each point of the job's loop finished
+    threads = parallelism
     if use_tvs:
         log.info("TrainValidationSplit: %d grid points, trainRatio %.2f, parallelism %d",
                  len(points), train_ratio, parallelism)
@@ -173,7 +183,7 @@ def tune_als(train: DataFrame, als: ALS, grid: dict, *, train_ratio: float, para
         log.info("train/validation split: %d grid points, trainRatio %.2f, %d at a time (the job's own loop: %s)",
                  len(points), train_ratio, threads, why)
         metrics = train_validation_split(train, als, points, evaluator, train_ratio=train_ratio, seed=seed,
-                                         bias_reg=bias_reg, parallelism=threads)
+                                         bias_reg=bias_reg, parallelism=threads, finished=finished)
         how = "the job's loop (as TrainValidationSplit)"
     tune_seconds = time.perf_counter() - started
     validation = []
@@ -190,7 +200,22 @@ def tune_als(train: DataFrame, als: ALS, grid: dict, *, train_ratio: float, para
     for name in ("rank", "regParam", "maxIter"):
         best_params.setdefault(name, _plain(als.getOrDefault(name)))
     best_params.setdefault("biases", False)
-    return TuneResult(best_params=best_params, validation=validation, tune_seconds=tune_seconds, method=how)
+    edges = grid_edges(grid, best_params)
+    if edges:
+        log.warning("the best grid point is on the grid's edge: %s", describe_edges(edges))
+    return TuneResult(best_params=best_params, validation=validation, tune_seconds=tune_seconds, method=how,
+                      edges=edges, waves=wave_seconds(started, sorted(finished), threads))
+
+
+def wave_seconds(started: float, finished: list[float], parallelism: int) -> list[float]:
+    """Seconds of each wave of ``parallelism`` grid points (a wave ends when its last point finishes), from the
+    points' finishing times in order; empty when they were not recorded (Spark's own TrainValidationSplit)."""
+    waves, previous = [], started
+    for end in range(parallelism, len(finished) + parallelism, max(parallelism, 1)):
+        last = finished[min(end, len(finished)) - 1]
+        waves.append(round(last - previous, 2))
+        previous = last
+    return waves
 
 
 def fit_als(train: DataFrame, als: ALS, params: dict, *, bias_reg: float = 10.0) -> tuple[ALSModel, float]:
@@ -299,6 +324,49 @@ def reference_rankings(scored: DataFrame, train: DataFrame, *, k: int, threshold
     return rankings_metrics(rows, list(REFERENCES), k=k, threshold=threshold)
 
 
+# Ordered parameters of a grid: a best value at the end of the values tried may not be the best there is.
+ORDERED_GRID_PARAMS = ("rank", "regParam", "maxIter")
+
+# The scale regParam values are given for when ``tune.scale_reg_param`` is on: Jester's 20 points.
+REG_PARAM_SCALE_SPAN = 20.0
+
+
+def reg_param_factor(rating_range, scale: bool) -> float:
+    """What a grid's regParam values are multiplied by for ``rating_range``.
+
+    With the ratings scaled by c, ALS-WR's squared errors grow by c^2 while its penalty grows by c (factors of
+    sqrt(c) on each side fit the same model), so the regParam that balances them grows by c: values tuned on
+    Jester's 20-point scale are multiplied by (high - low) / 20 on another scale."""
+    if not scale:
+        return 1.0
+    return (float(rating_range[1]) - float(rating_range[0])) / REG_PARAM_SCALE_SPAN
+
+
+def scaled_grid(grid: dict, factor: float) -> dict:
+    """``grid`` with its regParam values multiplied by ``factor`` (rounded to 6 significant digits)."""
+    if factor == 1.0 or "regParam" not in grid:
+        return grid
+    return {**grid, "regParam": [float(f"{v * factor:.6g}") for v in grid["regParam"]]}
+
+
+def grid_edges(grid: dict, best: dict) -> list[dict]:
+    """The ordered parameters whose best value is the smallest or the largest of several the grid tried."""
+    edges = []
+    for name in ORDERED_GRID_PARAMS:
+        tried = sorted(set(grid.get(name, [])))
+        if len(tried) < 2 or name not in best:
+            continue
+        side = "largest" if best[name] == tried[-1] else "smallest" if best[name] == tried[0] else None
+        if side:
+            edges.append({"param": name, "value": best[name], "edge": side, "tried": tried})
+    return edges
+
+
+def describe_edges(edges: list[dict]) -> str:
+    return "; ".join(f"{e['param']}={e['value']} is the {e['edge']} value tried ({e['tried']}): the best may lie "
+                     f"{'above' if e['edge'] == 'largest' else 'below'} it" for e in edges)
+
+
 def clipped(column, rating_range) -> F.Column:
     """A prediction column clipped to the rating scale [low, high]."""
     low, high = float(rating_range[0]), float(rating_range[1])
@@ -325,6 +393,8 @@ def evaluate_predictions(predictions: DataFrame, *, k: int, threshold: float, ra
     ranked in the same pass as the model's (:func:`reference_rankings`)."""
     scores = regression_metrics(predictions, rating_range=rating_range)
     result = {"test_rmse": scores["rmse"], "test_mae": scores["mae"], "test_rows_scored": scores["rows"]}
+    if rating_range is not None:
+        result["test_nmae"] = nmae(scores["mae"], rating_range)
     if rating_range is not None:
         result["clipping"] = {"range": [float(rating_range[0]), float(rating_range[1])],
                               "predictions_outside": scores["outside"], "test_rmse_unclipped": scores["raw_rmse"],
