@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -30,6 +31,7 @@ def spark():
     from pyspark.sql import SparkSession
 
     scratch = tempfile.mkdtemp(prefix="jester-als-tests-")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # Python workers run the tests' environment
     session = (SparkSession.builder.master("local[2]").appName("jester-als-tests")
                .config("spark.sql.shuffle.partitions", "2")
                .config("spark.default.parallelism", "2")

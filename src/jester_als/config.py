@@ -337,6 +337,23 @@ def _numpy_params(params: dict) -> dict:
     return params
 
 
+class NewUsersConfig(Section):
+    path: str | None = key(None, "foldin: new users' ratings, read with input's settings (format, layout, missing "
+                                 "values, rating range) unless given below")
+    format: Literal["csv", "parquet", "table", "xls"] | None = key(None, "foldin: the new users' format (null: "
+                                                                         "input.format)")
+    layout: Literal["wide", "long", "jester"] | None = key(None, "foldin: the new users' layout (null: input.layout)")
+    engine: Literal["auto", "spark", "numpy"] = key(
+        "auto", "foldin: spark (inside Spark tasks, no collect), numpy (on the driver), auto (numpy for a NumPy "
+                "model, else spark)")
+    evaluate: bool = key(True, "pipeline: score fold-in on users held out whole, revealing k of their ratings")
+    holdout_fraction: Fraction = key(0.1, "share of users held out whole for that evaluation")
+    reveal: list[PositiveInt] = key([1, 2, 5, 10, 20], "k random ratings revealed per held-out user (the ten gauge "
+                                                       "jokes are revealed too, as Jester did)")
+    max_users: PositiveInt = key(5000, "at most this many held-out users are scored (collected to the driver)")
+    seed: int = key(42, "seeds which users are held out and which ratings are revealed")
+
+
 class BaselineConfig(Section):
     max_users: PositiveInt | None = key(100_000, "collect at most this many users to the driver (null: no cap)")
     fraction: Annotated[float, _checked(_unit)] | None = key(None, "sample this share of users first (null: all)")
@@ -449,6 +466,7 @@ class JesterConfig(Section):
     evaluate: EvaluateConfig = section(EvaluateConfig)
     recommend: RecommendConfig = section(RecommendConfig)
     baseline: BaselineConfig = section(BaselineConfig)
+    new_users: NewUsersConfig = section(NewUsersConfig)
     tracking: TrackingConfig = section(TrackingConfig)
     bench: BenchConfig = section(BenchConfig)
     scale: ScaleConfig = section(ScaleConfig)

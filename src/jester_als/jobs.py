@@ -10,15 +10,27 @@ import platform
 import shutil
 import time
 
+import numpy as np
 from pyspark.ml.recommendation import ALSModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jester_als import __version__
 from jester_als.biased import BiasedALSModel
-from jester_als.driver import recommend_numpy, tune_numpy
+from jester_als.driver import collect_ratings, recommend_numpy, tune_numpy
 from jester_als.fallback import WAYS_OUT, AlsNotAllowedError, is_not_allowed, not_allowed_reason
-from jester_als.numpy_als import NumpyALSModel
+from jester_als.foldin import (
+    PARAMS_FILE,
+    fold_in,
+    fold_in_spark,
+    from_numpy_model,
+    from_spark_model,
+    load_params,
+    save_params,
+    top_n,
+)
+from jester_als.generate import GAUGE_JOKES
+from jester_als.numpy_als import NumpyALSModel, RatingMatrix, fit_numpy_als
 from jester_als.outputs import RunOutputs, now_iso
 from jester_als.prepare import InputError, check_duplicates, hex64, input_name, prepare_ratings, reference_scan
 from jester_als.progress import step
@@ -150,6 +162,7 @@ def run_tune(spark: SparkSession, cfg: dict, out: RunOutputs,
                 raise AlsNotAllowedError(f"{WAYS_OUT} (the error was: {reason})") from None
             section, numpy_model = tune_numpy(train, test, cfg, reason)
             numpy_model.save(out.path("model"))
+            save_params(out.path("model"), section["params"], cfg["als"]["bias_reg"])
             return ({"data": {"train_ratings": train_count, "test_ratings": test_count},
                      "als_engine": "numpy (fallback: Spark ALS not allowed here)", "numpy_als": section},
                     numpy_model, ratings)
@@ -181,6 +194,7 @@ def run_tune(spark: SparkSession, cfg: dict, out: RunOutputs,
                                           references=(train, split["seed"]))
         references = evaluation.pop("references")
         save_model(model, out.path("model"))
+        save_params(out.path("model"), params, bias_reg)
     finally:
         try_unpersist(train)
         try_unpersist(test)
@@ -268,6 +282,161 @@ def load_model_at(path: str, spark: SparkSession | None = None):
                          f"with the same output.dir first") from None
 
 
+def run_new_users(spark: SparkSession, cfg: dict, ratings: DataFrame, spark_als: dict) -> dict:
+    """The ``new_users`` section: fold-in scored on users held out whole (:mod:`jester_als.newusers`), over the
+    user sample the baseline collects, with the chosen model's params; and how long fold-in takes for one user
+    and for 10,000 users at once (their gauge ratings), the input in memory."""
+    from jester_als.baseline import sample_users
+    from jester_als.hashsplit import is_test
+    from jester_als.newusers import evaluate_new_users, timed_fold_in
+
+    base = cfg["baseline"]
+    sample = sample_users(ratings, max_users=base["max_users"], fraction=base["fraction"], seed=base["seed"])
+    users, jokes, values = collect_ratings(ratings.join(sample, "user", "left_semi"))
+    test = is_test(users.astype(np.int32), jokes.astype(np.int32), test_fraction=cfg["split"]["test_fraction"],
+                   seed=cfg["split"]["seed"])
+    params = spark_als["model_params"]
+    section = evaluate_new_users(users, jokes, values, test, params=params, bias_reg=cfg["als"]["bias_reg"],
+                                 new_users=cfg["new_users"], k=cfg["evaluate"]["k"],
+                                 threshold=cfg["evaluate"]["relevance_threshold"],
+                                 rating_range=cfg["input"]["rating_range"], seed=cfg["als"]["seed"])
+    model = fit_numpy_als(RatingMatrix.from_ids(users[~test], jokes[~test], values[~test]), rank=int(params["rank"]),
+                          reg_param=float(params["regParam"]), max_iter=int(params["maxIter"]),
+                          biases=bool(params.get("biases")), bias_reg=cfg["als"]["bias_reg"], seed=cfg["als"]["seed"])
+    foldable = from_numpy_model(model, float(params["regParam"]))
+    gauge = np.isin(jokes, GAUGE_JOKES)
+    serve = {}
+    for count in (1, 10_000):
+        chosen = gauge & np.isin(users, np.unique(users[gauge])[:count])
+        if np.unique(users[chosen]).size == count:
+            serve[str(count)] = timed_fold_in(foldable, users[chosen], jokes[chosen], values[chosen])
+    section["serve_seconds"] = serve
+    gauge_scores = section["gauge"]
+    log.info("new users (%d held out whole): gauge jokes revealed -> fold-in RMSE %.4f, NDCG@%d %.4f | popularity "
+             "%.4f, %.4f | full refit %.4f, %.4f; fold-in of 10,000 users %s s", section["users"],
+             gauge_scores["model"]["rmse"], section["k"], gauge_scores["model"]["ndcg_at_k"] or 0,
+             gauge_scores["popularity"]["rmse"], gauge_scores["popularity"]["ndcg_at_k"] or 0,
+             gauge_scores["refit"]["rmse"], gauge_scores["refit"]["ndcg_at_k"] or 0,
+             f"{serve['10000']:.3f}" if "10000" in serve else "n/a")
+    return {"new_users": section}
+
+
+def foldable_model(spark: SparkSession, out: RunOutputs, cfg: dict):
+    """The saved model as :class:`~jester_als.foldin.FoldInModel`, with the regParam it was fitted with."""
+    model = load_model(out, spark)
+    params = load_params(out.final_path("model")) or (out.read_metrics().get("spark_als") or {}).get("model_params")
+    if not params or "regParam" not in params:
+        raise InputError(f"model {out.final_path('model')}: its regParam is unknown (no {PARAMS_FILE} beside it and "
+                         f"no spark_als.model_params in metrics.json); run tune again with this version")
+    if isinstance(model, NumpyALSModel):
+        return model, from_numpy_model(model, float(params["regParam"]))
+    return model, from_spark_model(model, float(params["regParam"]))
+
+
+def new_users_input(cfg: dict) -> dict:
+    """``input`` with the new users' path, and their format and layout where given."""
+    new = cfg["new_users"]
+    if not new["path"]:
+        raise InputError("foldin: new_users.path is not set; give the new users' ratings, e.g. --set "
+                         "new_users.path=new_users.csv (any layout prepare reads)")
+    return {**cfg["input"], "path": new["path"], "format": new["format"] or cfg["input"]["format"],
+            "layout": new["layout"] or cfg["input"]["layout"], "reference_scan": False}
+
+
+def run_foldin(spark: SparkSession, cfg: dict, out: RunOutputs) -> dict:
+    """Fold the new users of ``new_users.path`` into the saved model and recommend them their top N unrated
+    jokes: ``new_user_recommendations/``, ``new_user_factors/`` and ``new_user_rejected/`` (every refused
+    cell, jokes the model never saw among them). Users the model already has are folded in from the ratings
+    given (their saved factors are not changed) and counted."""
+    started = time.perf_counter()
+    model, foldable = foldable_model(spark, out, cfg)
+    inp = new_users_input(cfg)
+    prepared = prepare_ratings(spark, inp)
+    ratings = None
+    try:
+        known_jokes = spark.createDataFrame([(int(j),) for j in foldable.joke_ids], "joke int")
+        ratings = prepared.ratings.join(F.broadcast(known_jokes), "joke", "left_semi").select("user", "joke", "rating")
+        unknown = (prepared.ratings.join(F.broadcast(known_jokes), "joke", "left_anti")
+                   .select(F.col("user").cast("string").alias("user"), F.col("joke").cast("string").alias("joke"),
+                           F.col("rating").cast("string").alias("value"), F.lit("unknown_joke").alias("reason"),
+                           F.lit("the model has no factors for this joke").alias("detail")))
+        ratings = try_persist(ratings, "the new users' ratings")
+        summary = ratings.agg(F.count(F.lit(1)).alias("ratings"), F.countDistinct("user").alias("users")).first()
+        if not summary["ratings"]:
+            raise InputError(f"{prepared.source}: no rating of a joke the model knows among "
+                             f"{prepared.counts['cells']:,} cells (missing {prepared.counts['missing']}, rejected "
+                             f"{prepared.counts['rejected']})")
+        engine = cfg["new_users"]["engine"]
+        if engine == "auto":
+            engine = "numpy" if isinstance(model, NumpyALSModel) else "spark"
+        top = cfg["recommend"]["top_n"]
+        rating_range = cfg["input"]["rating_range"]
+        if engine == "numpy":
+            users, jokes, values = collect_ratings(ratings)
+            folded = fold_in(foldable, users, jokes, values)
+            best = top_n(foldable, folded, top, rating_range)
+            factors = spark.createDataFrame(folded_table(folded))
+            recommendations = spark.createDataFrame(recommendation_table(best))
+        else:
+            factors, recommendations = fold_in_spark(foldable, ratings, top, rating_range)
+        if prepared.user_ids is not None:
+            originals = prepared.user_ids.select("original_user", "user")
+            recommendations = (recommendations.join(originals, "user")
+                               .select(F.col("original_user").alias("user"), "rank", "joke", "score"))
+            factors = factors.join(originals, "user").select(F.col("original_user").alias("user"), "offset",
+                                                              "features")
+        recommendations.write.mode("overwrite").parquet(out.path("new_user_recommendations"))
+        factors.write.mode("overwrite").parquet(out.path("new_user_factors"))
+        prepared.rejected.unionByName(unknown).write.mode("overwrite").parquet(out.path("new_user_rejected"))
+        known_users = known_user_count(model, ratings)
+        unknown_cells = prepared.counts["rejected"].copy()
+        unknown_count = unknown.count()
+        if unknown_count:
+            unknown_cells["unknown_joke"] = unknown_count
+    finally:
+        prepared.release()
+        if ratings is not None:
+            try_unpersist(ratings)
+    written = spark.read.parquet(out.path("new_user_recommendations")).agg(
+        F.countDistinct("user").alias("users"), F.count(F.lit(1)).alias("rows")).first()
+    rows_without = (prepared.fingerprint["rows"] - summary["users"]
+                    if prepared.counts["rows_without_ratings"] is None else prepared.counts["rows_without_ratings"])
+    section = {"source": prepared.source, "engine": engine, "users": summary["users"], "ratings": summary["ratings"],
+               "known_users": known_users, "users_without_ratings": rows_without,
+               "cells": {"read": prepared.counts["cells"], "accepted": prepared.counts["accepted"] - unknown_count,
+                         "missing": prepared.counts["missing"], "rejected": unknown_cells},
+               "recommended_users": written["users"], "recommendation_rows": written["rows"], "top_n": top,
+               "reg_param": foldable.reg_param, "biased": foldable.biased, "seconds": time.perf_counter() - started}
+    log.info("foldin: %d new users (%d ratings; %d already in the model, folded in anew; %d without a rating of a "
+             "known joke) -> top %d for %d users; refused cells %s", summary["users"], summary["ratings"], known_users,
+             rows_without, top, written["users"], unknown_cells or "none")
+    return {"foldin": section}
+
+
+def known_user_count(model, ratings: DataFrame) -> int:
+    """How many of the users in ``ratings`` the model was fitted on."""
+    if isinstance(model, NumpyALSModel):
+        users = np.asarray(ratings.select("user").distinct().toArrow().column("user").to_numpy())
+        return int(np.isin(users, model.user_ids).sum())
+    fitted = model.userFactors.select(F.col("id").alias("user"))
+    return ratings.select("user").distinct().join(fitted, "user", "left_semi").count()
+
+
+def folded_table(folded):
+    import pyarrow as pa
+
+    offsets = folded.offsets if folded.offsets is not None else [None] * len(folded.user_ids)
+    return pa.table({"user": pa.array(folded.user_ids.astype(np.int32)), "offset": pa.array(offsets, pa.float64()),
+                     "features": pa.array(list(folded.factors), pa.list_(pa.float64()))})
+
+
+def recommendation_table(best: dict):
+    import pyarrow as pa
+
+    return pa.table({"user": best["user"].astype(np.int32), "rank": best["rank"].astype(np.int32),
+                     "joke": best["joke"].astype(np.int32), "score": best["score"].astype(np.float64)})
+
+
 def run_baseline(spark: SparkSession, cfg: dict, out: RunOutputs, model: ALSModel | None = None,
                  ratings: DataFrame | None = None, spark_params: dict | None = None) -> dict:
     """NumPy ALS and the baselines on a collected sample, against the Spark model on the same rows."""
@@ -295,16 +464,20 @@ def run_pipeline(spark: SparkSession, cfg: dict, out: RunOutputs) -> dict:
     for values in cfg["tune"]["grid"].values():
         grid_points *= len(values)
     steps: dict[str, float] = {}
-    with step(1, 4, f"prepare: read and melt {input_name(cfg['input'])}", record=steps, name="prepare"):
+    total = 5 if cfg["new_users"]["evaluate"] else 4
+    with step(1, total, f"prepare: read and melt {input_name(cfg['input'])}", record=steps, name="prepare"):
         sections, ratings, user_ids = run_prepare(spark, cfg, out)
-    with step(2, 4, f"tune: {grid_points} grid points, then the final fit", record=steps, name="tune"):
+    with step(2, total, f"tune: {grid_points} grid points, then the final fit", record=steps, name="tune"):
         tuned, model, ratings = run_tune(spark, cfg, out, ratings)
     merge_sections(sections, tuned)
     spark_params = tuned.get("spark_als", {}).get("model_params")
-    with step(3, 4, "baseline: NumPy ALS and baselines on the driver", record=steps, name="baseline"):
+    with step(3, total, "baseline: NumPy ALS and baselines on the driver", record=steps, name="baseline"):
         merge_sections(sections, run_baseline(spark, cfg, out, model, ratings, spark_params))
-    with step(4, 4, f"recommend: top {cfg['recommend']['top_n']} per user", record=steps, name="recommend"):
+    with step(4, total, f"recommend: top {cfg['recommend']['top_n']} per user", record=steps, name="recommend"):
         merge_sections(sections, run_recommend(spark, cfg, out, model, ratings, user_ids))
+    if cfg["new_users"]["evaluate"] and "spark_als" in tuned:
+        with step(5, 5, "new users: fold-in on users held out whole", record=steps, name="new_users"):
+            merge_sections(sections, run_new_users(spark, cfg, ratings, tuned["spark_als"]))
     sections["steps_seconds"] = steps
     return sections
 
@@ -322,8 +495,8 @@ def merge_sections(into: dict, new: dict) -> dict:
 # The sections of metrics.json each job's results make out of date: new data invalidates everything computed
 # from the old ratings; a new model invalidates what was computed from the old model.
 FROM_RATINGS = ("spark_als", "references", "numpy_als", "baselines", "recommendations", "als_engine",
-                "baseline_skipped")
-FROM_MODEL = ("numpy_als", "baselines", "recommendations", "baseline_skipped")
+                "baseline_skipped", "foldin", "new_users")
+FROM_MODEL = ("numpy_als", "baselines", "recommendations", "baseline_skipped", "foldin", "new_users")
 
 
 def drop_stale_sections(previous: dict, job: str, sections: dict) -> dict:
@@ -368,6 +541,7 @@ JOBS = {
     "recommend": run_recommend,
     "baseline": run_baseline,
     "pipeline": run_pipeline,
+    "foldin": run_foldin,
 }
 
 

@@ -119,6 +119,32 @@ def error_histogram(plt, histogram: dict, path: str) -> None:
     plt.close(fig)
 
 
+def new_users_curve(plt, new: dict, path: str) -> None:
+    """RMSE and NDCG@k of the held-out users' other ratings against how many ratings they showed: fold-in,
+    popularity and a full refit; the gauge jokes as single points."""
+    shown = sorted(new["random"], key=int)
+    fig, (ax_rmse, ax_ndcg) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for predictor, style in (("model", "o-"), ("popularity", "s--"), ("refit", "^:")):
+        label = {"model": "fold-in", "popularity": "popularity", "refit": "full refit"}[predictor]
+        xs = [int(n) for n in shown]
+        ax_rmse.plot(xs, [new["random"][n][predictor]["rmse"] for n in shown], style, label=label)
+        ax_ndcg.plot(xs, [new["random"][n][predictor]["ndcg_at_k"] or 0 for n in shown], style, label=label)
+        if new.get("gauge"):
+            x = new["gauge"]["revealed_per_user"]
+            ax_rmse.plot([x], [new["gauge"][predictor]["rmse"]], "*", markersize=11,
+                         color=ax_rmse.lines[-1].get_color())
+            ax_ndcg.plot([x], [new["gauge"][predictor]["ndcg_at_k"] or 0], "*", markersize=11,
+                         color=ax_ndcg.lines[-1].get_color())
+    for ax, what in ((ax_rmse, "RMSE"), (ax_ndcg, f"NDCG@{new['k']}")):
+        ax.set_xscale("log")
+        ax.set_xlabel("ratings shown (random; star: the gauge jokes)")
+        ax.set_ylabel(f"{what} of the other ratings")
+    ax_rmse.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
 def run_plots(metrics: dict, output_dir: str) -> dict:
     """Draw every plot the metrics allow into ``output_dir/plots/``; returns ``{name: relative path}``, or
     ``{"skipped": reason}`` without matplotlib."""
@@ -143,7 +169,10 @@ def run_plots(metrics: dict, output_dir: str) -> dict:
     if baselines.get("error_histogram"):
         made["errors"] = os.path.join(PLOTS_DIR, "errors.png")
         error_histogram(plt, baselines["error_histogram"], os.path.join(output_dir, made["errors"]))
-    for name in ("tuning", "engines", "errors"):  # a plot of a section this directory no longer holds
+    if (metrics.get("new_users") or {}).get("random"):
+        made["new_users"] = os.path.join(PLOTS_DIR, "new_users.png")
+        new_users_curve(plt, metrics["new_users"], os.path.join(output_dir, made["new_users"]))
+    for name in ("tuning", "engines", "errors", "new_users"):  # a plot of a section this directory no longer holds
         stale = os.path.join(output_dir, PLOTS_DIR, f"{name}.png")
         if name not in made and os.path.exists(stale):
             os.remove(stale)

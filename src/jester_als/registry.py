@@ -31,6 +31,9 @@ JOBS: dict[str, Job] = {job.name: job for job in (
         outputs=("recommendations",), needs=("ratings", "model")),
     Job("baseline", "NumPy ALS and simple baselines on a collected sample, against Spark ALS on the same rows",
         needs=("ratings", "model")),
+    Job("foldin", "recommendations for new users from their ratings (new_users.path) and the saved model, without a "
+                  "refit", outputs=("new_user_recommendations", "new_user_factors", "new_user_rejected"),
+        needs=("model",)),
     Job("pipeline", "prepare, tune, baseline and recommend in one run, with metrics.json and report.md",
         outputs=("ratings", "rejected", "user_ids", "user_files", "model", "recommendations")),
     Job("bench", "time NumPy ALS, Spark ALS and the seed's loop on the same ratings, each in its own process; "

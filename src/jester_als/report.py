@@ -74,6 +74,8 @@ def render_report(metrics: dict) -> str:
                         else ""] for p in spark["validation"]]), ""]
         out += tuning_notes(spark)
         out += ranking_section(metrics)
+    out += new_users_section(metrics)
+    out += foldin_section(metrics)
     out += timing_section(metrics)
     recs = metrics.get("recommendations")
     if recs:
@@ -84,6 +86,58 @@ def render_report(metrics: dict) -> str:
                 f"({_num(recs.get('catalogue_coverage'), 3)} of the jokes with ratings).", ""]
     out += plots_section(metrics.get("plots"))
     return "\n".join(out)
+
+
+def new_users_section(metrics: dict) -> list[str]:
+    """How fold-in does for users held out whole, against popularity and a full refit, per revealed ratings."""
+    new = metrics.get("new_users")
+    if not new:
+        return []
+    k = new["k"]
+    rows = []
+    scenarios = [(f"the {len(new['gauge_jokes'])} gauge jokes", new.get("gauge"))]
+    scenarios += [(f"{n} random", entry) for n, entry in new.get("random", {}).items()]
+    for label, entry in scenarios:
+        if not entry:
+            continue
+        cells = [label, _num(entry["users"]), f"{entry['revealed_per_user']:.1f}"]
+        for predictor in ("model", "popularity", "refit"):
+            cells += [_num(entry[predictor]["rmse"]), _num(entry[predictor]["nmae"]),
+                      _num(entry[predictor]["ndcg_at_k"])]
+        rows.append(cells)
+    header = ["revealed", "users", "ratings shown"] + [f"{who} {what}" for who in ("fold-in", "popularity", "refit")
+                                                       for what in ("RMSE", "NMAE", f"NDCG@{k}")]
+    serve = new.get("serve_seconds") or {}
+    seconds = new["seconds"]
+    lines = ["## New users: how many ratings a new user needs", "",
+             f"{_num(new['users'])} users held out whole (not in the model, fitted on "
+             f"{_num(new['fitted_on_users'])} other users' training ratings with the chosen params); each shows k of "
+             f"its ratings, is folded in from them without a refit, and its other ratings are scored. Popularity: "
+             f"each joke's mean rating among the other users; refit: the model fitted again with the shown ratings "
+             f"(the upper bound). Relevant: rating >= {new['relevance_threshold']}.", "",
+             table(header, rows), ""]
+    if serve:
+        lines += ["Fold-in on the driver (input in memory, median of 5): "
+                  + ", ".join(f"{int(n):,} user(s) at once {s:.4f} s" for n, s in serve.items())
+                  + f". The evaluation took {seconds['total']:.1f} s ({seconds['refits']:.1f} s of it the refits).", ""]
+    return lines
+
+
+def foldin_section(metrics: dict) -> list[str]:
+    """What the foldin job did with the new users' ratings."""
+    fold = metrics.get("foldin")
+    if not fold:
+        return []
+    refused = fold["cells"]["rejected"]
+    return ["## New users folded in", "",
+            f"{_num(fold['users'])} new users of {fold['source']} ({_num(fold['ratings'])} ratings of jokes the model "
+            f"knows) folded into the saved model ({fold['engine']}; {'biased, ' if fold['biased'] else ''}regParam "
+            f"{fold['reg_param']}) and recommended their top {fold['top_n']} unrated jokes in "
+            f"`new_user_recommendations/` ({_num(fold['recommended_users'])} users). "
+            f"{_num(fold['known_users'])} were already in the model (folded in anew from these ratings; the model is "
+            f"not changed); {_num(fold['users_without_ratings'])} had no rating of a known joke. Refused cells: "
+            + (", ".join(f"{k} {v:,}" for k, v in sorted(refused.items())) if refused else "none")
+            + " (`new_user_rejected/`).", ""]
 
 
 def timing_section(metrics: dict) -> list[str]:
@@ -129,6 +183,7 @@ PLOT_CAPTIONS = {
               "chosen point outlined)",
     "engines": "Engines and baselines on the same held-out ratings: test RMSE and fit time",
     "errors": "Held-out errors of the chosen model, NumPy ALS and the bias baseline on the same rows",
+    "new_users": "New users held out whole: error of the rest of their ratings against the ratings they showed",
 }
 
 

@@ -54,6 +54,11 @@ def build_session(spark_cfg: dict, *, master: str | None = None, remote: str | N
         return active, False
 
     builder = SparkSession.builder.appName(spark_cfg.get("app_name", "jester-als"))
+    if runs_locally(master, remote):
+        # Python workers (fold-in's mapInPandas) run this interpreter, the job's own environment, not whatever
+        # `python3` comes first on PATH, which may lack the package and NumPy. pyspark reads the environment
+        # variable when it starts its context (the spark.pyspark.python setting did not reach local workers).
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     extra = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in (spark_cfg.get("conf") or {}).items()}
     if runs_locally(master, remote):
         if spark_log:

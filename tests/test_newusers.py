@@ -1,0 +1,157 @@
+"""New users: the foldin job on a saved model (bad input accounted for, both engines agree), and the evaluation on
+users held out whole (how many ratings a new user needs)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from pyspark.ml.evaluation import RankingEvaluator
+
+from jester_als.cli import main
+from jester_als.generate import GAUGE_JOKES, GeneratorParams, generate_chunks
+from jester_als.hashsplit import is_test
+from jester_als.newusers import evaluate_new_users, ndcg_at_k, reveal_gauge, reveal_random
+
+
+def test_ndcg_matches_sparks_ranking_evaluator(spark):
+    rng = np.random.default_rng(3)
+    users = np.repeat(np.arange(1, 41), 12)
+    jokes = np.tile(np.arange(1, 13), 40)
+    truth = rng.uniform(-10, 10, users.size)
+    scores = truth + rng.normal(0, 6, users.size)
+    ours = ndcg_at_k(users, jokes, truth, scores, 5, 5.0)
+    rows = []
+    for user in np.unique(users):
+        mine = users == user
+        order = np.lexsort((jokes[mine], -scores[mine]))
+        relevant = [float(j) for j in jokes[mine][truth[mine] >= 5.0]]
+        if relevant:
+            rows.append(([float(j) for j in jokes[mine][order]], relevant))
+    frame = spark.createDataFrame(rows, "prediction array<double>, label array<double>")
+    spark_ndcg = RankingEvaluator(metricName="ndcgAtK", k=5).evaluate(frame)
+    assert ours == pytest.approx(spark_ndcg, rel=1e-9)
+
+
+def test_reveals_are_k_per_user_or_the_gauge_jokes_and_deterministic():
+    users = np.repeat([1, 2, 3], [12, 3, 30])
+    jokes = np.concatenate([np.arange(1, 13), [5, 7, 40], np.arange(1, 31)])
+    revealed, eligible = reveal_random(users, jokes, 5, seed=1)
+    assert np.bincount(users[revealed]).tolist() == [0, 5, 0, 5]  # user 2 has 3 ratings: nothing left to score
+    assert not eligible[users == 2].any()
+    again, _ = reveal_random(users, jokes, 5, seed=1)
+    assert np.array_equal(revealed, again)
+    gauge, _ = reveal_gauge(users, jokes)
+    assert set(jokes[gauge]) <= set(GAUGE_JOKES) and gauge[users == 3].sum() == 10
+    # user 2 rated gauge jokes 5 and 7 and joke 40: shows two, keeps one to score
+    gauge2, eligible2 = reveal_gauge(np.array([2, 2, 2]), np.array([5, 7, 40]))
+    assert gauge2.tolist() == [True, True, False] and eligible2.all()
+
+
+def test_on_jester_like_users_more_ratings_shown_means_better_predictions():
+    params = GeneratorParams(users=3000)
+    users, jokes, values = (np.concatenate(p) for p in zip(*(c.long() for c in generate_chunks(params))))
+    test = is_test(users.astype(np.int32), jokes.astype(np.int32), test_fraction=0.2, seed=42)
+    new = {"holdout_fraction": 0.15, "reveal": [1, 5, 20], "max_users": 1000, "seed": 7}
+    result = evaluate_new_users(users, jokes, values, test, params={"rank": 10, "regParam": 0.3, "maxIter": 10,
+                                                                     "biases": True},
+                                bias_reg=10.0, new_users=new, k=10, threshold=5.0, rating_range=(-10, 10), seed=1)
+    random = result["random"]
+    assert 300 < result["users"] < 600 and result["fitted_on_users"] == 3000 - result["users"]
+    assert random["20"]["model"]["rmse"] < random["5"]["model"]["rmse"] < random["1"]["model"]["rmse"]
+    assert random["20"]["model"]["rmse"] < random["20"]["popularity"]["rmse"] - 0.2
+    # fold-in is a user half-step of the refit: with many users fitted, the two nearly agree
+    assert random["20"]["model"]["rmse"] == pytest.approx(random["20"]["refit"]["rmse"], rel=0.02)
+    assert result["gauge"]["revealed_per_user"] == pytest.approx(10, abs=0.1)
+    assert result["gauge"]["model"]["rmse"] < result["gauge"]["popularity"]["rmse"]
+
+
+def test_pipeline_reports_new_users_under_the_contract_keys(pipeline_run):
+    out, _, _ = pipeline_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    new = metrics["new_users"]
+    for entry in [new["gauge"], *new["random"].values()]:
+        for predictor in ("model", "popularity"):
+            assert set(entry[predictor]) >= {"rmse", "mae", "nmae", "ndcg_at_k"}
+            assert entry[predictor]["nmae"] == pytest.approx(entry[predictor]["mae"] / 20)
+    assert sorted(new["random"], key=int) == ["1", "2", "5", "10", "20"]
+    assert new["serve_seconds"]["1"] > 0 and metrics["steps_seconds"]["new_users"] > 0
+    report = (out / "report.md").read_text()
+    assert "## New users: how many ratings a new user needs" in report and "plots/new_users.png" in report
+
+
+NEW_USERS_CSV = """User,Number of Jokes Rated,1,2,3,999
+90001,3,5.5,-2.25,8.0,
+90002,2,,3.5,,7.0
+90003,0,,,,
+90004,1,,,12.0,
+{known},2,1.0,2.0,,
+"""
+
+
+@pytest.fixture
+def fitted(pipeline_run, tmp_path):
+    """A copy of the shared pipeline run's outputs (its model), and a table of new users."""
+    out, params, _ = pipeline_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    table = tmp_path / "new_users.csv"
+    table.write_text(NEW_USERS_CSV.format(known=1))
+    return copy, table, params
+
+
+def foldin(out, table, *extra) -> int:
+    return main(["foldin", "--conf", "conf/local.yaml", "--set", f"output.dir={out}", "--set",
+                 f"new_users.path={table}", "--set", "recommend.top_n=3", *extra])
+
+
+def test_foldin_recommends_new_users_and_accounts_for_every_cell(spark, fitted):
+    out, table, params = fitted
+    assert foldin(out, table) == 0
+    section = json.loads((out / "metrics.json").read_text())["foldin"]
+    assert section["users"] == 3 and section["known_users"] == 1 and section["users_without_ratings"] == 2
+    assert section["cells"]["rejected"] == {"out_of_range": 1, "unknown_joke": 1}
+    assert section["cells"]["read"] == 20
+    rejected = spark.read.parquet(str(out / "new_user_rejected")).collect()
+    refused = {(r["user"], r["joke"], r["reason"]) for r in rejected}
+    assert refused == {("90002", "999", "unknown_joke"), ("90004", "3", "out_of_range")}
+    recs = spark.read.parquet(str(out / "new_user_recommendations")).collect()
+    by_user: dict = {}
+    for row in recs:
+        by_user.setdefault(row["user"], []).append(row)
+    assert sorted(by_user) == [1, 90001, 90002]  # 90003 rated nothing, 90004 only an out-of-range cell
+    assert all(len(rows) == 3 for rows in by_user.values())
+    assert not {r["joke"] for r in by_user[90001]} & {1, 2, 3}
+    assert all(-10 <= r["score"] <= 10 for r in recs)
+
+
+def test_both_engines_fold_in_the_same_users_the_same_way(spark, fitted, tmp_path):
+    out, table, _ = fitted
+    other = tmp_path / "numpy"
+    shutil.copytree(out, other)
+    assert foldin(out, table, "--set", "new_users.engine=spark") == 0
+    assert foldin(other, table, "--set", "new_users.engine=numpy") == 0
+    for name in ("new_user_recommendations", "new_user_factors"):
+        a = sorted(spark.read.parquet(str(out / name)).collect(), key=lambda r: (r["user"], r[1] or 0))
+        b = sorted(spark.read.parquet(str(other / name)).collect(), key=lambda r: (r["user"], r[1] or 0))
+        assert [r["user"] for r in a] == [r["user"] for r in b]
+        if name == "new_user_factors":
+            for x, y in zip(a, b):
+                assert np.allclose(x["features"], y["features"], rtol=1e-6, atol=1e-9)
+        else:
+            assert [(r["rank"], r["joke"]) for r in a] == [(r["rank"], r["joke"]) for r in b]
+
+
+def test_foldin_refuses_input_without_a_usable_rating_and_a_missing_path(fitted, tmp_path, capsys):
+    out, _, _ = fitted
+    empty = tmp_path / "empty.csv"
+    empty.write_text("User,Number of Jokes Rated,999,1\n7,1,5.0,\n8,0,,\n")
+    before = (out / "metrics.json").read_text()
+    assert foldin(out, empty) == 1
+    err = capsys.readouterr().err
+    assert str(empty) in err and "no rating of a joke the model knows" in err and "Traceback" not in err
+    assert (out / "metrics.json").read_text() == before and not (out / "new_user_recommendations").exists()
+    assert main(["foldin", "--conf", "conf/local.yaml", "--set", f"output.dir={out}"]) == 1
+    assert "new_users.path is not set" in capsys.readouterr().err
