@@ -56,6 +56,16 @@ def merge(base, override):
     return copy.deepcopy(override)
 
 
+# Each job of the bundle: its tasks in order and its parameters' defaults.
+JOB_TASKS = {
+    "jester_als": (["prepare", "tune", "baseline", "recommend"],
+                   {"catalog_table": "workspace.default.jester_data_1",
+                    "output_dir": "/Volumes/workspace/default/jester_als/output"}),
+    "jester_als_new_users": (["foldin"], {"output_dir": "/Volumes/workspace/default/jester_als/output",
+                                          "new_users_path": "/Volumes/workspace/default/jester_als/new_users.csv"}),
+}
+
+
 def merge_by_key(job: dict) -> dict:
     for field, key in MERGE_KEYS.items():
         if field in job:
@@ -102,7 +112,7 @@ def test_bundle_has_a_dedicated_and_a_serverless_target():
     root = bundle()
     assert set(root["targets"]) == {"dedicated", "serverless"}
     assert root["variables"]["catalog_table"]["default"] == "workspace.default.jester_data_1"
-    assert list(root["resources"]["jobs"]) == ["jester_als"]
+    assert sorted(root["resources"]["jobs"]) == sorted(JOB_TASKS)
 
 
 @pytest.mark.parametrize("target,mode,workspace", [t[:3] for t in targets()], ids=lambda v: str(v))
@@ -123,11 +133,11 @@ def test_each_target_meets_its_modes_rules(target, mode, workspace):
                          ids=lambda v: v if isinstance(v, str) else "")
 def test_every_job_spec_validates_and_its_parameters_parse(target, name, job):
     parsed = Job.from_dict(job)  # rejects unknown and missing fields
-    assert [t.task_key for t in parsed.tasks] == ["prepare", "tune", "baseline", "recommend"]
+    tasks, expected_parameters = JOB_TASKS[name]
+    assert [t.task_key for t in parsed.tasks] == tasks
     assert job["timeout_seconds"] > 0 and job["email_notifications"]["on_failure"] == []
     parameters = {p["name"]: p["default"] for p in job["parameters"]}
-    assert parameters == {"catalog_table": "workspace.default.jester_data_1",
-                          "output_dir": "/Volumes/workspace/default/jester_als/output"}
+    assert parameters == expected_parameters
     checkpoint_dirs = set()
     for task in job["tasks"]:
         wheel = task["python_wheel_task"]
@@ -144,6 +154,8 @@ def test_every_job_spec_validates_and_its_parameters_parse(target, name, job):
         checkpoint_dirs.add(cfg["spark"]["checkpoint_dir"])
         if task["task_key"] == "prepare":
             assert cfg["input"]["format"] == "table" and cfg["input"]["table"] == parameters["catalog_table"]
+        if task["task_key"] == "foldin":
+            assert cfg["new_users"]["path"] == parameters["new_users_path"] and cfg["new_users"]["format"] == "csv"
         if target == "dedicated":
             assert task["job_cluster_key"] == "main" and task["libraries"] == [{"whl": "./dist/*.whl"}]
         else:

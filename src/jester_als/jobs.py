@@ -339,8 +339,9 @@ def new_users_input(cfg: dict) -> dict:
     if not new["path"]:
         raise InputError("foldin: new_users.path is not set; give the new users' ratings, e.g. --set "
                          "new_users.path=new_users.csv (any layout prepare reads)")
-    return {**cfg["input"], "path": new["path"], "format": new["format"] or cfg["input"]["format"],
-            "layout": new["layout"] or cfg["input"]["layout"], "reference_scan": False}
+    fmt = new["format"] or cfg["input"]["format"]
+    return {**cfg["input"], "path": new["path"], "format": fmt, "layout": new["layout"] or cfg["input"]["layout"],
+            "table": new["path"] if fmt == "table" else cfg["input"]["table"], "reference_scan": False}
 
 
 def run_foldin(spark: SparkSession, cfg: dict, out: RunOutputs) -> dict:
