@@ -8,7 +8,6 @@ a kill, left behind under a name that says what it is).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -20,6 +19,11 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 
 from jester_als.errors import JobError
+
+try:  # POSIX only: on Windows the lock is the lock directory below
+    import fcntl
+except ImportError:
+    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -173,11 +177,15 @@ LOCK_FILE = ".metrics.lock"
 def output_lock(directory: str, *, timeout: float = 600.0):
     """Exclusive lock on ``directory`` for the read-merge-write of metrics.json.
 
-    ``flock`` on a lock file where the file system supports it (local disks; on Databricks the tasks of one
-    job cluster share its driver); otherwise an atomically created lock directory, taken over when it is
-    older than ``timeout`` (a holder that was killed).
+    ``flock`` on a lock file where the platform and the file system support it (local disks; on Databricks the
+    tasks of one job cluster share its driver); otherwise (Windows has no ``fcntl``) an atomically created lock
+    directory, taken over when it is older than ``timeout`` (a holder that was killed).
     """
     path = os.path.join(directory, LOCK_FILE)
+    if fcntl is None:
+        with _lock_directory(path + ".d", timeout):
+            yield
+        return
     handle = open(path, "a+")
     try:
         try:
