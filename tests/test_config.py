@@ -147,17 +147,17 @@ def test_packaged_configs_are_found_by_name_from_anywhere(tmp_path, monkeypatch)
     from jester_als.config import packaged_configs, resolve_conf_path
 
     monkeypatch.chdir(tmp_path)  # no conf/ here: a user's directory after pip install
-    assert set(packaged_configs()) == {"local", "bench", "scale", "databricks"}
+    assert set(packaged_configs()) == {"local", "bench", "scale", "databricks", "jester"}
     for name in ("bench", "conf/bench.yaml", "bench.yaml"):
         assert Path(resolve_conf_path(name)).read_text() == (ROOT / "conf" / "bench.yaml").read_text()
-    with pytest.raises(ConfigError, match="packaged configs: bench, databricks, local, scale"):
+    with pytest.raises(ConfigError, match="packaged configs: bench, databricks, jester, local, scale"):
         resolve_conf_path("conf/nope.yaml")
 
 
 def test_types_are_strict_and_worded_as_people_write_them(tmp_path):
     path = write(tmp_path, """
 tune: {parallelism: true, train_ratio: "0.8"}
-input: {missing_values: [99, "n/a", false], format: xls, delimiter: ";;"}
+input: {missing_values: [99, "n/a", false], format: xlsb, delimiter: ";;"}
 spark: {conf: {spark.driver.memory: [4g]}}
 recommend: [10]
 """)
@@ -167,7 +167,7 @@ recommend: [10]
         "tune.parallelism: expected an integer, got True",
         "tune.train_ratio: expected a number, got '0.8'",
         "input.missing_values: expected a list of number values, got item(s) ['n/a', False]",
-        "input.format: expected one of ['csv', 'parquet', 'table'], got 'xls'",
+        "input.format: expected one of ['csv', 'parquet', 'table', 'xls'], got 'xlsb'",
         "input.delimiter: expected a single character, got ';;'",
         "spark.conf.spark.driver.memory: expected a string or a number or a boolean, got ['4g']",
         "recommend: expected a mapping, got list",
@@ -199,3 +199,13 @@ def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
                                      "tune.grid.rank: given twice (lines 6 and 7); remove one",
                                      "als: given twice (lines 1 and 8); remove one"]
     assert str(conf) in str(caught.value)
+
+
+def test_a_set_inside_the_grid_changes_one_key_with_or_without_conf():
+    """`--set tune.grid.rank=...` changes the rank of the grid in force, whether the grid comes from a file or
+    from the built-in defaults; the other grid keys stay."""
+    from_defaults = load_config(None, ["tune.grid.rank=[5, 10]"])["tune"]["grid"]
+    from_file = load_config(ROOT_CONF, ["tune.grid.rank=[5, 10]"])["tune"]["grid"]
+    assert from_defaults == from_file
+    assert from_defaults["rank"] == [5, 10] and from_defaults["biases"] == [False, True]
+    assert load_config(None, ["tune.grid={rank: [3]}"])["tune"]["grid"] == {"rank": [3]}  # a whole grid replaces

@@ -520,15 +520,33 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return parts, value
 
 
+def _default_mapping(parts: list[str]) -> dict:
+    """The default of the mapping-valued key at ``parts`` (``tune.grid``, ``spark.conf``), or {} where the path
+    names a section or leaves the models."""
+    model: Any = JesterConfig
+    for part in parts:
+        if not _is_section(model) or part not in model.model_fields:
+            return {}
+        info = model.model_fields[part]
+        model = _plain(info.annotation)
+    if _is_section(model):
+        return {}
+    default = info.get_default(call_default_factory=True)
+    return copy.deepcopy(default) if isinstance(default, dict) else {}
+
+
 def apply_overrides(raw: dict, overrides: Iterable[str]) -> dict:
+    """``raw`` with each ``--set`` applied. A ``--set`` changes one key, always: one inside a mapping-valued key
+    the file does not give (``tune.grid.rank`` without ``--conf``) changes that key of its default mapping, as it
+    would of the file's."""
     raw = copy.deepcopy(raw)
     for item in overrides:
         parts, value = parse_override(item)
         node = raw
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1], start=1):
             nxt = node.get(part)
             if not isinstance(nxt, dict):
-                nxt = {}
+                nxt = _default_mapping(parts[:depth])
                 node[part] = nxt
             node = nxt
         node[parts[-1]] = value
