@@ -23,7 +23,7 @@ SPARK_ENV = PYSPARK_PYTHON="$(CURDIR)/$(BIN)/python" PYSPARK_DRIVER_PYTHON="$(CU
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-spark40 java run lint test test-suite test-spark40 test-fast generate bench package submit cluster-demo connect-server scale scale-docs run-docs bench-docs defaults-docs download-jester clean
+.PHONY: help setup setup-spark40 java run lint test test-suite test-spark40 test-fast generate bench package submit cluster-demo connect-server scale scale-docs run-docs bench-docs defaults-docs serve-docs download-jester clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -66,6 +66,10 @@ run-docs: setup ## copy the last `make run`'s metrics.json into docs/run/ and re
 
 defaults-docs: setup ## how the default grid was chosen: validation RMSE of candidate grids on the default table (docs/defaults.md)
 	$(BIN)/python -m jester_als.defaults --conf $(CONF) --out docs
+	$(BIN)/python -m jester_als.readme README.md
+
+serve-docs: setup ## how fast fold-in serves new users: 1, 10,000 and 1 M users (NumPy), 1 M with Spark (docs/serve.md)
+	$(BIN)/python -m jester_als.serve --conf $(CONF) --out docs
 	$(BIN)/python -m jester_als.readme README.md
 
 bench-docs: setup ## copy the last `make bench` run into docs/ and regenerate the README's section from it

@@ -66,6 +66,12 @@ def _defaults_section(root: Path) -> str:
     return _section(render(_docs(root, "defaults.json")), 1)
 
 
+def _serve_section(root: Path) -> str:
+    from jester_als.serve import render
+
+    return _section(render(_docs(root, "serve.json")), 1)
+
+
 def _generated_section(root: Path) -> str:
     from jester_als.defaults import render_statistics
 
@@ -78,6 +84,7 @@ SECTIONS: dict[str, Callable[[Path], str]] = {
     "pipeline run": _run_section,
     "default grid": _defaults_section,
     "generated data": _generated_section,
+    "serving": _serve_section,
     "benchmark": _bench_section,
     "scaling study": _scale_section,
 }

@@ -114,13 +114,33 @@ def new_users_section(metrics: dict) -> list[str]:
              f"{_num(new['fitted_on_users'])} other users' training ratings with the chosen params); each shows k of "
              f"its ratings, is folded in from them without a refit, and its other ratings are scored. Popularity: "
              f"each joke's mean rating among the other users; refit: the model fitted again with the shown ratings "
-             f"(the upper bound). Relevant: rating >= {new['relevance_threshold']}.", "",
-             table(header, rows), ""]
+             f"(what fold-in approximates). Relevant: rating >= {new['relevance_threshold']}.", "",
+             table(header, rows), "", beats_sentence(new), ""]
     if serve:
         lines += ["Fold-in on the driver (input in memory, median of 5): "
                   + ", ".join(f"{int(n):,} user(s) at once {s:.4f} s" for n, s in serve.items())
                   + f". The evaluation took {seconds['total']:.1f} s ({seconds['refits']:.1f} s of it the refits).", ""]
     return lines
+
+
+def beats_sentence(new: dict) -> str:
+    """From how many random shown ratings on fold-in beats popularity (RMSE, NDCG) and how the refit compares,
+    read off the run."""
+    shown = sorted(new.get("random", {}), key=int)
+
+    def first(better) -> str:
+        wins = [n for n in shown if better(new["random"][n])]
+        if not wins:
+            return "at none of the counts tried"
+        tail = shown[shown.index(wins[0]):]
+        return (f"from {wins[0]} shown rating(s) on" if all(n in wins for n in tail)
+                else f"at {', '.join(wins)} shown rating(s)")
+
+    rmse = first(lambda e: e["model"]["rmse"] < e["popularity"]["rmse"])
+    ndcg = first(lambda e: (e["model"]["ndcg_at_k"] or 0) > (e["popularity"]["ndcg_at_k"] or 0))
+    refit_better = [n for n in shown if new["random"][n]["refit"]["rmse"] < new["random"][n]["model"]["rmse"]]
+    return (f"Fold-in beats popularity's RMSE {rmse} and its NDCG@{new['k']} {ndcg}; the full refit's RMSE is lower "
+            f"than fold-in's at {len(refit_better)} of {len(shown)} random counts.")
 
 
 def foldin_section(metrics: dict) -> list[str]:
