@@ -115,3 +115,51 @@ def test_sigterm_stops_cleanly_and_keeps_the_previous_outputs(pipeline_run, tmp_
     assert (out / "metrics.json").read_bytes() == before
     assert sorted(os.listdir(out / "ratings")) == ratings_before
     assert sorted(p.relative_to(out) for p in (out / "model").rglob("*")) == model_before
+
+
+def test_a_killed_runs_staging_and_checkpoint_directories_are_removed_by_the_next_run(pipeline_run, tmp_path):
+    """SIGKILL leaves a run's staging directory in output.dir and its checkpoint directory in the temp dir (no
+    handler runs); the next run on the same directory removes both, says so, and never touches a live run's."""
+    import shutil
+
+    done, _, argv = pipeline_run
+    out = tmp_path / "out"
+    shutil.copytree(done, out)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    base = [sys.executable, "-m", "jester_als.cli"]
+    common = [*argv[1:], "--set", f"output.dir={out}", "--set", "spark.master=local[2]",
+              "--set", "tracking.mlflow=false"]
+    job = subprocess.Popen(base + ["pipeline"] + common + ["--set", "tune.grid.maxIter=[30]"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:  # wait until the run is writing its staged outputs
+        staging = [p for p in os.listdir(out) if p.startswith(".staging-")]
+        if staging and (out / staging[0] / "ratings").exists():
+            break
+        time.sleep(0.2)
+    else:
+        job.kill()
+        pytest.fail("the pipeline never started writing")
+    checkpoints = [p for p in os.listdir(scratch) if p.startswith("jester-als-checkpoint-")]
+    job.kill()
+    job.communicate(timeout=60)
+    assert (out / staging[0]).exists() and checkpoints and (scratch / checkpoints[0]).exists()  # left behind
+    # a live run's staging directory (its owner lock held by this process) must survive the sweep
+    from jester_als import owner
+
+    live = out / ".staging-live"
+    live.mkdir()
+    owner.claim(str(live))
+    try:
+        after = subprocess.run(base + ["prepare"] + common, capture_output=True, text=True, cwd=ROOT, env=env,
+                               timeout=300)
+    finally:
+        owner.release(str(live))
+    assert after.returncode == 0, after.stderr[-2000:]
+    assert not (out / staging[0]).exists() and not (scratch / checkpoints[0]).exists()
+    assert live.exists()
+    assert "left by runs that no longer run" in after.stderr and staging[0] in after.stderr
+    manifest = json.loads((out / "metrics.json").read_text())["run"]
+    assert manifest["removed_stale_staging"] == [str(out / staging[0])]

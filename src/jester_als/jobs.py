@@ -533,6 +533,7 @@ def run_manifest(spark: SparkSession, cfg: dict, job: str, out: RunOutputs, star
         "versions": {"jester_als": __version__, "python": platform.python_version(),
                      "spark": spark.version, "numpy": numpy.__version__},
         "spark_mode": "connect" if is_connect(spark) else "classic", "master": master_of(spark),
+        **({"removed_stale_staging": out.swept} if out.swept else {}),
     }
 
 

@@ -8,6 +8,7 @@ a kill, left behind under a name that says what it is).
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
+from jester_als import owner
 from jester_als.errors import JobError
 
 try:  # POSIX only: on Windows the lock is the lock directory below
@@ -76,6 +78,7 @@ class RunOutputs:
         self.stage = os.path.join(self.final, f".staging-{self.run_id}")
         self.committed = False
         self.created = False  # output.dir did not exist before this run
+        self.swept: list[str] = []  # staging directories of killed runs this run removed
 
     def check(self) -> None:
         """Refuse early when ``mode`` is ``error`` and any of this job's outputs exists."""
@@ -92,6 +95,8 @@ class RunOutputs:
             os.makedirs(self.stage, exist_ok=True)
         except OSError as exc:
             raise OutputLocationError(f"output.dir {self.final!r}: cannot create it ({exc.strerror})") from None
+        owner.claim(self.stage)
+        self.swept = owner.sweep(os.path.join(glob.escape(self.final), ".staging-*"))
 
     def path(self, item: str) -> str:
         """Where Spark writes ``item`` during the run (inside the staging directory)."""
@@ -135,6 +140,7 @@ class RunOutputs:
                                   json.dumps(metrics, indent=2, sort_keys=False) + "\n")
                 if report is not None:
                     write_text_atomic(self.final_path(REPORT_FILE), report)
+        owner.release(self.stage)
         shutil.rmtree(self.stage, ignore_errors=True)
         self.committed = True
         log.info("outputs committed to %s", self.final)
@@ -144,6 +150,7 @@ class RunOutputs:
         """Remove this run's staging directory (the previous outputs were never touched), and output.dir
         itself when this run created it and it is left empty."""
         if not self.committed:
+            owner.release(self.stage)
             for _ in range(3):  # a task that was being cancelled may still create a file or two
                 shutil.rmtree(self.stage, ignore_errors=True)
                 if not os.path.exists(self.stage):

@@ -6,6 +6,7 @@ Only the job entry point builds a session; library functions receive one. Nothin
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ import shutil
 import sys
 import tempfile
 
+from jester_als import owner
 from jester_als.errors import JobError
 
 log = logging.getLogger(__name__)
@@ -166,8 +168,14 @@ def log_ui_address(settings: dict) -> None:
 _OWNED_DIRS: list[str] = []
 
 
+CHECKPOINT_PREFIX = "jester-als-checkpoint-"
+
+
 def _owned_checkpoint_dir() -> str:
-    path = tempfile.mkdtemp(prefix="jester-als-checkpoint-")
+    """A checkpoint directory of this run's own, under the temp dir; those of killed runs are removed first."""
+    owner.sweep(os.path.join(glob.escape(tempfile.gettempdir()), CHECKPOINT_PREFIX + "*"))
+    path = tempfile.mkdtemp(prefix=CHECKPOINT_PREFIX)
+    owner.claim(path)
     _OWNED_DIRS.append(path)
     return path
 
@@ -180,7 +188,9 @@ def release_session(spark, created: bool) -> None:
             spark.stop()
     finally:
         while _OWNED_DIRS:
-            shutil.rmtree(_OWNED_DIRS.pop(), ignore_errors=True)
+            path = _OWNED_DIRS.pop()
+            owner.release(path)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 # How long a Connect client keeps retrying an unreachable server. pyspark's default policy
