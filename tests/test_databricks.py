@@ -217,3 +217,13 @@ def test_whitelisting_error_with_numpy_fallback_runs_on_the_driver(als_not_white
             .where(F.col("count") != F.least(F.lit(4), "unrated")).count() == 0)
     assert "numpy (fallback" in (out / "report.md").read_text()
     assert "numpy (fallback" in capsys.readouterr().out
+
+
+def test_the_wheel_builds_where_python_is_python3_and_dev_deploys_get_their_own_version():
+    """`python` is not on PATH on stock macOS and Ubuntu, so the artifact's build line names `python3`; the
+    development target versions each deploy's wheel anew (presets.artifacts_dynamic_version)."""
+    root = bundle()
+    build = root["artifacts"]["jester_als_wheel"]["build"]
+    assert build.split()[0] == "python3" and "wheel" in build
+    assert root["targets"]["dedicated"]["presets"]["artifacts_dynamic_version"] is True
+    assert ".databricks/" in (ROOT / ".gitignore").read_text().splitlines()
