@@ -24,7 +24,7 @@ import time
 
 from jester_als import __version__
 from jester_als.config import ConfigError, load_config
-from jester_als.errors import JobError
+from jester_als.errors import JobError, actionable_cause
 from jester_als.registry import JOBS, check_needs
 
 log = logging.getLogger("jester_als")
@@ -231,9 +231,13 @@ def _run_spark_job(args, cfg: dict, started: float) -> int:
                 print(f"jester-als {args.job}: lost the Spark Connect server ({str(exc).splitlines()[0]}); "
                       f"nothing was replaced in {cfg['output']['dir']}", file=sys.stderr)
                 return 1
-            log.error("failed: %s", exc, exc_info=True)
-            print(f"jester-als {args.job}: failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                  f"; nothing was replaced in {cfg['output']['dir']}", file=sys.stderr)
+            cause = actionable_cause(exc)
+            where = spark_log_path(cfg["output"]["dir"])
+            keep_trace(exc, where)
+            log.debug("failed", exc_info=True)  # -v shows the whole trace here
+            said = cause or f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            print(f"jester-als {args.job}: failed: {said}; nothing was replaced in {cfg['output']['dir']}"
+                  + ("" if args.verbose else f" (the trace: {where or 'run with -v'})"), file=sys.stderr)
             return 1
         code = 143 if received else 130
         log.error("%s: Spark stopped, this run's staged outputs removed; earlier outputs are untouched",
@@ -249,6 +253,19 @@ def _run_spark_job(args, cfg: dict, started: float) -> int:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
         release_session(spark, created)
+
+
+def keep_trace(exc: BaseException, spark_log: str | None) -> None:
+    """Append the failure's Python trace to ``spark.log`` (beside Spark's own), where the file can be written."""
+    import traceback
+
+    if not spark_log:
+        return
+    try:
+        with open(spark_log, "a", encoding="utf-8") as handle:
+            handle.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    except OSError:  # the disk that is full, or a directory the job may not write to
+        pass
 
 
 def _stop_quietly(spark, created: bool) -> None:

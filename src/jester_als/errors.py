@@ -3,3 +3,48 @@
 
 class JobError(Exception):
     """A failure the user can act on: bad input, an output that may not be replaced, refused compute."""
+
+
+# What a person can act on, found in a failure's text (a Py4JJavaError carries the Java exception and its causes):
+# (pattern, what to say). The path, where the text names one, is added.
+_CAUSES = (
+    (r"No space left on device", "no space left on device"),
+    (r"Disk quota exceeded", "disk quota exceeded"),
+    (r"Permission denied|AccessDeniedException", "permission denied"),
+    (r"Read-only file system", "read-only file system"),
+    (r"ExecutorLostFailure|Executor heartbeat timed out|Lost executor", "a Spark executor was lost (its node or "
+                                                                       "process died; see the cluster's logs)"),
+    (r"java\.lang\.OutOfMemoryError", "the JVM ran out of memory (raise spark.driver.memory or the executors' "
+                                      "memory in spark.conf)"),
+)
+_PATH = r"(/[^\s:()'\"]+)"
+
+
+def actionable_cause(exc: BaseException) -> str | None:
+    """One line naming the cause of ``exc`` a person can act on (no space left on device and where, permission
+    denied and on what, a lost executor, the JVM out of memory), from its text and its chain; None when none
+    is recognized."""
+    import errno
+    import re
+
+    seen, current, texts = set(), exc, []
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
+            where = f": {current.filename}" if current.filename else ""
+            return f"{current.strerror.lower() if current.strerror else 'I/O error'}{where}"
+        texts.append(str(current))
+        current = current.__cause__ or current.__context__
+    text = "\n".join(texts)
+    for pattern, said in _CAUSES:
+        match = re.search(pattern, text)
+        if not match:
+            continue
+        if "executor" in said or "memory" in said:
+            return said
+        line = text[text.rfind("\n", 0, match.start()) + 1:text.find("\n", match.end()) % (len(text) + 1)]
+        # The file the error names, else the one Spark was writing (its task error names it as file:/...).
+        path = (re.search(_PATH + r"\s*\((?:" + pattern + r")\)", text) or re.search(_PATH, line)
+                or re.search(r"file:" + _PATH, text))
+        return f"{said}: {path.group(1).rstrip('.')}" if path else said
+    return None

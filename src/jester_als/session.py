@@ -149,7 +149,8 @@ def local_mode_defaults(spark_log: str | None = None, verbose: bool = False) -> 
     # matter; `jester-als prepare` on the default table took 46.5-49.8 s with it against 51.7-51.8 s with G1
     # (2 cores, runs interleaved).
     java = ["-XX:+UseParallelGC", f"-Dlog4j2.configurationFile=file:{log4j}",
-            f"-Djester_als.console_level={'warn' if verbose or not spark_log else 'error'}"]
+            f"-Djester_als.console_level={'warn' if verbose or not spark_log else 'error'}",
+            f"-Djester_als.console_trace={'full' if verbose or not spark_log else 'short'}"]
     if spark_log:
         java.append(f"-Djester_als.spark_log={spark_log}")
     return {"spark.sql.shuffle.partitions": str(2 * cores), "spark.driver.memory": "4g",
