@@ -438,10 +438,22 @@ class ScaleConfig(Section):
     cores_per_executor: PositiveInt = key(4, "cores per executor of the predictions")
 
 
+def _table_name(v):
+    if v is None or re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}", v):
+        return None
+    return "must be a table name: [catalog.][schema.]table of letters, digits and underscores"
+
+
 class OutputConfig(Section):
     dir: str = key("output/local", "every output of a run goes under this directory (a local or mounted path)")
     mode: Literal["overwrite", "error"] = key("overwrite", "overwrite: replace a previous run's outputs; error: "
                                                            "refuse")
+    recommendations_table: Annotated[str | None, _checked(_table_name)] = key(
+        None, "also write the recommendations to this catalog table (partitioned by run_key; null: files only)")
+    metrics_table: Annotated[str | None, _checked(_table_name)] = key(
+        None, "also write the run's numeric metrics to this catalog table (partitioned by run_key)")
+    run_key: str | None = key(None, "the rows a run owns in those tables: a rerun with the same key replaces them, "
+                                    "never another key's (null: the run's own id; on Databricks pass the job run's)")
 
 
 class SparkConfig(Section):

@@ -588,4 +588,7 @@ def run_spark_job(spark: SparkSession, cfg: dict, job: str, on_start=None) -> di
     from jester_als.tracking import track_job
 
     track_job(cfg, job, metrics, out.final, spark)  # after the commit: tracking can only add
+    from jester_als.tables import write_tables
+
+    write_tables(spark, cfg, job, metrics, out.final)  # after the commit: a refused table leaves the files
     return metrics
