@@ -120,6 +120,10 @@ def test_the_run_is_tracked_in_mlflow(pipeline_run):
     assert parent.info.status == "FINISHED"
     assert parent.data.params["tune.grid.rank"] == "[2, 3]" and parent.data.params["tracking.mlflow"] == "True"
     assert parent.data.tags["jester_als.job"] == "pipeline"
+    # MLflow's standard context tags, and metrics logged at the time they were logged, not at 0
+    assert parent.data.tags["mlflow.user"] and parent.data.tags["mlflow.source.name"]
+    history = client.get_metric_history(parent.info.run_id, "spark_als.test_rmse")
+    assert history and history[0].timestamp >= parent.info.start_time > 0
     assert parent.data.tags["version.spark"] == metrics["run"]["versions"]["spark"]
     assert parent.data.metrics["spark_als.test_rmse"] == pytest.approx(metrics["spark_als"]["test_rmse"])
     assert parent.data.metrics["numpy_als.test_rmse"] == pytest.approx(metrics["numpy_als"]["test_rmse"])

@@ -21,7 +21,9 @@ log = logging.getLogger(__name__)
 METRICS = [
     ("data", "users"), ("data", "items"), ("data", "ratings"), ("data", "train_ratings"), ("data", "test_ratings"),
     ("data", "rejected"), ("data", "missing"),
-    ("spark_als", "test_rmse"), ("spark_als", "test_mae"), ("spark_als", "test_rows_scored"),
+    ("spark_als", "test_rmse"), ("spark_als", "test_mae"), ("spark_als", "test_nmae"),
+    ("spark_als", "test_rows_scored"),
+    ("new_users", "gauge.model.rmse"), ("new_users", "gauge.model.ndcg_at_k"), ("new_users", "gauge.popularity.rmse"),
     ("spark_als", "fit_seconds"), ("spark_als", "tune_seconds"),
     ("spark_als", "ranking.precision_at_k"), ("spark_als", "ranking.recall_at_k"),
     ("spark_als", "ranking.map_at_k"), ("spark_als", "ranking.ndcg_at_k"),
@@ -119,6 +121,12 @@ def _log(mlflow, cfg: dict, job: str, metrics: dict, output_dir: str, spark) -> 
     tags = {"jester_als.job": job, "jester_als.run_id": str(run_meta.get("run_id")),
             "spark_mode": str(run_meta.get("spark_mode")), "master": str(run_meta.get("master"))}
     tags.update({f"version.{k}": str(v) for k, v in (run_meta.get("versions") or {}).items()})
+    # MLflow's own context tags (user, source name and type, and on Databricks the job and its run), as
+    # mlflow.start_run would add them: MlflowClient.create_run adds none.
+    from mlflow.tracking.context.registry import resolve_tags
+
+    tags = resolve_tags(tags)
+    now = int(time.time() * 1000)
     parent = client.create_run(experiment_id, run_name=f"{job} {run_meta.get('run_id', '')}".strip(), tags=tags)
     run_id = parent.info.run_id
     status = "FAILED"
@@ -128,7 +136,7 @@ def _log(mlflow, cfg: dict, job: str, metrics: dict, output_dir: str, spark) -> 
         for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in items[start:start + 100]])
         values = {f"{section}.{key}": _get(metrics.get(section) or {}, key) for section, key in METRICS}
-        logged = [mlflow.entities.Metric(k, float(v), 0, 0) for k, v in values.items()
+        logged = [mlflow.entities.Metric(k, float(v), now, 0) for k, v in values.items()
                   if isinstance(v, (int, float)) and not isinstance(v, bool)]
         if logged:
             client.log_batch(run_id, metrics=logged)
@@ -141,7 +149,7 @@ def _log(mlflow, cfg: dict, job: str, metrics: dict, output_dir: str, spark) -> 
             client.log_batch(child.info.run_id,
                              params=[mlflow.entities.Param(k, str(v)) for k, v in point["params"].items()],
                              metrics=[mlflow.entities.Metric("validation_rmse", float(point["validation_rmse"]),
-                                                             0, 0)])
+                                                             now, 0)])
             client.set_terminated(child.info.run_id)
         for item in ("metrics.json", "report.md"):
             path = os.path.join(output_dir, item)
