@@ -190,5 +190,7 @@ def test_tune_survives_losing_its_executor_mid_fit(spark, dist, tmp_path):
         assert not set(killed) & {p.pid for p in _executors_under(tmp_path / "cluster")}
     calm, hit = runs["undisturbed"], runs["executor_killed"]
     assert hit["best_params"] == calm["best_params"]
-    assert hit["test_rmse"] == pytest.approx(calm["test_rmse"], rel=1e-6)
-    assert hit["test_mae"] == pytest.approx(calm["test_mae"], rel=1e-6)
+    # Partitions recomputed after the loss feed ALS's normal equations in another order: the factors after 15
+    # iterations agree to float32 rounding, not bit for bit; another model would differ by far more.
+    assert hit["test_rmse"] == pytest.approx(calm["test_rmse"], rel=1e-4)
+    assert hit["test_mae"] == pytest.approx(calm["test_mae"], rel=1e-4)

@@ -84,13 +84,14 @@ def test_report_embeds_the_plots_drawn_from_the_metrics(pipeline_run, tmp_path, 
     out, _, _ = pipeline_run
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["plots"] == {"tuning": "plots/tuning.png", "engines": "plots/engines.png",
-                                "errors": "plots/errors.png"}
+                                "errors": "plots/errors.png", "new_users": "plots/new_users.png"}
     # tuning: 1.2 + 3.6 in per panel (one panel: maxIter=8) x 3.6 in
     assert png_size(out / "plots" / "tuning.png") == (480, 360)
     assert png_size(out / "plots" / "engines.png") == (1100, 380)
     assert png_size(out / "plots" / "errors.png") == (800, 380)
+    assert png_size(out / "plots" / "new_users.png") == (900, 360)
     report = (out / "report.md").read_text()
-    for name in ("tuning", "engines", "errors"):
+    for name in ("tuning", "engines", "errors", "new_users"):
         assert f"](plots/{name}.png)" in report
     histogram = metrics["baselines"]["error_histogram"]
     assert len(histogram["edges"]) == 41 and histogram["edges"][0] == -20.0
@@ -134,7 +135,7 @@ def test_the_run_is_tracked_in_mlflow(pipeline_run):
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"metrics.json", "report.md", "plots", "model"} <= artifacts
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "plots")} == {
-        "plots/tuning.png", "plots/engines.png", "plots/errors.png"}
+        "plots/tuning.png", "plots/engines.png", "plots/errors.png", "plots/new_users.png"}
     assert (out / "mlartifacts").is_dir()  # artifacts stay beside the store, not in the working directory
     # the plain Spark model of a classic session is an MLflow spark model, not just files
     assert "model/MLmodel" in {a.path for a in client.list_artifacts(parent.info.run_id, "model")}
