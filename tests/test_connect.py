@@ -117,3 +117,38 @@ def test_local_remote_gets_its_launch_settings(small_table, tmp_path):
     assert metrics["spark_als"]["model_params"]["maxIter"] == 25  # past the no-checkpoint limit: it had one
     assert checkpoints.exists() and any(checkpoints.iterdir())
     assert "CANNOT_MODIFY_CONFIG" not in result.stderr
+
+
+def test_foldin_runs_over_spark_connect_as_in_classic_mode(pipeline_run, tmp_path):
+    """New users folded in inside a Connect server's tasks (mapInPandas, no collect of their ratings) get the
+    recommendations and factors a classic session gives them."""
+    import shutil
+
+    import numpy as np
+
+    done, _, _ = pipeline_run
+    table = tmp_path / "new_users.csv"
+    table.write_text("User,Number of Jokes Rated,1,2,3,4,5\n70001,3,5.5,-2.25,8.0,,\n70002,2,,3.5,,7.0,\n"
+                     "70003,5,1,2,3,4,5\n")
+    outputs = {}
+    for mode in ("classic", "connect"):
+        outputs[mode] = tmp_path / mode
+        shutil.copytree(done, outputs[mode])
+    common = ["--conf", "conf/local.yaml", "--set", f"new_users.path={table}", "--set", "new_users.engine=spark",
+              "--set", "recommend.top_n=3"]
+    classic = job("foldin", *common, "--set", f"output.dir={outputs['classic']}", "--master", "local[2]")
+    assert classic.returncode == 0, classic.stderr[-3000:]
+    with connect_server(tmp_path / "server") as url:
+        remote = job("foldin", *common, "--set", f"output.dir={outputs['connect']}", "--remote", url)
+    assert remote.returncode == 0, remote.stderr[-3000:]
+    assert json.loads((outputs["connect"] / "metrics.json").read_text())["run"]["spark_mode"] == "connect"
+    import pyarrow.parquet as pq
+
+    for name, order in (("new_user_recommendations", ["user", "rank"]), ("new_user_factors", ["user"])):
+        a, b = (pq.read_table(outputs[mode] / name).to_pandas().sort_values(order).reset_index(drop=True)
+                for mode in ("classic", "connect"))
+        assert a["user"].tolist() == b["user"].tolist() == sorted(a["user"].tolist())
+        if name == "new_user_factors":
+            assert np.allclose(np.stack(a["features"]), np.stack(b["features"]), rtol=1e-6, atol=1e-9)
+        else:
+            assert a[["rank", "joke"]].values.tolist() == b[["rank", "joke"]].values.tolist()

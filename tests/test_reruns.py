@@ -82,6 +82,21 @@ def test_fifty_iterations_do_not_overflow_the_stack(spark, small_table):
     prepared.release()
 
 
+def pipeline_writing(command: list[str], out: Path, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """A long pipeline (30 iterations) started with ``command``, once it is writing its staged outputs into
+    ``out``: the process and its staging directory's name."""
+    job = subprocess.Popen(command + ["--set", "tune.grid.maxIter=[30]"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:  # wait until the run is writing its staged outputs
+        staging = [p for p in os.listdir(out) if p.startswith(".staging-")]
+        if staging and (out / staging[0] / "ratings").exists():
+            return job, staging[0]
+        time.sleep(0.2)
+    job.kill()
+    pytest.fail("the pipeline never started writing")
+
+
 def test_sigterm_stops_cleanly_and_keeps_the_previous_outputs(pipeline_run, tmp_path):
     """SIGTERM while a pipeline writes its staged outputs over a previous run's (a copy of the shared run)."""
     import shutil
@@ -96,17 +111,7 @@ def test_sigterm_stops_cleanly_and_keeps_the_previous_outputs(pipeline_run, tmp_
     ratings_before = sorted(os.listdir(out / "ratings"))
     model_before = sorted(p.relative_to(out) for p in (out / "model").rglob("*"))
 
-    job = subprocess.Popen(base + ["pipeline"] + common + ["--set", "tune.grid.maxIter=[30]"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:  # wait until the run is writing its staged outputs
-        staging = [p for p in os.listdir(out) if p.startswith(".staging-")]
-        if staging and (out / staging[0] / "ratings").exists():
-            break
-        time.sleep(0.2)
-    else:
-        job.kill()
-        pytest.fail("the pipeline never started writing")
+    job, _ = pipeline_writing(base + ["pipeline"] + common, out)
     job.send_signal(signal.SIGTERM)
     _, err = job.communicate(timeout=120)
     assert job.returncode == 143, err[-2000:]
@@ -131,21 +136,11 @@ def test_a_killed_runs_staging_and_checkpoint_directories_are_removed_by_the_nex
     base = [sys.executable, "-m", "jester_als.cli"]
     common = [*argv[1:], "--set", f"output.dir={out}", "--set", "spark.master=local[2]",
               "--set", "tracking.mlflow=false"]
-    job = subprocess.Popen(base + ["pipeline"] + common + ["--set", "tune.grid.maxIter=[30]"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:  # wait until the run is writing its staged outputs
-        staging = [p for p in os.listdir(out) if p.startswith(".staging-")]
-        if staging and (out / staging[0] / "ratings").exists():
-            break
-        time.sleep(0.2)
-    else:
-        job.kill()
-        pytest.fail("the pipeline never started writing")
+    job, staging = pipeline_writing(base + ["pipeline"] + common, out, env)
     checkpoints = [p for p in os.listdir(scratch) if p.startswith("jester-als-checkpoint-")]
     job.kill()
     job.communicate(timeout=60)
-    assert (out / staging[0]).exists() and checkpoints and (scratch / checkpoints[0]).exists()  # left behind
+    assert (out / staging).exists() and checkpoints and (scratch / checkpoints[0]).exists()  # left behind
     # a live run's staging directory (its owner lock held by this process) must survive the sweep
     from jester_als import owner
 
@@ -158,8 +153,8 @@ def test_a_killed_runs_staging_and_checkpoint_directories_are_removed_by_the_nex
     finally:
         owner.release(str(live))
     assert after.returncode == 0, after.stderr[-2000:]
-    assert not (out / staging[0]).exists() and not (scratch / checkpoints[0]).exists()
+    assert not (out / staging).exists() and not (scratch / checkpoints[0]).exists()
     assert live.exists()
-    assert "left by runs that no longer run" in after.stderr and staging[0] in after.stderr
+    assert "left by runs that no longer run" in after.stderr and staging in after.stderr
     manifest = json.loads((out / "metrics.json").read_text())["run"]
-    assert manifest["removed_stale_staging"] == [str(out / staging[0])]
+    assert manifest["removed_stale_staging"] == [str(out / staging)]

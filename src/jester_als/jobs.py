@@ -29,8 +29,7 @@ from jester_als.foldin import (
     save_params,
     top_n,
 )
-from jester_als.generate import GAUGE_JOKES
-from jester_als.numpy_als import NumpyALSModel, RatingMatrix, fit_numpy_als
+from jester_als.numpy_als import NumpyALSModel
 from jester_als.outputs import RunOutputs, now_iso
 from jester_als.prepare import InputError, check_duplicates, hex64, input_name, prepare_ratings, reference_scan
 from jester_als.progress import step
@@ -288,7 +287,7 @@ def run_new_users(spark: SparkSession, cfg: dict, ratings: DataFrame, spark_als:
     and for 10,000 users at once (their gauge ratings), the input in memory."""
     from jester_als.baseline import sample_users
     from jester_als.hashsplit import is_test
-    from jester_als.newusers import evaluate_new_users, timed_fold_in
+    from jester_als.newusers import evaluate_new_users
 
     base = cfg["baseline"]
     sample = sample_users(ratings, max_users=base["max_users"], fraction=base["fraction"], seed=base["seed"])
@@ -300,18 +299,7 @@ def run_new_users(spark: SparkSession, cfg: dict, ratings: DataFrame, spark_als:
                                  new_users=cfg["new_users"], k=cfg["evaluate"]["k"],
                                  threshold=cfg["evaluate"]["relevance_threshold"],
                                  rating_range=cfg["input"]["rating_range"], seed=cfg["als"]["seed"])
-    model = fit_numpy_als(RatingMatrix.from_ids(users[~test], jokes[~test], values[~test]), rank=int(params["rank"]),
-                          reg_param=float(params["regParam"]), max_iter=int(params["maxIter"]),
-                          biases=bool(params.get("biases")), bias_reg=cfg["als"]["bias_reg"], seed=cfg["als"]["seed"])
-    foldable = from_numpy_model(model, float(params["regParam"]))
-    gauge = np.isin(jokes, GAUGE_JOKES)
-    serve = {}
-    for count in (1, 10_000):
-        chosen = gauge & np.isin(users, np.unique(users[gauge])[:count])
-        if np.unique(users[chosen]).size == count:
-            serve[str(count)] = timed_fold_in(foldable, users[chosen], jokes[chosen], values[chosen])
-    section["serve_seconds"] = serve
-    gauge_scores = section["gauge"]
+    gauge_scores, serve = section["gauge"], section["serve_seconds"]
     log.info("new users (%d held out whole): gauge jokes revealed -> fold-in RMSE %.4f, NDCG@%d %.4f | popularity "
              "%.4f, %.4f | full refit %.4f, %.4f; fold-in of 10,000 users %s s", section["users"],
              gauge_scores["model"]["rmse"], section["k"], gauge_scores["model"]["ndcg_at_k"] or 0,

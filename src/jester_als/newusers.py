@@ -137,7 +137,21 @@ def evaluate_new_users(users: np.ndarray, jokes: np.ndarray, ratings: np.ndarray
         else:
             result["random"][name] = entry
     result["seconds"] = {"total": time.perf_counter() - started, "fold_in": fold_seconds, "refits": refit_seconds}
+    result["serve_seconds"] = serve_seconds(foldable, users, jokes, ratings)
     return result
+
+
+def serve_seconds(foldable, users: np.ndarray, jokes: np.ndarray, ratings: np.ndarray) -> dict:
+    """Median seconds of folding in 1 and 10,000 users at once from their gauge ratings (the input in memory),
+    where the sample has that many users."""
+    gauge = np.isin(jokes, GAUGE_JOKES)
+    raters = np.unique(users[gauge])
+    timed = {}
+    for count in (1, 10_000):
+        if raters.size >= count:
+            chosen = gauge & np.isin(users, raters[:count])
+            timed[str(count)] = timed_fold_in(foldable, users[chosen], jokes[chosen], ratings[chosen])
+    return timed
 
 
 def timed_fold_in(foldable, users: np.ndarray, jokes: np.ndarray, ratings: np.ndarray, repeats: int = 5) -> float:
