@@ -80,7 +80,8 @@ def test_the_spark_path_agrees_with_the_driver_and_recommends_unrated_jokes(spar
     model = fit_biased_als(spark_ratings, als, bias_reg=5.0)
     foldable = from_spark_model(model, PARAMS["reg_param"])
     on_driver = fold_in(foldable, users, jokes, values)
-    factors, recommendations = fold_in_spark(foldable, spark_ratings, 4, (-10.0, 10.0))
+    folded = fold_in_spark(foldable, spark_ratings, 4, (-10.0, 10.0))
+    factors, recommendations = folded.factors, folded.recommendations
     rows = factors.orderBy("user").collect()
     assert [r["user"] for r in rows] == on_driver.user_ids.tolist()
     assert_factors(np.array([r["features"] for r in rows]), on_driver.factors)
@@ -90,3 +91,4 @@ def test_the_spark_path_agrees_with_the_driver_and_recommends_unrated_jokes(spar
     assert got == sorted(zip(best["user"].tolist(), best["rank"].tolist(), best["joke"].tolist()))
     rated = set(zip(users.tolist(), jokes.tolist()))
     assert not [(u, j) for u, _, j in got if (u, j) in rated]
+    folded.release()

@@ -162,40 +162,69 @@ def top_n(model: FoldInModel, folded: FoldedUsers, n: int, rating_range=None, bl
     return out
 
 
-RECOMMENDATION_SCHEMA = "user int, rank int, joke int, score double"
-FACTOR_SCHEMA = "user int, offset double, features array<double>"
+FOLDED_SCHEMA = ("user int, offset double, features array<double>, "
+                 "recommendations array<struct<rank: int, joke: int, score: double>>")
 
 
-def fold_in_spark(model: FoldInModel, ratings, top: int, rating_range):
+@dataclass
+class SparkFoldIn:
+    """The new users folded in inside Spark tasks, computed once and persisted: ``factors`` (user, offset,
+    features) and ``recommendations`` (user, rank, joke, score) read it; :meth:`release` drops it."""
+
+    folded: object  # DataFrame
+
+    @property
+    def factors(self):
+        return self.folded.select("user", "offset", "features")
+
+    @property
+    def recommendations(self):
+        from pyspark.sql import functions as F
+
+        return (self.folded.select("user", F.explode("recommendations").alias("r"))
+                .select("user", "r.rank", "r.joke", "r.score"))
+
+    def release(self) -> None:
+        from jester_als.session import try_unpersist
+
+        try_unpersist(self.folded)
+
+
+def fold_in_spark(model: FoldInModel, ratings, top: int, rating_range) -> SparkFoldIn:
     """Fold-in over a DataFrame of new users' ratings (user, joke, rating), inside Spark tasks: the ratings are
     gathered per user (one row each), and every Arrow batch of users is folded in and ranked at once by
-    :func:`fold_in` and :func:`top_n`. Returns (factors, recommendations) DataFrames; the first holds each
-    user's ``offset`` (``mu + b_u``; null for the plain model) and ``features``."""
-    import pandas as pd
+    :func:`fold_in` and :func:`top_n`, in one pass (``mapInArrow``: arrays in, arrays out) whose result is
+    persisted for the two outputs. A user's ``offset`` is ``mu + b_u`` (null for the plain model)."""
+    import pyarrow as pa
     from pyspark.sql import functions as F
+
+    from jester_als.session import try_persist
 
     per_user = ratings.groupBy("user").agg(F.collect_list("joke").alias("jokes"),
                                            F.collect_list("rating").alias("ratings"))
 
-    def exploded(frame):
-        counts = frame["jokes"].map(len).to_numpy()
-        users = np.repeat(frame["user"].to_numpy(), counts)
-        jokes = np.concatenate(frame["jokes"].to_numpy()) if len(frame) else np.array([], dtype=np.int64)
-        values = np.concatenate(frame["ratings"].to_numpy()) if len(frame) else np.array([])
-        return users, jokes, values
+    def folded(batches):
+        for batch in batches:
+            counts = batch.column("jokes").value_lengths().to_numpy(zero_copy_only=False)
+            users = np.repeat(batch.column("user").to_numpy(zero_copy_only=False), counts)
+            jokes = batch.column("jokes").flatten().to_numpy(zero_copy_only=False)
+            values = batch.column("ratings").flatten().to_numpy(zero_copy_only=False)
+            result = fold_in(model, users, jokes, values)
+            best = top_n(model, result, top, rating_range)
+            n, rank = result.factors.shape
+            bounds = np.searchsorted(best["user"], result.user_ids)
+            recommendations = pa.ListArray.from_arrays(
+                pa.array(np.append(bounds, len(best["user"])).astype(np.int32)),
+                pa.StructArray.from_arrays([pa.array(best["rank"].astype(np.int32)),
+                                            pa.array(best["joke"].astype(np.int32)),
+                                            pa.array(best["score"].astype(np.float64))],
+                                           names=["rank", "joke", "score"]))
+            features = pa.ListArray.from_arrays(pa.array(np.arange(0, n * rank + 1, rank, dtype=np.int32)),
+                                                pa.array(result.factors.reshape(-1)))
+            offsets = pa.array(result.offsets if result.offsets is not None else [None] * n, pa.float64())
+            yield pa.RecordBatch.from_arrays([pa.array(result.user_ids.astype(np.int32)), offsets, features,
+                                              recommendations],
+                                             names=["user", "offset", "features", "recommendations"])
 
-    def factors(batches):
-        for frame in batches:
-            folded = fold_in(model, *exploded(frame))
-            offsets = folded.offsets if folded.offsets is not None else np.full(len(folded.user_ids), np.nan)
-            yield pd.DataFrame({"user": folded.user_ids.astype(np.int32), "offset": offsets,
-                                "features": list(folded.factors)}).replace({"offset": {np.nan: None}})
-
-    def recommendations(batches):
-        for frame in batches:
-            best = top_n(model, fold_in(model, *exploded(frame)), top, rating_range)
-            yield pd.DataFrame({"user": best["user"].astype(np.int32), "rank": best["rank"].astype(np.int32),
-                                "joke": best["joke"].astype(np.int32), "score": best["score"]})
-
-    return per_user.mapInPandas(factors, FACTOR_SCHEMA), per_user.mapInPandas(recommendations,
-                                                                           RECOMMENDATION_SCHEMA)
+    kept = try_persist(per_user.mapInArrow(folded, FOLDED_SCHEMA), "the folded-in users")
+    return SparkFoldIn(kept)

@@ -341,7 +341,7 @@ def run_foldin(spark: SparkSession, cfg: dict, out: RunOutputs) -> dict:
     model, foldable = foldable_model(spark, out, cfg)
     inp = new_users_input(cfg)
     prepared = prepare_ratings(spark, inp)
-    ratings = None
+    ratings = on_spark = None
     try:
         known_jokes = spark.createDataFrame([(int(j),) for j in foldable.joke_ids], "joke int")
         ratings = prepared.ratings.join(F.broadcast(known_jokes), "joke", "left_semi").select("user", "joke", "rating")
@@ -367,7 +367,8 @@ def run_foldin(spark: SparkSession, cfg: dict, out: RunOutputs) -> dict:
             factors = spark.createDataFrame(folded_table(folded))
             recommendations = spark.createDataFrame(recommendation_table(best))
         else:
-            factors, recommendations = fold_in_spark(foldable, ratings, top, rating_range)
+            on_spark = fold_in_spark(foldable, ratings, top, rating_range)
+            factors, recommendations = on_spark.factors, on_spark.recommendations
         if prepared.user_ids is not None:
             originals = prepared.user_ids.select("original_user", "user")
             recommendations = (recommendations.join(originals, "user")
@@ -384,6 +385,8 @@ def run_foldin(spark: SparkSession, cfg: dict, out: RunOutputs) -> dict:
             unknown_cells["unknown_joke"] = unknown_count
     finally:
         prepared.release()
+        if on_spark is not None:
+            on_spark.release()
         if ratings is not None:
             try_unpersist(ratings)
     written = spark.read.parquet(out.path("new_user_recommendations")).agg(

@@ -56,10 +56,11 @@ def spark_seconds(foldable, users, jokes, values, top: int, rating_range) -> flo
     ratings = spark.createDataFrame(table).persist()
     ratings.count()
     clock = time.perf_counter()
-    factors, recommendations = fold_in_spark(foldable, ratings, top, rating_range)
-    factors.write.format("noop").mode("overwrite").save()
-    recommendations.write.format("noop").mode("overwrite").save()
+    folded = fold_in_spark(foldable, ratings, top, rating_range)
+    folded.factors.write.format("noop").mode("overwrite").save()
+    folded.recommendations.write.format("noop").mode("overwrite").save()
     seconds = time.perf_counter() - clock
+    folded.release()
     ratings.unpersist()
     return seconds
 
