@@ -154,11 +154,16 @@ def serve_seconds(foldable, users: np.ndarray, jokes: np.ndarray, ratings: np.nd
     return timed
 
 
-def timed_fold_in(foldable, users: np.ndarray, jokes: np.ndarray, ratings: np.ndarray, repeats: int = 5) -> float:
-    """Median seconds of folding in these users (the input already in memory)."""
+def median_seconds(call, repeats: int) -> float:
+    """Median seconds of ``repeats`` calls of ``call()``."""
     times = []
     for _ in range(repeats):
         clock = time.perf_counter()
-        fold_in(foldable, users, jokes, ratings)
+        call()
         times.append(time.perf_counter() - clock)
     return float(np.median(times))
+
+
+def timed_fold_in(foldable, users: np.ndarray, jokes: np.ndarray, ratings: np.ndarray, repeats: int = 5) -> float:
+    """Median seconds of folding in these users (the input already in memory)."""
+    return median_seconds(lambda: fold_in(foldable, users, jokes, ratings), repeats)

@@ -20,6 +20,7 @@ import numpy as np
 from jester_als.config import load_config
 from jester_als.foldin import fold_in, from_numpy_model, top_n
 from jester_als.generate import GAUGE_JOKES, GeneratorParams, generate_chunks
+from jester_als.newusers import median_seconds
 from jester_als.numpy_als import RatingMatrix, fit_numpy_als
 from jester_als.outputs import now_iso, write_text_atomic
 
@@ -34,15 +35,6 @@ def gauge_ratings(users: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.nda
     users_, jokes, values = (np.concatenate(p) for p in zip(*parts))
     keep = np.isin(jokes, GAUGE_JOKES)
     return users_[keep], jokes[keep], values[keep]
-
-
-def median_seconds(call, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        clock = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - clock)
-    return float(np.median(times))
 
 
 def spark_seconds(foldable, users, jokes, values, top: int, rating_range) -> float:
