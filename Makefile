@@ -62,23 +62,23 @@ scale: setup ## the scaling study: NumPy vs Spark along users, density and jokes
 run-docs: setup ## copy the last `make run`'s metrics.json into docs/run/ and regenerate the README's section from it
 	mkdir -p docs/run
 	cp output/local/metrics.json docs/run/
-	$(BIN)/python -m jester_als.readme README.md
+	$(BIN)/python -m jester_als.readme
 
 defaults-docs: setup ## how the default grid was chosen: validation RMSE of candidate grids on the default table (docs/defaults.md)
 	$(BIN)/python -m jester_als.defaults --conf $(CONF) --out docs
-	$(BIN)/python -m jester_als.readme README.md
+	$(BIN)/python -m jester_als.readme
 
 serve-docs: setup ## how fast fold-in serves new users: 1, 10,000 and 1 M users (NumPy), 1 M with Spark (docs/serve.md)
 	$(BIN)/python -m jester_als.serve --conf $(CONF) --out docs
-	$(BIN)/python -m jester_als.readme README.md
+	$(BIN)/python -m jester_als.readme
 
 bench-docs: setup ## copy the last `make bench` run into docs/ and regenerate the README's section from it
 	cp output/bench/bench.json output/bench/bench.md output/bench/bench.png docs/
-	$(BIN)/python -m jester_als.readme README.md
+	$(BIN)/python -m jester_als.readme
 
 scale-docs: setup ## copy the last `make scale` run into docs/ and regenerate the README's section from it
 	cp output/scale/scale.json output/scale/scale.md output/scale/scale.png docs/
-	$(BIN)/python -m jester_als.readme README.md
+	$(BIN)/python -m jester_als.readme
 
 $(STAMP40): setup.py
 	$(PYTHON) -m venv $(VENV40)

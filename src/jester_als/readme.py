@@ -1,9 +1,10 @@
-"""README sections generated from what the project itself knows or wrote, so that no figure in them is typed
-by hand: the config table (from the config models), the `make run` summary and report (from
-``docs/run/metrics.json``), the benchmark (``docs/bench.json``) and the scaling study (``docs/scale.json``): the
-runs ``make run-docs``, ``make bench-docs`` and ``make scale-docs`` copied there. Each section sits between a
-start and an end marker; ``python -m jester_als.readme README.md`` rewrites them, and tests fail when one is
-stale."""
+"""Sections of README.md and of the pages under docs/ generated from what the project itself knows or wrote,
+so that no figure in them is typed by hand: the config reference (from the config models), the `make run`
+summary and report (from ``docs/run/metrics.json``), the generated table's statistics (``docs/defaults.json``)
+and the scaling answer (``docs/scale.json``): the runs ``make run-docs``, ``make defaults-docs`` and ``make
+scale-docs`` copied there. Each section sits between a start and an end marker in the page ``PAGES`` names;
+``python -m jester_als.readme`` rewrites them all, and tests fail when one is stale. The pages that the
+commands write whole (docs/bench.md, scale.md, defaults.md, serve.md) are held to their JSON by ``RENDERED``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-COMMAND = "python -m jester_als.readme README.md"
+COMMAND = "python -m jester_als.readme"
 
 
 def _config_table() -> str:
@@ -32,44 +33,38 @@ def _docs(root: Path, name: str) -> dict:
     return json.loads((root / "docs" / name).read_text())
 
 
-def _scale_section(root: Path) -> str:
-    from jester_als.scale.render import render_scale
+def _answer_section(root: Path) -> str:
+    """README: the scaling study's answer, derived from its run, and its plot."""
+    from jester_als.scale.render import answer
 
-    return ("![NumPy ALS vs Spark ALS: fit time and peak memory against training ratings](docs/scale.png)\n\n"
-            + _section(render_scale(_docs(root, "scale.json")), 1))
+    return (answer(_docs(root, "scale.json")) + "\n\n"
+            "![NumPy ALS vs Spark ALS: fit time and peak memory against training ratings](docs/scale.png)")
+
+
+def _printed(metrics: dict) -> str:
+    """The summary `make run` prints. The command's own first line also counts starting Spark and writing the
+    report; the run records the time of its steps (run.wall_seconds), so that is what this line gives, and says
+    so."""
+    from jester_als.cli import summary
+
+    printed = summary("pipeline", metrics, metrics["run"]["wall_seconds"])
+    return "```\n" + printed.replace(": done in ", ": steps done in ", 1) + "\n```"
+
+
+def _summary_section(root: Path) -> str:
+    """README: what `make run` printed, and which run it was."""
+    metrics = _docs(root, "run/metrics.json")
+    run = metrics["run"]
+    return (f"{_printed(metrics)}\n\nRun {run['run_id']} of `{run['job']}`, finished {run['finished']}, "
+            f"on generated data; its whole report: [docs/run.md](docs/run.md).")
 
 
 def _run_section(root: Path) -> str:
-    """The summary `make run` prints and its report's tables (without the plots), headings two levels down."""
-    from jester_als.cli import summary
+    """docs/run.md: the summary `make run` prints and its report's tables (without the plots)."""
     from jester_als.report import render_report
 
     metrics = _docs(root, "run/metrics.json")
-    report = _section(render_report(metrics).split("\n## Plots", 1)[0], 2)
-    # The command's own first line also counts starting Spark and writing the report; the run records the time of
-    # its steps (run.wall_seconds), so that is what this line gives, and says so.
-    printed = summary("pipeline", metrics, metrics["run"]["wall_seconds"])
-    printed = printed.replace(": done in ", ": steps done in ", 1)
-    return f"```\n{printed}\n```\n\n{report}"
-
-
-def _bench_section(root: Path) -> str:
-    from jester_als.bench import render_bench
-
-    return (_section(render_bench(_docs(root, "bench.json")), 1)
-            + "\n\n![median fit time and test RMSE per engine](docs/bench.png)")
-
-
-def _defaults_section(root: Path) -> str:
-    from jester_als.defaults import render
-
-    return _section(render(_docs(root, "defaults.json")), 1)
-
-
-def _serve_section(root: Path) -> str:
-    from jester_als.serve import render
-
-    return _section(render(_docs(root, "serve.json")), 1)
+    return f"{_printed(metrics)}\n\n{_section(render_report(metrics).split(chr(10) + '## Plots', 1)[0], 1)}"
 
 
 def _generated_section(root: Path) -> str:
@@ -78,16 +73,32 @@ def _generated_section(root: Path) -> str:
     return render_statistics(_docs(root, "defaults.json")["generated_statistics"])
 
 
-# name -> what the section is made from; its markers are derived from the name.
-SECTIONS: dict[str, Callable[[Path], str]] = {
-    "config table": lambda root: _config_table(),
-    "pipeline run": _run_section,
-    "default grid": _defaults_section,
-    "generated data": _generated_section,
-    "serving": _serve_section,
-    "benchmark": _bench_section,
-    "scaling study": _scale_section,
+# name -> (the page that holds it, what the section is made from); its markers are derived from the name.
+SECTIONS: dict[str, tuple[str, Callable[[Path], str]]] = {
+    "run summary": ("README.md", _summary_section),
+    "scaling answer": ("README.md", _answer_section),
+    "pipeline run": ("docs/run.md", _run_section),
+    "config table": ("docs/config.md", lambda root: _config_table()),
+    "generated data": ("docs/data.md", _generated_section),
 }
+
+
+def _rendered() -> dict[str, tuple[str, Callable[[dict], str]]]:
+    """Pages a command writes whole from its JSON: page -> (its JSON, the renderer)."""
+    from jester_als.bench import render_bench
+    from jester_als.defaults import render as render_defaults
+    from jester_als.scale.render import render_scale
+    from jester_als.serve import render as render_serve
+
+    return {"docs/bench.md": ("docs/bench.json", render_bench), "docs/scale.md": ("docs/scale.json", render_scale),
+            "docs/defaults.md": ("docs/defaults.json", render_defaults),
+            "docs/serve.md": ("docs/serve.json", render_serve)}
+
+
+def rendered_page(root: Path, page: str) -> tuple[str, str]:
+    """(the page as it stands, the page as its renderer writes it from its JSON)."""
+    source, render = _rendered()[page]
+    return (root / page).read_text(encoding="utf-8"), render(json.loads((root / source).read_text()))
 
 
 def markers(name: str) -> tuple[str, str]:
@@ -103,36 +114,40 @@ def current(text: str, name: str) -> str:
 
 
 def expected(name: str, root: Path) -> str:
-    return SECTIONS[name](root).strip()
+    return SECTIONS[name][1](root).strip()
 
 
-def update(readme: str | os.PathLike) -> list[str]:
-    """Rewrite every section of ``readme`` (its folder is the project root); the names of those that changed.
-    A README without a section's markers is an error: the section would silently never be written."""
-    path = Path(readme)
-    text = path.read_text(encoding="utf-8")
+def update(root: str | os.PathLike = ".") -> list[str]:
+    """Rewrite every generated section of the pages under ``root`` (the project root); the names of those that
+    changed. A page without a section's markers is an error: the section would silently never be written."""
+    root = Path(root)
     changed = []
-    for name in SECTIONS:
-        start, end = markers(name)
-        if start not in text or end not in text:
-            raise ValueError(f"{path}: the markers of the {name} are missing ({start} ... {end})")
-        head, _, rest = text.partition(start)
-        _, _, tail = rest.partition(end)
-        body = expected(name, path.resolve().parent)
-        new = f"{head}{start}\n{body}\n{end}{tail}"
-        if new != text:
-            changed.append(name)
-            text = new
-    if changed:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+    for page in sorted({page for page, _ in SECTIONS.values()}):
+        path = root / page
+        text = path.read_text(encoding="utf-8")
+        before = text
+        for name, (where, _) in SECTIONS.items():
+            if where != page:
+                continue
+            start, end = markers(name)
+            if start not in text or end not in text:
+                raise ValueError(f"{path}: the markers of the {name} are missing ({start} ... {end})")
+            head, _, rest = text.partition(start)
+            _, _, tail = rest.partition(end)
+            new = f"{head}{start}\n{expected(name, root)}\n{end}{tail}"
+            if new != text:
+                changed.append(name)
+                text = new
+        if text != before:
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
     return changed
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        print(f"usage: {COMMAND}", file=sys.stderr)
+    if len(sys.argv) > 2:
+        print(f"usage: {COMMAND} [PROJECT_ROOT]", file=sys.stderr)
         sys.exit(2)
-    done = update(sys.argv[1])
-    print(f"updated {', '.join(done)} in {sys.argv[1]}" if done else f"{sys.argv[1]} is up to date")
+    done = update(sys.argv[1] if len(sys.argv) == 2 else ".")
+    print(f"updated {', '.join(done)}" if done else "README.md and docs/ are up to date")
