@@ -196,12 +196,33 @@ TARGETS = [
 ]
 
 
-def predict(model: dict, cfg: dict, cluster: dict | None = None) -> list[dict]:
+# Spark's unified memory (execution and storage) in a heap (UnifiedMemoryManager: 300 MB reserved for the
+# system, spark.memory.fraction 0.6 of the rest, the default the workers keep), used for studies recorded before
+# the workers kept Spark's own figure (maxMemory, which starts from the JVM's usable heap rather than -Xmx) and
+# to turn cached bytes into the heap that holds them.
+SPARK_RESERVED_MB, SPARK_MEMORY_FRACTION = 300, 0.6
+
+
+def heap_needed_mb(storage: dict, train_ratings: float) -> float:
+    """The heap whose unified memory holds what Spark ALS caches for ``train_ratings``, by the study's line
+    through the cached bytes (``limits.spark.in_memory.storage_model``) and the rule by which Spark sizes its
+    unified memory from the heap (UnifiedMemoryManager: 300 MB reserved, ``spark.memory.fraction`` of the rest).
+    Spark local mode's resident memory grows to whatever heap it is given, so that model cannot say this."""
+    cached_mb = storage["fixed_mb"] + storage["bytes_per_rating"] * train_ratings / 2**20
+    return SPARK_RESERVED_MB + cached_mb / SPARK_MEMORY_FRACTION
+
+
+def predict(model: dict, cfg: dict, cluster: dict | None = None, storage: dict | None = None,
+            timed: dict[str, list[tuple[int, float]]] | None = None) -> list[dict]:
     """The models' predictions for the named data sets. The cluster column's time divides the size-dependent
     part of one machine's time over the executors (perfect scaling, no network time: an assumption, said so
     in scale.md). Its shuffle volume and memory per executor come from the cluster model fitted to the
     standalone-cluster measurements when there is one (``cluster``), else from the partitioning rule above
-    and one machine's memory divided over the executors."""
+    and one machine's memory divided over the executors. Given Spark's storage model (``storage``), Spark's
+    one-machine memory is the heap it needs (:func:`heap_needed_mb`); given the sizes each engine was timed on
+    (``timed``: jokes and training ratings), each prediction says how far beyond them it reaches
+    (``extrapolation``: its training ratings over the most timed with at least as many jokes), which is how far
+    the model is trusted."""
     measured = (cluster or {}).get("model") or {}
     measured = measured if measured.get("fitted") else None
     scale = cfg["scale"]
@@ -221,6 +242,13 @@ def predict(model: dict, cfg: dict, cluster: dict | None = None) -> list[dict]:
             one = predict_point(entry, engine, target["users"], target["jokes"], nnz, rank, iterations, dense)
             if engine == "numpy":
                 one["path"] = "dense" if dense else "sparse"
+            one["memory_from"] = "resident memory model"
+            if engine == "spark" and storage:
+                one.update(resident_mb=one["memory_mb"], memory_mb=heap_needed_mb(storage, nnz),
+                           memory_from="heap its cached blocks need")
+            wide_enough = [ratings for jokes, ratings in (timed or {}).get(engine, []) if jokes >= target["jokes"]]
+            if wide_enough:
+                one["extrapolation"] = nnz / max(wide_enough)
             row["engines"][engine] = {**one, "fits_one_machine": one["memory_mb"] <= machine_mb}
             if engine == "spark":
                 fixed_seconds = values(entry, "time")[0] * iterations

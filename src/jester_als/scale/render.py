@@ -94,9 +94,9 @@ def _first_fit(study: dict, engine: str, check: dict) -> str | None:
         return None
     repeated = [r["seconds"] for p in study["points"]
                 if len((r := p["engines"].get(engine, {})).get("seconds", [])) > 2]
-    if not repeated:
+    excess = first_fit_excess(study, engine)
+    if excess is None or point["engines"][engine].get("warmup_seconds") is not None:
         return None
-    excess = float(np.mean([s[0] - np.median(s) for s in repeated]))
     if excess <= 0 or excess >= check["measured_seconds"]:
         return None
     without = check["predicted_seconds"] / (check["measured_seconds"] - excess) - 1
@@ -106,12 +106,61 @@ def _first_fit(study: dict, engine: str, check: dict) -> str | None:
             f"their median ({warming}); less that, the check is {without:+.0%}")
 
 
+def _fitted_users(study: dict, engine: str) -> float | None:
+    limit = (study.get("limits", {}).get(engine) or {}).get("largest_fitted")
+    return limit["users"] if limit else None
+
+
+def conclusion(study: dict, compared: bool, spark_faster_somewhere: bool) -> str:
+    """The answer's last sentence, from what the run showed: which engine was faster, and which held more."""
+    if not compared:
+        return "No size completed on both engines, so the study cannot say which is faster."
+    numpy_users, spark_users = _fitted_users(study, "numpy"), _fitted_users(study, "spark")
+    if spark_faster_somewhere:
+        return "Spark local mode was faster at some sizes, so Spark is worth it on one machine there already."
+    if numpy_users and spark_users and numpy_users < spark_users:
+        return (f"Spark local mode held more users than NumPy ({spark_users / 1e6:,.2f} M against "
+                f"{numpy_users / 1e6:,.2f} M): past NumPy's limit Spark is necessary even on one machine.")
+    if numpy_users:
+        return (f"So on one machine NumPy is faster and holds at least as many users as Spark local mode; Spark "
+                f"becomes necessary past what NumPy holds ({numpy_users / 1e6:,.2f} M Jester-like users fitted "
+                f"here), on a cluster: not for speed, but to spread the ratings and factors over several "
+                f"machines' memory.")
+    return "NumPy was faster at every size both completed; its limit was not measured."
+
+
+def first_fit_excess(study: dict, engine: str) -> float | None:
+    """How much longer a fresh worker's first fit took than the median of its repeats, averaged over the sizes
+    fitted three times or more (None without such sizes)."""
+    repeated = [r["seconds"] for p in study["points"]
+                if len((r := p["engines"].get(engine, {})).get("seconds", [])) > 2]
+    return float(np.mean([s[0] - np.median(s) for s in repeated])) if repeated else None
+
+
+def warm_seconds(study: dict, point: dict, engine: str) -> tuple[float, bool]:
+    """A point's fit time without a fresh process's first-fit cost, and whether it had to be estimated: the
+    median of repeats, or a single fit timed after a warm-up fit (``warmup_seconds``), or (studies from before
+    the warm-up) a single fit less :func:`first_fit_excess`."""
+    result = point["engines"][engine]
+    if len(result.get("seconds", [])) != 1 or result.get("warmup_seconds") is not None:
+        return result["fit_seconds"], False
+    excess = first_fit_excess(study, engine)
+    if not excess or excess <= 0 or excess >= result["fit_seconds"]:
+        return result["fit_seconds"], False
+    return result["fit_seconds"] - excess, True
+
+
 def answer(study: dict) -> str:
-    """The question's answer in a few sentences, every figure taken from the study."""
+    """The question's answer in a few sentences, every figure and every conclusion taken from the study."""
     both = [p for p in study["points"] if all(_completed(p["engines"].get(e, {})) for e in ENGINES)]
     said = []
+    faster = []
     if both:
-        ratios = [(p["engines"]["spark"]["fit_seconds"] / p["engines"]["numpy"]["fit_seconds"], p) for p in both]
+        ratios, estimated = [], False
+        for p in both:
+            (spark, s_est), (numpy_s, n_est) = warm_seconds(study, p, "spark"), warm_seconds(study, p, "numpy")
+            ratios.append((spark / numpy_s, p))
+            estimated |= s_est or n_est
         low, high = min(ratios, key=lambda r: r[0]), max(ratios, key=lambda r: r[0])
         where = lambda r: f"{r[1]['users']:,} x {r[1]['jokes']:,}, {r[1]['train_ratings'] / 1e6:,.1f} M ratings"
         faster = [r for r in ratios if r[0] < 1]
@@ -119,14 +168,16 @@ def answer(study: dict) -> str:
             ("NumPy ALS on the driver fitted faster than Spark in local mode at every size both completed "
              if not faster else f"Spark in local mode fitted faster than NumPy at {len(faster)} of the "
                                 f"{len(ratios)} sizes both completed; elsewhere NumPy was faster ")
-            + f"(Spark took {low[0]:.1f}x NumPy's time at {where(low)}, {high[0]:.1f}x at {where(high)}).")
+            + f"(Spark took {low[0]:.1f}x NumPy's time at {where(low)}, {high[0]:.1f}x at {where(high)}"
+            + ("; sizes fitted once are counted without the first fit's extra cost that the repeated sizes show"
+               if estimated else "") + ").")
     top_jokes = max((p for p in both if p["axis"] == "jokes"), key=lambda p: p["jokes"], default=None)
     if top_jokes:
-        n, sp = top_jokes["engines"]["numpy"], top_jokes["engines"]["spark"]
+        n = top_jokes["engines"]["numpy"]
+        (n_s, _), (s_s, _) = warm_seconds(study, top_jokes, "numpy"), warm_seconds(study, top_jokes, "spark")
         said.append(f"With many items ({top_jokes['users']:,} users x {top_jokes['jokes']:,} jokes, "
                     f"{top_jokes['train_ratings'] / 1e6:,.1f} M ratings, NumPy on its {n.get('path', '')} path) the "
-                    f"lead is {sp['fit_seconds'] / n['fit_seconds']:.1f}x ({n['fit_seconds']:,.1f} s against "
-                    f"{sp['fit_seconds']:,.1f} s).")
+                    f"lead is {s_s / n_s:.1f}x ({n_s:,.1f} s against {s_s:,.1f} s).")
     for engine in ENGINES:
         limit = study.get("limits", {}).get(engine) or {}
         largest, first = limit.get("largest_fitted"), limit.get("first_not_fitted")
@@ -155,8 +206,8 @@ def answer(study: dict) -> str:
     if predicted:
         said.append(f"By NumPy's memory model the budget of {predicted['memory_mb'] / 1024:,.1f} GB is reached at "
                     f"about {predicted['users'] / 1e6:,.1f} M users ({predicted['train_ratings'] / 1e6:,.0f} M "
-                    f"ratings). Past the memory of one machine, Spark on a cluster is necessary: not for speed, "
-                    f"but to spread the ratings and factors over several machines' memory.")
+                    f"ratings).")
+    said.append(conclusion(study, bool(both), bool(faster)))
     return " ".join(said) if said else "Too few sizes completed to answer."
 
 
@@ -310,23 +361,37 @@ def render_scale(study: dict) -> str:
     lines += cluster_lines(study.get("cluster"))
     lines += ["", "## Predictions", ""]
     prediction_rows = []
+    reach = lambda one: f", {one['extrapolation']:,.0f}x measured" if one.get("extrapolation", 1) > 1.5 else ""
     for row in study["predictions"]:
         numpy_p, spark_p = row["engines"].get("numpy"), row["engines"].get("spark")
         cluster = (spark_p or {}).get("cluster")
-        numpy_time = f"{numpy_p['seconds']:,.0f} s ({numpy_p['path']})" if numpy_p else ""
+        numpy_time = f"{numpy_p['seconds']:,.0f} s ({numpy_p['path']}{reach(numpy_p)})" if numpy_p else ""
+        spark_time = f"{spark_p['seconds']:,.0f} s{' (' + reach(spark_p)[2:] + ')' if reach(spark_p) else ''}" \
+            if spark_p else ""
+        spark_memory = ("heap " if (spark_p or {}).get("resident_mb") is not None else "")
         prediction_rows.append([
             row["name"], f"{row['train_ratings']:,.0f}",
             f"{numpy_time}, {numpy_p['memory_mb'] / 1024:,.1f} GB"
             + ("" if numpy_p["fits_one_machine"] else " (does not fit)") if numpy_p else "",
-            f"{spark_p['seconds']:,.0f} s, {spark_p['memory_mb'] / 1024:,.1f} GB"
+            f"{spark_time}, {spark_memory}{spark_p['memory_mb'] / 1024:,.1f} GB"
             + ("" if spark_p["fits_one_machine"] else " (does not fit)") if spark_p else "",
             f"{cluster['seconds']:,.0f} s, {cluster['memory_mb_per_executor'] / 1024:,.1f} GB/executor, "
             f"{cluster['shuffle_gb_per_iteration']:,.1f} GB shuffled/iteration" if cluster else ""])
     executors = study["predictions"][0]["engines"].get("spark", {}).get("cluster", {}).get("executors", "N")
+    heap_rule = any((r["engines"].get("spark") or {}).get("resident_mb") is not None for r in study["predictions"])
     lines += [table(["data set", "train ratings", "NumPy, one machine", "Spark, one machine (local)",
                      f"Spark, cluster of {executors} executors (assumed scaling)"],
                     prediction_rows), "",
-              "Every figure here is the cost model's, extrapolated from the points measured above. In the "
+              "Every figure here is the cost model's, extrapolated from the points measured above; \"Nx "
+              "measured\" says how many times the most training ratings that engine was timed on, at a size "
+              "with at least as many jokes, a prediction reaches. The model's terms are the algorithms' own costs, but its coefficients were fitted up to "
+              "that size only: a prediction a few times beyond it is an estimate of the order of magnitude, and "
+              "one many times beyond it (the seed's guess) says which resource runs out first, not how long it "
+              "takes. "
+              + ("Spark's one-machine memory is the heap its cached blocks need (the line through its cached "
+                 "bytes under \"Single-machine limits\", turned into a heap by Spark's unified-memory rule): its "
+                 "resident memory is the heap the JVM was given, not what the fit needs. " if heap_rule else "")
+              + "In the "
               "cluster column the time is arithmetic, not measurement: the one-machine model's size-dependent "
               "time divided by the executors (perfect speed-up, no network time). "
               + ("Its shuffle volume and memory per executor come from the cluster model fitted to the "

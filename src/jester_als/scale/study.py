@@ -15,7 +15,14 @@ from jester_als.config import size_mb
 from jester_als.generate import GeneratorParams
 from jester_als.numpy_als import engine_threads, last_level_cache_bytes
 from jester_als.outputs import now_iso, staged_outputs, write_text_atomic
-from jester_als.scale.costmodel import ENGINES, fit_cost_model, predict, predicted_limit
+from jester_als.scale.costmodel import (
+    ENGINES,
+    SPARK_MEMORY_FRACTION,
+    SPARK_RESERVED_MB,
+    fit_cost_model,
+    predict,
+    predicted_limit,
+)
 from jester_als.scale.data import split_counts, write_split_parquet
 from jester_als.scale.render import plot, render_scale
 from jester_als.scale.runner import machine_memory_gb, run_worker
@@ -159,7 +166,9 @@ def run_study(cfg: dict) -> dict:
                                     reg_param=scale["regParam"], max_iter=point["iterations"], repeats=repeats,
                                     result_file=str(data_dir / f"{engine}-result.json"),
                                     spark_driver_memory=scale["spark_driver_memory"],
-                                    dense_budget_mb=scale["numpy_dense_budget_mb"], max_user=max_user)
+                                    dense_budget_mb=scale["numpy_dense_budget_mb"], max_user=max_user,
+                                    # a probe measures memory, and its fits are what its budget is for
+                                    warmup=repeats == 1 and not spec.get("probe"))
                 result = run_worker(worker, memory_budget_mb=scale["memory_budget_mb"],
                                     time_budget_seconds=scale["time_budget_seconds"],
                                     keep_log_in=Path(cfg["output"]["dir"]) / "worker-logs", keep_all_logs=True,
@@ -194,19 +203,29 @@ def run_study(cfg: dict) -> dict:
     machine = {"cpus": os.cpu_count(), "memory_gb": machine_memory_gb(),
                "last_level_cache_bytes": last_level_cache_bytes(), "engine_threads": engine_threads()}
     model = fit_cost_model(points, scale["rank"], scale["maxIter"], machine=machine)
+    found = limits(points, model, cfg)
     return {"when": now_iso(), "machine": machine,
             "params": {k: scale[k] for k in ("rank", "regParam", "maxIter")},
             "budgets": {"time_seconds": scale["time_budget_seconds"], "memory_mb": scale["memory_budget_mb"],
                         "spark_driver_memory": scale["spark_driver_memory"]},
             "study_minutes": (time.monotonic() - study_started) / 60,
-            "points": points, "cost_model": model, "limits": limits(points, model, cfg), "cluster": cluster,
-            "predictions": predict(model, cfg, cluster)}
+            "points": points, "cost_model": model, "limits": found, "cluster": cluster,
+            "predictions": predict(model, cfg, cluster, storage_model(found), timed_ratings(points))}
 
 
-# Spark's unified memory (execution and storage) in a heap (UnifiedMemoryManager: 300 MB reserved for the
-# system, spark.memory.fraction 0.6 of the rest, the default the workers keep), for studies recorded before the
-# workers kept Spark's own figure (maxMemory, which starts from the JVM's usable heap rather than -Xmx).
-SPARK_RESERVED_MB, SPARK_MEMORY_FRACTION = 300, 0.6
+def storage_model(found: dict) -> dict | None:
+    """Spark's line through its cached bytes, where the study could fit one."""
+    return ((found.get("spark") or {}).get("in_memory") or {}).get("storage_model")
+
+
+def timed_ratings(points: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """Per engine, (jokes, training ratings) of every size it fitted in full (limit probes run two iterations
+    and stay out of the time model)."""
+    return {engine: [(p["jokes"], float(p["train_ratings"])) for p in points
+                     if not p.get("probe") and p["engines"].get(engine, {}).get("completed")]
+            for engine in ENGINES}
+
+
 
 
 def in_memory(fitted: list[dict], engine: str, heap: str) -> dict | None:
@@ -293,8 +312,10 @@ def refit(study: dict, cfg: dict, why: str) -> dict:
         from jester_als.scale.cluster import fit_cluster_model
 
         cluster = {**cluster, "model": fit_cluster_model(cluster["measurements"], params["rank"])}
-    return {**study, "cost_model": model, "limits": limits(study["points"], model, cfg), "cluster": cluster,
-            "predictions": predict(model, cfg, cluster), "refit": {"when": now_iso(), "why": why}}
+    found = limits(study["points"], model, cfg)
+    return {**study, "cost_model": model, "limits": found, "cluster": cluster,
+            "predictions": predict(model, cfg, cluster, storage_model(found), timed_ratings(study["points"])),
+            "refit": {"when": now_iso(), "why": why}}
 
 
 def scale_job(cfg: dict) -> dict:
