@@ -68,3 +68,19 @@ def test_bench_keeps_the_log_of_a_worker_that_failed(tmp_path, capsys):
     assert (out / "bench.json").read_text() == "a previous run's" and not list(out.glob(".staging-*"))
     assert main([*argv, "--set", "output.mode=error"]) == 1
     assert "already holds ['bench.json'] and output.mode is 'error'" in capsys.readouterr().err
+
+
+def test_spark_heap_need_is_the_scaling_studys_cached_bytes():
+    """bench refuses a size by the heap Spark's cached blocks need, with the bytes a rating the scaling study
+    measured (docs/scale.json): a rerun of the study that moves the figure makes this test name the constant to
+    change. The study's largest Spark fit (232 M training ratings in a 16g heap) is not refused by the rule."""
+    import json
+    from pathlib import Path
+
+    from jester_als.bench import SPARK_CACHED_BYTES_PER_RATING, spark_heap_need_mb
+
+    study = json.loads((Path(__file__).resolve().parents[1] / "docs" / "scale.json").read_text())
+    measured = study["limits"]["spark"]["in_memory"]["storage_model"]["bytes_per_rating"]
+    assert SPARK_CACHED_BYTES_PER_RATING == round(measured), "update bench.SPARK_CACHED_BYTES_PER_RATING"
+    largest = study["limits"]["spark"]["largest_fitted"]
+    assert spark_heap_need_mb(largest["train_ratings"]) <= 16 * 1024

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -25,19 +26,21 @@ from jester_als.errors import JobError
 from jester_als.generate import GeneratorParams
 from jester_als.outputs import now_iso, staged_outputs, write_text_atomic
 from jester_als.report import table
+from jester_als.scale.costmodel import heap_needed_mb
 from jester_als.scale.data import write_split_parquet
 from jester_als.scale.runner import run_worker
 from jester_als.scale.worker import WorkerSpec
 
 log = logging.getLogger(__name__)
 
-# Spark ALS's driver heap in local mode, per training rating: the persisted ratings, ALS's in/out blocks for
-# users and items, and the shuffle of both between iterations. Measured with this project's tables: 145 M
-# training ratings fitted in a 14 GB heap (the least that fits: about 100 bytes a rating), 58 M did not fit in
-# 4 GB; and a heap that just fits is slow: 58 M ratings took 350 s for 20 iterations in a 6.4 GB heap (100
-# bytes a rating) against about 140 s in 14 GB. So Spark gets 250 bytes a rating when the budget allows it,
-# never less than 4 GB, and a size is refused only when even the 100 bytes a rating it needs do not fit.
-SPARK_HEAP_NEED_BYTES_PER_RATING = 100
+# Spark ALS's driver heap in local mode. What it needs is the heap whose unified memory holds what ALS caches:
+# the scaling study fits a line through the cached bytes Spark's block manager reports per training rating
+# (docs/scale.json, limits.spark.in_memory.storage_model.bytes_per_rating; tests/test_bench.py holds this
+# constant to it), and Spark's own rule turns cached bytes into a heap (scale.costmodel.heap_needed_mb). A heap
+# that only just holds them spends its time collecting garbage, so Spark is given more when the budget allows
+# (the GIVE figure: several times the need), never less than 4 GB, and a size is refused only when even the need
+# does not fit.
+SPARK_CACHED_BYTES_PER_RATING = 39
 SPARK_HEAP_GIVE_BYTES_PER_RATING = 250
 SPARK_HEAP_BASE_MB = 1024
 SPARK_HEAP_MIN_MB = 4096
@@ -62,17 +65,24 @@ def _heap_mb(train_ratings: int, bytes_per_rating: int) -> int:
     return max(SPARK_HEAP_MIN_MB, SPARK_HEAP_BASE_MB + -(-train_ratings * bytes_per_rating // 2**20))
 
 
+def spark_heap_need_mb(train_ratings: int) -> int:
+    """The least heap that holds what Spark ALS caches for ``train_ratings`` (at least the 4 GB floor)."""
+    storage = {"fixed_mb": 0.0, "bytes_per_rating": SPARK_CACHED_BYTES_PER_RATING}
+    return max(SPARK_HEAP_MIN_MB, math.ceil(heap_needed_mb(storage, train_ratings)))
+
+
 def spark_heap_mb(train_ratings: int, bench: dict) -> int:
     """The heap for Spark's fit: ``bench.spark_driver_memory`` if set (e.g. "8g"), else sized to the data
     within ``bench.memory_budget_mb``; BenchTooLargeError when Spark's need does not fit the budget."""
     setting, budget = bench["spark_driver_memory"], bench["memory_budget_mb"]
     if setting != "auto":
         return size_mb(setting)
-    need = _heap_mb(train_ratings, SPARK_HEAP_NEED_BYTES_PER_RATING)
+    need = spark_heap_need_mb(train_ratings)
     if need + SPARK_PROCESS_OVERHEAD_MB > budget:
         raise BenchTooLargeError(
             f"bench.users={bench['users']:,} gives about {train_ratings:,} training ratings; Spark ALS needs about "
-            f"{need:,} MB of driver heap for them ({SPARK_HEAP_NEED_BYTES_PER_RATING} bytes a rating) plus "
+            f"{need:,} MB of driver heap to cache them ({SPARK_CACHED_BYTES_PER_RATING} bytes a rating, as the "
+            f"scaling study measured) plus "
             f"{SPARK_PROCESS_OVERHEAD_MB:,} MB beside it, above bench.memory_budget_mb={budget:,}. Lower "
             f"bench.users, raise bench.memory_budget_mb if the machine has the memory, set "
             f"bench.spark_driver_memory (e.g. 12g) to try a smaller heap, or bench.spark_repeats=0 to time "
