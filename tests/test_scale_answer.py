@@ -68,7 +68,8 @@ def test_the_conclusion_follows_the_run():
 def test_spark_memory_is_predicted_as_the_heap_its_cached_blocks_need():
     storage = {"fixed_mb": 10.0, "bytes_per_rating": 40.0}
     ratings = 100 * 2**20
-    assert heap_needed_mb(storage, ratings) == pytest.approx(SPARK_RESERVED_MB + (10 + 40 * 100) / SPARK_MEMORY_FRACTION)
+    cached_mb = 10 + 40 * 100
+    assert heap_needed_mb(storage, ratings) == pytest.approx(SPARK_RESERVED_MB + cached_mb / SPARK_MEMORY_FRACTION)
     root = Path(__file__).resolve().parents[1]
     model = json.loads((root / "docs" / "scale.json").read_text())["cost_model"]  # a fitted model, any will do
     cfg = load_config(str(root / "conf" / "scale.yaml"), [])

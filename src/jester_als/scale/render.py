@@ -384,8 +384,8 @@ def render_scale(study: dict) -> str:
                     prediction_rows), "",
               "Every figure here is the cost model's, extrapolated from the points measured above; \"Nx "
               "measured\" says how many times the most training ratings that engine was timed on, at a size "
-              "with at least as many jokes, a prediction reaches. The model's terms are the algorithms' own costs, but its coefficients were fitted up to "
-              "that size only: a prediction a few times beyond it is an estimate of the order of magnitude, and "
+              "with at least as many jokes, a prediction reaches. The model's terms are the algorithms' own "
+              "costs, but its coefficients were fitted up to that size only: a prediction a few times beyond it is an estimate of the order of magnitude, and "
               "one many times beyond it (the seed's guess) says which resource runs out first, not how long it "
               "takes. "
               + ("Spark's one-machine memory is the heap its cached blocks need (the line through its cached "
