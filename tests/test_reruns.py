@@ -71,14 +71,28 @@ def test_rerunning_the_pipeline_gives_the_same_results(spark, pipeline_run, smal
     assert_frames_equal(*recommendations, precision=1e-4)
 
 
+def _checkpoint_files(spark) -> set[str]:
+    """The RDD checkpoints under the session's checkpoint directory (ALS writes its factors there every
+    checkpointInterval iterations and keeps the latest)."""
+    root = spark.conf.get("spark.checkpoint.dir").removeprefix("file:")
+    return {os.path.join(d, name) for d, dirs, _ in os.walk(root) for name in dirs if name.startswith("rdd-")}
+
+
 def test_fifty_iterations_do_not_overflow_the_stack(spark, small_table):
+    """Fifty iterations fit because ALS truncates its lineage with checkpoints: the control fit, with
+    checkpoints off, writes none, and the fifty-iteration fit writes some (so this test fails with
+    checkpointing broken, not only with the stack overflowing)."""
     path, params = small_table
     cfg = load_config(None, [f"input.path={path}", "output.dir=/tmp/unused"])
     prepared = prepare_ratings(spark, cfg["input"])
     train, _ = split_ratings(prepared.ratings, test_fraction=0.2, seed=1)
+    before = _checkpoint_files(spark)
+    fit_als(train, make_als(seed=1, blocks=2, checkpoint_interval=-1), {"rank": 3, "regParam": 0.1, "maxIter": 12})
+    assert _checkpoint_files(spark) - before == set(), "the control fit has checkpoints off"
     model, _ = fit_als(train, make_als(seed=1, blocks=2, checkpoint_interval=10),
                        {"rank": 3, "regParam": 0.1, "maxIter": 50})
     assert model.userFactors.count() == params.users
+    assert _checkpoint_files(spark) - before, "ALS wrote no checkpoint in fifty iterations"
     prepared.release()
 
 

@@ -272,11 +272,11 @@ def ensure_checkpoint_dir(spark, wanted: str | None, *, force: bool = False) -> 
 # task over a long lineage overflows a JVM thread's stack: on the driver ("Task serialization failed:
 # StackOverflowError" in ObjectOutputStream, the job aborts) or in an executor (ObjectInputStream, which stops
 # the SparkContext or kills a Connect server). How deep a stack gets before it overflows depends on how much of
-# the (de)serialization code the JIT has compiled yet, so the edge moves with the machine's load. Measured
-# (Spark 4.3 Connect server, no checkpoint directory, local[2]): 1.8 M Jester-size ratings, rank 10: maxIter 20
-# fitted, 21 and 25 killed the server; 400 users x 40 jokes, a fresh server, two CPU-bound processes beside it:
-# 20 and 25 fitted; and the same small table in a CI run on a busy machine of this kind failed at 15 (driver
-# side). The limit is half the highest count that fitted on the large table.
+# the (de)serialization code the JIT has compiled yet, so the edge moves with the machine's load, and on the
+# JVM's settings: C1-only (-XX:TieredStopAtLevel=1) frames are larger, and smaller thread stacks hold fewer. The
+# limit is half the highest count that fitted on the default table over a Connect server with the JVM's default
+# compiler and stack size (docs/running-everywhere.md); it holds under that condition only, which is why the
+# message below tells the user to give the server a checkpoint directory rather than to trust the count.
 ITERATIONS_WITHOUT_CHECKPOINTS = 10
 
 
@@ -299,7 +299,7 @@ def check_iterations(spark, iterations: dict[str, int]) -> None:
     raise CheckpointDirMissing(
         f"this Spark session has no checkpoint directory and it is a launch-time setting the job cannot change "
         f"(a Spark Connect server, or a session started elsewhere); without one Spark's ALS overflows its stack "
-        f"past 15 to 20 iterations, so at most {ITERATIONS_WITHOUT_CHECKPOINTS} are allowed, and this run asks for "
+        f"once its lineage grows deep enough (sooner on a JVM with C1 only or small thread stacks), so at most {ITERATIONS_WITHOUT_CHECKPOINTS} are allowed, and this run asks for "
         f"{asked}. Start the server or cluster with --conf spark.checkpoint.dir=<shared dir> (Databricks: the job "
         f"cluster's spark_conf), or lower those settings to {ITERATIONS_WITHOUT_CHECKPOINTS} or less.")
 
