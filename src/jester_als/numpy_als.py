@@ -274,8 +274,8 @@ def batched_cholesky_solve(upper: np.ndarray, rhs: np.ndarray, ridge: np.ndarray
     ``upper`` is (k(k+1)/2, n): each system's upper triangle, packed in ``triu_indices`` order (what the Gram
     products give), ``rhs`` is (k, n) and ``ridge`` (n,); any float type (they are read once, into float64).
     The batch is the last, contiguous axis, so every step is one vector operation over all n systems; the
-    loops run over the k columns (k is the rank, ~10): 6k + 2k short NumPy calls whatever n is. This beats
-    one LAPACK call per system (14 ms against 27 ms for 25,000 systems of rank 10 here).
+    loops run over the k columns (k is the rank, ~10): 6k + 2k short NumPy calls whatever n is, where one
+    LAPACK call per system would pay Python's call overhead n times.
 
     The factor L is built column by column in one float64 (k + 1, k, n) buffer whose extra row k holds b:
     eliminating that row with the same update as the rows of L is the forward substitution L y = b, so it
@@ -310,10 +310,7 @@ DENSE_MIN_DENSITY = 0.1
 # Rows solved together: each thread's solve buffer ((k + 1) x k float64 a row, ``batched_cholesky_solve``)
 # should stay in the CPU's last-level cache, so the working set does not grow with the number of users. Not
 # smaller than that: the batched solve is ~80 short NumPy calls per block whatever its size, so fewer, larger
-# blocks pay less Python overhead and fewer GIL hand-offs. Measured here (32 MiB L3, 2 threads, rank 10): 219 ns
-# a system in blocks of 3,000 rows, 143 at 6,000, 116 at 12,000, 97 at 24,000, then 171 at 48,000 and 184 at
-# 96,000 once two threads' buffers (2 x 42 MB) no longer fit; the Jester-size fit (20 iterations) took a median
-# 0.294 s in four blocks of 6,246 users and 0.250-0.261 s in two of 12,492.
+# blocks pay less Python overhead and fewer GIL hand-offs; past the cache, a system costs more again.
 FALLBACK_CACHE_BYTES = 8 * 2**20  # where the OS does not say (macOS, Windows)
 MIN_BLOCK_ROWS = 512
 

@@ -399,8 +399,8 @@ def ratings_cells(spark: SparkSession, inp: dict, table: DataFrame | None = None
                  max(j for _, j in jokes))
         if not users.get("malformed"):
             # No malformed-row column, or every row had the header's width (counted in the summary pass): one
-            # scan of the file instead of a second for the malformed rows, which cost 3-4 s on the default table
-            # (2 cores). drop() of a column the table lacks is a no-op.
+            # scan of the file instead of a second one for the malformed rows. drop() of a column the table
+            # lacks is a no-op.
             return melt_wide_ratings(table.drop(MALFORMED), inp["user_column"], jokes), source, prints, not_int
         well_formed = table.where(F.col(MALFORMED).isNull()).drop(MALFORMED)
         cells = (melt_wide_ratings(well_formed, inp["user_column"], jokes)
@@ -515,8 +515,8 @@ def _prepare(spark: SparkSession, inp: dict, restore: dict) -> PreparedRatings:
     classified = classify_cells(cells, missing_values=inp["missing_values"], rating_range=inp["rating_range"],
                                 min_ratings_per_user=inp["min_ratings_per_user"])
     # What is kept for the counts and the two outputs: the raw text only of refused cells and the rating only
-    # of accepted ones (nulls cost next to nothing in the cache). Caching every cell's text took 9.2 s of the
-    # default table's prepare step where this takes 6.4 s (2 cores, warm JVM).
+    # of accepted ones (nulls cost next to nothing in the cache, where every cell's text would be built into
+    # it and read back).
     # The long layout counts its users without a rating by their raw ids, so keeps every cell's.
     rejected_only = F.col("status") == "rejected"
     text = ("joke_raw", "raw", "detail") if inp["layout"] == "long" else ("joke_raw", "raw", "detail", "user_raw")

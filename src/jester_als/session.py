@@ -146,8 +146,7 @@ def local_mode_defaults(spark_log: str | None = None, verbose: bool = False) -> 
     # Spark's own log lines: to ``spark_log`` (spark.log under output.dir), errors only on the console unless
     # verbose; without a file, the console keeps Spark's warnings.
     # The parallel (throughput) collector instead of G1: a local job is one batch JVM where pauses do not
-    # matter; `jester-als prepare` on the default table took 46.5-49.8 s with it against 51.7-51.8 s with G1
-    # (2 cores, runs interleaved).
+    # matter, and throughput does.
     java = ["-XX:+UseParallelGC", f"-Dlog4j2.configurationFile=file:{log4j}",
             f"-Djester_als.console_level={'warn' if verbose or not spark_log else 'error'}",
             f"-Djester_als.console_trace={'full' if verbose or not spark_log else 'short'}"]
@@ -299,7 +298,8 @@ def check_iterations(spark, iterations: dict[str, int]) -> None:
     raise CheckpointDirMissing(
         f"this Spark session has no checkpoint directory and it is a launch-time setting the job cannot change "
         f"(a Spark Connect server, or a session started elsewhere); without one Spark's ALS overflows its stack "
-        f"once its lineage grows deep enough (sooner on a JVM with C1 only or small thread stacks), so at most {ITERATIONS_WITHOUT_CHECKPOINTS} are allowed, and this run asks for "
+        f"once its lineage grows deep enough (sooner on a JVM with C1 only or small thread stacks), so at most "
+        f"{ITERATIONS_WITHOUT_CHECKPOINTS} are allowed, and this run asks for "
         f"{asked}. Start the server or cluster with --conf spark.checkpoint.dir=<shared dir> (Databricks: the job "
         f"cluster's spark_conf), or lower those settings to {ITERATIONS_WITHOUT_CHECKPOINTS} or less.")
 
@@ -363,8 +363,8 @@ def try_persist(df, what: str):
 
 def materialize(df, what: str):
     """``df`` computed now and cut from its lineage (``localCheckpoint``, in Spark Connect since 4.0), so that
-    a loop building on its own results keeps short plans: the bias fit's passes took 22 s as one nested plan
-    and 7 s checkpointed per pass (1.45 M ratings, 2 cores). A platform that refuses it (serverless compute
+    a loop building on its own results keeps short plans (a plan nested once per pass is re-analysed and
+    re-optimised whole at every pass). A platform that refuses it (serverless compute
     may) gets a persisted, counted DataFrame instead: slower plans, the same result."""
     try:
         return df.localCheckpoint(eager=True)
