@@ -371,6 +371,9 @@ class TrackingConfig(Section):
                                          "in output.dir)")
     experiment: str = key("jester-als", "experiment name (on Databricks a name that is not a path goes under "
                                         "/Users/<you>/)")
+    registered_model: str | None = key(None, "register the logged model under this name (Unity Catalog: "
+                                             "catalog.schema.model) and point model_alias at the new version")
+    model_alias: str = key("candidate", "the alias the registered version gets")
 
 
 class BenchConfig(Section):

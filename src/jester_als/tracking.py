@@ -158,43 +158,68 @@ def _log(mlflow, cfg: dict, job: str, metrics: dict, output_dir: str, spark) -> 
         plots = os.path.join(output_dir, PLOTS_DIR)
         if os.path.isdir(plots):
             client.log_artifacts(run_id, plots, PLOTS_DIR)
-        _log_model(mlflow, client, run_id, output_dir, spark)
+        _log_model(mlflow, client, run_id, cfg, output_dir, spark)
         status = "FINISHED"
     finally:
         client.set_terminated(run_id, status)
     return {"run_id": run_id, "experiment": name, "tracking_uri": uri}
 
 
-def _log_model(mlflow, client, run_id: str, output_dir: str, spark) -> None:
-    """The saved model as the run's ``model/`` artifacts: a Spark ALSModel as an ``mlflow.spark`` model where
-    MLflow can log one from this session; otherwise (the biased model, which is this project's, not a Spark
-    ML model; a NumPy fallback model; Spark Connect, where ``mlflow.spark`` needs the JVM) the saved directory
-    as it is, with one log line."""
-    from jester_als.biased import BiasedALSModel
-    from jester_als.numpy_als import NumpyALSModel
-    from jester_als.session import is_connect
+def _log_model(mlflow, client, run_id: str, cfg: dict, output_dir: str, spark) -> None:
+    """The saved model, whatever its kind, as an MLflow pyfunc model (:mod:`jester_als.mlflow_model`: it
+    recommends without Spark) with a signature and an input example, and the saved directory as it is under
+    ``saved_model/`` (what ``jester_als.load_model`` reads). With ``tracking.registered_model`` the model is
+    registered and ``tracking.model_alias`` points at the new version; a registry that refuses is a warning, the
+    run stays logged."""
+    import tempfile
+
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    from jester_als import mlflow_model
 
     path = os.path.join(output_dir, "model")
     if not os.path.isdir(path):
         return
-    kind = ("NumPy model" if NumpyALSModel.saved_at(path) else "biased model" if BiasedALSModel.saved_at(path)
-            else None)
-    if kind is None and spark is not None and not is_connect(spark):
+    client.log_artifacts(run_id, path, "saved_model")
+    tracking, top = cfg["tracking"], cfg["recommend"]["top_n"]
+    with tempfile.TemporaryDirectory() as tmp:
+        arrays = mlflow_model.export_saved(path, os.path.join(output_dir, "ratings"), tmp, spark=spark,
+                                           rating_range=cfg["input"]["rating_range"], top=top)
+        recommender = mlflow_model.Recommender(arrays)
+        example = pd.DataFrame({"user": recommender.user_ids[:2].astype("int32")})
+        python_model = mlflow_model.JesterRecommender()
+        python_model.recommender = recommender
+        signature = infer_signature(example, python_model.predict(None, example), params={"n": top})
         previous = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(client.tracking_uri)  # the fluent API below logs to the global URI
         try:
-            from pyspark.ml.recommendation import ALSModel
-
-            mlflow.set_tracking_uri(client.tracking_uri)  # the fluent API below logs to the global URI
             with mlflow.start_run(run_id=run_id):
-                # positional: mlflow.spark calls it artifact_path (3.17), other flavours name
-                mlflow.spark.log_model(ALSModel.load(path), "model")
-            return
-        except Exception as exc:  # noqa: BLE001 - the directory below is the fallback
-            log.info("MLflow: mlflow.spark could not log the model (%s); logging its directory instead",
-                     str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                del python_model.recommender  # loaded from the artifact, not pickled with the class
+                info = mlflow.pyfunc.log_model(
+                    name="model", python_model=python_model, artifacts={"recommender": arrays},
+                    signature=signature, input_example=example,
+                    # the package itself is the model's code, so loading needs its dependencies, not its wheel
+                    code_paths=[os.path.dirname(mlflow_model.__file__)],
+                    pip_requirements=_requirements())
+            if tracking.get("registered_model"):  # the registry is the tracking URI's (MLflow's default)
+                _register(mlflow, client, info.model_uri, tracking["registered_model"], tracking["model_alias"])
         finally:
             mlflow.set_tracking_uri(previous)
-    else:
-        log.info("MLflow: the model is logged as its saved directory (%s)",
-                 kind or "mlflow.spark needs a classic session")
-    client.log_artifacts(run_id, path, "model")
+
+
+def _requirements() -> list[str]:
+    """What loading the pyfunc model imports, pinned to the versions that logged it."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("mlflow", "numpy", "scipy", "pandas", "threadpoolctl")]
+
+
+def _register(mlflow, client, model_uri: str, name: str, alias: str) -> None:
+    try:
+        registered = mlflow.register_model(model_uri, name)
+        client.set_registered_model_alias(name, alias, registered.version)
+        log.info("MLflow: registered %s version %s, alias %s", name, registered.version, alias)
+    except Exception as exc:  # noqa: BLE001 - the run and its model stay logged
+        log.warning("MLflow: the registry refused model %s (%s); the run and its model are logged", name,
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
