@@ -157,7 +157,7 @@ def test_every_job_spec_validates_and_its_parameters_parse(target, name, job):
         if task["task_key"] == "foldin":
             assert cfg["new_users"]["path"] == parameters["new_users_path"] and cfg["new_users"]["format"] == "csv"
         if target == "dedicated":
-            assert task["job_cluster_key"] == "main" and task["libraries"] == [{"whl": "./dist/*.whl"}]
+            assert task["job_cluster_key"] == "main" and task["libraries"][0] == {"whl": "./dist/*.whl"}
         else:
             assert task["environment_key"] == "default" and "job_cluster_key" not in task
     assert checkpoint_dirs == {"/Volumes/workspace/default/jester_als/checkpoints"}
@@ -227,3 +227,79 @@ def test_the_wheel_builds_where_python_is_python3_and_dev_deploys_get_their_own_
     assert build.split()[0] == "python3" and "wheel" in build
     assert root["targets"]["dedicated"]["presets"]["artifacts_dynamic_version"] is True
     assert ".databricks/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+# The bundle schema of the Databricks CLI (databricks/cli, bundle/schema/jsonschema.json at commit
+# 7bbe2852131bc5c4a6c7bad5f147bc7772eedf9f, v1.13.0-4; re-serialized compactly), vendored so the bundle is validated
+# offline as `databricks bundle validate` checks its shape. Its interpolation patterns use RE2's \p{L} and \p{N},
+# which Python's re lacks: they are read as the equivalent Python classes.
+BUNDLE_SCHEMA = ROOT / "tests" / "data" / "databricks-bundle-schema.json"
+
+
+def _bundle_validator():
+    import jsonschema
+
+    text = BUNDLE_SCHEMA.read_text()
+    text = text.replace(r"[\\p{L}\\p{N}]", r"[^\\W_]").replace(r"\\p{L}", r"[^\\W\\d_]")
+    schema = json.loads(text)
+    return jsonschema.validators.validator_for(schema)(schema)
+
+
+def _schema_errors(validator, document) -> list[str]:
+    from jsonschema.exceptions import best_match
+
+    error = best_match(validator.iter_errors(document))
+    return [] if error is None else [f"{'.'.join(map(str, error.absolute_path))}: {error.message[:300]}"]
+
+
+@pytest.mark.parametrize("name", ["databricks.yml", *sorted(p.name for p in (ROOT / "resources").glob("*.yml"))])
+def test_each_bundle_file_validates_against_the_bundle_schema(name):
+    path = ROOT / name if name == "databricks.yml" else ROOT / "resources" / name
+    assert _schema_errors(_bundle_validator(), yaml.safe_load(path.read_text())) == []
+
+
+def test_the_schema_refuses_what_the_cli_would():
+    """The vendored schema is not vacuous: a volume without its schema and a misspelt task key are refused, each
+    named by its path."""
+    validator = _bundle_validator()
+    storage = yaml.safe_load((ROOT / "resources" / "jester_als.storage.yml").read_text())
+    del storage["resources"]["volumes"]["jester_als"]["schema_name"]
+    assert _schema_errors(validator, storage) == [
+        "resources.volumes.jester_als: 'schema_name' is a required property"]
+    job = yaml.safe_load((ROOT / "resources" / "jester_als.job.yml").read_text())
+    job["resources"]["jobs"]["jester_als"]["tasks"][0]["python_wheel_task"]["entry_pont"] = "jester-als"
+    assert _schema_errors(validator, job) == [
+        "resources.jobs.jester_als.tasks.0.python_wheel_task: Additional properties are not allowed ('entry_pont' "
+        "was unexpected)"]
+
+
+def test_the_volume_and_experiment_are_bundle_resources_the_tasks_use():
+    root = bundle()
+    variables = {name: spec["default"] for name, spec in root["variables"].items()}
+    volume = root["resources"]["volumes"]["jester_als"]
+    path = resolve("/Volumes/${var.catalog}/${var.schema}/" + volume["name"], variables, "dedicated")
+    assert resolve("${var.volume_path}", variables, "dedicated") == path
+    experiment = resolve(root["resources"]["experiments"]["jester_als"]["name"], variables, "dedicated")
+    assert experiment == f"/Users/{USER}/jester-als"
+    for target, _, _, jobs in targets():
+        for name, job in jobs.items():
+            for task in job["tasks"]:
+                parameters = task["python_wheel_task"]["parameters"]
+                assert "output.dir={{job.parameters.output_dir}}" in parameters, (target, name)
+                assert f"tracking.experiment={experiment}" in parameters, (target, name, task["task_key"])
+
+
+def test_the_tracking_client_is_installed_wherever_the_tasks_run():
+    """conf/databricks.yaml turns tracking on, so every task's compute installs an MLflow client: a library of
+    each task on the job cluster, a dependency of the serverless environment."""
+    assert load_config(str(ROOT / "conf" / "databricks.yaml"))["tracking"]["mlflow"]
+    client = bundle()["variables"]["mlflow_client"]["default"]
+    assert client.startswith("mlflow")
+    for target, _, _, jobs in targets():
+        for name, job in jobs.items():
+            if target == "serverless":
+                for environment in job["environments"]:
+                    assert client in environment["spec"]["dependencies"], (name, environment["environment_key"])
+            else:
+                for task in job["tasks"]:
+                    assert {"pypi": {"package": client}} in task["libraries"], (name, task["task_key"])
