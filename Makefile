@@ -12,8 +12,15 @@ DATA := data/jester_synthetic.csv
 # The Spark the platforms run (Databricks Runtime 17.3 LTS and serverless environment 4 are Spark 4.0): a second
 # environment where the Spark-facing tests run too.
 SPARK40 ?= 4.0.5
+# Those platforms run Python 3.12, so the second environment uses it where the machine has one (on PATH or
+# under pyenv): the Spark-facing tests then also run on a second Python version the package supports. Without
+# one it is this machine's python3, and the pass says which Python it ran.
+# (pyenv's shim for python3.12 is on PATH but fails unless 3.12 is selected: each candidate is tried.)
+PYTHON40 ?= $(shell for p in $$(ls -d $(HOME)/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null) \
+  $$(command -v python3.12) python3; do $$p -c '' 2>/dev/null && { command -v $$p; break; }; done)
+PYTHON40_VERSION := $(shell $(PYTHON40) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
 VENV40 := .venv-spark40
-STAMP40 := $(VENV40)/.installed-$(SPARK40)
+STAMP40 := $(VENV40)/.installed-$(SPARK40)-py$(PYTHON40_VERSION)
 SPARK40_TESTS := tests/test_tune.py tests/test_connect.py \
   tests/test_everywhere.py::test_pipeline_over_spark_connect_matches_classic
 # pip's pyspark finds Spark through whichever python3 is first on PATH (bin/find-spark-home), and its workers
@@ -81,7 +88,7 @@ scale-docs: setup ## copy the last `make scale` run into docs/ and regenerate th
 	$(BIN)/python -m jester_als.readme
 
 $(STAMP40): setup.py
-	$(PYTHON) -m venv $(VENV40)
+	$(PYTHON40) -m venv --clear $(VENV40)
 	$(VENV40)/bin/pip install --quiet --upgrade pip
 	$(VENV40)/bin/pip install --quiet --no-compile -e ".[spark,test]" "pyspark[connect]==$(SPARK40)"
 	touch $(STAMP40)
@@ -98,6 +105,7 @@ test-suite: setup
 	$(BIN)/pytest -q -n 2 --dist loadfile --durations=15 tests
 
 test-spark40: setup-spark40
+	@echo "pyspark $(SPARK40) pass on $$($(VENV40)/bin/python --version)"
 	$(VENV40)/bin/pytest -q --durations=5 $(SPARK40_TESTS)
 
 lint: setup ## ruff over the library, the jobs and the tests (settings in pyproject.toml)
