@@ -30,7 +30,7 @@ SPARK_ENV = PYSPARK_PYTHON="$(CURDIR)/$(BIN)/python" PYSPARK_DRIVER_PYTHON="$(CU
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-spark40 java run lint test test-suite test-spark40 test-fast generate bench package submit cluster-demo connect-server scale scale-docs run-docs bench-docs defaults-docs serve-docs download-jester clean
+.PHONY: help setup setup-spark40 java run lint test test-suite test-spark40 test-fast generate bench package pack submit cluster-demo connect-server scale scale-docs run-docs bench-docs defaults-docs serve-docs download-jester clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -120,6 +120,25 @@ package: setup ## build dist/: the wheel, jester_als.zip for --py-files, the job
 	cd src && $(CURDIR)/$(BIN)/python -m zipfile -c $(CURDIR)/dist/jester_als.zip jester_als
 	mkdir -p dist/jobs dist/conf && cp jobs/*.py dist/jobs/ && cp conf/*.yaml dist/conf/
 	@ls -1 dist dist/jobs dist/conf
+
+# A packed virtual environment for the nodes (Spark's Python package management guide: venv-pack, then
+# spark-submit --archives ENV.tar.gz#environment): the wheel and its requirements, not pyspark (the cluster's own
+# is put on the workers' path). It links to the Python that built it, so the nodes need that Python at the same
+# path (PACK_PYTHON; with another layout use conda-pack or PEX).
+PACK_PYTHON ?= $(PYTHON)
+PACK ?= dist/jester_als_env.tar.gz
+PACK_VENV := .venv-pack
+pack: setup ## a packed environment for the cluster's nodes: $(PACK) (spark-submit --archives, see docs/running-everywhere.md)
+	rm -rf $(PACK_VENV) $(PACK_VENV)-wheel
+	$(BIN)/pip wheel --quiet --no-deps -w $(PACK_VENV)-wheel .
+	$(PACK_PYTHON) -m venv $(PACK_VENV)
+	$(PACK_VENV)/bin/pip install --quiet --no-compile $(PACK_VENV)-wheel/*.whl "pandas<3"
+	$(PACK_VENV)/bin/pip uninstall --quiet --yes pip setuptools
+	$(BIN)/pip install --quiet "venv-pack>=0.2"
+	mkdir -p $(dir $(PACK))
+	$(BIN)/venv-pack --quiet -p $(PACK_VENV) -o $(PACK) --force
+	rm -rf $(PACK_VENV) $(PACK_VENV)-wheel
+	@ls -l $(PACK)
 
 submit: package ## spark-submit a job: make submit MASTER=spark://host:7077 JOB=pipeline ARGS="--set input.path=..."
 	$(SPARK_ENV) $(BIN)/spark-submit --master '$(MASTER)' --py-files dist/jester_als.zip --files $(CONF) \

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -40,12 +41,18 @@ def comparable(metrics: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def classic_run(spark, small_table, tmp_path_factory):
+def classic_outputs(spark, small_table, tmp_path_factory):
+    """A classic local pipeline run's output directory (tests copy it before they write into it)."""
     path, _ = small_table
     out = tmp_path_factory.mktemp("classic") / "out"
     assert main(["pipeline", "--conf", "conf/local.yaml", "--set", f"input.path={path}",
                  "--set", f"output.dir={out}", *SMALL_RUN]) == 0
-    return json.loads((out / "metrics.json").read_text())
+    return out
+
+
+@pytest.fixture(scope="module")
+def classic_run(classic_outputs):
+    return json.loads((classic_outputs / "metrics.json").read_text())
 
 
 @pytest.mark.cluster
@@ -194,3 +201,56 @@ def test_tune_survives_losing_its_executor_mid_fit(spark, dist, tmp_path):
     # iterations agree to float32 rounding, not bit for bit; another model would differ by far more.
     assert hit["test_rmse"] == pytest.approx(calm["test_rmse"], rel=1e-4)
     assert hit["test_mae"] == pytest.approx(calm["test_mae"], rel=1e-4)
+
+
+NEW_USERS = "User,Number of Jokes Rated,1,2,3,4,5\n70001,3,5.5,-2.25,8.0,,\n70002,2,,3.5,,7.0,\n70003,5,1,2,3,4,5\n"
+
+
+@pytest.mark.cluster
+def test_executors_without_the_jobs_dependencies_run_it_from_the_packed_environment(classic_outputs, dist, tmp_path):
+    """`make pack` builds the environment for the nodes. Executors whose Python is a bare interpreter (an empty
+    virtual environment) fail a job whose tasks run Python (fold-in inside Spark tasks) with one line naming the
+    missing module; given the packed environment with --archives, they run it and recommend what a local run
+    does."""
+    import venv
+
+    pack = tmp_path / "jester_als_env.tar.gz"
+    built = subprocess.run(["make", "pack", f"PACK={pack}"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    bare = tmp_path / "bare"
+    venv.EnvBuilder(with_pip=False).create(bare)  # the interpreter alone: no numpy, no pyarrow, no jester_als
+    table = tmp_path / "new_users.csv"
+    table.write_text(NEW_USERS)
+    overrides = [f"new_users.path={table}", "new_users.engine=spark", "recommend.top_n=3"]
+    outs = {}
+    for name in ("local", "bare", "packed"):
+        outs[name] = tmp_path / f"out-{name}"
+        shutil.copytree(classic_outputs, outs[name])
+    local = subprocess.run([sys.executable, "-m", "jester_als.cli", "foldin", "--conf", "conf/local.yaml",
+                            "--master", "local[2]", *[a for o in overrides for a in ("--set", o)],
+                            "--set", f"output.dir={outs['local']}"], capture_output=True, text=True, cwd=ROOT,
+                           timeout=600)
+    assert local.returncode == 0, local.stderr[-3000:]
+    driver = ("--conf", f"spark.pyspark.driver.python={sys.executable}")
+    with standalone_cluster(tmp_path / "cluster", cores=2, memory="1g") as master:
+        without = spark_submit(master, "foldin", "conf/local.yaml", [*overrides, f"output.dir={outs['bare']}"],
+                               dist=str(dist), cwd=str(ROOT), timeout=600,
+                               submit_args=(*driver, "--conf", f"spark.pyspark.python={bare / 'bin' / 'python'}"))
+        packed = spark_submit(master, "foldin", "conf/local.yaml", [*overrides, f"output.dir={outs['packed']}"],
+                              dist=str(dist), cwd=str(ROOT), timeout=600,
+                              submit_args=(*driver, "--archives", f"{pack}#environment",
+                                           "--conf", "spark.pyspark.python=./environment/bin/python"))
+    assert without.returncode == 1, without.stderr[-3000:]
+    # spark-submit's PythonRunner merges the Python driver's stderr into its stdout: the job's last line is there
+    last = without.stdout.strip().splitlines()[-1]
+    assert last.startswith("jester-als foldin: failed: the executors' Python has no module"), without.stdout[-3000:]
+    assert "--archives" in last
+    assert re.search(r"no module '(numpy|pyarrow|pandas|jester_als)", last), last
+    assert not (outs["bare"] / "new_user_recommendations").exists()  # nothing half-written
+    assert packed.returncode == 0, packed.stderr[-3000:]
+    import pyarrow.parquet as pq
+
+    got, want = (pq.read_table(outs[name] / "new_user_recommendations").to_pandas()
+                 .sort_values(["user", "rank"]).reset_index(drop=True) for name in ("packed", "local"))
+    assert got[["user", "rank", "joke"]].values.tolist() == want[["user", "rank", "joke"]].values.tolist()
+    assert got["score"].tolist() == pytest.approx(want["score"].tolist(), rel=1e-6)

@@ -24,11 +24,12 @@ def _logged_model(out):
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("jester-als")
     parent = next(r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" not in r.data.tags)
+    previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:
         return client, parent, mlflow.pyfunc.load_model(f"runs:/{parent.info.run_id}/model")
     finally:
-        mlflow.set_tracking_uri(None)
+        mlflow.set_tracking_uri(previous)
 
 
 def _same_as_the_job(out, loaded, top_n):
@@ -71,11 +72,12 @@ def test_the_biased_model_is_logged_and_registered_with_its_alias(small_table, t
     _same_as_the_job(out, loaded, 4)
     version = client.get_model_version_by_alias("jester", "champion")
     assert str(version.version) == "1"
+    previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
     try:
         by_alias = mlflow.pyfunc.load_model("models:/jester@champion")
     finally:
-        mlflow.set_tracking_uri(None)
+        mlflow.set_tracking_uri(previous)
     users = pd.DataFrame({"user": np.array([1, 2], dtype="int32")})
     assert by_alias.predict(users).equals(loaded.predict(users))
 

@@ -36,6 +36,11 @@ def actionable_cause(exc: BaseException) -> str | None:
         texts.append(str(current))
         current = current.__cause__ or current.__context__
     text = "\n".join(texts)
+    missing = re.search(r"No module named '([^']+)'", text)
+    if missing:  # a Python worker of an executor: the nodes' Python lacks what the job imports there
+        return (f"the executors' Python has no module {missing.group(1)!r}: ship the job's environment to the "
+                f"nodes (make pack, then spark-submit --archives dist/jester_als_env.tar.gz#environment with "
+                f"spark.pyspark.python=./environment/bin/python; docs/running-everywhere.md)")
     for pattern, said in _CAUSES:
         match = re.search(pattern, text)
         if not match:

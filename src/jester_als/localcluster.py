@@ -180,18 +180,20 @@ def connect_server(workdir: str | Path, *, master: str = "local[2]", timeout: fl
 
 
 def spark_submit(master: str, job: str, conf_file: str, overrides: list[str], *, dist: str = "dist",
-                 cwd: str | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+                 cwd: str | None = None, timeout: float = 900, submit_args: tuple[str, ...] = ()
+                 ) -> subprocess.CompletedProcess:
     """Run the packaged job (``dist/jobs/<job>.py`` with ``dist/jester_als.zip``) with the real spark-submit,
-    shipping the config with ``--files``."""
-    return subprocess.run(submit_command(master, job, conf_file, overrides, dist=dist), capture_output=True,
-                          text=True, env=child_env(), cwd=cwd, timeout=timeout)
+    shipping the config with ``--files``; ``submit_args`` go to spark-submit itself (``--archives``, ``--conf``)."""
+    return subprocess.run(submit_command(master, job, conf_file, overrides, dist=dist, submit_args=submit_args),
+                          capture_output=True, text=True, env=child_env(), cwd=cwd, timeout=timeout)
 
 
-def submit_command(master: str, job: str, conf_file: str, overrides: list[str], *, dist: str = "dist") -> list[str]:
+def submit_command(master: str, job: str, conf_file: str, overrides: list[str], *, dist: str = "dist",
+                   submit_args: tuple[str, ...] = ()) -> list[str]:
     dist_path = Path(dist).resolve()
     args = [str(spark_home() / "bin" / "spark-submit"), "--master", master,
             "--py-files", str(dist_path / "jester_als.zip"), "--files", str(Path(conf_file).resolve()),
-            "--conf", "spark.ui.enabled=false",
+            "--conf", "spark.ui.enabled=false", *submit_args,
             str(dist_path / "jobs" / f"{job}.py"), "--conf", conf_file]
     for item in overrides:
         args += ["--set", item]
