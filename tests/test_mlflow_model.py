@@ -112,3 +112,27 @@ def test_the_numpy_engines_model_recommends_its_best_unrated_jokes(tmp_path, bia
         mine = got["user"] == user
         assert got["joke"][mine].tolist() == best.tolist()
         np.testing.assert_allclose(got["score"][mine], np.clip(np.sort(predicted)[::-1][:3], -2, 2), rtol=1e-9)
+
+
+def test_a_registry_that_refuses_the_model_is_one_warning_and_the_job_stays_green(pipeline_run, tmp_path, capsys):
+    """The local registry refuses a name with '/': the job exits 0 with its outputs committed, the run and its
+    model stay logged, and one warning names the model and the registry's reason."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(pipeline_run[0], out)
+    assert main(["recommend", "--set", f"output.dir={out}", "--set", "tracking.mlflow=true",
+                 "--set", "tracking.registered_model=team/jester"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "registry refused" in line]
+    assert len(warnings) == 1 and "team/jester" in warnings[0] and "cannot contain '/'" in warnings[0]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("jester-als")
+    runs = [r for r in client.search_runs([experiment.experiment_id])
+            if r.data.tags.get("jester_als.job") == "recommend" and "mlflow.parentRunId" not in r.data.tags]
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert client.search_logged_models([experiment.experiment_id],
+                                       filter_string=f"source_run_id = '{runs[0].info.run_id}'")
+    assert client.search_registered_models() == []
+    assert (out / "recommendations").is_dir()

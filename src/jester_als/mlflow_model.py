@@ -8,8 +8,10 @@ Input: a DataFrame with an integer ``user`` column; param ``n`` (default the run
 ``user``, ``rank``, ``joke``, ``score`` rows, n per known user, none for a user the model does not know. The model
 ships this package as its code (MLflow's ``code_paths``), so loading it needs numpy, scipy, pandas and
 threadpoolctl, never pyspark or a JVM. Logging it needs no Spark ML model writer either, which matters on
-Databricks serverless and standard access mode, where ``mlflow.spark.log_model`` must stage the model on a Unity
-Catalog volume (its ``dfs_tmpdir``).
+Databricks serverless and standard (shared) access mode: there ``mlflow.spark.log_model`` refuses to run unless
+its ``dfs_tmpdir`` (or ``MLFLOW_DFS_TMP``) is a Unity Catalog volume path (mlflow/spark/__init__.py,
+``_check_databricks_uc_volume_tmpdir_availability``: "UC volume path must be provided to save, log or load
+SparkML models in Databricks shared or serverless clusters").
 """
 
 from __future__ import annotations
