@@ -246,6 +246,9 @@ class InputConfig(Section):
     reference_scan: bool = key(
         True, "after prepare, time one plain read-melt-write of the same input and report prepare's time against "
               "it (data.timing)")
+    one_pass: bool = key(
+        True, "prepare a wide table with integer user ids in one pass over the input (false: always the general "
+              "path, which caches the input; both give the same outputs and counts)")
 
 
 class GenerateConfig(Section):

@@ -30,6 +30,8 @@ from jester_als.foldin import (
     top_n,
 )
 from jester_als.numpy_als import NumpyALSModel
+from jester_als.onepass import eligible as onepass_eligible
+from jester_als.onepass import prepare_in_one_pass
 from jester_als.outputs import RunOutputs, now_iso
 from jester_als.prepare import InputError, check_duplicates, hex64, input_name, prepare_ratings, reference_scan
 from jester_als.progress import step
@@ -69,22 +71,30 @@ def run_prepare(spark: SparkSession, cfg: dict, out: RunOutputs) -> tuple[dict, 
     # after prepare on a warm session: prepare's time is held against the second.
     first_scan = timed_scan(spark, cfg["input"], scan_path) if cfg["input"]["reference_scan"] else None
     started = time.perf_counter()
-    prepared = prepare_ratings(spark, cfg["input"])
+    one = prepare_in_one_pass(spark, cfg["input"], out.path("ratings"), out.path("rejected")) \
+        if onepass_eligible(cfg["input"]) else None
     checked = time.perf_counter()
-    try:
-        if cfg["input"]["layout"] == "long":  # wide and Jester tables have one row per user and distinct jokes
-            check_duplicates(prepared.ratings, prepared.source)
-        prepared.ratings.write.mode("overwrite").parquet(out.path("ratings"))
-        prepared.rejected.write.mode("overwrite").parquet(out.path("rejected"))
-        if prepared.user_ids is not None:
-            prepared.user_ids.select("original_user", "user").write.mode("overwrite").parquet(out.path("user_ids"))
-        if prepared.user_files is not None:
-            prepared.user_files.write.mode("overwrite").parquet(out.path("user_files"))
-    finally:
-        prepared.release()
-        if prepared.user_ids is not None:
-            try_unpersist(prepared.user_ids)
+    if one is None:
+        prepared = prepare_ratings(spark, cfg["input"])
+        checked = time.perf_counter()
+        try:
+            if cfg["input"]["layout"] == "long":  # wide and Jester tables have one row per user and distinct jokes
+                check_duplicates(prepared.ratings, prepared.source)
+            prepared.ratings.write.mode("overwrite").parquet(out.path("ratings"))
+            prepared.rejected.write.mode("overwrite").parquet(out.path("rejected"))
+            if prepared.user_ids is not None:
+                prepared.user_ids.select("original_user", "user").write.mode("overwrite").parquet(out.path("user_ids"))
+            if prepared.user_files is not None:
+                prepared.user_files.write.mode("overwrite").parquet(out.path("user_files"))
+        finally:
+            prepared.release()
+            if prepared.user_ids is not None:
+                try_unpersist(prepared.user_ids)
+    else:
+        prepared = one
     written = time.perf_counter()
+    # In one pass, reading, counting and writing the ratings are one Spark job (read_and_count); the refused
+    # cells are the rest.
     timing = {"read_and_count": round(checked - started, 2), "write": round(written - checked, 2),
               "prepare": round(written - started, 2)}
     scan = timed_scan(spark, cfg["input"], scan_path) if first_scan is not None else None
@@ -96,7 +106,8 @@ def run_prepare(spark: SparkSession, cfg: dict, out: RunOutputs) -> tuple[dict, 
                  "the same input took %.1f s before it (the session's first job) and %.1f s after it: prepare "
                  "%.1fx the second", written - started, checked - started, written - checked, first_scan, scan,
                  (written - started) / scan)
-    user_ids = spark.read.parquet(out.path("user_ids")) if prepared.user_ids is not None else None
+    reindexed = getattr(prepared, "user_ids", None) is not None
+    user_ids = spark.read.parquet(out.path("user_ids")) if reindexed else None
     counts = prepared.counts
     row = counts["ratings"]
     ratings = spark.read.parquet(out.path("ratings"))
@@ -108,6 +119,7 @@ def run_prepare(spark: SparkSession, cfg: dict, out: RunOutputs) -> tuple[dict, 
         "input": prepared.fingerprint,
         "ratings_hash": hex64(row["hash"]),
         "user_ids_reindexed": user_ids is not None,
+        "one_pass": one is not None,
         "jokes_without_ratings": counts["jokes_without_ratings"],
         "rows_without_ratings": (prepared.fingerprint["rows"] - row["users"]
                                  if counts["rows_without_ratings"] is None else counts["rows_without_ratings"]),

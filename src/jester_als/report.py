@@ -170,8 +170,11 @@ def timing_section(metrics: dict) -> list[str]:
     if steps:
         out += [table(list(steps), [[f"{v:.1f} s" for v in steps.values()]]), ""]
     if timing:
-        line = (f"prepare: {timing['prepare']:.1f} s (read, classify and count {timing['read_and_count']:.1f} s, "
-                f"write {timing['write']:.1f} s).")
+        one_pass = (metrics.get("data") or {}).get("one_pass")
+        line = (f"prepare: {timing['prepare']:.1f} s (" + (
+            f"one pass reading, classifying, counting and writing the ratings {timing['read_and_count']:.1f} s, the "
+            f"refused cells {timing['write']:.1f} s)." if one_pass else
+            f"read, classify and count {timing['read_and_count']:.1f} s, write {timing['write']:.1f} s)."))
         if "reference_scan" in timing:
             line += (f" A plain read-melt-write of the same input, without checks or counts: "
                      f"{timing['reference_scan_first']:.1f} s as the session's first job, "

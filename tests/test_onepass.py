@@ -1,0 +1,80 @@
+"""`prepare` reads the common wide table in one pass and counts it from Spark's observed metrics; every other
+table goes the general way. Both give the same outputs and counts, and a table the one pass cannot settle (a
+malformed row, ids to re-index, an id that may be on two rows) is handed to the general path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from jester_als.cli import main
+
+HEADER = "User,Number of Jokes Rated,1,2,3,4,5\n"
+# rated cells, blanks, the sentinel in two spellings, 0.00, text, NaN, out of range, a blank user id, a row with
+# no rating at all, a joke nobody rated (5)
+MIXED = HEADER + ("1,4,1.5,-2,99,0.00,\n2,3,abc,7.25,99.0,NaN,\n3,2,11,-10,10,,\n,1,3,,,,\n4,0,,,,,\n"
+                  "5,4,2,2,2,2,\n")
+
+
+def prepared(tmp_path, text: str, *overrides: str):
+    """`jester-als prepare` of ``text`` with one_pass on and off: per mode its data section, ratings and
+    refused cells as sorted rows."""
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.getActiveSession()
+    path = tmp_path / "table.csv"
+    path.write_text(text)
+    found = {}
+    for one_pass in (True, False):
+        out = tmp_path / f"out-{one_pass}"
+        assert main(["prepare", "--conf", "conf/local.yaml", "--set", f"input.path={path}",
+                     "--set", f"output.dir={out}", "--set", f"input.one_pass={str(one_pass).lower()}",
+                     *[a for o in overrides for a in ("--set", o)]]) == 0
+        data = json.loads((out / "metrics.json").read_text())["data"]
+        ratings = sorted(tuple(r) for r in spark.read.parquet(str(out / "ratings")).collect())
+        rejected = sorted((tuple(r) for r in spark.read.parquet(str(out / "rejected")).collect()),
+                          key=lambda row: tuple("" if v is None else str(v) for v in row))
+        found[one_pass] = data, ratings, rejected
+    return found
+
+
+def comparable(data: dict) -> dict:
+    """The data section less what differs by design: the path taken, times, and the last bits of float sums."""
+    return {k: v for k, v in data.items() if k not in ("one_pass", "timing_seconds", "rating_mean", "rating_std")}
+
+
+def test_one_pass_and_general_path_give_the_same_outputs_and_counts(spark, tmp_path):
+    found = prepared(tmp_path, MIXED)
+    (one, one_ratings, one_rejected), (general, ratings, rejected) = found[True], found[False]
+    assert one["one_pass"] and not general["one_pass"]
+    assert comparable(one) == comparable(general)
+    assert one["rating_mean"] == pytest.approx(general["rating_mean"], rel=1e-12)
+    assert one["rating_std"] == pytest.approx(general["rating_std"], rel=1e-12)
+    assert one_ratings == ratings and one_rejected == rejected
+    # what the table holds, so the comparison is not between two empty answers
+    assert one["cells"]["missing"] == {"blank": 14, "sentinel": 2}
+    assert one["cells"]["rejected"] == {"not_a_number": 1, "not_finite": 1, "out_of_range": 1, "bad_user_id": 1}
+    assert one["jokes_without_ratings"] == [5] and one["rows_without_ratings"] == 2
+    assert (1, 4, 0.0) in ratings and len(ratings) == one["ratings"] == 10
+
+
+@pytest.mark.parametrize("text, why", [
+    (HEADER + "1,2,1,2,,,\n2,9,1,2,3,4,5,6\n", "a malformed row"),
+    (HEADER + "u-1,2,1,2,,,\n2,2,3,4,,,\n", "ids to re-index"),
+])
+def test_a_table_the_one_pass_cannot_settle_goes_the_general_way(spark, tmp_path, text, why):
+    found = prepared(tmp_path, text)
+    (one, one_ratings, one_rejected), (general, ratings, rejected) = found[True], found[False]
+    assert not one["one_pass"], why
+    assert comparable(one) == comparable(general) and one_ratings == ratings and one_rejected == rejected
+
+
+def test_a_user_on_two_rows_is_refused_as_on_the_general_path(tmp_path, capsys):
+    path = tmp_path / "table.csv"
+    path.write_text(HEADER + "1,2,1,2,,,\n1,2,,,3,4,\n")
+    out = tmp_path / "out"
+    assert main(["prepare", "--conf", "conf/local.yaml", "--set", f"input.path={path}",
+                 "--set", f"output.dir={out}"]) == 1
+    assert "user id(s) on more than one row: '1' (2 rows)" in capsys.readouterr().err
+    assert not (out / "ratings").exists()
