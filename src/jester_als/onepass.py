@@ -95,7 +95,8 @@ def _one_pass(spark: SparkSession, inp: dict, ratings_path: str, rejected_path: 
     observed = Observation("cells")
     cell_metrics = [F.count(F.lit(1)).alias("cells"), F.count(rating).alias("n"), F.sum(rating).alias("total"),
                     F.sum(rating * rating).alias("squares"),
-                    F.sum(F.when(accepted, F.xxhash64("user", "joke", "rating")).cast("decimal(38,0)")).alias("hash")]
+                    F.sum(F.when(accepted, F.xxhash64("user", "joke", "rating")).cast("decimal(38,0)")).alias("hash"),
+                    F.collect_set(F.when(accepted, F.col("joke"))).alias("jokes")]  # a few hundred ids at most
     cell_metrics += [F.count(F.when(F.col("reason") == r, 1)).alias(r) for r in (*MISSING, *REJECTED)]
     (cells.observe(observed, *cell_metrics).where(accepted).select("user", "joke", "rating")
      .write.mode("overwrite").parquet(ratings_path))
@@ -109,9 +110,8 @@ def _one_pass(spark: SparkSession, inp: dict, ratings_path: str, rejected_path: 
                  else "some user ids are not integers in Int range")
         _remove(ratings_path)
         return None
-    written = spark.read.parquet(ratings_path).agg(F.countDistinct("user").alias("users"),
-                                                   F.collect_set("joke").alias("jokes")).first()
-    if written["users"] != by_row["named"]:
+    users = spark.read.parquet(ratings_path).select("user").distinct().count()
+    if users != by_row["named"]:
         # Fewer users with ratings than rows naming one: some rows have no rating, or an id is on two rows.
         try:
             check_unique_users(table, user_column, source)
@@ -127,16 +127,16 @@ def _one_pass(spark: SparkSession, inp: dict, ratings_path: str, rejected_path: 
     (refused.select(F.col("user_raw").alias("user"), F.col("joke_raw").alias("joke"), F.col("raw").alias("value"),
                     "reason", F.lit(None).cast("string").alias("detail"))
      .write.mode("overwrite").parquet(rejected_path))
-    return OnePass(_counts(by_cell, written, [j for _, j in jokes]), {"rows": int(by_row["rows"]),
+    return OnePass(_counts(by_cell, users, [j for _, j in jokes]), {"rows": int(by_row["rows"]),
                    "content_hash": hex64(by_row["hash"])}, source)
 
 
-def _counts(by_cell, written, joke_ids: list[int]) -> dict:
+def _counts(by_cell, users: int, joke_ids: list[int]) -> dict:
     """The counts :func:`jester_als.prepare.count_cells` gives, from the observed metrics and the written
     ratings."""
     n = int(by_cell["n"])
     mean = by_cell["total"] / n if n else None
-    rated_jokes = set(written["jokes"] or [])
+    rated_jokes = set(by_cell["jokes"] or [])
     counts = {"cells": int(by_cell["cells"]), "accepted": n,
               "missing": {r: int(by_cell[r]) for r in MISSING if by_cell[r]},
               "rejected": {r: int(by_cell[r]) for r in REJECTED if by_cell[r]}}
@@ -146,7 +146,7 @@ def _counts(by_cell, written, joke_ids: list[int]) -> dict:
     counts["ratings"] = {
         "ratings": n, "items": len(rated_jokes), "mean": mean,
         "std": max(by_cell["squares"] / n - mean * mean, 0.0) ** 0.5 if n else None,
-        "hash": int(by_cell["hash"] or 0), "users": int(written["users"])}
+        "hash": int(by_cell["hash"] or 0), "users": int(users)}
     counts["rows_without_ratings"] = None
     return counts
 
