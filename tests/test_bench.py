@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import png_size
+from helpers import png_size
 from jester_als.cli import main
 
 TINY = ["--set", "bench.users=300", "--set", "bench.jokes=30", "--set", "generate.min_ratings=10",

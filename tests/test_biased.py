@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 from pyspark.sql import functions as F
 
-from conftest import small_params
+from helpers import small_params
 from jester_als.biased import BiasedALSModel, fit_biased_als, fit_biases
 from jester_als.generate import generate_chunks, write_wide_csv
 from jester_als.numpy_als import RatingMatrix, arrow_ratings, fit_numpy_als, rmse_mae

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from jester_als.cli import main
 from jester_als.config import ConfigError, load_config, parse_override
 

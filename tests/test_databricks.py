@@ -16,15 +16,12 @@ from py4j.protocol import Py4JError
 from pyspark.sql import functions as F
 
 import jester_als.tune
+from helpers import WHITELIST_ERROR
 from jester_als.cli import als_iterations, build_parser, main
 from jester_als.config import load_config
 from jester_als.session import ITERATIONS_WITHOUT_CHECKPOINTS
 
 ROOT = Path(__file__).resolve().parents[1]
-WHITELIST_ERROR = ("An error occurred while calling None.org.apache.spark.ml.recommendation.ALS. Trace:\n"
-                   "py4j.security.Py4JSecurityException: Constructor public "
-                   "org.apache.spark.ml.recommendation.ALS(java.lang.String) is not whitelisted.")
-
 
 USER = "someone@example.com"
 WORKSPACE = {"workspace.current_user.userName": USER, "workspace.current_user.short_name": "someone",

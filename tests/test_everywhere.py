@@ -14,30 +14,19 @@ from pathlib import Path
 
 import pytest
 
+from helpers import SMALL_RUN, assert_same_results, without_volatile
 from jester_als.cli import main
 from jester_als.config import load_config
 from jester_als.localcluster import connect_server, spark_submit, standalone_cluster
 
-from frames import assert_same_results
-
 ROOT = Path(__file__).resolve().parents[1]
-# The biased model (the default's choice) in every mode these runs cover: classic, Connect, a standalone cluster.
-SMALL_RUN = ["--set", "tune.grid={rank: [2, 3], regParam: [0.1], maxIter: [6], biases: [true]}",
-             "--set", "tune.refit_max_iter=8", "--set", "recommend.top_n=3",
-             "--set", "evaluate.relevance_threshold=3.0"]
 
 
 def comparable(metrics: dict) -> dict:
-    """The results of a run, without times, paths and run ids."""
-    # How the grid was run is not a result (pyspark 4.0 over Connect runs the job's loop where classic runs TVS)
-    spark_als = {k: v for k, v in metrics["spark_als"].items() if "seconds" not in k and k != "tune_method"}
-    numpy_als = {k: v for k, v in metrics["numpy_als"].items()
-                 if "seconds" not in k and k != "memory"}
-    data = {k: v for k, v in metrics["data"].items() if k != "source" and "seconds" not in k}
-    return {"data": data, "spark_als": spark_als, "numpy_als": numpy_als,
-            "baselines": {k: ({kk: vv for kk, vv in v.items() if "seconds" not in kk} if isinstance(v, dict) else v)
-                          for k, v in metrics["baselines"].items()},
-            "recommendations": metrics["recommendations"]}
+    """The results of a run, without times, paths and run ids. How the grid was run is not a result either
+    (pyspark 4.0 over Connect runs the job's loop where classic runs TVS)."""
+    kept = without_volatile(metrics, drop=("tune_method",))
+    return {k: kept[k] for k in ("data", "spark_als", "numpy_als", "baselines", "recommendations")}
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from conftest import small_params
+from helpers import small_params
 from jester_als.biased import fit_biased_als
 from jester_als.foldin import fold_in, fold_in_spark, from_numpy_model, from_spark_model, top_n
 from jester_als.generate import generate_chunks

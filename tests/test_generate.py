@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 
-from conftest import small_params
+from helpers import small_params
 from jester_als.generate import (
     GAUGE_JOKES,
     REAL_JESTER,

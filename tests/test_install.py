@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
-
-from test_everywhere import SMALL_RUN
+from helpers import ROOT, SMALL_RUN
 
 pytestmark = pytest.mark.cluster  # minutes: a venv, a pip install, a Spark job
 

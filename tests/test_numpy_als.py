@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import small_params
+from helpers import small_params
 from jester_als.generate import generate_chunks
 from jester_als.numpy_als import (
     MIN_BLOCK_ROWS,

@@ -9,8 +9,8 @@ import pytest
 from pyspark.ml.recommendation import ALSModel
 from pyspark.sql import functions as F
 
-from conftest import PIPELINE_TOP_N as TOP_N
-from conftest import png_size
+from helpers import PIPELINE_TOP_N as TOP_N
+from helpers import png_size
 from jester_als.cli import main
 
 

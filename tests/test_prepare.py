@@ -8,10 +8,9 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, IntegerType, StructField, StructType
 
+from helpers import assert_frames_equal
 from jester_als.config import load_config
 from jester_als.prepare import InputError, joke_columns, prepare_ratings, stack_expression
-
-from frames import assert_frames_equal
 
 RATINGS_SCHEMA = StructType([StructField("user", IntegerType()), StructField("joke", IntegerType()),
                              StructField("rating", DoubleType())])

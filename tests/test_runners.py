@@ -14,10 +14,8 @@ import pytest
 from py4j.protocol import Py4JError
 
 import jester_als.tune
-from conftest import EXCERPT, PIPELINE_TOP_N
+from helpers import EXCERPT, PIPELINE_TOP_N, WHITELIST_ERROR
 from jester_als.cli import main
-
-from test_databricks import WHITELIST_ERROR
 
 ROOT = Path(__file__).resolve().parents[1]
 
