@@ -20,13 +20,14 @@ the seed, and memory stays bounded by one chunk whatever the number of users.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 from scipy.special import ndtr
+
+from jester_als.outputs import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -332,14 +333,12 @@ def write_wide_csv(p: GeneratorParams, path: str) -> dict:
     Returns summary statistics of what was written.
     """
     cells = _cell_strings()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
     n_ratings = 0
     total = 0.0
     total_sq = 0.0
     zeros = 0
     min_count = p.jokes
-    try:
+    with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
             fh.write(",".join(["User", "Number of Jokes Rated"] + [str(j) for j in range(1, p.jokes + 1)]) + "\n")
             for chunk in generate_chunks(p):
@@ -356,10 +355,6 @@ def write_wide_csv(p: GeneratorParams, path: str) -> dict:
                 total_sq += float(np.square(vals).sum())
                 zeros += int(np.count_nonzero(vals == 0.0))
                 min_count = min(min_count, int(counts.min()))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     mean = total / n_ratings
     return {
         "path": path,

@@ -9,7 +9,8 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import tempfile
+
+from jester_als.outputs import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +32,8 @@ def pyplot():
 
 def _save(fig, path: str) -> None:
     """Write the figure next to ``path`` and move it into place: a reader never sees half a PNG."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".png")
-    os.close(handle)
-    try:
+    with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=DPI, format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def tuning_heatmap(plt, validation: list[dict], best: dict | None, path: str) -> None:

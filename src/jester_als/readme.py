@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from jester_als.outputs import write_text_atomic
+
 COMMAND = "python -m jester_als.readme"
 
 
@@ -139,9 +141,7 @@ def update(root: str | os.PathLike = ".") -> list[str]:
                 changed.append(name)
                 text = new
         if text != before:
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
+            write_text_atomic(path, text)
     return changed
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 
 from jester_als.config import size_mb
+from jester_als.outputs import atomic_path
 from jester_als.report import table
 from jester_als.scale.costmodel import ENGINES, cost_points
 
@@ -445,8 +445,7 @@ def plot(study: dict, path: str) -> bool:
             ax.legend(fontsize=8)
     fig.suptitle("jester-als: NumPy ALS on the driver vs Spark ALS (local mode)")
     fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
     return True
