@@ -131,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.conf, args.overrides)
     except ConfigError as exc:
-        print(f"jester-als {args.job}: {exc}", file=sys.stderr)
-        return 2
+        return _refused(args.job, exc, 2)
     _setup_logging("DEBUG" if args.verbose else cfg["log_level"])
     started = time.perf_counter()
     if args.job == "generate":
@@ -152,13 +151,18 @@ def main(argv: list[str] | None = None) -> int:
         try:
             (scale_job if args.job == "scale" else bench_job)(cfg)
         except JobError as exc:
-            log.debug("job error", exc_info=True)
-            print(f"jester-als {args.job}: {exc}", file=sys.stderr)
-            return 1
+            return _refused(args.job, exc, 1)
         print(f"jester-als {args.job}: done in {time.perf_counter() - started:.0f} s; outputs in "
               f"{cfg['output']['dir']}")
         return 0
     return _run_spark_job(args, cfg, started)
+
+
+def _refused(job: str, exc: Exception, status: int) -> int:
+    """A config or job error: its message on stderr as one line per problem (the trace behind -v); the status."""
+    log.debug("%s refused", job, exc_info=True)
+    print(f"jester-als {job}: {exc}", file=sys.stderr)
+    return status
 
 
 def als_iterations(job: str, cfg: dict) -> dict[str, int]:
@@ -192,9 +196,7 @@ def _run_spark_job(args, cfg: dict, started: float) -> int:
             release_session(spark, created)
             raise
     except JobError as exc:
-        log.debug("refused before Spark work", exc_info=True)
-        print(f"jester-als {args.job}: {exc}", file=sys.stderr)
-        return 1
+        return _refused(args.job, exc, 1)
     current: list = []
     received: list[int] = []
 
@@ -219,9 +221,7 @@ def _run_spark_job(args, cfg: dict, started: float) -> int:
         print(summary(args.job, metrics, time.perf_counter() - started))
         return 0
     except JobError as exc:
-        log.debug("job error", exc_info=True)
-        print(f"jester-als {args.job}: {exc}", file=sys.stderr)
-        return 1
+        return _refused(args.job, exc, 1)
     except BaseException as exc:
         if not (received or isinstance(exc, KeyboardInterrupt)):
             if not isinstance(exc, Exception):
