@@ -16,7 +16,6 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jester_als import __version__
-from jester_als.biased import BiasedALSModel
 from jester_als.driver import collect_ratings, recommend_numpy, tune_numpy
 from jester_als.fallback import WAYS_OUT, AlsNotAllowedError, is_not_allowed, not_allowed_reason
 from jester_als.foldin import (
@@ -29,6 +28,7 @@ from jester_als.foldin import (
     save_params,
     top_n,
 )
+from jester_als.models import load_model_at, save_model
 from jester_als.numpy_als import NumpyALSModel
 from jester_als.onepass import eligible as onepass_eligible
 from jester_als.onepass import prepare_in_one_pass
@@ -266,31 +266,9 @@ def run_recommend(spark: SparkSession, cfg: dict, out: RunOutputs, model=None,
                                 "catalogue_coverage": coverage}}
 
 
-def save_model(model, path: str) -> None:
-    """Write a fitted Spark model (plain ``ALSModel`` or :class:`BiasedALSModel`) under ``path``."""
-    if isinstance(model, BiasedALSModel):
-        model.save(path)
-    else:
-        model.write().overwrite().save(path)
-
-
 def load_model(out: RunOutputs, spark: SparkSession | None = None):
-    """The saved model of ``out``'s directory (see :func:`load_model_at`)."""
+    """The saved model of ``out``'s directory (:func:`jester_als.models.load_model_at`)."""
     return load_model_at(out.final_path("model"), spark)
-
-
-def load_model_at(path: str, spark: SparkSession | None = None):
-    """The model saved at ``path``: an ``ALSModel``, a :class:`BiasedALSModel`, or the NumPy model a fallback
-    run saved in its place."""
-    if NumpyALSModel.saved_at(path):
-        return NumpyALSModel.load(path)
-    try:
-        if BiasedALSModel.saved_at(path):
-            return BiasedALSModel.load(spark or SparkSession.getActiveSession(), path)
-        return ALSModel.load(path)
-    except Exception as exc:
-        raise InputError(f"model {path}: cannot be loaded ({str(exc).splitlines()[0]}); run the tune job "
-                         f"with the same output.dir first") from None
 
 
 def run_new_users(spark: SparkSession, cfg: dict, ratings: DataFrame, spark_als: dict) -> dict:

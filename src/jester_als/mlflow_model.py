@@ -92,7 +92,7 @@ def export_saved(model_dir: str, ratings_dir: str, directory: str, *, rating_ran
     import pyarrow.parquet as pq
 
     from jester_als.biased import BiasedALSModel
-    from jester_als.jobs import load_model_at
+    from jester_als.models import load_model_at
     from jester_als.numpy_als import NumpyALSModel
 
     rated = pq.read_table(ratings_dir, columns=["user", "joke"])
