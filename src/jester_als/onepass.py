@@ -26,7 +26,6 @@ from jester_als.prepare import (
     _user_key,
     check_unique_users,
     classify_cells,
-    content_hash,
     hex64,
     input_name,
     joke_columns,
@@ -79,28 +78,39 @@ def _one_pass(spark: SparkSession, inp: dict, ratings_path: str, rejected_path: 
         return None  # refused by the general path with its own message
     header = [c for c in table.columns if c != MALFORMED]
     jokes = joke_columns(header, user_column, inp["drop_columns"], source)
-    rows = Observation("rows")
-    row_metrics = [F.count(F.lit(1)).alias("rows"), content_hash(*table.columns).alias("hash"),
-                   F.count(_user_key(user_column)).alias("named"),
-                   F.count(F.when(_not_int_id(_quote(user_column)), 1)).alias("not_int")]
-    if MALFORMED in table.columns:
-        row_metrics.append(F.count(MALFORMED).alias("malformed"))
-    def classified(wide: DataFrame) -> DataFrame:
-        return classify_cells(melt_wide_ratings(wide.drop(MALFORMED), user_column, jokes),
+    first = jokes[0][1]  # every row melts into exactly one cell of each joke: the first one stands for its row
+    of_row = F.col("joke") == first
+    per_row = [F.xxhash64(*[F.col(_quote(c)) for c in table.columns]).alias("_row_hash"),
+               _user_key(user_column).isNotNull().alias("_row_named"),
+               _not_int_id(_quote(user_column)).alias("_row_not_int"),
+               (F.col(MALFORMED).isNotNull() if MALFORMED in table.columns else F.lit(False)).alias("_row_malformed")]
+
+    def classified(with_rows: bool) -> DataFrame:
+        wide = table.select("*", *per_row) if with_rows else table
+        keep = ("_row_hash", "_row_named", "_row_not_int", "_row_malformed") if with_rows else ()
+        return classify_cells(melt_wide_ratings(wide.drop(MALFORMED), user_column, jokes, keep),
                               missing_values=inp["missing_values"], rating_range=inp["rating_range"])
 
-    cells = classified(table.observe(rows, *row_metrics))
+    cells = classified(True)
     accepted = F.col("status") == "accepted"
     rating = F.when(accepted, F.col("rating"))
-    observed = Observation("cells")
-    cell_metrics = [F.count(F.lit(1)).alias("cells"), F.count(rating).alias("n"), F.sum(rating).alias("total"),
-                    F.sum(rating * rating).alias("squares"),
-                    F.sum(F.when(accepted, F.xxhash64("user", "joke", "rating")).cast("decimal(38,0)")).alias("hash"),
-                    F.collect_set(F.when(accepted, F.col("joke"))).alias("jokes")]  # a few hundred ids at most
-    cell_metrics += [F.count(F.when(F.col("reason") == r, 1)).alias(r) for r in (*MISSING, *REJECTED)]
-    (cells.observe(observed, *cell_metrics).where(accepted).select("user", "joke", "rating")
+    # One observation for the whole query, of scalars only: Spark 4.0's Connect server reports a single
+    # observation per query to its client and cannot send it an array ("Unsupported component type ... in
+    # arrays"), so the row-level figures are summed over each row's first cell, and the rated jokes come from
+    # the written ratings below.
+    observed = Observation("prepare")
+    metrics = [F.count(F.when(of_row, 1)).alias("rows"),
+               F.sum(F.when(of_row, F.col("_row_hash")).cast("decimal(38,0)")).alias("row_hash"),
+               F.count(F.when(of_row & F.col("_row_named"), 1)).alias("named"),
+               F.count(F.when(of_row & F.col("_row_not_int"), 1)).alias("not_int"),
+               F.count(F.when(of_row & F.col("_row_malformed"), 1)).alias("malformed"),
+               F.count(F.lit(1)).alias("cells"), F.count(rating).alias("n"), F.sum(rating).alias("total"),
+               F.sum(rating * rating).alias("squares"),
+               F.sum(F.when(accepted, F.xxhash64("user", "joke", "rating")).cast("decimal(38,0)")).alias("hash")]
+    metrics += [F.count(F.when(F.col("reason") == r, 1)).alias(r) for r in (*MISSING, *REJECTED)]
+    (cells.observe(observed, *metrics).where(accepted).select("user", "joke", "rating")
      .write.mode("overwrite").parquet(ratings_path))
-    by_row, by_cell = rows.get, observed.get
+    by_row = by_cell = observed.get
     if by_row["rows"] == 0:
         _remove(ratings_path)
         raise InputError(f"{source}: has a header but no rows")
@@ -110,7 +120,9 @@ def _one_pass(spark: SparkSession, inp: dict, ratings_path: str, rejected_path: 
                  else "some user ids are not integers in Int range")
         _remove(ratings_path)
         return None
-    users = spark.read.parquet(ratings_path).select("user").distinct().count()
+    written = spark.read.parquet(ratings_path).agg(F.countDistinct("user").alias("users"),
+                                                   F.collect_set("joke").alias("jokes")).first()
+    users = written["users"]
     if users != by_row["named"]:
         # Fewer users with ratings than rows naming one: some rows have no rating, or an id is on two rows.
         try:
@@ -122,21 +134,21 @@ def _one_pass(spark: SparkSession, inp: dict, ratings_path: str, rejected_path: 
              min(j for _, j in jokes), max(j for _, j in jokes))
     rejected_total = sum(by_cell[r] for r in REJECTED)
     # a query of its own (an observation reports its first action only); empty without a refused cell
-    plain = classified(table)
+    plain = classified(False)
     refused = plain.where(F.col("status") == "rejected") if rejected_total else plain.where(F.lit(False))
     (refused.select(F.col("user_raw").alias("user"), F.col("joke_raw").alias("joke"), F.col("raw").alias("value"),
                     "reason", F.lit(None).cast("string").alias("detail"))
      .write.mode("overwrite").parquet(rejected_path))
-    return OnePass(_counts(by_cell, users, [j for _, j in jokes]), {"rows": int(by_row["rows"]),
-                   "content_hash": hex64(by_row["hash"])}, source)
+    return OnePass(_counts(by_cell, users, written["jokes"], [j for _, j in jokes]), {"rows": int(by_row["rows"]),
+                   "content_hash": hex64(by_row["row_hash"])}, source)
 
 
-def _counts(by_cell, users: int, joke_ids: list[int]) -> dict:
+def _counts(by_cell, users: int, rated: list[int], joke_ids: list[int]) -> dict:
     """The counts :func:`jester_als.prepare.count_cells` gives, from the observed metrics and the written
     ratings."""
     n = int(by_cell["n"])
     mean = by_cell["total"] / n if n else None
-    rated_jokes = set(by_cell["jokes"] or [])
+    rated_jokes = set(rated or [])
     counts = {"cells": int(by_cell["cells"]), "accepted": n,
               "missing": {r: int(by_cell[r]) for r in MISSING if by_cell[r]},
               "rejected": {r: int(by_cell[r]) for r in REJECTED if by_cell[r]}}

@@ -159,14 +159,16 @@ def stack_expression(jokes: list[tuple[str, int]]) -> str:
     return f"stack({len(jokes)}, {pairs}) AS (joke, raw)"
 
 
-def melt_wide_ratings(wide: DataFrame, user_column: str, jokes: list[tuple[str, int]]) -> DataFrame:
+def melt_wide_ratings(wide: DataFrame, user_column: str, jokes: list[tuple[str, int]],
+                      keep: tuple[str, ...] = ()) -> DataFrame:
     """Wide table -> one row per (user, joke) cell: ``user_raw`` string, ``user`` int (null unless the id is an
-    integer in Int range), ``joke`` int, ``raw`` string.
+    integer in Int range), the row's columns named in ``keep``, ``joke`` int, ``raw`` string.
 
     Every cell is kept, blanks included, so that it can be counted. The user's id is parsed once per row, before
     the row is melted into its cells."""
     return wide.select(F.col(_quote(user_column)).cast("string").alias("user_raw"),
-                       _int_id(_quote(user_column)).alias("user"), F.expr(stack_expression(jokes)))
+                       _int_id(_quote(user_column)).alias("user"), *[F.col(_quote(c)) for c in keep],
+                       F.expr(stack_expression(jokes)))
 
 
 def number_rows(table: DataFrame, column: str = "_row") -> DataFrame:
