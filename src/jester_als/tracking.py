@@ -126,9 +126,10 @@ def _log(mlflow, cfg: dict, job: str, metrics: dict, output_dir: str, spark) -> 
     from mlflow.tracking.context.registry import resolve_tags
 
     tags = resolve_tags(tags)
-    now = int(time.time() * 1000)
     parent = client.create_run(experiment_id, run_name=f"{job} {run_meta.get('run_id', '')}".strip(), tags=tags)
     run_id = parent.info.run_id
+    # logged at the time they are logged, never before the run's own start (the store stamps that one)
+    now = max(int(time.time() * 1000), parent.info.start_time or 0)
     status = "FAILED"
     try:
         params = flatten(run_meta.get("config") or {})
