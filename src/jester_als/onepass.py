@@ -3,9 +3,10 @@ the header, no per-user minimum. The input is read, melted, classified and its a
 Spark job; everything ``prepare`` counts comes from Spark's observed metrics of that job (``DataFrame.observe``:
 aggregates computed while the rows stream past, in classic and Connect sessions alike) and from one aggregation
 of the written ratings, which are small and columnar. The refused cells take a second pass only when there are
-some. A table that turns out to need more (a malformed row, ids to re-index, a user id that may be on two rows)
-is handed back to the general path (:func:`jester_als.prepare.prepare_ratings`), which counts and checks it with
-cached intermediate results: the same outputs and counts either way, which the tests compare.
+some, and the check that no user id is on two rows reads the input again only when fewer users have ratings than
+rows name one. A table that turns out to need more (a malformed row, ids to re-index) is handed back to the
+general path (:func:`jester_als.prepare.prepare_ratings`), which counts and checks it with cached intermediate
+results: the same outputs and counts either way, which the tests compare.
 """
 
 from __future__ import annotations
