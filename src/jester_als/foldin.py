@@ -69,19 +69,34 @@ def from_numpy_model(model: NumpyALSModel, reg_param: float) -> FoldInModel:
                        None if biases is None else biases.reg)
 
 
+def spark_factors(frame) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, factors) of a Spark factor table (``id``, ``features``) read to the driver through Arrow, sorted
+    by id (as :func:`~jester_als.numpy_als.positions` needs)."""
+    table = frame.toArrow()
+    ids = table.column("id").to_numpy()
+    order = np.argsort(ids, kind="stable")
+    factors = np.array(table.column("features").to_pylist(), dtype=np.float64).reshape(len(ids), -1)
+    return ids[order], factors[order]
+
+
+def spark_offsets(frame, key: str, column: str, ids: np.ndarray) -> np.ndarray:
+    """A Spark offsets table (``key``, ``column``) as an array aligned with the sorted ``ids`` (0 where an id has
+    none)."""
+    table = frame.toArrow()
+    out = np.zeros(len(ids))
+    where, known = positions(ids, table.column(key).to_numpy())
+    out[where[known]] = table.column(column).to_numpy()[known]
+    return out
+
+
 def from_spark_model(model, reg_param: float) -> FoldInModel:
     """A Spark ``ALSModel`` or :class:`~jester_als.biased.BiasedALSModel`: its item factors (and joke offsets)
     read to the driver through Arrow (jokes x rank floats)."""
-    items = model.itemFactors.orderBy("id").toArrow()
-    joke_ids = items.column("id").to_numpy()
-    factors = np.array(items.column("features").to_pylist(), dtype=np.float64).reshape(len(joke_ids), -1)
+    joke_ids, factors = spark_factors(model.itemFactors)
     biases = getattr(model, "biases", None)
     if biases is None:
         return FoldInModel(joke_ids, factors, reg_param)
-    offsets = biases.joke.toArrow()
-    joke_bias = np.zeros(len(joke_ids))
-    where, known = positions(joke_ids, offsets.column("joke").to_numpy())
-    joke_bias[where[known]] = offsets.column("joke_bias").to_numpy()[known]
+    joke_bias = spark_offsets(biases.joke, "joke", "joke_bias", joke_ids)
     return FoldInModel(joke_ids, factors, reg_param, biases.mean, joke_bias, biases.reg)
 
 

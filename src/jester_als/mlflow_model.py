@@ -20,8 +20,16 @@ import os
 
 import numpy as np
 
-from jester_als.foldin import FoldedUsers, FoldInModel, top_n
-from jester_als.numpy_als import RatingMatrix, positions
+from jester_als.foldin import (
+    FoldedUsers,
+    FoldInModel,
+    from_numpy_model,
+    from_spark_model,
+    spark_factors,
+    spark_offsets,
+    top_n,
+)
+from jester_als.numpy_als import NumpyALSModel, RatingMatrix, positions
 
 ARRAYS = "recommender.npz"
 
@@ -41,11 +49,9 @@ def export(directory: str, *, user_ids, user_factors, user_offsets, joke_ids, jo
         arrays["user_offsets"] = np.asarray(user_offsets, dtype=np.float64)[order]
         arrays["joke_bias"] = np.asarray(joke_bias, dtype=np.float64)[joke_order]
     # the rated pairs of known users, user-major: positions into user_ids and joke_ids
-    rated_users, rated_jokes = np.asarray(rated_users), np.asarray(rated_jokes)
-    u = np.searchsorted(user_ids, rated_users)
-    j = np.searchsorted(joke_ids, rated_jokes)
-    known = (u < len(user_ids)) & (j < len(joke_ids))
-    known[known] &= (user_ids[u[known]] == rated_users[known]) & (joke_ids[j[known]] == rated_jokes[known])
+    u, user_known = positions(user_ids, np.asarray(rated_users))
+    j, joke_known = positions(joke_ids, np.asarray(rated_jokes))
+    known = user_known & joke_known
     pairs = np.lexsort((j[known], u[known]))
     arrays["rated_user"] = u[known][pairs].astype(np.int64)
     arrays["rated_joke"] = j[known][pairs].astype(np.int32)
@@ -88,49 +94,29 @@ class Recommender:
 
 def export_saved(model_dir: str, ratings_dir: str, directory: str, *, rating_range, top: int, spark=None) -> str:
     """:func:`export` of the model a job saved at ``model_dir`` (any kind), with the rated pairs of the ratings
-    ``prepare`` wrote at ``ratings_dir`` (read with Arrow: no Spark needed for them)."""
+    ``prepare`` wrote at ``ratings_dir`` (read with Arrow: no Spark needed for them). The jokes' side is what
+    fold-in reads of a model (:func:`~jester_als.foldin.from_numpy_model`, :func:`~jester_als.foldin.from_spark_model`);
+    the users' side is read the same way."""
     import pyarrow.parquet as pq
 
-    from jester_als.biased import BiasedALSModel
     from jester_als.models import load_model_at
-    from jester_als.numpy_als import NumpyALSModel
 
     rated = pq.read_table(ratings_dir, columns=["user", "joke"])
     model = load_model_at(model_dir, spark)
     if isinstance(model, NumpyALSModel):
+        jokes = from_numpy_model(model, 0.0)
         b = model.biases
-        sides = dict(user_ids=model.user_ids, user_factors=model.user_factors, joke_ids=model.joke_ids,
-                     joke_factors=model.joke_factors, user_offsets=None if b is None else b.mean + b.user,
-                     joke_bias=None if b is None else b.joke)
+        users, user_factors = model.user_ids, model.user_factors
+        user_offsets = None if b is None else b.mean + b.user
     else:
-        users, user_factors = _factors(model.userFactors)
-        jokes, joke_factors = _factors(model.itemFactors)
-        user_offsets = joke_bias = None
-        if isinstance(model, BiasedALSModel):
-            user_offsets = model.biases.mean + _offsets(model.biases.user, "user", "user_bias", users)
-            joke_bias = _offsets(model.biases.joke, "joke", "joke_bias", jokes)
-        sides = dict(user_ids=users, user_factors=user_factors, joke_ids=jokes, joke_factors=joke_factors,
-                     user_offsets=user_offsets, joke_bias=joke_bias)
-    return export(directory, **sides, rated_users=rated.column("user").to_numpy(),
-                  rated_jokes=rated.column("joke").to_numpy(), rating_range=rating_range, top=top)
-
-
-def _factors(frame) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, factors) of a Spark factor table (id, features), collected with Arrow."""
-    table = frame.toArrow()
-    ids = table.column("id").to_numpy()
-    order = np.argsort(ids, kind="stable")  # sorted, as positions() needs
-    factors = np.array(table.column("features").to_pylist(), dtype=np.float64).reshape(len(ids), -1)
-    return ids[order], factors[order]
-
-
-def _offsets(frame, key: str, column: str, ids: np.ndarray) -> np.ndarray:
-    """A Spark offsets table as an array aligned with ``ids`` (0 where an id has none)."""
-    table = frame.toArrow()
-    out = np.zeros(len(ids))
-    where, known = positions(ids, table.column(key).to_numpy())
-    out[where[known]] = table.column(column).to_numpy()[known]
-    return out
+        jokes = from_spark_model(model, 0.0)
+        users, user_factors = spark_factors(model.userFactors)
+        biases = getattr(model, "biases", None)
+        user_offsets = None if biases is None else biases.mean + spark_offsets(biases.user, "user", "user_bias", users)
+    return export(directory, user_ids=users, user_factors=user_factors, user_offsets=user_offsets,
+                  joke_ids=jokes.joke_ids, joke_factors=jokes.joke_factors, joke_bias=jokes.joke_bias,
+                  rated_users=rated.column("user").to_numpy(), rated_jokes=rated.column("joke").to_numpy(),
+                  rating_range=rating_range, top=top)
 
 
 try:
