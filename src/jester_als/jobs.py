@@ -77,24 +77,11 @@ def run_prepare(spark: SparkSession, cfg: dict, out: RunOutputs) -> tuple[dict, 
     if one is None:
         prepared = prepare_ratings(spark, cfg["input"])
         checked = time.perf_counter()
-        try:
-            if cfg["input"]["layout"] == "long":  # wide and Jester tables have one row per user and distinct jokes
-                check_duplicates(prepared.ratings, prepared.source)
-            prepared.ratings.write.mode("overwrite").parquet(out.path("ratings"))
-            prepared.rejected.write.mode("overwrite").parquet(out.path("rejected"))
-            if prepared.user_ids is not None:
-                prepared.user_ids.select("original_user", "user").write.mode("overwrite").parquet(out.path("user_ids"))
-            if prepared.user_files is not None:
-                prepared.user_files.write.mode("overwrite").parquet(out.path("user_files"))
-        finally:
-            prepared.release()
-            if prepared.user_ids is not None:
-                try_unpersist(prepared.user_ids)
+        write_prepared(prepared, cfg["input"], out)
     else:
         prepared = one
     written = time.perf_counter()
-    # In one pass, reading, counting and writing the ratings are one Spark job (read_and_count); the refused
-    # cells are the rest.
+    # In one pass, reading, counting and writing (the refused cells too) all fall in read_and_count.
     timing = {"read_and_count": round(checked - started, 2), "write": round(written - checked, 2),
               "prepare": round(written - started, 2)}
     scan = timed_scan(spark, cfg["input"], scan_path) if first_scan is not None else None
@@ -102,12 +89,12 @@ def run_prepare(spark: SparkSession, cfg: dict, out: RunOutputs) -> tuple[dict, 
     if scan is not None:
         timing.update(reference_scan_first=round(first_scan, 2), reference_scan=round(scan, 2),
                       ratio=round((written - started) / scan, 2))
-        log.info("prepare took %.1f s (read, classify and count %.1f s, write %.1f s); a plain read-melt-write of "
-                 "the same input took %.1f s before it (the session's first job) and %.1f s after it: prepare "
-                 "%.1fx the second", written - started, checked - started, written - checked, first_scan, scan,
-                 (written - started) / scan)
-    reindexed = getattr(prepared, "user_ids", None) is not None
-    user_ids = spark.read.parquet(out.path("user_ids")) if reindexed else None
+        parts = ("in one pass" if one is not None else
+                 f"read, classify and count {checked - started:.1f} s, write {written - checked:.1f} s")
+        log.info("prepare took %.1f s (%s); a plain read-melt-write of the same input took %.1f s before it (the "
+                 "session's first job) and %.1f s after it: prepare %.1fx the second", written - started, parts,
+                 first_scan, scan, (written - started) / scan)
+    user_ids = spark.read.parquet(out.path("user_ids")) if prepared.user_ids is not None else None
     counts = prepared.counts
     row = counts["ratings"]
     ratings = spark.read.parquet(out.path("ratings"))
@@ -134,6 +121,24 @@ def run_prepare(spark: SparkSession, cfg: dict, out: RunOutputs) -> tuple[dict, 
              prepared.source, counts["cells"], row["ratings"], row["users"], row["items"],
              counts["missing_total"], counts["rejected_total"], counts["rejected"] or "")
     return {"data": data}, ratings, user_ids
+
+
+def write_prepared(prepared, inp: dict, out: RunOutputs) -> None:
+    """The general path's outputs: ``ratings/``, ``rejected/``, and ``user_ids/`` and ``user_files/`` where they
+    apply; the cached intermediate results are released whatever happens."""
+    try:
+        if inp["layout"] == "long":  # wide and Jester tables have one row per user and distinct jokes
+            check_duplicates(prepared.ratings, prepared.source)
+        prepared.ratings.write.mode("overwrite").parquet(out.path("ratings"))
+        prepared.rejected.write.mode("overwrite").parquet(out.path("rejected"))
+        if prepared.user_ids is not None:
+            prepared.user_ids.select("original_user", "user").write.mode("overwrite").parquet(out.path("user_ids"))
+        if prepared.user_files is not None:
+            prepared.user_files.write.mode("overwrite").parquet(out.path("user_files"))
+    finally:
+        prepared.release()
+        if prepared.user_ids is not None:
+            try_unpersist(prepared.user_ids)
 
 
 def timed_scan(spark: SparkSession, inp: dict, path: str) -> float | None:

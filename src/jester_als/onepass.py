@@ -54,6 +54,7 @@ class OnePass:
     counts: dict
     fingerprint: dict
     source: str
+    user_ids = None  # ids are never re-indexed on this path
 
 
 def prepare_in_one_pass(spark: SparkSession, inp: dict, ratings_path: str, rejected_path: str) -> OnePass | None:

@@ -172,9 +172,8 @@ def timing_section(metrics: dict) -> list[str]:
     if timing:
         one_pass = (metrics.get("data") or {}).get("one_pass")
         line = (f"prepare: {timing['prepare']:.1f} s (" + (
-            f"one pass reading, classifying, counting and writing the ratings {timing['read_and_count']:.1f} s, the "
-            f"refused cells {timing['write']:.1f} s)." if one_pass else
-            f"read, classify and count {timing['read_and_count']:.1f} s, write {timing['write']:.1f} s)."))
+            "in one pass: reading, classifying, counting and writing the ratings and the refused cells)." if one_pass
+            else f"read, classify and count {timing['read_and_count']:.1f} s, write {timing['write']:.1f} s)."))
         if "reference_scan" in timing:
             line += (f" A plain read-melt-write of the same input, without checks or counts: "
                      f"{timing['reference_scan_first']:.1f} s as the session's first job, "
