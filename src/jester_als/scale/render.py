@@ -92,8 +92,7 @@ def _first_fit(study: dict, engine: str, check: dict) -> str | None:
                   and p["users"] == check["users"] and p["train_ratings"] == check["train_ratings"]), None)
     if point is None or len(point["engines"][engine].get("seconds", [])) != 1 or check["seconds_error"] >= 0:
         return None
-    repeated = [r["seconds"] for p in study["points"]
-                if len((r := p["engines"].get(engine, {})).get("seconds", [])) > 2]
+    repeated = _repeated(study, engine)
     excess = first_fit_excess(study, engine)
     if excess is None or point["engines"][engine].get("warmup_seconds") is not None:
         return None
@@ -129,11 +128,15 @@ def conclusion(study: dict, compared: bool, spark_faster_somewhere: bool) -> str
     return "NumPy was faster at every size both completed; its limit was not measured."
 
 
+def _repeated(study: dict, engine: str) -> list[list[float]]:
+    """The fit times of every size the engine fitted three times or more."""
+    return [r["seconds"] for p in study["points"] if len((r := p["engines"].get(engine, {})).get("seconds", [])) > 2]
+
+
 def first_fit_excess(study: dict, engine: str) -> float | None:
     """How much longer a fresh worker's first fit took than the median of its repeats, averaged over the sizes
     fitted three times or more (None without such sizes)."""
-    repeated = [r["seconds"] for p in study["points"]
-                if len((r := p["engines"].get(engine, {})).get("seconds", [])) > 2]
+    repeated = _repeated(study, engine)
     return float(np.mean([s[0] - np.median(s) for s in repeated])) if repeated else None
 
 
@@ -145,7 +148,7 @@ def warm_seconds(study: dict, point: dict, engine: str) -> tuple[float, bool]:
     if len(result.get("seconds", [])) != 1 or result.get("warmup_seconds") is not None:
         return result["fit_seconds"], False
     excess = first_fit_excess(study, engine)
-    if not excess or excess <= 0 or excess >= result["fit_seconds"]:
+    if excess is None or excess <= 0 or excess >= result["fit_seconds"]:
         return result["fit_seconds"], False
     return result["fit_seconds"] - excess, True
 
