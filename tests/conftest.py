@@ -72,7 +72,7 @@ def small_ratings(spark, small_table):
 
     path, params = small_table
     cfg = load_config(None, [f"input.path={path}", "output.dir=/tmp/unused"])
-    prepared = prepare_ratings(spark, cfg["input"])
+    prepared = prepare_ratings(spark, cfg.input)
     ratings = prepared.ratings.persist()
     ratings.count()
     prepared.release()

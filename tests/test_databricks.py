@@ -147,12 +147,12 @@ def test_every_job_spec_validates_and_its_parameters_parse(target, name, job):
                                                  lambda m: parameters[m.group(1)], p) for p in wheel["parameters"]])
         assert args.job == task["task_key"]
         cfg = load_config(str(ROOT / "conf" / Path(args.conf).name), args.overrides)
-        assert cfg["output"]["dir"] == parameters["output_dir"]
-        checkpoint_dirs.add(cfg["spark"]["checkpoint_dir"])
+        assert cfg.output.dir == parameters["output_dir"]
+        checkpoint_dirs.add(cfg.spark.checkpoint_dir)
         if task["task_key"] == "prepare":
-            assert cfg["input"]["format"] == "table" and cfg["input"]["table"] == parameters["catalog_table"]
+            assert cfg.input.format == "table" and cfg.input.table == parameters["catalog_table"]
         if task["task_key"] == "foldin":
-            assert cfg["new_users"]["path"] == parameters["new_users_path"] and cfg["new_users"]["format"] == "csv"
+            assert cfg.new_users.path == parameters["new_users_path"] and cfg.new_users.format == "csv"
         if target == "dedicated":
             assert task["job_cluster_key"] == "main" and task["libraries"][0] == {"whl": "./dist/*.whl"}
         else:
@@ -289,7 +289,7 @@ def test_the_volume_and_experiment_are_bundle_resources_the_tasks_use():
 def test_the_tracking_client_is_installed_wherever_the_tasks_run():
     """conf/databricks.yaml turns tracking on, so every task's compute installs an MLflow client: a library of
     each task on the job cluster, a dependency of the serverless environment."""
-    assert load_config(str(ROOT / "conf" / "databricks.yaml"))["tracking"]["mlflow"]
+    assert load_config(str(ROOT / "conf" / "databricks.yaml")).tracking.mlflow
     client = bundle()["variables"]["mlflow_client"]["default"]
     assert client.startswith("mlflow")
     for target, _, _, jobs in targets():

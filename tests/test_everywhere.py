@@ -112,7 +112,7 @@ def test_config_shipped_with_files_is_found_by_name(tmp_path, monkeypatch):
     (tmp_path / "shipped.yaml").write_text("output: {dir: out}\n")
     monkeypatch.chdir(tmp_path)
     cfg = load_config("some/where/else/shipped.yaml")
-    assert cfg["_source"] == "shipped.yaml"
+    assert cfg.source == "shipped.yaml"
 
 
 def _executors_under(workdir: Path) -> list:

@@ -11,6 +11,7 @@ import pytest
 from pyspark.ml.evaluation import RankingEvaluator
 
 from jester_als.cli import main
+from jester_als.config import NewUsersConfig
 from jester_als.generate import GAUGE_JOKES, GeneratorParams, generate_chunks
 from jester_als.hashsplit import is_test
 from jester_als.newusers import evaluate_new_users, ndcg_at_k, reveal_gauge, reveal_random
@@ -54,7 +55,7 @@ def test_on_jester_like_users_more_ratings_shown_means_better_predictions():
     params = GeneratorParams(users=3000)
     users, jokes, values = (np.concatenate(p) for p in zip(*(c.long() for c in generate_chunks(params))))
     test = is_test(users.astype(np.int32), jokes.astype(np.int32), test_fraction=0.2, seed=42)
-    new = {"holdout_fraction": 0.15, "reveal": [1, 5, 20], "max_users": 1000, "seed": 7}
+    new = NewUsersConfig(holdout_fraction=0.15, reveal=[1, 5, 20], max_users=1000, seed=7)
     result = evaluate_new_users(users, jokes, values, test, params={"rank": 10, "regParam": 0.3, "maxIter": 10,
                                                                      "biases": True},
                                 bias_reg=10.0, new_users=new, k=10, threshold=5.0, rating_range=(-10, 10), seed=1)

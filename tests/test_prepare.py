@@ -19,7 +19,7 @@ RATINGS_SCHEMA = StructType([StructField("user", IntegerType()), StructField("jo
 def input_config(path, **extra):
     overrides = [f"input.path={path}", "output.dir=/tmp/unused", "input.drop_columns=[]"]
     overrides += [f"input.{k}={v}" for k, v in extra.items()]
-    return load_config(None, overrides)["input"]
+    return load_config(None, overrides).input
 
 
 def expected_long_rows(path):

@@ -71,7 +71,7 @@ def test_fifty_iterations_do_not_overflow_the_stack(spark, small_table):
     checkpointing broken, not only with the stack overflowing)."""
     path, params = small_table
     cfg = load_config(None, [f"input.path={path}", "output.dir=/tmp/unused"])
-    prepared = prepare_ratings(spark, cfg["input"])
+    prepared = prepare_ratings(spark, cfg.input)
     train, _ = split_ratings(prepared.ratings, test_fraction=0.2, seed=1)
     before = _checkpoint_files(spark)
     fit_als(train, make_als(seed=1, blocks=2, checkpoint_interval=-1), {"rank": 3, "regParam": 0.1, "maxIter": 12})

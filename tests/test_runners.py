@@ -142,6 +142,21 @@ def test_every_registered_job_has_its_entry_script_and_nothing_else_does():
         assert f'main(["{name}", *sys.argv[1:]])' in text, name
 
 
+def test_every_job_in_the_table_names_a_function_that_exists_and_what_it_reports_is_a_section():
+    """The CLI runs whatever the table names: a misspelt target would fail only when that job is run."""
+    import importlib
+    import inspect
+
+    from jester_als.registry import JOBS
+
+    arguments = {(False, True): 1, (True, False): 2, (True, True): 3}  # (spark, staged) -> run's arguments
+    for job in JOBS.values():
+        module, _, name = job.target.partition(":")
+        function = getattr(importlib.import_module(module), name)
+        assert len(inspect.signature(function).parameters.values()) >= arguments[job.spark, job.staged], job.name
+        assert set(job.reports) <= {"als_engine", "spark_als", "baselines", "recommendations"}, job.name
+
+
 @pytest.mark.parametrize("job,missing", [("tune", "ratings/ (written by prepare)"),
                                          ("recommend", "model/ (written by tune)"),
                                          ("baseline", "ratings/ (written by prepare), model/ (written by tune)")])
@@ -240,11 +255,12 @@ def test_a_local_run_names_its_spark_ui_and_it_answers(tmp_path):
     session is up, in a fresh process."""
     script = (
         "import io, logging, re, urllib.request\n"
+        "from jester_als.config import SparkConfig\n"
         "from jester_als.session import build_session, release_session\n"
         "buffer = io.StringIO()\n"
         "handler = logging.StreamHandler(buffer)\n"
         "log = logging.getLogger('jester_als'); log.addHandler(handler); log.setLevel(logging.INFO)\n"
-        "spark, created = build_session({'app_name': 'ui-test', 'log_level': 'WARN'}, master='local[1]')\n"
+        "spark, created = build_session(SparkConfig(app_name='ui-test', log_level='WARN'), master='local[1]')\n"
         "try:\n"
         "    url = re.search(r'Spark UI: (http://\\S+)', buffer.getvalue()).group(1)\n"
         "    page = urllib.request.urlopen(url + '/jobs/', timeout=30).read().decode()\n"

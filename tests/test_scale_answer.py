@@ -72,9 +72,9 @@ def test_spark_memory_is_predicted_as_the_heap_its_cached_blocks_need():
     assert heap_needed_mb(storage, ratings) == pytest.approx(SPARK_RESERVED_MB + cached_mb / SPARK_MEMORY_FRACTION)
     root = Path(__file__).resolve().parents[1]
     model = json.loads((root / "docs" / "scale.json").read_text())["cost_model"]  # a fitted model, any will do
-    cfg = load_config(str(root / "conf" / "scale.yaml"), [])
+    scale = load_config(str(root / "conf" / "scale.yaml"), []).scale
     timed = timed_ratings(REPEATED)
-    rows = {r["name"]: r for r in predict(model, cfg, None, storage, timed)}
+    rows = {r["name"]: r for r in predict(model, scale, None, storage, timed)}
     netflix = rows["Netflix Prize"]["engines"]["spark"]
     assert netflix["memory_mb"] == pytest.approx(heap_needed_mb(storage, rows["Netflix Prize"]["train_ratings"]))
     assert netflix["memory_from"] == "heap its cached blocks need"
@@ -83,6 +83,6 @@ def test_spark_memory_is_predicted_as_the_heap_its_cached_blocks_need():
     jester = rows["real Jester (dataset 1)"]["engines"]["numpy"]
     assert jester["extrapolation"] == pytest.approx(rows["real Jester (dataset 1)"]["train_ratings"] / 1_160_000)
     # without a storage model the resident-memory model's figure stays, and says so
-    plain = {r["name"]: r for r in predict(model, cfg)}["Netflix Prize"]["engines"]["spark"]
+    plain = {r["name"]: r for r in predict(model, scale)}["Netflix Prize"]["engines"]["spark"]
     assert plain["memory_mb"] == pytest.approx(netflix["resident_mb"])
     assert plain["memory_from"] == "resident memory model"

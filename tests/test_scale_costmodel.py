@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from helpers import assert_same_results
+from jester_als.config import ScaleConfig
 from jester_als.numpy_als import block_rows, engine_threads
 from jester_als.scale.costmodel import ENGINES, fit_cost_model, predict_point
 
@@ -129,9 +130,9 @@ def test_shuffle_volume_counts_each_factor_copy_once_per_iteration():
     assert shuffle_bytes_per_iteration(0, 100, 200, 10, 8) == 100 * 2 * 10 * 4
     rank, iterations = 10, 10
     model = fit_cost_model(_planted_points(rank, iterations), rank, iterations)
-    cfg = {"scale": {"machine_memory_gb": 24, "cluster_executors": 8, "cores_per_executor": 4,
-                     "test_fraction": 0.2, "numpy_dense_budget_mb": 4096}}
-    netflix = predict(model, cfg)[2]
+    scale = ScaleConfig(machine_memory_gb=24, cluster_executors=8, cores_per_executor=4, test_fraction=0.2,
+                        numpy_dense_budget_mb=4096)
+    netflix = predict(model, scale)[2]
     assert netflix["engines"]["spark"]["cluster"]["shuffle_gb_per_iteration"] == pytest.approx(
         shuffle_bytes_per_iteration(480_189, 17_770, netflix["train_ratings"], rank, 32) / 2**30)
     assert netflix["engines"]["spark"]["cluster"]["shuffle_and_memory_from"] == "partitioning rule"
@@ -202,7 +203,7 @@ def test_refit_keeps_the_measurements_and_reproduces_the_recorded_models():
 
     root = Path(__file__).resolve().parents[1]
     study = json.loads((root / "docs" / "scale.json").read_text())
-    again = refit(study, load_config(str(root / "conf" / "scale.yaml"), []), "checking")
+    again = refit(study, load_config(str(root / "conf" / "scale.yaml"), []).scale, "checking")
     assert again["points"] == study["points"] and again["cluster"]["measurements"] == study["cluster"]["measurements"]
     assert again["refit"]["why"] == "checking"
     for key in ("cost_model", "limits", "predictions"):
@@ -220,17 +221,17 @@ def test_limit_probes_bracket_each_unreached_memory_limit_and_run_one_engine():
     from jester_als.scale.study import limit_probes, limits
 
     root = Path(__file__).resolve().parents[1]
-    cfg = load_config(str(root / "conf" / "scale.yaml"), ["scale.memory_budget_mb=100000"])
-    rank, iterations = cfg["scale"]["rank"], cfg["scale"]["maxIter"]
+    scale = load_config(str(root / "conf" / "scale.yaml"), ["scale.memory_budget_mb=100000"]).scale
+    rank, iterations = scale.rank, scale.maxIter
     points = _planted_points(rank, iterations)
-    predicted = limits(points, fit_cost_model(points, rank, iterations, holdout=False), cfg)
+    predicted = limits(points, fit_cost_model(points, rank, iterations, holdout=False), scale)
     # the planted memory models reach 100,000 MB at about 4.2 M (NumPy) and 4.4 M users (Spark); the axis ends at 1 M
     assert 4.1e6 < predicted["numpy"]["predicted"]["users"] < 4.2e6 < predicted["spark"]["predicted"]["users"] < 4.5e6
-    probes = limit_probes(points, cfg)
+    probes = limit_probes(points, scale)
     assert [(p["users"], p["probe"]) for p in probes] == sorted(
         (int(float(f"{predicted[e]['predicted']['users'] * f:.2g}")), e) for e in ENGINES for f in (0.8, 1.2))
     assert all(p["axis"] == "users" and p["jokes"] == 100 and p["users"] > 1_000_000 for p in probes)
-    assert limit_probes(points, {**cfg, "scale": {**cfg["scale"], "limit_probes": []}}) == []
+    assert limit_probes(points, scale.model_copy(update={"limit_probes": []})) == []
     # the progress line does not extrapolate the axes' time per rating to a one-engine, two-iteration probe
     import time
 
@@ -245,20 +246,20 @@ def test_limit_probes_bracket_each_unreached_memory_limit_and_run_one_engine():
     stopped = json.loads(json.dumps(points))
     largest = max((p for p in stopped if p["axis"] == "users"), key=lambda p: p["users"])
     largest["engines"]["spark"] = {"completed": False, "limit": "time: 600 s > budget 600.0 s"}
-    assert {p["probe"] for p in limit_probes(stopped, cfg)} == {"numpy"}
+    assert {p["probe"] for p in limit_probes(stopped, scale)} == {"numpy"}
 
     # a NumPy probe that ran out of memory is NumPy's first size that did not fit, not Spark's
     failed = {"axis": "users", "users": 5_000_000, "jokes": 100, "train_ratings": 5_000_000 * 58, "probe": "numpy",
               "iterations": 2,
               "engines": {"numpy": {"completed": False, "limit": "memory: 20,001 MB > budget 20,000 MB"},
                           "spark": {"completed": False, "skipped": True, "limit": "not run: a probe of numpy's"}}}
-    found = limits(points + [failed], fit_cost_model(points, rank, iterations, holdout=False), cfg)
+    found = limits(points + [failed], fit_cost_model(points, rank, iterations, holdout=False), scale)
     assert found["numpy"]["first_not_fitted"]["users"] == 5_000_000
     # a probe that fitted (in fewer iterations) is a limit measurement, not a point of the cost model
     fitted = {**failed, "engines": {**failed["engines"], "numpy": {"completed": True, "fit_seconds": 1.0,
                                                                    "peak_rss_mb": 1.0, "path": "sparse"}}}
     assert fit_cost_model(points + [fitted], rank, iterations) == fit_cost_model(points, rank, iterations)
-    largest = limits(points + [fitted], fit_cost_model(points, rank, iterations), cfg)["numpy"]["largest_fitted"]
+    largest = limits(points + [fitted], fit_cost_model(points, rank, iterations), scale)["numpy"]["largest_fitted"]
     assert largest["users"] == 5_000_000 and largest["probe_iterations"] == 2  # the answer says it was a probe
     assert found["spark"]["first_not_fitted"] is None and found["spark"]["largest_fitted"]["users"] == 1_000_000
 
@@ -273,25 +274,25 @@ def test_spark_probes_where_its_cached_blocks_fill_its_heap():
     from jester_als.scale.study import limit_probes, limits
 
     root = Path(__file__).resolve().parents[1]
-    cfg = load_config(str(root / "conf" / "scale.yaml"), ["scale.memory_budget_mb=100000"])
-    rank, iterations = cfg["scale"]["rank"], cfg["scale"]["maxIter"]
+    scale = load_config(str(root / "conf" / "scale.yaml"), ["scale.memory_budget_mb=100000"]).scale
+    rank, iterations = scale.rank, scale.maxIter
     points = _planted_points(rank, iterations)
     for p in points:  # planted: 5 MB + 40 bytes a training rating cached, in 4,000 MB of unified memory
         p["engines"]["spark"]["spark_memory"] = {
             "storage_memory_peak_mb": 5 + 40 * p["train_ratings"] / 2**20, "storage_disk_peak_mb": 0.0,
             "spilled_mb": 0.0, "gc_share": 0.01, "storage_max_mb": 4000.0}
-    found = limits(points, fit_cost_model(points, rank, iterations, holdout=False), cfg)["spark"]
+    found = limits(points, fit_cost_model(points, rank, iterations, holdout=False), scale)["spark"]
     model = found["in_memory"]["storage_model"]
     assert model["unified_memory_mb"] == 4000.0 and model["unified_memory_from"] == "Spark's maxMemory"
     fills = (4000 - 5) * 2**20 / 40 / 58  # users (58 training ratings each) whose cached blocks fill it
     assert model["fills_at"]["users"] == pytest.approx(fills, rel=1e-6)
     assert abs(found["predicted"]["users"] - fills) > 1e6  # the memory model's budget point is elsewhere
-    spark = [p["users"] for p in limit_probes(points, cfg) if p["probe"] == "spark"]
+    spark = [p["users"] for p in limit_probes(points, scale) if p["probe"] == "spark"]
     assert spark == [1_400_000, 2_200_000]  # 0.8 and 1.2 x 1.81 M users, to two significant figures
     # blocks on disk at the axis' largest size: Spark's in-memory limit is measured there, no probe
     largest = max((p for p in points if p["axis"] == "users"), key=lambda p: p["users"])
     largest["engines"]["spark"]["spark_memory"]["storage_disk_peak_mb"] = 100.0
-    assert {p["probe"] for p in limit_probes(points, cfg)} == {"numpy"}
+    assert {p["probe"] for p in limit_probes(points, scale)} == {"numpy"}
 
 
 def test_a_missed_check_says_why_from_the_measurements():

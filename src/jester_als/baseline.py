@@ -12,6 +12,7 @@ import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from jester_als.config import JesterConfig
 from jester_als.hashsplit import SPLIT_BUCKETS, test_threshold
 from jester_als.numpy_als import RatingMatrix, arrow_ratings, fit_biases, fit_numpy_als, nmae, positions, rmse_mae
 from jester_als.peakmem import PeakRSS
@@ -83,27 +84,27 @@ def spark_predictions(model, test_rows: DataFrame, users: np.ndarray, jokes: np.
     return np.where(found, values[at] if len(values) else np.nan, np.nan)
 
 
-def compare_engines(spark_model, ratings: DataFrame, cfg: dict, params: dict) -> dict:
+def compare_engines(spark_model, ratings: DataFrame, cfg: JesterConfig, params: dict) -> dict:
     """Collect the sample, fit NumPy ALS and the baselines, score everything on the same held-out rows."""
-    base = cfg["baseline"]
+    base = cfg.baseline
     numpy_params = {"rank": int(params["rank"]), "reg_param": float(params["regParam"]),
                     "max_iter": int(params["maxIter"]), "biases": bool(params.get("biases", False)),
-                    "bias_reg": float(cfg["als"]["bias_reg"])}
+                    "bias_reg": float(cfg.als.bias_reg)}
     with PeakRSS() as driver_memory:  # what the driver pays for NumPy ALS: the collected sample and the fit
-        sample = collect_sample(ratings, test_fraction=cfg["split"]["test_fraction"],
-                                split_seed=cfg["split"]["seed"], max_users=base["max_users"],
-                                fraction=base["fraction"], sample_seed=base["seed"])
+        sample = collect_sample(ratings, test_fraction=cfg.split.test_fraction,
+                                split_seed=cfg.split.seed, max_users=base.max_users,
+                                fraction=base.fraction, sample_seed=base.seed)
         log.info("collected %d users (%d train, %d test ratings, %.1f MB) in %.1f s", sample.users,
                  sample.train.nnz, sample.test_ratings.size, sample.nbytes() / 2**20, sample.collect_seconds)
         if sample.train.nnz == 0 or sample.test_ratings.size == 0:
             raise ValueError("the user sample has no training or no test ratings; raise baseline.max_users or "
                              "baseline.fraction")
         started = time.perf_counter()
-        numpy_model = fit_numpy_als(sample.train, seed=base["seed"], tol=base["tol"],
-                                    dense_budget_mb=base["dense_budget_mb"], **numpy_params)
+        numpy_model = fit_numpy_als(sample.train, seed=base.seed, tol=base.tol,
+                                    dense_budget_mb=base.dense_budget_mb, **numpy_params)
         numpy_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    bias_model = fit_biases(sample.train, reg=base["bias_reg"])
+    bias_model = fit_biases(sample.train, reg=base.bias_reg)
     bias_seconds = time.perf_counter() - started
 
     predictions = {
@@ -112,7 +113,7 @@ def compare_engines(spark_model, ratings: DataFrame, cfg: dict, params: dict) ->
         "bias": bias_model.predict(sample.test_users, sample.test_jokes),
         "global_mean": np.full(sample.test_ratings.size, float(sample.train.ratings.mean(dtype=np.float64))),
     }
-    low, high = cfg["input"]["rating_range"]
+    low, high = cfg.input.rating_range
     predictions = {name: np.clip(p, low, high) for name, p in predictions.items()}  # the rating scale, for all
     # The same rows for every engine: those every engine can score (ALS drops cold starts).
     same = np.logical_and.reduce([~np.isnan(p) for p in predictions.values()])
@@ -152,7 +153,7 @@ def compare_engines(spark_model, ratings: DataFrame, cfg: dict, params: dict) ->
                         "test_nmae": scores["global_mean"]["nmae"],
                         "value": float(sample.train.ratings.mean(dtype=np.float64))},
         "bias": {"test_rmse": scores["bias"]["rmse"], "test_mae": scores["bias"]["mae"],
-                 "test_nmae": scores["bias"]["nmae"], "reg": base["bias_reg"], "fit_seconds": bias_seconds},
+                 "test_nmae": scores["bias"]["nmae"], "reg": base.bias_reg, "fit_seconds": bias_seconds},
         "error_histogram": histogram,
     }
     log.info("same %d rows: numpy ALS RMSE %.4f (fit %.2f s), Spark ALS %.4f, bias %.4f, global mean %.4f",

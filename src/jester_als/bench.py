@@ -17,11 +17,12 @@ import platform
 import shutil
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
-from jester_als.config import size_mb
+from jester_als.config import BenchConfig, JesterConfig, size_mb
 from jester_als.errors import JobError
 from jester_als.generate import GeneratorParams
 from jester_als.outputs import now_iso, staged_outputs, write_text_atomic
@@ -71,16 +72,16 @@ def spark_heap_need_mb(train_ratings: int) -> int:
     return max(SPARK_HEAP_MIN_MB, math.ceil(heap_needed_mb(storage, train_ratings)))
 
 
-def spark_heap_mb(train_ratings: int, bench: dict) -> int:
+def spark_heap_mb(train_ratings: int, bench: BenchConfig) -> int:
     """The heap for Spark's fit: ``bench.spark_driver_memory`` if set (e.g. "8g"), else sized to the data
     within ``bench.memory_budget_mb``; BenchTooLargeError when Spark's need does not fit the budget."""
-    setting, budget = bench["spark_driver_memory"], bench["memory_budget_mb"]
+    setting, budget = bench.spark_driver_memory, bench.memory_budget_mb
     if setting != "auto":
         return size_mb(setting)
     need = spark_heap_need_mb(train_ratings)
     if need + SPARK_PROCESS_OVERHEAD_MB > budget:
         raise BenchTooLargeError(
-            f"bench.users={bench['users']:,} gives about {train_ratings:,} training ratings; Spark ALS needs about "
+            f"bench.users={bench.users:,} gives about {train_ratings:,} training ratings; Spark ALS needs about "
             f"{need:,} MB of driver heap to cache them ({SPARK_CACHED_BYTES_PER_RATING} bytes a rating, as the "
             f"scaling study measured) plus "
             f"{SPARK_PROCESS_OVERHEAD_MB:,} MB beside it, above bench.memory_budget_mb={budget:,}. Lower "
@@ -90,38 +91,38 @@ def spark_heap_mb(train_ratings: int, bench: dict) -> int:
     return min(_heap_mb(train_ratings, SPARK_HEAP_GIVE_BYTES_PER_RATING), budget - SPARK_PROCESS_OVERHEAD_MB)
 
 
-def check_fits(bench: dict, params: GeneratorParams) -> int | None:
+def check_fits(bench: BenchConfig, params: GeneratorParams) -> int | None:
     """Spark's heap for the expected table (None when Spark does not run), or BenchTooLargeError before
     anything is generated."""
-    if not bench["spark_repeats"]:
+    if not bench.spark_repeats:
         return None
-    expected_train = int(params.users * min(params.mean_ratings, params.jokes) * (1 - bench["test_fraction"]))
+    expected_train = int(params.users * min(params.mean_ratings, params.jokes) * (1 - bench.test_fraction))
     return spark_heap_mb(expected_train, bench)
 
 
-def run_bench(cfg: dict) -> dict:
-    bench = cfg["bench"]
-    gen = GeneratorParams.from_config(cfg["generate"], users=bench["users"], jokes=bench["jokes"])
+def run_bench(cfg: JesterConfig) -> dict:
+    bench = cfg.bench
+    gen = GeneratorParams.from_config(cfg.generate, users=bench.users, jokes=bench.jokes)
     heap = check_fits(bench, gen)
-    out_dir = Path(cfg["output"]["dir"])
-    work = Path(tempfile.mkdtemp(prefix="jester-als-bench-", dir=bench["work_dir"]))
+    out_dir = Path(cfg.output.dir)
+    work = Path(tempfile.mkdtemp(prefix="jester-als-bench-", dir=bench.work_dir))
     try:
-        sizes = write_split_parquet(gen, work, bench["test_fraction"], bench["seed"])
+        sizes = write_split_parquet(gen, work, bench.test_fraction, bench.seed)
         train_ratings = sizes["train_ratings"]
         log.info("bench: %d users x %d jokes, %d training and %d test ratings, rank %d, regParam %s, %d iterations",
-                 gen.users, gen.jokes, train_ratings, sizes["test_ratings"], bench["rank"], bench["regParam"],
-                 bench["maxIter"])
+                 gen.users, gen.jokes, train_ratings, sizes["test_ratings"], bench.rank, bench.regParam,
+                 bench.maxIter)
         engines = {}
         for name, engine, repeats_key in ENGINES:
-            if not bench[repeats_key]:
+            if not getattr(bench, repeats_key):
                 continue
-            spec = WorkerSpec(engine=engine, data_dir=str(work), rank=bench["rank"], reg_param=bench["regParam"],
-                              max_iter=bench["maxIter"], repeats=bench[repeats_key], seed=bench["seed"],
+            spec = WorkerSpec(engine=engine, data_dir=str(work), rank=bench.rank, reg_param=bench.regParam,
+                              max_iter=bench.maxIter, repeats=getattr(bench, repeats_key), seed=bench.seed,
                               result_file=str(work / f"{engine}-result.json"),
                               spark_driver_memory=f"{heap or SPARK_HEAP_MIN_MB}m",
-                              dense_budget_mb=bench["numpy_dense_budget_mb"])
-            result = run_worker(spec, memory_budget_mb=bench["memory_budget_mb"],
-                                time_budget_seconds=bench["time_budget_seconds"], keep_log_in=out_dir)
+                              dense_budget_mb=bench.numpy_dense_budget_mb)
+            result = run_worker(spec, memory_budget_mb=bench.memory_budget_mb,
+                                time_budget_seconds=bench.time_budget_seconds, keep_log_in=out_dir)
             if not result["completed"]:
                 raise BenchEngineFailed(f"{name} did not complete on {train_ratings:,} training ratings: "
                                         f"{result['limit']} (worker log: {result.get('log')})")
@@ -147,19 +148,19 @@ def run_bench(cfg: dict) -> dict:
         "data": {"users": gen.users, "jokes": gen.jokes, "train_ratings": train_ratings,
                  "test_ratings": sizes["test_ratings"], "generator_seed": gen.seed,
                  "split": "hash: pmod(xxhash64(user, joke, seed), 1e6) < test_fraction * 1e6"},
-        "params": {"rank": bench["rank"], "regParam": bench["regParam"], "maxIter": bench["maxIter"]},
+        "params": {"rank": bench.rank, "regParam": bench.regParam, "maxIter": bench.maxIter},
         "engines": engines,
         "speedup_vs_numpy": ({name: e["median_seconds"] / numpy_median for name, e in engines.items()}
                              if numpy_median else {}),
-        "targets": {"numpy_fit_at_most_seconds": bench["target_numpy_seconds"],
-                    "spark_over_numpy_at_least": bench["target_speedup"]},
+        "targets": {"numpy_fit_at_most_seconds": bench.target_numpy_seconds,
+                    "spark_over_numpy_at_least": bench.target_speedup},
     }
     speedup = result["speedup_vs_numpy"].get("spark_als")
-    at_jester_size = (gen.users, gen.jokes, bench["maxIter"]) == (JESTER_USERS, 100, 20)
+    at_jester_size = (gen.users, gen.jokes, bench.maxIter) == (JESTER_USERS, 100, 20)
     result["targets"]["applies"] = at_jester_size  # the targets are stated for the Jester-sized default run
     result["targets"]["met"] = (bool(numpy_median is not None and speedup is not None
-                                     and numpy_median <= bench["target_numpy_seconds"]
-                                     and speedup >= bench["target_speedup"]) if at_jester_size else None)
+                                     and numpy_median <= bench.target_numpy_seconds
+                                     and speedup >= bench.target_speedup) if at_jester_size else None)
     return result
 
 
@@ -213,10 +214,13 @@ def bench_plot(result: dict, path: str):
     return os.path.basename(path)
 
 
-def bench_job(cfg: dict) -> dict:
+def bench_job(cfg: JesterConfig) -> str:
+    """The ``bench`` job: bench.json, bench.md and bench.png in ``output.dir``; prints bench.md, returns the line
+    that says it is done."""
     from jester_als.registry import JOBS
 
-    with staged_outputs(cfg["output"], JOBS["bench"].outputs) as out:  # mode checked before any work
+    started = time.perf_counter()
+    with staged_outputs(cfg.output, JOBS["bench"].outputs) as out:  # mode checked before any work
         result = run_bench(cfg)
         plot = bench_plot(result, out.path("bench.png"))
         result["plot"] = plot
@@ -226,4 +230,4 @@ def bench_job(cfg: dict) -> dict:
                  else f"\nPlot skipped: {plot['skipped']}.\n")
         write_text_atomic(out.path("bench.md"), text)
     print(text)
-    return result
+    return f"jester-als bench: done in {time.perf_counter() - started:.0f} s; outputs in {cfg.output.dir}"

@@ -14,7 +14,6 @@ Databricks CLI's wheel wrapper, ``bundle/trampoline/python_wheel.go`` in databri
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -23,9 +22,9 @@ import threading
 import time
 
 from jester_als import __version__
-from jester_als.config import ConfigError, load_config
+from jester_als.config import ConfigError, JesterConfig, load_config
 from jester_als.errors import JobError, actionable_cause
-from jester_als.registry import JOBS, check_needs
+from jester_als.registry import JOBS, Job, check_needs
 
 log = logging.getLogger("jester_als")
 
@@ -78,33 +77,34 @@ def _setup_logging(level: str) -> None:
     logger.propagate = False
 
 
-def summary(job: str, metrics: dict, seconds: float) -> str:
-    """What a finished job prints: its time, then a line per section of ``metrics`` the job produced."""
-    lines = [f"jester-als {job}: done in {seconds:.1f} s"]
+def summary(job: Job, metrics: dict, seconds: float) -> str:
+    """What a finished job prints: its time, then a line per section of ``metrics`` the job reports
+    (``metrics.json`` also holds earlier jobs' sections)."""
+    lines = [f"jester-als {job.name}: done in {seconds:.1f} s"]
     data = metrics.get("data", {})
     if "ratings" in data:
         lines.append(f"  data: {data['ratings']:,} ratings by {data['users']:,} users of {data['items']} jokes; "
                      f"{data['missing']:,} missing and {data['rejected']:,} rejected cells")
-    if metrics.get("als_engine") and job in ("tune", "pipeline"):
+    if metrics.get("als_engine") and "als_engine" in job.reports:
         fallback = metrics["numpy_als"]
         lines.append(f"  {metrics['als_engine']}: {fallback['params']}: test RMSE {fallback['test_rmse']:.4f}, "
                      f"MAE {fallback['test_mae']:.4f} (fit {fallback['fit_seconds']:.1f} s on the driver)")
     spark = metrics.get("spark_als")
-    if spark and job in ("tune", "pipeline"):
+    if spark and "spark_als" in job.reports:
         params = spark.get("model_params", spark["best_params"])
         nmae = f", NMAE {spark['test_nmae']:.4f}" if spark.get("test_nmae") is not None else ""
         lines.append(f"  Spark ALS {params}: test RMSE {spark['test_rmse']:.4f}, "
                      f"MAE {spark['test_mae']:.4f}{nmae} (tuning {spark['tune_seconds']:.1f} s over "
                      f"{len(spark['validation'])} grid points, final fit {spark['fit_seconds']:.1f} s)")
     numpy_als, baselines = metrics.get("numpy_als"), metrics.get("baselines")
-    if numpy_als and baselines and job in ("baseline", "pipeline"):
+    if numpy_als and baselines and "baselines" in job.reports:
         lines.append(f"  same {numpy_als['rows']:,} held-out ratings of {numpy_als['sample_users']:,} sampled users: "
                      f"test RMSE Spark ALS {numpy_als['spark_test_rmse_same_rows']:.4f} | NumPy ALS "
                      f"{numpy_als['test_rmse']:.4f} (collect {numpy_als['collect_seconds']:.1f} s + fit "
                      f"{numpy_als['fit_seconds']:.2f} s on the driver) | user+joke bias "
                      f"{baselines['bias']['test_rmse']:.4f} | global mean {baselines['global_mean']['test_rmse']:.4f}")
     recs = metrics.get("recommendations")
-    if recs and job in ("recommend", "pipeline"):
+    if recs and "recommendations" in job.reports:
         lines.append(f"  recommendations: top {recs['top_n']} for {recs['users']:,} users")
     run = metrics.get("run", {})
     output_dir = run.get("output_dir") or run.get("config", {}).get("output", {}).get("dir", "")
@@ -132,30 +132,15 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.conf, args.overrides)
     except ConfigError as exc:
         return _refused(args.job, exc, 2)
-    _setup_logging("DEBUG" if args.verbose else cfg["log_level"])
-    started = time.perf_counter()
-    if args.job == "generate":
-        from jester_als.generate import GeneratorParams, write_wide_csv
-
-        params = GeneratorParams.from_config(cfg["generate"])
-        log.info("generate: %d users x %d jokes (seed %d) into %s", params.users, params.jokes, params.seed,
-                 cfg["generate"]["path"])
-        stats = write_wide_csv(params, cfg["generate"]["path"])
-        print(f"jester-als generate: wrote {stats['path']} in {time.perf_counter() - started:.1f} s")
-        print("  " + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()}))
-        return 0
-    if args.job in ("scale", "bench"):  # every engine runs in a worker process of its own
-        from jester_als.bench import bench_job
-        from jester_als.scale import scale_job
-
+    _setup_logging("DEBUG" if args.verbose else cfg.log_level)
+    job = JOBS[args.job]
+    if not job.spark:  # generate, and bench and scale, whose engines each run in a worker process of their own
         try:
-            (scale_job if args.job == "scale" else bench_job)(cfg)
+            print(job.run(cfg))
         except JobError as exc:
-            return _refused(args.job, exc, 1)
-        print(f"jester-als {args.job}: done in {time.perf_counter() - started:.0f} s; outputs in "
-              f"{cfg['output']['dir']}")
+            return _refused(job.name, exc, 1)
         return 0
-    return _run_spark_job(args, cfg, started)
+    return _run_spark_job(job, args, cfg)
 
 
 def _refused(job: str, exc: Exception, status: int) -> int:
@@ -165,11 +150,11 @@ def _refused(job: str, exc: Exception, status: int) -> int:
     return status
 
 
-def als_iterations(job: str, cfg: dict) -> dict[str, int]:
+def als_iterations(job: str, cfg: JesterConfig) -> dict[str, int]:
     """The Spark ALS fits a job asks for, as config key -> maxIter (Spark's default maxIter is 10)."""
-    if job in ("tune", "pipeline"):
-        grid_max = max(cfg["tune"]["grid"].get("maxIter", [10]))
-        return {"tune.grid.maxIter": grid_max, "tune.refit_max_iter": cfg["tune"]["refit_max_iter"] or grid_max}
+    if JOBS[job].tunes:
+        grid_max = max(cfg.tune.grid.maxIter or [10])
+        return {"tune.grid.maxIter": grid_max, "tune.refit_max_iter": cfg.tune.refit_max_iter or grid_max}
     return {}
 
 
@@ -180,23 +165,24 @@ def spark_log_path(output_dir: str) -> str | None:
     return os.path.join(os.path.abspath(output_dir.removeprefix("file://")), "spark.log")
 
 
-def _run_spark_job(args, cfg: dict, started: float) -> int:
+def _run_spark_job(job: Job, args, cfg: JesterConfig) -> int:
     """Run a Spark job. On Ctrl-C (exit 130) or SIGTERM (exit 143) Spark is stopped first, then the staged
     outputs are removed, so nothing half-written is left and the previous outputs stay as they were."""
     from jester_als.jobs import run_spark_job
     from jester_als.session import build_session, check_iterations, connection_lost, release_session
 
+    started = time.perf_counter()
     try:
-        check_needs(args.job, cfg["output"]["dir"])
-        spark, created = build_session(cfg["spark"], master=args.master, remote=args.remote,
-                                       spark_log=spark_log_path(cfg["output"]["dir"]), verbose=args.verbose)
+        check_needs(job.name, cfg.output.dir)
+        spark, created = build_session(cfg.spark, master=args.master, remote=args.remote,
+                                       spark_log=spark_log_path(cfg.output.dir), verbose=args.verbose)
         try:
-            check_iterations(spark, als_iterations(args.job, cfg))
+            check_iterations(spark, als_iterations(job.name, cfg))
         except JobError:
             release_session(spark, created)
             raise
     except JobError as exc:
-        return _refused(args.job, exc, 1)
+        return _refused(job.name, exc, 1)
     current: list = []
     received: list[int] = []
 
@@ -209,34 +195,30 @@ def _run_spark_job(args, cfg: dict, started: float) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main_thread else None
     try:
-        if args.job == "check":
-            from jester_als.prepare import check_input
-
-            found = check_input(spark, cfg["input"])
-            print(f"jester-als check: config {cfg.get('_source') or '(built-in defaults)'} is valid; "
-                  + ", ".join(f"{k} {v}" for k, v in found.items()))
+        if not job.staged:
+            print(job.run(spark, cfg))
             return 0
-        metrics = run_spark_job(spark, cfg, args.job, on_start=current.append)
-        metrics.setdefault("run", {})["output_dir"] = cfg["output"]["dir"]
-        print(summary(args.job, metrics, time.perf_counter() - started))
+        metrics = run_spark_job(spark, cfg, job, on_start=current.append)
+        metrics.setdefault("run", {})["output_dir"] = cfg.output.dir
+        print(summary(job, metrics, time.perf_counter() - started))
         return 0
     except JobError as exc:
-        return _refused(args.job, exc, 1)
+        return _refused(job.name, exc, 1)
     except BaseException as exc:
         if not (received or isinstance(exc, KeyboardInterrupt)):
             if not isinstance(exc, Exception):
                 raise
             if connection_lost(spark, exc):
                 created = False  # nothing to stop: the server is gone, and asking it would only wait again
-                print(f"jester-als {args.job}: lost the Spark Connect server ({str(exc).splitlines()[0]}); "
-                      f"nothing was replaced in {cfg['output']['dir']}", file=sys.stderr)
+                print(f"jester-als {job.name}: lost the Spark Connect server ({str(exc).splitlines()[0]}); "
+                      f"nothing was replaced in {cfg.output.dir}", file=sys.stderr)
                 return 1
             cause = actionable_cause(exc)
-            where = spark_log_path(cfg["output"]["dir"])
+            where = spark_log_path(cfg.output.dir)
             keep_trace(exc, where)
             log.debug("failed", exc_info=True)  # -v shows the whole trace here
             said = cause or f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            print(f"jester-als {args.job}: failed: {said}; nothing was replaced in {cfg['output']['dir']}"
+            print(f"jester-als {job.name}: failed: {said}; nothing was replaced in {cfg.output.dir}"
                   + ("" if args.verbose else f" (the trace: {where or 'run with -v'})"), file=sys.stderr)
             return 1
         code = 143 if received else 130
@@ -246,7 +228,7 @@ def _run_spark_job(args, cfg: dict, started: float) -> int:
         created = False
         for outputs in current:
             outputs.abort()  # after Spark stopped, so no task is still writing into the staging directory
-        print(f"jester-als {args.job}: {'terminated' if received else 'interrupted'}; nothing was replaced",
+        print(f"jester-als {job.name}: {'terminated' if received else 'interrupted'}; nothing was replaced",
               file=sys.stderr)
         return code
     finally:

@@ -1,13 +1,15 @@
 """Typed YAML configuration: the models, loading, ``--set`` overrides and validation.
 
 The config is :class:`JesterConfig`, one pydantic model per section: each key's type is its annotation, its
-default and meaning are stated once in ``key(...)`` (the README's table is generated from them), and the few
-checks types cannot state (``regParam > 0``, a grid's names, a memory size) are validators beside the keys.
+default and meaning are stated once in ``key(...)`` (the config reference in docs/config.md is generated from
+them), the checks types cannot state (``regParam > 0``, a memory size) are validators beside the keys, the
+checks across keys are validators of their section, and ``tune.grid`` is a model of its own (:class:`AlsGrid`).
 Validation is strict (``"5"`` is not an integer, ``true`` is not a number; an integer stands for a number).
-Every error is collected and reported at once, before Spark starts, in this project's words
-(``split.seed: expected an integer, got 'forty-two'``), and a value given with ``--set`` is reported as a
-``--set`` problem. The jobs read the validated config as plain dicts (``model_dump()``), which is what Spark's
-session builder, the JSON outputs and MLflow's params take.
+Every error is collected and reported at once, before Spark starts, in this project's words by one formatter
+(:func:`_problems`: ``split.seed: expected an integer, got 'forty-two'``), and a value given with ``--set`` is
+reported as a ``--set`` problem. :func:`load_config` returns the model: the jobs read attributes and hand each
+function the section it uses; ``model_dump()`` is for where a plain mapping leaves the program (the run's
+manifest in metrics.json, MLflow's params).
 """
 
 from __future__ import annotations
@@ -17,28 +19,23 @@ import os
 import re
 import types
 from collections.abc import Callable, Iterable
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from jester_als.generate import GeneratorParams as _GEN
-
-# ALS params a grid may name: everything Spark's ALS estimator takes except the column names and the
-# explicit/implicit switch (this project is explicit feedback only).
-ALS_GRID_PARAMS = {
-    "rank": int,
-    "maxIter": int,
-    "regParam": float,
-    "alpha": float,
-    "nonnegative": bool,
-    "numUserBlocks": int,
-    "numItemBlocks": int,
-    "checkpointInterval": int,
-    "blockSize": int,
-    "biases": bool,  # not Spark's: the biased model (jester_als.biased) or the plain one
-}
 
 
 class ConfigError(Exception):
@@ -158,40 +155,15 @@ IntOrNumber = Annotated[Any, _kinds(int, float)]
 SparkValue = Annotated[Any, _kinds(str, int, float, bool)]
 
 
-def _grid_check(grid: dict) -> list[str]:
-    problems = []
-    for name, values in grid.items():
-        if name not in ALS_GRID_PARAMS:
-            problems.append(f"{name}: not an ALS parameter (expected one of {sorted(ALS_GRID_PARAMS)})")
-            continue
-        if not isinstance(values, list):
-            values = [values]
-        if not values:
-            problems.append(f"{name}: empty list (give at least one value)")
-            continue
-        want = ALS_GRID_PARAMS[name]
-        for v in values:
-            ok = isinstance(v, want) and not (want is int and isinstance(v, bool))
-            if want is float and isinstance(v, int) and not isinstance(v, bool):
-                ok = True
-            if not ok:
-                problems.append(f"{name}: expected {_a(want)}, got {v!r}")
-            elif name in ("rank", "maxIter", "numUserBlocks", "numItemBlocks", "blockSize") and v < 1:
-                problems.append(f"{name}: {v!r} must be >= 1")
-            elif name == "regParam" and v <= 0:
-                # Unregularized ALS solves singular systems for users or jokes with fewer ratings than the rank
-                # and can give NaN factors without an error.
-                problems.append(f"{name}: {v!r} must be > 0 (ALS needs regularization)")
-            elif name == "alpha" and v < 0:
-                problems.append(f"{name}: {v!r} must be >= 0")
-    return problems
-
-
 class Section(BaseModel):
     """A mapping of the config: unknown keys are refused, values are not converted between types, and a
     section given as null (``tune:`` with nothing under it) takes every default."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
+    # What a key the section does not have is called, with {known}: the keys it has.
+    unknown_key: ClassVar[str] = "unknown key (expected one of: {known})"
+    # Shown and documented as one key whose value is a mapping (tune.grid), not as a section of keys.
+    one_key: ClassVar[bool] = False
 
     @model_validator(mode="before")
     @classmethod
@@ -199,10 +171,19 @@ class Section(BaseModel):
         if data is None:
             return {}
         if isinstance(data, dict):  # `conf:` or `grid:` with nothing under it: the default mapping
-            return {k: v for k, v in data.items()
-                    if not (v is None and k in cls.model_fields and get_origin(_plain(cls.model_fields[k].annotation))
-                            is dict)}
+            return {k: v for k, v in data.items() if not (v is None and k in cls.model_fields and _is_mapping(
+                _plain(cls.model_fields[k].annotation)))}
         return data
+
+
+def _is_mapping(annotation) -> bool:
+    """A key whose value is a mapping given whole: a dict, or a section shown as one key (tune.grid)."""
+    return get_origin(annotation) is dict or annotation is dict or (_is_section(annotation) and annotation.one_key)
+
+
+def _problem(*messages: str) -> PydanticCustomError:
+    """Problems raised by a check, each ``"sub.key: message"`` (under the checked key) or ``"message"``."""
+    return PydanticCustomError("problems", "{problems}", {"problems": list(messages)})
 
 
 def key(default: Any, doc: str, *, kind: str | None = None) -> Any:
@@ -250,6 +231,20 @@ class InputConfig(Section):
         True, "prepare a wide table with integer user ids in one pass over the input (false: always the general "
               "path, which caches the input; both give the same outputs and counts)")
 
+    @model_validator(mode="after")
+    def _where_to_read(self):
+        problems = []
+        if self.format == "table" and not self.table:
+            problems.append("table: required when input.format is 'table'")
+        if self.format == "xls" and self.layout != "jester":
+            problems.append(f"layout: must be 'jester' with input.format 'xls' (the original files have no header "
+                            f"row), got {self.layout!r}")
+        if self.format in ("csv", "parquet", "xls") and not self.path:
+            problems.append(f"path: required when input.format is '{self.format}'")
+        if problems:
+            raise _problem(*problems)
+        return self
+
 
 class GenerateConfig(Section):
     path: str = key("data/jester_synthetic.csv", "where `generate` writes the wide CSV")
@@ -276,6 +271,20 @@ class GenerateConfig(Section):
                                                                "centre)")
     seed: int = key(_GEN.seed, "seeds the synthetic table")
 
+    @model_validator(mode="after")
+    def _counts_fit_the_jokes(self):
+        problems = []
+        if self.min_ratings > self.jokes:
+            problems.append(f"min_ratings: {self.min_ratings} exceeds generate.jokes ({self.jokes})")
+        if self.gauge_jokes > self.jokes:
+            problems.append(f"gauge_jokes: {self.gauge_jokes} exceeds generate.jokes ({self.jokes})")
+        if not self.min_ratings <= self.mean_ratings <= self.jokes:
+            problems.append(f"mean_ratings: {self.mean_ratings} must lie between generate.min_ratings and "
+                            f"generate.jokes")
+        if problems:
+            raise _problem(*problems)
+        return self
+
 
 class SplitConfig(Section):
     test_fraction: Fraction = key(0.2, "share of ratings held out for test")
@@ -297,18 +306,72 @@ class AlsConfig(Section):
         "none", "when the platform refuses Spark ALS: stop (none) or use NumPy ALS on the driver")
 
 
-def _grid(grid: dict) -> dict:
-    problems = ["empty grid (name at least one ALS parameter)"] if not grid else _grid_check(grid)
-    if problems:
-        raise PydanticCustomError("problems", "{problems}", {"problems": problems})
-    return {name: [_coerce(v, ALS_GRID_PARAMS[name]) for v in (values if isinstance(values, list) else [values])]
-            for name, values in grid.items()}
+def _grid_value(kind: type, floor: float | None = None, why: str = "", *, strict: bool = False) -> Any:
+    """The values of one grid key: a list (a single value is a list of one) of at least one ``kind``, each at
+    least ``floor`` (above it with ``strict``); a bad value is named as given, ``rank: 0 must be >= 1``."""
+
+    def check(value):
+        if not (type(value) is kind or (kind is float and type(value) is int)):
+            raise _problem(f"expected {_a(kind)}, got {value!r}")
+        if floor is not None and (value <= floor if strict else value < floor):
+            raise _problem(f"{value!r} must be {'>' if strict else '>='} {floor:g}{why}")
+        return _coerce(value, kind)
+
+    item = Annotated[Any, BeforeValidator(check)]
+    return Annotated[list[item] | None, BeforeValidator(lambda v: v if isinstance(v, list) or v is None else [v]),
+                     Field(min_length=1)]
+
+
+class AlsGrid(Section):
+    """``tune.grid``: ALS param -> the values to try. Every param of Spark's ALS estimator but the column names
+    and the explicit/implicit switch (this project is explicit feedback only), and ``biases``. The grid keeps
+    the order its keys were given in (Spark's grid, and so the order of the points, follows it)."""
+
+    unknown_key: ClassVar[str] = "not an ALS parameter (expected one of {names})"
+    one_key: ClassVar[bool] = True
+
+    rank: _grid_value(int, 1) = None
+    maxIter: _grid_value(int, 1) = None
+    # Unregularized ALS solves singular systems for users or jokes with fewer ratings than the rank and can give
+    # NaN factors without an error.
+    regParam: _grid_value(float, 0, " (ALS needs regularization)", strict=True) = None
+    alpha: _grid_value(float, 0) = None
+    nonnegative: _grid_value(bool) = None
+    numUserBlocks: _grid_value(int, 1) = None
+    numItemBlocks: _grid_value(int, 1) = None
+    checkpointInterval: _grid_value(int) = None
+    blockSize: _grid_value(int, 1) = None
+    biases: _grid_value(bool) = None  # not Spark's: the biased model (jester_als.biased) or the plain one
+    _order: tuple[str, ...] = PrivateAttr(default=())
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_order(cls, data, handler):
+        grid = handler(data)
+        if isinstance(data, dict):
+            grid._order = tuple(name for name in data if name in cls.model_fields)
+        elif isinstance(data, AlsGrid):
+            grid._order = data._order
+        if not grid._order:
+            raise _problem("empty grid (name at least one ALS parameter)")
+        return grid
+
+    @model_serializer(mode="wrap")
+    def _given_keys(self, handler) -> dict:
+        values = handler(self)
+        return {name: values[name] for name in self._order}
+
+    def as_dict(self) -> dict[str, list]:
+        """The keys given, in their order, with their values: what Spark's ParamGridBuilder is given."""
+        return {name: list(getattr(self, name)) for name in self._order}
+
+
+def _grid(values: dict) -> Any:
+    return Field(default_factory=lambda: AlsGrid.model_validate(values), description="ALS param -> list of values")
 
 
 class TuneConfig(Section):
-    grid: Annotated[dict[str, Any], AfterValidator(_grid)] = key(
-        {"rank": [5, 10, 20], "regParam": [0.3, 0.5], "biases": [False, True], "maxIter": [5]},
-        "ALS param -> list of values")
+    grid: AlsGrid = _grid({"rank": [5, 10, 20], "regParam": [0.3, 0.5], "biases": [False, True], "maxIter": [5]})
     train_ratio: Fraction = key(0.8, "TrainValidationSplit's share of the training ratings used for fitting")
     parallelism: PositiveInt = key(2, "grid points fitted at once")
     seed: int = key(42, "seeds TrainValidationSplit's split")
@@ -336,7 +399,7 @@ def _numpy_params(params: dict) -> dict:
     if params.get("regParam", 1) <= 0:
         problems.append(f"regParam: {params['regParam']!r} must be > 0 (ALS needs regularization)")
     if problems:
-        raise PydanticCustomError("problems", "{problems}", {"problems": problems})
+        raise _problem(*problems)
     return params
 
 
@@ -461,6 +524,12 @@ class OutputConfig(Section):
     run_key: str | None = key(None, "the rows a run owns in those tables: a rerun with the same key replaces them, "
                                     "never another key's (null: the run's own id; on Databricks pass the job run's)")
 
+    @model_validator(mode="after")
+    def _not_a_file(self):
+        if "://" not in self.dir and os.path.isfile(self.dir):
+            raise _problem(f"dir: {self.dir!r} is a file (expected a directory or a path that does not exist)")
+        return self
+
 
 class SparkConfig(Section):
     app_name: str = key("jester-als", "the Spark application name")
@@ -472,9 +541,19 @@ class SparkConfig(Section):
         {}, "extra Spark settings applied when the job builds the session (over the local-mode defaults: shuffle "
             "partitions 2 x cores, driver memory 4g, console progress bar only on a terminal)")
 
+    @model_validator(mode="after")
+    def _one_way_in(self):
+        if self.master and self.remote:
+            raise _problem("remote: cannot be combined with spark.master (choose one)")
+        return self
+
 
 class JesterConfig(Section):
-    """The whole config: one section per concern, each key with its type, default and meaning."""
+    """The whole config: one section per concern, each key with its type, default and meaning. The jobs read it
+    as attributes (``cfg.tune.grid``) and hand each function the section it uses; ``model_dump()`` only where a
+    plain mapping leaves the program (the run's manifest, MLflow's params)."""
+
+    _source: str | None = PrivateAttr(default=None)
 
     input: InputConfig = section(InputConfig)
     generate: GenerateConfig = section(GenerateConfig)
@@ -492,31 +571,10 @@ class JesterConfig(Section):
     spark: SparkConfig = section(SparkConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = key("INFO", "the job's log level")
 
-
-def _cross_checks(cfg: dict, problems: list[str]) -> None:
-    inp = cfg["input"]
-    if inp["format"] == "table" and not inp["table"]:
-        problems.append("input.table: required when input.format is 'table'")
-    if inp["format"] == "xls" and inp["layout"] != "jester":
-        problems.append(f"input.layout: must be 'jester' with input.format 'xls' (the original files have no header "
-                        f"row), got {inp['layout']!r}")
-    if inp["format"] in ("csv", "parquet", "xls") and not inp["path"]:
-        problems.append(f"input.path: required when input.format is '{inp['format']}'")
-    gen = cfg["generate"]
-    if all(isinstance(gen.get(k), int) for k in ("users", "jokes", "min_ratings", "gauge_jokes")):
-        if gen["min_ratings"] > gen["jokes"]:
-            problems.append(f"generate.min_ratings: {gen['min_ratings']} exceeds generate.jokes ({gen['jokes']})")
-        if gen["gauge_jokes"] > gen["jokes"]:
-            problems.append(f"generate.gauge_jokes: {gen['gauge_jokes']} exceeds generate.jokes ({gen['jokes']})")
-        if isinstance(gen.get("mean_ratings"), (int, float)) and not (
-                gen["min_ratings"] <= gen["mean_ratings"] <= gen["jokes"]):
-            problems.append(f"generate.mean_ratings: {gen['mean_ratings']} must lie between generate.min_ratings "
-                            f"and generate.jokes")
-    out = cfg["output"].get("dir")
-    if isinstance(out, str) and "://" not in out and os.path.isfile(out):
-        problems.append(f"output.dir: {out!r} is a file (expected a directory or a path that does not exist)")
-    if cfg["spark"].get("master") and cfg["spark"].get("remote"):
-        problems.append("spark.remote: cannot be combined with spark.master (choose one)")
+    @property
+    def source(self) -> str | None:
+        """The file the config was read from (None: the built-in defaults)."""
+        return self._source
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -547,9 +605,10 @@ def _default_mapping(parts: list[str]) -> dict:
             return {}
         info = model.model_fields[part]
         model = _plain(info.annotation)
-    if _is_section(model):
+    if _is_section(model) and not model.one_key:
         return {}
     default = info.get_default(call_default_factory=True)
+    default = default.model_dump() if isinstance(default, BaseModel) else default
     return copy.deepcopy(default) if isinstance(default, dict) else {}
 
 
@@ -633,7 +692,7 @@ def duplicate_keys(node: yaml.Node | None, path: str = "") -> list[str]:
     return problems
 
 
-def load_config(path: str | None, overrides: Iterable[str] = (), *, base: dict | None = None) -> dict:
+def load_config(path: str | None, overrides: Iterable[str] = (), *, base: dict | None = None) -> JesterConfig:
     """Read YAML from ``path`` (or start from ``base``), apply ``--set`` overrides, validate, fill defaults.
 
     Raises
@@ -658,16 +717,11 @@ def load_config(path: str | None, overrides: Iterable[str] = (), *, base: dict |
             raise ConfigError([f"expected a mapping at the top, got {type(raw).__name__}"], source)
     overrides = list(overrides)
     raw = apply_overrides(raw, overrides)
-    problems: list[str] = []
     try:
-        cfg = JesterConfig.model_validate(raw).model_dump()
+        cfg = JesterConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = _problems(exc)
-    if not problems:
-        _cross_checks(cfg, problems)
-    if problems:
-        raise ConfigError([_attribute(problem, overrides) for problem in problems], source)
-    cfg["_source"] = source
+        raise ConfigError([_attribute(problem, overrides) for problem in _problems(exc)], source) from None
+    cfg._source = source
     return cfg
 
 
@@ -714,7 +768,7 @@ def _kind(annotation) -> str:
         return _type_name(type(get_args(plain)[0]))
     if origin is list:
         return f"list of {_kind(get_args(plain)[0])}"
-    if origin is dict or plain is dict:
+    if origin is dict or plain is dict or (_is_section(plain) and plain.one_key):
         return "mapping"
     return _type_name(plain)
 
@@ -732,11 +786,16 @@ def _problems(error: ValidationError) -> list[str]:
         loc, kind, value = err["loc"], err["type"], err.get("input")
         path = ".".join(str(part) for part in loc)
         if kind == "problems":  # several problems from one check, each "sub.key: message" or "message"
-            problems.extend(f"{path}.{p}" if ": " in p else f"{path}: {p}" for p in err["ctx"]["problems"])
+            path = ".".join(str(part) for part in loc if not isinstance(part, int))  # a list's item: the list
+            problems.extend((f"{path}.{p}" if ": " in p else f"{path}: {p}") if path else p
+                            for p in err["ctx"]["problems"])
         elif kind == "extra_forbidden":
             parent = _plain(_annotation_at(loc[:-1])) if len(loc) > 1 else JesterConfig
-            known = ", ".join(parent.model_fields) if _is_section(parent) else ""
-            problems.append(f"{path}: unknown key (expected one of: {known})")
+            message = parent.unknown_key if _is_section(parent) else Section.unknown_key
+            names = list(parent.model_fields) if _is_section(parent) else []
+            problems.append(f"{path}: " + message.format(known=", ".join(names), names=sorted(names)))
+        elif kind == "too_short":
+            problems.append(f"{path}: empty list (give at least one value)")
         elif kind == "value_error":
             problems.append(f"{path}: {err['ctx']['error']}, got {value!r}")
         elif kind == "literal_error":
@@ -773,7 +832,7 @@ def describe_schema(model: type[BaseModel] | None = None, prefix: str = "") -> l
     rows = []
     for name, info in (model or JesterConfig).model_fields.items():
         annotation = _plain(info.annotation)
-        if _is_section(annotation):
+        if _is_section(annotation) and not annotation.one_key:
             rows.extend(describe_schema(annotation, f"{prefix}{name}."))
             continue
         extra = info.json_schema_extra or {}
@@ -781,6 +840,7 @@ def describe_schema(model: type[BaseModel] | None = None, prefix: str = "") -> l
         if get_origin(annotation) is Literal:
             choices = ", ".join(map(str, get_args(annotation)))
             doc = f"{doc} (one of: {choices})" if doc else f"one of: {choices}"
-        rows.append((f"{prefix}{name}", extra.get("kind") or _kind(info.annotation),
-                     _yaml_value(info.get_default(call_default_factory=True)), doc))
+        default = info.get_default(call_default_factory=True)
+        default = default.model_dump() if isinstance(default, BaseModel) else default
+        rows.append((f"{prefix}{name}", extra.get("kind") or _kind(info.annotation), _yaml_value(default), doc))
     return rows

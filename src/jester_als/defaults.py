@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 from jester_als import hashsplit
-from jester_als.config import load_config
+from jester_als.config import JesterConfig, load_config
 from jester_als.generate import REAL_JESTER, GeneratorParams, generate_chunks, table_statistics
 from jester_als.numpy_als import RatingMatrix, fit_biases, fit_numpy_als
 from jester_als.outputs import write_text_atomic
@@ -81,15 +81,15 @@ def best(points: list[dict]) -> dict:
     return min(points, key=lambda point: point["validation_rmse"])
 
 
-def study(users, jokes, ratings, cfg: dict) -> dict:
+def study(users, jokes, ratings, cfg: JesterConfig) -> dict:
     """Every figure of the choice, on one table's validation ratings."""
-    tune, split = cfg["tune"], cfg["split"]
-    bias_reg = cfg["als"]["bias_reg"]
-    rating_range = tuple(cfg["input"]["rating_range"])
-    validation = Validation(users, jokes, ratings, test_fraction=split["test_fraction"], split_seed=split["seed"],
-                            train_ratio=tune["train_ratio"], rating_range=rating_range, seed=cfg["als"]["seed"])
-    grid = {name: list(values) for name, values in tune["grid"].items()}
-    grid.setdefault("biases", [cfg["als"]["biases"]])
+    tune, split = cfg.tune, cfg.split
+    bias_reg = cfg.als.bias_reg
+    rating_range = tuple(cfg.input.rating_range)
+    validation = Validation(users, jokes, ratings, test_fraction=split.test_fraction, split_seed=split.seed,
+                            train_ratio=tune.train_ratio, rating_range=rating_range, seed=cfg.als.seed)
+    grid = tune.grid.as_dict()
+    grid.setdefault("biases", [cfg.als.biases])
     by_iterations = {}
     for iterations in ITERATIONS:
         points = grid_scores(validation, {**grid, "maxIter": [iterations]}, bias_reg=bias_reg)
@@ -108,16 +108,16 @@ def study(users, jokes, ratings, cfg: dict) -> dict:
     }
 
 
-def five_point(users, jokes, ratings, cfg: dict) -> dict:
+def five_point(users, jokes, ratings, cfg: JesterConfig) -> dict:
     """The default grid on the table mapped onto whole stars 1-5 (``round(3 + r / 5)``), with regParam scaled to
     the scale and as given, against the bias baseline."""
     stars = np.clip(np.round(3.0 + np.asarray(ratings) / 5.0), *FIVE_POINT)
-    split, tune = cfg["split"], cfg["tune"]
-    validation = Validation(users, jokes, stars, test_fraction=split["test_fraction"], split_seed=split["seed"],
-                            train_ratio=tune["train_ratio"], rating_range=FIVE_POINT, seed=cfg["als"]["seed"])
-    grid = {**tune["grid"], "maxIter": [10]}
-    grid.setdefault("biases", [cfg["als"]["biases"]])
-    bias_reg = cfg["als"]["bias_reg"]
+    split, tune = cfg.split, cfg.tune
+    validation = Validation(users, jokes, stars, test_fraction=split.test_fraction, split_seed=split.seed,
+                            train_ratio=tune.train_ratio, rating_range=FIVE_POINT, seed=cfg.als.seed)
+    grid = {**tune.grid.as_dict(), "maxIter": [10]}
+    grid.setdefault("biases", [cfg.als.biases])
+    bias_reg = cfg.als.bias_reg
     factor = reg_param_factor(FIVE_POINT, True)
     scaled = grid_scores(validation, scaled_grid(grid, factor), bias_reg=bias_reg)
     given = grid_scores(validation, grid, bias_reg=bias_reg)
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         source = f"the ratings in {args.ratings}"
         generated = None
     else:
-        params = GeneratorParams.from_config(cfg["generate"])
+        params = GeneratorParams.from_config(cfg.generate)
         wide = np.vstack([chunk.ratings for chunk in generate_chunks(params)])
         rows, columns = np.nonzero(~np.isnan(wide))
         users, jokes, ratings = rows + 1, columns + 1, wide[rows, columns]

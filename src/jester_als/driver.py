@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 
+from jester_als.config import JesterConfig
 from jester_als.numpy_als import (
     NumpyALSModel,
     RatingMatrix,
@@ -27,46 +28,46 @@ def collect_ratings(df) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return arrow_ratings(df.select("user", "joke", "rating").toArrow())
 
 
-def tune_numpy(train_df, test_df, cfg: dict, reason: str) -> tuple[dict, NumpyALSModel]:
+def tune_numpy(train_df, test_df, cfg: JesterConfig, reason: str) -> tuple[dict, NumpyALSModel]:
     """The same grid, train ratio and seeds as the Spark tuning, fitted with NumPy ALS on the driver."""
     from jester_als.tune import reg_param_factor, scaled_grid
 
-    tuning = cfg["tune"]
-    grid = scaled_grid(tuning["grid"], reg_param_factor(cfg["input"]["rating_range"], tuning["scale_reg_param"]))
+    tuning = cfg.tune
+    grid = scaled_grid(tuning.grid.as_dict(), reg_param_factor(cfg.input.rating_range, tuning.scale_reg_param))
     ignored = sorted(set(grid) - {"rank", "regParam", "maxIter", "biases"})
     if ignored:
         log.warning("NumPy fallback ignores grid params it does not have: %s", ignored)
     users, jokes, ratings = collect_ratings(train_df)
     test_users, test_jokes, test_ratings = collect_ratings(test_df)
-    inner_train = np.random.default_rng(tuning["seed"]).random(ratings.size) < tuning["train_ratio"]
+    inner_train = np.random.default_rng(tuning.seed).random(ratings.size) < tuning.train_ratio
     fit_part = RatingMatrix.from_ids(users[inner_train], jokes[inner_train], ratings[inner_train])
     names = ("biases", "maxIter", "rank", "regParam")
-    defaults = (cfg["als"]["biases"], 10, 10, 0.1)
+    defaults = (cfg.als.biases, 10, 10, 0.1)
     values = [grid.get(name, [default]) for name, default in zip(names, defaults)]
-    bias_reg = cfg["als"]["bias_reg"]
+    bias_reg = cfg.als.bias_reg
     validation = []
     started = time.perf_counter()
     for biases, max_iter, rank, reg in itertools.product(*values):
-        model = fit_numpy_als(fit_part, rank=rank, reg_param=reg, max_iter=max_iter, seed=cfg["als"]["seed"],
+        model = fit_numpy_als(fit_part, rank=rank, reg_param=reg, max_iter=max_iter, seed=cfg.als.seed,
                               biases=bool(biases), bias_reg=bias_reg)
         score = rmse_mae(ratings[~inner_train], model.predict(users[~inner_train], jokes[~inner_train]))
         validation.append({"params": {"biases": bool(biases), "maxIter": max_iter, "rank": rank, "regParam": reg},
                            "validation_rmse": score["rmse"]})
     tune_seconds = time.perf_counter() - started
     best = dict(min(validation, key=lambda p: p["validation_rmse"])["params"])
-    params = dict(best, maxIter=tuning["refit_max_iter"] or best["maxIter"])
+    params = dict(best, maxIter=tuning.refit_max_iter or best["maxIter"])
     started = time.perf_counter()
     model = fit_numpy_als(RatingMatrix.from_ids(users, jokes, ratings), rank=params["rank"],
-                          reg_param=params["regParam"], max_iter=params["maxIter"], seed=cfg["als"]["seed"],
+                          reg_param=params["regParam"], max_iter=params["maxIter"], seed=cfg.als.seed,
                           biases=params["biases"], bias_reg=bias_reg)
     fit_seconds = time.perf_counter() - started
-    scores = rmse_mae(test_ratings, _clip(model.predict(test_users, test_jokes), cfg["input"]["rating_range"]))
+    scores = rmse_mae(test_ratings, _clip(model.predict(test_users, test_jokes), cfg.input.rating_range))
     log.warning("Spark ALS not allowed here; tuned NumPy ALS on the driver instead: %s, test RMSE %.4f", params,
                 scores["rmse"])
     section = {"engine": "numpy (fallback)", "fallback_reason": reason, "best_params": best, "params": params,
                "model_params": params, "validation": validation, "tune_seconds": tune_seconds,
                "fit_seconds": fit_seconds, "test_rmse": scores["rmse"], "test_mae": scores["mae"],
-               "test_nmae": nmae(scores["mae"], cfg["input"]["rating_range"]),
+               "test_nmae": nmae(scores["mae"], cfg.input.rating_range),
                "test_rows_scored": scores["rows"], "train_ratings": int(ratings.size)}
     return section, model
 

@@ -19,15 +19,21 @@ the seed, and memory stays bounded by one chunk whatever the number of users.
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.special import ndtr
 
 from jester_als.outputs import atomic_path
+
+if TYPE_CHECKING:  # config imports this module
+    from jester_als.config import JesterConfig
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +95,10 @@ class GeneratorParams:
     seed: int = 7
 
     @classmethod
-    def from_config(cls, gen: dict, **overrides) -> GeneratorParams:
-        fields = {k: gen[k] for k in cls.__dataclass_fields__ if k in gen}
+    def from_config(cls, gen, **overrides) -> GeneratorParams:
+        """The parameters of the config's ``generate`` section (:class:`jester_als.config.GenerateConfig`), with
+        ``overrides``."""
+        fields = {k: getattr(gen, k) for k in cls.__dataclass_fields__ if hasattr(gen, k)}
         fields.update(overrides)
         return cls(**fields)
 
@@ -401,3 +409,15 @@ def table_statistics(ratings: np.ndarray) -> dict:
         "universal_jokes": (np.flatnonzero(rated.mean(axis=0) > 0.98) + 1).tolist(),
         "energy_shares": energy,
     }
+
+
+def generate_job(cfg: JesterConfig) -> str:
+    """The ``generate`` job: the table ``generate`` configures, written to ``generate.path``; what it prints."""
+    started = time.perf_counter()
+    params = GeneratorParams.from_config(cfg.generate)
+    # the command's own logger, as for every job's first line
+    logging.getLogger("jester_als").info("generate: %d users x %d jokes (seed %d) into %s", params.users,
+                                         params.jokes, params.seed, cfg.generate.path)
+    stats = write_wide_csv(params, cfg.generate.path)
+    return (f"jester-als generate: wrote {stats['path']} in {time.perf_counter() - started:.1f} s\n  "
+            + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()}))

@@ -16,6 +16,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jester_als import __version__
+from jester_als.config import InputConfig, JesterConfig
 from jester_als.driver import collect_ratings, recommend_numpy, tune_numpy
 from jester_als.fallback import WAYS_OUT, AlsNotAllowedError, is_not_allowed, not_allowed_reason
 from jester_als.foldin import (
@@ -36,7 +37,7 @@ from jester_als.outputs import RunOutputs, now_iso
 from jester_als.prepare import InputError, check_duplicates, hex64, input_name, prepare_ratings, reference_scan
 from jester_als.progress import step
 from jester_als.recommend import recommend_unrated
-from jester_als.registry import JOBS as REGISTRY
+from jester_als.registry import Job
 from jester_als.session import als_blocks, is_connect, master_of, try_persist, try_unpersist
 from jester_als.tune import (
     evaluate_predictions,
@@ -62,29 +63,29 @@ def read_prepared_ratings(spark: SparkSession, out: RunOutputs) -> DataFrame:
     return ratings
 
 
-def run_prepare(spark: SparkSession, cfg: dict, out: RunOutputs) -> tuple[dict, DataFrame, DataFrame | None]:
+def run_prepare(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> tuple[dict, DataFrame, DataFrame | None]:
     """Read, melt, classify; write ``ratings/``, ``rejected/`` (and ``user_ids/`` when ids were re-indexed);
     return the data section, the ratings as read back from what was written (a deterministic, short-lineage
     input for ALS) and the id mapping."""
     scan_path = out.path(".reference-scan")
     # The plain read-melt-write runs first, paying the session's warm-up as any first job would, and again
     # after prepare on a warm session: prepare's time is held against the second.
-    first_scan = timed_scan(spark, cfg["input"], scan_path) if cfg["input"]["reference_scan"] else None
+    first_scan = timed_scan(spark, cfg.input, scan_path) if cfg.input.reference_scan else None
     started = time.perf_counter()
-    one = prepare_in_one_pass(spark, cfg["input"], out.path("ratings"), out.path("rejected")) \
-        if onepass_eligible(cfg["input"]) else None
+    one = prepare_in_one_pass(spark, cfg.input, out.path("ratings"), out.path("rejected")) \
+        if onepass_eligible(cfg.input) else None
     checked = time.perf_counter()
     if one is None:
-        prepared = prepare_ratings(spark, cfg["input"])
+        prepared = prepare_ratings(spark, cfg.input)
         checked = time.perf_counter()
-        write_prepared(prepared, cfg["input"], out)
+        write_prepared(prepared, cfg.input, out)
     else:
         prepared = one
     written = time.perf_counter()
     # In one pass, reading, counting and writing (the refused cells too) all fall in read_and_count.
     timing = {"read_and_count": round(checked - started, 2), "write": round(written - checked, 2),
               "prepare": round(written - started, 2)}
-    scan = timed_scan(spark, cfg["input"], scan_path) if first_scan is not None else None
+    scan = timed_scan(spark, cfg.input, scan_path) if first_scan is not None else None
     shutil.rmtree(scan_path, ignore_errors=True)
     if scan is not None:
         timing.update(reference_scan_first=round(first_scan, 2), reference_scan=round(scan, 2),
@@ -123,11 +124,11 @@ def run_prepare(spark: SparkSession, cfg: dict, out: RunOutputs) -> tuple[dict, 
     return {"data": data}, ratings, user_ids
 
 
-def write_prepared(prepared, inp: dict, out: RunOutputs) -> None:
+def write_prepared(prepared, inp: InputConfig, out: RunOutputs) -> None:
     """The general path's outputs: ``ratings/``, ``rejected/``, and ``user_ids/`` and ``user_files/`` where they
     apply; the cached intermediate results are released whatever happens."""
     try:
-        if inp["layout"] == "long":  # wide and Jester tables have one row per user and distinct jokes
+        if inp.layout == "long":  # wide and Jester tables have one row per user and distinct jokes
             check_duplicates(prepared.ratings, prepared.source)
         prepared.ratings.write.mode("overwrite").parquet(out.path("ratings"))
         prepared.rejected.write.mode("overwrite").parquet(out.path("rejected"))
@@ -141,7 +142,7 @@ def write_prepared(prepared, inp: dict, out: RunOutputs) -> None:
             try_unpersist(prepared.user_ids)
 
 
-def timed_scan(spark: SparkSession, inp: dict, path: str) -> float | None:
+def timed_scan(spark: SparkSession, inp: InputConfig, path: str) -> float | None:
     """:func:`reference_scan`'s seconds, or None where it cannot run: an input it cannot read is left to
     ``prepare``, whose checks say what is wrong with it."""
     try:
@@ -151,63 +152,63 @@ def timed_scan(spark: SparkSession, inp: dict, path: str) -> float | None:
         return None
 
 
-def run_tune(spark: SparkSession, cfg: dict, out: RunOutputs,
+def run_tune(spark: SparkSession, cfg: JesterConfig, out: RunOutputs,
              ratings: DataFrame | None = None) -> tuple[dict, ALSModel, DataFrame]:
     """Split, tune over the grid, refit the best params on all training ratings, evaluate on test,
     save ``model/``. Returns the sections, the model, and all ratings (for recommendations)."""
     if ratings is None:
         ratings = read_prepared_ratings(spark, out)
-    split = cfg["split"]
-    train, test = split_ratings(ratings, test_fraction=split["test_fraction"], seed=split["seed"])
+    split = cfg.split
+    train, test = split_ratings(ratings, test_fraction=split.test_fraction, seed=split.seed)
     train, test = try_persist(train, "the training ratings"), try_persist(test, "the test ratings")
     try:
         train_count, test_count = train.count(), test.count()
         if train_count == 0 or test_count == 0:
             raise InputError(f"the split left {train_count} training and {test_count} test ratings; "
                              f"need both (check split.test_fraction and the input size)")
-        blocks = als_blocks(spark, cfg["als"]["blocks"])
+        blocks = als_blocks(spark, cfg.als.blocks)
         try:
-            als = make_als(seed=cfg["als"]["seed"], blocks=blocks,
-                           checkpoint_interval=cfg["als"]["checkpoint_interval"],
-                           nonnegative=cfg["als"]["nonnegative"])
+            als = make_als(seed=cfg.als.seed, blocks=blocks,
+                           checkpoint_interval=cfg.als.checkpoint_interval,
+                           nonnegative=cfg.als.nonnegative)
         except Exception as exc:
             if not is_not_allowed(exc):
                 raise
             reason = not_allowed_reason(exc)
-            if cfg["als"]["fallback"] != "numpy":
+            if cfg.als.fallback != "numpy":
                 raise AlsNotAllowedError(f"{WAYS_OUT} (the error was: {reason})") from None
             section, numpy_model = tune_numpy(train, test, cfg, reason)
             numpy_model.save(out.path("model"))
-            save_params(out.path("model"), section["params"], cfg["als"]["bias_reg"])
+            save_params(out.path("model"), section["params"], cfg.als.bias_reg)
             return ({"data": {"train_ratings": train_count, "test_ratings": test_count},
                      "als_engine": "numpy (fallback: Spark ALS not allowed here)", "numpy_als": section},
                     numpy_model, ratings)
-        tuning = cfg["tune"]
+        tuning = cfg.tune
         # The points of a wave share the cores: with blocks: auto each gets its share of them (at least one
         # block); the final fit has them all.
-        tune_blocks = max(1, blocks // tuning["parallelism"]) if cfg["als"]["blocks"] == "auto" else blocks
+        tune_blocks = max(1, blocks // tuning.parallelism) if cfg.als.blocks == "auto" else blocks
         log.info("tuning ALS on %d training ratings (%d held out), %d grid points at a time with %d user and item "
-                 "blocks each; the final fit with %d", train_count, test_count, tuning["parallelism"], tune_blocks,
+                 "blocks each; the final fit with %d", train_count, test_count, tuning.parallelism, tune_blocks,
                  blocks)
-        bias_reg = cfg["als"]["bias_reg"]
-        reg_factor = reg_param_factor(cfg["input"]["rating_range"], tuning["scale_reg_param"])
-        grid = scaled_grid(tuning["grid"], reg_factor)
+        bias_reg = cfg.als.bias_reg
+        reg_factor = reg_param_factor(cfg.input.rating_range, tuning.scale_reg_param)
+        grid = scaled_grid(tuning.grid.as_dict(), reg_factor)
         if reg_factor != 1.0 and "regParam" in grid:
-            log.info("regParam values %s scaled by %.3g to the rating range %s: %s", tuning["grid"]["regParam"],
-                     reg_factor, cfg["input"]["rating_range"], grid["regParam"])
+            log.info("regParam values %s scaled by %.3g to the rating range %s: %s", tuning.grid.regParam,
+                     reg_factor, cfg.input.rating_range, grid["regParam"])
         tune_estimator = als.copy({als.numUserBlocks: tune_blocks, als.numItemBlocks: tune_blocks})
-        result = tune_als(train, tune_estimator, grid, train_ratio=tuning["train_ratio"],
-                          parallelism=tuning["parallelism"], seed=tuning["seed"], biases=cfg["als"]["biases"],
+        result = tune_als(train, tune_estimator, grid, train_ratio=tuning.train_ratio,
+                          parallelism=tuning.parallelism, seed=tuning.seed, biases=cfg.als.biases,
                           bias_reg=bias_reg)
         params = dict(result.best_params)
-        if tuning["refit_max_iter"]:
-            params["maxIter"] = tuning["refit_max_iter"]
+        if tuning.refit_max_iter:
+            params["maxIter"] = tuning.refit_max_iter
         model, fit_seconds = fit_als(train, als, params, bias_reg=bias_reg)
         predictions = held_out_predictions(model, test)
-        evaluation = evaluate_predictions(predictions, k=cfg["evaluate"]["k"],
-                                          threshold=cfg["evaluate"]["relevance_threshold"],
-                                          rating_range=cfg["input"]["rating_range"],
-                                          references=(train, split["seed"]))
+        evaluation = evaluate_predictions(predictions, k=cfg.evaluate.k,
+                                          threshold=cfg.evaluate.relevance_threshold,
+                                          rating_range=cfg.input.rating_range,
+                                          references=(train, split.seed))
         references = evaluation.pop("references")
         save_model(model, out.path("model"))
         save_params(out.path("model"), params, bias_reg)
@@ -225,7 +226,7 @@ def run_tune(spark: SparkSession, cfg: dict, out: RunOutputs,
         "tune_method": result.method,
         "tune_seconds": result.tune_seconds,
         "tune_waves_seconds": result.waves,
-        "train_ratio": tuning["train_ratio"],
+        "train_ratio": tuning.train_ratio,
         "fit_seconds": fit_seconds,
         "blocks": blocks,
         "tune_blocks": tune_blocks,
@@ -234,13 +235,13 @@ def run_tune(spark: SparkSession, cfg: dict, out: RunOutputs,
     log.info("final model %s: test RMSE %.4f, MAE %.4f (fit %.1f s, tuning %.1f s)", params,
              evaluation["test_rmse"], evaluation["test_mae"], fit_seconds, result.tune_seconds)
     sections = {"data": {"train_ratings": train_count, "test_ratings": test_count,
-                         "split": {"test_fraction": split["test_fraction"], "seed": split["seed"],
+                         "split": {"test_fraction": split.test_fraction, "seed": split.seed,
                                    "method": "xxhash64(user, joke, seed)"}},
                 "spark_als": spark_als, "references": references}
     return sections, model, ratings
 
 
-def run_recommend(spark: SparkSession, cfg: dict, out: RunOutputs, model=None,
+def run_recommend(spark: SparkSession, cfg: JesterConfig, out: RunOutputs, model=None,
                   ratings: DataFrame | None = None, user_ids: DataFrame | None = None) -> dict:
     """Top-N unrated jokes per user; users carry their original ids when prepare re-indexed them."""
     if model is None:
@@ -249,11 +250,11 @@ def run_recommend(spark: SparkSession, cfg: dict, out: RunOutputs, model=None,
         ratings = read_prepared_ratings(spark, out)
         if os.path.exists(out.final_path("user_ids")):
             user_ids = spark.read.parquet(out.final_path("user_ids"))
-    top_n = cfg["recommend"]["top_n"]
+    top_n = cfg.recommend.top_n
     if isinstance(model, NumpyALSModel):
-        recommendations = recommend_numpy(spark, model, ratings, top_n, cfg["input"]["rating_range"])
+        recommendations = recommend_numpy(spark, model, ratings, top_n, cfg.input.rating_range)
     else:
-        recommendations = recommend_unrated(model, ratings, top_n, cfg["input"]["rating_range"])
+        recommendations = recommend_unrated(model, ratings, top_n, cfg.input.rating_range)
     if user_ids is not None:
         recommendations = (recommendations.join(user_ids, on="user", how="inner")
                            .select(F.col("original_user").alias("user"), "rank", "joke", "score"))
@@ -276,7 +277,7 @@ def load_model(out: RunOutputs, spark: SparkSession | None = None):
     return load_model_at(out.final_path("model"), spark)
 
 
-def run_new_users(spark: SparkSession, cfg: dict, ratings: DataFrame, spark_als: dict) -> dict:
+def run_new_users(spark: SparkSession, cfg: JesterConfig, ratings: DataFrame, spark_als: dict) -> dict:
     """The ``new_users`` section: fold-in scored on users held out whole (:mod:`jester_als.newusers`), over the
     user sample the baseline collects, with the chosen model's params; and how long fold-in takes for one user
     and for 10,000 users at once (their gauge ratings), the input in memory."""
@@ -284,16 +285,16 @@ def run_new_users(spark: SparkSession, cfg: dict, ratings: DataFrame, spark_als:
     from jester_als.hashsplit import is_test
     from jester_als.newusers import evaluate_new_users
 
-    base = cfg["baseline"]
-    sample = sample_users(ratings, max_users=base["max_users"], fraction=base["fraction"], seed=base["seed"])
+    base = cfg.baseline
+    sample = sample_users(ratings, max_users=base.max_users, fraction=base.fraction, seed=base.seed)
     users, jokes, values = collect_ratings(ratings.join(sample, "user", "left_semi"))
-    test = is_test(users.astype(np.int32), jokes.astype(np.int32), test_fraction=cfg["split"]["test_fraction"],
-                   seed=cfg["split"]["seed"])
+    test = is_test(users.astype(np.int32), jokes.astype(np.int32), test_fraction=cfg.split.test_fraction,
+                   seed=cfg.split.seed)
     params = spark_als["model_params"]
-    section = evaluate_new_users(users, jokes, values, test, params=params, bias_reg=cfg["als"]["bias_reg"],
-                                 new_users=cfg["new_users"], k=cfg["evaluate"]["k"],
-                                 threshold=cfg["evaluate"]["relevance_threshold"],
-                                 rating_range=cfg["input"]["rating_range"], seed=cfg["als"]["seed"])
+    section = evaluate_new_users(users, jokes, values, test, params=params, bias_reg=cfg.als.bias_reg,
+                                 new_users=cfg.new_users, k=cfg.evaluate.k,
+                                 threshold=cfg.evaluate.relevance_threshold,
+                                 rating_range=cfg.input.rating_range, seed=cfg.als.seed)
     gauge_scores, serve = section["gauge"], section["serve_seconds"]
     log.info("new users (%d held out whole): gauge jokes revealed -> fold-in RMSE %.4f, NDCG@%d %.4f | popularity "
              "%.4f, %.4f | full refit %.4f, %.4f; fold-in of 10,000 users %s s", section["users"],
@@ -304,7 +305,7 @@ def run_new_users(spark: SparkSession, cfg: dict, ratings: DataFrame, spark_als:
     return {"new_users": section}
 
 
-def foldable_model(spark: SparkSession, out: RunOutputs, cfg: dict):
+def foldable_model(spark: SparkSession, out: RunOutputs, cfg: JesterConfig):
     """The saved model as :class:`~jester_als.foldin.FoldInModel`, with the regParam it was fitted with."""
     model = load_model(out, spark)
     params = load_params(out.final_path("model")) or (out.read_metrics().get("spark_als") or {}).get("model_params")
@@ -316,18 +317,19 @@ def foldable_model(spark: SparkSession, out: RunOutputs, cfg: dict):
     return model, from_spark_model(model, float(params["regParam"]))
 
 
-def new_users_input(cfg: dict) -> dict:
+def new_users_input(cfg: JesterConfig) -> dict:
     """``input`` with the new users' path, and their format and layout where given."""
-    new = cfg["new_users"]
-    if not new["path"]:
+    new = cfg.new_users
+    if not new.path:
         raise InputError("foldin: new_users.path is not set; give the new users' ratings, e.g. --set "
                          "new_users.path=new_users.csv (any layout prepare reads)")
-    fmt = new["format"] or cfg["input"]["format"]
-    return {**cfg["input"], "path": new["path"], "format": fmt, "layout": new["layout"] or cfg["input"]["layout"],
-            "table": new["path"] if fmt == "table" else cfg["input"]["table"], "reference_scan": False}
+    fmt = new.format or cfg.input.format
+    return cfg.input.model_copy(update={"path": new.path, "format": fmt, "layout": new.layout or cfg.input.layout,
+                                        "table": new.path if fmt == "table" else cfg.input.table,
+                                        "reference_scan": False})
 
 
-def run_foldin(spark: SparkSession, cfg: dict, out: RunOutputs) -> dict:
+def run_foldin(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> dict:
     """Fold the new users of ``new_users.path`` into the saved model and recommend them their top N unrated
     jokes: ``new_user_recommendations/``, ``new_user_factors/`` and ``new_user_rejected/`` (every refused
     cell, jokes the model never saw among them). Users the model already has are folded in from the ratings
@@ -350,11 +352,11 @@ def run_foldin(spark: SparkSession, cfg: dict, out: RunOutputs) -> dict:
             raise InputError(f"{prepared.source}: no rating of a joke the model knows among "
                              f"{prepared.counts['cells']:,} cells (missing {prepared.counts['missing']}, rejected "
                              f"{prepared.counts['rejected']})")
-        engine = cfg["new_users"]["engine"]
+        engine = cfg.new_users.engine
         if engine == "auto":
             engine = "numpy" if isinstance(model, NumpyALSModel) else "spark"
-        top = cfg["recommend"]["top_n"]
-        rating_range = cfg["input"]["rating_range"]
+        top = cfg.recommend.top_n
+        rating_range = cfg.input.rating_range
         if engine == "numpy":
             users, jokes, values = collect_ratings(ratings)
             folded = fold_in(foldable, users, jokes, values)
@@ -424,7 +426,7 @@ def recommendation_table(best: dict):
                      "joke": best["joke"].astype(np.int32), "score": best["score"].astype(np.float64)})
 
 
-def run_baseline(spark: SparkSession, cfg: dict, out: RunOutputs, model: ALSModel | None = None,
+def run_baseline(spark: SparkSession, cfg: JesterConfig, out: RunOutputs, model: ALSModel | None = None,
                  ratings: DataFrame | None = None, spark_params: dict | None = None) -> dict:
     """NumPy ALS and the baselines on a collected sample, against the Spark model on the same rows."""
     from jester_als.baseline import compare_engines
@@ -434,7 +436,7 @@ def run_baseline(spark: SparkSession, cfg: dict, out: RunOutputs, model: ALSMode
         log.warning("baseline: skipped; Spark ALS was not allowed, so the NumPy engine is the model itself")
         return {"baseline_skipped": "Spark ALS not allowed here; the model is NumPy ALS (see numpy_als)"}
     ratings = ratings if ratings is not None else read_prepared_ratings(spark, out)
-    params = cfg["baseline"]["params"] or spark_params
+    params = cfg.baseline.params or spark_params
     if not params:
         params = (out.read_metrics().get("spark_als") or {}).get("model_params")
     if not params:
@@ -446,13 +448,13 @@ def run_baseline(spark: SparkSession, cfg: dict, out: RunOutputs, model: ALSMode
         raise InputError(f"baseline: {exc}") from None
 
 
-def run_pipeline(spark: SparkSession, cfg: dict, out: RunOutputs) -> dict:
+def run_pipeline(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> dict:
     grid_points = 1
-    for values in cfg["tune"]["grid"].values():
+    for values in cfg.tune.grid.as_dict().values():
         grid_points *= len(values)
     steps: dict[str, float] = {}
-    total = 5 if cfg["new_users"]["evaluate"] else 4
-    with step(1, total, f"prepare: read and melt {input_name(cfg['input'])}", record=steps, name="prepare"):
+    total = 5 if cfg.new_users.evaluate else 4
+    with step(1, total, f"prepare: read and melt {input_name(cfg.input)}", record=steps, name="prepare"):
         sections, ratings, user_ids = run_prepare(spark, cfg, out)
     with step(2, total, f"tune: {grid_points} grid points, then the final fit", record=steps, name="tune"):
         tuned, model, ratings = run_tune(spark, cfg, out, ratings)
@@ -460,9 +462,9 @@ def run_pipeline(spark: SparkSession, cfg: dict, out: RunOutputs) -> dict:
     spark_params = tuned.get("spark_als", {}).get("model_params")
     with step(3, total, "baseline: NumPy ALS and baselines on the driver", record=steps, name="baseline"):
         merge_sections(sections, run_baseline(spark, cfg, out, model, ratings, spark_params))
-    with step(4, total, f"recommend: top {cfg['recommend']['top_n']} per user", record=steps, name="recommend"):
+    with step(4, total, f"recommend: top {cfg.recommend.top_n} per user", record=steps, name="recommend"):
         merge_sections(sections, run_recommend(spark, cfg, out, model, ratings, user_ids))
-    if cfg["new_users"]["evaluate"] and "spark_als" in tuned:
+    if cfg.new_users.evaluate and "spark_als" in tuned:
         with step(5, 5, "new users: fold-in on users held out whole", record=steps, name="new_users"):
             merge_sections(sections, run_new_users(spark, cfg, ratings, tuned["spark_als"]))
     sections["steps_seconds"] = steps
@@ -508,14 +510,14 @@ def drop_stale_sections(previous: dict, job: str, sections: dict) -> dict:
     return base
 
 
-def run_manifest(spark: SparkSession, cfg: dict, job: str, out: RunOutputs, started: str, seconds: float) -> dict:
+def run_manifest(spark: SparkSession, cfg: JesterConfig, job: str, out: RunOutputs, started: str,
+                 seconds: float) -> dict:
     import numpy
 
-    resolved = {k: v for k, v in cfg.items() if not k.startswith("_")}
     return {
         "job": job, "run_id": out.run_id, "started": started, "finished": now_iso(),
         "wall_seconds": round(seconds, 2),
-        "config_file": cfg.get("_source"), "config": resolved,
+        "config_file": cfg.source, "config": cfg.model_dump(),
         "versions": {"jester_als": __version__, "python": platform.python_version(),
                      "spark": spark.version, "numpy": numpy.__version__},
         "spark_mode": "connect" if is_connect(spark) else "classic", "master": master_of(spark),
@@ -523,37 +525,37 @@ def run_manifest(spark: SparkSession, cfg: dict, job: str, out: RunOutputs, star
     }
 
 
-JOBS = {
-    "prepare": lambda spark, cfg, out: run_prepare(spark, cfg, out)[0],
-    "tune": lambda spark, cfg, out: run_tune(spark, cfg, out)[0],
-    "recommend": run_recommend,
-    "baseline": run_baseline,
-    "pipeline": run_pipeline,
-    "foldin": run_foldin,
-}
+def prepare_job(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> dict:
+    """The ``prepare`` job: :func:`run_prepare`'s sections."""
+    return run_prepare(spark, cfg, out)[0]
 
 
-def run_spark_job(spark: SparkSession, cfg: dict, job: str, on_start=None) -> dict:
-    """Run one Spark job with staged outputs; returns the full ``metrics.json`` content it committed.
+def tune_job(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> dict:
+    """The ``tune`` job: :func:`run_tune`'s sections."""
+    return run_tune(spark, cfg, out)[0]
+
+
+def run_spark_job(spark: SparkSession, cfg: JesterConfig, job: Job, on_start=None) -> dict:
+    """Run one job of the table with staged outputs; returns the full ``metrics.json`` content it committed.
     ``on_start`` receives the run's outputs (the entry point uses it to clean up after an interrupt)."""
     from jester_als.plots import run_plots
     from jester_als.report import render_report
 
-    out = RunOutputs(cfg["output"]["dir"], cfg["output"]["mode"], list(REGISTRY[job].outputs))
+    out = RunOutputs(cfg.output.dir, cfg.output.mode, list(job.outputs))
     out.check()
     if on_start:
         on_start(out)
     started, clock = now_iso(), time.perf_counter()
     try:
-        if job == "pipeline":
-            sections = JOBS[job](spark, cfg, out)
+        if job.whole:
+            sections = job.run(spark, cfg, out)
         else:
-            with step(1, 1, job):
-                sections = JOBS[job](spark, cfg, out)
-        manifest = run_manifest(spark, cfg, job, out, started, time.perf_counter() - clock)
+            with step(1, 1, job.name):
+                sections = job.run(spark, cfg, out)
+        manifest = run_manifest(spark, cfg, job.name, out, started, time.perf_counter() - clock)
 
         def update(previous: dict) -> tuple[dict, str]:
-            base = {} if job == "pipeline" else drop_stale_sections(previous, job, sections)
+            base = {} if job.whole else drop_stale_sections(previous, job.name, sections)
             metrics = merge_sections(base, sections)
             stale = metrics.get("stale_sections_dropped") or {}
             for name in sections:  # rewritten by this run: no longer stale
@@ -573,8 +575,8 @@ def run_spark_job(spark: SparkSession, cfg: dict, job: str, on_start=None) -> di
         out.abort()
     from jester_als.tracking import track_job
 
-    track_job(cfg, job, metrics, out.final, spark)  # after the commit: tracking can only add
+    track_job(cfg, job.name, metrics, out.final, spark)  # after the commit: tracking can only add
     from jester_als.tables import write_tables
 
-    write_tables(spark, cfg, job, metrics, out.final)  # after the commit: a refused table leaves the files
+    write_tables(spark, cfg.output, job.name, metrics, out.final)  # after the commit: a refused table leaves the files
     return metrics

@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from jester_als import hashsplit
+from jester_als.config import NewUsersConfig
 from jester_als.foldin import fold_in, from_numpy_model, predict
 from jester_als.generate import GAUGE_JOKES
 from jester_als.numpy_als import RatingMatrix, fit_numpy_als, nmae
@@ -90,13 +91,13 @@ def _scores(truth, predicted, rating_range, users, jokes, k, threshold) -> dict:
 
 
 def evaluate_new_users(users: np.ndarray, jokes: np.ndarray, ratings: np.ndarray, is_test: np.ndarray, *,
-                       params: dict, bias_reg: float, new_users: dict, k: int, threshold: float,
+                       params: dict, bias_reg: float, new_users: NewUsersConfig, k: int, threshold: float,
                        rating_range, seed: int) -> dict:
     """The ``new_users`` section of ``metrics.json``: for the gauge jokes and every k of
-    ``new_users['reveal']``, the scores of fold-in, popularity and a full refit on the held-out users' other
+    ``new_users.reveal``, the scores of fold-in, popularity and a full refit on the held-out users' other
     ratings. ``is_test`` marks the job's test ratings, which no model here is fitted on."""
     started = time.perf_counter()
-    held = held_out_users(users, new_users["holdout_fraction"], new_users["seed"], new_users["max_users"])
+    held = held_out_users(users, new_users.holdout_fraction, new_users.seed, new_users.max_users)
     is_held = np.isin(users, held)
     fit_rows = ~is_held & ~is_test
     fit_kwargs = dict(rank=int(params["rank"]), reg_param=float(params["regParam"]),
@@ -108,7 +109,7 @@ def evaluate_new_users(users: np.ndarray, jokes: np.ndarray, ratings: np.ndarray
     popularity = np.bincount(joke_index, ratings[fit_rows]) / np.bincount(joke_index)
     h_users, h_jokes, h_ratings = users[is_held], jokes[is_held], ratings[is_held]
     scenarios = {"gauge": reveal_gauge(h_users, h_jokes)}
-    scenarios.update({str(n): reveal_random(h_users, h_jokes, n, new_users["seed"]) for n in new_users["reveal"]})
+    scenarios.update({str(n): reveal_random(h_users, h_jokes, n, new_users.seed) for n in new_users.reveal})
     result: dict = {"users": int(held.size), "fitted_on_users": int(np.unique(users[fit_rows]).size),
                     "k": k, "relevance_threshold": threshold, "params": {**params, "bias_reg": bias_reg},
                     "gauge_jokes": list(GAUGE_JOKES), "random": {}}

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
+from jester_als.config import InputConfig
 from jester_als.prepare import (
     CSV_PRUNING,
     MALFORMED,
@@ -40,10 +41,10 @@ MISSING = ("blank", "sentinel")
 REJECTED = ("not_a_number", "not_finite", "out_of_range", "bad_user_id", "bad_joke_id")
 
 
-def eligible(inp: dict) -> bool:
+def eligible(inp: InputConfig) -> bool:
     """Whether the input's settings allow the one-pass path (the table itself may still send it back)."""
-    return (inp["one_pass"] and inp["layout"] == "wide" and inp["format"] in ("csv", "parquet", "table")
-            and inp["min_ratings_per_user"] <= 1 and inp["user_ids"] != "reindex")
+    return (inp.one_pass and inp.layout == "wide" and inp.format in ("csv", "parquet", "table")
+            and inp.min_ratings_per_user <= 1 and inp.user_ids != "reindex")
 
 
 @dataclass
@@ -57,11 +58,11 @@ class OnePass:
     user_ids = None  # ids are never re-indexed on this path
 
 
-def prepare_in_one_pass(spark: SparkSession, inp: dict, ratings_path: str, rejected_path: str) -> OnePass | None:
+def prepare_in_one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected_path: str) -> OnePass | None:
     """Write the accepted ratings to ``ratings_path`` and the refused cells to ``rejected_path``; None (with
     nothing left at either path) when the table needs the general path."""
     restore = None
-    if inp["format"] == "csv" and inp["header"]:
+    if inp.format == "csv" and inp.header:
         # Column pruning hides a row's field count from the parser (see prepare_ratings): off for this read.
         restore = spark.conf.get(CSV_PRUNING, "true")
         spark.conf.set(CSV_PRUNING, "false")
@@ -72,14 +73,14 @@ def prepare_in_one_pass(spark: SparkSession, inp: dict, ratings_path: str, rejec
             spark.conf.set(CSV_PRUNING, restore)
 
 
-def _one_pass(spark: SparkSession, inp: dict, ratings_path: str, rejected_path: str) -> OnePass | None:
+def _one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected_path: str) -> OnePass | None:
     source = input_name(inp)
     table = read_table(spark, inp)
-    user_column = inp["user_column"]
+    user_column = inp.user_column
     if user_column not in table.columns:
         return None  # refused by the general path with its own message
     header = [c for c in table.columns if c != MALFORMED]
-    jokes = joke_columns(header, user_column, inp["drop_columns"], source)
+    jokes = joke_columns(header, user_column, inp.drop_columns, source)
     first = jokes[0][1]  # every row melts into exactly one cell of each joke: the first one stands for its row
     of_row = F.col("joke") == first
     per_row = [F.xxhash64(*[F.col(_quote(c)) for c in table.columns]).alias("_row_hash"),
@@ -91,7 +92,7 @@ def _one_pass(spark: SparkSession, inp: dict, ratings_path: str, rejected_path: 
         wide = table.select("*", *per_row) if with_rows else table
         keep = ("_row_hash", "_row_named", "_row_not_int", "_row_malformed") if with_rows else ()
         return classify_cells(melt_wide_ratings(wide.drop(MALFORMED), user_column, jokes, keep),
-                              missing_values=inp["missing_values"], rating_range=inp["rating_range"])
+                              missing_values=inp.missing_values, rating_range=inp.rating_range)
 
     cells = classified(True)
     accepted = F.col("status") == "accepted"
@@ -116,7 +117,7 @@ def _one_pass(spark: SparkSession, inp: dict, ratings_path: str, rejected_path: 
     if by_row["rows"] == 0:
         _remove(ratings_path)
         raise InputError(f"{source}: has a header but no rows")
-    if by_row.get("malformed") or (by_row["not_int"] and inp["user_ids"] == "auto"):
+    if by_row.get("malformed") or (by_row["not_int"] and inp.user_ids == "auto"):
         log.info("%s: %s; counting it on the general path", source,
                  "a row's field count differs from the header's" if by_row.get("malformed")
                  else "some user ids are not integers in Int range")

@@ -18,9 +18,13 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from jester_als import owner
 from jester_als.errors import JobError
+
+if TYPE_CHECKING:  # the config imports this module (through the generator)
+    from jester_als.config import OutputConfig
 
 try:  # POSIX only: on Windows the lock is the lock directory below
     import fcntl
@@ -179,11 +183,11 @@ class RunOutputs:
 
 
 @contextmanager
-def staged_outputs(output: dict, items) -> Iterator[RunOutputs]:
+def staged_outputs(output: OutputConfig, items) -> Iterator[RunOutputs]:
     """The staged outputs of a job that writes whole files (``output`` is the config's output section):
     checked against ``output.mode`` first; what the block writes under ``path(item)`` replaces the previous
     run's files together when the block ends, and nothing is replaced when it raises."""
-    out = RunOutputs(output["dir"], output["mode"], list(items))
+    out = RunOutputs(output.dir, output.mode, list(items))
     out.check()
     try:
         yield out

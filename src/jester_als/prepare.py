@@ -39,6 +39,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
+from jester_als.config import InputConfig, JesterConfig, LongColumns
 from jester_als.errors import JobError
 from jester_als.excel import FILE as EXCEL_FILE
 from jester_als.excel import ROW as EXCEL_ROW
@@ -60,19 +61,19 @@ class InputError(JobError):
     """The input cannot be processed; the message names the file or table and what was expected."""
 
 
-def input_name(inp: dict) -> str:
-    return f"table {inp['table']}" if inp["format"] == "table" else f"{inp['format']} file {inp['path']}"
+def input_name(inp: InputConfig) -> str:
+    return f"table {inp.table}" if inp.format == "table" else f"{inp.format} file {inp.path}"
 
 
-def read_table(spark: SparkSession, inp: dict) -> DataFrame:
+def read_table(spark: SparkSession, inp: InputConfig) -> DataFrame:
     """Read the raw table; CSV cells stay strings so that nothing is guessed before classification."""
     name = input_name(inp)
     try:
-        if inp["format"] == "csv":
-            header = inp["header"] and inp["layout"] != "jester"
-            reader = (spark.read.option("header", header).option("sep", inp["delimiter"])
+        if inp.format == "csv":
+            header = inp.header and inp.layout != "jester"
+            reader = (spark.read.option("header", header).option("sep", inp.delimiter)
                       .option("inferSchema", False).option("mode", "PERMISSIVE"))
-            table = reader.csv(inp["path"])
+            table = reader.csv(inp.path)
             if header:
                 check_header(spark, inp, table.columns, name)
                 # Read again with the header's columns as strings plus a column for malformed rows: Spark then
@@ -80,13 +81,13 @@ def read_table(spark: SparkSession, inp: dict) -> DataFrame:
                 # extra fields or padding the missing ones with blanks.
                 schema = StructType([StructField(c, StringType()) for c in table.columns]
                                     + [StructField(MALFORMED, StringType())])
-                table = reader.option("columnNameOfCorruptRecord", MALFORMED).schema(schema).csv(inp["path"])
-        elif inp["format"] == "parquet":
-            table = spark.read.parquet(inp["path"])
-        elif inp["format"] == "xls":
-            table = read_excel_table(spark, inp["path"])
+                table = reader.option("columnNameOfCorruptRecord", MALFORMED).schema(schema).csv(inp.path)
+        elif inp.format == "parquet":
+            table = spark.read.parquet(inp.path)
+        elif inp.format == "xls":
+            table = read_excel_table(spark, inp.path)
         else:
-            table = spark.read.table(inp["table"])
+            table = spark.read.table(inp.table)
         columns = table.columns
     except ExcelInputError as exc:
         raise InputError(str(exc)) from None
@@ -100,14 +101,14 @@ def read_table(spark: SparkSession, inp: dict) -> DataFrame:
     return table
 
 
-def check_header(spark: SparkSession, inp: dict, columns: list[str], name: str) -> None:
+def check_header(spark: SparkSession, inp: InputConfig, columns: list[str], name: str) -> None:
     """Spark silently renames repeated header names (``5,5`` becomes ``50,51``, which would read as jokes 50
     and 51), so the header line itself is checked for repeats."""
-    first = spark.read.text(inp["path"]).limit(1).collect()
+    first = spark.read.text(inp.path).limit(1).collect()
     if not first:
         raise InputError(f"{name}: is empty (no header and no rows)")
     line = first[0]["value"].lstrip("\ufeff")
-    names = next(csv.reader([line], delimiter=inp["delimiter"]), [])
+    names = next(csv.reader([line], delimiter=inp.delimiter), [])
     seen, repeated = set(), []
     for column in names:
         if column in seen and column not in repeated:
@@ -118,7 +119,7 @@ def check_header(spark: SparkSession, inp: dict, columns: list[str], name: str) 
                          f"must have one column")
     if len(names) != len(columns):
         log.warning("%s: header has %d names but Spark read %d columns (delimiter %r?)", name, len(names),
-                    len(columns), inp["delimiter"])
+                    len(columns), inp.delimiter)
 
 
 def _quote(name: str) -> str:
@@ -192,15 +193,15 @@ def jester_original_cells(table: DataFrame, source: str) -> tuple[DataFrame, lis
     return melt_wide_ratings(numbered, "_user", jokes), jokes
 
 
-def long_cells(table: DataFrame, columns: dict, source: str) -> DataFrame:
+def long_cells(table: DataFrame, columns: LongColumns, source: str) -> DataFrame:
     """Long table -> the same cell shape as ``melt_wide_ratings``."""
-    missing = [c for c in columns.values() if c not in table.columns]
+    names = [columns.user, columns.joke, columns.rating]
+    missing = [c for c in names if c not in table.columns]
     if missing:
-        raise InputError(f"{source}: long layout needs columns {list(columns.values())}; missing {missing} "
-                         f"(set input.long_columns)")
-    return table.select(F.col(_quote(columns["user"])).cast("string").alias("user_raw"),
-                        F.col(_quote(columns["joke"])).cast("string").alias("joke_raw"),
-                        F.col(_quote(columns["rating"])).cast("string").alias("raw"))
+        raise InputError(f"{source}: long layout needs columns {names}; missing {missing} (set input.long_columns)")
+    return table.select(F.col(_quote(columns.user)).cast("string").alias("user_raw"),
+                        F.col(_quote(columns.joke)).cast("string").alias("joke_raw"),
+                        F.col(_quote(columns.rating)).cast("string").alias("raw"))
 
 
 def _int_id(column: str):
@@ -353,31 +354,38 @@ def check_unique_users(table: DataFrame, user_column: str, source: str) -> None:
                          f"(column {user_column!r})")
 
 
-def check_input(spark: SparkSession, inp: dict) -> dict:
+def check_input(spark: SparkSession, inp: InputConfig) -> dict:
     """What ``prepare`` checks before reading any row: the input exists and its header has the user column and
     integer joke ids (wide), the three columns (long), or any columns (the original Jester layout). Spark reads
     the header and nothing else; raises InputError like ``prepare``."""
     source = input_name(inp)
     table = read_table(spark, inp)
     header = [c for c in table.columns if c != MALFORMED]
-    result = {"input": source, "layout": inp["layout"], "columns": len(header)}
-    if inp["layout"] == "wide":
-        jokes = joke_columns(header, inp["user_column"], inp["drop_columns"], source)
+    result = {"input": source, "layout": inp.layout, "columns": len(header)}
+    if inp.layout == "wide":
+        jokes = joke_columns(header, inp.user_column, inp.drop_columns, source)
         result.update(jokes=len(jokes), joke_ids=[min(j for _, j in jokes), max(j for _, j in jokes)])
-    elif inp["layout"] == "long":
-        long_cells(table, inp["long_columns"], source)
+    elif inp.layout == "long":
+        long_cells(table, inp.long_columns, source)
     return result
 
 
-def ratings_cells(spark: SparkSession, inp: dict, table: DataFrame | None = None
+def check_job(spark: SparkSession, cfg: JesterConfig) -> str:
+    """The ``check`` job: :func:`check_input` on the configured input, as the line it prints."""
+    found = check_input(spark, cfg.input)
+    return (f"jester-als check: config {cfg.source or '(built-in defaults)'} is valid; "
+            + ", ".join(f"{k} {v}" for k, v in found.items()))
+
+
+def ratings_cells(spark: SparkSession, inp: InputConfig, table: DataFrame | None = None
                   ) -> tuple[DataFrame, str, dict, bool | None]:
     """Read the configured input (or take ``table``, the input as read); return its cells (wide melted or
     long), the input's name and fingerprint, and whether some user id is not an integer in Int range (None where
     the cells must be asked)."""
     source = input_name(inp)
     table = read_table(spark, inp) if table is None else table
-    layout = inp["layout"]
-    user_column = {"wide": inp["user_column"], "long": inp["long_columns"]["user"]}.get(layout)
+    layout = inp.layout
+    user_column = {"wide": inp.user_column, "long": inp.long_columns.user}.get(layout)
     if user_column is not None and user_column not in table.columns:
         user_column = None  # refused below with the layout's own message
     prints, users = read_summary(table, user_column, wide=layout == "wide")
@@ -394,23 +402,23 @@ def ratings_cells(spark: SparkSession, inp: dict, table: DataFrame | None = None
         return cells, source, prints, False  # users are numbered 1..rows
     if layout == "wide":
         header = [c for c in table.columns if c != MALFORMED]
-        jokes = joke_columns(header, inp["user_column"], inp["drop_columns"], source)
+        jokes = joke_columns(header, inp.user_column, inp.drop_columns, source)
         if users["distinct"] != users["named"]:
-            check_unique_users(table, inp["user_column"], source)
+            check_unique_users(table, inp.user_column, source)
         log.info("%s: %d joke columns (ids %d..%d)", source, len(jokes), min(j for _, j in jokes),
                  max(j for _, j in jokes))
         if not users.get("malformed"):
             # No malformed-row column, or every row had the header's width (counted in the summary pass): one
             # scan of the file instead of a second one for the malformed rows. drop() of a column the table
             # lacks is a no-op.
-            return melt_wide_ratings(table.drop(MALFORMED), inp["user_column"], jokes), source, prints, not_int
+            return melt_wide_ratings(table.drop(MALFORMED), inp.user_column, jokes), source, prints, not_int
         well_formed = table.where(F.col(MALFORMED).isNull()).drop(MALFORMED)
-        cells = (melt_wide_ratings(well_formed, inp["user_column"], jokes)
+        cells = (melt_wide_ratings(well_formed, inp.user_column, jokes)
                  .withColumn("forced_reason", F.lit(None).cast("string"))
                  .withColumn("detail", F.lit(None).cast("string")))
-        malformed = malformed_row_cells(table, header, inp["user_column"], dict(jokes), inp["delimiter"])
+        malformed = malformed_row_cells(table, header, inp.user_column, dict(jokes), inp.delimiter)
         return cells.unionByName(malformed), source, prints, not_int
-    return long_cells(table, inp["long_columns"], source), source, prints, not_int
+    return long_cells(table, inp.long_columns, source), source, prints, not_int
 
 
 def malformed_row_cells(table: DataFrame, header: list[str], user_column: str, joke_ids: dict[str, int],
@@ -478,13 +486,13 @@ def count_cells(classified: DataFrame, *, rows_are_users: bool = False) -> dict:
     return counts
 
 
-def prepare_ratings(spark: SparkSession, inp: dict) -> PreparedRatings:
+def prepare_ratings(spark: SparkSession, inp: InputConfig) -> PreparedRatings:
     """Read, melt and classify the configured input, and count every cell.
 
     The classified cells are persisted (they feed the counts, the ratings and the refused cells); call
     ``release()`` on the result once the outputs are written."""
     restore = {}
-    if inp["format"] == "csv" and inp["header"] and inp["layout"] == "wide":
+    if inp.format == "csv" and inp.header and inp.layout == "wide":
         # With CSV column pruning, Spark parses only the columns a query uses and no longer sees a row's field
         # count (a dropped column such as "Number of Jokes Rated" is never used), so malformed rows would
         # pass unmarked. Off for this read; put back by release().
@@ -498,7 +506,7 @@ def prepare_ratings(spark: SparkSession, inp: dict) -> PreparedRatings:
         raise
 
 
-def _prepare(spark: SparkSession, inp: dict, restore: dict) -> PreparedRatings:
+def _prepare(spark: SparkSession, inp: InputConfig, restore: dict) -> PreparedRatings:
     # The input is parsed once: its summary pass fills the cache, and the cells are melted from the cache.
     table = try_persist(read_table(spark, inp), "the input table")
     try:
@@ -507,28 +515,28 @@ def _prepare(spark: SparkSession, inp: dict, restore: dict) -> PreparedRatings:
         try_unpersist(table)
         raise
     user_ids = None
-    mode = inp["user_ids"]
+    mode = inp.user_ids
     if mode == "reindex" or (mode == "auto" and (needs_reindex(cells) if not_int is None else not_int)):
         user_ids = try_persist(user_id_mapping(cells), "the user id mapping")
         cells = cells.drop("user").join(user_ids, F.trim(F.col("user_raw")) == F.col("original_user"), "left") \
             .drop("original_user")
         log.info("%s: user ids are not all integers in Int range; re-indexed %d users (mapping in user_ids/)",
                  source, user_ids.count())
-    classified = classify_cells(cells, missing_values=inp["missing_values"], rating_range=inp["rating_range"],
-                                min_ratings_per_user=inp["min_ratings_per_user"])
+    classified = classify_cells(cells, missing_values=inp.missing_values, rating_range=inp.rating_range,
+                                min_ratings_per_user=inp.min_ratings_per_user)
     # What is kept for the counts and the two outputs: the raw text only of refused cells and the rating only
     # of accepted ones (nulls cost next to nothing in the cache, where every cell's text would be built into
     # it and read back).
     # The long layout counts its users without a rating by their raw ids, so keeps every cell's.
     rejected_only = F.col("status") == "rejected"
-    text = ("joke_raw", "raw", "detail") if inp["layout"] == "long" else ("joke_raw", "raw", "detail", "user_raw")
+    text = ("joke_raw", "raw", "detail") if inp.layout == "long" else ("joke_raw", "raw", "detail", "user_raw")
     kept = [F.col(c) if c not in text else F.when(rejected_only, F.col(c)).alias(c)
             for c in ("user", "joke", "user_raw", "reason", "status", "joke_raw", "raw", "detail")
             if c in classified.columns]
     classified = try_persist(
         classified.select(*kept, F.when(F.col("status") == "accepted", F.col("rating")).alias("rating")),
         "the classified input cells")
-    counts = count_cells(classified, rows_are_users=inp["layout"] != "long")
+    counts = count_cells(classified, rows_are_users=inp.layout != "long")
     ratings = (classified.where(F.col("status") == "accepted")
                .select("user", "joke", "rating"))
     detail = F.col("detail") if "detail" in classified.columns else F.lit(None).cast("string")
@@ -544,27 +552,26 @@ def _prepare(spark: SparkSession, inp: dict, restore: dict) -> PreparedRatings:
     return PreparedRatings(ratings, rejected, counts, source, classified, user_ids, prints, restore, table)
 
 
-def reference_scan(spark: SparkSession, inp: dict, path: str) -> float:
+def reference_scan(spark: SparkSession, inp: InputConfig, path: str) -> float:
     """Seconds of the least work any prepare must do: one read of the input, melted (wide layouts), its
     non-blank cells written as Parquet under ``path``, without checks or counts. ``prepare``'s own time is
     reported against it."""
     started = time.perf_counter()
-    if inp["format"] == "csv":
-        header = inp["header"] and inp["layout"] != "jester"
-        table = spark.read.option("header", header).option("sep", inp["delimiter"]).csv(inp["path"])
+    if inp.format == "csv":
+        header = inp.header and inp.layout != "jester"
+        table = spark.read.option("header", header).option("sep", inp.delimiter).csv(inp.path)
     else:
         table = read_table(spark, inp)
-    if inp["layout"] == "long":
-        columns = inp["long_columns"]
-        cells = table.select(F.col(_quote(columns["user"])).alias("user_raw"),
-                             F.col(_quote(columns["joke"])).alias("joke"),
-                             F.col(_quote(columns["rating"])).alias("raw"))
-    elif inp["layout"] == "jester":
+    if inp.layout == "long":
+        columns = inp.long_columns
+        cells = table.select(F.col(_quote(columns.user)).alias("user_raw"), F.col(_quote(columns.joke)).alias("joke"),
+                             F.col(_quote(columns.rating)).alias("raw"))
+    elif inp.layout == "jester":
         cells = melt_wide_ratings(table.withColumn("_user", F.lit("0")), "_user",
                                   [(name, position) for position, name in enumerate(table.columns) if position > 0])
     else:
-        jokes = joke_columns(table.columns, inp["user_column"], inp["drop_columns"], input_name(inp))
-        cells = melt_wide_ratings(table, inp["user_column"], jokes)
+        jokes = joke_columns(table.columns, inp.user_column, inp.drop_columns, input_name(inp))
+        cells = melt_wide_ratings(table, inp.user_column, jokes)
     (cells.where(F.col("raw").isNotNull() & (F.trim(F.col("raw").cast("string")) != ""))
      .select(F.col("user_raw").cast("int").alias("user"), F.col("joke").cast("int").alias("joke"),
              F.col("raw").cast("double").alias("rating"))

@@ -48,8 +48,9 @@ def _printed(metrics: dict) -> str:
     report; the run records the time of its steps (run.wall_seconds), so that is what this line gives, and says
     so."""
     from jester_als.cli import summary
+    from jester_als.registry import JOBS
 
-    printed = summary("pipeline", metrics, metrics["run"]["wall_seconds"])
+    printed = summary(JOBS["pipeline"], metrics, metrics["run"]["wall_seconds"])
     return "```\n" + printed.replace(": done in ", ": steps done in ", 1) + "\n```"
 
 

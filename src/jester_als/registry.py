@@ -1,9 +1,22 @@
-"""What a job is, stated once: its name, help, the outputs it owns, what it needs from earlier jobs, and
-whether it runs on Spark. The CLI, the spark-submit entry scripts (``jobs/*.py``) and the Databricks tasks
-all read this table (tests hold them to it)."""
+"""The job table: every job stated once, with its name, help, the outputs it owns, what it needs from earlier
+jobs, whether it runs on Spark, and the function that runs it. The CLI parses the command, loads the config and
+calls the job's :meth:`Job.run`; the spark-submit entry scripts (``jobs/*.py``) and the Databricks tasks name
+the same jobs (tests hold them to this table).
+
+A job runs in one of three ways, by what it needs:
+
+- ``Job(spark=False)``: ``run(cfg) -> str``, no Spark (generate, bench, scale); the text is what it prints.
+- ``Job(staged=False)``: ``run(spark, cfg) -> str``, Spark but no outputs (check).
+- otherwise ``run(spark, cfg, out) -> dict``: the ``metrics.json`` sections it produced, its files written
+  through ``out`` (:class:`~jester_als.outputs.RunOutputs`), which commits them all or none.
+
+The functions are named as ``"module:function"`` and imported when the job runs, so that parsing a command needs
+no pyspark.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 
@@ -14,32 +27,48 @@ from jester_als.errors import JobError
 class Job:
     name: str
     help: str
+    target: str  # "module:function" that runs the job (see the module's docstring for its arguments)
     spark: bool = True  # builds a SparkSession (and takes --master / --remote)
+    staged: bool = True  # writes its outputs through RunOutputs and metrics.json
     outputs: tuple[str, ...] = ()  # directories or files under output.dir it replaces (checked against output.mode)
     needs: tuple[str, ...] = ()  # directories under output.dir an earlier job must have written
+    reports: tuple[str, ...] = ()  # the metrics.json sections its summary shows (besides data)
+    tunes: bool = False  # fits ALS over tune.grid (its iterations are checked before Spark starts work)
+    whole: bool = False  # runs every step and numbers them; its metrics.json replaces the directory's
+
+    def run(self, *args):
+        module, _, function = self.target.partition(":")
+        return getattr(importlib.import_module(module), function)(*args)
 
 
 JOBS: dict[str, Job] = {job.name: job for job in (
     Job("check", "validate the config and the input's header, with no Spark work beyond reading the header; "
-                 "exit 0 (fine), 1 (input problem) or 2 (config problem)"),
-    Job("generate", "write a synthetic Jester-shaped wide CSV with a planted structure (no Spark)", spark=False),
+                 "exit 0 (fine), 1 (input problem) or 2 (config problem)", "jester_als.prepare:check_job",
+        staged=False),
+    Job("generate", "write a synthetic Jester-shaped wide CSV with a planted structure (no Spark)",
+        "jester_als.generate:generate_job", spark=False),
     Job("prepare", "read the Jester table, melt it to (user, joke, rating), write ratings/ and rejected/",
-        outputs=("ratings", "rejected", "user_ids", "user_files")),
+        "jester_als.jobs:prepare_job", outputs=("ratings", "rejected", "user_ids", "user_files")),
     Job("tune", "split the ratings, tune ALS with TrainValidationSplit, evaluate on test, save model/",
-        outputs=("model",), needs=("ratings",)),
+        "jester_als.jobs:tune_job", outputs=("model",), needs=("ratings",), reports=("als_engine", "spark_als"),
+        tunes=True),
     Job("recommend", "top-N unrated jokes per user from the saved model into recommendations/",
-        outputs=("recommendations",), needs=("ratings", "model")),
+        "jester_als.jobs:run_recommend", outputs=("recommendations",), needs=("ratings", "model"),
+        reports=("recommendations",)),
     Job("baseline", "NumPy ALS and simple baselines on a collected sample, against Spark ALS on the same rows",
-        needs=("ratings", "model")),
+        "jester_als.jobs:run_baseline", needs=("ratings", "model"), reports=("baselines",)),
     Job("foldin", "recommendations for new users from their ratings (new_users.path) and the saved model, without a "
-                  "refit", outputs=("new_user_recommendations", "new_user_factors", "new_user_rejected"),
-        needs=("model",)),
+                  "refit", "jester_als.jobs:run_foldin",
+        outputs=("new_user_recommendations", "new_user_factors", "new_user_rejected"), needs=("model",)),
     Job("pipeline", "prepare, tune, baseline and recommend in one run, with metrics.json and report.md",
-        outputs=("ratings", "rejected", "user_ids", "user_files", "model", "recommendations")),
+        "jester_als.jobs:run_pipeline", outputs=("ratings", "rejected", "user_ids", "user_files", "model",
+                                                 "recommendations"),
+        reports=("als_engine", "spark_als", "baselines", "recommendations"), tunes=True, whole=True),
     Job("bench", "time NumPy ALS, Spark ALS and the seed's loop on the same ratings, each in its own process; "
-                 "bench.json, bench.md", spark=False, outputs=("bench.json", "bench.md", "bench.png")),
+                 "bench.json, bench.md", "jester_als.bench:bench_job", spark=False,
+        outputs=("bench.json", "bench.md", "bench.png")),
     Job("scale", "scaling study: both engines along users, density and jokes axes; scale.json, scale.md, scale.png",
-        spark=False, outputs=("scale.json", "scale.md", "scale.png")),
+        "jester_als.scale:scale_job", spark=False, outputs=("scale.json", "scale.md", "scale.png")),
 )}
 
 PRODUCED_BY = {"ratings": "prepare", "model": "tune"}

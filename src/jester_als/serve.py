@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from jester_als.config import load_config
+from jester_als.config import SparkConfig, load_config
 from jester_als.foldin import fold_in, from_numpy_model, top_n
 from jester_als.generate import GAUGE_JOKES, GeneratorParams, generate_chunks
 from jester_als.newusers import median_seconds
@@ -43,7 +43,7 @@ def spark_seconds(foldable, users, jokes, values, top: int, rating_range) -> flo
     from jester_als.foldin import fold_in_spark
     from jester_als.session import build_session
 
-    spark, _ = build_session({"app_name": "jester-als-serve"}, master="local[2]")
+    spark, _ = build_session(SparkConfig(app_name="jester-als-serve"), master="local[2]")
     table = pa.table({"user": users.astype(np.int32), "joke": jokes.astype(np.int32), "rating": values})
     ratings = spark.createDataFrame(table).persist()
     ratings.count()
@@ -65,16 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(args.conf)
     started = time.perf_counter()
-    gen = GeneratorParams.from_config(cfg["generate"])
+    gen = GeneratorParams.from_config(cfg.generate)
     users, jokes, values = (np.concatenate(p) for p in zip(*(c.long() for c in generate_chunks(gen))))
     params = {"rank": 10, "regParam": 0.3, "maxIter": 20, "biases": True}
     model = fit_numpy_als(RatingMatrix.from_ids(users, jokes, values), rank=params["rank"],
                           reg_param=params["regParam"], max_iter=params["maxIter"], biases=True,
-                          bias_reg=cfg["als"]["bias_reg"], seed=cfg["als"]["seed"])
+                          bias_reg=cfg.als.bias_reg, seed=cfg.als.seed)
     foldable = from_numpy_model(model, params["regParam"])
     new_users, new_jokes, new_values = gauge_ratings(args.largest, gen.seed + 1)
     sizes = [n for n in SIZES if n < args.largest] + [args.largest]
-    numpy_rows, top = {}, cfg["recommend"]["top_n"]
+    numpy_rows, top = {}, cfg.recommend.top_n
     for count in sizes:
         keep = new_users <= count
         args_ = (new_users[keep], new_jokes[keep], new_values[keep])
@@ -84,10 +84,10 @@ def main(argv: list[str] | None = None) -> int:
             "with_top_n_seconds": median_seconds(lambda a=args_: top_n(foldable, fold_in(foldable, *a), top),
                                                  repeats),
             "ratings": int(keep.sum())}
-    result = {"when": now_iso(), "cpus": os.cpu_count(), "model": {**params, "bias_reg": cfg["als"]["bias_reg"]},
+    result = {"when": now_iso(), "cpus": os.cpu_count(), "model": {**params, "bias_reg": cfg.als.bias_reg},
               "top_n": top, "numpy": numpy_rows,
               "spark": {str(args.largest): spark_seconds(foldable, new_users, new_jokes, new_values, top,
-                                                         cfg["input"]["rating_range"])}}
+                                                         cfg.input.rating_range)}}
     result["seconds"] = time.perf_counter() - started
     os.makedirs(args.out, exist_ok=True)
     write_text_atomic(os.path.join(args.out, "serve.json"), json.dumps(result, indent=2) + "\n")

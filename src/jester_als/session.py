@@ -16,6 +16,7 @@ import sys
 import tempfile
 
 from jester_als import owner
+from jester_als.config import SparkConfig
 from jester_als.errors import JobError
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ def platform_owned() -> bool:
     return bool(os.environ.get("DATABRICKS_RUNTIME_VERSION"))
 
 
-def build_session(spark_cfg: dict, *, master: str | None = None, remote: str | None = None,
+def build_session(spark_cfg: SparkConfig, *, master: str | None = None, remote: str | None = None,
                   spark_log: str | None = None, verbose: bool = False):
     """Return ``(spark, created)``; ``created`` is False when the session belongs to someone else (an active
     session we joined, or the platform's on Databricks), which the job must then never stop.
@@ -46,22 +47,22 @@ def build_session(spark_cfg: dict, *, master: str | None = None, remote: str | N
     """
     from pyspark.sql import SparkSession
 
-    remote = remote or spark_cfg.get("remote") or (None if master or spark_cfg.get("master")
+    remote = remote or spark_cfg.remote or (None if master or spark_cfg.master
                                                   else os.environ.get("SPARK_REMOTE"))
-    master = master or spark_cfg.get("master")
+    master = master or spark_cfg.master
 
     active = SparkSession.getActiveSession()
     if active is not None and not remote and not master:
-        ensure_checkpoint_dir(active, spark_cfg.get("checkpoint_dir"))
+        ensure_checkpoint_dir(active, spark_cfg.checkpoint_dir)
         return active, False
 
-    builder = SparkSession.builder.appName(spark_cfg.get("app_name", "jester-als"))
+    builder = SparkSession.builder.appName(spark_cfg.app_name)
     if runs_locally(master, remote):
         # Python workers (fold-in's mapInPandas) run this interpreter, the job's own environment, not whatever
         # `python3` comes first on PATH, which may lack the package and NumPy. pyspark reads the environment
         # variable when it starts its context (the spark.pyspark.python setting did not reach local workers).
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    extra = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in (spark_cfg.get("conf") or {}).items()}
+    extra = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in spark_cfg.conf.items()}
     if runs_locally(master, remote):
         if spark_log:
             os.makedirs(os.path.dirname(spark_log), exist_ok=True)
@@ -69,7 +70,7 @@ def build_session(spark_cfg: dict, *, master: str | None = None, remote: str | N
         # Local mode talks to itself only: bind to the loopback address instead of letting Spark warn (two lines)
         # that the hostname resolves to it and pick another interface. A user's own SPARK_LOCAL_IP wins.
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    launch = {"spark.log.level": spark_cfg.get("log_level", "WARN"), **extra}
+    launch = {"spark.log.level": spark_cfg.log_level, **extra}
     if remote and remote.startswith("local"):
         # `remote("local[N]")` makes pyspark start a Connect server inside this process
         # (pyspark/sql/connect/session.py, SparkSession._start_connect_server, in 4.0 and 4.3 alike). Launch-time
@@ -78,7 +79,7 @@ def build_session(spark_cfg: dict, *, master: str | None = None, remote: str | N
         # session settings the server refuses, with a warning each; the server's initial conf
         # (PYSPARK_REMOTE_INIT_CONF_*, read by the same function) takes them without that, and the session
         # settings are then applied where the server allows.
-        launch["spark.checkpoint.dir"] = spark_cfg.get("checkpoint_dir") or _owned_checkpoint_dir()
+        launch["spark.checkpoint.dir"] = spark_cfg.checkpoint_dir or _owned_checkpoint_dir()
         os.environ["PYSPARK_REMOTE_INIT_CONF_LEN"] = "1"
         os.environ["PYSPARK_REMOTE_INIT_CONF_0"] = json.dumps(launch)
         try:
@@ -95,13 +96,13 @@ def build_session(spark_cfg: dict, *, master: str | None = None, remote: str | N
     if remote:
         spark = builder.remote(remote).getOrCreate()
         bound_connect_retries(spark)
-        _apply_connect_settings(spark, extra, spark_cfg.get("checkpoint_dir"))
+        _apply_connect_settings(spark, extra, spark_cfg.checkpoint_dir)
         log.info("Spark %s session over Spark Connect at %s, checkpoint dir %s", spark.version, remote,
                  _conf(spark, "spark.checkpoint.dir") or "none")
         return spark, not platform_owned()
     if master:
         builder = builder.master(master)
-    checkpoint_dir = spark_cfg.get("checkpoint_dir") or _owned_checkpoint_dir()
+    checkpoint_dir = spark_cfg.checkpoint_dir or _owned_checkpoint_dir()
     for key, value in {"spark.checkpoint.dir": checkpoint_dir, **launch}.items():
         builder = builder.config(key, value)
     try:
@@ -113,7 +114,7 @@ def build_session(spark_cfg: dict, *, master: str | None = None, remote: str | N
         # settings: join it as it is and apply what it accepts.
         log.info("the platform's session refused launch-time settings; joining it as it is")
         spark = SparkSession.builder.getOrCreate()
-        _apply_connect_settings(spark, extra, spark_cfg.get("checkpoint_dir"))
+        _apply_connect_settings(spark, extra, spark_cfg.checkpoint_dir)
         return spark, False
     log.info("Spark %s session (%s), checkpoint dir %s", spark.version, master_of(spark) or "default master",
              _conf(spark, "spark.checkpoint.dir") or checkpoint_dir)

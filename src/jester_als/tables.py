@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from jester_als.config import OutputConfig
 from jester_als.errors import JobError
 
 log = logging.getLogger(__name__)
@@ -48,33 +49,32 @@ def _write(frame, table: str, what: str) -> None:
                               f"committed") from None
 
 
-def write_tables(spark, cfg: dict, job: str, metrics: dict, output_dir: str) -> dict:
-    """Write the configured tables for this run; what was written (table -> rows)."""
-    out = cfg["output"]
-    if not (out["recommendations_table"] or out["metrics_table"]):
+def write_tables(spark, out: OutputConfig, job: str, metrics: dict, output_dir: str) -> dict:
+    """Write the tables ``output`` names for this run; what was written (table -> rows)."""
+    if not (out.recommendations_table or out.metrics_table):
         return {}
     from pyspark.sql import functions as F
 
     run = metrics.get("run") or {}
-    key = out["run_key"] or run.get("run_id")
+    key = out.run_key or run.get("run_id")
     written = {}
     previous = spark.conf.get("spark.sql.sources.partitionOverwriteMode", None)
     spark.conf.set("spark.sql.sources.partitionOverwriteMode", "dynamic")
     try:
-        if out["recommendations_table"] and "recommendations" in metrics:
+        if out.recommendations_table and "recommendations" in metrics:
             import os
 
             recs = spark.read.parquet(os.path.join(output_dir, "recommendations"))
             frame = recs.select(F.col("user").cast("string").alias("user"), "rank", "joke", "score",
                                 F.lit(key).alias("run_key"))
-            _write(frame, out["recommendations_table"], "recommendations")
-            written[out["recommendations_table"]] = metrics["recommendations"]["rows"]
-        if out["metrics_table"]:
+            _write(frame, out.recommendations_table, "recommendations")
+            written[out.recommendations_table] = metrics["recommendations"]["rows"]
+        if out.metrics_table:
             rows = [(name, value, job, run.get("finished"), key) for name, value in numeric_metrics(metrics)]
             frame = spark.createDataFrame(rows, "metric string, value double, job string, finished string, "
                                                 "run_key string")
-            _write(frame, out["metrics_table"], "metrics")
-            written[out["metrics_table"]] = len(rows)
+            _write(frame, out.metrics_table, "metrics")
+            written[out.metrics_table] = len(rows)
     finally:
         if previous is not None:
             spark.conf.set("spark.sql.sources.partitionOverwriteMode", previous)

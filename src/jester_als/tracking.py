@@ -13,6 +13,7 @@ import logging
 import os
 import time
 
+from jester_als.config import JesterConfig, TrackingConfig
 from jester_als.plots import PLOTS_DIR
 
 log = logging.getLogger(__name__)
@@ -64,16 +65,16 @@ def on_databricks() -> bool:
     return bool(os.environ.get("DATABRICKS_RUNTIME_VERSION"))
 
 
-def tracking_target(tracking: dict, output_dir: str, spark=None) -> tuple[str, str, str | None]:
+def tracking_target(tracking: TrackingConfig, output_dir: str, spark=None) -> tuple[str, str, str | None]:
     """(tracking URI, experiment name, artifact location for a new experiment).
 
     On Databricks the workspace's tracking server (``databricks``) and, for a name that is not a workspace
     path, an experiment under the user's folder (``/Users/<user>/<name>``: Databricks names experiments by
     workspace path). Elsewhere a SQLite store and an artifact folder under ``output.dir``: MLflow 3 keeps the
     plain-directory store in maintenance mode and refuses it unless told otherwise."""
-    name = tracking["experiment"]
-    if tracking["tracking_uri"]:
-        return tracking["tracking_uri"], name, None
+    name = tracking.experiment
+    if tracking.tracking_uri:
+        return tracking.tracking_uri, name, None
     if on_databricks():
         if not name.startswith("/") and spark is not None:
             user = spark.sql("SELECT current_user()").first()[0]
@@ -83,11 +84,10 @@ def tracking_target(tracking: dict, output_dir: str, spark=None) -> tuple[str, s
     return f"sqlite:///{os.path.join(base, 'mlflow.db')}", name, os.path.join(base, "mlartifacts")
 
 
-def track_job(cfg: dict, job: str, metrics: dict, output_dir: str, spark=None) -> dict | None:
+def track_job(cfg: JesterConfig, job: str, metrics: dict, output_dir: str, spark=None) -> dict | None:
     """Log the committed job to MLflow when ``tracking.mlflow`` is on. Returns what was logged (run id,
     URI, experiment) or why not; never raises."""
-    tracking = cfg.get("tracking") or {}
-    if not tracking.get("mlflow"):
+    if not cfg.tracking.mlflow:
         return None
     try:
         import mlflow
@@ -111,8 +111,8 @@ def track_job(cfg: dict, job: str, metrics: dict, output_dir: str, spark=None) -
         return {"failed": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
 
 
-def _log(mlflow, cfg: dict, job: str, metrics: dict, output_dir: str, spark) -> dict:
-    uri, name, artifacts = tracking_target(cfg["tracking"], output_dir, spark)
+def _log(mlflow, cfg: JesterConfig, job: str, metrics: dict, output_dir: str, spark) -> dict:
+    uri, name, artifacts = tracking_target(cfg.tracking, output_dir, spark)
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
     experiment_id = (experiment.experiment_id if experiment is not None
@@ -166,7 +166,7 @@ def _log(mlflow, cfg: dict, job: str, metrics: dict, output_dir: str, spark) -> 
     return {"run_id": run_id, "experiment": name, "tracking_uri": uri}
 
 
-def _log_model(mlflow, client, run_id: str, cfg: dict, output_dir: str, spark) -> None:
+def _log_model(mlflow, client, run_id: str, cfg: JesterConfig, output_dir: str, spark) -> None:
     """The saved model, whatever its kind, as an MLflow pyfunc model (:mod:`jester_als.mlflow_model`: it
     recommends without Spark) with a signature and an input example, and the saved directory as it is under
     ``saved_model/`` (what ``jester_als.load_model`` reads). With ``tracking.registered_model`` the model is
@@ -183,10 +183,10 @@ def _log_model(mlflow, client, run_id: str, cfg: dict, output_dir: str, spark) -
     if not os.path.isdir(path):
         return
     client.log_artifacts(run_id, path, "saved_model")
-    tracking, top = cfg["tracking"], cfg["recommend"]["top_n"]
+    tracking, top = cfg.tracking, cfg.recommend.top_n
     with tempfile.TemporaryDirectory() as tmp:
         arrays = mlflow_model.export_saved(path, os.path.join(output_dir, "ratings"), tmp, spark=spark,
-                                           rating_range=cfg["input"]["rating_range"], top=top)
+                                           rating_range=cfg.input.rating_range, top=top)
         recommender = mlflow_model.Recommender(arrays)
         example = pd.DataFrame({"user": recommender.user_ids[:2].astype("int32")})
         python_model = mlflow_model.JesterRecommender()
@@ -203,8 +203,8 @@ def _log_model(mlflow, client, run_id: str, cfg: dict, output_dir: str, spark) -
                     # the package itself is the model's code, so loading needs its dependencies, not its wheel
                     code_paths=[os.path.dirname(mlflow_model.__file__)],
                     pip_requirements=_requirements())
-            if tracking.get("registered_model"):  # the registry is the tracking URI's (MLflow's default)
-                _register(mlflow, client, info.model_uri, tracking["registered_model"], tracking["model_alias"])
+            if tracking.registered_model:  # the registry is the tracking URI's (MLflow's default)
+                _register(mlflow, client, info.model_uri, tracking.registered_model, tracking.model_alias)
         finally:
             mlflow.set_tracking_uri(previous)
 

@@ -15,4 +15,4 @@ if len(sys.argv) != 5 or sys.argv[1] != "--refit" or sys.argv[3] != "--why":
 directory = sys.argv[2]
 with open(os.path.join(directory, "scale.json")) as fh:
     measured = json.load(fh)
-write_study(refit(measured, load_config("conf/scale.yaml", []), sys.argv[4]), directory)
+write_study(refit(measured, load_config("conf/scale.yaml", []).scale, sys.argv[4]), directory)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jester_als.config import JesterConfig
 from jester_als.peakmem import Sampler
 from jester_als.scale.costmodel import CHECK_TARGET, shuffle_bytes_per_iteration
 
@@ -230,7 +231,7 @@ def fit_cluster_model(measurements: list[dict], rank: int) -> dict:
             "sizes_used": sizes[:-1], "checks": checks}
 
 
-def measure_cluster(cfg: dict, work: Path, logs_dir: Path) -> dict:
+def measure_cluster(cfg: JesterConfig, work: Path, logs_dir: Path) -> dict:
     """Generate each size's table, start the standalone cluster once, run one application per executor count
     over all the sizes."""
     from jester_als.generate import GeneratorParams
@@ -239,30 +240,30 @@ def measure_cluster(cfg: dict, work: Path, logs_dir: Path) -> dict:
     from jester_als.scale.runner import run_worker
     from jester_als.scale.worker import WorkerSpec
 
-    scale = cfg["scale"]
-    counts = scale["cluster_measure_executors"]
+    scale = cfg.scale
+    counts = scale.cluster_measure_executors
     sizes = []
-    for users in sorted(scale["cluster_measure_users"]):
-        params = GeneratorParams.from_config(cfg["generate"], users=users, jokes=100)
+    for users in sorted(scale.cluster_measure_users):
+        params = GeneratorParams.from_config(cfg.generate, users=users, jokes=100)
         data_dir = work / f"cluster-{users}x100"
-        written = write_split_parquet(params, data_dir, scale["test_fraction"], scale["seed"])
+        written = write_split_parquet(params, data_dir, scale.test_fraction, scale.seed)
         sizes.append({"users": users, "train": str(data_dir / "train.parquet"),
                       "train_ratings": written["train_ratings"]})
     rows = {}
-    with standalone_cluster(work / "cluster", cores=max(counts), memory=scale["cluster_worker_memory"]) as master:
+    with standalone_cluster(work / "cluster", cores=max(counts), memory=scale.cluster_worker_memory) as master:
         for executors in counts:
             log.info("scale cluster: %d executor(s), one application over %s users x 100 jokes (%s training "
                      "ratings)", executors, ", ".join(f"{s['users']:,}" for s in sizes),
                      ", ".join(f"{s['train_ratings']:,}" for s in sizes))
             result_file = work / f"cluster-{executors}-result.json"
-            spec = WorkerSpec(engine="spark-cluster", data_dir=str(work), rank=scale["rank"],
-                              reg_param=scale["regParam"], max_iter=LONG_ITERATIONS, repeats=1,
+            spec = WorkerSpec(engine="spark-cluster", data_dir=str(work), rank=scale.rank,
+                              reg_param=scale.regParam, max_iter=LONG_ITERATIONS, repeats=1,
                               result_file=str(result_file),
                               cluster={"master": master, "executors": executors, "ui_port": free_port(),
-                                       "executor_memory": scale["cluster_executor_memory"],
+                                       "executor_memory": scale.cluster_executor_memory,
                                        "sizes": [{"users": s["users"], "train": s["train"]} for s in sizes]})
-            result = run_worker(spec, memory_budget_mb=scale["memory_budget_mb"],
-                                time_budget_seconds=scale["time_budget_seconds"], keep_log_in=logs_dir,
+            result = run_worker(spec, memory_budget_mb=scale.memory_budget_mb,
+                                time_budget_seconds=scale.time_budget_seconds, keep_log_in=logs_dir,
                                 keep_all_logs=True, name=f"cluster-{executors}")
             # a failed application keeps the sizes it measured before it stopped
             measured = {m["users"]: m for m in (json.loads(result_file.read_text())["sizes"]
@@ -288,4 +289,4 @@ def measure_cluster(cfg: dict, work: Path, logs_dir: Path) -> dict:
             (Path(size["train"]).parent / name).unlink(missing_ok=True)
     measurements = [rows[key] for key in sorted(rows)]
     return {"measurements": measurements, "iterations": {"short": SHORT_ITERATIONS, "long": LONG_ITERATIONS},
-            "model": fit_cluster_model(measurements, scale["rank"])}
+            "model": fit_cluster_model(measurements, scale.rank)}

@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 
+from jester_als.config import ScaleConfig
 from jester_als.numpy_als import block_rows, engine_threads, last_level_cache_bytes, uses_dense_path
 
 ENGINES = ("numpy", "spark")
@@ -212,7 +213,7 @@ def heap_needed_mb(storage: dict, train_ratings: float) -> float:
     return SPARK_RESERVED_MB + cached_mb / SPARK_MEMORY_FRACTION
 
 
-def predict(model: dict, cfg: dict, cluster: dict | None = None, storage: dict | None = None,
+def predict(model: dict, scale: ScaleConfig, cluster: dict | None = None, storage: dict | None = None,
             timed: dict[str, list[tuple[int, float]]] | None = None) -> list[dict]:
     """The models' predictions for the named data sets. The cluster column's time divides the size-dependent
     part of one machine's time over the executors (perfect scaling, no network time: an assumption, said so
@@ -225,20 +226,19 @@ def predict(model: dict, cfg: dict, cluster: dict | None = None, storage: dict |
     the model is trusted."""
     measured = (cluster or {}).get("model") or {}
     measured = measured if measured.get("fitted") else None
-    scale = cfg["scale"]
     rank, iterations = model["rank"], model["iterations"]
-    machine_mb = scale["machine_memory_gb"] * 1024
-    executors = scale["cluster_executors"]
+    machine_mb = scale.machine_memory_gb * 1024
+    executors = scale.cluster_executors
     out = []
     for target in TARGETS:
-        nnz = target["ratings"] * (1 - scale["test_fraction"])
+        nnz = target["ratings"] * (1 - scale.test_fraction)
         row = {**target, "train_ratings": nnz, "engines": {}}
         for engine in ENGINES:
             entry = model.get(engine, {})
             if not entry.get("fitted"):
                 continue
             dense = engine == "numpy" and uses_dense_path(target["users"], target["jokes"], nnz,
-                                                          scale["numpy_dense_budget_mb"])
+                                                          scale.numpy_dense_budget_mb)
             one = predict_point(entry, engine, target["users"], target["jokes"], nnz, rank, iterations, dense)
             if engine == "numpy":
                 one["path"] = "dense" if dense else "sparse"
@@ -254,7 +254,7 @@ def predict(model: dict, cfg: dict, cluster: dict | None = None, storage: dict |
                 fixed_seconds = values(entry, "time")[0] * iterations
                 fixed_mb = values(entry, "memory")[0]
                 copies = shuffle_bytes_per_iteration(target["users"], target["jokes"], nnz, rank,
-                                                     executors * scale["cores_per_executor"])
+                                                     executors * scale.cores_per_executor)
                 if measured:
                     memory = measured["executor_memory_mb"]
                     per_executor = memory["fixed"] + memory["per_rating"] * nnz / executors

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jester_als.config import size_mb
+from jester_als.config import JesterConfig, ScaleConfig, size_mb
 from jester_als.generate import GeneratorParams
 from jester_als.numpy_als import engine_threads, last_level_cache_bytes
 from jester_als.outputs import now_iso, staged_outputs, write_text_atomic
@@ -31,22 +31,21 @@ from jester_als.scale.worker import WorkerSpec
 log = logging.getLogger("jester_als.scale")
 
 
-def axis_points(cfg: dict) -> list[dict]:
+def axis_points(scale: ScaleConfig) -> list[dict]:
     """The study's design: three axes, so that ratings, rows (users + jokes) and dense cells (users x jokes)
     vary independently. Users axis: Jester's shape (100 jokes, 72.6 ratings per user) with ever more users;
     density axis: fixed users and jokes, ratings per user from few to many; jokes axis: fixed users, ever more
     jokes, up to a Netflix-shaped table (17,770 items)."""
-    scale = cfg["scale"]
-    points = [users_point(n) for n in scale["users_axis"]]
-    density_jokes = scale["density_axis_jokes"]
-    points += [{"axis": "density", "users": scale["density_axis_users"], "jokes": density_jokes,
+    points = [users_point(n) for n in scale.users_axis]
+    density_jokes = scale.density_axis_jokes
+    points += [{"axis": "density", "users": scale.density_axis_users, "jokes": density_jokes,
                 "mean_ratings": float(r), "min_ratings": max(1, int(r) // 2),
                 "gauge_jokes": min(5, max(1, int(r) // 4))}
-               for r in scale["density_axis"]]
-    per_user = scale["jokes_axis_ratings_per_user"]
-    points += [{"axis": "jokes", "users": scale["jokes_axis_users"], "jokes": j,
+               for r in scale.density_axis]
+    per_user = scale.jokes_axis_ratings_per_user
+    points += [{"axis": "jokes", "users": scale.jokes_axis_users, "jokes": j,
                 "mean_ratings": min(float(per_user), 0.726 * j), "min_ratings": min(15, j),
-                "gauge_jokes": min(10, j)} for j in scale["jokes_axis"]]
+                "gauge_jokes": min(10, j)} for j in scale.jokes_axis]
     return points
 
 
@@ -69,7 +68,7 @@ def probe_target(limit: dict, engine: str) -> dict | None:
     return limit["predicted"]
 
 
-def limit_probes(points: list[dict], cfg: dict) -> list[dict]:
+def limit_probes(points: list[dict], scale: ScaleConfig) -> list[dict]:
     """Users-axis points past the listed sizes, so that a limit the listed sizes did not reach is measured, not
     only modelled: for each engine that fitted every users-axis size so far, the multiples ``scale.limit_probes``
     of its :func:`probe_target` (from models fitted on the points so far, all of them), rounded to two significant
@@ -79,17 +78,16 @@ def limit_probes(points: list[dict], cfg: dict) -> list[dict]:
     buffers, the factors) and Spark ALS caches its blocks before the first iteration ends, so more iterations add
     time but no memory; the probes' times are for those iterations and stay out of the cost model. A failed probe
     stops the larger ones, as on the axis."""
-    scale = cfg["scale"]
-    if not scale["limit_probes"]:
+    if not scale.limit_probes:
         return []
-    found = limits(points, fit_cost_model(points, scale["rank"], scale["maxIter"], holdout=False), cfg)
+    found = limits(points, fit_cost_model(points, scale.rank, scale.maxIter, holdout=False), scale)
     largest = max((p["users"] for p in points if p["axis"] == "users"), default=0)
     probes = []
     for engine in ENGINES:
         target = probe_target(found[engine], engine)
         if found[engine]["first_not_fitted"] or not target:
             continue
-        for factor in scale["limit_probes"]:
+        for factor in scale.limit_probes:
             probe = users_point(int(float(f"{target['users'] * factor:.2g}")), probe=engine)
             if largest < probe["users"] <= 10 * largest and probe not in probes:
                 probes.append(probe)
@@ -115,13 +113,13 @@ def _progress(index: int, specs: list[dict], seconds: list[float], started: floa
             f"{elapsed / 60:.1f} min so far, {left}")
 
 
-def run_study(cfg: dict) -> dict:
-    scale = cfg["scale"]
-    gen_cfg = cfg["generate"]
-    work = Path(tempfile.mkdtemp(prefix="jester-als-scale-", dir=scale["work_dir"]))
+def run_study(cfg: JesterConfig) -> dict:
+    scale = cfg.scale
+    gen_cfg = cfg.generate
+    work = Path(tempfile.mkdtemp(prefix="jester-als-scale-", dir=scale.work_dir))
     stopped: dict[tuple[str, str], str] = {}
     points = []
-    specs = axis_points(cfg)
+    specs = axis_points(scale)
     study_started = time.monotonic()
     point_seconds: list[float] = []
     try:
@@ -142,12 +140,12 @@ def run_study(cfg: dict) -> dict:
                                                      min_ratings=table["min_ratings"], gauge_jokes=table["gauge_jokes"])
                 if table is not spec:
                     log.info("  generating %s users once for the limit probes", f"{table['users']:,}")
-                write_split_parquet(params, data_dir, scale["test_fraction"], scale["seed"])
+                write_split_parquet(params, data_dir, scale.test_fraction, scale.seed)
             sizes = split_counts(data_dir, max_user)
             point = {**spec, **sizes, "ratings": sizes["train_ratings"] + sizes["test_ratings"],
                      "generate_seconds": time.perf_counter() - started, "engines": {},
                      # a limit probe measures memory, which the first iteration has already reached
-                     "iterations": scale["limit_probe_iterations"] if "probe" in spec else scale["maxIter"]}
+                     "iterations": scale.limit_probe_iterations if "probe" in spec else scale.maxIter}
             log.info("  %s training ratings, generated in %.0f s", f"{sizes['train_ratings']:,}",
                      point["generate_seconds"])
             for engine in ENGINES:
@@ -160,18 +158,18 @@ def run_study(cfg: dict) -> dict:
                     point["engines"][engine] = {"completed": False, "skipped": True,
                                                 "limit": f"not run: a probe of {spec['probe']}'s memory limit"}
                     continue
-                cheap = sizes["train_ratings"] <= scale["repeat_below_ratings"]
-                repeats = scale["repeats"] if cheap else 1
-                worker = WorkerSpec(engine=engine, data_dir=str(data_dir), rank=scale["rank"],
-                                    reg_param=scale["regParam"], max_iter=point["iterations"], repeats=repeats,
+                cheap = sizes["train_ratings"] <= scale.repeat_below_ratings
+                repeats = scale.repeats if cheap else 1
+                worker = WorkerSpec(engine=engine, data_dir=str(data_dir), rank=scale.rank,
+                                    reg_param=scale.regParam, max_iter=point["iterations"], repeats=repeats,
                                     result_file=str(data_dir / f"{engine}-result.json"),
-                                    spark_driver_memory=scale["spark_driver_memory"],
-                                    dense_budget_mb=scale["numpy_dense_budget_mb"], max_user=max_user,
+                                    spark_driver_memory=scale.spark_driver_memory,
+                                    dense_budget_mb=scale.numpy_dense_budget_mb, max_user=max_user,
                                     # a probe measures memory, and its fits are what its budget is for
                                     warmup=repeats == 1 and not spec.get("probe"))
-                result = run_worker(worker, memory_budget_mb=scale["memory_budget_mb"],
-                                    time_budget_seconds=scale["time_budget_seconds"],
-                                    keep_log_in=Path(cfg["output"]["dir"]) / "worker-logs", keep_all_logs=True,
+                result = run_worker(worker, memory_budget_mb=scale.memory_budget_mb,
+                                    time_budget_seconds=scale.time_budget_seconds,
+                                    keep_log_in=Path(cfg.output.dir) / "worker-logs", keep_all_logs=True,
                                     name=f"{data_dir.name}-{spec['users']}-{engine}" if max_user else None)
                 point["engines"][engine] = result
                 if not result["completed"]:
@@ -187,30 +185,30 @@ def run_study(cfg: dict) -> dict:
             if index == len(specs) and not any("probe" in s for s in specs):
                 # after every axis: on the users axis alone ratings, rows and dense cells grow together, and
                 # the memory model could not tell its terms apart
-                probes = limit_probes(points, cfg)
+                probes = limit_probes(points, scale)
                 log.info("scale: %s", "limit probes at " + ", ".join(f"{p['users']:,} users ({p['probe']})"
                                                                      for p in probes) if probes else "no limit probes")
                 specs[index:index] = probes
         cluster = None
-        if scale["cluster_measure_users"]:
+        if scale.cluster_measure_users:
             from jester_als.scale.cluster import measure_cluster
 
-            cluster = measure_cluster(cfg, work, Path(cfg["output"]["dir"]) / "worker-logs")
+            cluster = measure_cluster(cfg, work, Path(cfg.output.dir) / "worker-logs")
     finally:
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)
     machine = {"cpus": os.cpu_count(), "memory_gb": machine_memory_gb(),
                "last_level_cache_bytes": last_level_cache_bytes(), "engine_threads": engine_threads()}
-    model = fit_cost_model(points, scale["rank"], scale["maxIter"], machine=machine)
-    found = limits(points, model, cfg)
+    model = fit_cost_model(points, scale.rank, scale.maxIter, machine=machine)
+    found = limits(points, model, scale)
     return {"when": now_iso(), "machine": machine,
-            "params": {k: scale[k] for k in ("rank", "regParam", "maxIter")},
-            "budgets": {"time_seconds": scale["time_budget_seconds"], "memory_mb": scale["memory_budget_mb"],
-                        "spark_driver_memory": scale["spark_driver_memory"]},
+            "params": {"rank": scale.rank, "regParam": scale.regParam, "maxIter": scale.maxIter},
+            "budgets": {"time_seconds": scale.time_budget_seconds, "memory_mb": scale.memory_budget_mb,
+                        "spark_driver_memory": scale.spark_driver_memory},
             "study_minutes": (time.monotonic() - study_started) / 60,
             "points": points, "cost_model": model, "limits": found, "cluster": cluster,
-            "predictions": predict(model, cfg, cluster, storage_model(found), timed_ratings(points))}
+            "predictions": predict(model, scale, cluster, storage_model(found), timed_ratings(points))}
 
 
 def storage_model(found: dict) -> dict | None:
@@ -267,11 +265,10 @@ def in_memory(fitted: list[dict], engine: str, heap: str) -> dict | None:
     return out
 
 
-def limits(points: list[dict], model: dict, cfg: dict) -> dict:
+def limits(points: list[dict], model: dict, scale: ScaleConfig) -> dict:
     """Per engine, along the users axis: the largest size measured to fit, the first size that did not (and
     why), and the size at which the memory model reaches the study's memory budget (the line a run is stopped
     at, so that the prediction and the measurement answer the same question)."""
-    scale = cfg["scale"]
     users_points = [p for p in points if p["axis"] == "users"]
     out = {}
     for engine in ENGINES:
@@ -291,40 +288,43 @@ def limits(points: list[dict], model: dict, cfg: dict) -> dict:
                                  "why": stopped[0]["engines"][engine]["limit"]} if stopped else None,
             # Spark's own account of where its heap stopped holding the data (absent from older studies)
             **({"in_memory": held} if engine == "spark"
-               and (held := in_memory(fitted, engine, scale["spark_driver_memory"])) else {}),
+               and (held := in_memory(fitted, engine, scale.spark_driver_memory)) else {}),
             "predicted": predicted_limit(model.get(engine, {}), engine, per_user=per_user, jokes=100,
-                                         rank=model["rank"], machine_mb=scale["memory_budget_mb"],
-                                         dense_budget_mb=scale["numpy_dense_budget_mb"]) if users_points else None,
+                                         rank=model["rank"], machine_mb=scale.memory_budget_mb,
+                                         dense_budget_mb=scale.numpy_dense_budget_mb) if users_points else None,
         }
     return out
 
 
-def refit(study: dict, cfg: dict, why: str) -> dict:
+def refit(study: dict, scale: ScaleConfig, why: str) -> dict:
     """The cost model, limits and predictions recomputed from a study's measured points (and its cluster
     measurements) by this version's model, with the study's own rank, iterations and budgets; the measurements
     are not touched, and ``refit`` in the result says when and why."""
     params, budgets = study["params"], study["budgets"]
-    cfg = {**cfg, "scale": {**cfg["scale"], **params, "memory_budget_mb": budgets["memory_mb"],
-                            "spark_driver_memory": budgets["spark_driver_memory"]}}
+    scale = scale.model_copy(update={**params, "memory_budget_mb": budgets["memory_mb"],
+                                     "spark_driver_memory": budgets["spark_driver_memory"]})
     model = fit_cost_model(study["points"], params["rank"], params["maxIter"], machine=study.get("machine"))
     cluster = study.get("cluster")
     if cluster:
         from jester_als.scale.cluster import fit_cluster_model
 
         cluster = {**cluster, "model": fit_cluster_model(cluster["measurements"], params["rank"])}
-    found = limits(study["points"], model, cfg)
+    found = limits(study["points"], model, scale)
     return {**study, "cost_model": model, "limits": found, "cluster": cluster,
-            "predictions": predict(model, cfg, cluster, storage_model(found), timed_ratings(study["points"])),
+            "predictions": predict(model, scale, cluster, storage_model(found), timed_ratings(study["points"])),
             "refit": {"when": now_iso(), "why": why}}
 
 
-def scale_job(cfg: dict) -> dict:
+def scale_job(cfg: JesterConfig) -> str:
+    """The ``scale`` job: scale.json, scale.md and scale.png in ``output.dir``; prints scale.md, returns the line
+    that says it is done."""
     from jester_als.registry import JOBS
 
-    with staged_outputs(cfg["output"], JOBS["scale"].outputs) as out:  # mode checked before any work
+    started = time.perf_counter()
+    with staged_outputs(cfg.output, JOBS["scale"].outputs) as out:  # mode checked before any work
         study = run_study(cfg)
         write_study(study, out.stage)
-    return study
+    return f"jester-als scale: done in {time.perf_counter() - started:.0f} s; outputs in {cfg.output.dir}"
 
 
 def write_study(study: dict, out_dir: str) -> None:
