@@ -108,8 +108,9 @@ test-spark40: setup-spark40
 	@echo "pyspark $(SPARK40) pass on $$($(VENV40)/bin/python --version)"
 	$(VENV40)/bin/pytest -q --durations=5 $(SPARK40_TESTS)
 
-lint: setup ## ruff over the library, the jobs and the tests (settings in pyproject.toml)
+lint: setup ## ruff over the library, the jobs and the tests: the checks, then the format (settings in pyproject.toml)
 	$(BIN)/ruff check src tests jobs setup.py
+	$(BIN)/ruff format --check src tests jobs setup.py
 
 test-fast: setup ## only the tests that need no Spark cluster or server (a few minutes)
 	$(BIN)/pytest -q -m "not cluster" tests

@@ -20,6 +20,8 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 from jester_als import __version__
 from jester_als.config import ConfigError, JesterConfig, load_config
@@ -169,72 +171,112 @@ def _run_spark_job(job: Job, args, cfg: JesterConfig) -> int:
     """Run a Spark job. On Ctrl-C (exit 130) or SIGTERM (exit 143) Spark is stopped first, then the staged
     outputs are removed, so nothing half-written is left and the previous outputs stay as they were."""
     from jester_als.jobs import run_spark_job
-    from jester_als.session import build_session, check_iterations, connection_lost, release_session
 
     started = time.perf_counter()
     try:
-        check_needs(job.name, cfg.output.dir)
-        spark, created = build_session(cfg.spark, master=args.master, remote=args.remote,
-                                       spark_log=spark_log_path(cfg.output.dir), verbose=args.verbose)
-        try:
-            check_iterations(spark, als_iterations(job.name, cfg))
-        except JobError:
-            release_session(spark, created)
-            raise
+        run = _SparkRun(*_start_spark(job, args, cfg))
     except JobError as exc:
         return _refused(job.name, exc, 1)
-    current: list = []
-    received: list[int] = []
-
-    def on_sigterm(signum, frame):
-        # Raising here would surface inside a py4j call and be reported as a network error; instead stop
-        # Spark from another thread, which makes the running action fail, and report the signal below.
-        received.append(signum)
-        threading.Thread(target=_stop_quietly, args=(spark, created), daemon=True).start()
-
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main_thread else None
+    previous = run.catch_sigterm()
     try:
         if not job.staged:
-            print(job.run(spark, cfg))
+            print(job.run(run.spark, cfg))
             return 0
-        metrics = run_spark_job(spark, cfg, job, on_start=current.append)
+        metrics = run_spark_job(run.spark, cfg, job, on_start=run.outputs.append)
         metrics.setdefault("run", {})["output_dir"] = cfg.output.dir
         print(summary(job, metrics, time.perf_counter() - started))
         return 0
     except JobError as exc:
         return _refused(job.name, exc, 1)
     except BaseException as exc:
-        if not (received or isinstance(exc, KeyboardInterrupt)):
-            if not isinstance(exc, Exception):
-                raise
-            if connection_lost(spark, exc):
-                created = False  # nothing to stop: the server is gone, and asking it would only wait again
-                print(f"jester-als {job.name}: lost the Spark Connect server ({str(exc).splitlines()[0]}); "
-                      f"nothing was replaced in {cfg.output.dir}", file=sys.stderr)
-                return 1
-            cause = actionable_cause(exc)
-            where = spark_log_path(cfg.output.dir)
-            keep_trace(exc, where)
-            log.debug("failed", exc_info=True)  # -v shows the whole trace here
-            said = cause or f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            print(f"jester-als {job.name}: failed: {said}; nothing was replaced in {cfg.output.dir}"
-                  + ("" if args.verbose else f" (the trace: {where or 'run with -v'})"), file=sys.stderr)
-            return 1
-        code = 143 if received else 130
+        if run.received or isinstance(exc, KeyboardInterrupt):
+            return run.stop(job.name)
+        if not isinstance(exc, Exception):
+            raise
+        return _failed(job.name, exc, run, cfg.output.dir, args.verbose)
+    finally:
+        run.release(previous)
+
+
+def _start_spark(job: Job, args, cfg: JesterConfig):
+    """``(spark, created)`` once the job's inputs from earlier jobs are there and its ALS iterations are safe
+    where it runs; a JobError otherwise, with nothing left running."""
+    from jester_als.session import build_session, check_iterations, release_session
+
+    check_needs(job.name, cfg.output.dir)
+    spark, created = build_session(cfg.spark, master=args.master, remote=args.remote,
+                                   spark_log=spark_log_path(cfg.output.dir), verbose=args.verbose)
+    try:
+        check_iterations(spark, als_iterations(job.name, cfg))
+    except JobError:
+        release_session(spark, created)
+        raise
+    return spark, created
+
+
+@dataclass
+class _SparkRun:
+    """A running Spark job's session, whether this process created it, the outputs it opened and the signals
+    it received."""
+
+    spark: Any
+    created: bool
+    outputs: list = field(default_factory=list)
+    received: list[int] = field(default_factory=list)
+
+    def catch_sigterm(self):
+        """Handle SIGTERM while the job runs (in the main thread only, where Python delivers signals); the
+        previous handler, or None."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def on_sigterm(signum, frame):
+            # Raising here would surface inside a py4j call and be reported as a network error; instead stop
+            # Spark from another thread, which makes the running action fail, and report the signal after.
+            self.received.append(signum)
+            threading.Thread(target=_stop_quietly, args=(self.spark, self.created), daemon=True).start()
+
+        return signal.signal(signal.SIGTERM, on_sigterm)
+
+    def stop(self, name: str) -> int:
+        """After Ctrl-C or SIGTERM: Spark stopped, then the staged outputs removed; the exit status."""
+        code = 143 if self.received else 130
         log.error("%s: Spark stopped, this run's staged outputs removed; earlier outputs are untouched",
-                  "terminated (SIGTERM)" if received else "interrupted")
-        _stop_quietly(spark, created)
-        created = False
-        for outputs in current:
+                  "terminated (SIGTERM)" if self.received else "interrupted")
+        _stop_quietly(self.spark, self.created)
+        self.created = False
+        for outputs in self.outputs:
             outputs.abort()  # after Spark stopped, so no task is still writing into the staging directory
-        print(f"jester-als {job.name}: {'terminated' if received else 'interrupted'}; nothing was replaced",
+        print(f"jester-als {name}: {'terminated' if self.received else 'interrupted'}; nothing was replaced",
               file=sys.stderr)
         return code
-    finally:
-        if in_main_thread:
+
+    def release(self, previous) -> None:
+        from jester_als.session import release_session
+
+        if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-        release_session(spark, created)
+        release_session(self.spark, self.created)
+
+
+def _failed(name: str, exc: Exception, run: _SparkRun, output_dir: str, verbose: bool) -> int:
+    """A job that failed: one line that says why (the cause a user can act on where there is one) and that
+    nothing was replaced; the trace goes to spark.log (or the console with -v)."""
+    from jester_als.session import connection_lost
+
+    if connection_lost(run.spark, exc):
+        run.created = False  # nothing to stop: the server is gone, and asking it would only wait again
+        print(f"jester-als {name}: lost the Spark Connect server ({str(exc).splitlines()[0]}); nothing was "
+              f"replaced in {output_dir}", file=sys.stderr)
+        return 1
+    cause = actionable_cause(exc)
+    where = spark_log_path(output_dir)
+    keep_trace(exc, where)
+    log.debug("failed", exc_info=True)  # -v shows the whole trace here
+    said = cause or f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    print(f"jester-als {name}: failed: {said}; nothing was replaced in {output_dir}"
+          + ("" if verbose else f" (the trace: {where or 'run with -v'})"), file=sys.stderr)
+    return 1
 
 
 def keep_trace(exc: BaseException, spark_log: str | None) -> None:

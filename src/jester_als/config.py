@@ -783,40 +783,44 @@ def _problems(error: ValidationError) -> list[str]:
     problems: list[str] = []
     bad_items: dict[str, list] = {}
     for err in error.errors():
-        loc, kind, value = err["loc"], err["type"], err.get("input")
-        path = ".".join(str(part) for part in loc)
-        if kind == "problems":  # several problems from one check, each "sub.key: message" or "message"
+        loc, kind = err["loc"], err["type"]
+        if kind in _TYPE_ERRORS and loc and isinstance(loc[-1], int):  # an item of a list: said once per list
+            bad_items.setdefault(".".join(str(part) for part in loc[:-1]), []).append(err.get("input"))
+        elif kind == "problems":  # several problems from one check, each "sub.key: message" or "message"
             path = ".".join(str(part) for part in loc if not isinstance(part, int))  # a list's item: the list
             problems.extend((f"{path}.{p}" if ": " in p else f"{path}: {p}") if path else p
                             for p in err["ctx"]["problems"])
-        elif kind == "extra_forbidden":
-            parent = _plain(_annotation_at(loc[:-1])) if len(loc) > 1 else JesterConfig
-            message = parent.unknown_key if _is_section(parent) else Section.unknown_key
-            names = list(parent.model_fields) if _is_section(parent) else []
-            problems.append(f"{path}: " + message.format(known=", ".join(names), names=sorted(names)))
-        elif kind == "too_short":
-            problems.append(f"{path}: empty list (give at least one value)")
-        elif kind == "value_error":
-            problems.append(f"{path}: {err['ctx']['error']}, got {value!r}")
-        elif kind == "literal_error":
-            choices = list(get_args(_plain(_annotation_at(loc))))
-            problems.append(f"{path}: expected one of {choices}, got {value!r}")
-        elif kind in _TYPE_ERRORS and loc and isinstance(loc[-1], int):  # an item of a list
-            bad_items.setdefault(".".join(str(part) for part in loc[:-1]), []).append(value)
-        elif kind in _TYPE_ERRORS and value is None:
-            problems.append(f"{path}: must not be null (expected {_a(_TYPE_ERRORS[kind])})")
-        elif _TYPE_ERRORS.get(kind) is dict:
-            problems.append(f"{path}: expected a mapping, got {type(value).__name__}")
-        elif kind == "list_type":
-            problems.append(f"{path}: expected a {_kind(_annotation_at(loc))} values, got {value!r}")
-        elif kind in _TYPE_ERRORS:
-            problems.append(f"{path}: expected {_a(_TYPE_ERRORS[kind])}, got {value!r}")
         else:
-            problems.append(f"{path}: {err['msg']}, got {value!r}")
+            problems.append(f"{'.'.join(str(part) for part in loc)}: {_message(err)}")
     for path, items in bad_items.items():
         kind = _kind(_annotation_at(tuple(path.split("."))))
         problems.append(f"{path}: expected a {kind} values, got item(s) {items!r}")
     return problems
+
+
+def _message(err) -> str:
+    """What is wrong with one value, from one of pydantic's errors."""
+    loc, kind, value = err["loc"], err["type"], err.get("input")
+    if kind == "extra_forbidden":
+        parent = _plain(_annotation_at(loc[:-1])) if len(loc) > 1 else JesterConfig
+        names = list(parent.model_fields) if _is_section(parent) else []
+        return (parent if _is_section(parent) else Section).unknown_key.format(known=", ".join(names),
+                                                                               names=sorted(names))
+    if kind == "too_short":
+        return "empty list (give at least one value)"
+    if kind == "value_error":
+        return f"{err['ctx']['error']}, got {value!r}"
+    if kind == "literal_error":
+        return f"expected one of {list(get_args(_plain(_annotation_at(loc))))}, got {value!r}"
+    if kind in _TYPE_ERRORS and value is None:
+        return f"must not be null (expected {_a(_TYPE_ERRORS[kind])})"
+    if _TYPE_ERRORS.get(kind) is dict:
+        return f"expected a mapping, got {type(value).__name__}"
+    if kind == "list_type":
+        return f"expected a {_kind(_annotation_at(loc))} values, got {value!r}"
+    if kind in _TYPE_ERRORS:
+        return f"expected {_a(_TYPE_ERRORS[kind])}, got {value!r}"
+    return f"{err['msg']}, got {value!r}"
 
 
 def config_table() -> str:

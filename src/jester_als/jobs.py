@@ -376,10 +376,7 @@ def run_foldin(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> dict:
         factors.write.mode("overwrite").parquet(out.path("new_user_factors"))
         prepared.rejected.unionByName(unknown).write.mode("overwrite").parquet(out.path("new_user_rejected"))
         known_users = known_user_count(model, ratings)
-        unknown_cells = prepared.counts["rejected"].copy()
         unknown_count = unknown.count()
-        if unknown_count:
-            unknown_cells["unknown_joke"] = unknown_count
     finally:
         prepared.release()
         if on_spark is not None:
@@ -388,18 +385,28 @@ def run_foldin(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> dict:
             try_unpersist(ratings)
     written = spark.read.parquet(out.path("new_user_recommendations")).agg(
         F.countDistinct("user").alias("users"), F.count(F.lit(1)).alias("rows")).first()
-    rows_without = (prepared.fingerprint["rows"] - summary["users"]
-                    if prepared.counts["rows_without_ratings"] is None else prepared.counts["rows_without_ratings"])
     section = {"source": prepared.source, "engine": engine, "users": summary["users"], "ratings": summary["ratings"],
-               "known_users": known_users, "users_without_ratings": rows_without,
-               "cells": {"read": prepared.counts["cells"], "accepted": prepared.counts["accepted"] - unknown_count,
-                         "missing": prepared.counts["missing"], "rejected": unknown_cells},
+               "known_users": known_users, **_foldin_cells(prepared, summary["users"], unknown_count),
                "recommended_users": written["users"], "recommendation_rows": written["rows"], "top_n": top,
                "reg_param": foldable.reg_param, "biased": foldable.biased, "seconds": time.perf_counter() - started}
     log.info("foldin: %d new users (%d ratings; %d already in the model, folded in anew; %d without a rating of a "
              "known joke) -> top %d for %d users; refused cells %s", summary["users"], summary["ratings"], known_users,
-             rows_without, top, written["users"], unknown_cells or "none")
+             section["users_without_ratings"], top, written["users"], section["cells"]["rejected"] or "none")
     return {"foldin": section}
+
+
+def _foldin_cells(prepared, users: int, unknown_count: int) -> dict:
+    """How fold-in's input cells were used: the users without a usable rating, and every cell read as accepted,
+    missing or refused by reason (jokes the model never saw among them)."""
+    counts = prepared.counts
+    rejected = counts["rejected"].copy()
+    if unknown_count:
+        rejected["unknown_joke"] = unknown_count
+    rows_without = (prepared.fingerprint["rows"] - users if counts["rows_without_ratings"] is None
+                    else counts["rows_without_ratings"])
+    return {"users_without_ratings": rows_without,
+            "cells": {"read": counts["cells"], "accepted": counts["accepted"] - unknown_count,
+                      "missing": counts["missing"], "rejected": rejected}}
 
 
 def known_user_count(model, ratings: DataFrame) -> int:

@@ -57,42 +57,12 @@ def build_session(spark_cfg: SparkConfig, *, master: str | None = None, remote: 
         return active, False
 
     builder = SparkSession.builder.appName(spark_cfg.app_name)
-    if runs_locally(master, remote):
-        # Python workers (fold-in's mapInPandas) run this interpreter, the job's own environment, not whatever
-        # `python3` comes first on PATH, which may lack the package and NumPy. pyspark reads the environment
-        # variable when it starts its context (the spark.pyspark.python setting did not reach local workers).
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     extra = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in spark_cfg.conf.items()}
     if runs_locally(master, remote):
-        if spark_log:
-            os.makedirs(os.path.dirname(spark_log), exist_ok=True)
-        extra = {**local_mode_defaults(spark_log, verbose), **extra}
-        # Local mode talks to itself only: bind to the loopback address instead of letting Spark warn (two lines)
-        # that the hostname resolves to it and pick another interface. A user's own SPARK_LOCAL_IP wins.
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        extra = {**_local_process(spark_log, verbose), **extra}
     launch = {"spark.log.level": spark_cfg.log_level, **extra}
     if remote and remote.startswith("local"):
-        # `remote("local[N]")` makes pyspark start a Connect server inside this process
-        # (pyspark/sql/connect/session.py, SparkSession._start_connect_server, in 4.0 and 4.3 alike). Launch-time
-        # settings such as the checkpoint directory and driver memory must reach that server's SparkConf: the
-        # running server refuses them (CANNOT_MODIFY_CONFIG). Passed as builder options they also come back as
-        # session settings the server refuses, with a warning each; the server's initial conf
-        # (PYSPARK_REMOTE_INIT_CONF_*, read by the same function) takes them without that, and the session
-        # settings are then applied where the server allows.
-        launch["spark.checkpoint.dir"] = spark_cfg.checkpoint_dir or _owned_checkpoint_dir()
-        os.environ["PYSPARK_REMOTE_INIT_CONF_LEN"] = "1"
-        os.environ["PYSPARK_REMOTE_INIT_CONF_0"] = json.dumps(launch)
-        try:
-            spark = builder.remote(remote).getOrCreate()
-        finally:
-            os.environ.pop("PYSPARK_REMOTE_INIT_CONF_LEN", None)
-            os.environ.pop("PYSPARK_REMOTE_INIT_CONF_0", None)
-        bound_connect_retries(spark)
-        _apply_connect_settings(spark, extra, None, quiet=True)
-        log.info("Spark %s over Spark Connect, local server %s started by pyspark, checkpoint dir %s",
-                 spark.version, remote, launch["spark.checkpoint.dir"])
-        log_ui_address(launch)
-        return spark, not platform_owned()
+        return _local_connect(builder, remote, launch, extra, spark_cfg.checkpoint_dir)
     if remote:
         spark = builder.remote(remote).getOrCreate()
         bound_connect_retries(spark)
@@ -100,9 +70,54 @@ def build_session(spark_cfg: SparkConfig, *, master: str | None = None, remote: 
         log.info("Spark %s session over Spark Connect at %s, checkpoint dir %s", spark.version, remote,
                  _conf(spark, "spark.checkpoint.dir") or "none")
         return spark, not platform_owned()
-    if master:
-        builder = builder.master(master)
-    checkpoint_dir = spark_cfg.checkpoint_dir or _owned_checkpoint_dir()
+    return _classic(builder.master(master) if master else builder, launch, extra, spark_cfg.checkpoint_dir,
+                    local=runs_locally(master, remote), spark_log=spark_log, verbose=verbose)
+
+
+def _local_process(spark_log: str | None, verbose: bool) -> dict:
+    """This process set up for a Spark that runs inside it; the local-mode settings."""
+    # Python workers (fold-in's mapInPandas) run this interpreter, the job's own environment, not whatever
+    # `python3` comes first on PATH, which may lack the package and NumPy. pyspark reads the environment
+    # variable when it starts its context (the spark.pyspark.python setting did not reach local workers).
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if spark_log:
+        os.makedirs(os.path.dirname(spark_log), exist_ok=True)
+    # Local mode talks to itself only: bind to the loopback address instead of letting Spark warn (two lines)
+    # that the hostname resolves to it and pick another interface. A user's own SPARK_LOCAL_IP wins.
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    return local_mode_defaults(spark_log, verbose)
+
+
+def _local_connect(builder, remote: str, launch: dict, extra: dict, checkpoint_dir: str | None):
+    """A Spark Connect server pyspark starts inside this process (``remote("local[N]")``)."""
+    # pyspark starts that server itself (pyspark/sql/connect/session.py, SparkSession._start_connect_server, in
+    # 4.0 and 4.3 alike). Launch-time settings such as the checkpoint directory and driver memory must reach
+    # that server's SparkConf: the running server refuses them (CANNOT_MODIFY_CONFIG). Passed as builder options
+    # they also come back as session settings the server refuses, with a warning each; the server's initial
+    # conf (PYSPARK_REMOTE_INIT_CONF_*, read by the same function) takes them without that, and the session
+    # settings are then applied where the server allows.
+    launch = {**launch, "spark.checkpoint.dir": checkpoint_dir or _owned_checkpoint_dir()}
+    os.environ["PYSPARK_REMOTE_INIT_CONF_LEN"] = "1"
+    os.environ["PYSPARK_REMOTE_INIT_CONF_0"] = json.dumps(launch)
+    try:
+        spark = builder.remote(remote).getOrCreate()
+    finally:
+        os.environ.pop("PYSPARK_REMOTE_INIT_CONF_LEN", None)
+        os.environ.pop("PYSPARK_REMOTE_INIT_CONF_0", None)
+    bound_connect_retries(spark)
+    _apply_connect_settings(spark, extra, None, quiet=True)
+    log.info("Spark %s over Spark Connect, local server %s started by pyspark, checkpoint dir %s",
+             spark.version, remote, launch["spark.checkpoint.dir"])
+    log_ui_address(launch)
+    return spark, not platform_owned()
+
+
+def _classic(builder, launch: dict, extra: dict, given_checkpoint_dir: str | None, *, local: bool,
+             spark_log: str | None, verbose: bool):
+    """A classic session: local mode, spark-submit's master, or the platform's."""
+    from pyspark.sql import SparkSession
+
+    checkpoint_dir = given_checkpoint_dir or _owned_checkpoint_dir()
     for key, value in {"spark.checkpoint.dir": checkpoint_dir, **launch}.items():
         builder = builder.config(key, value)
     try:
@@ -114,11 +129,11 @@ def build_session(spark_cfg: SparkConfig, *, master: str | None = None, remote: 
         # settings: join it as it is and apply what it accepts.
         log.info("the platform's session refused launch-time settings; joining it as it is")
         spark = SparkSession.builder.getOrCreate()
-        _apply_connect_settings(spark, extra, spark_cfg.checkpoint_dir)
+        _apply_connect_settings(spark, extra, given_checkpoint_dir)
         return spark, False
     log.info("Spark %s session (%s), checkpoint dir %s", spark.version, master_of(spark) or "default master",
              _conf(spark, "spark.checkpoint.dir") or checkpoint_dir)
-    if runs_locally(master, remote):
+    if local:
         log_ui_address(launch)
         if spark_log:
             log.info("Spark's own warnings: %s%s", spark_log, "" if verbose else " (-v shows them here too)")

@@ -267,6 +267,12 @@ def uneven(cluster: dict, check: dict) -> str:
 
 
 def render_scale(study: dict) -> str:
+    """scale.md: the answer, the measurements, the single-machine limits, the cost model and the predictions."""
+    lines = _measurement_lines(study) + _limit_lines(study) + _cost_model_lines(study) + _prediction_lines(study)
+    return "\n".join(lines)
+
+
+def _measurement_lines(study: dict) -> list[str]:
     rows = []
     for p in study["points"]:
         numpy_r, spark_r = p["engines"].get("numpy", {}), p["engines"].get("spark", {})
@@ -298,42 +304,54 @@ def render_scale(study: dict) -> str:
             f"at {cross['train_ratings']:,} training ratings ({cross['users']:,} x {cross['jokes']:,}): "
             f"{cross['why']}." if cross else "none within the measured range: NumPy ALS on one machine was "
                                              "faster at every size both engines completed."))
-    lines += ["", "## Single-machine limits", "",
+    return lines
+
+
+def _limit_lines(study: dict) -> list[str]:
+    lines = ["", "## Single-machine limits", "",
               f"Along the users axis (100 jokes), against the study's memory budget of "
               f"{study['budgets']['memory_mb']:,} MB (Spark's heap: {study['budgets']['spark_driver_memory']}):", ""]
     for engine in ENGINES:
-        limit = study["limits"].get(engine) or {}
-        largest, first, predicted = limit.get("largest_fitted"), limit.get("first_not_fitted"), limit.get("predicted")
-        said = [f"largest measured to fit {largest['users']:,} users ({largest['train_ratings']:,} ratings, peak "
-                f"{largest['peak_mb']:,.0f} MB)" if largest else "no size fitted"]
-        said.append(f"{first['users']:,} users did not ({first['why']})" if first
-                    else "every size on the axis fitted, so the measured limit lies beyond it")
-        held = limit.get("in_memory")
-        if held:
-            kept, disk = held["largest_held"], held["first_on_disk"]
-            said.append((f"its heap held every cached block up to {kept['users']:,} users" if kept
-                         else "its heap held the cached blocks at no size")
-                        + (f"; from {disk['users']:,} users {disk['disk_mb']:,.0f} MB of them were on disk and "
-                           f"{disk['spilled_mb']:,.0f} MB spilled (garbage collection {disk['gc_share']:.0%} of task "
-                           f"time), so past that its memory is the heap and the cost is disk"
-                           if disk else ", and nothing spilled"))
-            model = held.get("storage_model")
-            if model and model["fills_at"]:
-                reported = model.get("unified_memory_from") == "Spark's maxMemory"
-                said.append(f"Spark's cached blocks grew {model['bytes_per_rating']:.1f} bytes a training rating "
-                            f"(+ {model['fixed_mb']:,.0f} MB; within {model['max_relative_error']:.0%} of every "
-                            f"point), so they fill the {model['unified_memory_mb']:,.0f} MB of unified memory of a "
-                            f"{model['heap']} heap ("
-                            + ("its block manager's maxMemory" if reported else "(heap - 300 MB) x 0.6")
-                            + f") at about {model['fills_at']['users'] / 1e6:,.2f} M users "
-                            f"({model['fills_at']['train_ratings'] / 1e6:,.0f} M ratings), past which its heap cannot "
-                            f"hold them; its resident memory is the heap's size, not this need")
-        if predicted:
-            said.append(f"the memory model reaches the budget at {predicted['users'] / 1e6:,.2f} M users "
-                        f"({predicted['train_ratings'] / 1e6:,.0f} M ratings"
-                        + (f", {predicted['path']} path)" if predicted.get("path") else ")"))
-        lines.append(f"- {ENGINE_NAMES[engine]}: " + "; ".join(said) + ".")
-    lines += ["", "## Cost model", "",
+        lines.append(f"- {ENGINE_NAMES[engine]}: " + "; ".join(_limit_said(study["limits"].get(engine) or {})) + ".")
+    return lines
+
+
+def _limit_said(limit: dict) -> list[str]:
+    """What one engine's limits say, clause by clause."""
+    largest, first, predicted = limit.get("largest_fitted"), limit.get("first_not_fitted"), limit.get("predicted")
+    said = [f"largest measured to fit {largest['users']:,} users ({largest['train_ratings']:,} ratings, peak "
+            f"{largest['peak_mb']:,.0f} MB)" if largest else "no size fitted"]
+    said.append(f"{first['users']:,} users did not ({first['why']})" if first
+                else "every size on the axis fitted, so the measured limit lies beyond it")
+    held = limit.get("in_memory")
+    if held:
+        kept, disk = held["largest_held"], held["first_on_disk"]
+        said.append((f"its heap held every cached block up to {kept['users']:,} users" if kept
+                     else "its heap held the cached blocks at no size")
+                    + (f"; from {disk['users']:,} users {disk['disk_mb']:,.0f} MB of them were on disk and "
+                       f"{disk['spilled_mb']:,.0f} MB spilled (garbage collection {disk['gc_share']:.0%} of task "
+                       f"time), so past that its memory is the heap and the cost is disk"
+                       if disk else ", and nothing spilled"))
+        model = held.get("storage_model")
+        if model and model["fills_at"]:
+            reported = model.get("unified_memory_from") == "Spark's maxMemory"
+            said.append(f"Spark's cached blocks grew {model['bytes_per_rating']:.1f} bytes a training rating "
+                        f"(+ {model['fixed_mb']:,.0f} MB; within {model['max_relative_error']:.0%} of every "
+                        f"point), so they fill the {model['unified_memory_mb']:,.0f} MB of unified memory of a "
+                        f"{model['heap']} heap ("
+                        + ("its block manager's maxMemory" if reported else "(heap - 300 MB) x 0.6")
+                        + f") at about {model['fills_at']['users'] / 1e6:,.2f} M users "
+                        f"({model['fills_at']['train_ratings'] / 1e6:,.0f} M ratings), past which its heap cannot "
+                        f"hold them; its resident memory is the heap's size, not this need")
+    if predicted:
+        said.append(f"the memory model reaches the budget at {predicted['users'] / 1e6:,.2f} M users "
+                    f"({predicted['train_ratings'] / 1e6:,.0f} M ratings"
+                    + (f", {predicted['path']} path)" if predicted.get("path") else ")"))
+    return said
+
+
+def _cost_model_lines(study: dict) -> list[str]:
+    lines = ["", "## Cost model", "",
               f"Seconds per iteration and peak MB as non-negative least-squares fits (relative errors) of the terms "
               f"below (k = rank {model_rank(study)}, rows = users + jokes, dense cells = users x jokes on NumPy's "
               f"dense path); each coefficient +- its standard error (blank: held at zero). Checked on points left "
@@ -362,7 +380,11 @@ def render_scale(study: dict) -> str:
                          f"{c['predicted_mb']:,.0f} MB, measured {c['measured_seconds']:,.1f} s / "
                          f"{c['measured_mb']:,.0f} MB ({c['seconds_error']:+.0%} / {c['mb_error']:+.0%}): {verdict}")
     lines += cluster_lines(study.get("cluster"))
-    lines += ["", "## Predictions", ""]
+    return lines
+
+
+def _prediction_lines(study: dict) -> list[str]:
+    lines = ["", "## Predictions", ""]
     prediction_rows = []
     reach = lambda one: f", {one['extrapolation']:,.0f}x measured" if one.get("extrapolation", 1) > 1.5 else ""
     for row in study["predictions"]:
@@ -402,7 +424,23 @@ def render_scale(study: dict) -> str:
                  "standalone-cluster measurements above." if (study.get("cluster") or {}).get("model", {}).get("fitted")
                  else "Its shuffle volume is the partitioning rule's and its memory one machine's divided by the "
                       "executors: nothing of it was measured on a cluster."), ""]
-    return "\n".join(lines)
+    return lines
+
+
+def _mark_limits(study: dict, ax_time, ax_mem) -> None:
+    """Each engine's largest size measured to fit and where its memory model reaches the budget, as vertical
+    lines on both plots (labelled once, on the memory plot)."""
+    for engine, color in (("numpy", "tab:blue"), ("spark", "tab:orange")):
+        limit = study["limits"].get(engine) or {}
+        largest, predicted = limit.get("largest_fitted"), limit.get("predicted")
+        name = "NumPy" if engine == "numpy" else "Spark"
+        for ax in (ax_time, ax_mem):
+            if largest:
+                ax.axvline(largest["train_ratings"], color=color, linestyle="-", linewidth=2, alpha=0.35,
+                           label=f"{name}: largest measured to fit" if ax is ax_mem else None)
+            if predicted:
+                ax.axvline(predicted["train_ratings"], color=color, linestyle=":",
+                           label=f"{name}: model reaches the budget" if ax is ax_mem else None)
 
 
 def plot(study: dict, path: str) -> bool:
@@ -426,17 +464,7 @@ def plot(study: dict, path: str) -> bool:
             label = f"{'NumPy' if engine == 'numpy' else 'Spark'} ({axis} axis)"
             ax_time.plot(x, [p["engines"][engine]["fit_seconds"] for p in done], style, color=color, label=label)
             ax_mem.plot(x, [p["engines"][engine]["peak_rss_mb"] for p in done], style, color=color, label=label)
-    for engine, color in (("numpy", "tab:blue"), ("spark", "tab:orange")):
-        limit = study["limits"].get(engine) or {}
-        largest, predicted = limit.get("largest_fitted"), limit.get("predicted")
-        name = "NumPy" if engine == "numpy" else "Spark"
-        for ax in (ax_time, ax_mem):
-            if largest:
-                ax.axvline(largest["train_ratings"], color=color, linestyle="-", linewidth=2, alpha=0.35,
-                           label=f"{name}: largest measured to fit" if ax is ax_mem else None)
-            if predicted:
-                ax.axvline(predicted["train_ratings"], color=color, linestyle=":",
-                           label=f"{name}: model reaches the budget" if ax is ax_mem else None)
+    _mark_limits(study, ax_time, ax_mem)
     ax_mem.axhline(study["budgets"]["memory_mb"], color="red", linestyle="--", linewidth=0.8, label="memory budget")
     for ax, ylabel in ((ax_time, "fit time (s)"), (ax_mem, "peak resident memory (MB)")):
         ax.set_xscale("log")

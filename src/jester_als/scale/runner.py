@@ -26,8 +26,6 @@ def run_worker(spec: WorkerSpec, *, memory_budget_mb: float, time_budget_seconds
     ``HEARTBEAT_SECONDS`` log the time so far and the memory now. The worker's log is copied into
     ``keep_log_in`` (the job's output directory) and named in the result when it fails, or always with
     ``keep_all_logs``. ``name`` tells apart several runs of one engine on one point (default: point-engine)."""
-    import psutil
-
     data_dir = Path(spec.data_dir)
     label = name or f"{data_dir.name}-{spec.engine}"
     spec_file = data_dir / f"{label}-spec.json"
@@ -39,36 +37,9 @@ def run_worker(spec: WorkerSpec, *, memory_budget_mb: float, time_budget_seconds
     log_path = data_dir / f"{label}-worker.log"
     with open(log_path, "wb") as log_file:  # a file, not a pipe: a chatty worker must never block on it
         process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log_file, env=env)
-    root = psutil.Process(process.pid)
-    peak, limit = 0, None
-    budget_bytes = memory_budget_mb * 2**20
-    next_beat = HEARTBEAT_SECONDS
-    while process.poll() is None:
-        try:
-            tree = [root] + root.children(recursive=True)
-            rss = sum(p.memory_info().rss for p in tree if p.is_running())
-        except psutil.Error:
-            rss = 0
-        peak = max(peak, rss)
-        elapsed = time.perf_counter() - started
-        if elapsed >= next_beat:
-            log.info("    %s worker (%s): %.0f s so far, %s MB now, peak %s MB", spec.engine, name or data_dir.name,
-                     elapsed, f"{rss / 2**20:,.0f}", f"{peak / 2**20:,.0f}")
-            next_beat += HEARTBEAT_SECONDS
-        if rss > budget_bytes:
-            limit = f"memory: {rss / 2**20:,.0f} MB > budget {memory_budget_mb:,} MB"
-        elif elapsed > time_budget_seconds:
-            limit = f"time: {elapsed:,.0f} s > budget {time_budget_seconds:,} s"
-        if limit:
-            for p in reversed([root] + root.children(recursive=True)):
-                try:
-                    p.kill()
-                except psutil.Error:
-                    pass
-            process.wait()
-            break
-        time.sleep(0.1)
-    stderr = log_path.read_text(errors="replace")
+    watch = _Watch(process, started, memory_budget_mb, time_budget_seconds, f"{spec.engine} worker "
+                                                                            f"({name or data_dir.name})")
+    limit = watch.until_done()
     wall = time.perf_counter() - started
     failed_run = bool(limit or process.returncode != 0 or not result_file.exists())
     kept = None
@@ -77,19 +48,75 @@ def run_worker(spec: WorkerSpec, *, memory_budget_mb: float, time_budget_seconds
         kept = keep_log_in / f"{label}-worker.log"
         shutil.copyfile(log_path, kept)
     if failed_run:
-        if not limit:
-            limit = failure(process.returncode, stderr)
-        failed = {"completed": False, "limit": limit, "peak_rss_mb": peak / 2**20, "wall_seconds": wall}
-        if kept is not None:
-            failed["log"] = str(kept)
-        return failed
-    result = json.loads(result_file.read_text())
-    result.update(completed=True, peak_rss_mb=peak / 2**20, wall_seconds=wall)
-    if result.get("seconds"):
-        result["fit_seconds"] = float(np.median(result["seconds"]))
+        limit = limit or failure(process.returncode, log_path.read_text(errors="replace"))
+        result = {"completed": False, "limit": limit, "peak_rss_mb": watch.peak / 2**20, "wall_seconds": wall}
+    else:
+        result = json.loads(result_file.read_text())
+        result.update(completed=True, peak_rss_mb=watch.peak / 2**20, wall_seconds=wall)
+        if result.get("seconds"):
+            result["fit_seconds"] = float(np.median(result["seconds"]))
     if kept is not None:
         result["log"] = str(kept)
     return result
+
+
+class _Watch:
+    """A worker's process tree watched every 0.1 s: its peak resident memory, a heartbeat line every
+    ``HEARTBEAT_SECONDS``, and the tree killed at the first budget it exceeds."""
+
+    def __init__(self, process: subprocess.Popen, started: float, memory_budget_mb: float,
+                 time_budget_seconds: float, label: str):
+        import psutil
+
+        self.process, self.root, self.started, self.label = process, psutil.Process(process.pid), started, label
+        self.memory_budget_mb, self.time_budget_seconds = memory_budget_mb, time_budget_seconds
+        self.peak = 0
+
+    def rss(self) -> int:
+        import psutil
+
+        try:
+            return sum(p.memory_info().rss for p in self.tree() if p.is_running())
+        except psutil.Error:
+            return 0
+
+    def tree(self) -> list:
+        return [self.root] + self.root.children(recursive=True)
+
+    def until_done(self) -> str | None:
+        """Wait for the worker; the budget it exceeded (it is killed then), or None."""
+        next_beat = HEARTBEAT_SECONDS
+        while self.process.poll() is None:
+            rss = self.rss()
+            self.peak = max(self.peak, rss)
+            elapsed = time.perf_counter() - self.started
+            if elapsed >= next_beat:
+                log.info("    %s: %.0f s so far, %s MB now, peak %s MB", self.label, elapsed,
+                         f"{rss / 2**20:,.0f}", f"{self.peak / 2**20:,.0f}")
+                next_beat += HEARTBEAT_SECONDS
+            limit = self.exceeded(rss, elapsed)
+            if limit:
+                self.kill()
+                return limit
+            time.sleep(0.1)
+        return None
+
+    def exceeded(self, rss: int, elapsed: float) -> str | None:
+        if rss > self.memory_budget_mb * 2**20:
+            return f"memory: {rss / 2**20:,.0f} MB > budget {self.memory_budget_mb:,} MB"
+        if elapsed > self.time_budget_seconds:
+            return f"time: {elapsed:,.0f} s > budget {self.time_budget_seconds:,} s"
+        return None
+
+    def kill(self) -> None:
+        import psutil
+
+        for p in reversed(self.tree()):
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        self.process.wait()
 
 
 def failure(returncode: int, log: str) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jester_als.config import JesterConfig, ScaleConfig, size_mb
+from jester_als.config import GenerateConfig, JesterConfig, ScaleConfig, size_mb
 from jester_als.generate import GeneratorParams
 from jester_als.numpy_als import engine_threads, last_level_cache_bytes
 from jester_als.outputs import now_iso, staged_outputs, write_text_atomic
@@ -113,9 +113,66 @@ def _progress(index: int, specs: list[dict], seconds: list[float], started: floa
             f"{elapsed / 60:.1f} min so far, {left}")
 
 
+def _point_data(spec: dict, specs: list[dict], work: Path, gen_cfg: GenerateConfig,
+                scale: ScaleConfig) -> tuple[dict, Path, int | None]:
+    """A point's table, generated and split unless it is there already; the point's record so far, where its
+    table is, and the largest user id it fits (a limit probe's share of the probes' table; None: all)."""
+    # the limit probes share one table, the largest probe's: a smaller probe fits its first users
+    table = max((s for s in specs if "probe" in s), key=lambda s: s["users"]) if "probe" in spec else spec
+    max_user = spec["users"] if table["users"] > spec["users"] else None
+    data_dir = work / (f"{table['axis']}-{table['users']}x{table['jokes']}"
+                       + (f"-{table['mean_ratings']:g}per" if table["axis"] == "density" else ""))
+    started = time.perf_counter()
+    if not (data_dir / "train.parquet").exists():
+        params = GeneratorParams.from_config(gen_cfg, users=table["users"], jokes=table["jokes"],
+                                             mean_ratings=table["mean_ratings"], min_ratings=table["min_ratings"],
+                                             gauge_jokes=table["gauge_jokes"])
+        if table is not spec:
+            log.info("  generating %s users once for the limit probes", f"{table['users']:,}")
+        write_split_parquet(params, data_dir, scale.test_fraction, scale.seed)
+    sizes = split_counts(data_dir, max_user)
+    point = {**spec, **sizes, "ratings": sizes["train_ratings"] + sizes["test_ratings"],
+             "generate_seconds": time.perf_counter() - started, "engines": {},
+             # a limit probe measures memory, which the first iteration has already reached
+             "iterations": scale.limit_probe_iterations if "probe" in spec else scale.maxIter}
+    log.info("  %s training ratings, generated in %.0f s", f"{sizes['train_ratings']:,}", point["generate_seconds"])
+    return point, data_dir, max_user
+
+
+def _run_engines(point: dict, spec: dict, data_dir: Path, max_user: int | None, stopped: dict, scale: ScaleConfig,
+                 logs_dir: Path) -> None:
+    """Each engine on the point, in a worker of its own, into ``point["engines"]``; an engine stopped on this
+    axis before (``stopped``) or a probe of the other engine's limit is not run, and says why."""
+    for engine in ENGINES:
+        key = (spec["axis"], engine)
+        if key in stopped:
+            point["engines"][engine] = {"completed": False, "skipped": True,
+                                        "limit": f"not run: {stopped[key]} at a smaller size"}
+            continue
+        if spec.get("probe", engine) != engine:
+            point["engines"][engine] = {"completed": False, "skipped": True,
+                                        "limit": f"not run: a probe of {spec['probe']}'s memory limit"}
+            continue
+        repeats = scale.repeats if point["train_ratings"] <= scale.repeat_below_ratings else 1
+        worker = WorkerSpec(engine=engine, data_dir=str(data_dir), rank=scale.rank, reg_param=scale.regParam,
+                            max_iter=point["iterations"], repeats=repeats,
+                            result_file=str(data_dir / f"{engine}-result.json"),
+                            spark_driver_memory=scale.spark_driver_memory,
+                            dense_budget_mb=scale.numpy_dense_budget_mb, max_user=max_user,
+                            # a probe measures memory, and its fits are what its budget is for
+                            warmup=repeats == 1 and not spec.get("probe"))
+        result = run_worker(worker, memory_budget_mb=scale.memory_budget_mb,
+                            time_budget_seconds=scale.time_budget_seconds, keep_log_in=logs_dir, keep_all_logs=True,
+                            name=f"{data_dir.name}-{spec['users']}-{engine}" if max_user else None)
+        point["engines"][engine] = result
+        if not result["completed"]:
+            stopped[key] = result["limit"]
+        log.info("  %s: %s", engine, f"{result['fit_seconds']:.2f} s, peak {result['peak_rss_mb']:,.0f} MB, "
+                 f"RMSE {result['rmse']:.4f}" if result["completed"] else result["limit"])
+
+
 def run_study(cfg: JesterConfig) -> dict:
     scale = cfg.scale
-    gen_cfg = cfg.generate
     work = Path(tempfile.mkdtemp(prefix="jester-als-scale-", dir=scale.work_dir))
     stopped: dict[tuple[str, str], str] = {}
     points = []
@@ -128,54 +185,8 @@ def run_study(cfg: JesterConfig) -> dict:
             spec = specs[index]
             log.info("scale %s", _progress(index, specs, point_seconds, study_started))
             point_started = time.monotonic()
-            # the limit probes share one table, the largest probe's: a smaller probe fits its first users
-            table = max((s for s in specs if "probe" in s), key=lambda s: s["users"]) if "probe" in spec else spec
-            max_user = spec["users"] if table["users"] > spec["users"] else None
-            data_dir = work / (f"{table['axis']}-{table['users']}x{table['jokes']}"
-                               + (f"-{table['mean_ratings']:g}per" if table["axis"] == "density" else ""))
-            started = time.perf_counter()
-            if not (data_dir / "train.parquet").exists():
-                params = GeneratorParams.from_config(gen_cfg, users=table["users"], jokes=table["jokes"],
-                                                     mean_ratings=table["mean_ratings"],
-                                                     min_ratings=table["min_ratings"], gauge_jokes=table["gauge_jokes"])
-                if table is not spec:
-                    log.info("  generating %s users once for the limit probes", f"{table['users']:,}")
-                write_split_parquet(params, data_dir, scale.test_fraction, scale.seed)
-            sizes = split_counts(data_dir, max_user)
-            point = {**spec, **sizes, "ratings": sizes["train_ratings"] + sizes["test_ratings"],
-                     "generate_seconds": time.perf_counter() - started, "engines": {},
-                     # a limit probe measures memory, which the first iteration has already reached
-                     "iterations": scale.limit_probe_iterations if "probe" in spec else scale.maxIter}
-            log.info("  %s training ratings, generated in %.0f s", f"{sizes['train_ratings']:,}",
-                     point["generate_seconds"])
-            for engine in ENGINES:
-                key = (spec["axis"], engine)
-                if key in stopped:
-                    point["engines"][engine] = {"completed": False, "skipped": True,
-                                                "limit": f"not run: {stopped[key]} at a smaller size"}
-                    continue
-                if spec.get("probe", engine) != engine:
-                    point["engines"][engine] = {"completed": False, "skipped": True,
-                                                "limit": f"not run: a probe of {spec['probe']}'s memory limit"}
-                    continue
-                cheap = sizes["train_ratings"] <= scale.repeat_below_ratings
-                repeats = scale.repeats if cheap else 1
-                worker = WorkerSpec(engine=engine, data_dir=str(data_dir), rank=scale.rank,
-                                    reg_param=scale.regParam, max_iter=point["iterations"], repeats=repeats,
-                                    result_file=str(data_dir / f"{engine}-result.json"),
-                                    spark_driver_memory=scale.spark_driver_memory,
-                                    dense_budget_mb=scale.numpy_dense_budget_mb, max_user=max_user,
-                                    # a probe measures memory, and its fits are what its budget is for
-                                    warmup=repeats == 1 and not spec.get("probe"))
-                result = run_worker(worker, memory_budget_mb=scale.memory_budget_mb,
-                                    time_budget_seconds=scale.time_budget_seconds,
-                                    keep_log_in=Path(cfg.output.dir) / "worker-logs", keep_all_logs=True,
-                                    name=f"{data_dir.name}-{spec['users']}-{engine}" if max_user else None)
-                point["engines"][engine] = result
-                if not result["completed"]:
-                    stopped[key] = result["limit"]
-                log.info("  %s: %s", engine, f"{result['fit_seconds']:.2f} s, peak {result['peak_rss_mb']:,.0f} MB, "
-                         f"RMSE {result['rmse']:.4f}" if result["completed"] else result["limit"])
+            point, data_dir, max_user = _point_data(spec, specs, work, cfg.generate, scale)
+            _run_engines(point, spec, data_dir, max_user, stopped, scale, Path(cfg.output.dir) / "worker-logs")
             points.append(point)
             point_seconds.append(time.monotonic() - point_started)
             if max_user is None:  # the table's last point (a probe's shared table ends with its largest probe)

@@ -51,77 +51,83 @@ def users_up_to(frame, max_user: int | None):
 def run(spec: WorkerSpec) -> int:
     """Fit ``spec.engine`` ``spec.repeats`` times on the point's training ratings, score the test ratings,
     write the result file."""
-    rank, reg, iters, repeats = spec.rank, spec.reg_param, spec.max_iter, spec.repeats
     data_dir = Path(spec.data_dir)
-    seconds = []
     if spec.engine == "spark-cluster":
         from jester_als.scale.cluster import run_cluster_worker
 
-        run_cluster_worker({**spec.cluster, "rank": rank, "reg_param": reg,
+        run_cluster_worker({**spec.cluster, "rank": spec.rank, "reg_param": spec.reg_param,
                             "checkpoint_dir": str(data_dir / "checkpoints")}, Path(spec.result_file))
         return 0
-    if spec.engine in ("numpy", "loop"):
-        from jester_als.numpy_als import RatingMatrix, fit_loop_als, fit_numpy_als, rmse_mae
-
-        started = time.perf_counter()
-        train = RatingMatrix.from_ids(*read_ratings(data_dir / "train.parquet", spec.max_user))
-        load_seconds = time.perf_counter() - started
-        warmup_seconds = None
-        if spec.warmup:
-            started = time.perf_counter()
-            fit = fit_numpy_als if spec.engine == "numpy" else fit_loop_als
-            extra = {"dense_budget_mb": spec.dense_budget_mb} if spec.engine == "numpy" else {}
-            fit(train, rank=rank, reg_param=reg, max_iter=1, seed=spec.seed, **extra)
-            warmup_seconds = time.perf_counter() - started
-        for _ in range(repeats):
-            started = time.perf_counter()
-            if spec.engine == "numpy":
-                model = fit_numpy_als(train, rank=rank, reg_param=reg, max_iter=iters, seed=spec.seed,
-                                      dense_budget_mb=spec.dense_budget_mb)
-            else:
-                model = fit_loop_als(train, rank=rank, reg_param=reg, max_iter=iters, seed=spec.seed)
-            seconds.append(time.perf_counter() - started)
-        del train
-        users, jokes, ratings = read_ratings(data_dir / "test.parquet", spec.max_user)
-        score = {**rmse_mae(ratings, model.predict(users, jokes)), "path": model.layout, "blocks": model.blocks,
-                 "load_seconds": load_seconds, "warmup_seconds": warmup_seconds}
-    else:
-        from pyspark.sql import SparkSession
-
-        from jester_als.localcluster import free_port
-        from jester_als.scale.cluster import StoragePeaks, spark_memory_signals
-        from jester_als.session import als_blocks
-        from jester_als.tune import fit_als, make_als, regression_metrics
-
-        ui_port = free_port()  # the UI serves the REST API that says whether the heap held the data
-        spark = (SparkSession.builder.master("local[*]").appName("jester-als-worker")
-                 .config("spark.driver.memory", spec.spark_driver_memory).config("spark.ui.enabled", "true")
-                 .config("spark.ui.port", str(ui_port)).config("spark.port.maxRetries", "0")
-                 .config("spark.ui.showConsoleProgress", "false")
-                 .config("spark.sql.shuffle.partitions", str(os.cpu_count() or 2))
-                 # inside the point's directory, which the study removes when it ends (also on failure)
-                 .config("spark.checkpoint.dir", str(data_dir / "checkpoints"))
-                 .config("spark.log.level", "ERROR").getOrCreate())
-        ui, app = f"http://127.0.0.1:{ui_port}", spark.conf.get("spark.app.id")
-        with StoragePeaks(ui, app) as storage:
-            started = time.perf_counter()
-            train = users_up_to(spark.read.parquet(str(data_dir / "train.parquet")), spec.max_user).persist()
-            train.count()
-            load_seconds = time.perf_counter() - started
-            als = make_als(seed=spec.seed, blocks=als_blocks(spark, "auto"))
-            warmup_seconds = None
-            if spec.warmup:
-                _, warmup_seconds = fit_als(train, als, {"rank": rank, "regParam": reg, "maxIter": 1})
-            for _ in range(repeats):
-                model, fit_seconds = fit_als(train, als, {"rank": rank, "regParam": reg, "maxIter": iters})
-                seconds.append(fit_seconds)
-        test = users_up_to(spark.read.parquet(str(data_dir / "test.parquet")), spec.max_user)
-        scores = regression_metrics(model.transform(test))
-        score = {"rmse": scores["rmse"], "mae": scores["mae"], "rows": scores["rows"], "load_seconds": load_seconds,
-                 "warmup_seconds": warmup_seconds, "spark_memory": spark_memory_signals(ui, app, storage)}
-        spark.stop()
+    seconds, score = (_run_numpy if spec.engine in ("numpy", "loop") else _run_spark)(spec, data_dir)
     Path(spec.result_file).write_text(json.dumps({"seconds": seconds, **score}))
     return 0
+
+
+def _run_numpy(spec: WorkerSpec, data_dir: Path) -> tuple[list[float], dict]:
+    """NumPy ALS (``numpy``) or the seed's per-user loop (``loop``): the fits' seconds and the test scores."""
+    from jester_als.numpy_als import RatingMatrix, fit_loop_als, fit_numpy_als, rmse_mae
+
+    started = time.perf_counter()
+    train = RatingMatrix.from_ids(*read_ratings(data_dir / "train.parquet", spec.max_user))
+    load_seconds = time.perf_counter() - started
+    fit = fit_numpy_als if spec.engine == "numpy" else fit_loop_als
+    extra = {"dense_budget_mb": spec.dense_budget_mb} if spec.engine == "numpy" else {}
+    warmup_seconds = None
+    if spec.warmup:
+        started = time.perf_counter()
+        fit(train, rank=spec.rank, reg_param=spec.reg_param, max_iter=1, seed=spec.seed, **extra)
+        warmup_seconds = time.perf_counter() - started
+    seconds = []
+    for _ in range(spec.repeats):
+        started = time.perf_counter()
+        model = fit(train, rank=spec.rank, reg_param=spec.reg_param, max_iter=spec.max_iter, seed=spec.seed, **extra)
+        seconds.append(time.perf_counter() - started)
+    del train
+    users, jokes, ratings = read_ratings(data_dir / "test.parquet", spec.max_user)
+    return seconds, {**rmse_mae(ratings, model.predict(users, jokes)), "path": model.layout, "blocks": model.blocks,
+                     "load_seconds": load_seconds, "warmup_seconds": warmup_seconds}
+
+
+def _run_spark(spec: WorkerSpec, data_dir: Path) -> tuple[list[float], dict]:
+    """Spark ALS in local mode, its UI on so that its REST API says whether the heap held the data: the fits'
+    seconds, the test scores and Spark's memory readings."""
+    from pyspark.sql import SparkSession
+
+    from jester_als.localcluster import free_port
+    from jester_als.scale.cluster import StoragePeaks, spark_memory_signals
+    from jester_als.session import als_blocks
+    from jester_als.tune import fit_als, make_als, regression_metrics
+
+    ui_port = free_port()
+    spark = (SparkSession.builder.master("local[*]").appName("jester-als-worker")
+             .config("spark.driver.memory", spec.spark_driver_memory).config("spark.ui.enabled", "true")
+             .config("spark.ui.port", str(ui_port)).config("spark.port.maxRetries", "0")
+             .config("spark.ui.showConsoleProgress", "false")
+             .config("spark.sql.shuffle.partitions", str(os.cpu_count() or 2))
+             # inside the point's directory, which the study removes when it ends (also on failure)
+             .config("spark.checkpoint.dir", str(data_dir / "checkpoints"))
+             .config("spark.log.level", "ERROR").getOrCreate())
+    ui, app = f"http://127.0.0.1:{ui_port}", spark.conf.get("spark.app.id")
+    params = {"rank": spec.rank, "regParam": spec.reg_param}
+    seconds = []
+    with StoragePeaks(ui, app) as storage:
+        started = time.perf_counter()
+        train = users_up_to(spark.read.parquet(str(data_dir / "train.parquet")), spec.max_user).persist()
+        train.count()
+        load_seconds = time.perf_counter() - started
+        als = make_als(seed=spec.seed, blocks=als_blocks(spark, "auto"))
+        warmup_seconds = None
+        if spec.warmup:
+            _, warmup_seconds = fit_als(train, als, {**params, "maxIter": 1})
+        for _ in range(spec.repeats):
+            model, fit_seconds = fit_als(train, als, {**params, "maxIter": spec.max_iter})
+            seconds.append(fit_seconds)
+    test = users_up_to(spark.read.parquet(str(data_dir / "test.parquet")), spec.max_user)
+    scores = regression_metrics(model.transform(test))
+    score = {"rmse": scores["rmse"], "mae": scores["mae"], "rows": scores["rows"], "load_seconds": load_seconds,
+             "warmup_seconds": warmup_seconds, "spark_memory": spark_memory_signals(ui, app, storage)}
+    spark.stop()
+    return seconds, score
 
 
 if __name__ == "__main__":
