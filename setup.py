@@ -39,10 +39,18 @@ setup(
         "excel": ["python-calamine>=0.2"],
         # The full package: its SQLite store is the local default (mlflow-skinny has no SQL store).
         "mlflow": ["mlflow>=3.0"],
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "chispa>=0.10", "databricks-bundles>=0.270", "matplotlib>=3.7",
-                 "mlflow>=3.0", "ruff>=0.6", "python-calamine>=0.2",
-                 "xlwt>=1.3",  # writes the .xls files the Excel tests read
-                 "jsonschema>=4.18"],  # validates the bundle against the vendored bundle schema
+        "test": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "chispa>=0.10",
+            "databricks-bundles>=0.270",
+            "matplotlib>=3.7",
+            "mlflow>=3.0",
+            "ruff>=0.6",
+            "python-calamine>=0.2",
+            "xlwt>=1.3",  # writes the .xls files the Excel tests read
+            "jsonschema>=4.18",
+        ],  # validates the bundle against the vendored bundle schema
     },
     entry_points={"console_scripts": ["jester-als = jester_als.cli:run"]},
 )

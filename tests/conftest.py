@@ -29,16 +29,19 @@ def spark():
 
     scratch = tempfile.mkdtemp(prefix="jester-als-tests-")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # Python workers run the tests' environment
-    session = (SparkSession.builder.master("local[2]").appName("jester-als-tests")
-               .config("spark.sql.shuffle.partitions", "2")
-               .config("spark.default.parallelism", "2")
-               .config("spark.ui.enabled", "false")
-               .config("spark.ui.showConsoleProgress", "false")
-               .config("spark.driver.bindAddress", "127.0.0.1")
-               .config("spark.local.dir", os.path.join(scratch, "local"))
-               .config("spark.checkpoint.dir", os.path.join(scratch, "checkpoints"))
-               .config("spark.log.level", "ERROR")
-               .getOrCreate())
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("jester-als-tests")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.default.parallelism", "2")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.local.dir", os.path.join(scratch, "local"))
+        .config("spark.checkpoint.dir", os.path.join(scratch, "checkpoints"))
+        .config("spark.log.level", "ERROR")
+        .getOrCreate()
+    )
     yield session
     session.stop()
     shutil.rmtree(scratch, ignore_errors=True)
@@ -88,10 +91,24 @@ def pipeline_run(spark, small_table, tmp_path_factory):
 
     path, params = small_table
     out = tmp_path_factory.mktemp("pipeline") / "out"
-    argv = ["pipeline", "--conf", "conf/local.yaml",
-            "--set", f"input.path={path}", "--set", f"output.dir={out}",
-            "--set", "tune.grid={rank: [2, 3], regParam: [0.1], maxIter: [8]}",
-            "--set", "tune.refit_max_iter=12", "--set", f"recommend.top_n={PIPELINE_TOP_N}",
-            "--set", "evaluate.relevance_threshold=3.0", "--set", "tracking.mlflow=true"]
+    argv = [
+        "pipeline",
+        "--conf",
+        "conf/local.yaml",
+        "--set",
+        f"input.path={path}",
+        "--set",
+        f"output.dir={out}",
+        "--set",
+        "tune.grid={rank: [2, 3], regParam: [0.1], maxIter: [8]}",
+        "--set",
+        "tune.refit_max_iter=12",
+        "--set",
+        f"recommend.top_n={PIPELINE_TOP_N}",
+        "--set",
+        "evaluate.relevance_threshold=3.0",
+        "--set",
+        "tracking.mlflow=true",
+    ]
     assert main(argv) == 0
     return out, params, argv

@@ -20,13 +20,22 @@ SHARED_EXCERPT = ROOT.parent / "shared" / "data" / "jester_seed_excerpt.csv"
 PIPELINE_TOP_N = 5
 # The biased model (the default's choice) in a small run, for every mode the tests cover: classic, Connect, a
 # standalone cluster, the installed wheel.
-SMALL_RUN = ["--set", "tune.grid={rank: [2, 3], regParam: [0.1], maxIter: [6], biases: [true]}",
-             "--set", "tune.refit_max_iter=8", "--set", "recommend.top_n=3",
-             "--set", "evaluate.relevance_threshold=3.0"]
+SMALL_RUN = [
+    "--set",
+    "tune.grid={rank: [2, 3], regParam: [0.1], maxIter: [6], biases: [true]}",
+    "--set",
+    "tune.refit_max_iter=8",
+    "--set",
+    "recommend.top_n=3",
+    "--set",
+    "evaluate.relevance_threshold=3.0",
+]
 # What Databricks standard access mode before Runtime 17 answers when ALS is constructed.
-WHITELIST_ERROR = ("An error occurred while calling None.org.apache.spark.ml.recommendation.ALS. Trace:\n"
-                   "py4j.security.Py4JSecurityException: Constructor public "
-                   "org.apache.spark.ml.recommendation.ALS(java.lang.String) is not whitelisted.")
+WHITELIST_ERROR = (
+    "An error occurred while calling None.org.apache.spark.ml.recommendation.ALS. Trace:\n"
+    "py4j.security.Py4JSecurityException: Constructor public "
+    "org.apache.spark.ml.recommendation.ALS(java.lang.String) is not whitelisted."
+)
 
 
 def small_params(**overrides):
@@ -35,9 +44,24 @@ def small_params(**overrides):
     additive model clipped to the scale, three equal factors)."""
     from jester_als.generate import GeneratorParams
 
-    base = dict(users=400, jokes=40, rank=3, noise=1.0, factor_scale=3.0, user_bias=0.0, joke_bias=0.0,
-                mean=0.0, min_ratings=20, mean_ratings=30, gauge_jokes=10, zero_fraction=0.0, seed=11,
-                marginal="clip", spectrum_decay=1.0, share_rated_all=0.25)
+    base = dict(
+        users=400,
+        jokes=40,
+        rank=3,
+        noise=1.0,
+        factor_scale=3.0,
+        user_bias=0.0,
+        joke_bias=0.0,
+        mean=0.0,
+        min_ratings=20,
+        mean_ratings=30,
+        gauge_jokes=10,
+        zero_fraction=0.0,
+        seed=11,
+        marginal="clip",
+        spectrum_decay=1.0,
+        share_rated_all=0.25,
+    )
     base.update(overrides)
     return GeneratorParams(**base)
 
@@ -59,8 +83,11 @@ def without_volatile(node, drop: tuple[str, ...] = ()):
     """``node`` (metrics.json or a part of it) less every key that holds a time (its name has "seconds"), the
     :data:`VOLATILE` keys and ``drop``, at any depth."""
     if isinstance(node, dict):
-        return {k: without_volatile(v, drop) for k, v in node.items()
-                if "seconds" not in k and k not in VOLATILE and k not in drop}
+        return {
+            k: without_volatile(v, drop)
+            for k, v in node.items()
+            if "seconds" not in k and k not in VOLATILE and k not in drop
+        }
     if isinstance(node, list):
         return [without_volatile(v, drop) for v in node]
     return node

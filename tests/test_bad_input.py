@@ -50,18 +50,22 @@ def refused(code, out, capsys, *fragments):
 
 # --- cells that are refused or missing, and counted -------------------------------------------------------
 
+
 def test_non_numeric_cells_are_refused_and_counted(spark, tmp_path):
     code, out, metrics = prepare(tmp_path, HEADER + "1,4,abc,N/A,--,2.5\n2,4,1,2,3,4\n")
     assert code == 0
     cells = cells_add_up(metrics)
     assert cells["rejected"] == {"not_a_number": 3}
-    assert {("1", "1", "abc", "not_a_number"), ("1", "2", "N/A", "not_a_number"),
-            ("1", "3", "--", "not_a_number")} == rejected_rows(spark, out)
+    assert {
+        ("1", "1", "abc", "not_a_number"),
+        ("1", "2", "N/A", "not_a_number"),
+        ("1", "3", "--", "not_a_number"),
+    } == rejected_rows(spark, out)
 
 
 def test_rows_with_more_or_fewer_fields_than_the_header_are_refused_cell_by_cell(spark, tmp_path):
     # 4 joke columns; user 2 has two fields too many, user 3 one too few, user 4 a quoted field with a comma.
-    text = HEADER + "1,4,1,2,3,4\n2,6,1,2,3,4,5,6\n3,3,1,2,3\n4,4,\"1,5\",2,3,4\n"
+    text = HEADER + '1,4,1,2,3,4\n2,6,1,2,3,4,5,6\n3,3,1,2,3\n4,4,"1,5",2,3,4\n'
     code, out, metrics = prepare(tmp_path, text)
     assert code == 0
     cells = cells_add_up(metrics)
@@ -70,10 +74,20 @@ def test_rows_with_more_or_fewer_fields_than_the_header_are_refused_cell_by_cell
     assert cells["rejected"] == {"wrong_field_count": 9, "not_a_number": 1}
     rows = spark.read.parquet(str(out / "rejected")).where("reason = 'wrong_field_count'").collect()
     assert {(r["user"], r["joke"], r["value"]) for r in rows} == {
-        ("2", "1", "1"), ("2", "2", "2"), ("2", "3", "3"), ("2", "4", "4"), ("2", None, "5"), ("2", None, "6"),
-        ("3", "1", "1"), ("3", "2", "2"), ("3", "3", "3")}
-    assert {r["detail"] for r in rows} == {"row of user 2 has 8 fields; the header has 6",
-                                           "row of user 3 has 5 fields; the header has 6"}
+        ("2", "1", "1"),
+        ("2", "2", "2"),
+        ("2", "3", "3"),
+        ("2", "4", "4"),
+        ("2", None, "5"),
+        ("2", None, "6"),
+        ("3", "1", "1"),
+        ("3", "2", "2"),
+        ("3", "3", "3"),
+    }
+    assert {r["detail"] for r in rows} == {
+        "row of user 2 has 8 fields; the header has 6",
+        "row of user 3 has 5 fields; the header has 6",
+    }
     assert ("4", "1", "1,5", "not_a_number") in rejected_rows(spark, out)  # a well-formed row, read as CSV
 
 
@@ -127,6 +141,7 @@ def test_blank_user_id_is_refused(spark, tmp_path):
 
 # --- ids that are re-indexed ------------------------------------------------------------------------------
 
+
 def test_non_integer_and_huge_user_ids_are_reindexed_with_the_mapping_kept(spark, tmp_path):
     code, out, metrics = prepare(tmp_path, HEADER + "u-17,4,1,2,3,4\n3000000000,4,4,3,2,1\n12.5,2,1,2,,\n")
     assert code == 0
@@ -144,6 +159,7 @@ def test_user_ids_integer_mode_refuses_them_instead(tmp_path):
 
 
 # --- shapes that stop the run before any output -----------------------------------------------------------
+
 
 def test_missing_user_column_stops(tmp_path, capsys):
     code, out, _ = prepare(tmp_path, "Id,Number of Jokes Rated,1,2\n1,2,3,4\n")
@@ -195,6 +211,7 @@ def test_table_that_does_not_exist_stops(tmp_path, capsys):
 
 # --- file formats that are read as they are meant ---------------------------------------------------------
 
+
 def test_bom_windows_line_endings_and_quoted_numbers(spark, tmp_path):
     text = ("\ufeff" + HEADER + '1,4,"1.5","-2",3,"0.00"\n2,1,5,,,\n').replace("\n", "\r\n").encode("utf-8")
     code, out, metrics = prepare(tmp_path, text)
@@ -218,5 +235,13 @@ def test_original_jester_layout(spark, tmp_path):
     cells = cells_add_up(metrics)
     assert cells["read"] == 12 and cells["missing"] == {"sentinel": 4}
     ratings = {(r["user"], r["joke"]): r["rating"] for r in spark.read.parquet(str(out / "ratings")).collect()}
-    assert ratings == {(1, 1): 1.5, (1, 3): -2.25, (1, 4): 0.0, (2, 1): 9.9, (2, 2): -9.9, (2, 3): 1.0,
-                       (2, 4): 2.0, (3, 4): 7.0}
+    assert ratings == {
+        (1, 1): 1.5,
+        (1, 3): -2.25,
+        (1, 4): 0.0,
+        (2, 1): 9.9,
+        (2, 2): -9.9,
+        (2, 3): 1.0,
+        (2, 4): 2.0,
+        (3, 4): 7.0,
+    }

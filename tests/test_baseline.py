@@ -24,12 +24,15 @@ def test_spark_and_numpy_als_reach_the_same_test_rmse(ratings):
     spark_rmse = rmse_mae(spark_pred.column("rating").to_numpy(), spark_pred.column("prediction").to_numpy())["rmse"]
 
     train_np = train.toArrow()
-    data = RatingMatrix.from_ids(train_np.column("user").to_numpy(), train_np.column("joke").to_numpy(),
-                                 train_np.column("rating").to_numpy())
+    data = RatingMatrix.from_ids(
+        train_np.column("user").to_numpy(), train_np.column("joke").to_numpy(), train_np.column("rating").to_numpy()
+    )
     model = fit_numpy_als(data, rank=3, reg_param=0.1, max_iter=10, seed=3)
     test_np = test.toArrow()
-    numpy_rmse = rmse_mae(test_np.column("rating").to_numpy(),
-                          model.predict(test_np.column("user").to_numpy(), test_np.column("joke").to_numpy()))["rmse"]
+    numpy_rmse = rmse_mae(
+        test_np.column("rating").to_numpy(),
+        model.predict(test_np.column("user").to_numpy(), test_np.column("joke").to_numpy()),
+    )["rmse"]
     assert abs(numpy_rmse - spark_rmse) / spark_rmse < 0.02, (numpy_rmse, spark_rmse)
 
 

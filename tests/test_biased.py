@@ -18,16 +18,27 @@ from jester_als.numpy_als import fit_biases as numpy_fit_biases
 from jester_als.tune import make_als, regression_metrics, split_ratings, tune_als
 
 # Strong user and joke effects on a rank-2 structure: what Jester has and Spark's plain ALS must spend factors on.
-EFFECTS = dict(users=900, jokes=40, rank=2, factor_scale=2.0, user_bias=3.0, joke_bias=2.5, noise=1.0,
-               min_ratings=15, mean_ratings=25, gauge_jokes=8)
+EFFECTS = dict(
+    users=900,
+    jokes=40,
+    rank=2,
+    factor_scale=2.0,
+    user_bias=3.0,
+    joke_bias=2.5,
+    noise=1.0,
+    min_ratings=15,
+    mean_ratings=25,
+    gauge_jokes=8,
+)
 
 
 @pytest.fixture(scope="module")
 def effect_ratings(spark):
     params = small_params(**EFFECTS)
     users, jokes, values = (np.concatenate(parts) for parts in zip(*(c.long() for c in generate_chunks(params))))
-    ratings = spark.createDataFrame(pa.table({"user": users.astype(np.int32), "joke": jokes.astype(np.int32),
-                                              "rating": values.astype(np.float64)})).persist()
+    ratings = spark.createDataFrame(
+        pa.table({"user": users.astype(np.int32), "joke": jokes.astype(np.int32), "rating": values.astype(np.float64)})
+    ).persist()
     yield ratings, params
     ratings.unpersist()
 
@@ -104,10 +115,26 @@ def biased_run(spark, tmp_path_factory):
     base = tmp_path_factory.mktemp("biased")
     write_wide_csv(params, str(base / "effects.csv"))
     out = base / "out"
-    assert main(["pipeline", "--set", f"input.path={base / 'effects.csv'}", "--set", f"output.dir={out}",
-                 "--set", "tune.grid={rank: [2], regParam: [0.1], maxIter: [6], biases: [false, true]}",
-                 "--set", "tune.refit_max_iter=10", "--set", "als.bias_reg=5.0",
-                 "--set", "recommend.top_n=3"]) == 0
+    assert (
+        main(
+            [
+                "pipeline",
+                "--set",
+                f"input.path={base / 'effects.csv'}",
+                "--set",
+                f"output.dir={out}",
+                "--set",
+                "tune.grid={rank: [2], regParam: [0.1], maxIter: [6], biases: [false, true]}",
+                "--set",
+                "tune.refit_max_iter=10",
+                "--set",
+                "als.bias_reg=5.0",
+                "--set",
+                "recommend.top_n=3",
+            ]
+        )
+        == 0
+    )
     return out, params
 
 
@@ -120,8 +147,9 @@ def test_tuning_chooses_the_biased_model_and_a_user_can_load_it(spark, biased_ru
     assert spark_als["biases"] is True and spark_als["bias_reg"] == 5.0
     assert [p["params"]["biases"] for p in spark_als["validation"]] == [False, True]
     assert metrics["numpy_als"]["params"]["biases"] is True
-    assert metrics["numpy_als"]["test_rmse"] == pytest.approx(metrics["numpy_als"]["spark_test_rmse_same_rows"],
-                                                              rel=0.02)
+    assert metrics["numpy_als"]["test_rmse"] == pytest.approx(
+        metrics["numpy_als"]["spark_test_rmse_same_rows"], rel=0.02
+    )
     model = jester_als.load_model(str(out), spark)
     assert isinstance(model, BiasedALSModel) and model.rank == 2
     # The loaded model reproduces the run's test RMSE on the same held-out rows.
@@ -154,8 +182,9 @@ def test_biased_recommendations_rank_by_the_full_score(spark, biased_run):
     assert len(firsts) == 40
     for row in firsts:
         u = row["user"]
-        scores = {j: model.biases.mean + user_b[u] + joke_b[j] + user_f[u] @ f
-                  for j, f in joke_f.items() if j not in rated[u]}
+        scores = {
+            j: model.biases.mean + user_b[u] + joke_b[j] + user_f[u] @ f for j, f in joke_f.items() if j not in rated[u]
+        }
         best = max(scores, key=scores.get)
         assert row["joke"] == best or scores[row["joke"]] == pytest.approx(scores[best], abs=1e-5)
         assert row["score"] == pytest.approx(min(10.0, max(-10.0, scores[best])), abs=1e-4)

@@ -22,8 +22,12 @@ def write(tmp_path, text):
 def test_shipped_configs_are_valid():
     cfg = load_config(ROOT_CONF)
     assert cfg.input.path == "data/jester_synthetic.csv"
-    assert cfg.tune.grid.as_dict() == {"rank": [5, 10, 20], "regParam": [0.3, 0.5], "biases": [False, True],
-                                       "maxIter": [5]}
+    assert cfg.tune.grid.as_dict() == {
+        "rank": [5, 10, 20],
+        "regParam": [0.3, 0.5],
+        "biases": [False, True],
+        "maxIter": [5],
+    }
 
 
 def test_unknown_key_is_named(tmp_path):
@@ -35,13 +39,16 @@ def test_unknown_key_is_named(tmp_path):
 
 
 def test_wrong_types_and_values_are_all_reported_at_once(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 output: {dir: out}
 split: {test_fraction: 1.5, seed: "forty-two"}
 tune:
   grid: {rank: [0, 5], regParam: [-0.1], maxIter: []}
   parallelism: two
-""")
+""",
+    )
     with pytest.raises(ConfigError) as err:
         load_config(path)
     problems = err.value.problems
@@ -64,8 +71,17 @@ def test_grid_names_only_als_params(tmp_path):
 
 
 def test_set_overrides_are_typed():
-    cfg = load_config(ROOT_CONF, ["tune.grid.rank=[3, 7]", "split.test_fraction=0.25", "tune.parallelism=1",
-                                  "als.blocks=4", "output.mode=error", "spark.conf.spark.sql.shuffle.partitions=8"])
+    cfg = load_config(
+        ROOT_CONF,
+        [
+            "tune.grid.rank=[3, 7]",
+            "split.test_fraction=0.25",
+            "tune.parallelism=1",
+            "als.blocks=4",
+            "output.mode=error",
+            "spark.conf.spark.sql.shuffle.partitions=8",
+        ],
+    )
     assert cfg.tune.grid.rank == [3, 7]
     assert cfg.split.test_fraction == 0.25
     assert cfg.als.blocks == 4
@@ -78,7 +94,8 @@ def test_set_override_with_wrong_type_is_refused_as_a_set_problem():
         load_config(ROOT_CONF, ["tune.parallelism=many", "tune.grid={rank: [five], maxIter: [10]}"])
     assert set(refused.value.problems) == {
         "--set tune.parallelism=many: expected an integer, got 'many'",
-        "--set tune.grid={rank: [five], maxIter: [10]}: expected an integer, got 'five' (at tune.grid.rank)"}
+        "--set tune.grid={rank: [five], maxIter: [10]}: expected an integer, got 'five' (at tune.grid.rank)",
+    }
     assert str(refused.value).startswith("invalid --set value(s) (2 problem(s)):")
     assert "local.yaml" not in str(refused.value)  # the file is fine
 
@@ -125,8 +142,10 @@ def test_regparam_must_be_positive():
     assert "--set bench.regParam=0: must be > 0, got 0" in refused.value.problems
     with pytest.raises(ConfigError) as refused:
         load_config(None, ["output.dir=/tmp/x", "baseline.params={rank: 3, regParam: 0, maxIter: 5}"])
-    assert ("--set baseline.params={rank: 3, regParam: 0, maxIter: 5}: 0 must be > 0 (ALS needs regularization) "
-            "(at baseline.params.regParam)") in refused.value.problems
+    assert (
+        "--set baseline.params={rank: 3, regParam: 0, maxIter: 5}: 0 must be > 0 (ALS needs regularization) "
+        "(at baseline.params.regParam)"
+    ) in refused.value.problems
 
 
 def test_the_embedded_default_is_the_built_in_default():
@@ -153,12 +172,15 @@ def test_packaged_configs_are_found_by_name_from_anywhere(tmp_path, monkeypatch)
 
 
 def test_types_are_strict_and_worded_as_people_write_them(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 tune: {parallelism: true, train_ratio: "0.8"}
 input: {missing_values: [99, "n/a", false], format: xlsb, delimiter: ";;"}
 spark: {conf: {spark.driver.memory: [4g]}}
 recommend: [10]
-""")
+""",
+    )
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert set(err.value.problems) == {
@@ -193,9 +215,11 @@ def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
     conf.write_text("als:\n  seed: 1\n  seed: 2\ntune:\n  grid:\n    rank: [5]\n    rank: [10]\nals:\n  blocks: 2\n")
     with pytest.raises(ConfigError) as caught:
         load_config(str(conf))
-    assert caught.value.problems == ["als.seed: given twice (lines 2 and 3); remove one",
-                                     "tune.grid.rank: given twice (lines 6 and 7); remove one",
-                                     "als: given twice (lines 1 and 8); remove one"]
+    assert caught.value.problems == [
+        "als.seed: given twice (lines 2 and 3); remove one",
+        "tune.grid.rank: given twice (lines 6 and 7); remove one",
+        "als: given twice (lines 1 and 8); remove one",
+    ]
     assert str(conf) in str(caught.value)
 
 

@@ -25,8 +25,15 @@ LOST_SERVER_BOUND_SECONDS = 120
 
 
 def job(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "jester_als.cli", *args], capture_output=True, text=True,
-                          cwd=ROOT, env=child_env(), timeout=600, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "jester_als.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=child_env(),
+        timeout=600,
+        **kwargs,
+    )
 
 
 def test_server_without_checkpoints_refuses_40_iterations_and_runs_what_is_safe(small_table, tmp_path, monkeypatch):
@@ -34,15 +41,39 @@ def test_server_without_checkpoints_refuses_40_iterations_and_runs_what_is_safe(
     # The safe number of iterations is a stack depth: the server runs as a user's would, with the JVM's own
     # compilers (C1-only frames, which conftest.py gives the tests' JVMs, are larger and overflowed at it).
     monkeypatch.delenv("JAVA_TOOL_OPTIONS", raising=False)
-    common = ["--conf", "conf/local.yaml", "--set", f"input.path={path}", "--set", "recommend.top_n=3",
-              "--set", "tune.grid={rank: [3], regParam: [0.1], maxIter: [6]}"]
+    common = [
+        "--conf",
+        "conf/local.yaml",
+        "--set",
+        f"input.path={path}",
+        "--set",
+        "recommend.top_n=3",
+        "--set",
+        "tune.grid={rank: [3], regParam: [0.1], maxIter: [6]}",
+    ]
     with connect_server(tmp_path / "server", checkpoints=False) as url:
         started = time.monotonic()
-        refused = job("pipeline", *common, "--remote", url, "--set", f"output.dir={tmp_path / 'refused'}",
-                      "--set", "tune.refit_max_iter=40")
+        refused = job(
+            "pipeline",
+            *common,
+            "--remote",
+            url,
+            "--set",
+            f"output.dir={tmp_path / 'refused'}",
+            "--set",
+            "tune.refit_max_iter=40",
+        )
         refused_seconds = time.monotonic() - started
-        safe = job("pipeline", *common, "--remote", url, "--set", f"output.dir={tmp_path / 'safe'}",
-                   "--set", f"tune.refit_max_iter={ITERATIONS_WITHOUT_CHECKPOINTS}")
+        safe = job(
+            "pipeline",
+            *common,
+            "--remote",
+            url,
+            "--set",
+            f"output.dir={tmp_path / 'safe'}",
+            "--set",
+            f"tune.refit_max_iter={ITERATIONS_WITHOUT_CHECKPOINTS}",
+        )
     assert refused.returncode == 1, refused.stderr[-3000:]
     assert "tune.refit_max_iter=40" in refused.stderr and "spark.checkpoint.dir" in refused.stderr
     assert f"at most {ITERATIONS_WITHOUT_CHECKPOINTS}" in refused.stderr
@@ -61,15 +92,34 @@ def test_job_fails_within_a_bound_when_the_server_dies_mid_fit(spark, tmp_path):
     table = tmp_path / "jester.csv"
     write_wide_csv(GeneratorParams(users=3000), str(table))
     out = tmp_path / "out"
-    assert main(["prepare", "--conf", "conf/local.yaml", "--set", f"input.path={table}",
-                 "--set", f"output.dir={out}"]) == 0
+    assert (
+        main(["prepare", "--conf", "conf/local.yaml", "--set", f"input.path={table}", "--set", f"output.dir={out}"])
+        == 0
+    )
     before = (out / "metrics.json").read_text()
     server: list = []
     with connect_server(tmp_path / "server", server=server) as url:
         process = subprocess.Popen(
-            [sys.executable, "-m", "jester_als.cli", "tune", "--conf", "conf/local.yaml", "--remote", url,
-             "--set", f"output.dir={out}", "--set", "tune.grid={rank: [5, 8], regParam: [0.1, 0.3], maxIter: [15]}"],
-            cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [
+                sys.executable,
+                "-m",
+                "jester_als.cli",
+                "tune",
+                "--conf",
+                "conf/local.yaml",
+                "--remote",
+                url,
+                "--set",
+                f"output.dir={out}",
+                "--set",
+                "tune.grid={rank: [5, 8], regParam: [0.1, 0.3], maxIter: [15]}",
+            ],
+            cwd=ROOT,
+            env=child_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         lines: list[str] = []
         fitting = threading.Event()
 
@@ -107,10 +157,30 @@ def test_local_remote_gets_its_launch_settings(small_table, tmp_path):
     env = {**child_env(), "SPARK_REMOTE": "local[2]"}
     checkpoints = tmp_path / "checkpoints"
     result = subprocess.run(
-        [sys.executable, "-m", "jester_als.cli", "pipeline", "--conf", "conf/local.yaml", "--set", f"input.path={path}",
-         "--set", f"output.dir={tmp_path / 'out'}", "--set", f"spark.checkpoint_dir={checkpoints}",
-         "--set", "tune.grid={rank: [3], regParam: [0.1], maxIter: [6]}", "--set", "tune.refit_max_iter=25"],
-        capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "jester_als.cli",
+            "pipeline",
+            "--conf",
+            "conf/local.yaml",
+            "--set",
+            f"input.path={path}",
+            "--set",
+            f"output.dir={tmp_path / 'out'}",
+            "--set",
+            f"spark.checkpoint_dir={checkpoints}",
+            "--set",
+            "tune.grid={rank: [3], regParam: [0.1], maxIter: [6]}",
+            "--set",
+            "tune.refit_max_iter=25",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["run"]["spark_mode"] == "connect"
@@ -128,14 +198,23 @@ def test_foldin_runs_over_spark_connect_as_in_classic_mode(pipeline_run, tmp_pat
 
     done, _, _ = pipeline_run
     table = tmp_path / "new_users.csv"
-    table.write_text("User,Number of Jokes Rated,1,2,3,4,5\n70001,3,5.5,-2.25,8.0,,\n70002,2,,3.5,,7.0,\n"
-                     "70003,5,1,2,3,4,5\n")
+    table.write_text(
+        "User,Number of Jokes Rated,1,2,3,4,5\n70001,3,5.5,-2.25,8.0,,\n70002,2,,3.5,,7.0,\n70003,5,1,2,3,4,5\n"
+    )
     outputs = {}
     for mode in ("classic", "connect"):
         outputs[mode] = tmp_path / mode
         shutil.copytree(done, outputs[mode])
-    common = ["--conf", "conf/local.yaml", "--set", f"new_users.path={table}", "--set", "new_users.engine=spark",
-              "--set", "recommend.top_n=3"]
+    common = [
+        "--conf",
+        "conf/local.yaml",
+        "--set",
+        f"new_users.path={table}",
+        "--set",
+        "new_users.engine=spark",
+        "--set",
+        "recommend.top_n=3",
+    ]
     classic = job("foldin", *common, "--set", f"output.dir={outputs['classic']}", "--master", "local[2]")
     assert classic.returncode == 0, classic.stderr[-3000:]
     with connect_server(tmp_path / "server") as url:
@@ -145,8 +224,10 @@ def test_foldin_runs_over_spark_connect_as_in_classic_mode(pipeline_run, tmp_pat
     import pyarrow.parquet as pq
 
     for name, order in (("new_user_recommendations", ["user", "rank"]), ("new_user_factors", ["user"])):
-        a, b = (pq.read_table(outputs[mode] / name).to_pandas().sort_values(order).reset_index(drop=True)
-                for mode in ("classic", "connect"))
+        a, b = (
+            pq.read_table(outputs[mode] / name).to_pandas().sort_values(order).reset_index(drop=True)
+            for mode in ("classic", "connect")
+        )
         assert a["user"].tolist() == b["user"].tolist() == sorted(a["user"].tolist())
         if name == "new_user_factors":
             assert np.allclose(np.stack(a["features"]), np.stack(b["features"]), rtol=1e-6, atol=1e-9)

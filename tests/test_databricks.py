@@ -24,13 +24,20 @@ from jester_als.session import ITERATIONS_WITHOUT_CHECKPOINTS
 ROOT = Path(__file__).resolve().parents[1]
 
 USER = "someone@example.com"
-WORKSPACE = {"workspace.current_user.userName": USER, "workspace.current_user.short_name": "someone",
-             "workspace.file_path": f"/Workspace/Users/{USER}/.bundle/jester-als/TARGET/files",
-             "bundle.name": "jester-als"}
+WORKSPACE = {
+    "workspace.current_user.userName": USER,
+    "workspace.current_user.short_name": "someone",
+    "workspace.file_path": f"/Workspace/Users/{USER}/.bundle/jester-als/TARGET/files",
+    "bundle.name": "jester-als",
+}
 # Sequences in a job that the CLI merges by key after a target is merged in (databricks/cli,
 # bundle/config/mutator/merge_job_*.go); other sequences are appended, mappings merged key by key.
-MERGE_KEYS = {"tasks": "task_key", "job_clusters": "job_cluster_key", "environments": "environment_key",
-              "parameters": "name"}
+MERGE_KEYS = {
+    "tasks": "task_key",
+    "job_clusters": "job_cluster_key",
+    "environments": "environment_key",
+    "parameters": "name",
+}
 
 
 def bundle() -> dict:
@@ -55,11 +62,20 @@ def merge(base, override):
 
 # Each job of the bundle: its tasks in order and its parameters' defaults.
 JOB_TASKS = {
-    "jester_als": (["prepare", "tune", "baseline", "recommend"],
-                   {"catalog_table": "workspace.default.jester_data_1",
-                    "output_dir": "/Volumes/workspace/default/jester_als/output"}),
-    "jester_als_new_users": (["foldin"], {"output_dir": "/Volumes/workspace/default/jester_als/output",
-                                          "new_users_path": "/Volumes/workspace/default/jester_als/new_users.csv"}),
+    "jester_als": (
+        ["prepare", "tune", "baseline", "recommend"],
+        {
+            "catalog_table": "workspace.default.jester_data_1",
+            "output_dir": "/Volumes/workspace/default/jester_als/output",
+        },
+    ),
+    "jester_als_new_users": (
+        ["foldin"],
+        {
+            "output_dir": "/Volumes/workspace/default/jester_als/output",
+            "new_users_path": "/Volumes/workspace/default/jester_als/new_users.csv",
+        },
+    ),
 }
 
 
@@ -76,8 +92,11 @@ def merge_by_key(job: dict) -> dict:
 def resolve(value, variables: dict, target: str):
     """Substitute ${var.*}, ${workspace.*} and ${bundle.*}; a value that is exactly one complex variable
     becomes that variable's value."""
-    lookup = {**{f"var.{k}": v for k, v in variables.items()},
-              **{k: v.replace("TARGET", target) for k, v in WORKSPACE.items()}, "bundle.target": target}
+    lookup = {
+        **{f"var.{k}": v for k, v in variables.items()},
+        **{k: v.replace("TARGET", target) for k, v in WORKSPACE.items()},
+        "bundle.target": target,
+    }
     if isinstance(value, dict):
         return {k: resolve(v, variables, target) for k, v in value.items()}
     if isinstance(value, list):
@@ -98,10 +117,13 @@ def targets():
     root = bundle()
     variables = {name: spec["default"] for name, spec in root["variables"].items()}
     for target, spec in root["targets"].items():
-        merged = merge({k: v for k, v in root.items() if k != "targets"}, {k: v for k, v in spec.items()
-                                                                          if k in ("resources", "workspace")})
-        jobs = {name: merge_by_key(resolve(job, variables, target))
-                for name, job in merged["resources"]["jobs"].items()}
+        merged = merge(
+            {k: v for k, v in root.items() if k != "targets"},
+            {k: v for k, v in spec.items() if k in ("resources", "workspace")},
+        )
+        jobs = {
+            name: merge_by_key(resolve(job, variables, target)) for name, job in merged["resources"]["jobs"].items()
+        }
         yield target, spec.get("mode"), resolve(merged.get("workspace", {}), variables, target), jobs
 
 
@@ -126,8 +148,11 @@ def test_each_target_meets_its_modes_rules(target, mode, workspace):
             assert USER in workspace[key] or "someone" in workspace[key], key
 
 
-@pytest.mark.parametrize("target,name,job", [(t, n, j) for t, _, _, jobs in targets() for n, j in jobs.items()],
-                         ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    "target,name,job",
+    [(t, n, j) for t, _, _, jobs in targets() for n, j in jobs.items()],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
 def test_every_job_spec_validates_and_its_parameters_parse(target, name, job):
     parsed = Job.from_dict(job)  # rejects unknown and missing fields
     tasks, expected_parameters = JOB_TASKS[name]
@@ -143,8 +168,12 @@ def test_every_job_spec_validates_and_its_parameters_parse(target, name, job):
         # them when the run starts, here the defaults.
         used = re.findall(r"\{\{job\.parameters\.([a-z_]+)\}\}", json.dumps(wheel["parameters"]))
         assert used and set(used) <= set(parameters)
-        args = build_parser().parse_args([re.sub(r"\{\{job\.parameters\.([a-z_]+)\}\}",
-                                                 lambda m: parameters[m.group(1)], p) for p in wheel["parameters"]])
+        args = build_parser().parse_args(
+            [
+                re.sub(r"\{\{job\.parameters\.([a-z_]+)\}\}", lambda m: parameters[m.group(1)], p)
+                for p in wheel["parameters"]
+            ]
+        )
         assert args.job == task["task_key"]
         cfg = load_config(str(ROOT / "conf" / Path(args.conf).name), args.overrides)
         assert cfg.output.dir == parameters["output_dir"]
@@ -172,6 +201,7 @@ def test_every_job_spec_validates_and_its_parameters_parse(target, name, job):
 def als_not_whitelisted(monkeypatch):
     """Stand-in for the ALS constructor raising what Databricks shared compute raises (the real error needs a
     Databricks workspace)."""
+
     def refuse(*args, **kwargs):
         raise Py4JError(WHITELIST_ERROR)
 
@@ -180,8 +210,17 @@ def als_not_whitelisted(monkeypatch):
 
 def test_whitelisting_error_stops_with_the_ways_out(als_not_whitelisted, small_table, tmp_path, capsys):
     path, _ = small_table
-    code = main(["pipeline", "--conf", "conf/local.yaml", "--set", f"input.path={path}",
-                 "--set", f"output.dir={tmp_path / 'out'}"])
+    code = main(
+        [
+            "pipeline",
+            "--conf",
+            "conf/local.yaml",
+            "--set",
+            f"input.path={path}",
+            "--set",
+            f"output.dir={tmp_path / 'out'}",
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert "not whitelisted" in err
@@ -190,13 +229,28 @@ def test_whitelisting_error_stops_with_the_ways_out(als_not_whitelisted, small_t
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 
-def test_whitelisting_error_with_numpy_fallback_runs_on_the_driver(als_not_whitelisted, spark, small_table,
-                                                                   tmp_path, capsys):
+def test_whitelisting_error_with_numpy_fallback_runs_on_the_driver(
+    als_not_whitelisted, spark, small_table, tmp_path, capsys
+):
     path, params = small_table
     out = tmp_path / "out"
-    code = main(["pipeline", "--conf", "conf/local.yaml", "--set", f"input.path={path}", "--set", f"output.dir={out}",
-                 "--set", "als.fallback=numpy", "--set", "tune.grid={rank: [1, 3], regParam: [0.05], maxIter: [10]}",
-                 "--set", "recommend.top_n=4"])
+    code = main(
+        [
+            "pipeline",
+            "--conf",
+            "conf/local.yaml",
+            "--set",
+            f"input.path={path}",
+            "--set",
+            f"output.dir={out}",
+            "--set",
+            "als.fallback=numpy",
+            "--set",
+            "tune.grid={rank: [1, 3], regParam: [0.05], maxIter: [10]}",
+            "--set",
+            "recommend.top_n=4",
+        ]
+    )
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["als_engine"].startswith("numpy (fallback")
@@ -210,8 +264,10 @@ def test_whitelisting_error_with_numpy_fallback_runs_on_the_driver(als_not_white
     assert recs.join(ratings, ["user", "joke"]).count() == 0
     # top 4, or every unrated joke of a user who has fewer left
     unrated = ratings.groupBy("user").agg((F.lit(params.jokes) - F.count("*")).alias("unrated"))
-    assert (recs.groupBy("user").count().join(unrated, "user")
-            .where(F.col("count") != F.least(F.lit(4), "unrated")).count() == 0)
+    assert (
+        recs.groupBy("user").count().join(unrated, "user").where(F.col("count") != F.least(F.lit(4), "unrated")).count()
+        == 0
+    )
     assert "numpy (fallback" in (out / "report.md").read_text()
     assert "numpy (fallback" in capsys.readouterr().out
 
@@ -261,13 +317,13 @@ def test_the_schema_refuses_what_the_cli_would():
     validator = _bundle_validator()
     storage = yaml.safe_load((ROOT / "resources" / "jester_als.storage.yml").read_text())
     del storage["resources"]["volumes"]["jester_als"]["schema_name"]
-    assert _schema_errors(validator, storage) == [
-        "resources.volumes.jester_als: 'schema_name' is a required property"]
+    assert _schema_errors(validator, storage) == ["resources.volumes.jester_als: 'schema_name' is a required property"]
     job = yaml.safe_load((ROOT / "resources" / "jester_als.job.yml").read_text())
     job["resources"]["jobs"]["jester_als"]["tasks"][0]["python_wheel_task"]["entry_pont"] = "jester-als"
     assert _schema_errors(validator, job) == [
         "resources.jobs.jester_als.tasks.0.python_wheel_task: Additional properties are not allowed ('entry_pont' "
-        "was unexpected)"]
+        "was unexpected)"
+    ]
 
 
 def test_the_volume_and_experiment_are_bundle_resources_the_tasks_use():

@@ -43,8 +43,10 @@ def test_on_a_1_to_5_table_scaled_reg_param_beats_the_bias_baseline_and_unscaled
 def test_grid_edges_name_the_side_of_an_ordered_parameter():
     grid = {"rank": [5, 10, 20], "regParam": [0.3, 0.5], "maxIter": [5], "biases": [False, True]}
     edges = grid_edges(grid, {"rank": 20, "regParam": 0.5, "maxIter": 5, "biases": True})
-    assert edges == [{"param": "rank", "value": 20, "edge": "largest", "tried": [5, 10, 20]},
-                     {"param": "regParam", "value": 0.5, "edge": "largest", "tried": [0.3, 0.5]}]
+    assert edges == [
+        {"param": "rank", "value": 20, "edge": "largest", "tried": [5, 10, 20]},
+        {"param": "regParam", "value": 0.5, "edge": "largest", "tried": [0.3, 0.5]},
+    ]
     assert grid_edges(grid, {"rank": 10, "regParam": 0.3, "maxIter": 5})[0]["edge"] == "smallest"
     assert not grid_edges({"rank": [5, 10, 20]}, {"rank": 10})
 
@@ -62,8 +64,22 @@ def default_run(spark, tmp_path_factory):
     table = base / "jester.csv"
     write_wide_csv(GeneratorParams(users=2000), str(table))
     out = base / "out"
-    assert main(["pipeline", "--conf", "conf/local.yaml", "--set", f"input.path={table}", "--set",
-                 f"output.dir={out}", "--set", "input.reference_scan=true"]) == 0
+    assert (
+        main(
+            [
+                "pipeline",
+                "--conf",
+                "conf/local.yaml",
+                "--set",
+                f"input.path={table}",
+                "--set",
+                f"output.dir={out}",
+                "--set",
+                "input.reference_scan=true",
+            ]
+        )
+        == 0
+    )
     return out, json.loads((out / "metrics.json").read_text())
 
 
@@ -76,8 +92,9 @@ def test_default_pipeline_beats_plain_rank_10_and_the_bias_baseline(default_run)
     ratings = pq.read_table(out / "ratings")
     users, jokes, values = (ratings[name].to_numpy() for name in ("user", "joke", "rating"))
     test = hashsplit.is_test(users.astype(np.int32), jokes.astype(np.int32), test_fraction=0.2, seed=42)
-    plain = fit_numpy_als(RatingMatrix.from_ids(users[~test], jokes[~test], values[~test]), rank=10, reg_param=0.3,
-                          max_iter=20, seed=42)
+    plain = fit_numpy_als(
+        RatingMatrix.from_ids(users[~test], jokes[~test], values[~test]), rank=10, reg_param=0.3, max_iter=20, seed=42
+    )
     predicted = np.clip(plain.predict(users[test], jokes[test]), -10, 10)
     plain_rmse = float(np.sqrt(np.nanmean((predicted - values[test]) ** 2)))
     assert spark_als["test_rmse"] < plain_rmse

@@ -34,8 +34,21 @@ def classic_outputs(spark, small_table, tmp_path_factory):
     """A classic local pipeline run's output directory (tests copy it before they write into it)."""
     path, _ = small_table
     out = tmp_path_factory.mktemp("classic") / "out"
-    assert main(["pipeline", "--conf", "conf/local.yaml", "--set", f"input.path={path}",
-                 "--set", f"output.dir={out}", *SMALL_RUN]) == 0
+    assert (
+        main(
+            [
+                "pipeline",
+                "--conf",
+                "conf/local.yaml",
+                "--set",
+                f"input.path={path}",
+                "--set",
+                f"output.dir={out}",
+                *SMALL_RUN,
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -48,12 +61,30 @@ def classic_run(classic_outputs):
 def test_pipeline_over_spark_connect_matches_classic(classic_run, small_table, tmp_path):
     path, _ = small_table
     out = tmp_path / "out"
-    with connect_server(tmp_path / "server", master="local[2]",
-                        extra_conf={"spark.sql.shuffle.partitions": "2"}) as url:
+    with connect_server(
+        tmp_path / "server", master="local[2]", extra_conf={"spark.sql.shuffle.partitions": "2"}
+    ) as url:
         result = subprocess.run(
-            [sys.executable, "-m", "jester_als.cli", "pipeline", "--conf", "conf/local.yaml", "--remote", url,
-             "--set", f"input.path={path}", "--set", f"output.dir={out}", *SMALL_RUN],
-            capture_output=True, text=True, cwd=ROOT, timeout=600)
+            [
+                sys.executable,
+                "-m",
+                "jester_als.cli",
+                "pipeline",
+                "--conf",
+                "conf/local.yaml",
+                "--remote",
+                url,
+                "--set",
+                f"input.path={path}",
+                "--set",
+                f"output.dir={out}",
+                *SMALL_RUN,
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=600,
+        )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["run"]["spark_mode"] == "connect"
@@ -85,11 +116,20 @@ def test_packaged_pipeline_on_a_standalone_cluster(classic_run, small_table, dis
     env_pythonpath = os.environ.pop("PYTHONPATH", None)
     try:
         with standalone_cluster(tmp_path / "cluster", cores=2, memory="1g") as master:
-            result = spark_submit(master, "pipeline", "conf/local.yaml",
-                                  [f"input.path={path}", f"output.dir={out}",
-                                   f"spark.checkpoint_dir={tmp_path / 'checkpoints'}", *[
-                                       s for s in SMALL_RUN if s != "--set"]],
-                                  dist=str(dist), cwd=str(driver_dir), timeout=600)
+            result = spark_submit(
+                master,
+                "pipeline",
+                "conf/local.yaml",
+                [
+                    f"input.path={path}",
+                    f"output.dir={out}",
+                    f"spark.checkpoint_dir={tmp_path / 'checkpoints'}",
+                    *[s for s in SMALL_RUN if s != "--set"],
+                ],
+                dist=str(dist),
+                cwd=str(driver_dir),
+                timeout=600,
+            )
     finally:
         if env_pythonpath is not None:
             os.environ["PYTHONPATH"] = env_pythonpath
@@ -121,8 +161,9 @@ def _executors_under(workdir: Path) -> list:
     found = []
     for process in psutil.process_iter(["cmdline"]):
         try:
-            if "CoarseGrainedExecutorBackend" in " ".join(process.info["cmdline"] or []) \
-                    and process.cwd().startswith(str(workdir)):
+            if "CoarseGrainedExecutorBackend" in " ".join(process.info["cmdline"] or []) and process.cwd().startswith(
+                str(workdir)
+            ):
                 found.append(process)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
@@ -131,8 +172,9 @@ def _executors_under(workdir: Path) -> list:
 
 def _tasks_started(workdir: Path) -> int:
     """Tasks the standalone cluster's executors have started so far (their INFO log, under work/)."""
-    return sum(path.read_text(errors="replace").count("Running task")
-               for path in (workdir / "work").glob("app-*/*/stderr"))
+    return sum(
+        path.read_text(errors="replace").count("Running task") for path in (workdir / "work").glob("app-*/*/stderr")
+    )
 
 
 @pytest.mark.cluster
@@ -146,23 +188,43 @@ def test_tune_survives_losing_its_executor_mid_fit(spark, dist, tmp_path):
     table = tmp_path / "jester.csv"
     write_wide_csv(GeneratorParams(users=3000), str(table))
     prepared = tmp_path / "prepared"
-    assert main(["prepare", "--conf", "conf/local.yaml", "--set", f"input.path={table}",
-                 "--set", f"output.dir={prepared}"]) == 0
+    assert (
+        main(
+            ["prepare", "--conf", "conf/local.yaml", "--set", f"input.path={table}", "--set", f"output.dir={prepared}"]
+        )
+        == 0
+    )
     tune = ["tune.grid={rank: [5], regParam: [0.3], maxIter: [15]}", "tune.refit_max_iter=15"]
     runs = {}
     calm_out = tmp_path / "undisturbed"
     shutil.copytree(prepared, calm_out)
-    assert main(["tune", "--conf", "conf/local.yaml", "--set", f"output.dir={calm_out}",
-                 *(a for t in tune for a in ("--set", t))]) == 0
+    assert (
+        main(
+            [
+                "tune",
+                "--conf",
+                "conf/local.yaml",
+                "--set",
+                f"output.dir={calm_out}",
+                *(a for t in tune for a in ("--set", t)),
+            ]
+        )
+        == 0
+    )
     runs["undisturbed"] = json.loads((calm_out / "metrics.json").read_text())["spark_als"]
     out = tmp_path / "executor_killed"
     shutil.copytree(prepared, out)
     with standalone_cluster(tmp_path / "cluster", cores=2, memory="1g") as master:
-        command = submit_command(master, "tune", str(ROOT / "conf" / "local.yaml"),
-                                 [f"output.dir={out}", f"spark.checkpoint_dir={tmp_path / 'ckpt'}", *tune],
-                                 dist=str(dist))
-        job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env=child_env(), cwd=tmp_path)
+        command = submit_command(
+            master,
+            "tune",
+            str(ROOT / "conf" / "local.yaml"),
+            [f"output.dir={out}", f"spark.checkpoint_dir={tmp_path / 'ckpt'}", *tune],
+            dist=str(dist),
+        )
+        job = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env(), cwd=tmp_path
+        )
         lines = []
         for line in job.stdout:  # wait until tuning has started (TVS or the job's loop: the same words)
             lines.append(line)
@@ -215,20 +277,54 @@ def test_executors_without_the_jobs_dependencies_run_it_from_the_packed_environm
     for name in ("local", "bare", "packed"):
         outs[name] = tmp_path / f"out-{name}"
         shutil.copytree(classic_outputs, outs[name])
-    local = subprocess.run([sys.executable, "-m", "jester_als.cli", "foldin", "--conf", "conf/local.yaml",
-                            "--master", "local[2]", *[a for o in overrides for a in ("--set", o)],
-                            "--set", f"output.dir={outs['local']}"], capture_output=True, text=True, cwd=ROOT,
-                           timeout=600)
+    local = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jester_als.cli",
+            "foldin",
+            "--conf",
+            "conf/local.yaml",
+            "--master",
+            "local[2]",
+            *[a for o in overrides for a in ("--set", o)],
+            "--set",
+            f"output.dir={outs['local']}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert local.returncode == 0, local.stderr[-3000:]
     driver = ("--conf", f"spark.pyspark.driver.python={sys.executable}")
     with standalone_cluster(tmp_path / "cluster", cores=2, memory="1g") as master:
-        without = spark_submit(master, "foldin", "conf/local.yaml", [*overrides, f"output.dir={outs['bare']}"],
-                               dist=str(dist), cwd=str(ROOT), timeout=600,
-                               submit_args=(*driver, "--conf", f"spark.pyspark.python={bare / 'bin' / 'python'}"))
-        packed = spark_submit(master, "foldin", "conf/local.yaml", [*overrides, f"output.dir={outs['packed']}"],
-                              dist=str(dist), cwd=str(ROOT), timeout=600,
-                              submit_args=(*driver, "--archives", f"{pack}#environment",
-                                           "--conf", "spark.pyspark.python=./environment/bin/python"))
+        without = spark_submit(
+            master,
+            "foldin",
+            "conf/local.yaml",
+            [*overrides, f"output.dir={outs['bare']}"],
+            dist=str(dist),
+            cwd=str(ROOT),
+            timeout=600,
+            submit_args=(*driver, "--conf", f"spark.pyspark.python={bare / 'bin' / 'python'}"),
+        )
+        packed = spark_submit(
+            master,
+            "foldin",
+            "conf/local.yaml",
+            [*overrides, f"output.dir={outs['packed']}"],
+            dist=str(dist),
+            cwd=str(ROOT),
+            timeout=600,
+            submit_args=(
+                *driver,
+                "--archives",
+                f"{pack}#environment",
+                "--conf",
+                "spark.pyspark.python=./environment/bin/python",
+            ),
+        )
     assert without.returncode == 1, without.stderr[-3000:]
     # spark-submit's PythonRunner merges the Python driver's stderr into its stdout: the job's last line is there
     last = without.stdout.strip().splitlines()[-1]
@@ -239,7 +335,12 @@ def test_executors_without_the_jobs_dependencies_run_it_from_the_packed_environm
     assert packed.returncode == 0, packed.stderr[-3000:]
     import pyarrow.parquet as pq
 
-    got, want = (pq.read_table(outs[name] / "new_user_recommendations").to_pandas()
-                 .sort_values(["user", "rank"]).reset_index(drop=True) for name in ("packed", "local"))
+    got, want = (
+        pq.read_table(outs[name] / "new_user_recommendations")
+        .to_pandas()
+        .sort_values(["user", "rank"])
+        .reset_index(drop=True)
+        for name in ("packed", "local")
+    )
     assert got[["user", "rank", "joke"]].values.tolist() == want[["user", "rank", "joke"]].values.tolist()
     assert got["score"].tolist() == pytest.approx(want["score"].tolist(), rel=1e-6)

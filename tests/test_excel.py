@@ -48,8 +48,20 @@ def excerpt_rows() -> list[list]:
 
 def prepare(tmp_path, path, *extra) -> tuple[int, Path]:
     out = tmp_path / "out"
-    code = main(["prepare", "--conf", "conf/jester.yaml", "--set", f"input.path={path}",
-                 "--set", f"output.dir={out}", "--set", "input.reference_scan=false", *extra])
+    code = main(
+        [
+            "prepare",
+            "--conf",
+            "conf/jester.yaml",
+            "--set",
+            f"input.path={path}",
+            "--set",
+            f"output.dir={out}",
+            "--set",
+            "input.reference_scan=false",
+            *extra,
+        ]
+    )
     return code, out
 
 
@@ -81,17 +93,24 @@ def test_text_and_out_of_range_cells_are_refused_cell_by_cell(spark, tmp_path):
     code, out = prepare(tmp_path, path)
     assert code == 0
     data = json.loads((out / "metrics.json").read_text())["data"]
-    assert data["cells"] == {"read": 9, "accepted": 4, "missing": {"sentinel": 3},
-                             "rejected": {"not_a_number": 1, "out_of_range": 1}}
+    assert data["cells"] == {
+        "read": 9,
+        "accepted": 4,
+        "missing": {"sentinel": 3},
+        "rejected": {"not_a_number": 1, "out_of_range": 1},
+    }
     rejected = spark.read.parquet(str(out / "rejected")).collect()
     refused = {(r["user"], r["joke"], r["value"], r["reason"]) for r in rejected}
     assert refused == {("1", "2", "abc", "not_a_number"), ("2", "2", "12.5", "out_of_range")}
 
 
-@pytest.mark.parametrize("rows,expected", [
-    ([["Number rated", "Joke 1", "Joke 2"], [2, 1.0, 2.0]], "row 1 is text"),
-    ([[1], [1]], "the Jester layout needs the count of rated jokes and at least one joke column"),
-])
+@pytest.mark.parametrize(
+    "rows,expected",
+    [
+        ([["Number rated", "Joke 1", "Joke 2"], [2, 1.0, 2.0]], "row 1 is text"),
+        ([[1], [1]], "the Jester layout needs the count of rated jokes and at least one joke column"),
+    ],
+)
 def test_a_sheet_of_another_shape_is_refused(tmp_path, capsys, rows, expected):
     path = write_xls(tmp_path / "shape.xls", rows)
     code, out = prepare(tmp_path, path)

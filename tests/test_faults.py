@@ -20,12 +20,16 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_causes_are_named_from_python_and_java_errors():
     full = OSError(errno.ENOSPC, "No space left on device", "/data/out/ratings/part-0.parquet")
     assert actionable_cause(full) == "no space left on device: /data/out/ratings/part-0.parquet"
-    java = RuntimeError("An error occurred while calling o619.parquet.\n: org.apache.spark.SparkException: Job "
-                        "aborted.\n\tat org.apache...\nCaused by: java.io.FileNotFoundException: "
-                        "/mnt/out/.staging-1/ratings/_temporary/0 (Permission denied)\n\tat java.io...")
+    java = RuntimeError(
+        "An error occurred while calling o619.parquet.\n: org.apache.spark.SparkException: Job "
+        "aborted.\n\tat org.apache...\nCaused by: java.io.FileNotFoundException: "
+        "/mnt/out/.staging-1/ratings/_temporary/0 (Permission denied)\n\tat java.io..."
+    )
     assert actionable_cause(java) == "permission denied: /mnt/out/.staging-1/ratings/_temporary/0"
-    lost = RuntimeError("Job aborted due to stage failure: ExecutorLostFailure (executor 1 exited caused by one of "
-                        "the running tasks) Reason: Remote RPC client disassociated.")
+    lost = RuntimeError(
+        "Job aborted due to stage failure: ExecutorLostFailure (executor 1 exited caused by one of "
+        "the running tasks) Reason: Remote RPC client disassociated."
+    )
     assert actionable_cause(lost).startswith("a Spark executor was lost")
     assert actionable_cause(ValueError("something else entirely")) is None
 
@@ -48,9 +52,26 @@ def test_a_full_disk_ends_with_one_line_naming_it(small_disk, tmp_path):
     table = tmp_path / "jester.csv"
     write_wide_csv(GeneratorParams(users=10_000), str(table))
     out = small_disk / "out"
-    run = subprocess.run([sys.executable, "-m", "jester_als.cli", "prepare", "--conf", "conf/local.yaml",
-                          "--master", "local[2]", "--set", f"input.path={table}", "--set", f"output.dir={out}"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=600)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jester_als.cli",
+            "prepare",
+            "--conf",
+            "conf/local.yaml",
+            "--master",
+            "local[2]",
+            "--set",
+            f"input.path={table}",
+            "--set",
+            f"output.dir={out}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert run.returncode == 1, run.stderr[-3000:]
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("jester-als prepare: failed: no space left on device"), run.stderr[-3000:]

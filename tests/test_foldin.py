@@ -22,8 +22,9 @@ PARAMS = dict(rank=3, reg_param=0.1)
 
 @pytest.fixture(scope="module")
 def ratings():
-    params = small_params(users=300, jokes=30, min_ratings=10, mean_ratings=18, gauge_jokes=5, user_bias=1.5,
-                          joke_bias=1.0)
+    params = small_params(
+        users=300, jokes=30, min_ratings=10, mean_ratings=18, gauge_jokes=5, user_bias=1.5, joke_bias=1.0
+    )
     return tuple(np.concatenate(parts) for parts in zip(*(c.long() for c in generate_chunks(params))))
 
 
@@ -35,8 +36,9 @@ def assert_factors(got: np.ndarray, want: np.ndarray) -> None:
 @pytest.mark.parametrize("biases", [False, True])
 def test_numpy_fold_in_of_training_users_gives_their_fitted_factors(ratings, biases):
     users, jokes, values = ratings
-    model = fit_numpy_als(RatingMatrix.from_ids(users, jokes, values), max_iter=8, seed=3, biases=biases,
-                          bias_reg=5.0, **PARAMS)
+    model = fit_numpy_als(
+        RatingMatrix.from_ids(users, jokes, values), max_iter=8, seed=3, biases=biases, bias_reg=5.0, **PARAMS
+    )
     folded = fold_in(from_numpy_model(model, PARAMS["reg_param"]), users, jokes, values)
     assert np.array_equal(folded.user_ids, model.user_ids)
     assert_factors(folded.factors, model.user_factors)

@@ -132,7 +132,11 @@ def test_planted_structure_is_what_the_ratings_carry():
     from jester_als.generate import planted_model
 
     model = planted_model(params)
-    signal = (params.mean + chunk.user_effects[:, None] + model.joke_effects[None, :]
-              + chunk.user_factors @ model.joke_factors.T)
+    signal = (
+        params.mean
+        + chunk.user_effects[:, None]
+        + model.joke_effects[None, :]
+        + chunk.user_factors @ model.joke_factors.T
+    )
     rated = ~np.isnan(chunk.ratings)
     assert np.max(np.abs(chunk.ratings[rated] - np.round(signal[rated], 2))) < 1e-9

@@ -29,8 +29,9 @@ def source_tree(target: Path) -> Path:
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, target / name)
     for name in ("src", "conf"):  # src/jester_als/conf is a link to conf/, as in the repository
-        shutil.copytree(ROOT / name, target / name, symlinks=True,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        shutil.copytree(
+            ROOT / name, target / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+        )
     return target
 
 
@@ -52,13 +53,29 @@ def test_wheel_with_only_the_spark_extra_runs_scale_help_and_baseline(tmp_path, 
     path, _ = small_table
     out = tmp_path / "out"
     common = ["--set", f"input.path={path}", "--set", f"output.dir={out}", "--master", "local[2]", *SMALL_RUN]
-    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "SPARK_LOCAL_IP": "127.0.0.1", "HOME": str(tmp_path),
-           "PYSPARK_PYTHON": str(venv / "bin" / "python")}
+    env = {
+        "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "HOME": str(tmp_path),
+        "PYSPARK_PYTHON": str(venv / "bin" / "python"),
+    }
     # pipeline: prepare, tune, baseline (pyarrow, scipy, threadpoolctl, psutil) and recommend, one Spark start
     _run([cli, "pipeline", *common], env=env, cwd=tmp_path)
     # no conf/ in the user's directory: the packaged default of that name is read
-    generated = _run([cli, "generate", "--conf", "conf/local.yaml", "--set", "generate.users=50",
-                      "--set", f"generate.path={tmp_path / 'g.csv'}"], env=env, cwd=tmp_path)
+    generated = _run(
+        [
+            cli,
+            "generate",
+            "--conf",
+            "conf/local.yaml",
+            "--set",
+            "generate.users=50",
+            "--set",
+            f"generate.path={tmp_path / 'g.csv'}",
+        ],
+        env=env,
+        cwd=tmp_path,
+    )
     assert "wrote" in generated.stdout and (tmp_path / "g.csv").exists()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["numpy_als"]["test_rmse"] < 1.5 * metrics["numpy_als"]["spark_test_rmse_same_rows"]

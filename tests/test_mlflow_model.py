@@ -63,11 +63,32 @@ def test_the_plain_model_is_a_pyfunc_model_that_recommends_as_the_job(pipeline_r
 def test_the_biased_model_is_logged_and_registered_with_its_alias(small_table, tmp_path):
     path, _ = small_table
     out = tmp_path / "out"
-    assert main(["pipeline", "--set", f"input.path={path}", "--set", f"output.dir={out}",
-                 "--set", "tune.grid={rank: [3], regParam: [0.1], maxIter: [6], biases: [true]}",
-                 "--set", "tune.refit_max_iter=6", "--set", "recommend.top_n=4", "--set", "new_users.evaluate=false",
-                 "--set", "tracking.mlflow=true", "--set", "tracking.registered_model=jester",
-                 "--set", "tracking.model_alias=champion"]) == 0
+    assert (
+        main(
+            [
+                "pipeline",
+                "--set",
+                f"input.path={path}",
+                "--set",
+                f"output.dir={out}",
+                "--set",
+                "tune.grid={rank: [3], regParam: [0.1], maxIter: [6], biases: [true]}",
+                "--set",
+                "tune.refit_max_iter=6",
+                "--set",
+                "recommend.top_n=4",
+                "--set",
+                "new_users.evaluate=false",
+                "--set",
+                "tracking.mlflow=true",
+                "--set",
+                "tracking.registered_model=jester",
+                "--set",
+                "tracking.model_alias=champion",
+            ]
+        )
+        == 0
+    )
     client, _, loaded = _logged_model(out)
     _same_as_the_job(out, loaded, 4)
     version = client.get_model_version_by_alias("jester", "champion")
@@ -95,14 +116,18 @@ def test_the_numpy_engines_model_recommends_its_best_unrated_jokes(tmp_path, bia
     users, jokes = np.repeat(np.arange(1, 61), 12), np.tile(np.arange(1, 13), 60)
     keep = rng.random(users.size) < 0.6
     ratings = rng.uniform(-10, 10, keep.sum())
-    model = fit_numpy_als(RatingMatrix.from_ids(users[keep], jokes[keep], ratings), rank=3, reg_param=0.1,
-                          max_iter=5, biases=biases)
+    model = fit_numpy_als(
+        RatingMatrix.from_ids(users[keep], jokes[keep], ratings), rank=3, reg_param=0.1, max_iter=5, biases=biases
+    )
     model.save(str(tmp_path / "model"))
     (tmp_path / "ratings").mkdir()
-    pq.write_table(pa.table({"user": users[keep].astype("int32"), "joke": jokes[keep].astype("int32"),
-                             "rating": ratings}), tmp_path / "ratings" / "part-0.parquet")
-    arrays = export_saved(str(tmp_path / "model"), str(tmp_path / "ratings"), str(tmp_path / "export"),
-                          rating_range=[-2.0, 2.0], top=3)
+    pq.write_table(
+        pa.table({"user": users[keep].astype("int32"), "joke": jokes[keep].astype("int32"), "rating": ratings}),
+        tmp_path / "ratings" / "part-0.parquet",
+    )
+    arrays = export_saved(
+        str(tmp_path / "model"), str(tmp_path / "ratings"), str(tmp_path / "export"), rating_range=[-2.0, 2.0], top=3
+    )
     got = Recommender(arrays).recommend([5, 6, 999])
     assert set(got["user"]) == {5, 6}  # 999 is unknown
     for user in (5, 6):
@@ -121,18 +146,34 @@ def test_a_registry_that_refuses_the_model_is_one_warning_and_the_job_stays_gree
 
     out = tmp_path / "out"
     shutil.copytree(pipeline_run[0], out)
-    assert main(["recommend", "--set", f"output.dir={out}", "--set", "tracking.mlflow=true",
-                 "--set", "tracking.registered_model=team/jester"]) == 0
+    assert (
+        main(
+            [
+                "recommend",
+                "--set",
+                f"output.dir={out}",
+                "--set",
+                "tracking.mlflow=true",
+                "--set",
+                "tracking.registered_model=team/jester",
+            ]
+        )
+        == 0
+    )
     warnings = [line for line in capsys.readouterr().err.splitlines() if "registry refused" in line]
     assert len(warnings) == 1 and "team/jester" in warnings[0] and "cannot contain '/'" in warnings[0]
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("jester-als")
-    runs = [r for r in client.search_runs([experiment.experiment_id])
-            if r.data.tags.get("jester_als.job") == "recommend" and "mlflow.parentRunId" not in r.data.tags]
+    runs = [
+        r
+        for r in client.search_runs([experiment.experiment_id])
+        if r.data.tags.get("jester_als.job") == "recommend" and "mlflow.parentRunId" not in r.data.tags
+    ]
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    assert client.search_logged_models([experiment.experiment_id],
-                                       filter_string=f"source_run_id = '{runs[0].info.run_id}'")
+    assert client.search_logged_models(
+        [experiment.experiment_id], filter_string=f"source_run_id = '{runs[0].info.run_id}'"
+    )
     assert client.search_registered_models() == []
     assert (out / "recommendations").is_dir()

@@ -56,9 +56,19 @@ def test_on_jester_like_users_more_ratings_shown_means_better_predictions():
     users, jokes, values = (np.concatenate(p) for p in zip(*(c.long() for c in generate_chunks(params))))
     test = is_test(users.astype(np.int32), jokes.astype(np.int32), test_fraction=0.2, seed=42)
     new = NewUsersConfig(holdout_fraction=0.15, reveal=[1, 5, 20], max_users=1000, seed=7)
-    result = evaluate_new_users(users, jokes, values, test, params={"rank": 10, "regParam": 0.3, "maxIter": 10,
-                                                                     "biases": True},
-                                bias_reg=10.0, new_users=new, k=10, threshold=5.0, rating_range=(-10, 10), seed=1)
+    result = evaluate_new_users(
+        users,
+        jokes,
+        values,
+        test,
+        params={"rank": 10, "regParam": 0.3, "maxIter": 10, "biases": True},
+        bias_reg=10.0,
+        new_users=new,
+        k=10,
+        threshold=5.0,
+        rating_range=(-10, 10),
+        seed=1,
+    )
     random = result["random"]
     assert 300 < result["users"] < 600 and result["fitted_on_users"] == 3000 - result["users"]
     assert random["20"]["model"]["rmse"] < random["5"]["model"]["rmse"] < random["1"]["model"]["rmse"]
@@ -104,8 +114,20 @@ def fitted(pipeline_run, tmp_path):
 
 
 def foldin(out, table, *extra) -> int:
-    return main(["foldin", "--conf", "conf/local.yaml", "--set", f"output.dir={out}", "--set",
-                 f"new_users.path={table}", "--set", "recommend.top_n=3", *extra])
+    return main(
+        [
+            "foldin",
+            "--conf",
+            "conf/local.yaml",
+            "--set",
+            f"output.dir={out}",
+            "--set",
+            f"new_users.path={table}",
+            "--set",
+            "recommend.top_n=3",
+            *extra,
+        ]
+    )
 
 
 def test_foldin_recommends_new_users_and_accounts_for_every_cell(spark, fitted):

@@ -45,8 +45,10 @@ def test_batched_cholesky_matches_numpy_solve():
     upper = np.ascontiguousarray(gram[:, rows, cols].T)  # (k(k+1)/2, n)
     assert packed_offsets(k) == [int(np.flatnonzero((rows == j) & (cols == j))[0]) for j in range(k)]
     x = batched_cholesky_solve(upper.astype(np.float32), np.ascontiguousarray(rhs.T).astype(np.float32), ridge)
-    expected = np.linalg.solve(gram.astype(np.float32).astype(np.float64) + ridge[:, None, None] * np.eye(k),
-                               rhs.astype(np.float32).astype(np.float64)[..., None])[..., 0]
+    expected = np.linalg.solve(
+        gram.astype(np.float32).astype(np.float64) + ridge[:, None, None] * np.eye(k),
+        rhs.astype(np.float32).astype(np.float64)[..., None],
+    )[..., 0]
     assert np.allclose(x, expected, rtol=1e-9, atol=1e-9)
 
 
@@ -69,8 +71,7 @@ def test_each_factor_is_the_regularized_least_squares_solution(dense_budget_mb):
     """After a fit, every user's factor must be what a direct per-user solve of Spark's objective gives
     for the final joke factors: min |r_u - Y_u x|^2 + regParam * n_u * |x|^2, computed here with lstsq on
     the augmented system [Y_u; sqrt(regParam n_u) I] x = [r_u; 0]."""
-    users, jokes, values = long_arrays(small_params(users=60, jokes=15, min_ratings=5, mean_ratings=9,
-                                                    gauge_jokes=3))
+    users, jokes, values = long_arrays(small_params(users=60, jokes=15, min_ratings=5, mean_ratings=9, gauge_jokes=3))
     data = RatingMatrix.from_ids(users, jokes, values)
     reg, rank = 0.2, 3
     model = fit_numpy_als(data, rank=rank, reg_param=reg, max_iter=4, seed=5, dense_budget_mb=dense_budget_mb)
@@ -95,8 +96,7 @@ def test_each_factor_is_the_regularized_least_squares_solution(dense_budget_mb):
 
 
 def test_vectorized_engine_equals_the_seed_loop_algorithm():
-    users, jokes, values = long_arrays(small_params(users=80, jokes=20, min_ratings=8, mean_ratings=12,
-                                                    gauge_jokes=4))
+    users, jokes, values = long_arrays(small_params(users=80, jokes=20, min_ratings=8, mean_ratings=12, gauge_jokes=4))
     data = RatingMatrix.from_ids(users, jokes, values)
     fast = fit_numpy_als(data, rank=4, reg_param=0.1, max_iter=6, seed=2)
     loop = fit_loop_als(data, rank=4, reg_param=0.1, max_iter=6, seed=2)
@@ -142,8 +142,17 @@ def test_biased_als_recovers_planted_offsets_and_beats_plain_als_on_them(tmp_pat
     rank, which has to spend factors on the offsets."""
     from jester_als.numpy_als import NumpyALSModel, residuals
 
-    params = small_params(users=1500, jokes=60, rank=2, factor_scale=2.0, user_bias=3.0, joke_bias=2.5,
-                          noise=1.0, min_ratings=15, mean_ratings=30)
+    params = small_params(
+        users=1500,
+        jokes=60,
+        rank=2,
+        factor_scale=2.0,
+        user_bias=3.0,
+        joke_bias=2.5,
+        noise=1.0,
+        min_ratings=15,
+        mean_ratings=30,
+    )
     train, (tu, tj, tv) = split(*long_arrays(params))
     fit = dict(rank=2, reg_param=0.1, max_iter=15, seed=3)
     biased = fit_numpy_als(train, biases=True, bias_reg=5.0, **fit)
@@ -169,8 +178,9 @@ def test_biased_als_recovers_planted_offsets_and_beats_plain_als_on_them(tmp_pat
 def test_bias_fit_is_the_alternating_closed_form_on_its_own_ratings():
     """Each offset is the regularized mean of what the other offsets leave; computed here per joke and per user
     with a Python loop over the final offsets (one more pass moves nothing beyond 1e-6)."""
-    users, jokes, values = long_arrays(small_params(users=120, jokes=12, min_ratings=4, mean_ratings=8,
-                                                    gauge_jokes=2, user_bias=2.0, joke_bias=2.0))
+    users, jokes, values = long_arrays(
+        small_params(users=120, jokes=12, min_ratings=4, mean_ratings=8, gauge_jokes=2, user_bias=2.0, joke_bias=2.0)
+    )
     data = RatingMatrix.from_ids(users, jokes, values)
     reg = 3.0
     b = fit_biases(data, reg=reg, passes=60)
@@ -223,11 +233,11 @@ def test_one_user_half_step_recovers_spark_user_factors(spark):
     from jester_als.numpy_als import solve_users_given_jokes
     from jester_als.tune import fit_als, make_als
 
-    users, jokes, values = long_arrays(small_params(users=300, jokes=30, min_ratings=8, mean_ratings=15,
-                                                    gauge_jokes=4))
+    users, jokes, values = long_arrays(small_params(users=300, jokes=30, min_ratings=8, mean_ratings=15, gauge_jokes=4))
     reg = 0.15
-    train = spark.createDataFrame(pa.table({"user": users.astype(np.int32), "joke": jokes.astype(np.int32),
-                                            "rating": values}))
+    train = spark.createDataFrame(
+        pa.table({"user": users.astype(np.int32), "joke": jokes.astype(np.int32), "rating": values})
+    )
     model, _ = fit_als(train, make_als(seed=3, blocks=2), {"rank": 4, "regParam": reg, "maxIter": 6})
     data = RatingMatrix.from_ids(users, jokes, values)
     spark_users = _factors(model.userFactors, data.user_ids)
@@ -241,13 +251,20 @@ def test_one_user_half_step_recovers_spark_user_factors(spark):
     assert np.max(np.abs(solve_users_given_jokes(data, spark_jokes, reg / 2) - spark_users)) > 1e-2 * scale
     lam = reg * data.nnz / data.shape[0]  # plain L2 of the same average strength, not scaled per user
     user_of = data.users
-    plain_l2 = np.array([np.linalg.solve(spark_jokes[data.jokes[user_of == u]].T @ spark_jokes[data.jokes[user_of == u]]
-                                         + lam * np.eye(4),
-                                         spark_jokes[data.jokes[user_of == u]].T @ data.ratings[user_of == u])
-                         for u in range(data.shape[0])])
+    plain_l2 = np.array(
+        [
+            np.linalg.solve(
+                spark_jokes[data.jokes[user_of == u]].T @ spark_jokes[data.jokes[user_of == u]] + lam * np.eye(4),
+                spark_jokes[data.jokes[user_of == u]].T @ data.ratings[user_of == u],
+            )
+            for u in range(data.shape[0])
+        ]
+    )
     assert np.max(np.abs(plain_l2 - spark_users)) > 1e-2 * scale
-    print(f"largest difference from Spark's user factors: {np.max(np.abs(ours - spark_users)) / scale:.2e} "
-          f"of the largest factor entry")
+    print(
+        f"largest difference from Spark's user factors: {np.max(np.abs(ours - spark_users)) / scale:.2e} "
+        f"of the largest factor entry"
+    )
 
 
 def test_ratings_in_user_order_and_shuffled_give_the_same_matrix():
@@ -267,7 +284,8 @@ def test_ratings_in_user_order_and_shuffled_give_the_same_matrix():
         rows = slice(ordered.indptr[u], ordered.indptr[u + 1])
         want = sorted(zip(ordered.jokes[rows].tolist(), ordered.ratings[rows].tolist()))
         assert sorted(zip(shuffled.jokes[rows].tolist(), shuffled.ratings[rows].tolist())) == want
-        assert want == sorted(zip((jokes[users == ordered.user_ids[u]] - 1).tolist(),
-                                  ratings[users == ordered.user_ids[u]].tolist()))
+        assert want == sorted(
+            zip((jokes[users == ordered.user_ids[u]] - 1).tolist(), ratings[users == ordered.user_ids[u]].tolist())
+        )
     empty = RatingMatrix.from_ids(users[:0], jokes[:0], ratings[:0])
     assert empty.shape == (0, 0) and empty.indptr.tolist() == [0]

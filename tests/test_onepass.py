@@ -13,8 +13,7 @@ from jester_als.cli import main
 HEADER = "User,Number of Jokes Rated,1,2,3,4,5\n"
 # rated cells, blanks, the sentinel in two spellings, 0.00, text, NaN, out of range, a blank user id, a row with
 # no rating at all, a joke nobody rated (5)
-MIXED = HEADER + ("1,4,1.5,-2,99,0.00,\n2,3,abc,7.25,99.0,NaN,\n3,2,11,-10,10,,\n,1,3,,,,\n4,0,,,,,\n"
-                  "5,4,2,2,2,2,\n")
+MIXED = HEADER + ("1,4,1.5,-2,99,0.00,\n2,3,abc,7.25,99.0,NaN,\n3,2,11,-10,10,,\n,1,3,,,,\n4,0,,,,,\n5,4,2,2,2,2,\n")
 
 
 def prepared(tmp_path, text: str, *overrides: str):
@@ -28,13 +27,29 @@ def prepared(tmp_path, text: str, *overrides: str):
     found = {}
     for one_pass in (True, False):
         out = tmp_path / f"out-{one_pass}"
-        assert main(["prepare", "--conf", "conf/local.yaml", "--set", f"input.path={path}",
-                     "--set", f"output.dir={out}", "--set", f"input.one_pass={str(one_pass).lower()}",
-                     *[a for o in overrides for a in ("--set", o)]]) == 0
+        assert (
+            main(
+                [
+                    "prepare",
+                    "--conf",
+                    "conf/local.yaml",
+                    "--set",
+                    f"input.path={path}",
+                    "--set",
+                    f"output.dir={out}",
+                    "--set",
+                    f"input.one_pass={str(one_pass).lower()}",
+                    *[a for o in overrides for a in ("--set", o)],
+                ]
+            )
+            == 0
+        )
         data = json.loads((out / "metrics.json").read_text())["data"]
         ratings = sorted(tuple(r) for r in spark.read.parquet(str(out / "ratings")).collect())
-        rejected = sorted((tuple(r) for r in spark.read.parquet(str(out / "rejected")).collect()),
-                          key=lambda row: tuple("" if v is None else str(v) for v in row))
+        rejected = sorted(
+            (tuple(r) for r in spark.read.parquet(str(out / "rejected")).collect()),
+            key=lambda row: tuple("" if v is None else str(v) for v in row),
+        )
         found[one_pass] = data, ratings, rejected
     return found
 
@@ -59,10 +74,13 @@ def test_one_pass_and_general_path_give_the_same_outputs_and_counts(spark, tmp_p
     assert (1, 4, 0.0) in ratings and len(ratings) == one["ratings"] == 10
 
 
-@pytest.mark.parametrize("text, why", [
-    (HEADER + "1,2,1,2,,,\n2,9,1,2,3,4,5,6\n", "a malformed row"),
-    (HEADER + "u-1,2,1,2,,,\n2,2,3,4,,,\n", "ids to re-index"),
-])
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        (HEADER + "1,2,1,2,,,\n2,9,1,2,3,4,5,6\n", "a malformed row"),
+        (HEADER + "u-1,2,1,2,,,\n2,2,3,4,,,\n", "ids to re-index"),
+    ],
+)
 def test_a_table_the_one_pass_cannot_settle_goes_the_general_way(spark, tmp_path, text, why):
     found = prepared(tmp_path, text)
     (one, one_ratings, one_rejected), (general, ratings, rejected) = found[True], found[False]
@@ -74,7 +92,8 @@ def test_a_user_on_two_rows_is_refused_as_on_the_general_path(tmp_path, capsys):
     path = tmp_path / "table.csv"
     path.write_text(HEADER + "1,2,1,2,,,\n1,2,,,3,4,\n")
     out = tmp_path / "out"
-    assert main(["prepare", "--conf", "conf/local.yaml", "--set", f"input.path={path}",
-                 "--set", f"output.dir={out}"]) == 1
+    assert (
+        main(["prepare", "--conf", "conf/local.yaml", "--set", f"input.path={path}", "--set", f"output.dir={out}"]) == 1
+    )
     assert "user id(s) on more than one row: '1' (2 rows)" in capsys.readouterr().err
     assert not (out / "ratings").exists()

@@ -27,8 +27,9 @@ def test_the_lock_works_where_fcntl_is_missing(tmp_path, monkeypatch):
     thread.start()
     assert held.wait(10)
     assert os.path.isdir(tmp_path / (outputs.LOCK_FILE + ".d"))  # the lock directory is what excludes
-    waiter = threading.Thread(target=lambda: (outputs.output_lock(str(tmp_path)).__enter__(),
-                                              order.append("second in")))
+    waiter = threading.Thread(
+        target=lambda: (outputs.output_lock(str(tmp_path)).__enter__(), order.append("second in"))
+    )
     waiter.start()
     waiter.join(0.5)
     assert order == ["first in"]  # the second holder waits while the first holds the lock

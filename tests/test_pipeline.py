@@ -83,8 +83,12 @@ def test_report_embeds_the_plots_drawn_from_the_metrics(pipeline_run, tmp_path, 
 
     out, _, _ = pipeline_run
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["plots"] == {"tuning": "plots/tuning.png", "engines": "plots/engines.png",
-                                "errors": "plots/errors.png", "new_users": "plots/new_users.png"}
+    assert metrics["plots"] == {
+        "tuning": "plots/tuning.png",
+        "engines": "plots/engines.png",
+        "errors": "plots/errors.png",
+        "new_users": "plots/new_users.png",
+    }
     # tuning: 1.2 + 3.6 in per panel (one panel: maxIter=8) x 3.6 in
     assert png_size(out / "plots" / "tuning.png") == (480, 360)
     assert png_size(out / "plots" / "engines.png") == (1100, 380)
@@ -131,11 +135,16 @@ def test_the_run_is_tracked_in_mlflow(pipeline_run):
     assert parent.data.metrics["data.ratings"] == metrics["data"]["ratings"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted((r.data.params["rank"], r.data.metrics["validation_rmse"]) for r in children) == sorted(
-        (str(p["params"]["rank"]), pytest.approx(p["validation_rmse"])) for p in metrics["spark_als"]["validation"])
+        (str(p["params"]["rank"]), pytest.approx(p["validation_rmse"])) for p in metrics["spark_als"]["validation"]
+    )
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"metrics.json", "report.md", "plots", "saved_model"} <= artifacts
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "plots")} == {
-        "plots/tuning.png", "plots/engines.png", "plots/errors.png", "plots/new_users.png"}
+        "plots/tuning.png",
+        "plots/engines.png",
+        "plots/errors.png",
+        "plots/new_users.png",
+    }
     assert (out / "mlartifacts").is_dir()  # artifacts stay beside the store, not in the working directory
     # the model as an MLflow model is tests/test_mlflow_model.py's subject
 
@@ -146,8 +155,22 @@ def test_a_tracking_failure_warns_and_leaves_the_job_green(small_table, tmp_path
 
     path, _ = small_table
     port = free_ports(1)[0]  # nothing listens there
-    assert main(["prepare", "--set", f"input.path={path}", "--set", f"output.dir={tmp_path / 'out'}",
-                 "--set", "tracking.mlflow=true", "--set", f"tracking.tracking_uri=http://127.0.0.1:{port}"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "--set",
+                f"input.path={path}",
+                "--set",
+                f"output.dir={tmp_path / 'out'}",
+                "--set",
+                "tracking.mlflow=true",
+                "--set",
+                f"tracking.tracking_uri=http://127.0.0.1:{port}",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "out" / "ratings").is_dir() and (tmp_path / "out" / "metrics.json").exists()
     failures = [line for line in capsys.readouterr().err.splitlines() if "MLflow tracking failed" in line]
     assert len(failures) == 1 and "results are unaffected" in failures[0]
@@ -157,7 +180,10 @@ def test_ratings_model_and_recommendations_are_written(spark, pipeline_run):
     out, params, _ = pipeline_run
     ratings = spark.read.parquet(str(out / "ratings"))
     assert [(f.name, f.dataType.simpleString()) for f in ratings.schema] == [
-        ("user", "int"), ("joke", "int"), ("rating", "double")]
+        ("user", "int"),
+        ("joke", "int"),
+        ("rating", "double"),
+    ]
     metrics = json.loads((out / "metrics.json").read_text())
     assert ratings.count() == metrics["data"]["ratings"]
     assert spark.read.parquet(str(out / "rejected")).columns == ["user", "joke", "value", "reason", "detail"]
@@ -200,8 +226,16 @@ def test_new_data_or_a_new_model_drops_the_sections_computed_from_the_old(spark,
 
     path, _ = small_table
     out = tmp_path / "out"
-    common = ["--conf", "conf/local.yaml", "--set", f"output.dir={out}", "--set", "recommend.top_n=3",
-              "--set", "tune.grid={rank: [3], regParam: [0.1], maxIter: [5]}"]
+    common = [
+        "--conf",
+        "conf/local.yaml",
+        "--set",
+        f"output.dir={out}",
+        "--set",
+        "recommend.top_n=3",
+        "--set",
+        "tune.grid={rank: [3], regParam: [0.1], maxIter: [5]}",
+    ]
     metrics = lambda: json.loads((out / "metrics.json").read_text())
     for job in ("prepare", "tune", "recommend"):
         assert main([job, *common, "--set", f"input.path={path}"]) == 0
@@ -236,9 +270,24 @@ def test_reindexed_user_ids_reach_the_recommendations_as_the_original_ids(spark,
         for row in rows:
             writer.writerow([f"user-{row[0]}", *row[1:]])
     out = tmp_path / "out"
-    assert main(["pipeline", "--conf", "conf/local.yaml", "--set", f"input.path={renamed}",
-                 "--set", f"output.dir={out}", "--set", "recommend.top_n=2",
-                 "--set", "tune.grid={rank: [3], regParam: [0.1], maxIter: [5]}"]) == 0
+    assert (
+        main(
+            [
+                "pipeline",
+                "--conf",
+                "conf/local.yaml",
+                "--set",
+                f"input.path={renamed}",
+                "--set",
+                f"output.dir={out}",
+                "--set",
+                "recommend.top_n=2",
+                "--set",
+                "tune.grid={rank: [3], regParam: [0.1], maxIter: [5]}",
+            ]
+        )
+        == 0
+    )
     recommendations = spark.read.parquet(str(out / "recommendations"))
     mapping = spark.read.parquet(str(out / "user_ids"))
     assert dict(recommendations.dtypes)["user"] == "string"
@@ -246,6 +295,9 @@ def test_reindexed_user_ids_reach_the_recommendations_as_the_original_ids(spark,
     assert users and all(u.startswith("user-") for u in users)
     assert users <= {r["original_user"] for r in mapping.collect()}
     # Each recommended joke is one the user did not rate, checked through the mapping.
-    ratings = spark.read.parquet(str(out / "ratings")).join(mapping, "user").select(
-        F.col("original_user").alias("user"), "joke")
+    ratings = (
+        spark.read.parquet(str(out / "ratings"))
+        .join(mapping, "user")
+        .select(F.col("original_user").alias("user"), "joke")
+    )
     assert recommendations.join(ratings, ["user", "joke"]).count() == 0

@@ -12,8 +12,9 @@ from helpers import assert_frames_equal
 from jester_als.config import load_config
 from jester_als.prepare import InputError, joke_columns, prepare_ratings, stack_expression
 
-RATINGS_SCHEMA = StructType([StructField("user", IntegerType()), StructField("joke", IntegerType()),
-                             StructField("rating", DoubleType())])
+RATINGS_SCHEMA = StructType(
+    [StructField("user", IntegerType()), StructField("joke", IntegerType()), StructField("rating", DoubleType())]
+)
 
 
 def input_config(path, **extra):
@@ -64,11 +65,13 @@ def test_real_excerpt_keeps_zero_ratings_and_drops_blanks(spark, excerpt_path):
 
 
 def test_stack_expression_uses_the_columns_present():
-    jokes = joke_columns(["User", "Number of Jokes Rated", "7", "12", "100"], "User", ["Number of Jokes Rated"],
-                         "test.csv")
+    jokes = joke_columns(
+        ["User", "Number of Jokes Rated", "7", "12", "100"], "User", ["Number of Jokes Rated"], "test.csv"
+    )
     assert jokes == [("7", 7), ("12", 12), ("100", 100)]
-    assert stack_expression(jokes) == ("stack(3, 7, CAST(`7` AS STRING), 12, CAST(`12` AS STRING), "
-                                       "100, CAST(`100` AS STRING)) AS (joke, raw)")
+    assert stack_expression(jokes) == (
+        "stack(3, 7, CAST(`7` AS STRING), 12, CAST(`12` AS STRING), 100, CAST(`100` AS STRING)) AS (joke, raw)"
+    )
 
 
 def test_non_integer_joke_column_is_refused_with_its_name():
@@ -83,11 +86,14 @@ def test_missing_user_column_is_refused():
 
 def test_sentinel_range_and_text_cells_are_classified_and_counted(spark, tmp_path):
     path = tmp_path / "mixed.csv"
-    path.write_text("User,Number of Jokes Rated,1,2,3,4,5\n"
-                    "1,5,0.00,99,-10.00,abc,15\n"
-                    "2,5,99.0,,10,N/A,-11\n"
-                    "3,5, 4.5 ,99.00,NaN,Infinity,--\n"
-                    "x,1,3.0,,,,\n", encoding="utf-8")
+    path.write_text(
+        "User,Number of Jokes Rated,1,2,3,4,5\n"
+        "1,5,0.00,99,-10.00,abc,15\n"
+        "2,5,99.0,,10,N/A,-11\n"
+        "3,5, 4.5 ,99.00,NaN,Infinity,--\n"
+        "x,1,3.0,,,,\n",
+        encoding="utf-8",
+    )
     inp = input_config(path, drop_columns='["Number of Jokes Rated"]', user_ids="integer")
     prepared = prepare_ratings(spark, inp)
     try:

@@ -34,9 +34,22 @@ def test_rerunning_the_pipeline_gives_the_same_results(spark, pipeline_run, smal
     second_out = tmp_path / "second"
     burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        rerun = subprocess.run([sys.executable, "-m", "jester_als.cli", *argv, "--set", f"output.dir={second_out}",
-                                "--set", "tracking.mlflow=false"],
-                               capture_output=True, text=True, cwd=ROOT, timeout=600)
+        rerun = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "jester_als.cli",
+                *argv,
+                "--set",
+                f"output.dir={second_out}",
+                "--set",
+                "tracking.mlflow=false",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=600,
+        )
     finally:
         burner.kill()
         burner.wait()
@@ -76,8 +89,9 @@ def test_fifty_iterations_do_not_overflow_the_stack(spark, small_table):
     before = _checkpoint_files(spark)
     fit_als(train, make_als(seed=1, blocks=2, checkpoint_interval=-1), {"rank": 3, "regParam": 0.1, "maxIter": 12})
     assert _checkpoint_files(spark) - before == set(), "the control fit has checkpoints off"
-    model, _ = fit_als(train, make_als(seed=1, blocks=2, checkpoint_interval=10),
-                       {"rank": 3, "regParam": 0.1, "maxIter": 50})
+    model, _ = fit_als(
+        train, make_als(seed=1, blocks=2, checkpoint_interval=10), {"rank": 3, "regParam": 0.1, "maxIter": 50}
+    )
     assert model.userFactors.count() == params.users
     assert _checkpoint_files(spark) - before, "ALS wrote no checkpoint in fifty iterations"
     prepared.release()
@@ -86,8 +100,14 @@ def test_fifty_iterations_do_not_overflow_the_stack(spark, small_table):
 def pipeline_writing(command: list[str], out: Path, env: dict | None = None) -> tuple[subprocess.Popen, str]:
     """A long pipeline (30 iterations) started with ``command``, once it is writing its staged outputs into
     ``out``: the process and its staging directory's name."""
-    job = subprocess.Popen(command + ["--set", "tune.grid.maxIter=[30]"], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    job = subprocess.Popen(
+        command + ["--set", "tune.grid.maxIter=[30]"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:  # wait until the run is writing its staged outputs
         staging = [p for p in os.listdir(out) if p.startswith(".staging-")]
@@ -106,8 +126,15 @@ def test_sigterm_stops_cleanly_and_keeps_the_previous_outputs(pipeline_run, tmp_
     out = tmp_path / "out"
     shutil.copytree(done, out)
     base = [sys.executable, "-m", "jester_als.cli"]
-    common = [*argv[1:], "--set", f"output.dir={out}", "--set", "spark.master=local[2]",
-              "--set", "tracking.mlflow=false"]
+    common = [
+        *argv[1:],
+        "--set",
+        f"output.dir={out}",
+        "--set",
+        "spark.master=local[2]",
+        "--set",
+        "tracking.mlflow=false",
+    ]
     before = (out / "metrics.json").read_bytes()
     ratings_before = sorted(os.listdir(out / "ratings"))
     model_before = sorted(p.relative_to(out) for p in (out / "model").rglob("*"))
@@ -135,8 +162,15 @@ def test_a_killed_runs_staging_and_checkpoint_directories_are_removed_by_the_nex
     scratch.mkdir()
     env = {**os.environ, "TMPDIR": str(scratch)}
     base = [sys.executable, "-m", "jester_als.cli"]
-    common = [*argv[1:], "--set", f"output.dir={out}", "--set", "spark.master=local[2]",
-              "--set", "tracking.mlflow=false"]
+    common = [
+        *argv[1:],
+        "--set",
+        f"output.dir={out}",
+        "--set",
+        "spark.master=local[2]",
+        "--set",
+        "tracking.mlflow=false",
+    ]
     job, staging = pipeline_writing(base + ["pipeline"] + common, out, env)
     checkpoints = [p for p in os.listdir(scratch) if p.startswith("jester-als-checkpoint-")]
     job.kill()
@@ -149,8 +183,9 @@ def test_a_killed_runs_staging_and_checkpoint_directories_are_removed_by_the_nex
     live.mkdir()
     owner.claim(str(live))
     try:
-        after = subprocess.run(base + ["prepare"] + common, capture_output=True, text=True, cwd=ROOT, env=env,
-                               timeout=300)
+        after = subprocess.run(
+            base + ["prepare"] + common, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300
+        )
     finally:
         owner.release(str(live))
     assert after.returncode == 0, after.stderr[-2000:]

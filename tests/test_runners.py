@@ -36,16 +36,20 @@ def call_wheel_entry_point(monkeypatch, parameters: list[str]):
 
 
 def test_wheel_entry_point_fails_the_task_on_a_config_error(monkeypatch, tmp_path, capsys):
-    status = call_wheel_entry_point(monkeypatch, ["tune", "--conf", "conf/local.yaml", "--set", "tune.grid.rank=five",
-                                                  "--set", f"output.dir={tmp_path}"])
+    status = call_wheel_entry_point(
+        monkeypatch,
+        ["tune", "--conf", "conf/local.yaml", "--set", "tune.grid.rank=five", "--set", f"output.dir={tmp_path}"],
+    )
     assert status == 2
     assert "tune.grid.rank" in capsys.readouterr().err
 
 
 def test_wheel_entry_point_fails_the_task_on_a_missing_input(monkeypatch, tmp_path, capsys):
     missing = tmp_path / "nowhere.csv"
-    status = call_wheel_entry_point(monkeypatch, ["prepare", "--conf", "conf/local.yaml",
-                                                  "--set", f"input.path={missing}", "--set", f"output.dir={tmp_path}"])
+    status = call_wheel_entry_point(
+        monkeypatch,
+        ["prepare", "--conf", "conf/local.yaml", "--set", f"input.path={missing}", "--set", f"output.dir={tmp_path}"],
+    )
     assert status == 1
     assert str(missing) in capsys.readouterr().err
 
@@ -56,9 +60,18 @@ def test_wheel_entry_point_fails_the_task_when_als_is_refused(monkeypatch, small
 
     monkeypatch.setattr(jester_als.tune, "ALS", refuse)
     path, _ = small_table
-    status = call_wheel_entry_point(monkeypatch, ["pipeline", "--conf", "conf/local.yaml",
-                                                  "--set", f"input.path={path}",
-                                                  "--set", f"output.dir={tmp_path / 'out'}"])
+    status = call_wheel_entry_point(
+        monkeypatch,
+        [
+            "pipeline",
+            "--conf",
+            "conf/local.yaml",
+            "--set",
+            f"input.path={path}",
+            "--set",
+            f"output.dir={tmp_path / 'out'}",
+        ],
+    )
     assert status == 1
     assert "not whitelisted" in capsys.readouterr().err
     assert not (tmp_path / "out" / "metrics.json").exists()
@@ -67,8 +80,10 @@ def test_wheel_entry_point_fails_the_task_when_als_is_refused(monkeypatch, small
 def test_wheel_entry_point_returns_normally_on_success(monkeypatch, spark, small_table, tmp_path):
     path, _ = small_table
     out = tmp_path / "out"
-    status = call_wheel_entry_point(monkeypatch, ["prepare", "--conf", "conf/local.yaml", "--set", f"input.path={path}",
-                                                  "--set", f"output.dir={out}"])
+    status = call_wheel_entry_point(
+        monkeypatch,
+        ["prepare", "--conf", "conf/local.yaml", "--set", f"input.path={path}", "--set", f"output.dir={out}"],
+    )
     assert status is None
     assert json.loads((out / "metrics.json").read_text())["data"]["ratings"] > 0
     assert spark.range(3).count() == 3  # the session the job joined is still usable: the job did not stop it
@@ -76,8 +91,12 @@ def test_wheel_entry_point_returns_normally_on_success(monkeypatch, spark, small
 
 def test_console_script_exits_with_the_status(tmp_path):
     script = Path(sys.executable).with_name("jester-als")
-    result = subprocess.run([str(script), "tune", "--conf", str(ROOT / "conf" / "local.yaml"),
-                             "--set", "split.test_fraction=2"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(script), "tune", "--conf", str(ROOT / "conf" / "local.yaml"), "--set", "split.test_fraction=2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2, result.stderr
     assert "split.test_fraction" in result.stderr
 
@@ -99,10 +118,17 @@ def test_baseline_and_recommend_at_once_on_one_output_dir_keep_both_sections(pip
     (out / "report.md").unlink()
     common = [*argv[1:], "--set", f"output.dir={out}", "--set", "tracking.mlflow=false"]
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
-    jobs = {job: subprocess.Popen([sys.executable, "-m", "jester_als.cli", job, *common,
-                                   "--set", "spark.conf={spark.ui.enabled: false}"],
-                                  cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for job in ("baseline", "recommend")}
+    jobs = {
+        job: subprocess.Popen(
+            [sys.executable, "-m", "jester_als.cli", job, *common, "--set", "spark.conf={spark.ui.enabled: false}"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for job in ("baseline", "recommend")
+    }
     for job, process in jobs.items():
         output, _ = process.communicate(timeout=600)
         assert process.returncode == 0, f"{job}:\n{output[-3000:]}"
@@ -119,14 +145,23 @@ def test_baseline_and_recommend_at_once_on_one_output_dir_keep_both_sections(pip
 def test_make_submit_works_from_a_clone_without_activating_anything(small_table, tmp_path):
     path, params = small_table
     out = tmp_path / "out"
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON",
-                                                             "SPARK_HOME")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("VIRTUAL_ENV", "PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "SPARK_HOME")
+    }
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if not p.startswith(str(ROOT / ".venv")))
     # prepare, the cheapest job: what is under test is the packaging and spark-submit's environment (the
     # pipeline through spark-submit runs in tests/test_everywhere.py, on a standalone cluster).
     args = " ".join(f"'{a}'" for a in ["--set", f"input.path={path}", "--set", f"output.dir={out}"])
-    result = subprocess.run(["make", "--no-print-directory", "submit", "MASTER=local[2]", "JOB=prepare",
-                             f"ARGS={args}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        ["make", "--no-print-directory", "submit", "MASTER=local[2]", "JOB=prepare", f"ARGS={args}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["run"]["master"] == "local[2]" and metrics["run"]["job"] == "prepare"
@@ -157,13 +192,22 @@ def test_every_job_in_the_table_names_a_function_that_exists_and_what_it_reports
         assert set(job.reports) <= {"als_engine", "spark_als", "baselines", "recommendations"}, job.name
 
 
-@pytest.mark.parametrize("job,missing", [("tune", "ratings/ (written by prepare)"),
-                                         ("recommend", "model/ (written by tune)"),
-                                         ("baseline", "ratings/ (written by prepare), model/ (written by tune)")])
+@pytest.mark.parametrize(
+    "job,missing",
+    [
+        ("tune", "ratings/ (written by prepare)"),
+        ("recommend", "model/ (written by tune)"),
+        ("baseline", "ratings/ (written by prepare), model/ (written by tune)"),
+    ],
+)
 def test_a_job_run_before_the_one_it_needs_says_so_once_before_spark_starts(job, missing, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "jester_als.cli", job, "--conf", "conf/local.yaml",
-                             "--set", f"output.dir={tmp_path}"], capture_output=True, text=True, cwd=ROOT,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "jester_als.cli", job, "--conf", "conf/local.yaml", "--set", f"output.dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert result.returncode == 1
     assert result.stderr.count(missing) == 1, result.stderr
     assert "Exception" not in result.stderr and "Traceback" not in result.stderr
@@ -174,10 +218,25 @@ def test_checkpoint_dirs_the_job_creates_are_removed_on_success_and_failure(quie
     _, stderr, scratch = quiet_prepare  # a successful prepare with TMPDIR=scratch
     assert f"checkpoint dir {scratch}/jester-als-checkpoint-" in stderr  # made there ...
     assert not list(scratch.glob("jester-als-checkpoint-*"))  # ... and removed
-    failed = subprocess.run([sys.executable, "-m", "jester_als.cli", "prepare", "--conf", "conf/local.yaml",
-                             "--set", "input.path=/nowhere/jester.csv", "--set", f"output.dir={tmp_path / 'bad'}"],
-                            capture_output=True, text=True, cwd=ROOT, env={**os.environ, "TMPDIR": str(scratch)},
-                            timeout=300)
+    failed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jester_als.cli",
+            "prepare",
+            "--conf",
+            "conf/local.yaml",
+            "--set",
+            "input.path=/nowhere/jester.csv",
+            "--set",
+            f"output.dir={tmp_path / 'bad'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(scratch)},
+        timeout=300,
+    )
     assert failed.returncode == 1 and "/nowhere/jester.csv" in failed.stderr, failed.stderr[-2000:]
     assert f"checkpoint dir {scratch}/jester-als-checkpoint-" in failed.stderr
     assert not list(scratch.glob("jester-als-checkpoint-*"))
@@ -187,8 +246,11 @@ def test_version_is_the_package_version(capsys):
     import jester_als
 
     assert main(["--version"]) == 0
-    assert capsys.readouterr().out.strip() == f"jester-als {jester_als.__version__}" == \
-        f"jester-als {metadata.version('jester-als')}"
+    assert (
+        capsys.readouterr().out.strip()
+        == f"jester-als {jester_als.__version__}"
+        == f"jester-als {metadata.version('jester-als')}"
+    )
 
 
 def test_check_job_validates_config_and_header_without_running_anything(spark, small_table, tmp_path, capsys):
@@ -240,8 +302,20 @@ def test_job_logging_leaves_the_hosts_root_logger_alone(tmp_path, capsys):
     root = logging.getLogger()
     root.addHandler(handler)
     try:
-        assert main(["generate", "--set", "generate.users=30", "--set", f"generate.path={tmp_path / 'g.csv'}",
-                     "--set", "log_level=DEBUG"]) == 0
+        assert (
+            main(
+                [
+                    "generate",
+                    "--set",
+                    "generate.users=30",
+                    "--set",
+                    f"generate.path={tmp_path / 'g.csv'}",
+                    "--set",
+                    "log_level=DEBUG",
+                ]
+            )
+            == 0
+        )
     finally:
         root.removeHandler(handler)
     assert not [name for name in seen if name.startswith("jester_als")]
@@ -268,8 +342,7 @@ def test_a_local_run_names_its_spark_ui_and_it_answers(tmp_path):
         "finally:\n"
         "    release_session(spark, created)\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          cwd=tmp_path)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     url, found = done.stdout.split()[-2:]
     assert url.startswith("http://localhost:") and found == "True", done.stdout
@@ -281,10 +354,26 @@ DEPRECATED = "The SQL config 'spark.sql.execution.arrow.enabled' has been deprec
 def _prepare_excerpt(cwd, out, *flags, env=None) -> str:
     """``prepare`` of the real excerpt in a fresh process from ``cwd`` (no conf/ there: the packaged default),
     setting a deprecated SQL option, which Spark warns about every time it is set; returns its stderr."""
-    done = subprocess.run([sys.executable, "-m", "jester_als.cli", "prepare", *flags,
-                           "--set", f"input.path={EXCERPT}", "--set", f"output.dir={out}",
-                           "--set", "spark.conf={spark.sql.execution.arrow.enabled: true}"],
-                          capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jester_als.cli",
+            "prepare",
+            *flags,
+            "--set",
+            f"input.path={EXCERPT}",
+            "--set",
+            f"output.dir={out}",
+            "--set",
+            "spark.conf={spark.sql.execution.arrow.enabled: true}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stderr
 

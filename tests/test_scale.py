@@ -11,23 +11,65 @@ import pytest
 from jester_als.cli import main
 from jester_als.scale.costmodel import ENGINES
 
-TINY = ["--set", "scale.users_axis=[300, 1200]", "--set", "scale.jokes_axis=[40]",
-        "--set", "scale.density_axis=[10, 25]", "--set", "scale.density_axis_users=300",
-        "--set", "scale.density_axis_jokes=60",
-        "--set", "scale.cluster_measure_users=[300, 600, 1200]", "--set", "scale.cluster_measure_executors=[2]",
-        "--set", "scale.cluster_worker_memory=2g", "--set", "scale.cluster_executor_memory=512m",
-        "--set", "scale.jokes_axis_users=300", "--set", "scale.jokes_axis_ratings_per_user=20",
-        "--set", "scale.maxIter=3", "--set", "scale.rank=3", "--set", "scale.repeats=2",
-        "--set", "scale.spark_driver_memory=1g", "--set", "generate.min_ratings=20",
-        "--set", "generate.mean_ratings=30",
-        # no limit probes: at a 20 GB budget they would be millions of users (test_limit_probes_* covers them)
-        "--set", "scale.limit_probes=[]"]
+TINY = [
+    "--set",
+    "scale.users_axis=[300, 1200]",
+    "--set",
+    "scale.jokes_axis=[40]",
+    "--set",
+    "scale.density_axis=[10, 25]",
+    "--set",
+    "scale.density_axis_users=300",
+    "--set",
+    "scale.density_axis_jokes=60",
+    "--set",
+    "scale.cluster_measure_users=[300, 600, 1200]",
+    "--set",
+    "scale.cluster_measure_executors=[2]",
+    "--set",
+    "scale.cluster_worker_memory=2g",
+    "--set",
+    "scale.cluster_executor_memory=512m",
+    "--set",
+    "scale.jokes_axis_users=300",
+    "--set",
+    "scale.jokes_axis_ratings_per_user=20",
+    "--set",
+    "scale.maxIter=3",
+    "--set",
+    "scale.rank=3",
+    "--set",
+    "scale.repeats=2",
+    "--set",
+    "scale.spark_driver_memory=1g",
+    "--set",
+    "generate.min_ratings=20",
+    "--set",
+    "generate.mean_ratings=30",
+    # no limit probes: at a 20 GB budget they would be millions of users (test_limit_probes_* covers them)
+    "--set",
+    "scale.limit_probes=[]",
+]
 
 
 def run_scale(tmp_path, *extra):
     out = tmp_path / "scale"
-    assert main(["scale", "--conf", "conf/scale.yaml", "--set", f"output.dir={out}",
-                 "--set", f"scale.work_dir={tmp_path}", *TINY, *extra]) == 0
+    assert (
+        main(
+            [
+                "scale",
+                "--conf",
+                "conf/scale.yaml",
+                "--set",
+                f"output.dir={out}",
+                "--set",
+                f"scale.work_dir={tmp_path}",
+                *TINY,
+                *extra,
+            ]
+        )
+        == 0
+    )
     return out, json.loads((out / "scale.json").read_text())
 
 
@@ -53,7 +95,12 @@ def test_tiny_grid_writes_json_markdown_and_plot(tiny_study):
     # a running worker is never silent: its time and memory so far, every heartbeat (a Spark worker takes > 2 s)
     assert "spark worker (users-300x100): 1 s so far" in logged
     assert [(p["axis"], p["users"], p["jokes"]) for p in study["points"]] == [
-        ("users", 300, 100), ("users", 1200, 100), ("density", 300, 60), ("density", 300, 60), ("jokes", 300, 40)]
+        ("users", 300, 100),
+        ("users", 1200, 100),
+        ("density", 300, 60),
+        ("density", 300, 60),
+        ("jokes", 300, 40),
+    ]
     # a line per point with its index, the time so far and (after the first) the time left
     assert "scale point 1/5 (users axis, 300 x 100); 0.0 min so far, time left known after two points" in logged
     assert "scale point 5/5 (jokes axis, 300 x 40)" in logged and " min left" in logged
@@ -155,12 +202,15 @@ def test_a_worker_out_of_its_heap_says_which_memory_ran_out():
     quotes the line that says why (lines from a 1g-heap Spark probe at 250,000 users on this machine)."""
     from jester_als.scale.runner import failure
 
-    log = "\n".join([
-        "Setting Spark log level to \"ERROR\".",
-        "26/11/29 19:51:27 ERROR Executor: Exception in task 0.0 in stage 8.0 (TID 11)",
-        "java.lang.OutOfMemoryError: Java heap space",
-        "\tat java.base/java.util.Arrays.copyOf(Arrays.java:3541)",
-        "py4j.protocol.Py4JNetworkError: Answer from Java side is empty",
-        "ConnectionRefusedError: [Errno 111] Connection refused"])
+    log = "\n".join(
+        [
+            'Setting Spark log level to "ERROR".',
+            "26/11/29 19:51:27 ERROR Executor: Exception in task 0.0 in stage 8.0 (TID 11)",
+            "java.lang.OutOfMemoryError: Java heap space",
+            "\tat java.base/java.util.Arrays.copyOf(Arrays.java:3541)",
+            "py4j.protocol.Py4JNetworkError: Answer from Java side is empty",
+            "ConnectionRefusedError: [Errno 111] Connection refused",
+        ]
+    )
     assert failure(1, log) == "out of memory: exit 1: java.lang.OutOfMemoryError: Java heap space"
     assert failure(1, "Traceback ...\nValueError: bad spec\n") == "failed: exit 1: Traceback ...\nValueError: bad spec"

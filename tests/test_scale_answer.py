@@ -18,22 +18,39 @@ from jester_als.scale.study import timed_ratings
 
 def _point(users, jokes, train, numpy_seconds, spark_seconds, *, warm=False):
     def engine(seconds):
-        return {"completed": True, "seconds": seconds, "fit_seconds": sorted(seconds)[len(seconds) // 2],
-                "peak_rss_mb": 100.0, "warmup_seconds": 1.0 if warm else None}
-    return {"axis": "users", "users": users, "jokes": jokes, "train_ratings": train, "probe": None,
-            "engines": {"numpy": engine(numpy_seconds), "spark": engine(spark_seconds)}}
+        return {
+            "completed": True,
+            "seconds": seconds,
+            "fit_seconds": sorted(seconds)[len(seconds) // 2],
+            "peak_rss_mb": 100.0,
+            "warmup_seconds": 1.0 if warm else None,
+        }
+
+    return {
+        "axis": "users",
+        "users": users,
+        "jokes": jokes,
+        "train_ratings": train,
+        "probe": None,
+        "engines": {"numpy": engine(numpy_seconds), "spark": engine(spark_seconds)},
+    }
 
 
 def _study(points, numpy_users, spark_users):
     def limit(users):
-        return {"largest_fitted": {"users": users, "train_ratings": users * 58, "peak_mb": 1000.0},
-                "first_not_fitted": {"users": users * 2, "why": "memory: over budget"}}
+        return {
+            "largest_fitted": {"users": users, "train_ratings": users * 58, "peak_mb": 1000.0},
+            "first_not_fitted": {"users": users * 2, "why": "memory: over budget"},
+        }
+
     return {"points": points, "limits": {"numpy": limit(numpy_users), "spark": limit(spark_users)}}
 
 
 # Repeated sizes whose first fit is 4 s slower than their median: the fresh process's warm-up.
-REPEATED = [_point(10_000, 100, 580_000, [1.4, 1.0, 1.0], [9.0, 5.0, 5.0]),
-            _point(20_000, 100, 1_160_000, [2.4, 2.0, 2.0], [14.0, 10.0, 10.0])]
+REPEATED = [
+    _point(10_000, 100, 580_000, [1.4, 1.0, 1.0], [9.0, 5.0, 5.0]),
+    _point(20_000, 100, 1_160_000, [2.4, 2.0, 2.0], [14.0, 10.0, 10.0]),
+]
 
 
 def test_a_size_fitted_once_without_warm_up_is_counted_less_the_first_fit_cost():

@@ -24,8 +24,20 @@ def fitted(spark, pipeline_run, tmp_path):
 
 
 def recommend(out, *extra) -> int:
-    return main(["recommend", "--conf", "conf/local.yaml", "--set", f"output.dir={out}",
-                 "--set", f"output.recommendations_table={RECS}", "--set", f"output.metrics_table={METRICS}", *extra])
+    return main(
+        [
+            "recommend",
+            "--conf",
+            "conf/local.yaml",
+            "--set",
+            f"output.dir={out}",
+            "--set",
+            f"output.recommendations_table={RECS}",
+            "--set",
+            f"output.metrics_table={METRICS}",
+            *extra,
+        ]
+    )
 
 
 def test_a_rerun_replaces_its_own_rows_and_keeps_another_runs(spark, fitted):
@@ -49,8 +61,17 @@ def test_a_bad_table_name_is_a_config_error(fitted, capsys):
 
 def test_a_table_the_catalog_refuses_leaves_the_files_committed(fitted, capsys):
     before = json.loads((fitted / "metrics.json").read_text())["run"]["run_id"]
-    code = main(["recommend", "--conf", "conf/local.yaml", "--set", f"output.dir={fitted}",
-                 "--set", "output.recommendations_table=no_such_schema_xyz.recs"])
+    code = main(
+        [
+            "recommend",
+            "--conf",
+            "conf/local.yaml",
+            "--set",
+            f"output.dir={fitted}",
+            "--set",
+            "output.recommendations_table=no_such_schema_xyz.recs",
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert "recommendations table no_such_schema_xyz.recs: cannot be written" in err and "committed" in err

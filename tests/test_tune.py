@@ -49,7 +49,11 @@ def test_tuning_recovers_planted_structure_and_reports_every_grid_point(spark, s
 
     assert len(result.validation) == 4
     assert {(p["params"]["rank"], p["params"]["regParam"]) for p in result.validation} == {
-        (1, 0.05), (1, 0.5), (3, 0.05), (3, 0.5)}
+        (1, 0.05),
+        (1, 0.5),
+        (3, 0.05),
+        (3, 0.5),
+    }
     assert all(p["validation_rmse"] > 0 for p in result.validation)
     best = min(result.validation, key=lambda p: p["validation_rmse"])
     assert result.best_params == {**best["params"], "biases": False}
@@ -74,8 +78,14 @@ def test_tuning_recovers_planted_structure_and_reports_every_grid_point(spark, s
     references = reference_rankings(predictions, train, k=5, threshold=3.0, seed=42)
     for key in ("precision_at_k", "ndcg_at_k", "recall_at_k", "map_at_k"):
         model_score = scores[key.replace("_k", "_5")]
-        print(key, worst_order[key], references["random"][key], references["popularity"][key], model_score,
-              best_order[key])
+        print(
+            key,
+            worst_order[key],
+            references["random"][key],
+            references["popularity"][key],
+            model_score,
+            best_order[key],
+        )
         assert model_score > worst_order[key] + 0.8 * (best_order[key] - worst_order[key])
         assert model_score > references["popularity"][key] and model_score > references["random"][key]
         assert worst_order[key] < references["random"][key] < best_order[key]
@@ -120,7 +130,7 @@ def test_numpy_hash_split_is_the_spark_split(spark):
     from jester_als.tune import is_test_rating
 
     rng = np.random.default_rng(5)
-    users = np.concatenate([rng.integers(-2**31, 2**31, 5000), rng.integers(1, 30_000, 15_000)]).astype(np.int32)
+    users = np.concatenate([rng.integers(-(2**31), 2**31, 5000), rng.integers(1, 30_000, 15_000)]).astype(np.int32)
     jokes = rng.integers(1, 150, users.size).astype(np.int32)
     rows = spark.createDataFrame(pa.table({"row": np.arange(users.size), "user": users, "joke": jokes}))
     for fraction, seed in ((0.2, 42), (0.5, 7)):

@@ -27,8 +27,11 @@ SEED_TABLE_ESTIMATE_MB = 19.25
 def sample_users(ratings: DataFrame, *, max_users: int | None, fraction: float | None, seed: int) -> DataFrame:
     """The sampled users' ids: those whose seeded hash falls below ``fraction`` (deterministic), then at
     most ``max_users`` of them, the lowest hashes first (also deterministic)."""
-    users = ratings.select("user").distinct().withColumn(
-        "user_hash", F.pmod(F.xxhash64("user", F.lit(seed)), F.lit(SPLIT_BUCKETS)))
+    users = (
+        ratings.select("user")
+        .distinct()
+        .withColumn("user_hash", F.pmod(F.xxhash64("user", F.lit(seed)), F.lit(SPLIT_BUCKETS)))
+    )
     if fraction is not None and fraction < 1.0:
         users = users.where(F.col("user_hash") < F.lit(test_threshold(fraction)))
     if max_users is not None:
@@ -50,21 +53,36 @@ class CollectedSample:
         return self.train.nbytes() + self.test_users.nbytes + self.test_jokes.nbytes + self.test_ratings.nbytes
 
 
-def collect_sample(ratings: DataFrame, *, test_fraction: float, split_seed: int, max_users: int | None,
-                   fraction: float | None, sample_seed: int) -> CollectedSample:
+def collect_sample(
+    ratings: DataFrame,
+    *,
+    test_fraction: float,
+    split_seed: int,
+    max_users: int | None,
+    fraction: float | None,
+    sample_seed: int,
+) -> CollectedSample:
     """Collect the sampled users' train and test ratings (the split ``tune`` used) to the driver via Arrow."""
     started = time.perf_counter()
     sampled = sample_users(ratings, max_users=max_users, fraction=fraction, seed=sample_seed)
-    rows = (ratings.join(sampled, on="user", how="inner")
-            .withColumn("is_test", is_test_rating(test_fraction=test_fraction, seed=split_seed))
-            .select("user", "joke", "rating", "is_test"))
+    rows = (
+        ratings.join(sampled, on="user", how="inner")
+        .withColumn("is_test", is_test_rating(test_fraction=test_fraction, seed=split_seed))
+        .select("user", "joke", "rating", "is_test")
+    )
     table = rows.toArrow()  # Arrow batches: no per-row Python objects; also works over Spark Connect
     users, jokes, values = arrow_ratings(table)
     is_test = table.column("is_test").to_numpy(zero_copy_only=False).astype(bool)
     train = RatingMatrix.from_ids(users[~is_test], jokes[~is_test], values[~is_test])
-    return CollectedSample(train, users[is_test].astype(np.int64), jokes[is_test].astype(np.int64),
-                           values[is_test].astype(np.float64), int(np.unique(users).size),
-                           time.perf_counter() - started, rows.where("is_test").select("user", "joke"))
+    return CollectedSample(
+        train,
+        users[is_test].astype(np.int64),
+        jokes[is_test].astype(np.int64),
+        values[is_test].astype(np.float64),
+        int(np.unique(users).size),
+        time.perf_counter() - started,
+        rows.where("is_test").select("user", "joke"),
+    )
 
 
 def _pair_keys(users: np.ndarray, jokes: np.ndarray) -> np.ndarray:
@@ -87,21 +105,38 @@ def spark_predictions(model, test_rows: DataFrame, users: np.ndarray, jokes: np.
 def compare_engines(spark_model, ratings: DataFrame, cfg: JesterConfig, params: dict) -> dict:
     """Collect the sample, fit NumPy ALS and the baselines, score everything on the same held-out rows."""
     base = cfg.baseline
-    numpy_params = {"rank": int(params["rank"]), "reg_param": float(params["regParam"]),
-                    "max_iter": int(params["maxIter"]), "biases": bool(params.get("biases", False)),
-                    "bias_reg": float(cfg.als.bias_reg)}
+    numpy_params = {
+        "rank": int(params["rank"]),
+        "reg_param": float(params["regParam"]),
+        "max_iter": int(params["maxIter"]),
+        "biases": bool(params.get("biases", False)),
+        "bias_reg": float(cfg.als.bias_reg),
+    }
     with PeakRSS() as driver_memory:  # what the driver pays for NumPy ALS: the collected sample and the fit
-        sample = collect_sample(ratings, test_fraction=cfg.split.test_fraction,
-                                split_seed=cfg.split.seed, max_users=base.max_users,
-                                fraction=base.fraction, sample_seed=base.seed)
-        log.info("collected %d users (%d train, %d test ratings, %.1f MB) in %.1f s", sample.users,
-                 sample.train.nnz, sample.test_ratings.size, sample.nbytes() / 2**20, sample.collect_seconds)
+        sample = collect_sample(
+            ratings,
+            test_fraction=cfg.split.test_fraction,
+            split_seed=cfg.split.seed,
+            max_users=base.max_users,
+            fraction=base.fraction,
+            sample_seed=base.seed,
+        )
+        log.info(
+            "collected %d users (%d train, %d test ratings, %.1f MB) in %.1f s",
+            sample.users,
+            sample.train.nnz,
+            sample.test_ratings.size,
+            sample.nbytes() / 2**20,
+            sample.collect_seconds,
+        )
         if sample.train.nnz == 0 or sample.test_ratings.size == 0:
-            raise ValueError("the user sample has no training or no test ratings; raise baseline.max_users or "
-                             "baseline.fraction")
+            raise ValueError(
+                "the user sample has no training or no test ratings; raise baseline.max_users or baseline.fraction"
+            )
         started = time.perf_counter()
-        numpy_model = fit_numpy_als(sample.train, seed=base.seed, tol=base.tol,
-                                    dense_budget_mb=base.dense_budget_mb, **numpy_params)
+        numpy_model = fit_numpy_als(
+            sample.train, seed=base.seed, tol=base.tol, dense_budget_mb=base.dense_budget_mb, **numpy_params
+        )
         numpy_seconds = time.perf_counter() - started
     started = time.perf_counter()
     bias_model = fit_biases(sample.train, reg=base.bias_reg)
@@ -123,40 +158,65 @@ def compare_engines(spark_model, ratings: DataFrame, cfg: JesterConfig, params: 
         score["nmae"] = nmae(score["mae"], (low, high))
     width = float(high - low)
     edges = np.linspace(-width, width, 41)  # every error of a clipped prediction of an in-range rating
-    histogram = {"edges": edges.tolist(),
-                 "counts": {label: np.histogram(predictions[name][same] - truth, edges)[0].tolist()
-                            for name, label in (("spark_als", "Spark ALS"), ("numpy_als", "NumPy ALS"),
-                                                ("bias", "user + joke bias"))}}
+    histogram = {
+        "edges": edges.tolist(),
+        "counts": {
+            label: np.histogram(predictions[name][same] - truth, edges)[0].tolist()
+            for name, label in (("spark_als", "Spark ALS"), ("numpy_als", "NumPy ALS"), ("bias", "user + joke bias"))
+        },
+    }
     numpy_section = {
         "sample_users": sample.users,
         "sample_train_ratings": sample.train.nnz,
         "sample_test_ratings": int(sample.test_ratings.size),
         "rows": int(same.sum()),
-        "params": {"rank": numpy_params["rank"], "regParam": numpy_params["reg_param"],
-                   "maxIter": numpy_params["max_iter"], "biases": numpy_params["biases"]},
+        "params": {
+            "rank": numpy_params["rank"],
+            "regParam": numpy_params["reg_param"],
+            "maxIter": numpy_params["max_iter"],
+            "biases": numpy_params["biases"],
+        },
         "iterations": numpy_model.iterations,
-        "test_rmse": scores["numpy_als"]["rmse"], "test_mae": scores["numpy_als"]["mae"],
+        "test_rmse": scores["numpy_als"]["rmse"],
+        "test_mae": scores["numpy_als"]["mae"],
         "test_nmae": scores["numpy_als"]["nmae"],
         "fit_seconds": numpy_seconds,
         "spark_test_rmse_same_rows": scores["spark_als"]["rmse"],
         "spark_test_mae_same_rows": scores["spark_als"]["mae"],
         "collect_seconds": sample.collect_seconds,
         "driver_seconds": sample.collect_seconds + numpy_seconds,
-        "memory": {"collected_mb": sample.nbytes() / 2**20, "factors_mb": numpy_model.nbytes() / 2**20,
-                   "driver_peak_mb": driver_memory.peak_mb,
-                   "driver_growth_mb": driver_memory.peak_mb - driver_memory.start_mb,
-                   "seed_estimate_whole_table_mb": SEED_TABLE_ESTIMATE_MB},
+        "memory": {
+            "collected_mb": sample.nbytes() / 2**20,
+            "factors_mb": numpy_model.nbytes() / 2**20,
+            "driver_peak_mb": driver_memory.peak_mb,
+            "driver_growth_mb": driver_memory.peak_mb - driver_memory.start_mb,
+            "seed_estimate_whole_table_mb": SEED_TABLE_ESTIMATE_MB,
+        },
     }
     baselines = {
         "rows": int(same.sum()),
-        "global_mean": {"test_rmse": scores["global_mean"]["rmse"], "test_mae": scores["global_mean"]["mae"],
-                        "test_nmae": scores["global_mean"]["nmae"],
-                        "value": float(sample.train.ratings.mean(dtype=np.float64))},
-        "bias": {"test_rmse": scores["bias"]["rmse"], "test_mae": scores["bias"]["mae"],
-                 "test_nmae": scores["bias"]["nmae"], "reg": base.bias_reg, "fit_seconds": bias_seconds},
+        "global_mean": {
+            "test_rmse": scores["global_mean"]["rmse"],
+            "test_mae": scores["global_mean"]["mae"],
+            "test_nmae": scores["global_mean"]["nmae"],
+            "value": float(sample.train.ratings.mean(dtype=np.float64)),
+        },
+        "bias": {
+            "test_rmse": scores["bias"]["rmse"],
+            "test_mae": scores["bias"]["mae"],
+            "test_nmae": scores["bias"]["nmae"],
+            "reg": base.bias_reg,
+            "fit_seconds": bias_seconds,
+        },
         "error_histogram": histogram,
     }
-    log.info("same %d rows: numpy ALS RMSE %.4f (fit %.2f s), Spark ALS %.4f, bias %.4f, global mean %.4f",
-             same.sum(), scores["numpy_als"]["rmse"], numpy_seconds, scores["spark_als"]["rmse"],
-             scores["bias"]["rmse"], scores["global_mean"]["rmse"])
+    log.info(
+        "same %d rows: numpy ALS RMSE %.4f (fit %.2f s), Spark ALS %.4f, bias %.4f, global mean %.4f",
+        same.sum(),
+        scores["numpy_als"]["rmse"],
+        numpy_seconds,
+        scores["spark_als"]["rmse"],
+        scores["bias"]["rmse"],
+        scores["global_mean"]["rmse"],
+    )
     return {"numpy_als": numpy_section, "baselines": baselines}

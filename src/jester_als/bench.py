@@ -50,8 +50,11 @@ SPARK_PROCESS_OVERHEAD_MB = 2048
 
 
 JESTER_USERS = 24_983
-ENGINES = (("numpy_als", "numpy", "numpy_repeats"), ("seed_loop", "loop", "loop_repeats"),
-           ("spark_als", "spark", "spark_repeats"))
+ENGINES = (
+    ("numpy_als", "numpy", "numpy_repeats"),
+    ("seed_loop", "loop", "loop_repeats"),
+    ("spark_als", "spark", "spark_repeats"),
+)
 
 
 class BenchTooLargeError(JobError):
@@ -87,7 +90,8 @@ def spark_heap_mb(train_ratings: int, bench: BenchConfig) -> int:
             f"{SPARK_PROCESS_OVERHEAD_MB:,} MB beside it, above bench.memory_budget_mb={budget:,}. Lower "
             f"bench.users, raise bench.memory_budget_mb if the machine has the memory, set "
             f"bench.spark_driver_memory (e.g. 12g) to try a smaller heap, or bench.spark_repeats=0 to time "
-            f"NumPy alone")
+            f"NumPy alone"
+        )
     return min(_heap_mb(train_ratings, SPARK_HEAP_GIVE_BYTES_PER_RATING), budget - SPARK_PROCESS_OVERHEAD_MB)
 
 
@@ -109,58 +113,106 @@ def run_bench(cfg: JesterConfig) -> dict:
     try:
         sizes = write_split_parquet(gen, work, bench.test_fraction, bench.seed)
         train_ratings = sizes["train_ratings"]
-        log.info("bench: %d users x %d jokes, %d training and %d test ratings, rank %d, regParam %s, %d iterations",
-                 gen.users, gen.jokes, train_ratings, sizes["test_ratings"], bench.rank, bench.regParam,
-                 bench.maxIter)
+        log.info(
+            "bench: %d users x %d jokes, %d training and %d test ratings, rank %d, regParam %s, %d iterations",
+            gen.users,
+            gen.jokes,
+            train_ratings,
+            sizes["test_ratings"],
+            bench.rank,
+            bench.regParam,
+            bench.maxIter,
+        )
         engines = {}
         for name, engine, repeats_key in ENGINES:
             if not getattr(bench, repeats_key):
                 continue
-            spec = WorkerSpec(engine=engine, data_dir=str(work), rank=bench.rank, reg_param=bench.regParam,
-                              max_iter=bench.maxIter, repeats=getattr(bench, repeats_key), seed=bench.seed,
-                              result_file=str(work / f"{engine}-result.json"),
-                              spark_driver_memory=f"{heap or SPARK_HEAP_MIN_MB}m",
-                              dense_budget_mb=bench.numpy_dense_budget_mb)
-            result = run_worker(spec, memory_budget_mb=bench.memory_budget_mb,
-                                time_budget_seconds=bench.time_budget_seconds, keep_log_in=out_dir)
+            spec = WorkerSpec(
+                engine=engine,
+                data_dir=str(work),
+                rank=bench.rank,
+                reg_param=bench.regParam,
+                max_iter=bench.maxIter,
+                repeats=getattr(bench, repeats_key),
+                seed=bench.seed,
+                result_file=str(work / f"{engine}-result.json"),
+                spark_driver_memory=f"{heap or SPARK_HEAP_MIN_MB}m",
+                dense_budget_mb=bench.numpy_dense_budget_mb,
+            )
+            result = run_worker(
+                spec,
+                memory_budget_mb=bench.memory_budget_mb,
+                time_budget_seconds=bench.time_budget_seconds,
+                keep_log_in=out_dir,
+            )
             if not result["completed"]:
-                raise BenchEngineFailed(f"{name} did not complete on {train_ratings:,} training ratings: "
-                                        f"{result['limit']} (worker log: {result.get('log')})")
-            engines[name] = {"seconds": result["seconds"], "median_seconds": statistics.median(result["seconds"]),
-                             "peak_mb": result["peak_rss_mb"],
-                             "bytes_per_rating": result["peak_rss_mb"] * 2**20 / train_ratings,
-                             "load_seconds": result.get("load_seconds"),
-                             **{k: result[k] for k in ("rmse", "mae", "rows")}}
+                raise BenchEngineFailed(
+                    f"{name} did not complete on {train_ratings:,} training ratings: "
+                    f"{result['limit']} (worker log: {result.get('log')})"
+                )
+            engines[name] = {
+                "seconds": result["seconds"],
+                "median_seconds": statistics.median(result["seconds"]),
+                "peak_mb": result["peak_rss_mb"],
+                "bytes_per_rating": result["peak_rss_mb"] * 2**20 / train_ratings,
+                "load_seconds": result.get("load_seconds"),
+                **{k: result[k] for k in ("rmse", "mae", "rows")},
+            }
             if engine == "spark":
                 engines[name]["driver_heap_mb"] = heap
-            log.info("  %s: median %.2f s, peak %.0f MB (%.1f bytes a training rating), test RMSE %.4f", name,
-                     engines[name]["median_seconds"], result["peak_rss_mb"], engines[name]["bytes_per_rating"],
-                     result["rmse"])
+            log.info(
+                "  %s: median %.2f s, peak %.0f MB (%.1f bytes a training rating), test RMSE %.4f",
+                name,
+                engines[name]["median_seconds"],
+                result["peak_rss_mb"],
+                engines[name]["bytes_per_rating"],
+                result["rmse"],
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     numpy_median = engines["numpy_als"]["median_seconds"] if "numpy_als" in engines else None
     result = {
         "when": now_iso(),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "numpy": np.__version__, "spark": _spark_version(),
-                    "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE")},
-        "data": {"users": gen.users, "jokes": gen.jokes, "train_ratings": train_ratings,
-                 "test_ratings": sizes["test_ratings"], "generator_seed": gen.seed,
-                 "split": "hash: pmod(xxhash64(user, joke, seed), 1e6) < test_fraction * 1e6"},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "spark": _spark_version(),
+            "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
+        },
+        "data": {
+            "users": gen.users,
+            "jokes": gen.jokes,
+            "train_ratings": train_ratings,
+            "test_ratings": sizes["test_ratings"],
+            "generator_seed": gen.seed,
+            "split": "hash: pmod(xxhash64(user, joke, seed), 1e6) < test_fraction * 1e6",
+        },
         "params": {"rank": bench.rank, "regParam": bench.regParam, "maxIter": bench.maxIter},
         "engines": engines,
-        "speedup_vs_numpy": ({name: e["median_seconds"] / numpy_median for name, e in engines.items()}
-                             if numpy_median else {}),
-        "targets": {"numpy_fit_at_most_seconds": bench.target_numpy_seconds,
-                    "spark_over_numpy_at_least": bench.target_speedup},
+        "speedup_vs_numpy": (
+            {name: e["median_seconds"] / numpy_median for name, e in engines.items()} if numpy_median else {}
+        ),
+        "targets": {
+            "numpy_fit_at_most_seconds": bench.target_numpy_seconds,
+            "spark_over_numpy_at_least": bench.target_speedup,
+        },
     }
     speedup = result["speedup_vs_numpy"].get("spark_als")
     at_jester_size = (gen.users, gen.jokes, bench.maxIter) == (JESTER_USERS, 100, 20)
     result["targets"]["applies"] = at_jester_size  # the targets are stated for the Jester-sized default run
-    result["targets"]["met"] = (bool(numpy_median is not None and speedup is not None
-                                     and numpy_median <= bench.target_numpy_seconds
-                                     and speedup >= bench.target_speedup) if at_jester_size else None)
+    result["targets"]["met"] = (
+        bool(
+            numpy_median is not None
+            and speedup is not None
+            and numpy_median <= bench.target_numpy_seconds
+            and speedup >= bench.target_speedup
+        )
+        if at_jester_size
+        else None
+    )
     return result
 
 
@@ -181,23 +233,54 @@ def render_bench(result: dict) -> str:
     rows = []
     for name, engine in result["engines"].items():
         ratio = result["speedup_vs_numpy"].get(name)
-        rows.append([LABELS[name], f"{engine['median_seconds']:.2f}", len(engine["seconds"]),
-                     f"{ratio:.1f}x" if ratio else "", f"{engine['peak_mb']:,.0f}",
-                     f"{engine['bytes_per_rating']:.0f}", f"{engine['rmse']:.4f}", f"{engine['mae']:.4f}"])
+        rows.append(
+            [
+                LABELS[name],
+                f"{engine['median_seconds']:.2f}",
+                len(engine["seconds"]),
+                f"{ratio:.1f}x" if ratio else "",
+                f"{engine['peak_mb']:,.0f}",
+                f"{engine['bytes_per_rating']:.0f}",
+                f"{engine['rmse']:.4f}",
+                f"{engine['mae']:.4f}",
+            ]
+        )
     targets = result["targets"]
-    return "\n".join([
-        "# jester-als bench", "",
-        f"{data['users']:,} users x {data['jokes']} jokes, {data['train_ratings']:,} training ratings, "
-        f"{data['test_ratings']:,} test ratings (hash split); rank {params['rank']}, regParam {params['regParam']}, "
-        f"{params['maxIter']} iterations. {result['machine']['cpus']} CPUs, Spark {result['machine']['spark']} "
-        f"local mode, NumPy {result['machine']['numpy']}; {result['when']}. Each engine ran in a fresh process; "
-        f"peak = that process tree's largest resident memory, including the ratings it read.", "",
-        table(["engine", "median fit (s)", "runs", "time / NumPy's", "peak (MB)", "bytes / training rating",
-               "test RMSE", "test MAE"], rows), "",
-        (f"Targets at Jester size: NumPy fit <= {targets['numpy_fit_at_most_seconds']} s and Spark/NumPy >= "
-         f"{targets['spark_over_numpy_at_least']}x: {'met' if targets['met'] else 'NOT met'}."
-         if targets.get("applies") else "The targets are stated for the Jester-sized default run (24,983 users, "
-                                        "100 jokes, 20 iterations); not judged at this size."), ""])
+    return "\n".join(
+        [
+            "# jester-als bench",
+            "",
+            f"{data['users']:,} users x {data['jokes']} jokes, {data['train_ratings']:,} training ratings, "
+            f"{data['test_ratings']:,} test ratings (hash split); rank {params['rank']}, "
+            f"regParam {params['regParam']}, "
+            f"{params['maxIter']} iterations. {result['machine']['cpus']} CPUs, Spark {result['machine']['spark']} "
+            f"local mode, NumPy {result['machine']['numpy']}; {result['when']}. Each engine ran in a fresh process; "
+            f"peak = that process tree's largest resident memory, including the ratings it read.",
+            "",
+            table(
+                [
+                    "engine",
+                    "median fit (s)",
+                    "runs",
+                    "time / NumPy's",
+                    "peak (MB)",
+                    "bytes / training rating",
+                    "test RMSE",
+                    "test MAE",
+                ],
+                rows,
+            ),
+            "",
+            (
+                f"Targets at Jester size: NumPy fit <= {targets['numpy_fit_at_most_seconds']} s and Spark/NumPy >= "
+                f"{targets['spark_over_numpy_at_least']}x: {'met' if targets['met'] else 'NOT met'}."
+                if targets.get("applies")
+                else "The targets are stated for the Jester-sized default run (24,983 users, "
+                "100 jokes, 20 iterations); not judged at this size."
+            ),
+            "",
+        ]
+    )
 
 
 def bench_plot(result: dict, path: str):
@@ -209,8 +292,14 @@ def bench_plot(result: dict, path: str):
         return {"skipped": SKIPPED}
     rows = [(LABELS[name], engine["rmse"], engine["median_seconds"]) for name, engine in result["engines"].items()]
     data = result["data"]
-    engine_bars(plt, rows, f"bench: {data['users']:,} users, {data['train_ratings']:,} training ratings, "
-                           f"{result['params']['maxIter']} iterations", path, "median fit seconds")
+    engine_bars(
+        plt,
+        rows,
+        f"bench: {data['users']:,} users, {data['train_ratings']:,} training ratings, "
+        f"{result['params']['maxIter']} iterations",
+        path,
+        "median fit seconds",
+    )
     return os.path.basename(path)
 
 
@@ -226,8 +315,11 @@ def bench_job(cfg: JesterConfig) -> str:
         result["plot"] = plot
         write_text_atomic(out.path("bench.json"), json.dumps(result, indent=2) + "\n")
         text = render_bench(result)
-        text += ("\n![median fit time and test RMSE per engine](bench.png)\n" if plot == "bench.png"
-                 else f"\nPlot skipped: {plot['skipped']}.\n")
+        text += (
+            "\n![median fit time and test RMSE per engine](bench.png)\n"
+            if plot == "bench.png"
+            else f"\nPlot skipped: {plot['skipped']}.\n"
+        )
         write_text_atomic(out.path("bench.md"), text)
     print(text)
     return f"jester-als bench: done in {time.perf_counter() - started:.0f} s; outputs in {cfg.output.dir}"

@@ -53,19 +53,27 @@ def fit_biases(train: DataFrame, *, reg: float, passes: int = BIAS_PASSES) -> Sp
     mean = train.agg(F.avg("rating")).first()[0]
     if mean is None:
         raise ValueError("no ratings to fit biases on")
-    centred = try_persist(train.select("user", "joke", (F.col("rating") - F.lit(mean)).alias("r")),
-                          "the centred ratings")
-    shrunk = (F.sum("r") / (F.lit(float(reg)) + F.count(F.lit(1))))
+    centred = try_persist(
+        train.select("user", "joke", (F.col("rating") - F.lit(mean)).alias("r")), "the centred ratings"
+    )
+    shrunk = F.sum("r") / (F.lit(float(reg)) + F.count(F.lit(1)))
     user_bias = None
     joke_bias = None
     try:
         for _ in range(passes):
-            residual = centred if user_bias is None else (
-                centred.join(user_bias, on="user").select("joke", (F.col("r") - F.col("user_bias")).alias("r")))
+            residual = (
+                centred
+                if user_bias is None
+                else (centred.join(user_bias, on="user").select("joke", (F.col("r") - F.col("user_bias")).alias("r")))
+            )
             joke_bias = materialize(residual.groupBy("joke").agg(shrunk.alias("joke_bias")), "the joke offsets")
-            user_bias = materialize(centred.join(F.broadcast(joke_bias), on="joke")
-                                    .select("user", (F.col("r") - F.col("joke_bias")).alias("r"))
-                                    .groupBy("user").agg(shrunk.alias("user_bias")), "the user offsets")
+            user_bias = materialize(
+                centred.join(F.broadcast(joke_bias), on="joke")
+                .select("user", (F.col("r") - F.col("joke_bias")).alias("r"))
+                .groupBy("user")
+                .agg(shrunk.alias("user_bias")),
+                "the user offsets",
+            )
     finally:
         try_unpersist(centred)
     return SparkBiases(float(mean), user_bias, joke_bias, float(reg))
@@ -74,16 +82,14 @@ def fit_biases(train: DataFrame, *, reg: float, passes: int = BIAS_PASSES) -> Sp
 def with_offsets(df: DataFrame, biases: SparkBiases, column: str = "prediction") -> DataFrame:
     """``df`` with ``mu + b_u + b_j`` added to ``column`` (an unknown user or joke adds no offset), columns in
     their original order."""
-    joined = (df.join(biases.user, on="user", how="left")
-              .join(F.broadcast(biases.joke), on="joke", how="left"))
+    joined = df.join(biases.user, on="user", how="left").join(F.broadcast(biases.joke), on="joke", how="left")
     total = F.col(column).cast("double") + offset_sum(biases)
     return joined.select(*[total.alias(c) if c == column else F.col(c) for c in df.columns])
 
 
 def offset_sum(biases: SparkBiases) -> F.Column:
     """``mu + b_u + b_j`` over joined ``user_bias`` and ``joke_bias`` columns (a missing offset adds 0)."""
-    return (F.lit(biases.mean) + F.coalesce(F.col("user_bias"), F.lit(0.0))
-            + F.coalesce(F.col("joke_bias"), F.lit(0.0)))
+    return F.lit(biases.mean) + F.coalesce(F.col("user_bias"), F.lit(0.0)) + F.coalesce(F.col("joke_bias"), F.lit(0.0))
 
 
 class BiasedALSModel:
@@ -123,16 +129,22 @@ class BiasedALSModel:
         coalesces small shuffles), and one task would score every pair (a 7.2 s task of the default run's
         recommendations, on one of two cores).
         """
-        users = (self.als_model.userFactors.withColumnRenamed("id", "user").withColumnRenamed("features", "uf")
-                 .join(self.biases.user, on="user", how="left"))
+        users = (
+            self.als_model.userFactors.withColumnRenamed("id", "user")
+            .withColumnRenamed("features", "uf")
+            .join(self.biases.user, on="user", how="left")
+        )
         spark = self.biases.user.sparkSession
         shuffle = spark.conf.get("spark.sql.shuffle.partitions", None) or ""
         # Databricks also accepts "auto" there (auto-optimized shuffle): then the core count alone decides.
         partitions = cluster_cores(spark) or (int(shuffle) if shuffle.isdigit() else None)
         if partitions:
             users = users.repartition(partitions)
-        jokes = (self.als_model.itemFactors.withColumnRenamed("id", "joke").withColumnRenamed("features", "jf")
-                 .join(self.biases.joke, on="joke", how="left"))
+        jokes = (
+            self.als_model.itemFactors.withColumnRenamed("id", "joke")
+            .withColumnRenamed("features", "jf")
+            .join(self.biases.joke, on="joke", how="left")
+        )
         # The dot product spelled out over the rank's positions: Spark generates code for it, where zip_with +
         # aggregate runs interpreted lambdas per row.
         dot = sum(F.col("uf")[i].cast("double") * F.col("jf")[i] for i in range(self.rank))
@@ -142,10 +154,16 @@ class BiasedALSModel:
     def recommendForAllUsers(self, k: int) -> DataFrame:  # noqa: N802
         """Top ``k`` jokes per user by the full score (:meth:`all_scores`), in
         ``ALSModel.recommendForAllUsers``' shape (``user``, ``recommendations``: array of (joke, rating))."""
-        return top_per_user(self.all_scores(), k).groupBy("user").agg(
-            F.transform(F.array_sort(F.collect_list(F.struct("rank", "joke", "score"))),
-                        lambda s: F.struct(s["joke"].alias("joke"), s["score"].alias("rating")))
-            .alias("recommendations"))
+        return (
+            top_per_user(self.all_scores(), k)
+            .groupBy("user")
+            .agg(
+                F.transform(
+                    F.array_sort(F.collect_list(F.struct("rank", "joke", "score"))),
+                    lambda s: F.struct(s["joke"].alias("joke"), s["score"].alias("rating")),
+                ).alias("recommendations")
+            )
+        )
 
     def save(self, path: str) -> None:
         """Write the model under the directory ``path`` (every part through Spark's writers)."""
@@ -153,8 +171,9 @@ class BiasedALSModel:
         self.biases.user.write.mode("overwrite").parquet(os.path.join(path, "user_bias"))
         self.biases.joke.write.mode("overwrite").parquet(os.path.join(path, "joke_bias"))
         spark = self.biases.user.sparkSession
-        spark.createDataFrame([(self.biases.mean, self.biases.reg)], "mean double, reg double") \
-            .coalesce(1).write.mode("overwrite").parquet(os.path.join(path, self.META))
+        spark.createDataFrame([(self.biases.mean, self.biases.reg)], "mean double, reg double").coalesce(1).write.mode(
+            "overwrite"
+        ).parquet(os.path.join(path, self.META))
 
     @classmethod
     def saved_at(cls, path: str) -> bool:
@@ -163,8 +182,12 @@ class BiasedALSModel:
     @classmethod
     def load(cls, spark: SparkSession, path: str) -> BiasedALSModel:
         meta = spark.read.parquet(os.path.join(path, cls.META)).first()
-        biases = SparkBiases(float(meta["mean"]), spark.read.parquet(os.path.join(path, "user_bias")),
-                             spark.read.parquet(os.path.join(path, "joke_bias")), float(meta["reg"]))
+        biases = SparkBiases(
+            float(meta["mean"]),
+            spark.read.parquet(os.path.join(path, "user_bias")),
+            spark.read.parquet(os.path.join(path, "joke_bias")),
+            float(meta["reg"]),
+        )
         return cls(ALSModel.load(os.path.join(path, "als")), biases)
 
 
@@ -172,19 +195,31 @@ def top_per_user(scores: DataFrame, n: int) -> DataFrame:
     """``user``, ``rank`` (1 = best), ``joke``, ``score``: each user's ``n`` highest ``score`` rows, ties
     broken by joke id."""
     order = Window.partitionBy("user").orderBy(F.col("score").desc(), F.col("joke"))
-    return (scores.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= n)
-            .select("user", "rank", "joke", "score"))
+    return (
+        scores.withColumn("rank", F.row_number().over(order))
+        .where(F.col("rank") <= n)
+        .select("user", "rank", "joke", "score")
+    )
 
 
 def residual_ratings(train: DataFrame, biases: SparkBiases) -> DataFrame:
     """``train``'s ratings less ``mu + b_u + b_j``, computed now and cut from their lineage."""
-    return materialize(with_offsets(train.withColumn("offset", F.lit(0.0)), biases, column="offset")
-                       .select("user", "joke", (F.col("rating") - F.col("offset")).alias("rating")),
-                       "the residual ratings")
+    return materialize(
+        with_offsets(train.withColumn("offset", F.lit(0.0)), biases, column="offset").select(
+            "user", "joke", (F.col("rating") - F.col("offset")).alias("rating")
+        ),
+        "the residual ratings",
+    )
 
 
-def fit_biased_als(train: DataFrame, estimator: ALS, *, bias_reg: float, biases: SparkBiases | None = None,
-                   residual: DataFrame | None = None) -> BiasedALSModel:
+def fit_biased_als(
+    train: DataFrame,
+    estimator: ALS,
+    *,
+    bias_reg: float,
+    biases: SparkBiases | None = None,
+    residual: DataFrame | None = None,
+) -> BiasedALSModel:
     """Offsets on ``train`` (or the ones given, fitted on the same ratings), then ``estimator`` on the
     residuals (or the ones given: :func:`residual_ratings` of the same ratings and offsets, which tuning computes
     once for all of its biased grid points)."""

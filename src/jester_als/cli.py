@@ -37,18 +37,25 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = parser.add_subparsers(dest="job", metavar="JOB", required=True)
     for name, job in JOBS.items():
         sub = jobs.add_parser(name, help=job.help, description=job.help)
-        sub.add_argument("--conf", metavar="FILE",
-                         help="YAML config (e.g. conf/local.yaml); without it the built-in defaults, which are "
-                              "conf/local.yaml's")
-        sub.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", dest="overrides",
-                         help="override a config key with a YAML-typed value; repeatable "
-                              "(e.g. --set tune.grid.rank=[5,10] --set output.dir=/tmp/run)")
+        sub.add_argument(
+            "--conf",
+            metavar="FILE",
+            help="YAML config (e.g. conf/local.yaml); without it the built-in defaults, which are conf/local.yaml's",
+        )
+        sub.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY.PATH=VALUE",
+            dest="overrides",
+            help="override a config key with a YAML-typed value; repeatable "
+            "(e.g. --set tune.grid.rank=[5,10] --set output.dir=/tmp/run)",
+        )
         sub.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
         if job.spark:
             where = sub.add_mutually_exclusive_group()
             where.add_argument("--master", help="Spark master (default: spark-submit's, or local[*])")
-            where.add_argument("--remote", help="Spark Connect URL, e.g. sc://localhost:15002 "
-                                                "(default: $SPARK_REMOTE)")
+            where.add_argument("--remote", help="Spark Connect URL, e.g. sc://localhost:15002 (default: $SPARK_REMOTE)")
     return parser
 
 
@@ -85,26 +92,34 @@ def summary(job: Job, metrics: dict, seconds: float) -> str:
     lines = [f"jester-als {job.name}: done in {seconds:.1f} s"]
     data = metrics.get("data", {})
     if "ratings" in data:
-        lines.append(f"  data: {data['ratings']:,} ratings by {data['users']:,} users of {data['items']} jokes; "
-                     f"{data['missing']:,} missing and {data['rejected']:,} rejected cells")
+        lines.append(
+            f"  data: {data['ratings']:,} ratings by {data['users']:,} users of {data['items']} jokes; "
+            f"{data['missing']:,} missing and {data['rejected']:,} rejected cells"
+        )
     if metrics.get("als_engine") and "als_engine" in job.reports:
         fallback = metrics["numpy_als"]
-        lines.append(f"  {metrics['als_engine']}: {fallback['params']}: test RMSE {fallback['test_rmse']:.4f}, "
-                     f"MAE {fallback['test_mae']:.4f} (fit {fallback['fit_seconds']:.1f} s on the driver)")
+        lines.append(
+            f"  {metrics['als_engine']}: {fallback['params']}: test RMSE {fallback['test_rmse']:.4f}, "
+            f"MAE {fallback['test_mae']:.4f} (fit {fallback['fit_seconds']:.1f} s on the driver)"
+        )
     spark = metrics.get("spark_als")
     if spark and "spark_als" in job.reports:
         params = spark.get("model_params", spark["best_params"])
         nmae = f", NMAE {spark['test_nmae']:.4f}" if spark.get("test_nmae") is not None else ""
-        lines.append(f"  Spark ALS {params}: test RMSE {spark['test_rmse']:.4f}, "
-                     f"MAE {spark['test_mae']:.4f}{nmae} (tuning {spark['tune_seconds']:.1f} s over "
-                     f"{len(spark['validation'])} grid points, final fit {spark['fit_seconds']:.1f} s)")
+        lines.append(
+            f"  Spark ALS {params}: test RMSE {spark['test_rmse']:.4f}, "
+            f"MAE {spark['test_mae']:.4f}{nmae} (tuning {spark['tune_seconds']:.1f} s over "
+            f"{len(spark['validation'])} grid points, final fit {spark['fit_seconds']:.1f} s)"
+        )
     numpy_als, baselines = metrics.get("numpy_als"), metrics.get("baselines")
     if numpy_als and baselines and "baselines" in job.reports:
-        lines.append(f"  same {numpy_als['rows']:,} held-out ratings of {numpy_als['sample_users']:,} sampled users: "
-                     f"test RMSE Spark ALS {numpy_als['spark_test_rmse_same_rows']:.4f} | NumPy ALS "
-                     f"{numpy_als['test_rmse']:.4f} (collect {numpy_als['collect_seconds']:.1f} s + fit "
-                     f"{numpy_als['fit_seconds']:.2f} s on the driver) | user+joke bias "
-                     f"{baselines['bias']['test_rmse']:.4f} | global mean {baselines['global_mean']['test_rmse']:.4f}")
+        lines.append(
+            f"  same {numpy_als['rows']:,} held-out ratings of {numpy_als['sample_users']:,} sampled users: "
+            f"test RMSE Spark ALS {numpy_als['spark_test_rmse_same_rows']:.4f} | NumPy ALS "
+            f"{numpy_als['test_rmse']:.4f} (collect {numpy_als['collect_seconds']:.1f} s + fit "
+            f"{numpy_als['fit_seconds']:.2f} s on the driver) | user+joke bias "
+            f"{baselines['bias']['test_rmse']:.4f} | global mean {baselines['global_mean']['test_rmse']:.4f}"
+        )
     recs = metrics.get("recommendations")
     if recs and "recommendations" in job.reports:
         lines.append(f"  recommendations: top {recs['top_n']} for {recs['users']:,} users")
@@ -204,8 +219,13 @@ def _start_spark(job: Job, args, cfg: JesterConfig):
     from jester_als.session import build_session, check_iterations, release_session
 
     check_needs(job.name, cfg.output.dir)
-    spark, created = build_session(cfg.spark, master=args.master, remote=args.remote,
-                                   spark_log=spark_log_path(cfg.output.dir), verbose=args.verbose)
+    spark, created = build_session(
+        cfg.spark,
+        master=args.master,
+        remote=args.remote,
+        spark_log=spark_log_path(cfg.output.dir),
+        verbose=args.verbose,
+    )
     try:
         check_iterations(spark, als_iterations(job.name, cfg))
     except JobError:
@@ -241,14 +261,18 @@ class _SparkRun:
     def stop(self, name: str) -> int:
         """After Ctrl-C or SIGTERM: Spark stopped, then the staged outputs removed; the exit status."""
         code = 143 if self.received else 130
-        log.error("%s: Spark stopped, this run's staged outputs removed; earlier outputs are untouched",
-                  "terminated (SIGTERM)" if self.received else "interrupted")
+        log.error(
+            "%s: Spark stopped, this run's staged outputs removed; earlier outputs are untouched",
+            "terminated (SIGTERM)" if self.received else "interrupted",
+        )
         _stop_quietly(self.spark, self.created)
         self.created = False
         for outputs in self.outputs:
             outputs.abort()  # after Spark stopped, so no task is still writing into the staging directory
-        print(f"jester-als {name}: {'terminated' if self.received else 'interrupted'}; nothing was replaced",
-              file=sys.stderr)
+        print(
+            f"jester-als {name}: {'terminated' if self.received else 'interrupted'}; nothing was replaced",
+            file=sys.stderr,
+        )
         return code
 
     def release(self, previous) -> None:
@@ -266,16 +290,22 @@ def _failed(name: str, exc: Exception, run: _SparkRun, output_dir: str, verbose:
 
     if connection_lost(run.spark, exc):
         run.created = False  # nothing to stop: the server is gone, and asking it would only wait again
-        print(f"jester-als {name}: lost the Spark Connect server ({str(exc).splitlines()[0]}); nothing was "
-              f"replaced in {output_dir}", file=sys.stderr)
+        print(
+            f"jester-als {name}: lost the Spark Connect server ({str(exc).splitlines()[0]}); nothing was "
+            f"replaced in {output_dir}",
+            file=sys.stderr,
+        )
         return 1
     cause = actionable_cause(exc)
     where = spark_log_path(output_dir)
     keep_trace(exc, where)
     log.debug("failed", exc_info=True)  # -v shows the whole trace here
     said = cause or f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    print(f"jester-als {name}: failed: {said}; nothing was replaced in {output_dir}"
-          + ("" if verbose else f" (the trace: {where or 'run with -v'})"), file=sys.stderr)
+    print(
+        f"jester-als {name}: failed: {said}; nothing was replaced in {output_dir}"
+        + ("" if verbose else f" (the trace: {where or 'run with -v'})"),
+        file=sys.stderr,
+    )
     return 1
 
 

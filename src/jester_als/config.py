@@ -50,11 +50,13 @@ class ConfigError(Exception):
         parts = []
         if from_file:
             where = f" in {source}" if source else ""
-            parts.append(f"invalid config{where} ({len(from_file)} problem(s)):\n"
-                         + "\n".join(f"  - {p}" for p in from_file))
+            parts.append(
+                f"invalid config{where} ({len(from_file)} problem(s)):\n" + "\n".join(f"  - {p}" for p in from_file)
+            )
         if from_set:
-            parts.append(f"invalid --set value(s) ({len(from_set)} problem(s)):\n"
-                         + "\n".join(f"  - {p}" for p in from_set))
+            parts.append(
+                f"invalid --set value(s) ({len(from_set)} problem(s)):\n" + "\n".join(f"  - {p}" for p in from_set)
+            )
         super().__init__("\n".join(parts))
 
 
@@ -171,8 +173,11 @@ class Section(BaseModel):
         if data is None:
             return {}
         if isinstance(data, dict):  # `conf:` or `grid:` with nothing under it: the default mapping
-            return {k: v for k, v in data.items() if not (v is None and k in cls.model_fields and _is_mapping(
-                _plain(cls.model_fields[k].annotation)))}
+            return {
+                k: v
+                for k, v in data.items()
+                if not (v is None and k in cls.model_fields and _is_mapping(_plain(cls.model_fields[k].annotation)))
+            }
         return data
 
 
@@ -206,15 +211,20 @@ class LongColumns(Section):
 
 class InputConfig(Section):
     format: Literal["csv", "parquet", "table", "xls"] = key(
-        "csv", "csv or parquet file/directory at `path`, a catalog `table`, or xls: the original Excel files (a "
-               "file, a directory of them or a glob; layout jester; the excel extra)")
+        "csv",
+        "csv or parquet file/directory at `path`, a catalog `table`, or xls: the original Excel files (a "
+        "file, a directory of them or a glob; layout jester; the excel extra)",
+    )
     path: str | None = key("data/jester_synthetic.csv", "file or directory to read (csv, parquet)")
     table: str | None = key(None, "catalog table, e.g. workspace.default.jester_data_1")
     layout: Literal["wide", "long", "jester"] = key(
-        "wide", "wide: one row per user, one column per joke; long: user, joke, rating; jester: the original files "
-                "(no header, count column first, users by row)")
+        "wide",
+        "wide: one row per user, one column per joke; long: user, joke, rating; jester: the original files "
+        "(no header, count column first, users by row)",
+    )
     user_ids: Literal["auto", "integer", "reindex"] = key(
-        "auto", "auto: re-index when any id is not an integer in Int range")
+        "auto", "auto: re-index when any id is not an integer in Int range"
+    )
     min_ratings_per_user: PositiveInt = key(1, "users with fewer valid ratings are refused (too_few_ratings)")
     header: bool = key(True, "csv: first line holds the column names")
     delimiter: Annotated[str, _checked(_single_character)] = key(",", "csv field delimiter")
@@ -223,13 +233,18 @@ class InputConfig(Section):
     long_columns: LongColumns = section(LongColumns)
     missing_values: list[Number] = key([99], "sentinels that mean 'not rated' (never 0)")
     rating_range: Annotated[list[Number], _checked(_range_pair)] = key(
-        [-10.0, 10.0], "[low, high]; values outside are refused")
+        [-10.0, 10.0], "[low, high]; values outside are refused"
+    )
     reference_scan: bool = key(
-        True, "after prepare, time one plain read-melt-write of the same input and report prepare's time against "
-              "it (data.timing)")
+        True,
+        "after prepare, time one plain read-melt-write of the same input and report prepare's time against "
+        "it (data.timing)",
+    )
     one_pass: bool = key(
-        True, "prepare a wide table with integer user ids in one pass over the input (false: always the general "
-              "path, which caches the input; both give the same outputs and counts)")
+        True,
+        "prepare a wide table with integer user ids in one pass over the input (false: always the general "
+        "path, which caches the input; both give the same outputs and counts)",
+    )
 
     @model_validator(mode="after")
     def _where_to_read(self):
@@ -237,8 +252,10 @@ class InputConfig(Section):
         if self.format == "table" and not self.table:
             problems.append("table: required when input.format is 'table'")
         if self.format == "xls" and self.layout != "jester":
-            problems.append(f"layout: must be 'jester' with input.format 'xls' (the original files have no header "
-                            f"row), got {self.layout!r}")
+            problems.append(
+                f"layout: must be 'jester' with input.format 'xls' (the original files have no header "
+                f"row), got {self.layout!r}"
+            )
         if self.format in ("csv", "parquet", "xls") and not self.path:
             problems.append(f"path: required when input.format is '{self.format}'")
         if problems:
@@ -251,11 +268,14 @@ class GenerateConfig(Section):
     users: PositiveInt = key(_GEN.users, "users (rows) in the synthetic table")
     jokes: PositiveInt = key(_GEN.jokes, "jokes (columns) in the synthetic table")
     marginal: Literal["jester", "clip"] = key(
-        _GEN.marginal, "jester: the latent's standard score mapped onto the real ratings' distribution; clip: "
-                       "`mean` + latent clipped to [-10, 10] (effects, factors and noise in rating units)")
+        _GEN.marginal,
+        "jester: the latent's standard score mapped onto the real ratings' distribution; clip: "
+        "`mean` + latent clipped to [-10, 10] (effects, factors and noise in rating units)",
+    )
     rank: PositiveInt = key(_GEN.rank, "number of planted factors")
     spectrum_decay: Annotated[float, _checked(_unit)] = key(
-        _GEN.spectrum_decay, "each planted factor's variance is this times the previous one's (1: equal factors)")
+        _GEN.spectrum_decay, "each planted factor's variance is this times the previous one's (1: equal factors)"
+    )
     noise: NonNegativeNumber = key(_GEN.noise, "standard deviation of the noise")
     factor_scale: NonNegativeNumber = key(_GEN.factor_scale, "standard deviation of the low-rank part")
     user_bias: NonNegativeNumber = key(_GEN.user_bias, "std of the user effects")
@@ -264,11 +284,14 @@ class GenerateConfig(Section):
     min_ratings: PositiveInt = key(_GEN.min_ratings, "every user rates at least this many")
     mean_ratings: PositiveNumber = key(_GEN.mean_ratings, "average ratings per user")
     share_rated_all: Annotated[float, _checked(lambda v: None if 0 <= v < 1 else "must be in [0, 1)")] = key(
-        _GEN.share_rated_all, "share of users who rate every joke (tables of up to 150 jokes)")
-    gauge_jokes: NonNegativeInt = key(_GEN.gauge_jokes, "jokes rated by nearly everyone (the real set's ids first: "
-                                                        "the ten gauge jokes, then 20 more)")
-    zero_fraction: NonNegativeNumber = key(_GEN.zero_fraction, "extra share of exact 0.00 ratings (clicks on the "
-                                                               "centre)")
+        _GEN.share_rated_all, "share of users who rate every joke (tables of up to 150 jokes)"
+    )
+    gauge_jokes: NonNegativeInt = key(
+        _GEN.gauge_jokes, "jokes rated by nearly everyone (the real set's ids first: the ten gauge jokes, then 20 more)"
+    )
+    zero_fraction: NonNegativeNumber = key(
+        _GEN.zero_fraction, "extra share of exact 0.00 ratings (clicks on the centre)"
+    )
     seed: int = key(_GEN.seed, "seeds the synthetic table")
 
     @model_validator(mode="after")
@@ -279,8 +302,9 @@ class GenerateConfig(Section):
         if self.gauge_jokes > self.jokes:
             problems.append(f"gauge_jokes: {self.gauge_jokes} exceeds generate.jokes ({self.jokes})")
         if not self.min_ratings <= self.mean_ratings <= self.jokes:
-            problems.append(f"mean_ratings: {self.mean_ratings} must lie between generate.min_ratings and "
-                            f"generate.jokes")
+            problems.append(
+                f"mean_ratings: {self.mean_ratings} must lie between generate.min_ratings and generate.jokes"
+            )
         if problems:
             raise _problem(*problems)
         return self
@@ -292,18 +316,19 @@ class SplitConfig(Section):
 
 
 class AlsConfig(Section):
-    blocks: Annotated[Any, _checked(_blocks)] = key("auto", "user and item blocks; auto = the cores Spark has",
-                                                    kind="integer or string")
-    checkpoint_interval: PositiveInt = key(10, "ALS checkpoints every this many iterations (needs a checkpoint "
-                                               "dir)")
+    blocks: Annotated[Any, _checked(_blocks)] = key(
+        "auto", "user and item blocks; auto = the cores Spark has", kind="integer or string"
+    )
+    checkpoint_interval: PositiveInt = key(10, "ALS checkpoints every this many iterations (needs a checkpoint dir)")
     nonnegative: bool = key(False, "ALS non-negative factors")
-    biases: bool = key(False, "fit mu + user and joke offsets first, ALS on the residuals (a grid's biases list "
-                              "overrides it)")
-    bias_reg: NonNegativeNumber = key(10.0, "regularization of the biased model's offsets (added to each rating "
-                                            "count)")
+    biases: bool = key(
+        False, "fit mu + user and joke offsets first, ALS on the residuals (a grid's biases list overrides it)"
+    )
+    bias_reg: NonNegativeNumber = key(10.0, "regularization of the biased model's offsets (added to each rating count)")
     seed: int = key(42, "seeds ALS's initialization")
     fallback: Literal["none", "numpy"] = key(
-        "none", "when the platform refuses Spark ALS: stop (none) or use NumPy ALS on the driver")
+        "none", "when the platform refuses Spark ALS: stop (none) or use NumPy ALS on the driver"
+    )
 
 
 def _grid_value(kind: type, floor: float | None = None, why: str = "", *, strict: bool = False) -> Any:
@@ -318,8 +343,11 @@ def _grid_value(kind: type, floor: float | None = None, why: str = "", *, strict
         return _coerce(value, kind)
 
     item = Annotated[Any, BeforeValidator(check)]
-    return Annotated[list[item] | None, BeforeValidator(lambda v: v if isinstance(v, list) or v is None else [v]),
-                     Field(min_length=1)]
+    return Annotated[
+        list[item] | None,
+        BeforeValidator(lambda v: v if isinstance(v, list) or v is None else [v]),
+        Field(min_length=1),
+    ]
 
 
 class AlsGrid(Section):
@@ -376,10 +404,13 @@ class TuneConfig(Section):
     parallelism: PositiveInt = key(2, "grid points fitted at once")
     seed: int = key(42, "seeds TrainValidationSplit's split")
     refit_max_iter: PositiveInt | None = key(
-        20, "maxIter for the final fit on all training ratings (null: the best grid point's)")
+        20, "maxIter for the final fit on all training ratings (null: the best grid point's)"
+    )
     scale_reg_param: bool = key(
-        True, "the grid's regParam values are for a 20-point scale (Jester's) and are multiplied by the span of "
-              "input.rating_range / 20 (x 0.2 on a 1-5 scale); false: used as given")
+        True,
+        "the grid's regParam values are for a 20-point scale (Jester's) and are multiplied by the span of "
+        "input.rating_range / 20 (x 0.2 on a 1-5 scale); false: used as given",
+    )
 
 
 class EvaluateConfig(Section):
@@ -392,8 +423,11 @@ class RecommendConfig(Section):
 
 
 def _numpy_params(params: dict) -> dict:
-    problems = [f"{name}: unknown (expected rank, regParam, maxIter)" for name in params
-                if name not in ("rank", "regParam", "maxIter")]
+    problems = [
+        f"{name}: unknown (expected rank, regParam, maxIter)"
+        for name in params
+        if name not in ("rank", "regParam", "maxIter")
+    ]
     if params and not problems and set(params) != {"rank", "regParam", "maxIter"}:
         problems.append("give all of rank, regParam, maxIter (or none to use Spark's)")
     if params.get("regParam", 1) <= 0:
@@ -404,18 +438,26 @@ def _numpy_params(params: dict) -> dict:
 
 
 class NewUsersConfig(Section):
-    path: str | None = key(None, "foldin: new users' ratings, read with input's settings (format, layout, missing "
-                                 "values, rating range) unless given below")
-    format: Literal["csv", "parquet", "table", "xls"] | None = key(None, "foldin: the new users' format (null: "
-                                                                         "input.format)")
+    path: str | None = key(
+        None,
+        "foldin: new users' ratings, read with input's settings (format, layout, missing "
+        "values, rating range) unless given below",
+    )
+    format: Literal["csv", "parquet", "table", "xls"] | None = key(
+        None, "foldin: the new users' format (null: input.format)"
+    )
     layout: Literal["wide", "long", "jester"] | None = key(None, "foldin: the new users' layout (null: input.layout)")
     engine: Literal["auto", "spark", "numpy"] = key(
-        "auto", "foldin: spark (inside Spark tasks, no collect), numpy (on the driver), auto (numpy for a NumPy "
-                "model, else spark)")
+        "auto",
+        "foldin: spark (inside Spark tasks, no collect), numpy (on the driver), auto (numpy for a NumPy "
+        "model, else spark)",
+    )
     evaluate: bool = key(True, "pipeline: score fold-in on users held out whole, revealing k of their ratings")
     holdout_fraction: Fraction = key(0.1, "share of users held out whole for that evaluation")
-    reveal: list[PositiveInt] = key([1, 2, 5, 10, 20], "k random ratings revealed per held-out user (the ten gauge "
-                                                       "jokes are revealed too, as Jester did)")
+    reveal: list[PositiveInt] = key(
+        [1, 2, 5, 10, 20],
+        "k random ratings revealed per held-out user (the ten gauge jokes are revealed too, as Jester did)",
+    )
     max_users: PositiveInt = key(5000, "at most this many held-out users are scored (collected to the driver)")
     seed: int = key(42, "seeds which users are held out and which ratings are revealed")
 
@@ -425,7 +467,8 @@ class BaselineConfig(Section):
     fraction: Annotated[float, _checked(_unit)] | None = key(None, "sample this share of users first (null: all)")
     seed: int = key(42, "seeds the user sample and NumPy ALS's initialization")
     params: Annotated[dict[str, IntOrNumber], AfterValidator(_numpy_params)] = key(
-        {}, "rank, regParam, maxIter for NumPy ALS (default: Spark's model)")
+        {}, "rank, regParam, maxIter for NumPy ALS (default: Spark's model)"
+    )
     tol: PositiveNumber | None = key(None, "stop NumPy ALS when the training RMSE improves by less than this")
     dense_budget_mb: NonNegativeNumber = key(512, "largest dense users x jokes pattern NumPy ALS may build")
     bias_reg: NonNegativeNumber = key(10.0, "regularization of the bias baseline")
@@ -433,12 +476,17 @@ class BaselineConfig(Section):
 
 class TrackingConfig(Section):
     mlflow: bool = key(False, "log each job run to MLflow (the mlflow extra)")
-    tracking_uri: str | None = key(None, "MLflow tracking URI (null: databricks on Databricks, else a SQLite store "
-                                         "in output.dir)")
-    experiment: str = key("jester-als", "experiment name (on Databricks a name that is not a path goes under "
-                                        "/Users/<you>/)")
-    registered_model: str | None = key(None, "register the logged model under this name (Unity Catalog: "
-                                             "catalog.schema.model) and point model_alias at the new version")
+    tracking_uri: str | None = key(
+        None, "MLflow tracking URI (null: databricks on Databricks, else a SQLite store in output.dir)"
+    )
+    experiment: str = key(
+        "jester-als", "experiment name (on Databricks a name that is not a path goes under /Users/<you>/)"
+    )
+    registered_model: str | None = key(
+        None,
+        "register the logged model under this name (Unity Catalog: "
+        "catalog.schema.model) and point model_alias at the new version",
+    )
     model_alias: str = key("candidate", "the alias the registered version gets")
 
 
@@ -453,37 +501,45 @@ class BenchConfig(Section):
     numpy_repeats: PositiveInt = key(5, "NumPy ALS fits timed (median)")
     spark_repeats: PositiveInt = key(3, "Spark ALS fits timed (median)")
     loop_repeats: NonNegativeInt = key(1, "0 skips the seed's slow loop")
-    memory_budget_mb: PositiveInt = key(20_000, "peak RSS allowed to each engine's process; sizes past it are "
-                                                "refused")
+    memory_budget_mb: PositiveInt = key(20_000, "peak RSS allowed to each engine's process; sizes past it are refused")
     time_budget_seconds: PositiveNumber = key(3600, "per engine")
     spark_driver_memory: Annotated[str, _checked(_memory_size)] = key(
-        "auto", "Spark's driver heap: auto sizes it to the data, or e.g. 8g")
+        "auto", "Spark's driver heap: auto sizes it to the data, or e.g. 8g"
+    )
     work_dir: str | None = key(None, "where the generated table goes (default: temp dir)")
-    numpy_dense_budget_mb: NonNegativeNumber = key(4096, "largest dense users x jokes pattern + ratings NumPy ALS "
-                                                         "may build")
+    numpy_dense_budget_mb: NonNegativeNumber = key(
+        4096, "largest dense users x jokes pattern + ratings NumPy ALS may build"
+    )
     target_numpy_seconds: PositiveNumber = key(0.35, "target: NumPy fit at most this many seconds")
     target_speedup: PositiveNumber = key(15.0, "target: NumPy at least this many times faster than Spark")
 
 
 class ScaleConfig(Section):
-    users_axis: list[int] = key([25_000, 100_000, 250_000, 1_000_000, 2_500_000, 4_000_000],
-                                "users at each point of the users axis (100 jokes, 72.6 ratings per user); the "
-                                "largest meant to pass the memory budget")
-    limit_probes: list[PositiveNumber] = key([0.8, 1.2],
-                                             "users-axis sizes past the listed ones, as multiples of the users at "
-                                             "which an engine's memory model reaches the budget (Spark: at which "
-                                             "its cached blocks fill its heap's unified memory), run for an engine "
-                                             "that fitted every listed size (empty: none)")
+    users_axis: list[int] = key(
+        [25_000, 100_000, 250_000, 1_000_000, 2_500_000, 4_000_000],
+        "users at each point of the users axis (100 jokes, 72.6 ratings per user); the "
+        "largest meant to pass the memory budget",
+    )
+    limit_probes: list[PositiveNumber] = key(
+        [0.8, 1.2],
+        "users-axis sizes past the listed ones, as multiples of the users at "
+        "which an engine's memory model reaches the budget (Spark: at which "
+        "its cached blocks fill its heap's unified memory), run for an engine "
+        "that fitted every listed size (empty: none)",
+    )
     limit_probe_iterations: PositiveInt = key(2, "ALS iterations of a limit probe (its memory peaks in the first)")
-    density_axis: list[PositiveNumber] = key([5, 10, 25, 50, 100],
-                                             "mean ratings per user at each point of the density axis")
+    density_axis: list[PositiveNumber] = key(
+        [5, 10, 25, 50, 100], "mean ratings per user at each point of the density axis"
+    )
     density_axis_users: PositiveInt = key(100_000, "users on the density axis")
     density_axis_jokes: PositiveInt = key(1_000, "jokes on the density axis")
-    jokes_axis: list[int] = key([100, 1_000, 5_000, 17_770], "jokes at each point of the jokes axis (17,770: "
-                                                              "Netflix's item count)")
+    jokes_axis: list[int] = key(
+        [100, 1_000, 5_000, 17_770], "jokes at each point of the jokes axis (17,770: Netflix's item count)"
+    )
     jokes_axis_users: PositiveInt = key(120_000, "users on the jokes axis")
-    jokes_axis_ratings_per_user: PositiveNumber = key(200, "mean ratings per user on the jokes axis (at most 72.6% "
-                                                           "of the jokes)")
+    jokes_axis_ratings_per_user: PositiveNumber = key(
+        200, "mean ratings per user on the jokes axis (at most 72.6% of the jokes)"
+    )
     rank: PositiveInt = key(10, "ALS rank in the study")
     regParam: PositiveNumber = key(0.1, "ALS regParam in the study")
     maxIter: PositiveInt = key(10, "ALS iterations in the study")
@@ -498,9 +554,11 @@ class ScaleConfig(Section):
     work_dir: str | None = key(None, "where generated tables go (default: temp dir)")
     machine_memory_gb: PositiveNumber = key(24, "the one machine of the predictions")
     cluster_executors: PositiveInt = key(8, "the cluster of the predictions")
-    cluster_measure_users: list[int] = key([25_000, 50_000, 100_000],
-                                           "users (100 jokes) at which Spark ALS runs on the project's standalone "
-                                           "cluster to measure shuffle bytes and executor memory (empty: none)")
+    cluster_measure_users: list[int] = key(
+        [25_000, 50_000, 100_000],
+        "users (100 jokes) at which Spark ALS runs on the project's standalone "
+        "cluster to measure shuffle bytes and executor memory (empty: none)",
+    )
     cluster_measure_executors: list[PositiveInt] = key([1, 2, 4], "one-core executors of each cluster measurement")
     cluster_worker_memory: str = key("10g", "memory of the standalone worker the measurements run on")
     cluster_executor_memory: str = key("2g", "heap of each executor in the cluster measurements")
@@ -515,14 +573,18 @@ def _table_name(v):
 
 class OutputConfig(Section):
     dir: str = key("output/local", "every output of a run goes under this directory (a local or mounted path)")
-    mode: Literal["overwrite", "error"] = key("overwrite", "overwrite: replace a previous run's outputs; error: "
-                                                           "refuse")
+    mode: Literal["overwrite", "error"] = key("overwrite", "overwrite: replace a previous run's outputs; error: refuse")
     recommendations_table: Annotated[str | None, _checked(_table_name)] = key(
-        None, "also write the recommendations to this catalog table (partitioned by run_key; null: files only)")
+        None, "also write the recommendations to this catalog table (partitioned by run_key; null: files only)"
+    )
     metrics_table: Annotated[str | None, _checked(_table_name)] = key(
-        None, "also write the run's numeric metrics to this catalog table (partitioned by run_key)")
-    run_key: str | None = key(None, "the rows a run owns in those tables: a rerun with the same key replaces them, "
-                                    "never another key's (null: the run's own id; on Databricks pass the job run's)")
+        None, "also write the run's numeric metrics to this catalog table (partitioned by run_key)"
+    )
+    run_key: str | None = key(
+        None,
+        "the rows a run owns in those tables: a rerun with the same key replaces them, "
+        "never another key's (null: the run's own id; on Databricks pass the job run's)",
+    )
 
     @model_validator(mode="after")
     def _not_a_file(self):
@@ -538,8 +600,10 @@ class SparkConfig(Section):
     checkpoint_dir: str | None = key(None, "default: a temporary directory")
     log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = key("WARN", "Spark's own log level")
     conf: dict[str, SparkValue] = key(
-        {}, "extra Spark settings applied when the job builds the session (over the local-mode defaults: shuffle "
-            "partitions 2 x cores, driver memory 4g, console progress bar only on a terminal)")
+        {},
+        "extra Spark settings applied when the job builds the session (over the local-mode defaults: shuffle "
+        "partitions 2 x cores, driver memory 4g, console progress bar only on a terminal)",
+    )
 
     @model_validator(mode="after")
     def _one_way_in(self):
@@ -639,7 +703,8 @@ def _attribute(problem: str, overrides: list[str]) -> str:
         set_key = ".".join(parts)
         if key == set_key or key.startswith(set_key + "."):
             return f"--set {item}: {problem.split(': ', 1)[1] if ': ' in problem else problem}" + (
-                f" (at {key})" if key != set_key else "")
+                f" (at {key})" if key != set_key else ""
+            )
     return problem
 
 
@@ -650,8 +715,7 @@ def packaged_configs() -> dict[str, str]:
     folder = resources.files("jester_als").joinpath("conf")
     if not folder.is_dir():
         return {}
-    return {entry.name.removesuffix(".yaml"): str(entry) for entry in folder.iterdir()
-            if entry.name.endswith(".yaml")}
+    return {entry.name.removesuffix(".yaml"): str(entry) for entry in folder.iterdir() if entry.name.endswith(".yaml")}
 
 
 def resolve_conf_path(path: str) -> str:
@@ -667,8 +731,12 @@ def resolve_conf_path(path: str) -> str:
     name = shipped.removesuffix(".yaml")
     if name in packaged:
         return packaged[name]
-    raise ConfigError([f"config file {path!r} does not exist (also looked for {shipped!r} in {os.getcwd()}); "
-                       f"packaged configs: {', '.join(sorted(packaged)) or 'none'}"])
+    raise ConfigError(
+        [
+            f"config file {path!r} does not exist (also looked for {shipped!r} in {os.getcwd()}); "
+            f"packaged configs: {', '.join(sorted(packaged)) or 'none'}"
+        ]
+    )
 
 
 def duplicate_keys(node: yaml.Node | None, path: str = "") -> list[str]:
@@ -681,8 +749,7 @@ def duplicate_keys(node: yaml.Node | None, path: str = "") -> list[str]:
             name = key.value if isinstance(key, yaml.ScalarNode) else str(key)
             where = f"{path}.{name}" if path else str(name)
             if name in seen:
-                problems.append(f"{where}: given twice (lines {seen[name]} and {key.start_mark.line + 1}); "
-                                f"remove one")
+                problems.append(f"{where}: given twice (lines {seen[name]} and {key.start_mark.line + 1}); remove one")
             else:
                 seen[name] = key.start_mark.line + 1
             problems += duplicate_keys(value, where)
@@ -773,8 +840,15 @@ def _kind(annotation) -> str:
     return _type_name(plain)
 
 
-_TYPE_ERRORS = {"int_type": int, "float_type": float, "string_type": str, "bool_type": bool, "list_type": list,
-                "dict_type": dict, "model_type": dict}
+_TYPE_ERRORS = {
+    "int_type": int,
+    "float_type": float,
+    "string_type": str,
+    "bool_type": bool,
+    "list_type": list,
+    "dict_type": dict,
+    "model_type": dict,
+}
 
 
 def _problems(error: ValidationError) -> list[str]:
@@ -788,8 +862,9 @@ def _problems(error: ValidationError) -> list[str]:
             bad_items.setdefault(".".join(str(part) for part in loc[:-1]), []).append(err.get("input"))
         elif kind == "problems":  # several problems from one check, each "sub.key: message" or "message"
             path = ".".join(str(part) for part in loc if not isinstance(part, int))  # a list's item: the list
-            problems.extend((f"{path}.{p}" if ": " in p else f"{path}: {p}") if path else p
-                            for p in err["ctx"]["problems"])
+            problems.extend(
+                (f"{path}.{p}" if ": " in p else f"{path}: {p}") if path else p for p in err["ctx"]["problems"]
+            )
         else:
             problems.append(f"{'.'.join(str(part) for part in loc)}: {_message(err)}")
     for path, items in bad_items.items():
@@ -804,8 +879,9 @@ def _message(err) -> str:
     if kind == "extra_forbidden":
         parent = _plain(_annotation_at(loc[:-1])) if len(loc) > 1 else JesterConfig
         names = list(parent.model_fields) if _is_section(parent) else []
-        return (parent if _is_section(parent) else Section).unknown_key.format(known=", ".join(names),
-                                                                               names=sorted(names))
+        return (parent if _is_section(parent) else Section).unknown_key.format(
+            known=", ".join(names), names=sorted(names)
+        )
     if kind == "too_short":
         return "empty list (give at least one value)"
     if kind == "value_error":

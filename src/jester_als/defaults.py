@@ -41,8 +41,18 @@ FIVE_POINT = (1.0, 5.0)
 class Validation:
     """The fitting and validation parts of a table's training ratings (the test ratings left out)."""
 
-    def __init__(self, users, jokes, ratings, *, test_fraction: float, split_seed: int, train_ratio: float,
-                 rating_range, seed: int):
+    def __init__(
+        self,
+        users,
+        jokes,
+        ratings,
+        *,
+        test_fraction: float,
+        split_seed: int,
+        train_ratio: float,
+        rating_range,
+        seed: int,
+    ):
         users, jokes = np.asarray(users, dtype=np.int32), np.asarray(jokes, dtype=np.int32)
         train = ~hashsplit.is_test(users, jokes, test_fraction=test_fraction, seed=split_seed)
         users, jokes, ratings = users[train], jokes[train], np.asarray(ratings)[train]
@@ -54,8 +64,15 @@ class Validation:
         self.seed = seed
 
     def rmse(self, *, rank: int, regParam: float, maxIter: int, biases: bool, bias_reg: float) -> float:  # noqa: N803
-        model = fit_numpy_als(self.fitting, rank=rank, reg_param=regParam, max_iter=maxIter, seed=self.seed,
-                              biases=biases, bias_reg=bias_reg)
+        model = fit_numpy_als(
+            self.fitting,
+            rank=rank,
+            reg_param=regParam,
+            max_iter=maxIter,
+            seed=self.seed,
+            biases=biases,
+            bias_reg=bias_reg,
+        )
         return self._rmse(model.predict(self.users, self.jokes))
 
     def bias_rmse(self, bias_reg: float) -> float:
@@ -86,23 +103,37 @@ def study(users, jokes, ratings, cfg: JesterConfig) -> dict:
     tune, split = cfg.tune, cfg.split
     bias_reg = cfg.als.bias_reg
     rating_range = tuple(cfg.input.rating_range)
-    validation = Validation(users, jokes, ratings, test_fraction=split.test_fraction, split_seed=split.seed,
-                            train_ratio=tune.train_ratio, rating_range=rating_range, seed=cfg.als.seed)
+    validation = Validation(
+        users,
+        jokes,
+        ratings,
+        test_fraction=split.test_fraction,
+        split_seed=split.seed,
+        train_ratio=tune.train_ratio,
+        rating_range=rating_range,
+        seed=cfg.als.seed,
+    )
     grid = tune.grid.as_dict()
     grid.setdefault("biases", [cfg.als.biases])
     by_iterations = {}
     for iterations in ITERATIONS:
         points = grid_scores(validation, {**grid, "maxIter": [iterations]}, bias_reg=bias_reg)
         by_iterations[str(iterations)] = {"points": points, "best": best(points)["params"]}
-    wide = grid_scores(validation, {"biases": [False, True], "maxIter": [20], "rank": list(WIDE_RANKS),
-                                    "regParam": list(WIDE_REG_PARAMS)}, bias_reg=bias_reg)
+    wide = grid_scores(
+        validation,
+        {"biases": [False, True], "maxIter": [20], "rank": list(WIDE_RANKS), "regParam": list(WIDE_REG_PARAMS)},
+        bias_reg=bias_reg,
+    )
     chosen = by_iterations[str(grid["maxIter"][0])]["best"]
     refit = {str(n): validation.rmse(**{**chosen, "maxIter": n}, bias_reg=bias_reg) for n in REFIT_ITERATIONS}
-    plain_rank10 = validation.rmse(rank=10, regParam=grid["regParam"][0], maxIter=20, biases=False,
-                                   bias_reg=bias_reg)
+    plain_rank10 = validation.rmse(rank=10, regParam=grid["regParam"][0], maxIter=20, biases=False, bias_reg=bias_reg)
     return {
-        "fitting_ratings": validation.fitting.nnz, "validation_ratings": int(validation.ratings.size),
-        "grid": grid, "by_iterations": by_iterations, "chosen": chosen, "refit": refit,
+        "fitting_ratings": validation.fitting.nnz,
+        "validation_ratings": int(validation.ratings.size),
+        "grid": grid,
+        "by_iterations": by_iterations,
+        "chosen": chosen,
+        "refit": refit,
         "wide": {"points": wide, "best": best(wide)},
         "references": {"bias": validation.bias_rmse(bias_reg), "plain_rank10": plain_rank10},
     }
@@ -113,70 +144,124 @@ def five_point(users, jokes, ratings, cfg: JesterConfig) -> dict:
     the scale and as given, against the bias baseline."""
     stars = np.clip(np.round(3.0 + np.asarray(ratings) / 5.0), *FIVE_POINT)
     split, tune = cfg.split, cfg.tune
-    validation = Validation(users, jokes, stars, test_fraction=split.test_fraction, split_seed=split.seed,
-                            train_ratio=tune.train_ratio, rating_range=FIVE_POINT, seed=cfg.als.seed)
+    validation = Validation(
+        users,
+        jokes,
+        stars,
+        test_fraction=split.test_fraction,
+        split_seed=split.seed,
+        train_ratio=tune.train_ratio,
+        rating_range=FIVE_POINT,
+        seed=cfg.als.seed,
+    )
     grid = {**tune.grid.as_dict(), "maxIter": [10]}
     grid.setdefault("biases", [cfg.als.biases])
     bias_reg = cfg.als.bias_reg
     factor = reg_param_factor(FIVE_POINT, True)
     scaled = grid_scores(validation, scaled_grid(grid, factor), bias_reg=bias_reg)
     given = grid_scores(validation, grid, bias_reg=bias_reg)
-    return {"factor": factor, "scaled": {"points": scaled, "best": best(scaled)},
-            "given": {"points": given, "best": best(given)}, "bias": validation.bias_rmse(bias_reg)}
+    return {
+        "factor": factor,
+        "scaled": {"points": scaled, "best": best(scaled)},
+        "given": {"points": given, "best": best(given)},
+        "bias": validation.bias_rmse(bias_reg),
+    }
 
 
 def render(result: dict) -> str:
     table, five = result["table"], result["five_point"]
     grid = table["grid"]
     lines = [
-        "# How the default grid was chosen", "",
+        "# How the default grid was chosen",
+        "",
         f"Written by `python -m jester_als.defaults` (`make defaults-docs`) on {result['source']}, "
         f"{result['finished']}, in {result['seconds']:.0f} s. Validation RMSE only: the test ratings are held out "
         f"as the jobs hold them out and never scored here. {table['fitting_ratings']:,} fitting and "
-        f"{table['validation_ratings']:,} validation ratings; the NumPy engine (Spark's objective).", "",
-        *(["## The generated table against the real ratings", "", render_statistics(result["generated_statistics"]),
-           ""] if result.get("generated_statistics") else []),
-        "## The default grid at several tuning iteration counts", "",
-        "| maxIter | best point | its validation RMSE |", "|---|---|---|",
+        f"{table['validation_ratings']:,} validation ratings; the NumPy engine (Spark's objective).",
+        "",
+        *(
+            [
+                "## The generated table against the real ratings",
+                "",
+                render_statistics(result["generated_statistics"]),
+                "",
+            ]
+            if result.get("generated_statistics")
+            else []
+        ),
+        "## The default grid at several tuning iteration counts",
+        "",
+        "| maxIter | best point | its validation RMSE |",
+        "|---|---|---|",
     ]
     for iterations, found in table["by_iterations"].items():
         score = best(found["points"])["validation_rmse"]
         lines.append(f"| {iterations} | {_params(found['best'])} | {score:.4f} |")
-    lines += ["", f"Grid: {json.dumps(grid)}. Chosen at the grid's own maxIter: {_params(table['chosen'])}.", "",
-              "## The final refit's iterations for the chosen point", "", "| maxIter | validation RMSE |", "|---|---|"]
+    lines += [
+        "",
+        f"Grid: {json.dumps(grid)}. Chosen at the grid's own maxIter: {_params(table['chosen'])}.",
+        "",
+        "## The final refit's iterations for the chosen point",
+        "",
+        "| maxIter | validation RMSE |",
+        "|---|---|",
+    ]
     lines += [f"| {n} | {score:.4f} |" for n, score in table["refit"].items()]
     wide_best = table["wide"]["best"]
-    lines += ["", "## A wider grid (20 iterations)", "",
-              f"Ranks {list(WIDE_RANKS)} x regParam {list(WIDE_REG_PARAMS)} x plain and biased: best "
-              f"{_params(wide_best['params'])} at {wide_best['validation_rmse']:.4f}.", "",
-              "| point | validation RMSE |", "|---|---|"]
+    lines += [
+        "",
+        "## A wider grid (20 iterations)",
+        "",
+        f"Ranks {list(WIDE_RANKS)} x regParam {list(WIDE_REG_PARAMS)} x plain and biased: best "
+        f"{_params(wide_best['params'])} at {wide_best['validation_rmse']:.4f}.",
+        "",
+        "| point | validation RMSE |",
+        "|---|---|",
+    ]
     for point in sorted(table["wide"]["points"], key=lambda p: p["validation_rmse"])[:10]:
         lines.append(f"| {_params(point['params'])} | {point['validation_rmse']:.4f} |")
-    lines += ["", f"References on the same validation ratings: bias baseline {table['references']['bias']:.4f}, "
-                  f"plain ALS rank 10 (20 iterations) {table['references']['plain_rank10']:.4f}.", "",
-              "## The same grid on a 1-5 scale", "",
-              f"The table's ratings as whole stars (round(3 + r / 5), clipped to 1-5); regParam scaled by "
-              f"{five['factor']:g} against as given.", "", "| regParam | best point | validation RMSE |",
-              "|---|---|---|",
-              *(f"| {label} | {_params(five[key]['best']['params'])} | {five[key]['best']['validation_rmse']:.4f} |"
-                for key, label in (("scaled", "scaled"), ("given", "as given"))),
-              "", f"Bias baseline on the same ratings: {five['bias']:.4f}.", ""]
+    lines += [
+        "",
+        f"References on the same validation ratings: bias baseline {table['references']['bias']:.4f}, "
+        f"plain ALS rank 10 (20 iterations) {table['references']['plain_rank10']:.4f}.",
+        "",
+        "## The same grid on a 1-5 scale",
+        "",
+        f"The table's ratings as whole stars (round(3 + r / 5), clipped to 1-5); regParam scaled by "
+        f"{five['factor']:g} against as given.",
+        "",
+        "| regParam | best point | validation RMSE |",
+        "|---|---|---|",
+        *(
+            f"| {label} | {_params(five[key]['best']['params'])} | {five[key]['best']['validation_rmse']:.4f} |"
+            for key, label in (("scaled", "scaled"), ("given", "as given"))
+        ),
+        "",
+        f"Bias baseline on the same ratings: {five['bias']:.4f}.",
+        "",
+    ]
     return "\n".join(lines)
 
 
 STATISTIC_LABELS = {
-    "ratings_per_user_mean": "ratings per user, mean", "ratings_per_user_min": "ratings per user, min",
+    "ratings_per_user_mean": "ratings per user, mean",
+    "ratings_per_user_min": "ratings per user, min",
     "ratings_per_user_percentiles": "ratings per user, 5/25/50/75/95th percentile",
-    "share_rated_all": "share of users who rated every joke", "rating_mean": "rating mean",
-    "rating_std": "rating std", "zero_share": "share of exact 0.00",
-    "bin_shares": "share in [-10,-6), [-6,-2), [-2,2), [2,6), [6,10]", "joke_mean_std": "std of the jokes' means",
-    "user_mean_std": "std of the users' means", "universal_jokes": "jokes rated by more than 98% of users",
+    "share_rated_all": "share of users who rated every joke",
+    "rating_mean": "rating mean",
+    "rating_std": "rating std",
+    "zero_share": "share of exact 0.00",
+    "bin_shares": "share in [-10,-6), [-6,-2), [-2,2), [2,6), [6,10]",
+    "joke_mean_std": "std of the jokes' means",
+    "user_mean_std": "std of the users' means",
+    "universal_jokes": "jokes rated by more than 98% of users",
     "energy_shares": "energy of the first 10 singular values (full raters, means removed)",
 }
 
 
 def render_statistics(stats: dict) -> str:
     """The generated table's statistics beside the real sample's (``REAL_JESTER``)."""
+
     def shown(value) -> str:
         if isinstance(value, list):
             return ", ".join(str(v) if isinstance(v, int) else f"{v:.3g}" for v in value)
@@ -192,10 +277,14 @@ def _params(params: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jester_als.defaults", description=__doc__.splitlines()[0])
-    parser.add_argument("--conf", default=None, help="config whose grid, split and seeds are studied (default: "
-                                                     "the built-in defaults)")
-    parser.add_argument("--ratings", default=None, help="a prepare job's ratings/ (Parquet); default: generate "
-                                                        "the config's table in memory")
+    parser.add_argument(
+        "--conf", default=None, help="config whose grid, split and seeds are studied (default: the built-in defaults)"
+    )
+    parser.add_argument(
+        "--ratings",
+        default=None,
+        help="a prepare job's ratings/ (Parquet); default: generate the config's table in memory",
+    )
     parser.add_argument("--out", default="output/defaults", help="directory for defaults.json and defaults.md")
     args = parser.parse_args(argv)
     cfg = load_config(args.conf)
@@ -214,8 +303,12 @@ def main(argv: list[str] | None = None) -> int:
         users, jokes, ratings = rows + 1, columns + 1, wide[rows, columns]
         source = f"the generated table ({params.users:,} users x {params.jokes} jokes, seed {params.seed})"
         generated = table_statistics(wide)
-    result = {"source": source, "generated_statistics": generated, "table": study(users, jokes, ratings, cfg),
-              "five_point": five_point(users, jokes, ratings, cfg)}
+    result = {
+        "source": source,
+        "generated_statistics": generated,
+        "table": study(users, jokes, ratings, cfg),
+        "five_point": five_point(users, jokes, ratings, cfg),
+    }
     from jester_als.outputs import now_iso
 
     result.update(finished=now_iso(), seconds=time.perf_counter() - started)

@@ -22,16 +22,13 @@ from jester_als.excel import EXTENSIONS
 
 # Dataset 1 (three .xls files) and dataset 3 (one 150-joke sheet), as linked from the data set's page
 # (eigentaste.berkeley.edu/dataset); the SHA-256 of each archive as recorded by public loaders of the same files.
+SITE = "https://eigentaste.berkeley.edu/dataset/"
 ARCHIVES = {
-    "https://eigentaste.berkeley.edu/dataset/archive/jester_dataset_1_1.zip":
-        "cb7841756ded125b15f3d95c9f8241224065e96354c132a46ae4214deeab7615",
-    "https://eigentaste.berkeley.edu/dataset/archive/jester_dataset_1_2.zip":
-        "4d312fd824d8c8cb2c9c952a7b1fb7c00d1f5fd3ece370f7285aa701d371748b",
-    "https://eigentaste.berkeley.edu/dataset/archive/jester_dataset_1_3.zip":
-        "7f548d3762d3506cf7cd37d8cb9e3adb67984a7da7aa2d2096d5e0b1b884758d",
+    f"{SITE}archive/jester_dataset_1_1.zip": "cb7841756ded125b15f3d95c9f8241224065e96354c132a46ae4214deeab7615",
+    f"{SITE}archive/jester_dataset_1_2.zip": "4d312fd824d8c8cb2c9c952a7b1fb7c00d1f5fd3ece370f7285aa701d371748b",
+    f"{SITE}archive/jester_dataset_1_3.zip": "7f548d3762d3506cf7cd37d8cb9e3adb67984a7da7aa2d2096d5e0b1b884758d",
 }
-DATASET_3 = {"https://eigentaste.berkeley.edu/dataset/JesterDataset3.zip":
-             "0987d0d892f833ce9f889addb18c1960cb086658362a77a27216327ffb91614f"}
+DATASET_3 = {f"{SITE}JesterDataset3.zip": "0987d0d892f833ce9f889addb18c1960cb086658362a77a27216327ffb91614f"}
 TIMEOUT_SECONDS = 60
 
 
@@ -61,18 +58,23 @@ def sha256(path: str) -> str:
 def unpack(archive: str, into: str, source: str) -> list[str]:
     """The Excel members of ``archive``, extracted flat into ``into`` (after the whole archive was checked)."""
     if not zipfile.is_zipfile(archive):
-        raise DownloadError(f"{source}: not a zip archive ({os.path.getsize(archive):,} bytes); the download may "
-                            f"be an error page or cut short: try again")
+        raise DownloadError(
+            f"{source}: not a zip archive ({os.path.getsize(archive):,} bytes); the download may "
+            f"be an error page or cut short: try again"
+        )
     try:
         with zipfile.ZipFile(archive) as zipped:
             broken = zipped.testzip()
             if broken is not None:
                 raise DownloadError(f"{source}: the archive is corrupt (member {broken!r} fails its CRC); try again")
-            members = [info for info in zipped.infolist()
-                       if info.filename.lower().endswith(EXTENSIONS) and not info.is_dir()]
+            members = [
+                info for info in zipped.infolist() if info.filename.lower().endswith(EXTENSIONS) and not info.is_dir()
+            ]
             if not members:
-                raise DownloadError(f"{source}: no Excel file (.xls, .xlsx) in the archive "
-                                    f"({[i.filename for i in zipped.infolist()][:5]})")
+                raise DownloadError(
+                    f"{source}: no Excel file (.xls, .xlsx) in the archive "
+                    f"({[i.filename for i in zipped.infolist()][:5]})"
+                )
             written = []
             for info in members:
                 target = os.path.join(into, os.path.basename(info.filename))
@@ -94,8 +96,10 @@ def download(urls: dict[str, str | None], into: str) -> list[str]:
         for url, expected in urls.items():
             archive = fetch(url, work)
             if expected and sha256(archive) != expected:
-                raise DownloadError(f"{url}: SHA-256 {sha256(archive)} is not the published archive's {expected}; "
-                                    f"the file changed or the download is corrupt")
+                raise DownloadError(
+                    f"{url}: SHA-256 {sha256(archive)} is not the published archive's {expected}; "
+                    f"the file changed or the download is corrupt"
+                )
             unpack(archive, staged, url)
         files = []
         for name in sorted(os.listdir(staged)):
@@ -107,9 +111,13 @@ def download(urls: dict[str, str | None], into: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jester_als.download", description=__doc__.splitlines()[0])
     parser.add_argument("--into", default="data/jester", help="directory for the Excel files (default: %(default)s)")
-    parser.add_argument("--dataset", choices=("1", "3"), default="1",
-                        help="1: dataset 1's three 100-joke files; 3: dataset 3's 150-joke sheet (read them apart: "
-                             "files read together must rate the same jokes)")
+    parser.add_argument(
+        "--dataset",
+        choices=("1", "3"),
+        default="1",
+        help="1: dataset 1's three 100-joke files; 3: dataset 3's 150-joke sheet (read them apart: "
+        "files read together must rate the same jokes)",
+    )
     parser.add_argument("urls", nargs="*", help="archives to fetch instead of the official ones (no checksum)")
     args = parser.parse_args(argv)
     urls = {url: None for url in args.urls} if args.urls else (ARCHIVES if args.dataset == "1" else DATASET_3)

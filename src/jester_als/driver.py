@@ -48,27 +48,55 @@ def tune_numpy(train_df, test_df, cfg: JesterConfig, reason: str) -> tuple[dict,
     validation = []
     started = time.perf_counter()
     for biases, max_iter, rank, reg in itertools.product(*values):
-        model = fit_numpy_als(fit_part, rank=rank, reg_param=reg, max_iter=max_iter, seed=cfg.als.seed,
-                              biases=bool(biases), bias_reg=bias_reg)
+        model = fit_numpy_als(
+            fit_part,
+            rank=rank,
+            reg_param=reg,
+            max_iter=max_iter,
+            seed=cfg.als.seed,
+            biases=bool(biases),
+            bias_reg=bias_reg,
+        )
         score = rmse_mae(ratings[~inner_train], model.predict(users[~inner_train], jokes[~inner_train]))
-        validation.append({"params": {"biases": bool(biases), "maxIter": max_iter, "rank": rank, "regParam": reg},
-                           "validation_rmse": score["rmse"]})
+        validation.append(
+            {
+                "params": {"biases": bool(biases), "maxIter": max_iter, "rank": rank, "regParam": reg},
+                "validation_rmse": score["rmse"],
+            }
+        )
     tune_seconds = time.perf_counter() - started
     best = dict(min(validation, key=lambda p: p["validation_rmse"])["params"])
     params = dict(best, maxIter=tuning.refit_max_iter or best["maxIter"])
     started = time.perf_counter()
-    model = fit_numpy_als(RatingMatrix.from_ids(users, jokes, ratings), rank=params["rank"],
-                          reg_param=params["regParam"], max_iter=params["maxIter"], seed=cfg.als.seed,
-                          biases=params["biases"], bias_reg=bias_reg)
+    model = fit_numpy_als(
+        RatingMatrix.from_ids(users, jokes, ratings),
+        rank=params["rank"],
+        reg_param=params["regParam"],
+        max_iter=params["maxIter"],
+        seed=cfg.als.seed,
+        biases=params["biases"],
+        bias_reg=bias_reg,
+    )
     fit_seconds = time.perf_counter() - started
     scores = rmse_mae(test_ratings, _clip(model.predict(test_users, test_jokes), cfg.input.rating_range))
-    log.warning("Spark ALS not allowed here; tuned NumPy ALS on the driver instead: %s, test RMSE %.4f", params,
-                scores["rmse"])
-    section = {"engine": "numpy (fallback)", "fallback_reason": reason, "best_params": best, "params": params,
-               "model_params": params, "validation": validation, "tune_seconds": tune_seconds,
-               "fit_seconds": fit_seconds, "test_rmse": scores["rmse"], "test_mae": scores["mae"],
-               "test_nmae": nmae(scores["mae"], cfg.input.rating_range),
-               "test_rows_scored": scores["rows"], "train_ratings": int(ratings.size)}
+    log.warning(
+        "Spark ALS not allowed here; tuned NumPy ALS on the driver instead: %s, test RMSE %.4f", params, scores["rmse"]
+    )
+    section = {
+        "engine": "numpy (fallback)",
+        "fallback_reason": reason,
+        "best_params": best,
+        "params": params,
+        "model_params": params,
+        "validation": validation,
+        "tune_seconds": tune_seconds,
+        "fit_seconds": fit_seconds,
+        "test_rmse": scores["rmse"],
+        "test_mae": scores["mae"],
+        "test_nmae": nmae(scores["mae"], cfg.input.rating_range),
+        "test_rows_scored": scores["rows"],
+        "train_ratings": int(ratings.size),
+    }
     return section, model
 
 
@@ -96,7 +124,7 @@ def recommend_numpy(spark, model: NumpyALSModel, rated_df, top_n: int, rating_ra
         scores = model.user_factors[start:stop] @ model.joke_factors.T
         if model.biases is not None:  # fitted on the same ratings: the same user and joke positions
             scores += model.biases.mean + model.biases.user[start:stop, None] + model.biases.joke[None, :]
-        rows = order[bounds[start]:bounds[stop]]
+        rows = order[bounds[start] : bounds[stop]]
         scores[u[rows] - start, j[rows]] = -np.inf  # never recommend a rated joke
         top = np.argsort(-scores, axis=1, kind="stable")[:, :n]
         top_scores = np.take_along_axis(scores, top, axis=1)
@@ -107,8 +135,12 @@ def recommend_numpy(spark, model: NumpyALSModel, rated_df, top_n: int, rating_ra
         out_rank.append(ranks[keep])
         out_joke.append(model.joke_ids[top][keep])
         out_score.append(top_scores[keep])
-    table = pa.table({"user": np.concatenate(out_user).astype(np.int32),
-                      "rank": np.concatenate(out_rank).astype(np.int32),
-                      "joke": np.concatenate(out_joke).astype(np.int32),
-                      "score": _clip(np.concatenate(out_score).astype(np.float64), rating_range)})
+    table = pa.table(
+        {
+            "user": np.concatenate(out_user).astype(np.int32),
+            "rank": np.concatenate(out_rank).astype(np.int32),
+            "joke": np.concatenate(out_joke).astype(np.int32),
+            "score": _clip(np.concatenate(out_score).astype(np.float64), rating_range),
+        }
+    )
     return spark.createDataFrame(table)

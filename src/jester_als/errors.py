@@ -12,10 +12,14 @@ _CAUSES = (
     (r"Disk quota exceeded", "disk quota exceeded"),
     (r"Permission denied|AccessDeniedException", "permission denied"),
     (r"Read-only file system", "read-only file system"),
-    (r"ExecutorLostFailure|Executor heartbeat timed out|Lost executor", "a Spark executor was lost (its node or "
-                                                                       "process died; see the cluster's logs)"),
-    (r"java\.lang\.OutOfMemoryError", "the JVM ran out of memory (raise spark.driver.memory or the executors' "
-                                      "memory in spark.conf)"),
+    (
+        r"ExecutorLostFailure|Executor heartbeat timed out|Lost executor",
+        "a Spark executor was lost (its node or process died; see the cluster's logs)",
+    ),
+    (
+        r"java\.lang\.OutOfMemoryError",
+        "the JVM ran out of memory (raise spark.driver.memory or the executors' memory in spark.conf)",
+    ),
 )
 _PATH = r"(/[^\s:()'\"]+)"
 
@@ -38,18 +42,23 @@ def actionable_cause(exc: BaseException) -> str | None:
     text = "\n".join(texts)
     missing = re.search(r"No module named '([^']+)'", text)
     if missing:  # a Python worker of an executor: the nodes' Python lacks what the job imports there
-        return (f"the executors' Python has no module {missing.group(1)!r}: ship the job's environment to the "
-                f"nodes (make pack, then spark-submit --archives dist/jester_als_env.tar.gz#environment with "
-                f"spark.pyspark.python=./environment/bin/python; docs/running-everywhere.md)")
+        return (
+            f"the executors' Python has no module {missing.group(1)!r}: ship the job's environment to the "
+            f"nodes (make pack, then spark-submit --archives dist/jester_als_env.tar.gz#environment with "
+            f"spark.pyspark.python=./environment/bin/python; docs/running-everywhere.md)"
+        )
     for pattern, said in _CAUSES:
         match = re.search(pattern, text)
         if not match:
             continue
         if "executor" in said or "memory" in said:
             return said
-        line = text[text.rfind("\n", 0, match.start()) + 1:text.find("\n", match.end()) % (len(text) + 1)]
+        line = text[text.rfind("\n", 0, match.start()) + 1 : text.find("\n", match.end()) % (len(text) + 1)]
         # The file the error names, else the one Spark was writing (its task error names it as file:/...).
-        path = (re.search(_PATH + r"\s*\((?:" + pattern + r")\)", text) or re.search(_PATH, line)
-                or re.search(r"file:" + _PATH, text))
+        path = (
+            re.search(_PATH + r"\s*\((?:" + pattern + r")\)", text)
+            or re.search(_PATH, line)
+            or re.search(r"file:" + _PATH, text)
+        )
         return f"{said}: {path.group(1).rstrip('.')}" if path else said
     return None

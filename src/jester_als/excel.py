@@ -89,16 +89,22 @@ def read_sheets(path: str) -> tuple[list[str], list[list]]:
             raise ExcelInputError(f"xls file {file}: the first sheet has no rows")
         columns = max(len(row) for row in rows)
         if columns < 2:
-            raise ExcelInputError(f"xls file {file}: {columns} column(s); the Jester layout needs the count of rated "
-                                  f"jokes and at least one joke column")
+            raise ExcelInputError(
+                f"xls file {file}: {columns} column(s); the Jester layout needs the count of rated "
+                f"jokes and at least one joke column"
+            )
         first = rows[0]
         if first and not _is_number(first[0]) and sum(not _is_number(v) for v in first if v != "") > len(first) / 2:
-            raise ExcelInputError(f"xls file {file}: row 1 is text ({[v for v in first[:4]]!r} ...), a header; the "
-                                  f"original files have none (remove the row, or save the sheet as CSV and read it "
-                                  f"with format: csv, layout: wide)")
+            raise ExcelInputError(
+                f"xls file {file}: row 1 is text ({[v for v in first[:4]]!r} ...), a header; the "
+                f"original files have none (remove the row, or save the sheet as CSV and read it "
+                f"with format: csv, layout: wide)"
+            )
         if width is not None and columns != width:
-            raise ExcelInputError(f"xls file {file}: {columns - 1} joke columns where {files[0]} has {width - 1}; "
-                                  f"files read together must rate the same jokes")
+            raise ExcelInputError(
+                f"xls file {file}: {columns - 1} joke columns where {files[0]} has {width - 1}; "
+                f"files read together must rate the same jokes"
+            )
         width = columns
         all_rows += [(file, number, row) for number, row in enumerate(rows, start=1)]
     return files, [[file, number, *row, *[""] * (width - len(row))] for file, number, row in all_rows]
@@ -111,13 +117,17 @@ def read_excel_table(spark, path: str):
 
     files, rows = read_sheets(path)
     jokes = len(rows[0]) - 3  # file, row and the count column
-    columns = {USER: [str(user) for user in range(1, len(rows) + 1)],
-               FILE: [os.path.basename(row[0]) for row in rows], ROW: [row[1] for row in rows]}
+    columns = {
+        USER: [str(user) for user in range(1, len(rows) + 1)],
+        FILE: [os.path.basename(row[0]) for row in rows],
+        ROW: [row[1] for row in rows],
+    }
     names = [COUNT] + [str(joke) for joke in range(1, jokes + 1)]
     for position, name in enumerate(names, start=2):
         columns[name] = [_text(row[position]) for row in rows]
-    table = pa.table({name: pa.array(values, type=pa.int64() if name == ROW else pa.string())
-                      for name, values in columns.items()})
+    table = pa.table(
+        {name: pa.array(values, type=pa.int64() if name == ROW else pa.string()) for name, values in columns.items()}
+    )
     log.info("xls file %s: %d workbook(s), %d users, %d joke columns", path, len(files), len(rows), jokes)
     return spark.createDataFrame(table)
 

@@ -64,9 +64,14 @@ def load_params(path: str) -> dict | None:
 
 def from_numpy_model(model: NumpyALSModel, reg_param: float) -> FoldInModel:
     biases = model.biases
-    return FoldInModel(np.asarray(model.joke_ids), np.asarray(model.joke_factors, dtype=np.float64), reg_param,
-                       None if biases is None else biases.mean, None if biases is None else biases.joke,
-                       None if biases is None else biases.reg)
+    return FoldInModel(
+        np.asarray(model.joke_ids),
+        np.asarray(model.joke_factors, dtype=np.float64),
+        reg_param,
+        None if biases is None else biases.mean,
+        None if biases is None else biases.joke,
+        None if biases is None else biases.reg,
+    )
 
 
 def spark_factors(frame) -> tuple[np.ndarray, np.ndarray]:
@@ -106,8 +111,13 @@ def _matrix(model: FoldInModel, users: np.ndarray, jokes: np.ndarray, ratings: n
     users, jokes, ratings = users[order], jokes[order], ratings[order]
     user_ids, starts = np.unique(users, return_index=True)
     indptr = np.append(starts, users.size).astype(np.int64)
-    return RatingMatrix(indptr, np.searchsorted(model.joke_ids, jokes).astype(np.int32),
-                        np.asarray(ratings, dtype=np.float32), user_ids, model.joke_ids)
+    return RatingMatrix(
+        indptr,
+        np.searchsorted(model.joke_ids, jokes).astype(np.int32),
+        np.asarray(ratings, dtype=np.float32),
+        user_ids,
+        model.joke_ids,
+    )
 
 
 @dataclass
@@ -162,7 +172,7 @@ def top_n(model: FoldInModel, folded: FoldedUsers, n: int, rating_range=None, bl
         stop = min(start + block, len(folded.user_ids))
         predicted = scores(model, folded, start, stop)
         lo, hi = rated.indptr[start], rated.indptr[stop]
-        rows = np.repeat(np.arange(stop - start), np.diff(rated.indptr[start:stop + 1]))
+        rows = np.repeat(np.arange(stop - start), np.diff(rated.indptr[start : stop + 1]))
         predicted[rows, rated.jokes[lo:hi]] = -np.inf  # never a joke the user rated
         best = np.argsort(-predicted, axis=1, kind="stable")[:, :n]
         best_scores = np.take_along_axis(predicted, best, axis=1)
@@ -177,8 +187,10 @@ def top_n(model: FoldInModel, folded: FoldedUsers, n: int, rating_range=None, bl
     return out
 
 
-FOLDED_SCHEMA = ("user int, offset double, features array<double>, "
-                 "recommendations array<struct<rank: int, joke: int, score: double>>")
+FOLDED_SCHEMA = (
+    "user int, offset double, features array<double>, "
+    "recommendations array<struct<rank: int, joke: int, score: double>>"
+)
 
 
 @dataclass
@@ -196,8 +208,9 @@ class SparkFoldIn:
     def recommendations(self):
         from pyspark.sql import functions as F
 
-        return (self.folded.select("user", F.explode("recommendations").alias("r"))
-                .select("user", "r.rank", "r.joke", "r.score"))
+        return self.folded.select("user", F.explode("recommendations").alias("r")).select(
+            "user", "r.rank", "r.joke", "r.score"
+        )
 
     def release(self) -> None:
         from jester_als.session import try_unpersist
@@ -215,8 +228,9 @@ def fold_in_spark(model: FoldInModel, ratings, top: int, rating_range) -> SparkF
 
     from jester_als.session import try_persist
 
-    per_user = ratings.groupBy("user").agg(F.collect_list("joke").alias("jokes"),
-                                           F.collect_list("rating").alias("ratings"))
+    per_user = ratings.groupBy("user").agg(
+        F.collect_list("joke").alias("jokes"), F.collect_list("rating").alias("ratings")
+    )
 
     def folded(batches):
         for batch in batches:
@@ -230,16 +244,23 @@ def fold_in_spark(model: FoldInModel, ratings, top: int, rating_range) -> SparkF
             bounds = np.searchsorted(best["user"], result.user_ids)
             recommendations = pa.ListArray.from_arrays(
                 pa.array(np.append(bounds, len(best["user"])).astype(np.int32)),
-                pa.StructArray.from_arrays([pa.array(best["rank"].astype(np.int32)),
-                                            pa.array(best["joke"].astype(np.int32)),
-                                            pa.array(best["score"].astype(np.float64))],
-                                           names=["rank", "joke", "score"]))
-            features = pa.ListArray.from_arrays(pa.array(np.arange(0, n * rank + 1, rank, dtype=np.int32)),
-                                                pa.array(result.factors.reshape(-1)))
+                pa.StructArray.from_arrays(
+                    [
+                        pa.array(best["rank"].astype(np.int32)),
+                        pa.array(best["joke"].astype(np.int32)),
+                        pa.array(best["score"].astype(np.float64)),
+                    ],
+                    names=["rank", "joke", "score"],
+                ),
+            )
+            features = pa.ListArray.from_arrays(
+                pa.array(np.arange(0, n * rank + 1, rank, dtype=np.int32)), pa.array(result.factors.reshape(-1))
+            )
             offsets = pa.array(result.offsets if result.offsets is not None else [None] * n, pa.float64())
-            yield pa.RecordBatch.from_arrays([pa.array(result.user_ids.astype(np.int32)), offsets, features,
-                                              recommendations],
-                                             names=["user", "offset", "features", "recommendations"])
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(result.user_ids.astype(np.int32)), offsets, features, recommendations],
+                names=["user", "offset", "features", "recommendations"],
+            )
 
     kept = try_persist(per_user.mapInArrow(folded, FOLDED_SCHEMA), "the folded-in users")
     return SparkFoldIn(kept)

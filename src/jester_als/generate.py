@@ -105,7 +105,7 @@ class GeneratorParams:
     @property
     def latent_std(self) -> float:
         """Standard deviation of the latent before it is mapped onto the ratings' distribution."""
-        return float(np.sqrt(self.user_bias ** 2 + self.joke_bias ** 2 + self.factor_scale ** 2 + self.noise ** 2))
+        return float(np.sqrt(self.user_bias**2 + self.joke_bias**2 + self.factor_scale**2 + self.noise**2))
 
 
 @dataclass
@@ -149,7 +149,7 @@ def factor_stds(p: GeneratorParams) -> np.ndarray:
     if p.factor_scale <= 0:
         return np.zeros(p.rank)
     shares = p.spectrum_decay ** np.arange(p.rank, dtype=np.float64)
-    return (p.factor_scale ** 2 * shares / shares.sum()) ** 0.25
+    return (p.factor_scale**2 * shares / shares.sum()) ** 0.25
 
 
 def universal_jokes(p: GeneratorParams, rng: np.random.Generator) -> np.ndarray:
@@ -246,9 +246,16 @@ def wide_chunk_tasks(p: GeneratorParams) -> Iterator[Callable[[], WideChunk]]:
         yield partial(_wide_chunk, p, model, log_weights, start, rng, user_factors, user_effects, counts)
 
 
-def _wide_chunk(p: GeneratorParams, model: PlantedModel, log_weights: np.ndarray, start: int,
-                rng: np.random.Generator, user_factors: np.ndarray, user_effects: np.ndarray,
-                counts: np.ndarray) -> WideChunk:
+def _wide_chunk(
+    p: GeneratorParams,
+    model: PlantedModel,
+    log_weights: np.ndarray,
+    start: int,
+    rng: np.random.Generator,
+    user_factors: np.ndarray,
+    user_effects: np.ndarray,
+    counts: np.ndarray,
+) -> WideChunk:
     n = counts.size
     # Weighted sampling without replacement (Efraimidis-Spirakis): the k largest of log(u) / w.
     # Gauge jokes go first unless the user happened to skip one.
@@ -261,8 +268,7 @@ def _wide_chunk(p: GeneratorParams, model: PlantedModel, log_weights: np.ndarray
     rows = np.broadcast_to(np.arange(n)[:, None], order.shape)
     rated[rows[take], order[take]] = True
 
-    signal = (p.mean + user_effects[:, None] + model.joke_effects[None, :]
-              + user_factors @ model.joke_factors.T)
+    signal = p.mean + user_effects[:, None] + model.joke_effects[None, :] + user_factors @ model.joke_factors.T
     values = _observed(signal, rng, p)
     values[~rated] = np.nan
     return WideChunk(start + 1, values, user_factors, user_effects)
@@ -294,9 +300,17 @@ def _long_tasks(p: GeneratorParams) -> Iterator[Callable[[], tuple[np.ndarray, n
         yield partial(_long_chunk, p, model, cumulative, gauge, start, rng, user_factors, user_effects, counts)
 
 
-def _long_chunk(p: GeneratorParams, model: PlantedModel, cumulative: np.ndarray, gauge: np.ndarray, start: int,
-                rng: np.random.Generator, user_factors: np.ndarray, user_effects: np.ndarray,
-                counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _long_chunk(
+    p: GeneratorParams,
+    model: PlantedModel,
+    cumulative: np.ndarray,
+    gauge: np.ndarray,
+    start: int,
+    rng: np.random.Generator,
+    user_factors: np.ndarray,
+    user_effects: np.ndarray,
+    counts: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n = counts.size
     owners = np.repeat(np.arange(n, dtype=np.int64), counts)
     drawn = np.minimum(np.searchsorted(cumulative, rng.random(owners.size), side="right"), p.jokes - 1)
@@ -305,8 +319,12 @@ def _long_chunk(p: GeneratorParams, model: PlantedModel, cumulative: np.ndarray,
     kept = rng.random(gauge_owners.size) >= GAUGE_MISS_PROBABILITY
     cells = np.unique(np.concatenate([owners * p.jokes + drawn, (gauge_owners * p.jokes + gauge_jokes)[kept]]))
     users, jokes = cells // p.jokes, cells % p.jokes
-    signal = (p.mean + user_effects[users] + model.joke_effects[jokes]
-              + np.einsum("ij,ij->i", user_factors[users], model.joke_factors[jokes]))
+    signal = (
+        p.mean
+        + user_effects[users]
+        + model.joke_effects[jokes]
+        + np.einsum("ij,ij->i", user_factors[users], model.joke_factors[jokes])
+    )
     return users + start + 1, jokes + 1, _observed(signal, rng, p)
 
 
@@ -351,8 +369,9 @@ def write_wide_csv(p: GeneratorParams, path: str) -> dict:
             fh.write(",".join(["User", "Number of Jokes Rated"] + [str(j) for j in range(1, p.jokes + 1)]) + "\n")
             for chunk in generate_chunks(p):
                 known = ~np.isnan(chunk.ratings)
-                index = np.where(known, np.round(np.nan_to_num(chunk.ratings) * 100).astype(np.int64) + 1000,
-                                 len(cells) - 1)
+                index = np.where(
+                    known, np.round(np.nan_to_num(chunk.ratings) * 100).astype(np.int64) + 1000, len(cells) - 1
+                )
                 strings = cells[index]
                 counts = chunk.counts
                 lines = [f"{u},{c}," + ",".join(row) for u, c, row in zip(chunk.user_ids, counts, strings)]
@@ -372,7 +391,7 @@ def write_wide_csv(p: GeneratorParams, path: str) -> dict:
         "ratings_per_user": n_ratings / p.users,
         "min_ratings_per_user": min_count,
         "mean": mean,
-        "std": (total_sq / n_ratings - mean ** 2) ** 0.5,
+        "std": (total_sq / n_ratings - mean**2) ** 0.5,
         "zero_share": zeros / n_ratings,
         "seed": p.seed,
     }
@@ -394,7 +413,7 @@ def table_statistics(ratings: np.ndarray) -> dict:
         centred = full - full.mean(axis=1, keepdims=True)
         centred -= centred.mean(axis=0, keepdims=True)
         singular = np.linalg.svd(centred, compute_uv=False)
-        energy = (singular[:10] ** 2 / np.sum(singular ** 2)).tolist()
+        energy = (singular[:10] ** 2 / np.sum(singular**2)).tolist()
     return {
         "ratings_per_user_mean": float(counts.mean()),
         "ratings_per_user_min": int(counts.min()),
@@ -416,8 +435,10 @@ def generate_job(cfg: JesterConfig) -> str:
     started = time.perf_counter()
     params = GeneratorParams.from_config(cfg.generate)
     # the command's own logger, as for every job's first line
-    logging.getLogger("jester_als").info("generate: %d users x %d jokes (seed %d) into %s", params.users,
-                                         params.jokes, params.seed, cfg.generate.path)
+    logging.getLogger("jester_als").info(
+        "generate: %d users x %d jokes (seed %d) into %s", params.users, params.jokes, params.seed, cfg.generate.path
+    )
     stats = write_wide_csv(params, cfg.generate.path)
-    return (f"jester-als generate: wrote {stats['path']} in {time.perf_counter() - started:.1f} s\n  "
-            + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()}))
+    return f"jester-als generate: wrote {stats['path']} in {time.perf_counter() - started:.1f} s\n  " + json.dumps(
+        {k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()}
+    )

@@ -46,7 +46,7 @@ def xxhash64_ints(*columns: np.ndarray, seed: int = SPARK_HASH_SEED) -> np.ndarr
     h = np.full(size, np.uint64(seed % 2**64), dtype=np.uint64)
     for column in columns:
         column = np.broadcast_to(np.asarray(column), size)
-        if column.size and (column.min() < -2**31 or column.max() >= 2**31):
+        if column.size and (column.min() < -(2**31) or column.max() >= 2**31):
             raise ValueError("xxhash64_ints hashes 32-bit ids; Spark hashes wider ids as longs")
         h = _hash_int(column, h)
     return h.view(np.int64)

@@ -52,14 +52,17 @@ from jester_als.tune import (
 
 log = logging.getLogger(__name__)
 
+
 def read_prepared_ratings(spark: SparkSession, out: RunOutputs) -> DataFrame:
     path = out.final_path("ratings")
     try:
         ratings = spark.read.parquet(path)
         _ = ratings.columns  # resolve now so a missing path fails here, with its name
     except Exception as exc:
-        raise InputError(f"prepared ratings {path}: cannot be read ({str(exc).splitlines()[0]}); "
-                         f"run the prepare job with the same output.dir first") from None
+        raise InputError(
+            f"prepared ratings {path}: cannot be read ({str(exc).splitlines()[0]}); "
+            f"run the prepare job with the same output.dir first"
+        ) from None
     return ratings
 
 
@@ -72,8 +75,11 @@ def run_prepare(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> tupl
     # after prepare on a warm session: prepare's time is held against the second.
     first_scan = timed_scan(spark, cfg.input, scan_path) if cfg.input.reference_scan else None
     started = time.perf_counter()
-    one = prepare_in_one_pass(spark, cfg.input, out.path("ratings"), out.path("rejected")) \
-        if onepass_eligible(cfg.input) else None
+    one = (
+        prepare_in_one_pass(spark, cfg.input, out.path("ratings"), out.path("rejected"))
+        if onepass_eligible(cfg.input)
+        else None
+    )
     checked = time.perf_counter()
     if one is None:
         prepared = prepare_ratings(spark, cfg.input)
@@ -83,25 +89,42 @@ def run_prepare(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> tupl
         prepared = one
     written = time.perf_counter()
     # In one pass, reading, counting and writing (the refused cells too) all fall in read_and_count.
-    timing = {"read_and_count": round(checked - started, 2), "write": round(written - checked, 2),
-              "prepare": round(written - started, 2)}
+    timing = {
+        "read_and_count": round(checked - started, 2),
+        "write": round(written - checked, 2),
+        "prepare": round(written - started, 2),
+    }
     scan = timed_scan(spark, cfg.input, scan_path) if first_scan is not None else None
     shutil.rmtree(scan_path, ignore_errors=True)
     if scan is not None:
-        timing.update(reference_scan_first=round(first_scan, 2), reference_scan=round(scan, 2),
-                      ratio=round((written - started) / scan, 2))
-        parts = ("in one pass" if one is not None else
-                 f"read, classify and count {checked - started:.1f} s, write {written - checked:.1f} s")
-        log.info("prepare took %.1f s (%s); a plain read-melt-write of the same input took %.1f s before it (the "
-                 "session's first job) and %.1f s after it: prepare %.1fx the second", written - started, parts,
-                 first_scan, scan, (written - started) / scan)
+        timing.update(
+            reference_scan_first=round(first_scan, 2),
+            reference_scan=round(scan, 2),
+            ratio=round((written - started) / scan, 2),
+        )
+        parts = (
+            "in one pass"
+            if one is not None
+            else f"read, classify and count {checked - started:.1f} s, write {written - checked:.1f} s"
+        )
+        log.info(
+            "prepare took %.1f s (%s); a plain read-melt-write of the same input took %.1f s before it (the "
+            "session's first job) and %.1f s after it: prepare %.1fx the second",
+            written - started,
+            parts,
+            first_scan,
+            scan,
+            (written - started) / scan,
+        )
     user_ids = spark.read.parquet(out.path("user_ids")) if prepared.user_ids is not None else None
     counts = prepared.counts
     row = counts["ratings"]
     ratings = spark.read.parquet(out.path("ratings"))
     if not row["ratings"]:
-        raise InputError(f"{prepared.source}: no valid ratings among {counts['cells']:,} cells "
-                         f"(missing {counts['missing']}, rejected {counts['rejected']})")
+        raise InputError(
+            f"{prepared.source}: no valid ratings among {counts['cells']:,} cells "
+            f"(missing {counts['missing']}, rejected {counts['rejected']})"
+        )
     data = {
         "source": prepared.source,
         "input": prepared.fingerprint,
@@ -109,18 +132,37 @@ def run_prepare(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> tupl
         "user_ids_reindexed": user_ids is not None,
         "one_pass": one is not None,
         "jokes_without_ratings": counts["jokes_without_ratings"],
-        "rows_without_ratings": (prepared.fingerprint["rows"] - row["users"]
-                                 if counts["rows_without_ratings"] is None else counts["rows_without_ratings"]),
-        "users": row["users"], "items": row["items"], "ratings": row["ratings"],
-        "rating_mean": row["mean"], "rating_std": row["std"],
-        "rejected": counts["rejected_total"], "missing": counts["missing_total"],
-        "cells": {"read": counts["cells"], "accepted": counts["accepted"],
-                  "missing": counts["missing"], "rejected": counts["rejected"]},
+        "rows_without_ratings": (
+            prepared.fingerprint["rows"] - row["users"]
+            if counts["rows_without_ratings"] is None
+            else counts["rows_without_ratings"]
+        ),
+        "users": row["users"],
+        "items": row["items"],
+        "ratings": row["ratings"],
+        "rating_mean": row["mean"],
+        "rating_std": row["std"],
+        "rejected": counts["rejected_total"],
+        "missing": counts["missing_total"],
+        "cells": {
+            "read": counts["cells"],
+            "accepted": counts["accepted"],
+            "missing": counts["missing"],
+            "rejected": counts["rejected"],
+        },
         "timing_seconds": timing,
     }
-    log.info("%s: %d cells -> %d ratings by %d users of %d jokes; %d missing, %d rejected %s",
-             prepared.source, counts["cells"], row["ratings"], row["users"], row["items"],
-             counts["missing_total"], counts["rejected_total"], counts["rejected"] or "")
+    log.info(
+        "%s: %d cells -> %d ratings by %d users of %d jokes; %d missing, %d rejected %s",
+        prepared.source,
+        counts["cells"],
+        row["ratings"],
+        row["users"],
+        row["items"],
+        counts["missing_total"],
+        counts["rejected_total"],
+        counts["rejected"] or "",
+    )
     return {"data": data}, ratings, user_ids
 
 
@@ -152,8 +194,9 @@ def timed_scan(spark: SparkSession, inp: InputConfig, path: str) -> float | None
         return None
 
 
-def run_tune(spark: SparkSession, cfg: JesterConfig, out: RunOutputs,
-             ratings: DataFrame | None = None) -> tuple[dict, ALSModel, DataFrame]:
+def run_tune(
+    spark: SparkSession, cfg: JesterConfig, out: RunOutputs, ratings: DataFrame | None = None
+) -> tuple[dict, ALSModel, DataFrame]:
     """Split, tune over the grid, refit the best params on all training ratings, evaluate on test,
     save ``model/``. Returns the sections, the model, and all ratings (for recommendations)."""
     if ratings is None:
@@ -164,13 +207,18 @@ def run_tune(spark: SparkSession, cfg: JesterConfig, out: RunOutputs,
     try:
         train_count, test_count = train.count(), test.count()
         if train_count == 0 or test_count == 0:
-            raise InputError(f"the split left {train_count} training and {test_count} test ratings; "
-                             f"need both (check split.test_fraction and the input size)")
+            raise InputError(
+                f"the split left {train_count} training and {test_count} test ratings; "
+                f"need both (check split.test_fraction and the input size)"
+            )
         blocks = als_blocks(spark, cfg.als.blocks)
         try:
-            als = make_als(seed=cfg.als.seed, blocks=blocks,
-                           checkpoint_interval=cfg.als.checkpoint_interval,
-                           nonnegative=cfg.als.nonnegative)
+            als = make_als(
+                seed=cfg.als.seed,
+                blocks=blocks,
+                checkpoint_interval=cfg.als.checkpoint_interval,
+                nonnegative=cfg.als.nonnegative,
+            )
         except Exception as exc:
             if not is_not_allowed(exc):
                 raise
@@ -180,35 +228,62 @@ def run_tune(spark: SparkSession, cfg: JesterConfig, out: RunOutputs,
             section, numpy_model = tune_numpy(train, test, cfg, reason)
             numpy_model.save(out.path("model"))
             save_params(out.path("model"), section["params"], cfg.als.bias_reg)
-            return ({"data": {"train_ratings": train_count, "test_ratings": test_count},
-                     "als_engine": "numpy (fallback: Spark ALS not allowed here)", "numpy_als": section},
-                    numpy_model, ratings)
+            return (
+                {
+                    "data": {"train_ratings": train_count, "test_ratings": test_count},
+                    "als_engine": "numpy (fallback: Spark ALS not allowed here)",
+                    "numpy_als": section,
+                },
+                numpy_model,
+                ratings,
+            )
         tuning = cfg.tune
         # The points of a wave share the cores: with blocks: auto each gets its share of them (at least one
         # block); the final fit has them all.
         tune_blocks = max(1, blocks // tuning.parallelism) if cfg.als.blocks == "auto" else blocks
-        log.info("tuning ALS on %d training ratings (%d held out), %d grid points at a time with %d user and item "
-                 "blocks each; the final fit with %d", train_count, test_count, tuning.parallelism, tune_blocks,
-                 blocks)
+        log.info(
+            "tuning ALS on %d training ratings (%d held out), %d grid points at a time with %d user and item "
+            "blocks each; the final fit with %d",
+            train_count,
+            test_count,
+            tuning.parallelism,
+            tune_blocks,
+            blocks,
+        )
         bias_reg = cfg.als.bias_reg
         reg_factor = reg_param_factor(cfg.input.rating_range, tuning.scale_reg_param)
         grid = scaled_grid(tuning.grid.as_dict(), reg_factor)
         if reg_factor != 1.0 and "regParam" in grid:
-            log.info("regParam values %s scaled by %.3g to the rating range %s: %s", tuning.grid.regParam,
-                     reg_factor, cfg.input.rating_range, grid["regParam"])
+            log.info(
+                "regParam values %s scaled by %.3g to the rating range %s: %s",
+                tuning.grid.regParam,
+                reg_factor,
+                cfg.input.rating_range,
+                grid["regParam"],
+            )
         tune_estimator = als.copy({als.numUserBlocks: tune_blocks, als.numItemBlocks: tune_blocks})
-        result = tune_als(train, tune_estimator, grid, train_ratio=tuning.train_ratio,
-                          parallelism=tuning.parallelism, seed=tuning.seed, biases=cfg.als.biases,
-                          bias_reg=bias_reg)
+        result = tune_als(
+            train,
+            tune_estimator,
+            grid,
+            train_ratio=tuning.train_ratio,
+            parallelism=tuning.parallelism,
+            seed=tuning.seed,
+            biases=cfg.als.biases,
+            bias_reg=bias_reg,
+        )
         params = dict(result.best_params)
         if tuning.refit_max_iter:
             params["maxIter"] = tuning.refit_max_iter
         model, fit_seconds = fit_als(train, als, params, bias_reg=bias_reg)
         predictions = held_out_predictions(model, test)
-        evaluation = evaluate_predictions(predictions, k=cfg.evaluate.k,
-                                          threshold=cfg.evaluate.relevance_threshold,
-                                          rating_range=cfg.input.rating_range,
-                                          references=(train, split.seed))
+        evaluation = evaluate_predictions(
+            predictions,
+            k=cfg.evaluate.k,
+            threshold=cfg.evaluate.relevance_threshold,
+            rating_range=cfg.input.rating_range,
+            references=(train, split.seed),
+        )
         references = evaluation.pop("references")
         save_model(model, out.path("model"))
         save_params(out.path("model"), params, bias_reg)
@@ -232,17 +307,34 @@ def run_tune(spark: SparkSession, cfg: JesterConfig, out: RunOutputs,
         "tune_blocks": tune_blocks,
         **evaluation,
     }
-    log.info("final model %s: test RMSE %.4f, MAE %.4f (fit %.1f s, tuning %.1f s)", params,
-             evaluation["test_rmse"], evaluation["test_mae"], fit_seconds, result.tune_seconds)
-    sections = {"data": {"train_ratings": train_count, "test_ratings": test_count,
-                         "split": {"test_fraction": split.test_fraction, "seed": split.seed,
-                                   "method": "xxhash64(user, joke, seed)"}},
-                "spark_als": spark_als, "references": references}
+    log.info(
+        "final model %s: test RMSE %.4f, MAE %.4f (fit %.1f s, tuning %.1f s)",
+        params,
+        evaluation["test_rmse"],
+        evaluation["test_mae"],
+        fit_seconds,
+        result.tune_seconds,
+    )
+    sections = {
+        "data": {
+            "train_ratings": train_count,
+            "test_ratings": test_count,
+            "split": {"test_fraction": split.test_fraction, "seed": split.seed, "method": "xxhash64(user, joke, seed)"},
+        },
+        "spark_als": spark_als,
+        "references": references,
+    }
     return sections, model, ratings
 
 
-def run_recommend(spark: SparkSession, cfg: JesterConfig, out: RunOutputs, model=None,
-                  ratings: DataFrame | None = None, user_ids: DataFrame | None = None) -> dict:
+def run_recommend(
+    spark: SparkSession,
+    cfg: JesterConfig,
+    out: RunOutputs,
+    model=None,
+    ratings: DataFrame | None = None,
+    user_ids: DataFrame | None = None,
+) -> dict:
     """Top-N unrated jokes per user; users carry their original ids when prepare re-indexed them."""
     if model is None:
         model = load_model(out, spark)
@@ -256,20 +348,35 @@ def run_recommend(spark: SparkSession, cfg: JesterConfig, out: RunOutputs, model
     else:
         recommendations = recommend_unrated(model, ratings, top_n, cfg.input.rating_range)
     if user_ids is not None:
-        recommendations = (recommendations.join(user_ids, on="user", how="inner")
-                           .select(F.col("original_user").alias("user"), "rank", "joke", "score"))
+        recommendations = recommendations.join(user_ids, on="user", how="inner").select(
+            F.col("original_user").alias("user"), "rank", "joke", "score"
+        )
     recommendations.write.mode("overwrite").parquet(out.path("recommendations"))
     written = spark.read.parquet(out.path("recommendations"))
-    row = written.agg(F.countDistinct("user").alias("users"), F.count(F.lit(1)).alias("rows"),
-                      F.countDistinct("joke").alias("jokes")).first()
+    row = written.agg(
+        F.countDistinct("user").alias("users"), F.count(F.lit(1)).alias("rows"), F.countDistinct("joke").alias("jokes")
+    ).first()
     known = ratings.agg(F.countDistinct("user").alias("users"), F.countDistinct("joke").alias("jokes")).first()
     coverage = row["jokes"] / known["jokes"] if known["jokes"] else None
-    log.info("recommendations: top %d for %d users (%d users have no unrated joke left); %d of %d jokes "
-             "recommended to someone", top_n, row["users"], known["users"] - row["users"], row["jokes"],
-             known["jokes"])
-    return {"recommendations": {"top_n": top_n, "users": row["users"], "rows": row["rows"],
-                                "users_without": known["users"] - row["users"], "jokes_recommended": row["jokes"],
-                                "catalogue_coverage": coverage}}
+    log.info(
+        "recommendations: top %d for %d users (%d users have no unrated joke left); %d of %d jokes "
+        "recommended to someone",
+        top_n,
+        row["users"],
+        known["users"] - row["users"],
+        row["jokes"],
+        known["jokes"],
+    )
+    return {
+        "recommendations": {
+            "top_n": top_n,
+            "users": row["users"],
+            "rows": row["rows"],
+            "users_without": known["users"] - row["users"],
+            "jokes_recommended": row["jokes"],
+            "catalogue_coverage": coverage,
+        }
+    }
 
 
 def load_model(out: RunOutputs, spark: SparkSession | None = None):
@@ -288,20 +395,37 @@ def run_new_users(spark: SparkSession, cfg: JesterConfig, ratings: DataFrame, sp
     base = cfg.baseline
     sample = sample_users(ratings, max_users=base.max_users, fraction=base.fraction, seed=base.seed)
     users, jokes, values = collect_ratings(ratings.join(sample, "user", "left_semi"))
-    test = is_test(users.astype(np.int32), jokes.astype(np.int32), test_fraction=cfg.split.test_fraction,
-                   seed=cfg.split.seed)
+    test = is_test(
+        users.astype(np.int32), jokes.astype(np.int32), test_fraction=cfg.split.test_fraction, seed=cfg.split.seed
+    )
     params = spark_als["model_params"]
-    section = evaluate_new_users(users, jokes, values, test, params=params, bias_reg=cfg.als.bias_reg,
-                                 new_users=cfg.new_users, k=cfg.evaluate.k,
-                                 threshold=cfg.evaluate.relevance_threshold,
-                                 rating_range=cfg.input.rating_range, seed=cfg.als.seed)
+    section = evaluate_new_users(
+        users,
+        jokes,
+        values,
+        test,
+        params=params,
+        bias_reg=cfg.als.bias_reg,
+        new_users=cfg.new_users,
+        k=cfg.evaluate.k,
+        threshold=cfg.evaluate.relevance_threshold,
+        rating_range=cfg.input.rating_range,
+        seed=cfg.als.seed,
+    )
     gauge_scores, serve = section["gauge"], section["serve_seconds"]
-    log.info("new users (%d held out whole): gauge jokes revealed -> fold-in RMSE %.4f, NDCG@%d %.4f | popularity "
-             "%.4f, %.4f | full refit %.4f, %.4f; fold-in of 10,000 users %s s", section["users"],
-             gauge_scores["model"]["rmse"], section["k"], gauge_scores["model"]["ndcg_at_k"] or 0,
-             gauge_scores["popularity"]["rmse"], gauge_scores["popularity"]["ndcg_at_k"] or 0,
-             gauge_scores["refit"]["rmse"], gauge_scores["refit"]["ndcg_at_k"] or 0,
-             f"{serve['10000']:.3f}" if "10000" in serve else "n/a")
+    log.info(
+        "new users (%d held out whole): gauge jokes revealed -> fold-in RMSE %.4f, NDCG@%d %.4f | popularity "
+        "%.4f, %.4f | full refit %.4f, %.4f; fold-in of 10,000 users %s s",
+        section["users"],
+        gauge_scores["model"]["rmse"],
+        section["k"],
+        gauge_scores["model"]["ndcg_at_k"] or 0,
+        gauge_scores["popularity"]["rmse"],
+        gauge_scores["popularity"]["ndcg_at_k"] or 0,
+        gauge_scores["refit"]["rmse"],
+        gauge_scores["refit"]["ndcg_at_k"] or 0,
+        f"{serve['10000']:.3f}" if "10000" in serve else "n/a",
+    )
     return {"new_users": section}
 
 
@@ -310,8 +434,10 @@ def foldable_model(spark: SparkSession, out: RunOutputs, cfg: JesterConfig):
     model = load_model(out, spark)
     params = load_params(out.final_path("model")) or (out.read_metrics().get("spark_als") or {}).get("model_params")
     if not params or "regParam" not in params:
-        raise InputError(f"model {out.final_path('model')}: its regParam is unknown (no {PARAMS_FILE} beside it and "
-                         f"no spark_als.model_params in metrics.json); run tune again with this version")
+        raise InputError(
+            f"model {out.final_path('model')}: its regParam is unknown (no {PARAMS_FILE} beside it and "
+            f"no spark_als.model_params in metrics.json); run tune again with this version"
+        )
     if isinstance(model, NumpyALSModel):
         return model, from_numpy_model(model, float(params["regParam"]))
     return model, from_spark_model(model, float(params["regParam"]))
@@ -321,12 +447,20 @@ def new_users_input(cfg: JesterConfig) -> dict:
     """``input`` with the new users' path, and their format and layout where given."""
     new = cfg.new_users
     if not new.path:
-        raise InputError("foldin: new_users.path is not set; give the new users' ratings, e.g. --set "
-                         "new_users.path=new_users.csv (any layout prepare reads)")
+        raise InputError(
+            "foldin: new_users.path is not set; give the new users' ratings, e.g. --set "
+            "new_users.path=new_users.csv (any layout prepare reads)"
+        )
     fmt = new.format or cfg.input.format
-    return cfg.input.model_copy(update={"path": new.path, "format": fmt, "layout": new.layout or cfg.input.layout,
-                                        "table": new.path if fmt == "table" else cfg.input.table,
-                                        "reference_scan": False})
+    return cfg.input.model_copy(
+        update={
+            "path": new.path,
+            "format": fmt,
+            "layout": new.layout or cfg.input.layout,
+            "table": new.path if fmt == "table" else cfg.input.table,
+            "reference_scan": False,
+        }
+    )
 
 
 def run_foldin(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> dict:
@@ -342,16 +476,21 @@ def run_foldin(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> dict:
     try:
         known_jokes = spark.createDataFrame([(int(j),) for j in foldable.joke_ids], "joke int")
         ratings = prepared.ratings.join(F.broadcast(known_jokes), "joke", "left_semi").select("user", "joke", "rating")
-        unknown = (prepared.ratings.join(F.broadcast(known_jokes), "joke", "left_anti")
-                   .select(F.col("user").cast("string").alias("user"), F.col("joke").cast("string").alias("joke"),
-                           F.col("rating").cast("string").alias("value"), F.lit("unknown_joke").alias("reason"),
-                           F.lit("the model has no factors for this joke").alias("detail")))
+        unknown = prepared.ratings.join(F.broadcast(known_jokes), "joke", "left_anti").select(
+            F.col("user").cast("string").alias("user"),
+            F.col("joke").cast("string").alias("joke"),
+            F.col("rating").cast("string").alias("value"),
+            F.lit("unknown_joke").alias("reason"),
+            F.lit("the model has no factors for this joke").alias("detail"),
+        )
         ratings = try_persist(ratings, "the new users' ratings")
         summary = ratings.agg(F.count(F.lit(1)).alias("ratings"), F.countDistinct("user").alias("users")).first()
         if not summary["ratings"]:
-            raise InputError(f"{prepared.source}: no rating of a joke the model knows among "
-                             f"{prepared.counts['cells']:,} cells (missing {prepared.counts['missing']}, rejected "
-                             f"{prepared.counts['rejected']})")
+            raise InputError(
+                f"{prepared.source}: no rating of a joke the model knows among "
+                f"{prepared.counts['cells']:,} cells (missing {prepared.counts['missing']}, rejected "
+                f"{prepared.counts['rejected']})"
+            )
         engine = cfg.new_users.engine
         if engine == "auto":
             engine = "numpy" if isinstance(model, NumpyALSModel) else "spark"
@@ -368,10 +507,10 @@ def run_foldin(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> dict:
             factors, recommendations = on_spark.factors, on_spark.recommendations
         if prepared.user_ids is not None:
             originals = prepared.user_ids.select("original_user", "user")
-            recommendations = (recommendations.join(originals, "user")
-                               .select(F.col("original_user").alias("user"), "rank", "joke", "score"))
-            factors = factors.join(originals, "user").select(F.col("original_user").alias("user"), "offset",
-                                                              "features")
+            recommendations = recommendations.join(originals, "user").select(
+                F.col("original_user").alias("user"), "rank", "joke", "score"
+            )
+            factors = factors.join(originals, "user").select(F.col("original_user").alias("user"), "offset", "features")
         recommendations.write.mode("overwrite").parquet(out.path("new_user_recommendations"))
         factors.write.mode("overwrite").parquet(out.path("new_user_factors"))
         prepared.rejected.unionByName(unknown).write.mode("overwrite").parquet(out.path("new_user_rejected"))
@@ -383,15 +522,36 @@ def run_foldin(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> dict:
             on_spark.release()
         if ratings is not None:
             try_unpersist(ratings)
-    written = spark.read.parquet(out.path("new_user_recommendations")).agg(
-        F.countDistinct("user").alias("users"), F.count(F.lit(1)).alias("rows")).first()
-    section = {"source": prepared.source, "engine": engine, "users": summary["users"], "ratings": summary["ratings"],
-               "known_users": known_users, **_foldin_cells(prepared, summary["users"], unknown_count),
-               "recommended_users": written["users"], "recommendation_rows": written["rows"], "top_n": top,
-               "reg_param": foldable.reg_param, "biased": foldable.biased, "seconds": time.perf_counter() - started}
-    log.info("foldin: %d new users (%d ratings; %d already in the model, folded in anew; %d without a rating of a "
-             "known joke) -> top %d for %d users; refused cells %s", summary["users"], summary["ratings"], known_users,
-             section["users_without_ratings"], top, written["users"], section["cells"]["rejected"] or "none")
+    written = (
+        spark.read.parquet(out.path("new_user_recommendations"))
+        .agg(F.countDistinct("user").alias("users"), F.count(F.lit(1)).alias("rows"))
+        .first()
+    )
+    section = {
+        "source": prepared.source,
+        "engine": engine,
+        "users": summary["users"],
+        "ratings": summary["ratings"],
+        "known_users": known_users,
+        **_foldin_cells(prepared, summary["users"], unknown_count),
+        "recommended_users": written["users"],
+        "recommendation_rows": written["rows"],
+        "top_n": top,
+        "reg_param": foldable.reg_param,
+        "biased": foldable.biased,
+        "seconds": time.perf_counter() - started,
+    }
+    log.info(
+        "foldin: %d new users (%d ratings; %d already in the model, folded in anew; %d without a rating of a "
+        "known joke) -> top %d for %d users; refused cells %s",
+        summary["users"],
+        summary["ratings"],
+        known_users,
+        section["users_without_ratings"],
+        top,
+        written["users"],
+        section["cells"]["rejected"] or "none",
+    )
     return {"foldin": section}
 
 
@@ -402,11 +562,20 @@ def _foldin_cells(prepared, users: int, unknown_count: int) -> dict:
     rejected = counts["rejected"].copy()
     if unknown_count:
         rejected["unknown_joke"] = unknown_count
-    rows_without = (prepared.fingerprint["rows"] - users if counts["rows_without_ratings"] is None
-                    else counts["rows_without_ratings"])
-    return {"users_without_ratings": rows_without,
-            "cells": {"read": counts["cells"], "accepted": counts["accepted"] - unknown_count,
-                      "missing": counts["missing"], "rejected": rejected}}
+    rows_without = (
+        prepared.fingerprint["rows"] - users
+        if counts["rows_without_ratings"] is None
+        else counts["rows_without_ratings"]
+    )
+    return {
+        "users_without_ratings": rows_without,
+        "cells": {
+            "read": counts["cells"],
+            "accepted": counts["accepted"] - unknown_count,
+            "missing": counts["missing"],
+            "rejected": rejected,
+        },
+    }
 
 
 def known_user_count(model, ratings: DataFrame) -> int:
@@ -422,19 +591,36 @@ def folded_table(folded):
     import pyarrow as pa
 
     offsets = folded.offsets if folded.offsets is not None else [None] * len(folded.user_ids)
-    return pa.table({"user": pa.array(folded.user_ids.astype(np.int32)), "offset": pa.array(offsets, pa.float64()),
-                     "features": pa.array(list(folded.factors), pa.list_(pa.float64()))})
+    return pa.table(
+        {
+            "user": pa.array(folded.user_ids.astype(np.int32)),
+            "offset": pa.array(offsets, pa.float64()),
+            "features": pa.array(list(folded.factors), pa.list_(pa.float64())),
+        }
+    )
 
 
 def recommendation_table(best: dict):
     import pyarrow as pa
 
-    return pa.table({"user": best["user"].astype(np.int32), "rank": best["rank"].astype(np.int32),
-                     "joke": best["joke"].astype(np.int32), "score": best["score"].astype(np.float64)})
+    return pa.table(
+        {
+            "user": best["user"].astype(np.int32),
+            "rank": best["rank"].astype(np.int32),
+            "joke": best["joke"].astype(np.int32),
+            "score": best["score"].astype(np.float64),
+        }
+    )
 
 
-def run_baseline(spark: SparkSession, cfg: JesterConfig, out: RunOutputs, model: ALSModel | None = None,
-                 ratings: DataFrame | None = None, spark_params: dict | None = None) -> dict:
+def run_baseline(
+    spark: SparkSession,
+    cfg: JesterConfig,
+    out: RunOutputs,
+    model: ALSModel | None = None,
+    ratings: DataFrame | None = None,
+    spark_params: dict | None = None,
+) -> dict:
     """NumPy ALS and the baselines on a collected sample, against the Spark model on the same rows."""
     from jester_als.baseline import compare_engines
 
@@ -447,8 +633,10 @@ def run_baseline(spark: SparkSession, cfg: JesterConfig, out: RunOutputs, model:
     if not params:
         params = (out.read_metrics().get("spark_als") or {}).get("model_params")
     if not params:
-        raise InputError(f"baseline: no ALS params to use; set baseline.params or run tune first so that "
-                         f"{out.final_path('metrics.json')} holds spark_als.model_params")
+        raise InputError(
+            f"baseline: no ALS params to use; set baseline.params or run tune first so that "
+            f"{out.final_path('metrics.json')} holds spark_als.model_params"
+        )
     try:
         return compare_engines(model, ratings, cfg, params)
     except ValueError as exc:
@@ -490,8 +678,17 @@ def merge_sections(into: dict, new: dict) -> dict:
 
 # The sections of metrics.json each job's results make out of date: new data invalidates everything computed
 # from the old ratings; a new model invalidates what was computed from the old model.
-FROM_RATINGS = ("spark_als", "references", "numpy_als", "baselines", "recommendations", "als_engine",
-                "baseline_skipped", "foldin", "new_users")
+FROM_RATINGS = (
+    "spark_als",
+    "references",
+    "numpy_als",
+    "baselines",
+    "recommendations",
+    "als_engine",
+    "baseline_skipped",
+    "foldin",
+    "new_users",
+)
 FROM_MODEL = ("numpy_als", "baselines", "recommendations", "baseline_skipped", "foldin", "new_users")
 
 
@@ -517,17 +714,27 @@ def drop_stale_sections(previous: dict, job: str, sections: dict) -> dict:
     return base
 
 
-def run_manifest(spark: SparkSession, cfg: JesterConfig, job: str, out: RunOutputs, started: str,
-                 seconds: float) -> dict:
+def run_manifest(
+    spark: SparkSession, cfg: JesterConfig, job: str, out: RunOutputs, started: str, seconds: float
+) -> dict:
     import numpy
 
     return {
-        "job": job, "run_id": out.run_id, "started": started, "finished": now_iso(),
+        "job": job,
+        "run_id": out.run_id,
+        "started": started,
+        "finished": now_iso(),
         "wall_seconds": round(seconds, 2),
-        "config_file": cfg.source, "config": cfg.model_dump(),
-        "versions": {"jester_als": __version__, "python": platform.python_version(),
-                     "spark": spark.version, "numpy": numpy.__version__},
-        "spark_mode": "connect" if is_connect(spark) else "classic", "master": master_of(spark),
+        "config_file": cfg.source,
+        "config": cfg.model_dump(),
+        "versions": {
+            "jester_als": __version__,
+            "python": platform.python_version(),
+            "spark": spark.version,
+            "numpy": numpy.__version__,
+        },
+        "spark_mode": "connect" if is_connect(spark) else "classic",
+        "master": master_of(spark),
         **({"removed_stale_staging": out.swept} if out.swept else {}),
     }
 

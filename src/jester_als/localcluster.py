@@ -64,16 +64,19 @@ def _wait_until(check, *, timeout: float, what: str, process: subprocess.Popen, 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with status {process.returncode}; see {log_path}:\n"
-                               + log_path.read_text(errors="replace")[-2000:])
+            raise RuntimeError(
+                f"{what} exited with status {process.returncode}; see {log_path}:\n"
+                + log_path.read_text(errors="replace")[-2000:]
+            )
         try:
             if check():
                 return
         except OSError:
             pass
         time.sleep(0.5)
-    raise TimeoutError(f"{what} not ready after {timeout:.0f} s; see {log_path}:\n"
-                       + log_path.read_text(errors="replace")[-2000:])
+    raise TimeoutError(
+        f"{what} not ready after {timeout:.0f} s; see {log_path}:\n" + log_path.read_text(errors="replace")[-2000:]
+    )
 
 
 def _port_open(port: int) -> bool:
@@ -97,8 +100,7 @@ def _stop(process: subprocess.Popen | None, name: str) -> None:
 def _start(args: list[str], log_path: Path) -> subprocess.Popen:
     handle = open(log_path, "wb")
     try:
-        return subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, env=child_env(),
-                                start_new_session=True)
+        return subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, env=child_env(), start_new_session=True)
     finally:
         handle.close()
 
@@ -113,8 +115,19 @@ def standalone_cluster(workdir: str | Path, *, cores: int = 2, memory: str = "2g
     master = worker = None
     try:
         master_log = workdir / "master.log"
-        master = _start([spark_class, "org.apache.spark.deploy.master.Master", "--host", HOST, "--port", str(port),
-                         "--webui-port", str(ui_port)], master_log)
+        master = _start(
+            [
+                spark_class,
+                "org.apache.spark.deploy.master.Master",
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--webui-port",
+                str(ui_port),
+            ],
+            master_log,
+        )
 
         url = f"spark://{HOST}:{port}"
 
@@ -131,14 +144,39 @@ def standalone_cluster(workdir: str | Path, *, cores: int = 2, memory: str = "2g
                     return {}
             return state if state.get("url") == url else {}
 
-        _wait_until(lambda: master_state().get("status") == "ALIVE", timeout=timeout, what="Spark master",
-                    process=master, log_path=master_log)
+        _wait_until(
+            lambda: master_state().get("status") == "ALIVE",
+            timeout=timeout,
+            what="Spark master",
+            process=master,
+            log_path=master_log,
+        )
         worker_log = workdir / "worker.log"
-        worker = _start([spark_class, "org.apache.spark.deploy.worker.Worker", url, "--host", HOST,
-                         "--cores", str(cores), "--memory", memory, "--webui-port", str(worker_ui),
-                         "--work-dir", str(workdir / "work")], worker_log)
-        _wait_until(lambda: any(w.get("state") == "ALIVE" for w in master_state().get("workers", [])),
-                    timeout=timeout, what="Spark worker", process=worker, log_path=worker_log)
+        worker = _start(
+            [
+                spark_class,
+                "org.apache.spark.deploy.worker.Worker",
+                url,
+                "--host",
+                HOST,
+                "--cores",
+                str(cores),
+                "--memory",
+                memory,
+                "--webui-port",
+                str(worker_ui),
+                "--work-dir",
+                str(workdir / "work"),
+            ],
+            worker_log,
+        )
+        _wait_until(
+            lambda: any(w.get("state") == "ALIVE" for w in master_state().get("workers", [])),
+            timeout=timeout,
+            what="Spark worker",
+            process=worker,
+            log_path=worker_log,
+        )
         log.info("standalone cluster up: %s (1 worker, %d cores, %s)", url, cores, memory)
         yield url
     finally:
@@ -147,21 +185,38 @@ def standalone_cluster(workdir: str | Path, *, cores: int = 2, memory: str = "2g
 
 
 @contextmanager
-def connect_server(workdir: str | Path, *, master: str = "local[2]", timeout: float = 120,
-                   extra_conf: dict | None = None, checkpoints: bool = True, server: list | None = None):
+def connect_server(
+    workdir: str | Path,
+    *,
+    master: str = "local[2]",
+    timeout: float = 120,
+    extra_conf: dict | None = None,
+    checkpoints: bool = True,
+    server: list | None = None,
+):
     """A Spark Connect server; yields its URL (``sc://127.0.0.1:PORT``). ``checkpoints=False`` starts it
     without a checkpoint directory, as a server the job cannot configure; ``server``, when given, receives
     the server's process (tests kill it)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    conf = {"spark.connect.grpc.binding.port": str(port), "spark.connect.grpc.binding.address": HOST,
-            "spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "4", "spark.log.level": "WARN"}
+    conf = {
+        "spark.connect.grpc.binding.port": str(port),
+        "spark.connect.grpc.binding.address": HOST,
+        "spark.ui.enabled": "false",
+        "spark.sql.shuffle.partitions": "4",
+        "spark.log.level": "WARN",
+    }
     if checkpoints:
         conf["spark.checkpoint.dir"] = str(workdir / "checkpoints")
     conf.update(extra_conf or {})
-    args = [str(spark_home() / "bin" / "spark-submit"), "--master", master,
-            "--class", "org.apache.spark.sql.connect.service.SparkConnectServer"]
+    args = [
+        str(spark_home() / "bin" / "spark-submit"),
+        "--master",
+        master,
+        "--class",
+        "org.apache.spark.sql.connect.service.SparkConnectServer",
+    ]
     for key, value in conf.items():
         args += ["--conf", f"{key}={value}"]
     args.append("spark-internal")
@@ -170,8 +225,9 @@ def connect_server(workdir: str | Path, *, master: str = "local[2]", timeout: fl
     if server is not None:
         server.append(process)
     try:
-        _wait_until(lambda: _port_open(port), timeout=timeout, what="Spark Connect server", process=process,
-                    log_path=server_log)
+        _wait_until(
+            lambda: _port_open(port), timeout=timeout, what="Spark Connect server", process=process, log_path=server_log
+        )
         url = f"sc://{HOST}:{port}"
         log.info("Spark Connect server up: %s (%s)", url, master)
         yield url
@@ -179,22 +235,54 @@ def connect_server(workdir: str | Path, *, master: str = "local[2]", timeout: fl
         _stop(process, "Spark Connect server")
 
 
-def spark_submit(master: str, job: str, conf_file: str, overrides: list[str], *, dist: str = "dist",
-                 cwd: str | None = None, timeout: float = 900, submit_args: tuple[str, ...] = ()
-                 ) -> subprocess.CompletedProcess:
+def spark_submit(
+    master: str,
+    job: str,
+    conf_file: str,
+    overrides: list[str],
+    *,
+    dist: str = "dist",
+    cwd: str | None = None,
+    timeout: float = 900,
+    submit_args: tuple[str, ...] = (),
+) -> subprocess.CompletedProcess:
     """Run the packaged job (``dist/jobs/<job>.py`` with ``dist/jester_als.zip``) with the real spark-submit,
     shipping the config with ``--files``; ``submit_args`` go to spark-submit itself (``--archives``, ``--conf``)."""
-    return subprocess.run(submit_command(master, job, conf_file, overrides, dist=dist, submit_args=submit_args),
-                          capture_output=True, text=True, env=child_env(), cwd=cwd, timeout=timeout)
+    return subprocess.run(
+        submit_command(master, job, conf_file, overrides, dist=dist, submit_args=submit_args),
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        cwd=cwd,
+        timeout=timeout,
+    )
 
 
-def submit_command(master: str, job: str, conf_file: str, overrides: list[str], *, dist: str = "dist",
-                   submit_args: tuple[str, ...] = ()) -> list[str]:
+def submit_command(
+    master: str,
+    job: str,
+    conf_file: str,
+    overrides: list[str],
+    *,
+    dist: str = "dist",
+    submit_args: tuple[str, ...] = (),
+) -> list[str]:
     dist_path = Path(dist).resolve()
-    args = [str(spark_home() / "bin" / "spark-submit"), "--master", master,
-            "--py-files", str(dist_path / "jester_als.zip"), "--files", str(Path(conf_file).resolve()),
-            "--conf", "spark.ui.enabled=false", *submit_args,
-            str(dist_path / "jobs" / f"{job}.py"), "--conf", conf_file]
+    args = [
+        str(spark_home() / "bin" / "spark-submit"),
+        "--master",
+        master,
+        "--py-files",
+        str(dist_path / "jester_als.zip"),
+        "--files",
+        str(Path(conf_file).resolve()),
+        "--conf",
+        "spark.ui.enabled=false",
+        *submit_args,
+        str(dist_path / "jobs" / f"{job}.py"),
+        "--conf",
+        conf_file,
+    ]
     for item in overrides:
         args += ["--set", item]
     return args
@@ -208,8 +296,9 @@ def demo(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     parser.add_argument("--output", default="output/cluster-demo")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     if not (Path(args.dist) / "jester_als.zip").exists():
         print(f"{args.dist}/jester_als.zip is missing: run `make package` first", file=sys.stderr)
         return 2
@@ -218,9 +307,13 @@ def demo(argv: list[str] | None = None) -> int:
     try:
         with standalone_cluster(workdir) as master:
             started = time.perf_counter()
-            result = spark_submit(master, "pipeline", args.conf,
-                                  [f"output.dir={output}", f"spark.checkpoint_dir={workdir / 'checkpoints'}"]
-                                  + args.overrides, dist=args.dist)
+            result = spark_submit(
+                master,
+                "pipeline",
+                args.conf,
+                [f"output.dir={output}", f"spark.checkpoint_dir={workdir / 'checkpoints'}"] + args.overrides,
+                dist=args.dist,
+            )
             seconds = time.perf_counter() - started
             sys.stdout.write(result.stdout)
             if result.returncode != 0:
@@ -231,13 +324,18 @@ def demo(argv: list[str] | None = None) -> int:
         if metrics["run"]["master"] != master:
             print(f"cluster demo: the job ran on {metrics['run']['master']}, not {master}", file=sys.stderr)
             return 1
-        missing = [p for p in ("model", "recommendations", "ratings", "rejected", "report.md")
-                   if not (Path(output) / p).exists()]
+        missing = [
+            p
+            for p in ("model", "recommendations", "ratings", "rejected", "report.md")
+            if not (Path(output) / p).exists()
+        ]
         if missing:
             print(f"cluster demo: outputs missing under {output}: {missing}", file=sys.stderr)
             return 1
-        print(f"cluster demo: pipeline on {master} finished in {seconds:.1f} s (spark-submit wall time); "
-              f"test RMSE {metrics['spark_als']['test_rmse']:.4f}; outputs in {output}")
+        print(
+            f"cluster demo: pipeline on {master} finished in {seconds:.1f} s (spark-submit wall time); "
+            f"test RMSE {metrics['spark_als']['test_rmse']:.4f}; outputs in {output}"
+        )
         return 0
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -248,8 +346,9 @@ def serve_connect(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jester_als.localcluster connect-server")
     parser.add_argument("--master", default="local[2]")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     workdir = Path(tempfile.mkdtemp(prefix="jester-als-connect-"))
     try:
         with connect_server(workdir, master=args.master) as url:

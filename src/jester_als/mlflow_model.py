@@ -34,8 +34,20 @@ from jester_als.numpy_als import NumpyALSModel, RatingMatrix, positions
 ARRAYS = "recommender.npz"
 
 
-def export(directory: str, *, user_ids, user_factors, user_offsets, joke_ids, joke_factors, joke_bias,
-           rated_users, rated_jokes, rating_range, top: int) -> str:
+def export(
+    directory: str,
+    *,
+    user_ids,
+    user_factors,
+    user_offsets,
+    joke_ids,
+    joke_factors,
+    joke_bias,
+    rated_users,
+    rated_jokes,
+    rating_range,
+    top: int,
+) -> str:
     """Write the arrays a :class:`Recommender` loads into ``directory``; returns the arrays' path. ``user_offsets``
     are ``mu + b_u`` per user (None for a plain model), ``joke_bias`` ``b_j`` (None likewise); ``rated_*`` are the
     (user, joke) pairs of every known rating, which are never recommended."""
@@ -43,8 +55,12 @@ def export(directory: str, *, user_ids, user_factors, user_offsets, joke_ids, jo
     user_ids = np.asarray(user_ids)[order]
     joke_order = np.argsort(joke_ids, kind="stable")
     joke_ids = np.asarray(joke_ids)[joke_order]
-    arrays = {"user_ids": user_ids, "user_factors": np.asarray(user_factors, dtype=np.float64)[order],
-              "joke_ids": joke_ids, "joke_factors": np.asarray(joke_factors, dtype=np.float64)[joke_order]}
+    arrays = {
+        "user_ids": user_ids,
+        "user_factors": np.asarray(user_factors, dtype=np.float64)[order],
+        "joke_ids": joke_ids,
+        "joke_factors": np.asarray(joke_factors, dtype=np.float64)[joke_order],
+    }
     if user_offsets is not None:
         arrays["user_offsets"] = np.asarray(user_offsets, dtype=np.float64)[order]
         arrays["joke_bias"] = np.asarray(joke_bias, dtype=np.float64)[joke_order]
@@ -71,8 +87,9 @@ class Recommender:
         self.rating_range, self.top = arrays["rating_range"].tolist(), int(arrays["top_n"])
         self.user_ids = arrays["user_ids"]
         biased = "user_offsets" in arrays
-        self.model = FoldInModel(arrays["joke_ids"], arrays["joke_factors"], 0.0, 0.0 if biased else None,
-                                 arrays.get("joke_bias"), None)
+        self.model = FoldInModel(
+            arrays["joke_ids"], arrays["joke_factors"], 0.0, 0.0 if biased else None, arrays.get("joke_bias"), None
+        )
         self.user_factors, self.user_offsets = arrays["user_factors"], arrays.get("user_offsets")
         counts = np.bincount(arrays["rated_user"], minlength=len(self.user_ids))
         self.indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -85,10 +102,19 @@ class Recommender:
         starts, counts = self.indptr[where], np.diff(self.indptr)[where]
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         take = np.arange(indptr[-1]) + np.repeat(starts - indptr[:-1], counts)
-        rated = RatingMatrix(indptr, self.rated_jokes[take], np.zeros(len(take), dtype=np.float32),
-                             self.user_ids[where], self.model.joke_ids)
-        folded = FoldedUsers(self.user_ids[where], self.user_factors[where],
-                             None if self.user_offsets is None else self.user_offsets[where], rated)
+        rated = RatingMatrix(
+            indptr,
+            self.rated_jokes[take],
+            np.zeros(len(take), dtype=np.float32),
+            self.user_ids[where],
+            self.model.joke_ids,
+        )
+        folded = FoldedUsers(
+            self.user_ids[where],
+            self.user_factors[where],
+            None if self.user_offsets is None else self.user_offsets[where],
+            rated,
+        )
         return top_n(self.model, folded, self.top if n is None else int(n), self.rating_range)
 
 
@@ -113,10 +139,19 @@ def export_saved(model_dir: str, ratings_dir: str, directory: str, *, rating_ran
         users, user_factors = spark_factors(model.userFactors)
         biases = getattr(model, "biases", None)
         user_offsets = None if biases is None else biases.mean + spark_offsets(biases.user, "user", "user_bias", users)
-    return export(directory, user_ids=users, user_factors=user_factors, user_offsets=user_offsets,
-                  joke_ids=jokes.joke_ids, joke_factors=jokes.joke_factors, joke_bias=jokes.joke_bias,
-                  rated_users=rated.column("user").to_numpy(), rated_jokes=rated.column("joke").to_numpy(),
-                  rating_range=rating_range, top=top)
+    return export(
+        directory,
+        user_ids=users,
+        user_factors=user_factors,
+        user_offsets=user_offsets,
+        joke_ids=jokes.joke_ids,
+        joke_factors=jokes.joke_factors,
+        joke_bias=jokes.joke_bias,
+        rated_users=rated.column("user").to_numpy(),
+        rated_jokes=rated.column("joke").to_numpy(),
+        rating_range=rating_range,
+        top=top,
+    )
 
 
 try:
@@ -133,7 +168,13 @@ try:
 
             n = (params or {}).get("n")
             out = self.recommender.recommend(model_input["user"].to_numpy(), n)
-            return pd.DataFrame({"user": out["user"].astype(np.int32), "rank": out["rank"].astype(np.int32),
-                                 "joke": out["joke"].astype(np.int32), "score": out["score"].astype(np.float64)})
+            return pd.DataFrame(
+                {
+                    "user": out["user"].astype(np.int32),
+                    "rank": out["rank"].astype(np.int32),
+                    "joke": out["joke"].astype(np.int32),
+                    "score": out["score"].astype(np.float64),
+                }
+            )
 except ImportError:  # MLflow is an optional extra; tracking says so when it is missing
     JesterRecommender = None

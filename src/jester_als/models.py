@@ -32,8 +32,10 @@ def load_model_at(path: str, spark: SparkSession | None = None):
             return BiasedALSModel.load(spark or SparkSession.getActiveSession(), path)
         return ALSModel.load(path)
     except Exception as exc:
-        raise InputError(f"model {path}: cannot be loaded ({str(exc).splitlines()[0]}); run the tune job "
-                         f"with the same output.dir first") from None
+        raise InputError(
+            f"model {path}: cannot be loaded ({str(exc).splitlines()[0]}); run the tune job "
+            f"with the same output.dir first"
+        ) from None
 
 
 def load_model(output_dir: str, spark: SparkSession | None = None):

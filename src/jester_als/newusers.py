@@ -61,8 +61,9 @@ def reveal_gauge(users: np.ndarray, jokes: np.ndarray) -> tuple[np.ndarray, np.n
     return revealed & user_ok[index], user_ok[index]
 
 
-def ndcg_at_k(users: np.ndarray, jokes: np.ndarray, truth: np.ndarray, scores: np.ndarray, k: int,
-              threshold: float) -> float | None:
+def ndcg_at_k(
+    users: np.ndarray, jokes: np.ndarray, truth: np.ndarray, scores: np.ndarray, k: int, threshold: float
+) -> float | None:
     """Mean NDCG@k of ranking each user's rows by ``scores`` (ties by joke id), relevant = ``truth >=
     threshold`` (Spark's RankingEvaluator definition: binary gains, log2 discounts); users without a relevant
     row are left out, as the job's ranking metrics leave them out."""
@@ -85,14 +86,29 @@ def _scores(truth, predicted, rating_range, users, jokes, k, threshold) -> dict:
     ok = ~np.isnan(predicted)
     error = predicted[ok] - truth[ok]
     mae = float(np.mean(np.abs(error)))
-    return {"rmse": float(np.sqrt(np.mean(error ** 2))), "mae": mae, "nmae": nmae(mae, rating_range),
-            "ndcg_at_k": ndcg_at_k(users[ok], jokes[ok], truth[ok], predicted[ok], k, threshold),
-            "rows": int(ok.sum())}
+    return {
+        "rmse": float(np.sqrt(np.mean(error**2))),
+        "mae": mae,
+        "nmae": nmae(mae, rating_range),
+        "ndcg_at_k": ndcg_at_k(users[ok], jokes[ok], truth[ok], predicted[ok], k, threshold),
+        "rows": int(ok.sum()),
+    }
 
 
-def evaluate_new_users(users: np.ndarray, jokes: np.ndarray, ratings: np.ndarray, is_test: np.ndarray, *,
-                       params: dict, bias_reg: float, new_users: NewUsersConfig, k: int, threshold: float,
-                       rating_range, seed: int) -> dict:
+def evaluate_new_users(
+    users: np.ndarray,
+    jokes: np.ndarray,
+    ratings: np.ndarray,
+    is_test: np.ndarray,
+    *,
+    params: dict,
+    bias_reg: float,
+    new_users: NewUsersConfig,
+    k: int,
+    threshold: float,
+    rating_range,
+    seed: int,
+) -> dict:
     """The ``new_users`` section of ``metrics.json``: for the gauge jokes and every k of
     ``new_users.reveal``, the scores of fold-in, popularity and a full refit on the held-out users' other
     ratings. ``is_test`` marks the job's test ratings, which no model here is fitted on."""
@@ -100,9 +116,14 @@ def evaluate_new_users(users: np.ndarray, jokes: np.ndarray, ratings: np.ndarray
     held = held_out_users(users, new_users.holdout_fraction, new_users.seed, new_users.max_users)
     is_held = np.isin(users, held)
     fit_rows = ~is_held & ~is_test
-    fit_kwargs = dict(rank=int(params["rank"]), reg_param=float(params["regParam"]),
-                      max_iter=int(params["maxIter"]), biases=bool(params.get("biases")), bias_reg=bias_reg,
-                      seed=seed)
+    fit_kwargs = dict(
+        rank=int(params["rank"]),
+        reg_param=float(params["regParam"]),
+        max_iter=int(params["maxIter"]),
+        biases=bool(params.get("biases")),
+        bias_reg=bias_reg,
+        seed=seed,
+    )
     base = fit_numpy_als(RatingMatrix.from_ids(users[fit_rows], jokes[fit_rows], ratings[fit_rows]), **fit_kwargs)
     foldable = from_numpy_model(base, fit_kwargs["reg_param"])
     joke_ids, joke_index = np.unique(jokes[fit_rows], return_inverse=True)
@@ -110,9 +131,15 @@ def evaluate_new_users(users: np.ndarray, jokes: np.ndarray, ratings: np.ndarray
     h_users, h_jokes, h_ratings = users[is_held], jokes[is_held], ratings[is_held]
     scenarios = {"gauge": reveal_gauge(h_users, h_jokes)}
     scenarios.update({str(n): reveal_random(h_users, h_jokes, n, new_users.seed) for n in new_users.reveal})
-    result: dict = {"users": int(held.size), "fitted_on_users": int(np.unique(users[fit_rows]).size),
-                    "k": k, "relevance_threshold": threshold, "params": {**params, "bias_reg": bias_reg},
-                    "gauge_jokes": list(GAUGE_JOKES), "random": {}}
+    result: dict = {
+        "users": int(held.size),
+        "fitted_on_users": int(np.unique(users[fit_rows]).size),
+        "k": k,
+        "relevance_threshold": threshold,
+        "params": {**params, "bias_reg": bias_reg},
+        "gauge_jokes": list(GAUGE_JOKES),
+        "random": {},
+    }
     fold_seconds = refit_seconds = 0.0
     for name, (revealed, eligible) in scenarios.items():
         scored = eligible & ~revealed
@@ -125,13 +152,19 @@ def evaluate_new_users(users: np.ndarray, jokes: np.ndarray, ratings: np.ndarray
         clock = time.perf_counter()
         refit_rows = fit_rows.copy()
         refit_rows[np.flatnonzero(is_held)[revealed]] = True
-        refit = fit_numpy_als(RatingMatrix.from_ids(users[refit_rows], jokes[refit_rows], ratings[refit_rows]),
-                              **fit_kwargs)
+        refit = fit_numpy_als(
+            RatingMatrix.from_ids(users[refit_rows], jokes[refit_rows], ratings[refit_rows]), **fit_kwargs
+        )
         refit_seconds += time.perf_counter() - clock
-        entry = {"users": int(np.unique(h_users[eligible]).size),
-                 "revealed_per_user": float(revealed.sum() / max(1, np.unique(h_users[revealed]).size))}
-        for predictor, predicted in (("model", predict(foldable, folded, su, sj)), ("popularity", by_popularity),
-                                     ("refit", refit.predict(su, sj))):
+        entry = {
+            "users": int(np.unique(h_users[eligible]).size),
+            "revealed_per_user": float(revealed.sum() / max(1, np.unique(h_users[revealed]).size)),
+        }
+        for predictor, predicted in (
+            ("model", predict(foldable, folded, su, sj)),
+            ("popularity", by_popularity),
+            ("refit", refit.predict(su, sj)),
+        ):
             entry[predictor] = _scores(truth, predicted, rating_range, su, sj, k, threshold)
         if name == "gauge":
             result["gauge"] = entry

@@ -100,8 +100,9 @@ class RatingMatrix:
 
     def with_ratings(self, ratings: np.ndarray) -> RatingMatrix:
         """The same pattern with other values (the residuals of a bias fit); the index arrays are shared."""
-        return RatingMatrix(self.indptr, self.jokes, np.asarray(ratings, dtype=np.float32), self.user_ids,
-                            self.joke_ids)
+        return RatingMatrix(
+            self.indptr, self.jokes, np.asarray(ratings, dtype=np.float32), self.user_ids, self.joke_ids
+        )
 
 
 # Alternating passes of the bias fit, in both engines (``jester_als.biased`` uses the same number). On the
@@ -198,7 +199,7 @@ class NumpyALSModel:
         out = np.full(len(user_ids), np.nan)
         rows = np.flatnonzero(ok)
         for start in range(0, rows.size, self.PREDICT_CHUNK):  # the gathered factors: one chunk at a time
-            part = rows[start:start + self.PREDICT_CHUNK]
+            part = rows[start : start + self.PREDICT_CHUNK]
             out[part] = np.einsum("ij,ij->i", self.user_factors[u[part]], self.joke_factors[j[part]])
         if self.biases is not None:
             out[rows] += self.biases.predict(np.asarray(user_ids)[rows], np.asarray(joke_ids)[rows])
@@ -212,11 +213,24 @@ class NumpyALSModel:
     def save(self, path: str) -> None:
         """Write the factors and ids under the directory ``path`` (the job's ``model/``)."""
         os.makedirs(path, exist_ok=True)
-        extra = {} if self.biases is None else {
-            "bias_mean": np.array(self.biases.mean), "user_bias": self.biases.user, "joke_bias": self.biases.joke,
-            "bias_reg": np.array(self.biases.reg)}
-        np.savez(os.path.join(path, self.FILE), user_factors=self.user_factors, joke_factors=self.joke_factors,
-                 user_ids=self.user_ids, joke_ids=self.joke_ids, **extra)
+        extra = (
+            {}
+            if self.biases is None
+            else {
+                "bias_mean": np.array(self.biases.mean),
+                "user_bias": self.biases.user,
+                "joke_bias": self.biases.joke,
+                "bias_reg": np.array(self.biases.reg),
+            }
+        )
+        np.savez(
+            os.path.join(path, self.FILE),
+            user_factors=self.user_factors,
+            joke_factors=self.joke_factors,
+            user_ids=self.user_ids,
+            joke_ids=self.joke_ids,
+            **extra,
+        )
 
     @classmethod
     def saved_at(cls, path: str) -> bool:
@@ -227,10 +241,17 @@ class NumpyALSModel:
         with np.load(os.path.join(path, cls.FILE)) as saved:
             biases = None
             if "user_bias" in saved:
-                biases = Biases(float(saved["bias_mean"]), saved["user_bias"], saved["joke_bias"], saved["user_ids"],
-                                saved["joke_ids"], float(saved["bias_reg"]))
-            return cls(saved["user_factors"], saved["joke_factors"], saved["user_ids"], saved["joke_ids"],
-                       biases=biases)
+                biases = Biases(
+                    float(saved["bias_mean"]),
+                    saved["user_bias"],
+                    saved["joke_bias"],
+                    saved["user_ids"],
+                    saved["joke_ids"],
+                    float(saved["bias_reg"]),
+                )
+            return cls(
+                saved["user_factors"], saved["joke_factors"], saved["user_ids"], saved["joke_ids"], biases=biases
+            )
 
 
 class NonFiniteFactorsError(JobError):
@@ -288,17 +309,17 @@ def batched_cholesky_solve(upper: np.ndarray, rhs: np.ndarray, ridge: np.ndarray
     scratch = np.empty((k + 1, n))
     for j in range(k):
         column = factor[j:, j]  # L[j:k, j] and, in the last row, y[j]
-        np.copyto(column[:-1], upper[offsets[j]:offsets[j] + k - j])
+        np.copyto(column[:-1], upper[offsets[j] : offsets[j] + k - j])
         np.copyto(column[-1], rhs[j])
         column[0] += ridge
         if j:  # A[i, j] - sum over m < j of L[i, m] L[j, m], for i = j (the diagonal) .. k-1 and for b
-            column -= np.einsum("imn,mn->in", factor[j:, :j], factor[j, :j], out=scratch[:k + 1 - j])
+            column -= np.einsum("imn,mn->in", factor[j:, :j], factor[j, :j], out=scratch[: k + 1 - j])
         np.sqrt(column[0], out=column[0])
         column[1:] /= column[0]
     x = factor[k]  # y, overwritten by x: backward substitution L^T x = y
     for j in range(k - 1, -1, -1):
         if j + 1 < k:
-            x[j] -= np.einsum("mn,mn->n", factor[j + 1:k, j], x[j + 1:], out=scratch[0])
+            x[j] -= np.einsum("mn,mn->n", factor[j + 1 : k, j], x[j + 1 :], out=scratch[0])
         x[j] /= factor[j, j]
     return x.T
 
@@ -396,8 +417,9 @@ class _Solver:
                 pattern[flat] = 1.0
                 weighted[flat] = data.ratings[lo:hi]
         else:
-            widest = max((int(data.indptr[min(s + self.block, n_users)] - data.indptr[s]) for s in self.starts),
-                         default=0)
+            widest = max(
+                (int(data.indptr[min(s + self.block, n_users)] - data.indptr[s]) for s in self.starts), default=0
+            )
             self.ones = np.ones(widest, dtype=np.float32)  # the pattern's values for any block: read-only, shared
 
     @property
@@ -412,10 +434,12 @@ class _Solver:
             return self.pattern[start:stop], self.weighted[start:stop]
         lo, hi = int(data.indptr[start]), int(data.indptr[stop])
         cols, values = data.jokes[lo:hi], data.ratings[lo:hi]
-        indptr = (data.indptr[start:stop + 1] - lo).astype(np.int32)  # int32 like the indices: no index copies
+        indptr = (data.indptr[start : stop + 1] - lo).astype(np.int32)  # int32 like the indices: no index copies
         shape = (stop - start, data.shape[1])
-        return (sp.csr_matrix((self.ones[:hi - lo], cols, indptr), shape=shape, copy=False),
-                sp.csr_matrix((values, cols, indptr), shape=shape, copy=False))
+        return (
+            sp.csr_matrix((self.ones[: hi - lo], cols, indptr), shape=shape, copy=False),
+            sp.csr_matrix((values, cols, indptr), shape=shape, copy=False),
+        )
 
     def _outer_t(self, factors_t: np.ndarray) -> np.ndarray:
         """(k(k+1)/2, n) packed upper triangles of the n outer products x x^T, from factors as (k, n): one
@@ -423,7 +447,7 @@ class _Solver:
         k = self.rank
         out = np.empty((self.width, factors_t.shape[1]), dtype=factors_t.dtype)
         for i, start in enumerate(self.offsets):
-            np.multiply(factors_t[i], factors_t[i:], out=out[start:start + k - i])
+            np.multiply(factors_t[i], factors_t[i:], out=out[start : start + k - i])
         return out
 
     def _solve(self, upper: np.ndarray, rhs: np.ndarray, counts: np.ndarray, reg: float) -> np.ndarray:
@@ -470,7 +494,7 @@ class _Solver:
                     rhs += (weighted.T @ block_users).T
             return upper, rhs
 
-        shares = [self.starts[t::self.threads] for t in range(self.threads)]
+        shares = [self.starts[t :: self.threads] for t in range(self.threads)]
         parts = list(pool.map(accumulate, [share for share in shares if share]))
         upper = sum((p[0] for p in parts), np.zeros((self.width, n_jokes)))
         rhs = sum((p[1] for p in parts), np.zeros((self.rank, n_jokes)))
@@ -478,8 +502,7 @@ class _Solver:
 
         def work(start: int) -> None:
             stop = min(start + self.block, n_jokes)
-            out[start:stop] = self._solve(upper[:, start:stop], rhs[:, start:stop], self.joke_counts[start:stop],
-                                          reg)
+            out[start:stop] = self._solve(upper[:, start:stop], rhs[:, start:stop], self.joke_counts[start:stop], reg)
 
         list(pool.map(work, range(0, n_jokes, self.block)))
         return out
@@ -500,9 +523,19 @@ def _blas_limited(threads: int):
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def fit_numpy_als(data: RatingMatrix, *, rank: int, reg_param: float, max_iter: int, seed: int = 0,
-                  tol: float | None = None, dense_budget_mb: float = DEFAULT_DENSE_BUDGET_MB,
-                  threads: int | None = None, biases: bool = False, bias_reg: float = 10.0) -> NumpyALSModel:
+def fit_numpy_als(
+    data: RatingMatrix,
+    *,
+    rank: int,
+    reg_param: float,
+    max_iter: int,
+    seed: int = 0,
+    tol: float | None = None,
+    dense_budget_mb: float = DEFAULT_DENSE_BUDGET_MB,
+    threads: int | None = None,
+    biases: bool = False,
+    bias_reg: float = 10.0,
+) -> NumpyALSModel:
     """Fit explicit ALS with Spark's objective.
 
     Parameters
@@ -532,8 +565,15 @@ def fit_numpy_als(data: RatingMatrix, *, rank: int, reg_param: float, max_iter: 
         data = residuals(data, offsets)
     solver = _Solver(data, rank, dense_budget_mb, threads)
     n_users, n_jokes = data.shape
-    log.debug("numpy ALS: %d users x %d jokes, %d ratings, %s blocks of %d users, %d threads", n_users, n_jokes,
-              data.nnz, solver.layout, solver.block, threads)
+    log.debug(
+        "numpy ALS: %d users x %d jokes, %d ratings, %s blocks of %d users, %d threads",
+        n_users,
+        n_jokes,
+        data.nnz,
+        solver.layout,
+        solver.block,
+        threads,
+    )
     rng = np.random.default_rng(seed)
     users = _unit_random(rng, n_users, rank)
     jokes = _unit_random(rng, n_jokes, rank)
@@ -554,13 +594,16 @@ def fit_numpy_als(data: RatingMatrix, *, rank: int, reg_param: float, max_iter: 
         raise NonFiniteFactorsError(
             f"NumPy ALS (rank {rank}, regParam {reg_param}, {iterations} iterations) produced non-finite factors: "
             f"the training ratings hold NaN or infinity, or regParam is too small for users or jokes with few "
-            f"ratings")
-    return NumpyALSModel(users, jokes, data.user_ids, data.joke_ids, history, iterations, solver.layout,
-                         len(solver.starts), offsets)
+            f"ratings"
+        )
+    return NumpyALSModel(
+        users, jokes, data.user_ids, data.joke_ids, history, iterations, solver.layout, len(solver.starts), offsets
+    )
 
 
-def _one_half_step(data: RatingMatrix, given: np.ndarray, reg_param: float, dense_budget_mb: float,
-                   side: str) -> np.ndarray:
+def _one_half_step(
+    data: RatingMatrix, given: np.ndarray, reg_param: float, dense_budget_mb: float, side: str
+) -> np.ndarray:
     threads = engine_threads()
     solver = _Solver(data, given.shape[1], dense_budget_mb, threads)
     solve = solver.solve_users if side == "users" else solver.solve_jokes
@@ -568,16 +611,18 @@ def _one_half_step(data: RatingMatrix, given: np.ndarray, reg_param: float, dens
         return solve(pool, np.asarray(given, dtype=np.float64), reg_param)
 
 
-def solve_users_given_jokes(data: RatingMatrix, joke_factors: np.ndarray, reg_param: float, *,
-                            dense_budget_mb: float = DEFAULT_DENSE_BUDGET_MB) -> np.ndarray:
+def solve_users_given_jokes(
+    data: RatingMatrix, joke_factors: np.ndarray, reg_param: float, *, dense_budget_mb: float = DEFAULT_DENSE_BUDGET_MB
+) -> np.ndarray:
     """One user half-step: every user's factor that minimizes Spark's objective for these joke factors (rows
     in ``data.joke_ids`` order). The last thing each Spark ALS iteration does, so it recovers a Spark model's
     user factors from its item factors."""
     return _one_half_step(data, joke_factors, reg_param, dense_budget_mb, "users")
 
 
-def solve_jokes_given_users(data: RatingMatrix, user_factors: np.ndarray, reg_param: float, *,
-                            dense_budget_mb: float = DEFAULT_DENSE_BUDGET_MB) -> np.ndarray:
+def solve_jokes_given_users(
+    data: RatingMatrix, user_factors: np.ndarray, reg_param: float, *, dense_budget_mb: float = DEFAULT_DENSE_BUDGET_MB
+) -> np.ndarray:
     """One joke half-step: every joke's factor that minimizes Spark's objective for these user factors (rows in
     ``data.user_ids`` order); the first thing each iteration does."""
     return _one_half_step(data, user_factors, reg_param, dense_budget_mb, "jokes")
@@ -598,11 +643,11 @@ def fit_loop_als(data: RatingMatrix, *, rank: int, reg_param: float, max_iter: i
     eye = np.eye(rank)
     for _ in range(max_iter):
         for j in range(n_jokes):
-            rows = order_j[j_bounds[j]:j_bounds[j + 1]]
+            rows = order_j[j_bounds[j] : j_bounds[j + 1]]
             x = users[user_of[rows]]
             jokes[j] = np.linalg.solve(x.T @ x + reg_param * max(len(rows), 1) * eye, x.T @ data.ratings[rows])
         for u in range(n_users):
-            rows = order_u[u_bounds[u]:u_bounds[u + 1]]
+            rows = order_u[u_bounds[u] : u_bounds[u + 1]]
             y = jokes[data.jokes[rows]]
             users[u] = np.linalg.solve(y.T @ y + reg_param * max(len(rows), 1) * eye, y.T @ data.ratings[rows])
     return NumpyALSModel(users, jokes, data.user_ids, data.joke_ids, [], max_iter)
@@ -614,7 +659,7 @@ def rmse_mae(actual: np.ndarray, predicted: np.ndarray) -> dict:
     err = actual[ok] - predicted[ok]
     if err.size == 0:
         return {"rmse": None, "mae": None, "rows": 0}
-    return {"rmse": float(np.sqrt(np.mean(err ** 2))), "mae": float(np.mean(np.abs(err))), "rows": int(err.size)}
+    return {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err))), "rows": int(err.size)}
 
 
 def nmae(mae: float | None, rating_range) -> float | None:

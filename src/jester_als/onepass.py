@@ -43,8 +43,13 @@ REJECTED = ("not_a_number", "not_finite", "out_of_range", "bad_user_id", "bad_jo
 
 def eligible(inp: InputConfig) -> bool:
     """Whether the input's settings allow the one-pass path (the table itself may still send it back)."""
-    return (inp.one_pass and inp.layout == "wide" and inp.format in ("csv", "parquet", "table")
-            and inp.min_ratings_per_user <= 1 and inp.user_ids != "reindex")
+    return (
+        inp.one_pass
+        and inp.layout == "wide"
+        and inp.format in ("csv", "parquet", "table")
+        and inp.min_ratings_per_user <= 1
+        and inp.user_ids != "reindex"
+    )
 
 
 @dataclass
@@ -83,16 +88,21 @@ def _one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected
     jokes = joke_columns(header, user_column, inp.drop_columns, source)
     first = jokes[0][1]  # every row melts into exactly one cell of each joke: the first one stands for its row
     of_row = F.col("joke") == first
-    per_row = [F.xxhash64(*[F.col(_quote(c)) for c in table.columns]).alias("_row_hash"),
-               _user_key(user_column).isNotNull().alias("_row_named"),
-               _not_int_id(_quote(user_column)).alias("_row_not_int"),
-               (F.col(MALFORMED).isNotNull() if MALFORMED in table.columns else F.lit(False)).alias("_row_malformed")]
+    per_row = [
+        F.xxhash64(*[F.col(_quote(c)) for c in table.columns]).alias("_row_hash"),
+        _user_key(user_column).isNotNull().alias("_row_named"),
+        _not_int_id(_quote(user_column)).alias("_row_not_int"),
+        (F.col(MALFORMED).isNotNull() if MALFORMED in table.columns else F.lit(False)).alias("_row_malformed"),
+    ]
 
     def classified(with_rows: bool) -> DataFrame:
         wide = table.select("*", *per_row) if with_rows else table
         keep = ("_row_hash", "_row_named", "_row_not_int", "_row_malformed") if with_rows else ()
-        return classify_cells(melt_wide_ratings(wide.drop(MALFORMED), user_column, jokes, keep),
-                              missing_values=inp.missing_values, rating_range=inp.rating_range)
+        return classify_cells(
+            melt_wide_ratings(wide.drop(MALFORMED), user_column, jokes, keep),
+            missing_values=inp.missing_values,
+            rating_range=inp.rating_range,
+        )
 
     cells = classified(True)
     accepted = F.col("status") == "accepted"
@@ -102,29 +112,45 @@ def _one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected
     # arrays"), so the row-level figures are summed over each row's first cell, and the rated jokes come from
     # the written ratings below.
     observed = Observation("prepare")
-    metrics = [F.count(F.when(of_row, 1)).alias("rows"),
-               F.sum(F.when(of_row, F.col("_row_hash")).cast("decimal(38,0)")).alias("row_hash"),
-               F.count(F.when(of_row & F.col("_row_named"), 1)).alias("named"),
-               F.count(F.when(of_row & F.col("_row_not_int"), 1)).alias("not_int"),
-               F.count(F.when(of_row & F.col("_row_malformed"), 1)).alias("malformed"),
-               F.count(F.lit(1)).alias("cells"), F.count(rating).alias("n"), F.sum(rating).alias("total"),
-               F.sum(rating * rating).alias("squares"),
-               F.sum(F.when(accepted, F.xxhash64("user", "joke", "rating")).cast("decimal(38,0)")).alias("hash")]
+    metrics = [
+        F.count(F.when(of_row, 1)).alias("rows"),
+        F.sum(F.when(of_row, F.col("_row_hash")).cast("decimal(38,0)")).alias("row_hash"),
+        F.count(F.when(of_row & F.col("_row_named"), 1)).alias("named"),
+        F.count(F.when(of_row & F.col("_row_not_int"), 1)).alias("not_int"),
+        F.count(F.when(of_row & F.col("_row_malformed"), 1)).alias("malformed"),
+        F.count(F.lit(1)).alias("cells"),
+        F.count(rating).alias("n"),
+        F.sum(rating).alias("total"),
+        F.sum(rating * rating).alias("squares"),
+        F.sum(F.when(accepted, F.xxhash64("user", "joke", "rating")).cast("decimal(38,0)")).alias("hash"),
+    ]
     metrics += [F.count(F.when(F.col("reason") == r, 1)).alias(r) for r in (*MISSING, *REJECTED)]
-    (cells.observe(observed, *metrics).where(accepted).select("user", "joke", "rating")
-     .write.mode("overwrite").parquet(ratings_path))
+    (
+        cells.observe(observed, *metrics)
+        .where(accepted)
+        .select("user", "joke", "rating")
+        .write.mode("overwrite")
+        .parquet(ratings_path)
+    )
     by_row = by_cell = observed.get
     if by_row["rows"] == 0:
         _remove(ratings_path)
         raise InputError(f"{source}: has a header but no rows")
     if by_row.get("malformed") or (by_row["not_int"] and inp.user_ids == "auto"):
-        log.info("%s: %s; counting it on the general path", source,
-                 "a row's field count differs from the header's" if by_row.get("malformed")
-                 else "some user ids are not integers in Int range")
+        log.info(
+            "%s: %s; counting it on the general path",
+            source,
+            "a row's field count differs from the header's"
+            if by_row.get("malformed")
+            else "some user ids are not integers in Int range",
+        )
         _remove(ratings_path)
         return None
-    written = spark.read.parquet(ratings_path).agg(F.countDistinct("user").alias("users"),
-                                                   F.collect_set("joke").alias("jokes")).first()
+    written = (
+        spark.read.parquet(ratings_path)
+        .agg(F.countDistinct("user").alias("users"), F.collect_set("joke").alias("jokes"))
+        .first()
+    )
     users = written["users"]
     if users != by_row["named"]:
         # Fewer users with ratings than rows naming one: some rows have no rating, or an id is on two rows.
@@ -133,17 +159,33 @@ def _one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected
         except InputError:
             _remove(ratings_path)
             raise
-    log.info("%s: %d joke columns (ids %d..%d), read in one pass", source, len(jokes),
-             min(j for _, j in jokes), max(j for _, j in jokes))
+    log.info(
+        "%s: %d joke columns (ids %d..%d), read in one pass",
+        source,
+        len(jokes),
+        min(j for _, j in jokes),
+        max(j for _, j in jokes),
+    )
     rejected_total = sum(by_cell[r] for r in REJECTED)
     # a query of its own (an observation reports its first action only); empty without a refused cell
     plain = classified(False)
     refused = plain.where(F.col("status") == "rejected") if rejected_total else plain.where(F.lit(False))
-    (refused.select(F.col("user_raw").alias("user"), F.col("joke_raw").alias("joke"), F.col("raw").alias("value"),
-                    "reason", F.lit(None).cast("string").alias("detail"))
-     .write.mode("overwrite").parquet(rejected_path))
-    return OnePass(_counts(by_cell, users, written["jokes"], [j for _, j in jokes]), {"rows": int(by_row["rows"]),
-                   "content_hash": hex64(by_row["row_hash"])}, source)
+    (
+        refused.select(
+            F.col("user_raw").alias("user"),
+            F.col("joke_raw").alias("joke"),
+            F.col("raw").alias("value"),
+            "reason",
+            F.lit(None).cast("string").alias("detail"),
+        )
+        .write.mode("overwrite")
+        .parquet(rejected_path)
+    )
+    return OnePass(
+        _counts(by_cell, users, written["jokes"], [j for _, j in jokes]),
+        {"rows": int(by_row["rows"]), "content_hash": hex64(by_row["row_hash"])},
+        source,
+    )
 
 
 def _counts(by_cell, users: int, rated: list[int], joke_ids: list[int]) -> dict:
@@ -152,16 +194,23 @@ def _counts(by_cell, users: int, rated: list[int], joke_ids: list[int]) -> dict:
     n = int(by_cell["n"])
     mean = by_cell["total"] / n if n else None
     rated_jokes = set(rated or [])
-    counts = {"cells": int(by_cell["cells"]), "accepted": n,
-              "missing": {r: int(by_cell[r]) for r in MISSING if by_cell[r]},
-              "rejected": {r: int(by_cell[r]) for r in REJECTED if by_cell[r]}}
+    counts = {
+        "cells": int(by_cell["cells"]),
+        "accepted": n,
+        "missing": {r: int(by_cell[r]) for r in MISSING if by_cell[r]},
+        "rejected": {r: int(by_cell[r]) for r in REJECTED if by_cell[r]},
+    }
     counts["missing_total"] = sum(counts["missing"].values())
     counts["rejected_total"] = sum(counts["rejected"].values())
     counts["jokes_without_ratings"] = sorted(j for j in joke_ids if j not in rated_jokes)
     counts["ratings"] = {
-        "ratings": n, "items": len(rated_jokes), "mean": mean,
+        "ratings": n,
+        "items": len(rated_jokes),
+        "mean": mean,
         "std": max(by_cell["squares"] / n - mean * mean, 0.0) ** 0.5 if n else None,
-        "hash": int(by_cell["hash"] or 0), "users": int(users)}
+        "hash": int(by_cell["hash"] or 0),
+        "users": int(users),
+    }
     counts["rows_without_ratings"] = None
     return counts
 

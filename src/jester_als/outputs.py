@@ -56,8 +56,9 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     extension writers look at (a plot's ``.png``)."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
-                       f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}{suffix}")
+    tmp = os.path.join(
+        os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}{suffix}"
+    )
     try:
         yield tmp
         os.replace(tmp, path)
@@ -89,7 +90,8 @@ class RunOutputs:
         if "://" in out_dir and not out_dir.startswith("file://"):
             raise OutputLocationError(
                 f"output.dir {out_dir!r}: only local or mounted paths are supported (outputs are staged and "
-                f"moved into place from the driver); use a mount such as /Volumes/... or /dbfs/...")
+                f"moved into place from the driver); use a mount such as /Volumes/... or /dbfs/..."
+            )
         self.final = os.path.abspath(out_dir.removeprefix("file://"))
         self.mode = mode
         self.items = list(items)
@@ -108,7 +110,8 @@ class RunOutputs:
             if existing:
                 raise OutputExistsError(
                     f"output.dir {self.final!r} already holds {existing} and output.mode is 'error'; "
-                    f"choose another output.dir or set output.mode=overwrite")
+                    f"choose another output.dir or set output.mode=overwrite"
+                )
         self.created = not os.path.exists(self.final)
         try:
             os.makedirs(self.stage, exist_ok=True)
@@ -155,8 +158,7 @@ class RunOutputs:
             metrics: dict = {}
             if update is not None:
                 metrics, report = update(self.read_metrics())
-                write_text_atomic(self.final_path(METRICS_FILE),
-                                  json.dumps(metrics, indent=2, sort_keys=False) + "\n")
+                write_text_atomic(self.final_path(METRICS_FILE), json.dumps(metrics, indent=2, sort_keys=False) + "\n")
                 if report is not None:
                     write_text_atomic(self.final_path(REPORT_FILE), report)
         owner.release(self.stage)

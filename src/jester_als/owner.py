@@ -72,6 +72,10 @@ def sweep(pattern: str) -> list[str]:
             if not os.path.exists(directory):
                 removed.append(directory)
     if removed:
-        log.warning("removed %d director%s left by runs that no longer run: %s", len(removed),
-                    "y" if len(removed) == 1 else "ies", ", ".join(removed))
+        log.warning(
+            "removed %d director%s left by runs that no longer run: %s",
+            len(removed),
+            "y" if len(removed) == 1 else "ies",
+            ", ".join(removed),
+        )
     return removed

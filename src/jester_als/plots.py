@@ -50,17 +50,27 @@ def tuning_heatmap(plt, validation: list[dict], best: dict | None, path: str) ->
         grid = [[None] * len(regs) for _ in ranks]
         for p in validation:
             if tuple(p["params"].get(k) for k in others) == panel:
-                grid[ranks.index(p["params"].get("rank"))][regs.index(p["params"].get("regParam"))] = \
-                    p["validation_rmse"]
+                grid[ranks.index(p["params"].get("rank"))][regs.index(p["params"].get("regParam"))] = p[
+                    "validation_rmse"
+                ]
         shown = [[float("nan") if v is None else v for v in row] for row in grid]
-        image = ax.imshow(shown, cmap="viridis_r", vmin=low, vmax=high if high > low else low + 1e-9,
-                          aspect="auto")
-        for (i, j) in itertools.product(range(len(ranks)), range(len(regs))):
+        image = ax.imshow(shown, cmap="viridis_r", vmin=low, vmax=high if high > low else low + 1e-9, aspect="auto")
+        for i, j in itertools.product(range(len(ranks)), range(len(regs))):
             if grid[i][j] is not None:
-                ax.text(j, i, f"{grid[i][j]:.4f}", ha="center", va="center", color="black", fontsize=8,
-                        bbox={"facecolor": "white", "alpha": 0.6, "linewidth": 0})
-                is_best = best and all(best.get(k) == v for k, v in
-                                       {"rank": ranks[i], "regParam": regs[j], **dict(zip(others, panel))}.items())
+                ax.text(
+                    j,
+                    i,
+                    f"{grid[i][j]:.4f}",
+                    ha="center",
+                    va="center",
+                    color="black",
+                    fontsize=8,
+                    bbox={"facecolor": "white", "alpha": 0.6, "linewidth": 0},
+                )
+                is_best = best and all(
+                    best.get(k) == v
+                    for k, v in {"rank": ranks[i], "regParam": regs[j], **dict(zip(others, panel))}.items()
+                )
                 if is_best:
                     ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=2))
         ax.set_xticks(range(len(regs)), [str(r) for r in regs])
@@ -74,8 +84,9 @@ def tuning_heatmap(plt, validation: list[dict], best: dict | None, path: str) ->
     plt.close(fig)
 
 
-def engine_bars(plt, rows: list[tuple[str, float, float | None]], title: str, path: str,
-                time_label: str = "fit seconds") -> None:
+def engine_bars(
+    plt, rows: list[tuple[str, float, float | None]], title: str, path: str, time_label: str = "fit seconds"
+) -> None:
     """Two panels of bars: test RMSE and seconds per engine (``rows``: name, RMSE, seconds or None)."""
     names = [r[0] for r in rows]
     fig, (ax_rmse, ax_time) = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -124,10 +135,16 @@ def new_users_curve(plt, new: dict, path: str) -> None:
         ax_ndcg.plot(xs, [new["random"][n][predictor]["ndcg_at_k"] or 0 for n in shown], style, label=label)
         if new.get("gauge"):
             x = new["gauge"]["revealed_per_user"]
-            ax_rmse.plot([x], [new["gauge"][predictor]["rmse"]], "*", markersize=11,
-                         color=ax_rmse.lines[-1].get_color())
-            ax_ndcg.plot([x], [new["gauge"][predictor]["ndcg_at_k"] or 0], "*", markersize=11,
-                         color=ax_ndcg.lines[-1].get_color())
+            ax_rmse.plot(
+                [x], [new["gauge"][predictor]["rmse"]], "*", markersize=11, color=ax_rmse.lines[-1].get_color()
+            )
+            ax_ndcg.plot(
+                [x],
+                [new["gauge"][predictor]["ndcg_at_k"] or 0],
+                "*",
+                markersize=11,
+                color=ax_ndcg.lines[-1].get_color(),
+            )
     for ax, what in ((ax_rmse, "RMSE"), (ax_ndcg, f"NDCG@{new['k']}")):
         ax.set_xscale("log")
         ax.set_xlabel("ratings shown (random; star: the gauge jokes)")
@@ -152,13 +169,20 @@ def run_plots(metrics: dict, output_dir: str) -> dict:
         tuning_heatmap(plt, spark["validation"], spark.get("best_params"), os.path.join(output_dir, made["tuning"]))
     numpy_als, baselines = metrics.get("numpy_als") or {}, metrics.get("baselines") or {}
     if "spark_test_rmse_same_rows" in numpy_als and baselines:
-        rows = [("Spark ALS", numpy_als["spark_test_rmse_same_rows"], spark.get("fit_seconds")),
-                ("NumPy ALS", numpy_als["test_rmse"], numpy_als.get("driver_seconds")),
-                ("user + joke bias", baselines["bias"]["test_rmse"], baselines["bias"].get("fit_seconds")),
-                ("global mean", baselines["global_mean"]["test_rmse"], None)]
+        rows = [
+            ("Spark ALS", numpy_als["spark_test_rmse_same_rows"], spark.get("fit_seconds")),
+            ("NumPy ALS", numpy_als["test_rmse"], numpy_als.get("driver_seconds")),
+            ("user + joke bias", baselines["bias"]["test_rmse"], baselines["bias"].get("fit_seconds")),
+            ("global mean", baselines["global_mean"]["test_rmse"], None),
+        ]
         made["engines"] = os.path.join(PLOTS_DIR, "engines.png")
-        engine_bars(plt, rows, f"{numpy_als['rows']:,} held-out ratings of {numpy_als['sample_users']:,} users",
-                    os.path.join(output_dir, made["engines"]), "seconds (fit; NumPy ALS: collect + fit)")
+        engine_bars(
+            plt,
+            rows,
+            f"{numpy_als['rows']:,} held-out ratings of {numpy_als['sample_users']:,} users",
+            os.path.join(output_dir, made["engines"]),
+            "seconds (fit; NumPy ALS: collect + fit)",
+        )
     if baselines.get("error_histogram"):
         made["errors"] = os.path.join(PLOTS_DIR, "errors.png")
         error_histogram(plt, baselines["error_histogram"], os.path.join(output_dir, made["errors"]))

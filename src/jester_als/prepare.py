@@ -71,16 +71,21 @@ def read_table(spark: SparkSession, inp: InputConfig) -> DataFrame:
     try:
         if inp.format == "csv":
             header = inp.header and inp.layout != "jester"
-            reader = (spark.read.option("header", header).option("sep", inp.delimiter)
-                      .option("inferSchema", False).option("mode", "PERMISSIVE"))
+            reader = (
+                spark.read.option("header", header)
+                .option("sep", inp.delimiter)
+                .option("inferSchema", False)
+                .option("mode", "PERMISSIVE")
+            )
             table = reader.csv(inp.path)
             if header:
                 check_header(spark, inp, table.columns, name)
                 # Read again with the header's columns as strings plus a column for malformed rows: Spark then
                 # marks a row with more or fewer fields than the header instead of silently dropping the
                 # extra fields or padding the missing ones with blanks.
-                schema = StructType([StructField(c, StringType()) for c in table.columns]
-                                    + [StructField(MALFORMED, StringType())])
+                schema = StructType(
+                    [StructField(c, StringType()) for c in table.columns] + [StructField(MALFORMED, StringType())]
+                )
                 table = reader.option("columnNameOfCorruptRecord", MALFORMED).schema(schema).csv(inp.path)
         elif inp.format == "parquet":
             table = spark.read.parquet(inp.path)
@@ -115,11 +120,17 @@ def check_header(spark: SparkSession, inp: InputConfig, columns: list[str], name
             repeated.append(column)
         seen.add(column)
     if repeated:
-        raise InputError(f"{name}: column(s) {repeated[:5]} appear more than once in the header; each joke "
-                         f"must have one column")
+        raise InputError(
+            f"{name}: column(s) {repeated[:5]} appear more than once in the header; each joke must have one column"
+        )
     if len(names) != len(columns):
-        log.warning("%s: header has %d names but Spark read %d columns (delimiter %r?)", name, len(names),
-                    len(columns), inp.delimiter)
+        log.warning(
+            "%s: header has %d names but Spark read %d columns (delimiter %r?)",
+            name,
+            len(names),
+            len(columns),
+            inp.delimiter,
+        )
 
 
 def _quote(name: str) -> str:
@@ -130,8 +141,10 @@ def joke_columns(columns: list[str], user_column: str, drop_columns: list[str], 
     """Map the wide table's joke columns to joke ids; every column that is not the user column or dropped
     must be named by an integer id."""
     if user_column not in columns:
-        raise InputError(f"{source}: no user column {user_column!r} (columns: {columns[:6]}"
-                         f"{' ...' if len(columns) > 6 else ''}); set input.user_column")
+        raise InputError(
+            f"{source}: no user column {user_column!r} (columns: {columns[:6]}"
+            f"{' ...' if len(columns) > 6 else ''}); set input.user_column"
+        )
     jokes = []
     bad = []
     for name in columns:
@@ -143,8 +156,10 @@ def joke_columns(columns: list[str], user_column: str, drop_columns: list[str], 
         else:
             bad.append(name)
     if bad:
-        raise InputError(f"{source}: joke column(s) {bad[:5]} are not integer joke ids; expected every column "
-                         f"other than {user_column!r} and input.drop_columns {drop_columns} to be a joke id")
+        raise InputError(
+            f"{source}: joke column(s) {bad[:5]} are not integer joke ids; expected every column "
+            f"other than {user_column!r} and input.drop_columns {drop_columns} to be a joke id"
+        )
     ids = [j for _, j in jokes]
     dupes = sorted({j for j in ids if ids.count(j) > 1})
     if dupes:
@@ -160,24 +175,31 @@ def stack_expression(jokes: list[tuple[str, int]]) -> str:
     return f"stack({len(jokes)}, {pairs}) AS (joke, raw)"
 
 
-def melt_wide_ratings(wide: DataFrame, user_column: str, jokes: list[tuple[str, int]],
-                      keep: tuple[str, ...] = ()) -> DataFrame:
+def melt_wide_ratings(
+    wide: DataFrame, user_column: str, jokes: list[tuple[str, int]], keep: tuple[str, ...] = ()
+) -> DataFrame:
     """Wide table -> one row per (user, joke) cell: ``user_raw`` string, ``user`` int (null unless the id is an
     integer in Int range), the row's columns named in ``keep``, ``joke`` int, ``raw`` string.
 
     Every cell is kept, blanks included, so that it can be counted. The user's id is parsed once per row, before
     the row is melted into its cells."""
-    return wide.select(F.col(_quote(user_column)).cast("string").alias("user_raw"),
-                       _int_id(_quote(user_column)).alias("user"), *[F.col(_quote(c)) for c in keep],
-                       F.expr(stack_expression(jokes)))
+    return wide.select(
+        F.col(_quote(user_column)).cast("string").alias("user_raw"),
+        _int_id(_quote(user_column)).alias("user"),
+        *[F.col(_quote(c)) for c in keep],
+        F.expr(stack_expression(jokes)),
+    )
 
 
 def number_rows(table: DataFrame, column: str = "_row") -> DataFrame:
     """Add the 1-based position of each row in file order (the original Jester files identify users by
     row). One ordered window: fine for tables of millions of rows, which is what this layout holds."""
-    ordered = table.select("*", F.col("_metadata.file_path").alias("_file"),
-                           F.col("_metadata.file_block_start").alias("_block"),
-                           F.monotonically_increasing_id().alias("_pos"))
+    ordered = table.select(
+        "*",
+        F.col("_metadata.file_path").alias("_file"),
+        F.col("_metadata.file_block_start").alias("_block"),
+        F.monotonically_increasing_id().alias("_pos"),
+    )
     order = Window.orderBy("_file", "_block", "_pos")
     return ordered.withColumn(column, F.row_number().over(order)).drop("_file", "_block", "_pos")
 
@@ -186,8 +208,10 @@ def jester_original_cells(table: DataFrame, source: str) -> tuple[DataFrame, lis
     """The original Jester files: no header, the count of rated jokes first, then jokes 1..N, users by row."""
     columns = table.columns
     if len(columns) < 2:
-        raise InputError(f"{source}: the Jester layout needs a count column and at least one joke column, "
-                         f"found {len(columns)} column(s)")
+        raise InputError(
+            f"{source}: the Jester layout needs a count column and at least one joke column, "
+            f"found {len(columns)} column(s)"
+        )
     jokes = [(name, position) for position, name in enumerate(columns) if position > 0]
     numbered = number_rows(table).withColumn("_user", F.col("_row").cast("string"))
     return melt_wide_ratings(numbered, "_user", jokes), jokes
@@ -199,16 +223,23 @@ def long_cells(table: DataFrame, columns: LongColumns, source: str) -> DataFrame
     missing = [c for c in names if c not in table.columns]
     if missing:
         raise InputError(f"{source}: long layout needs columns {names}; missing {missing} (set input.long_columns)")
-    return table.select(F.col(_quote(columns.user)).cast("string").alias("user_raw"),
-                        F.col(_quote(columns.joke)).cast("string").alias("joke_raw"),
-                        F.col(_quote(columns.rating)).cast("string").alias("raw"))
+    return table.select(
+        F.col(_quote(columns.user)).cast("string").alias("user_raw"),
+        F.col(_quote(columns.joke)).cast("string").alias("joke_raw"),
+        F.col(_quote(columns.rating)).cast("string").alias("raw"),
+    )
 
 
 def _int_id(column: str):
     """A trimmed string that is a whole number within Int range (``12``, ``12.0``), else null."""
     as_double = F.expr(f"try_cast(trim({column}) AS DOUBLE)")
-    ok = (as_double.isNotNull() & ~F.isnan(as_double) & (as_double == F.floor(as_double))
-          & (as_double >= 0) & (as_double <= INT_MAX))
+    ok = (
+        as_double.isNotNull()
+        & ~F.isnan(as_double)
+        & (as_double == F.floor(as_double))
+        & (as_double >= 0)
+        & (as_double <= INT_MAX)
+    )
     return F.when(ok, as_double.cast("int"))
 
 
@@ -224,13 +255,15 @@ def needs_reindex(cells: DataFrame) -> bool:
 
 def user_id_mapping(cells: DataFrame) -> DataFrame:
     """Original id (trimmed string) -> dense int ``user`` 1..n in the ids' sort order (deterministic)."""
-    originals = (cells.select(F.trim(F.col("user_raw")).alias("original_user"))
-                 .where(F.col("original_user") != "").distinct())
+    originals = (
+        cells.select(F.trim(F.col("user_raw")).alias("original_user")).where(F.col("original_user") != "").distinct()
+    )
     return originals.withColumn("user", F.dense_rank().over(Window.orderBy("original_user")).cast("int"))
 
 
-def classify_cells(cells: DataFrame, *, missing_values: list[float], rating_range: list[float],
-                   min_ratings_per_user: int = 1) -> DataFrame:
+def classify_cells(
+    cells: DataFrame, *, missing_values: list[float], rating_range: list[float], min_ratings_per_user: int = 1
+) -> DataFrame:
     """Add ``user`` int (unless already there), ``rating`` double, ``status`` and ``reason`` to every cell
     (see the module table)."""
     low, high = float(rating_range[0]), float(rating_range[1])
@@ -242,28 +275,38 @@ def classify_cells(cells: DataFrame, *, missing_values: list[float], rating_rang
     value = F.expr("try_cast(trim(raw) AS DOUBLE)")
     sentinel = value.isin([float(v) for v in missing_values]) if missing_values else F.lit(False)
     forced = F.col("forced_reason") if "forced_reason" in cells.columns else F.lit(None).cast("string")
-    reason = (F.when(forced.isNotNull(), forced)
-              .when(F.col("raw").isNull() | (text == ""), "blank")
-              .when(value.isNull(), "not_a_number")
-              .when(F.isnan(value) | (F.abs(value) == float("inf")), "not_finite")
-              .when(sentinel, "sentinel")
-              .when((value < low) | (value > high), "out_of_range")
-              .when(F.col("user").isNull(), "bad_user_id")
-              .when(F.col("joke").isNull(), "bad_joke_id")
-              .otherwise("rated"))
+    reason = (
+        F.when(forced.isNotNull(), forced)
+        .when(F.col("raw").isNull() | (text == ""), "blank")
+        .when(value.isNull(), "not_a_number")
+        .when(F.isnan(value) | (F.abs(value) == float("inf")), "not_finite")
+        .when(sentinel, "sentinel")
+        .when((value < low) | (value > high), "out_of_range")
+        .when(F.col("user").isNull(), "bad_user_id")
+        .when(F.col("joke").isNull(), "bad_joke_id")
+        .otherwise("rated")
+    )
     if "user" not in cells.columns:
         cells = cells.withColumn("user", _int_id("user_raw"))
     classified = cells.withColumn("rating", value).withColumn("reason", reason)
     if min_ratings_per_user > 1:
         valid = classified.where(F.col("reason") == "rated").groupBy("user").agg(F.count(F.lit(1)).alias("_valid"))
-        classified = (classified.join(valid, on="user", how="left")
-                      .withColumn("reason", F.when((F.col("reason") == "rated")
-                                                   & (F.coalesce("_valid", F.lit(0)) < min_ratings_per_user),
-                                                   "too_few_ratings").otherwise(F.col("reason")))
-                      .drop("_valid"))
-    status = (F.when(F.col("reason") == "rated", "accepted")
-              .when(F.col("reason").isin("blank", "sentinel"), "missing")
-              .otherwise("rejected"))
+        classified = (
+            classified.join(valid, on="user", how="left")
+            .withColumn(
+                "reason",
+                F.when(
+                    (F.col("reason") == "rated") & (F.coalesce("_valid", F.lit(0)) < min_ratings_per_user),
+                    "too_few_ratings",
+                ).otherwise(F.col("reason")),
+            )
+            .drop("_valid")
+        )
+    status = (
+        F.when(F.col("reason") == "rated", "accepted")
+        .when(F.col("reason").isin("blank", "sentinel"), "missing")
+        .otherwise("rejected")
+    )
     return classified.withColumn("status", status)
 
 
@@ -286,8 +329,9 @@ class PreparedRatings:
         """user -> the Excel file and row it was read from (format xls), else None."""
         if self.table is None or EXCEL_FILE not in self.table.columns:
             return None
-        return self.table.select(F.col(EXCEL_USER).cast("int").alias("user"), F.col(EXCEL_FILE).alias("file"),
-                                 F.col(EXCEL_ROW).alias("row"))
+        return self.table.select(
+            F.col(EXCEL_USER).cast("int").alias("user"), F.col(EXCEL_FILE).alias("file"), F.col(EXCEL_ROW).alias("row")
+        )
 
     def release(self) -> None:
         try_unpersist(self.classified)
@@ -346,12 +390,19 @@ def read_summary(table: DataFrame, user_column: str | None = None, *, wide: bool
 def check_unique_users(table: DataFrame, user_column: str, source: str) -> None:
     """Each user on one row (ids compared as ALS sees them: ``12`` and ``12.0`` are one user): then a wide
     table cannot give two ratings of one joke by one user, since its joke columns are distinct."""
-    repeated = (table.groupBy(_user_key(user_column).alias("id")).count()
-                .where("count > 1 AND id IS NOT NULL").orderBy("id").limit(5).collect())
+    repeated = (
+        table.groupBy(_user_key(user_column).alias("id"))
+        .count()
+        .where("count > 1 AND id IS NOT NULL")
+        .orderBy("id")
+        .limit(5)
+        .collect()
+    )
     if repeated:
         shown = ", ".join(f"{r['id']!r} ({r['count']} rows)" for r in repeated)
-        raise InputError(f"{source}: user id(s) on more than one row: {shown}; each user must have one row "
-                         f"(column {user_column!r})")
+        raise InputError(
+            f"{source}: user id(s) on more than one row: {shown}; each user must have one row (column {user_column!r})"
+        )
 
 
 def check_input(spark: SparkSession, inp: InputConfig) -> dict:
@@ -373,12 +424,14 @@ def check_input(spark: SparkSession, inp: InputConfig) -> dict:
 def check_job(spark: SparkSession, cfg: JesterConfig) -> str:
     """The ``check`` job: :func:`check_input` on the configured input, as the line it prints."""
     found = check_input(spark, cfg.input)
-    return (f"jester-als check: config {cfg.source or '(built-in defaults)'} is valid; "
-            + ", ".join(f"{k} {v}" for k, v in found.items()))
+    return f"jester-als check: config {cfg.source or '(built-in defaults)'} is valid; " + ", ".join(
+        f"{k} {v}" for k, v in found.items()
+    )
 
 
-def ratings_cells(spark: SparkSession, inp: InputConfig, table: DataFrame | None = None
-                  ) -> tuple[DataFrame, str, dict, bool | None]:
+def ratings_cells(
+    spark: SparkSession, inp: InputConfig, table: DataFrame | None = None
+) -> tuple[DataFrame, str, dict, bool | None]:
     """Read the configured input (or take ``table``, the input as read); return its cells (wide melted or
     long), the input's name and fingerprint, and whether some user id is not an integer in Int range (None where
     the cells must be asked)."""
@@ -405,24 +458,28 @@ def ratings_cells(spark: SparkSession, inp: InputConfig, table: DataFrame | None
         jokes = joke_columns(header, inp.user_column, inp.drop_columns, source)
         if users["distinct"] != users["named"]:
             check_unique_users(table, inp.user_column, source)
-        log.info("%s: %d joke columns (ids %d..%d)", source, len(jokes), min(j for _, j in jokes),
-                 max(j for _, j in jokes))
+        log.info(
+            "%s: %d joke columns (ids %d..%d)", source, len(jokes), min(j for _, j in jokes), max(j for _, j in jokes)
+        )
         if not users.get("malformed"):
             # No malformed-row column, or every row had the header's width (counted in the summary pass): one
             # scan of the file instead of a second one for the malformed rows. drop() of a column the table
             # lacks is a no-op.
             return melt_wide_ratings(table.drop(MALFORMED), inp.user_column, jokes), source, prints, not_int
         well_formed = table.where(F.col(MALFORMED).isNull()).drop(MALFORMED)
-        cells = (melt_wide_ratings(well_formed, inp.user_column, jokes)
-                 .withColumn("forced_reason", F.lit(None).cast("string"))
-                 .withColumn("detail", F.lit(None).cast("string")))
+        cells = (
+            melt_wide_ratings(well_formed, inp.user_column, jokes)
+            .withColumn("forced_reason", F.lit(None).cast("string"))
+            .withColumn("detail", F.lit(None).cast("string"))
+        )
         malformed = malformed_row_cells(table, header, inp.user_column, dict(jokes), inp.delimiter)
         return cells.unionByName(malformed), source, prints, not_int
     return long_cells(table, inp.long_columns, source), source, prints, not_int
 
 
-def malformed_row_cells(table: DataFrame, header: list[str], user_column: str, joke_ids: dict[str, int],
-                        delimiter: str) -> DataFrame:
+def malformed_row_cells(
+    table: DataFrame, header: list[str], user_column: str, joke_ids: dict[str, int], delimiter: str
+) -> DataFrame:
     """Every field of the rows Spark marked as malformed (a field count that differs from the header's), as
     cells refused with ``wrong_field_count``: a field under a joke column keeps that joke id, a field past the
     header has none. The raw line is split on the delimiter outside double quotes, as CSV does."""
@@ -434,14 +491,19 @@ def malformed_row_cells(table: DataFrame, header: list[str], user_column: str, j
     # CSV file that reads only that column.
     rows = table.where(F.col(MALFORMED).isNotNull()).select(
         F.trim(F.col(_quote(user_column)).cast("string")).alias("user_raw"),
-        F.size(fields).alias("fields"), F.posexplode(fields).alias("pos", "field"))
-    return (rows.where(~F.col("pos").isin(skipped))
-            .select("user_raw", _int_id("user_raw").alias("user"),
-                    F.try_element_at(joke_at, (F.col("pos") + 1).cast("int")).alias("joke"),
-                    F.regexp_replace("field", r'^\s*"(.*)"\s*$', "$1").alias("raw"),
-                    F.lit("wrong_field_count").alias("forced_reason"),
-                    F.format_string("row of user %s has %d fields; the header has %d", F.col("user_raw"),
-                                    F.col("fields"), F.lit(len(header))).alias("detail")))
+        F.size(fields).alias("fields"),
+        F.posexplode(fields).alias("pos", "field"),
+    )
+    return rows.where(~F.col("pos").isin(skipped)).select(
+        "user_raw",
+        _int_id("user_raw").alias("user"),
+        F.try_element_at(joke_at, (F.col("pos") + 1).cast("int")).alias("joke"),
+        F.regexp_replace("field", r'^\s*"(.*)"\s*$', "$1").alias("raw"),
+        F.lit("wrong_field_count").alias("forced_reason"),
+        F.format_string(
+            "row of user %s has %d fields; the header has %d", F.col("user_raw"), F.col("fields"), F.lit(len(header))
+        ).alias("detail"),
+    )
 
 
 def count_cells(classified: DataFrame, *, rows_are_users: bool = False) -> dict:
@@ -453,11 +515,17 @@ def count_cells(classified: DataFrame, *, rows_are_users: bool = False) -> dict:
     left as None here."""
     accepted = F.col("status") == "accepted"
     rating = F.when(accepted, F.col("rating"))
-    groups = (classified.groupBy("joke", "status", "reason")
-              .agg(F.count(F.lit(1)).alias("cells"), F.count(rating).alias("n"), F.sum(rating).alias("total"),
-                   F.sum(rating * rating).alias("squares"),
-                   F.sum(F.when(accepted, F.xxhash64("user", "joke", "rating")).cast("decimal(38,0)")).alias("hash"))
-              .collect())
+    groups = (
+        classified.groupBy("joke", "status", "reason")
+        .agg(
+            F.count(F.lit(1)).alias("cells"),
+            F.count(rating).alias("n"),
+            F.sum(rating).alias("total"),
+            F.sum(rating * rating).alias("squares"),
+            F.sum(F.when(accepted, F.xxhash64("user", "joke", "rating")).cast("decimal(38,0)")).alias("hash"),
+        )
+        .collect()
+    )
     counts = {"cells": 0, "accepted": 0, "missing": {}, "rejected": {}}
     rated_per_joke: dict = {}
     for row in groups:
@@ -476,13 +544,18 @@ def count_cells(classified: DataFrame, *, rows_are_users: bool = False) -> dict:
     n = sum(row["n"] for row in rated)
     mean = sum(row["total"] for row in rated) / n if n else None
     counts["ratings"] = {
-        "ratings": n, "items": sum(1 for v in rated_per_joke.values() if v), "mean": mean,
+        "ratings": n,
+        "items": sum(1 for v in rated_per_joke.values() if v),
+        "mean": mean,
         "std": max(sum(row["squares"] for row in rated) / n - mean * mean, 0.0) ** 0.5 if n else None,
         "hash": sum(int(row["hash"]) for row in rated),
         "users": classified.where(accepted).select("user").distinct().count() if n else 0,
     }
-    counts["rows_without_ratings"] = None if rows_are_users else (
-        classified.groupBy("user_raw").agg(F.count(rating).alias("n")).where("n = 0").count())
+    counts["rows_without_ratings"] = (
+        None
+        if rows_are_users
+        else (classified.groupBy("user_raw").agg(F.count(rating).alias("n")).where("n = 0").count())
+    )
     return counts
 
 
@@ -518,37 +591,63 @@ def _prepare(spark: SparkSession, inp: InputConfig, restore: dict) -> PreparedRa
     mode = inp.user_ids
     if mode == "reindex" or (mode == "auto" and (needs_reindex(cells) if not_int is None else not_int)):
         user_ids = try_persist(user_id_mapping(cells), "the user id mapping")
-        cells = cells.drop("user").join(user_ids, F.trim(F.col("user_raw")) == F.col("original_user"), "left") \
+        cells = (
+            cells.drop("user")
+            .join(user_ids, F.trim(F.col("user_raw")) == F.col("original_user"), "left")
             .drop("original_user")
-        log.info("%s: user ids are not all integers in Int range; re-indexed %d users (mapping in user_ids/)",
-                 source, user_ids.count())
-    classified = classify_cells(cells, missing_values=inp.missing_values, rating_range=inp.rating_range,
-                                min_ratings_per_user=inp.min_ratings_per_user)
+        )
+        log.info(
+            "%s: user ids are not all integers in Int range; re-indexed %d users (mapping in user_ids/)",
+            source,
+            user_ids.count(),
+        )
+    classified = classify_cells(
+        cells,
+        missing_values=inp.missing_values,
+        rating_range=inp.rating_range,
+        min_ratings_per_user=inp.min_ratings_per_user,
+    )
     # What is kept for the counts and the two outputs: the raw text only of refused cells and the rating only
     # of accepted ones (nulls cost next to nothing in the cache, where every cell's text would be built into
     # it and read back).
     # The long layout counts its users without a rating by their raw ids, so keeps every cell's.
     rejected_only = F.col("status") == "rejected"
     text = ("joke_raw", "raw", "detail") if inp.layout == "long" else ("joke_raw", "raw", "detail", "user_raw")
-    kept = [F.col(c) if c not in text else F.when(rejected_only, F.col(c)).alias(c)
-            for c in ("user", "joke", "user_raw", "reason", "status", "joke_raw", "raw", "detail")
-            if c in classified.columns]
+    kept = [
+        F.col(c) if c not in text else F.when(rejected_only, F.col(c)).alias(c)
+        for c in ("user", "joke", "user_raw", "reason", "status", "joke_raw", "raw", "detail")
+        if c in classified.columns
+    ]
     classified = try_persist(
         classified.select(*kept, F.when(F.col("status") == "accepted", F.col("rating")).alias("rating")),
-        "the classified input cells")
+        "the classified input cells",
+    )
     counts = count_cells(classified, rows_are_users=inp.layout != "long")
-    ratings = (classified.where(F.col("status") == "accepted")
-               .select("user", "joke", "rating"))
+    ratings = classified.where(F.col("status") == "accepted").select("user", "joke", "rating")
     detail = F.col("detail") if "detail" in classified.columns else F.lit(None).cast("string")
-    rejected = (classified.where(F.col("status") == "rejected")
-                .select(F.col("user_raw").alias("user"), F.col("joke_raw").alias("joke"),
-                        F.col("raw").alias("value"), "reason", detail.alias("detail")))
+    rejected = classified.where(F.col("status") == "rejected").select(
+        F.col("user_raw").alias("user"),
+        F.col("joke_raw").alias("joke"),
+        F.col("raw").alias("value"),
+        "reason",
+        detail.alias("detail"),
+    )
     malformed = counts["rejected"].get("wrong_field_count")
     if malformed:
-        rows = (rejected.where(F.col("reason") == "wrong_field_count").select("detail").distinct()
-                .orderBy("detail").limit(5).collect())
-        log.warning("%s: %d cells refused from rows whose field count differs from the header: %s", source,
-                    malformed, "; ".join(r["detail"] for r in rows))
+        rows = (
+            rejected.where(F.col("reason") == "wrong_field_count")
+            .select("detail")
+            .distinct()
+            .orderBy("detail")
+            .limit(5)
+            .collect()
+        )
+        log.warning(
+            "%s: %d cells refused from rows whose field count differs from the header: %s",
+            source,
+            malformed,
+            "; ".join(r["detail"] for r in rows),
+        )
     return PreparedRatings(ratings, rejected, counts, source, classified, user_ids, prints, restore, table)
 
 
@@ -564,18 +663,30 @@ def reference_scan(spark: SparkSession, inp: InputConfig, path: str) -> float:
         table = read_table(spark, inp)
     if inp.layout == "long":
         columns = inp.long_columns
-        cells = table.select(F.col(_quote(columns.user)).alias("user_raw"), F.col(_quote(columns.joke)).alias("joke"),
-                             F.col(_quote(columns.rating)).alias("raw"))
+        cells = table.select(
+            F.col(_quote(columns.user)).alias("user_raw"),
+            F.col(_quote(columns.joke)).alias("joke"),
+            F.col(_quote(columns.rating)).alias("raw"),
+        )
     elif inp.layout == "jester":
-        cells = melt_wide_ratings(table.withColumn("_user", F.lit("0")), "_user",
-                                  [(name, position) for position, name in enumerate(table.columns) if position > 0])
+        cells = melt_wide_ratings(
+            table.withColumn("_user", F.lit("0")),
+            "_user",
+            [(name, position) for position, name in enumerate(table.columns) if position > 0],
+        )
     else:
         jokes = joke_columns(table.columns, inp.user_column, inp.drop_columns, input_name(inp))
         cells = melt_wide_ratings(table, inp.user_column, jokes)
-    (cells.where(F.col("raw").isNotNull() & (F.trim(F.col("raw").cast("string")) != ""))
-     .select(F.col("user_raw").cast("int").alias("user"), F.col("joke").cast("int").alias("joke"),
-             F.col("raw").cast("double").alias("rating"))
-     .write.mode("overwrite").parquet(path))
+    (
+        cells.where(F.col("raw").isNotNull() & (F.trim(F.col("raw").cast("string")) != ""))
+        .select(
+            F.col("user_raw").cast("int").alias("user"),
+            F.col("joke").cast("int").alias("joke"),
+            F.col("raw").cast("double").alias("rating"),
+        )
+        .write.mode("overwrite")
+        .parquet(path)
+    )
     return time.perf_counter() - started
 
 
@@ -585,5 +696,7 @@ def check_duplicates(ratings: DataFrame, source: str) -> None:
     first = dupes.limit(3).collect()
     if first:
         shown = ", ".join(f"user {r['user']} joke {r['joke']}" for r in first)
-        raise InputError(f"{source}: more than one rating for the same user and joke ({shown}); "
-                         f"each user id must appear on one row only")
+        raise InputError(
+            f"{source}: more than one rating for the same user and joke ({shown}); "
+            f"each user id must appear on one row only"
+        )

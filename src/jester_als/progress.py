@@ -13,8 +13,15 @@ HEARTBEAT_SECONDS = 20.0
 
 
 @contextmanager
-def step(index: int, total: int, what: str, heartbeat: float = HEARTBEAT_SECONDS, *,
-         record: dict | None = None, name: str | None = None):
+def step(
+    index: int,
+    total: int,
+    what: str,
+    heartbeat: float = HEARTBEAT_SECONDS,
+    *,
+    record: dict | None = None,
+    name: str | None = None,
+):
     """``with step(2, 4, "tuning"):`` logs ``step 2/4: tuning``, then every ``heartbeat`` seconds ``step 2/4:
     tuning, 40 s so far``, and ``step 2/4: tuning done in 52.3 s`` (or ``failed after``); with ``record`` and
     ``name``, the step's seconds are kept as ``record[name]``."""

@@ -39,8 +39,10 @@ def _answer_section(root: Path) -> str:
     """README: the scaling study's answer, derived from its run, and its plot."""
     from jester_als.scale.render import answer
 
-    return (answer(_docs(root, "scale.json")) + "\n\n"
-            "![NumPy ALS vs Spark ALS: fit time and peak memory against training ratings](docs/scale.png)")
+    return (
+        answer(_docs(root, "scale.json")) + "\n\n"
+        "![NumPy ALS vs Spark ALS: fit time and peak memory against training ratings](docs/scale.png)"
+    )
 
 
 def _printed(metrics: dict) -> str:
@@ -58,8 +60,10 @@ def _summary_section(root: Path) -> str:
     """README: what `make run` printed, and which run it was."""
     metrics = _docs(root, "run/metrics.json")
     run = metrics["run"]
-    return (f"{_printed(metrics)}\n\nRun {run['run_id']} of `{run['job']}`, finished {run['finished']}, "
-            f"on generated data; its whole report: [docs/run.md](docs/run.md).")
+    return (
+        f"{_printed(metrics)}\n\nRun {run['run_id']} of `{run['job']}`, finished {run['finished']}, "
+        f"on generated data; its whole report: [docs/run.md](docs/run.md)."
+    )
 
 
 def _run_section(root: Path) -> str:
@@ -93,9 +97,12 @@ def _rendered() -> dict[str, tuple[str, Callable[[dict], str]]]:
     from jester_als.scale.render import render_scale
     from jester_als.serve import render as render_serve
 
-    return {"docs/bench.md": ("docs/bench.json", render_bench), "docs/scale.md": ("docs/scale.json", render_scale),
-            "docs/defaults.md": ("docs/defaults.json", render_defaults),
-            "docs/serve.md": ("docs/serve.json", render_serve)}
+    return {
+        "docs/bench.md": ("docs/bench.json", render_bench),
+        "docs/scale.md": ("docs/scale.json", render_scale),
+        "docs/defaults.md": ("docs/defaults.json", render_defaults),
+        "docs/serve.md": ("docs/serve.json", render_serve),
+    }
 
 
 def rendered_page(root: Path, page: str) -> tuple[str, str]:

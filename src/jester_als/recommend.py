@@ -30,10 +30,11 @@ def recommend_unrated(model: ALSModel, rated: DataFrame, top_n: int, rating_rang
         most_rated = rated.groupBy("user").count().agg(F.max("count")).first()[0] or 0
         jokes = model.itemFactors.count()
         k = int(min(jokes, top_n + most_rated))
-        candidates = (model.recommendForAllUsers(k)
-                      .select("user", F.explode("recommendations").alias("r"))
-                      .select("user", F.col("r.joke").alias("joke"),
-                              F.col("r.rating").cast("double").alias("score")))
+        candidates = (
+            model.recommendForAllUsers(k)
+            .select("user", F.explode("recommendations").alias("r"))
+            .select("user", F.col("r.joke").alias("joke"), F.col("r.rating").cast("double").alias("score"))
+        )
         unrated = candidates.join(rated, on=["user", "joke"], how="left_anti")
     ranked = top_per_user(unrated, top_n)
     if rating_range is not None:

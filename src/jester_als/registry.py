@@ -41,35 +41,85 @@ class Job:
         return getattr(importlib.import_module(module), function)(*args)
 
 
-JOBS: dict[str, Job] = {job.name: job for job in (
-    Job("check", "validate the config and the input's header, with no Spark work beyond reading the header; "
-                 "exit 0 (fine), 1 (input problem) or 2 (config problem)", "jester_als.prepare:check_job",
-        staged=False),
-    Job("generate", "write a synthetic Jester-shaped wide CSV with a planted structure (no Spark)",
-        "jester_als.generate:generate_job", spark=False),
-    Job("prepare", "read the Jester table, melt it to (user, joke, rating), write ratings/ and rejected/",
-        "jester_als.jobs:prepare_job", outputs=("ratings", "rejected", "user_ids", "user_files")),
-    Job("tune", "split the ratings, tune ALS with TrainValidationSplit, evaluate on test, save model/",
-        "jester_als.jobs:tune_job", outputs=("model",), needs=("ratings",), reports=("als_engine", "spark_als"),
-        tunes=True),
-    Job("recommend", "top-N unrated jokes per user from the saved model into recommendations/",
-        "jester_als.jobs:run_recommend", outputs=("recommendations",), needs=("ratings", "model"),
-        reports=("recommendations",)),
-    Job("baseline", "NumPy ALS and simple baselines on a collected sample, against Spark ALS on the same rows",
-        "jester_als.jobs:run_baseline", needs=("ratings", "model"), reports=("baselines",)),
-    Job("foldin", "recommendations for new users from their ratings (new_users.path) and the saved model, without a "
-                  "refit", "jester_als.jobs:run_foldin",
-        outputs=("new_user_recommendations", "new_user_factors", "new_user_rejected"), needs=("model",)),
-    Job("pipeline", "prepare, tune, baseline and recommend in one run, with metrics.json and report.md",
-        "jester_als.jobs:run_pipeline", outputs=("ratings", "rejected", "user_ids", "user_files", "model",
-                                                 "recommendations"),
-        reports=("als_engine", "spark_als", "baselines", "recommendations"), tunes=True, whole=True),
-    Job("bench", "time NumPy ALS, Spark ALS and the seed's loop on the same ratings, each in its own process; "
-                 "bench.json, bench.md", "jester_als.bench:bench_job", spark=False,
-        outputs=("bench.json", "bench.md", "bench.png")),
-    Job("scale", "scaling study: both engines along users, density and jokes axes; scale.json, scale.md, scale.png",
-        "jester_als.scale:scale_job", spark=False, outputs=("scale.json", "scale.md", "scale.png")),
-)}
+JOBS: dict[str, Job] = {
+    job.name: job
+    for job in (
+        Job(
+            "check",
+            "validate the config and the input's header, with no Spark work beyond reading the header; "
+            "exit 0 (fine), 1 (input problem) or 2 (config problem)",
+            "jester_als.prepare:check_job",
+            staged=False,
+        ),
+        Job(
+            "generate",
+            "write a synthetic Jester-shaped wide CSV with a planted structure (no Spark)",
+            "jester_als.generate:generate_job",
+            spark=False,
+        ),
+        Job(
+            "prepare",
+            "read the Jester table, melt it to (user, joke, rating), write ratings/ and rejected/",
+            "jester_als.jobs:prepare_job",
+            outputs=("ratings", "rejected", "user_ids", "user_files"),
+        ),
+        Job(
+            "tune",
+            "split the ratings, tune ALS with TrainValidationSplit, evaluate on test, save model/",
+            "jester_als.jobs:tune_job",
+            outputs=("model",),
+            needs=("ratings",),
+            reports=("als_engine", "spark_als"),
+            tunes=True,
+        ),
+        Job(
+            "recommend",
+            "top-N unrated jokes per user from the saved model into recommendations/",
+            "jester_als.jobs:run_recommend",
+            outputs=("recommendations",),
+            needs=("ratings", "model"),
+            reports=("recommendations",),
+        ),
+        Job(
+            "baseline",
+            "NumPy ALS and simple baselines on a collected sample, against Spark ALS on the same rows",
+            "jester_als.jobs:run_baseline",
+            needs=("ratings", "model"),
+            reports=("baselines",),
+        ),
+        Job(
+            "foldin",
+            "recommendations for new users from their ratings (new_users.path) and the saved model, without a refit",
+            "jester_als.jobs:run_foldin",
+            outputs=("new_user_recommendations", "new_user_factors", "new_user_rejected"),
+            needs=("model",),
+        ),
+        Job(
+            "pipeline",
+            "prepare, tune, baseline and recommend in one run, with metrics.json and report.md",
+            "jester_als.jobs:run_pipeline",
+            outputs=("ratings", "rejected", "user_ids", "user_files", "model", "recommendations"),
+            reports=("als_engine", "spark_als", "baselines", "recommendations"),
+            tunes=True,
+            whole=True,
+        ),
+        Job(
+            "bench",
+            "time NumPy ALS, Spark ALS and the seed's loop on the same ratings, each in its own process; "
+            "bench.json, bench.md",
+            "jester_als.bench:bench_job",
+            spark=False,
+            outputs=("bench.json", "bench.md", "bench.png"),
+        ),
+        Job(
+            "scale",
+            "scaling study: both engines along users, density and jokes axes; scale.json, scale.md, scale.png",
+            "jester_als.scale:scale_job",
+            spark=False,
+            outputs=("scale.json", "scale.md", "scale.png"),
+        ),
+    )
+}
 
 PRODUCED_BY = {"ratings": "prepare", "model": "tune"}
 
@@ -86,6 +136,8 @@ def check_needs(job: str, output_dir: str) -> None:
     missing = [item for item in JOBS[job].needs if not os.path.isdir(os.path.join(base, item))]
     if missing:
         first = ", ".join(f"{item}/ (written by {PRODUCED_BY[item]})" for item in missing)
-        raise MissingInputError(f"output.dir {base} has no {first}; run "
-                                f"{' and '.join(dict.fromkeys(PRODUCED_BY[i] for i in missing))} with the same "
-                                f"output.dir first, or the pipeline job")
+        raise MissingInputError(
+            f"output.dir {base} has no {first}; run "
+            f"{' and '.join(dict.fromkeys(PRODUCED_BY[i] for i in missing))} with the same "
+            f"output.dir first, or the pipeline job"
+        )

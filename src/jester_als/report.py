@@ -27,51 +27,128 @@ def render_report(metrics: dict) -> str:
     out = ["# jester-als report", ""]
     run = metrics.get("run", {})
     if run:
-        out += [f"Run {run.get('run_id', '')} of `{run.get('job', '')}`, finished {run.get('finished', '')}, "
-                f"config `{run.get('config_file')}`.", ""]
+        out += [
+            f"Run {run.get('run_id', '')} of `{run.get('job', '')}`, finished {run.get('finished', '')}, "
+            f"config `{run.get('config_file')}`.",
+            "",
+        ]
     data = metrics.get("data")
     if data:
-        out += ["## Data", "",
-                table(["users", "jokes", "ratings", "train", "test", "rejected cells", "missing cells"],
-                      [[_num(data.get("users")), _num(data.get("items")), _num(data.get("ratings")),
-                        _num(data.get("train_ratings")), _num(data.get("test_ratings")),
-                        _num(data.get("rejected")), _num(data.get("missing"))]]), ""]
+        out += [
+            "## Data",
+            "",
+            table(
+                ["users", "jokes", "ratings", "train", "test", "rejected cells", "missing cells"],
+                [
+                    [
+                        _num(data.get("users")),
+                        _num(data.get("items")),
+                        _num(data.get("ratings")),
+                        _num(data.get("train_ratings")),
+                        _num(data.get("test_ratings")),
+                        _num(data.get("rejected")),
+                        _num(data.get("missing")),
+                    ]
+                ],
+            ),
+            "",
+        ]
         by_reason = (data.get("cells") or {}).get("rejected") or {}
         if by_reason:
-            out += ["Refused cells by reason: " + ", ".join(f"{k} {v:,}" for k, v in sorted(by_reason.items()))
-                    + " (see `rejected/`).", ""]
+            out += [
+                "Refused cells by reason: "
+                + ", ".join(f"{k} {v:,}" for k, v in sorted(by_reason.items()))
+                + " (see `rejected/`).",
+                "",
+            ]
     spark = metrics.get("spark_als")
     comparison = engine_rows(metrics)
     if comparison:
-        out += ["## Engines on the same held-out ratings", "",
-                table(["engine", "params", "collect (s)", "fit (s)", "collect + fit (s)", "test RMSE", "test MAE",
-                       "test NMAE", "rows scored"], comparison), ""]
+        out += [
+            "## Engines on the same held-out ratings",
+            "",
+            table(
+                [
+                    "engine",
+                    "params",
+                    "collect (s)",
+                    "fit (s)",
+                    "collect + fit (s)",
+                    "test RMSE",
+                    "test MAE",
+                    "test NMAE",
+                    "rows scored",
+                ],
+                comparison,
+            ),
+            "",
+        ]
         out += comparison_notes(metrics) + [""]
     elif spark and "test_rmse" in spark:
-        out += ["## Spark ALS on the test ratings", "",
-                table(["params", "fit (s)", "test RMSE", "test MAE", "rows scored"],
-                      [[_params(spark.get("model_params")), _num(spark.get("fit_seconds"), 2),
-                        _num(spark["test_rmse"]), _num(spark.get("test_mae")), _num(spark.get("test_rows_scored"))]]),
-                ""]
+        out += [
+            "## Spark ALS on the test ratings",
+            "",
+            table(
+                ["params", "fit (s)", "test RMSE", "test MAE", "rows scored"],
+                [
+                    [
+                        _params(spark.get("model_params")),
+                        _num(spark.get("fit_seconds"), 2),
+                        _num(spark["test_rmse"]),
+                        _num(spark.get("test_mae")),
+                        _num(spark.get("test_rows_scored")),
+                    ]
+                ],
+            ),
+            "",
+        ]
     if metrics.get("als_engine"):
         fallback = metrics["numpy_als"]
-        out += [f"## {metrics['als_engine']}", "",
-                f"Spark refused ALS ({fallback['fallback_reason']}); the same grid was tuned with NumPy ALS on "
-                f"the driver.", "",
-                table(["params", "fit (s)", "test RMSE", "test MAE", "rows scored"],
-                      [[_params(fallback["params"]), _num(fallback["fit_seconds"], 2), _num(fallback["test_rmse"]),
-                        _num(fallback["test_mae"]), _num(fallback["test_rows_scored"])]]), "",
-                table(["params", "validation RMSE"],
-                      [[_params(p["params"]), _num(p["validation_rmse"])] for p in fallback["validation"]]), ""]
+        out += [
+            f"## {metrics['als_engine']}",
+            "",
+            f"Spark refused ALS ({fallback['fallback_reason']}); the same grid was tuned with NumPy ALS on the driver.",
+            "",
+            table(
+                ["params", "fit (s)", "test RMSE", "test MAE", "rows scored"],
+                [
+                    [
+                        _params(fallback["params"]),
+                        _num(fallback["fit_seconds"], 2),
+                        _num(fallback["test_rmse"]),
+                        _num(fallback["test_mae"]),
+                        _num(fallback["test_rows_scored"]),
+                    ]
+                ],
+            ),
+            "",
+            table(
+                ["params", "validation RMSE"],
+                [[_params(p["params"]), _num(p["validation_rmse"])] for p in fallback["validation"]],
+            ),
+            "",
+        ]
     if spark and spark.get("validation"):
-        out += ["## Tuning grid", "",
-                f"{len(spark['validation'])} grid points in {_num(spark.get('tune_seconds'), 1)} s by "
-                f"{spark.get('tune_method', 'TrainValidationSplit')} (validation RMSE on a "
-                f"{_num(spark.get('train_ratio'), 2)} train ratio of the training ratings).", "",
-                table(["params", "validation RMSE", ""],
-                      [[_params(p["params"]), _num(p["validation_rmse"]),
-                        "best" if all(spark["best_params"].get(k) == v for k, v in p["params"].items())
-                        else ""] for p in spark["validation"]]), ""]
+        out += [
+            "## Tuning grid",
+            "",
+            f"{len(spark['validation'])} grid points in {_num(spark.get('tune_seconds'), 1)} s by "
+            f"{spark.get('tune_method', 'TrainValidationSplit')} (validation RMSE on a "
+            f"{_num(spark.get('train_ratio'), 2)} train ratio of the training ratings).",
+            "",
+            table(
+                ["params", "validation RMSE", ""],
+                [
+                    [
+                        _params(p["params"]),
+                        _num(p["validation_rmse"]),
+                        "best" if all(spark["best_params"].get(k) == v for k, v in p["params"].items()) else "",
+                    ]
+                    for p in spark["validation"]
+                ],
+            ),
+            "",
+        ]
         out += tuning_notes(spark)
         out += ranking_section(metrics)
     out += new_users_section(metrics)
@@ -79,11 +156,15 @@ def render_report(metrics: dict) -> str:
     out += timing_section(metrics)
     recs = metrics.get("recommendations")
     if recs:
-        out += ["## Recommendations", "",
-                f"Top {recs['top_n']} unrated jokes for {_num(recs['users'])} users in `recommendations/`; "
-                f"{_num(recs.get('users_without'))} users rated every joke and get none. Catalogue coverage: "
-                f"{_num(recs.get('jokes_recommended'))} distinct jokes recommended "
-                f"({_num(recs.get('catalogue_coverage'), 3)} of the jokes with ratings).", ""]
+        out += [
+            "## Recommendations",
+            "",
+            f"Top {recs['top_n']} unrated jokes for {_num(recs['users'])} users in `recommendations/`; "
+            f"{_num(recs.get('users_without'))} users rated every joke and get none. Catalogue coverage: "
+            f"{_num(recs.get('jokes_recommended'))} distinct jokes recommended "
+            f"({_num(recs.get('catalogue_coverage'), 3)} of the jokes with ratings).",
+            "",
+        ]
     out += plots_section(metrics.get("plots"))
     return "\n".join(out)
 
@@ -102,24 +183,38 @@ def new_users_section(metrics: dict) -> list[str]:
             continue
         cells = [label, _num(entry["users"]), f"{entry['revealed_per_user']:.1f}"]
         for predictor in ("model", "popularity", "refit"):
-            cells += [_num(entry[predictor]["rmse"]), _num(entry[predictor]["nmae"]),
-                      _num(entry[predictor]["ndcg_at_k"])]
+            cells += [
+                _num(entry[predictor]["rmse"]),
+                _num(entry[predictor]["nmae"]),
+                _num(entry[predictor]["ndcg_at_k"]),
+            ]
         rows.append(cells)
-    header = ["revealed", "users", "ratings shown"] + [f"{who} {what}" for who in ("fold-in", "popularity", "refit")
-                                                       for what in ("RMSE", "NMAE", f"NDCG@{k}")]
+    header = ["revealed", "users", "ratings shown"] + [
+        f"{who} {what}" for who in ("fold-in", "popularity", "refit") for what in ("RMSE", "NMAE", f"NDCG@{k}")
+    ]
     serve = new.get("serve_seconds") or {}
     seconds = new["seconds"]
-    lines = ["## New users: how many ratings a new user needs", "",
-             f"{_num(new['users'])} users held out whole (not in the model, fitted on "
-             f"{_num(new['fitted_on_users'])} other users' training ratings with the chosen params); each shows k of "
-             f"its ratings, is folded in from them without a refit, and its other ratings are scored. Popularity: "
-             f"each joke's mean rating among the other users; refit: the model fitted again with the shown ratings "
-             f"(what fold-in approximates). Relevant: rating >= {new['relevance_threshold']}.", "",
-             table(header, rows), "", beats_sentence(new), ""]
+    lines = [
+        "## New users: how many ratings a new user needs",
+        "",
+        f"{_num(new['users'])} users held out whole (not in the model, fitted on "
+        f"{_num(new['fitted_on_users'])} other users' training ratings with the chosen params); each shows k of "
+        f"its ratings, is folded in from them without a refit, and its other ratings are scored. Popularity: "
+        f"each joke's mean rating among the other users; refit: the model fitted again with the shown ratings "
+        f"(what fold-in approximates). Relevant: rating >= {new['relevance_threshold']}.",
+        "",
+        table(header, rows),
+        "",
+        beats_sentence(new),
+        "",
+    ]
     if serve:
-        lines += ["Fold-in on the driver (input in memory, median of 5): "
-                  + ", ".join(f"{int(n):,} user(s) at once {s:.4f} s" for n, s in serve.items())
-                  + f". The evaluation took {seconds['total']:.1f} s ({seconds['refits']:.1f} s of it the refits).", ""]
+        lines += [
+            "Fold-in on the driver (input in memory, median of 5): "
+            + ", ".join(f"{int(n):,} user(s) at once {s:.4f} s" for n, s in serve.items())
+            + f". The evaluation took {seconds['total']:.1f} s ({seconds['refits']:.1f} s of it the refits).",
+            "",
+        ]
     return lines
 
 
@@ -132,15 +227,20 @@ def beats_sentence(new: dict) -> str:
         wins = [n for n in shown if better(new["random"][n])]
         if not wins:
             return "at none of the counts tried"
-        tail = shown[shown.index(wins[0]):]
-        return (f"from {wins[0]} shown rating(s) on" if all(n in wins for n in tail)
-                else f"at {', '.join(wins)} shown rating(s)")
+        tail = shown[shown.index(wins[0]) :]
+        return (
+            f"from {wins[0]} shown rating(s) on"
+            if all(n in wins for n in tail)
+            else f"at {', '.join(wins)} shown rating(s)"
+        )
 
     rmse = first(lambda e: e["model"]["rmse"] < e["popularity"]["rmse"])
     ndcg = first(lambda e: (e["model"]["ndcg_at_k"] or 0) > (e["popularity"]["ndcg_at_k"] or 0))
     refit_better = [n for n in shown if new["random"][n]["refit"]["rmse"] < new["random"][n]["model"]["rmse"]]
-    return (f"Fold-in beats popularity's RMSE {rmse} and its NDCG@{new['k']} {ndcg}; the full refit's RMSE is lower "
-            f"than fold-in's at {len(refit_better)} of {len(shown)} random counts.")
+    return (
+        f"Fold-in beats popularity's RMSE {rmse} and its NDCG@{new['k']} {ndcg}; the full refit's RMSE is lower "
+        f"than fold-in's at {len(refit_better)} of {len(shown)} random counts."
+    )
 
 
 def foldin_section(metrics: dict) -> list[str]:
@@ -149,15 +249,19 @@ def foldin_section(metrics: dict) -> list[str]:
     if not fold:
         return []
     refused = fold["cells"]["rejected"]
-    return ["## New users folded in", "",
-            f"{_num(fold['users'])} new users of {fold['source']} ({_num(fold['ratings'])} ratings of jokes the model "
-            f"knows) folded into the saved model ({fold['engine']}; {'biased, ' if fold['biased'] else ''}regParam "
-            f"{fold['reg_param']}) and recommended their top {fold['top_n']} unrated jokes in "
-            f"`new_user_recommendations/` ({_num(fold['recommended_users'])} users). "
-            f"{_num(fold['known_users'])} were already in the model (folded in anew from these ratings; the model is "
-            f"not changed); {_num(fold['users_without_ratings'])} had no rating of a known joke. Refused cells: "
-            + (", ".join(f"{k} {v:,}" for k, v in sorted(refused.items())) if refused else "none")
-            + " (`new_user_rejected/`).", ""]
+    return [
+        "## New users folded in",
+        "",
+        f"{_num(fold['users'])} new users of {fold['source']} ({_num(fold['ratings'])} ratings of jokes the model "
+        f"knows) folded into the saved model ({fold['engine']}; {'biased, ' if fold['biased'] else ''}regParam "
+        f"{fold['reg_param']}) and recommended their top {fold['top_n']} unrated jokes in "
+        f"`new_user_recommendations/` ({_num(fold['recommended_users'])} users). "
+        f"{_num(fold['known_users'])} were already in the model (folded in anew from these ratings; the model is "
+        f"not changed); {_num(fold['users_without_ratings'])} had no rating of a known joke. Refused cells: "
+        + (", ".join(f"{k} {v:,}" for k, v in sorted(refused.items())) if refused else "none")
+        + " (`new_user_rejected/`).",
+        "",
+    ]
 
 
 def timing_section(metrics: dict) -> list[str]:
@@ -171,14 +275,18 @@ def timing_section(metrics: dict) -> list[str]:
         out += [table(list(steps), [[f"{v:.1f} s" for v in steps.values()]]), ""]
     if timing:
         one_pass = (metrics.get("data") or {}).get("one_pass")
-        line = (f"prepare: {timing['prepare']:.1f} s (" + (
-            "in one pass: reading, classifying, counting and writing the ratings and the refused cells)." if one_pass
-            else f"read, classify and count {timing['read_and_count']:.1f} s, write {timing['write']:.1f} s)."))
+        line = f"prepare: {timing['prepare']:.1f} s (" + (
+            "in one pass: reading, classifying, counting and writing the ratings and the refused cells)."
+            if one_pass
+            else f"read, classify and count {timing['read_and_count']:.1f} s, write {timing['write']:.1f} s)."
+        )
         if "reference_scan" in timing:
-            line += (f" A plain read-melt-write of the same input, without checks or counts: "
-                     f"{timing['reference_scan_first']:.1f} s as the session's first job, "
-                     f"{timing['reference_scan']:.1f} s repeated after prepare; prepare took {timing['ratio']:.1f}x "
-                     f"the repeated scan.")
+            line += (
+                f" A plain read-melt-write of the same input, without checks or counts: "
+                f"{timing['reference_scan_first']:.1f} s as the session's first job, "
+                f"{timing['reference_scan']:.1f} s repeated after prepare; prepare took {timing['ratio']:.1f}x "
+                f"the repeated scan."
+            )
         out += [line, ""]
     return out
 
@@ -187,22 +295,25 @@ def tuning_notes(spark: dict) -> list[str]:
     """Where the chosen point sits in the grid, how regParam was scaled, and the time of each wave."""
     notes = []
     for edge in spark.get("grid_edges") or []:
-        notes.append(f"The chosen {edge['param']} ({edge['value']}) is the {edge['edge']} value the grid tried "
-                     f"({', '.join(map(str, edge['tried']))}): the best value may lie "
-                     f"{'above' if edge['edge'] == 'largest' else 'below'} it; widen the grid to find out.")
+        notes.append(
+            f"The chosen {edge['param']} ({edge['value']}) is the {edge['edge']} value the grid tried "
+            f"({', '.join(map(str, edge['tried']))}): the best value may lie "
+            f"{'above' if edge['edge'] == 'largest' else 'below'} it; widen the grid to find out."
+        )
     factor = spark.get("reg_param_factor")
     if factor not in (None, 1.0):
         notes.append(f"regParam values were scaled by {factor:g} to the rating scale (`tune.scale_reg_param`).")
     waves = spark.get("tune_waves_seconds")
     if waves:
-        notes.append(f"Tuning ran in {len(waves)} wave(s) of parallel grid points: "
-                     f"{', '.join(f'{w:.1f}' for w in waves)} s.")
+        notes.append(
+            f"Tuning ran in {len(waves)} wave(s) of parallel grid points: {', '.join(f'{w:.1f}' for w in waves)} s."
+        )
     return [note for item in notes for note in (item, "")]
 
 
 PLOT_CAPTIONS = {
     "tuning": "Validation RMSE over the tuning grid (rank x regParam; one panel per other grid parameter; the "
-              "chosen point outlined)",
+    "chosen point outlined)",
     "engines": "Engines and baselines on the same held-out ratings: test RMSE and fit time",
     "errors": "Held-out errors of the chosen model, NumPy ALS and the bias baseline on the same rows",
     "new_users": "New users held out whole: error of the rest of their ratings against the ratings they showed",
@@ -233,9 +344,13 @@ def ranking_section(metrics: dict) -> list[str]:
     for name, label in (("popularity", "joke popularity (mean training rating)"), ("random", "random order")):
         if references.get(name):
             rows.append([label, *(_num(references[name].get(key)) for key in keys), _num(references[name]["users"])])
-    return [f"Ranking each user's held-out jokes (relevant: rating >= {ranking.get('relevance_threshold')}; "
-            f"Spark's RankingEvaluator definitions), against rankings that use no model:", "",
-            table(["ranking", f"precision@{k}", f"recall@{k}", f"MAP@{k}", f"NDCG@{k}", "users"], rows), ""]
+    return [
+        f"Ranking each user's held-out jokes (relevant: rating >= {ranking.get('relevance_threshold')}; "
+        f"Spark's RankingEvaluator definitions), against rankings that use no model:",
+        "",
+        table(["ranking", f"precision@{k}", f"recall@{k}", f"MAP@{k}", f"NDCG@{k}", "users"], rows),
+        "",
+    ]
 
 
 def engine_rows(metrics: dict) -> list[list]:
@@ -246,18 +361,50 @@ def engine_rows(metrics: dict) -> list[list]:
     rows_scored = _num(numpy_als["rows"])
     collect, fit = numpy_als["collect_seconds"], numpy_als["fit_seconds"]
     return [
-        ["Spark ALS", _params(spark.get("model_params")), "", _num(spark.get("fit_seconds"), 2),
-         _num(spark.get("fit_seconds"), 2), _num(numpy_als["spark_test_rmse_same_rows"]),
-         _num(numpy_als.get("spark_test_mae_same_rows")), _num(_nmae(numpy_als.get("spark_test_mae_same_rows"),
-                                                                     metrics)), rows_scored],
-        ["NumPy ALS (driver)", _params(numpy_als["params"]), _num(collect, 2), _num(fit, 2), _num(collect + fit, 2),
-         _num(numpy_als["test_rmse"]), _num(numpy_als["test_mae"]), _num(numpy_als.get("test_nmae")), rows_scored],
-        ["user + joke bias", f"reg={baselines['bias']['reg']}", "same sample",
-         _num(baselines["bias"]["fit_seconds"], 2), "", _num(baselines["bias"]["test_rmse"]),
-         _num(baselines["bias"]["test_mae"]), _num(baselines["bias"].get("test_nmae")), rows_scored],
-        ["global mean", f"mean={baselines['global_mean']['value']:.3f}", "same sample", "0.00", "",
-         _num(baselines["global_mean"]["test_rmse"]), _num(baselines["global_mean"]["test_mae"]),
-         _num(baselines["global_mean"].get("test_nmae")), rows_scored],
+        [
+            "Spark ALS",
+            _params(spark.get("model_params")),
+            "",
+            _num(spark.get("fit_seconds"), 2),
+            _num(spark.get("fit_seconds"), 2),
+            _num(numpy_als["spark_test_rmse_same_rows"]),
+            _num(numpy_als.get("spark_test_mae_same_rows")),
+            _num(_nmae(numpy_als.get("spark_test_mae_same_rows"), metrics)),
+            rows_scored,
+        ],
+        [
+            "NumPy ALS (driver)",
+            _params(numpy_als["params"]),
+            _num(collect, 2),
+            _num(fit, 2),
+            _num(collect + fit, 2),
+            _num(numpy_als["test_rmse"]),
+            _num(numpy_als["test_mae"]),
+            _num(numpy_als.get("test_nmae")),
+            rows_scored,
+        ],
+        [
+            "user + joke bias",
+            f"reg={baselines['bias']['reg']}",
+            "same sample",
+            _num(baselines["bias"]["fit_seconds"], 2),
+            "",
+            _num(baselines["bias"]["test_rmse"]),
+            _num(baselines["bias"]["test_mae"]),
+            _num(baselines["bias"].get("test_nmae")),
+            rows_scored,
+        ],
+        [
+            "global mean",
+            f"mean={baselines['global_mean']['value']:.3f}",
+            "same sample",
+            "0.00",
+            "",
+            _num(baselines["global_mean"]["test_rmse"]),
+            _num(baselines["global_mean"]["test_mae"]),
+            _num(baselines["global_mean"].get("test_nmae")),
+            rows_scored,
+        ],
     ]
 
 

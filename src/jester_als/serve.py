@@ -68,9 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     gen = GeneratorParams.from_config(cfg.generate)
     users, jokes, values = (np.concatenate(p) for p in zip(*(c.long() for c in generate_chunks(gen))))
     params = {"rank": 10, "regParam": 0.3, "maxIter": 20, "biases": True}
-    model = fit_numpy_als(RatingMatrix.from_ids(users, jokes, values), rank=params["rank"],
-                          reg_param=params["regParam"], max_iter=params["maxIter"], biases=True,
-                          bias_reg=cfg.als.bias_reg, seed=cfg.als.seed)
+    model = fit_numpy_als(
+        RatingMatrix.from_ids(users, jokes, values),
+        rank=params["rank"],
+        reg_param=params["regParam"],
+        max_iter=params["maxIter"],
+        biases=True,
+        bias_reg=cfg.als.bias_reg,
+        seed=cfg.als.seed,
+    )
     foldable = from_numpy_model(model, params["regParam"])
     new_users, new_jokes, new_values = gauge_ratings(args.largest, gen.seed + 1)
     sizes = [n for n in SIZES if n < args.largest] + [args.largest]
@@ -81,13 +87,19 @@ def main(argv: list[str] | None = None) -> int:
         repeats = REPEATS if count < 1_000_000 else 3
         numpy_rows[str(count)] = {
             "fold_in_seconds": median_seconds(lambda a=args_: fold_in(foldable, *a), repeats),
-            "with_top_n_seconds": median_seconds(lambda a=args_: top_n(foldable, fold_in(foldable, *a), top),
-                                                 repeats),
-            "ratings": int(keep.sum())}
-    result = {"when": now_iso(), "cpus": os.cpu_count(), "model": {**params, "bias_reg": cfg.als.bias_reg},
-              "top_n": top, "numpy": numpy_rows,
-              "spark": {str(args.largest): spark_seconds(foldable, new_users, new_jokes, new_values, top,
-                                                         cfg.input.rating_range)}}
+            "with_top_n_seconds": median_seconds(lambda a=args_: top_n(foldable, fold_in(foldable, *a), top), repeats),
+            "ratings": int(keep.sum()),
+        }
+    result = {
+        "when": now_iso(),
+        "cpus": os.cpu_count(),
+        "model": {**params, "bias_reg": cfg.als.bias_reg},
+        "top_n": top,
+        "numpy": numpy_rows,
+        "spark": {
+            str(args.largest): spark_seconds(foldable, new_users, new_jokes, new_values, top, cfg.input.rating_range)
+        },
+    }
     result["seconds"] = time.perf_counter() - started
     os.makedirs(args.out, exist_ok=True)
     write_text_atomic(os.path.join(args.out, "serve.json"), json.dumps(result, indent=2) + "\n")
@@ -97,18 +109,31 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(result: dict) -> str:
-    rows = [f"| {int(n):,} | NumPy (driver) | {r['ratings']:,} | {r['fold_in_seconds']:.4f} | "
-            f"{r['with_top_n_seconds']:.4f} |" for n, r in result["numpy"].items()]
-    rows += [f"| {int(n):,} | Spark (local mode, {result['cpus']} cores) | | | {s:.1f} |"
-             for n, s in result["spark"].items()]
+    rows = [
+        f"| {int(n):,} | NumPy (driver) | {r['ratings']:,} | {r['fold_in_seconds']:.4f} | "
+        f"{r['with_top_n_seconds']:.4f} |"
+        for n, r in result["numpy"].items()
+    ]
+    rows += [
+        f"| {int(n):,} | Spark (local mode, {result['cpus']} cores) | | | {s:.1f} |" for n, s in result["spark"].items()
+    ]
     model = result["model"]
-    return "\n".join([
-        "# Fold-in: how fast new users are served", "",
-        f"Written by `python -m jester_als.serve` (`make serve-docs`), {result['when']}, on {result['cpus']} cores. "
-        f"New users who rated the ten gauge jokes, folded into a biased model (rank {model['rank']}, regParam "
-        f"{model['regParam']}) fitted on the default generated table; NumPy times are medians with the input in "
-        f"memory, Spark's include grouping the ratings by user and the top {result['top_n']} of each.", "",
-        "| new users | engine | ratings | fold-in (s) | fold-in + top-N (s) |", "|---|---|---|---|---|", *rows, ""])
+    return "\n".join(
+        [
+            "# Fold-in: how fast new users are served",
+            "",
+            f"Written by `python -m jester_als.serve` (`make serve-docs`), {result['when']}, "
+            f"on {result['cpus']} cores. "
+            f"New users who rated the ten gauge jokes, folded into a biased model (rank {model['rank']}, regParam "
+            f"{model['regParam']}) fitted on the default generated table; NumPy times are medians with the input in "
+            f"memory, Spark's include grouping the ratings by user and the top {result['top_n']} of each.",
+            "",
+            "| new users | engine | ratings | fold-in (s) | fold-in + top-N (s) |",
+            "|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
 
 
 if __name__ == "__main__":

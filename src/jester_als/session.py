@@ -34,8 +34,14 @@ def platform_owned() -> bool:
     return bool(os.environ.get("DATABRICKS_RUNTIME_VERSION"))
 
 
-def build_session(spark_cfg: SparkConfig, *, master: str | None = None, remote: str | None = None,
-                  spark_log: str | None = None, verbose: bool = False):
+def build_session(
+    spark_cfg: SparkConfig,
+    *,
+    master: str | None = None,
+    remote: str | None = None,
+    spark_log: str | None = None,
+    verbose: bool = False,
+):
     """Return ``(spark, created)``; ``created`` is False when the session belongs to someone else (an active
     session we joined, or the platform's on Databricks), which the job must then never stop.
 
@@ -47,8 +53,7 @@ def build_session(spark_cfg: SparkConfig, *, master: str | None = None, remote: 
     """
     from pyspark.sql import SparkSession
 
-    remote = remote or spark_cfg.remote or (None if master or spark_cfg.master
-                                                  else os.environ.get("SPARK_REMOTE"))
+    remote = remote or spark_cfg.remote or (None if master or spark_cfg.master else os.environ.get("SPARK_REMOTE"))
     master = master or spark_cfg.master
 
     active = SparkSession.getActiveSession()
@@ -67,11 +72,22 @@ def build_session(spark_cfg: SparkConfig, *, master: str | None = None, remote: 
         spark = builder.remote(remote).getOrCreate()
         bound_connect_retries(spark)
         _apply_connect_settings(spark, extra, spark_cfg.checkpoint_dir)
-        log.info("Spark %s session over Spark Connect at %s, checkpoint dir %s", spark.version, remote,
-                 _conf(spark, "spark.checkpoint.dir") or "none")
+        log.info(
+            "Spark %s session over Spark Connect at %s, checkpoint dir %s",
+            spark.version,
+            remote,
+            _conf(spark, "spark.checkpoint.dir") or "none",
+        )
         return spark, not platform_owned()
-    return _classic(builder.master(master) if master else builder, launch, extra, spark_cfg.checkpoint_dir,
-                    local=runs_locally(master, remote), spark_log=spark_log, verbose=verbose)
+    return _classic(
+        builder.master(master) if master else builder,
+        launch,
+        extra,
+        spark_cfg.checkpoint_dir,
+        local=runs_locally(master, remote),
+        spark_log=spark_log,
+        verbose=verbose,
+    )
 
 
 def _local_process(spark_log: str | None, verbose: bool) -> dict:
@@ -106,14 +122,26 @@ def _local_connect(builder, remote: str, launch: dict, extra: dict, checkpoint_d
         os.environ.pop("PYSPARK_REMOTE_INIT_CONF_0", None)
     bound_connect_retries(spark)
     _apply_connect_settings(spark, extra, None, quiet=True)
-    log.info("Spark %s over Spark Connect, local server %s started by pyspark, checkpoint dir %s",
-             spark.version, remote, launch["spark.checkpoint.dir"])
+    log.info(
+        "Spark %s over Spark Connect, local server %s started by pyspark, checkpoint dir %s",
+        spark.version,
+        remote,
+        launch["spark.checkpoint.dir"],
+    )
     log_ui_address(launch)
     return spark, not platform_owned()
 
 
-def _classic(builder, launch: dict, extra: dict, given_checkpoint_dir: str | None, *, local: bool,
-             spark_log: str | None, verbose: bool):
+def _classic(
+    builder,
+    launch: dict,
+    extra: dict,
+    given_checkpoint_dir: str | None,
+    *,
+    local: bool,
+    spark_log: str | None,
+    verbose: bool,
+):
     """A classic session: local mode, spark-submit's master, or the platform's."""
     from pyspark.sql import SparkSession
 
@@ -131,8 +159,12 @@ def _classic(builder, launch: dict, extra: dict, given_checkpoint_dir: str | Non
         spark = SparkSession.builder.getOrCreate()
         _apply_connect_settings(spark, extra, given_checkpoint_dir)
         return spark, False
-    log.info("Spark %s session (%s), checkpoint dir %s", spark.version, master_of(spark) or "default master",
-             _conf(spark, "spark.checkpoint.dir") or checkpoint_dir)
+    log.info(
+        "Spark %s session (%s), checkpoint dir %s",
+        spark.version,
+        master_of(spark) or "default master",
+        _conf(spark, "spark.checkpoint.dir") or checkpoint_dir,
+    )
     if local:
         log_ui_address(launch)
         if spark_log:
@@ -163,16 +195,21 @@ def local_mode_defaults(spark_log: str | None = None, verbose: bool = False) -> 
     # verbose; without a file, the console keeps Spark's warnings.
     # The parallel (throughput) collector instead of G1: a local job is one batch JVM where pauses do not
     # matter, and throughput does.
-    java = ["-XX:+UseParallelGC", f"-Dlog4j2.configurationFile=file:{log4j}",
-            f"-Djester_als.console_level={'warn' if verbose or not spark_log else 'error'}",
-            f"-Djester_als.console_trace={'full' if verbose or not spark_log else 'short'}"]
+    java = [
+        "-XX:+UseParallelGC",
+        f"-Dlog4j2.configurationFile=file:{log4j}",
+        f"-Djester_als.console_level={'warn' if verbose or not spark_log else 'error'}",
+        f"-Djester_als.console_trace={'full' if verbose or not spark_log else 'short'}",
+    ]
     if spark_log:
         java.append(f"-Djester_als.spark_log={spark_log}")
-    return {"spark.sql.shuffle.partitions": str(2 * cores), "spark.driver.memory": "4g",
-            "spark.ui.showConsoleProgress": str(sys.stderr.isatty()).lower(),
-            "spark.ui.port": str(free_ports(1)[0]),
-            "spark.driver.extraJavaOptions": " ".join(f'"{option}"' if " " in option else option
-                                                      for option in java)}
+    return {
+        "spark.sql.shuffle.partitions": str(2 * cores),
+        "spark.driver.memory": "4g",
+        "spark.ui.showConsoleProgress": str(sys.stderr.isatty()).lower(),
+        "spark.ui.port": str(free_ports(1)[0]),
+        "spark.driver.extraJavaOptions": " ".join(f'"{option}"' if " " in option else option for option in java),
+    }
 
 
 def log_ui_address(settings: dict) -> None:
@@ -213,8 +250,7 @@ def release_session(spark, created: bool) -> None:
 # (pyspark/sql/connect/client/retries.py, DefaultPolicy: 15 retries, backoff x4 up to 60 s) waits at least
 # ten minutes before it gives up, which to a user looks like a hang. Bounded here to about 16 s per call
 # (0.25 + 0.5 + ... + 8 s), enough to ride out a restart of the connection, not a lost server.
-CONNECT_RETRY_POLICY = {"max_retries": 6, "backoff_multiplier": 2.0, "initial_backoff": 250,
-                        "max_backoff": 8_000}
+CONNECT_RETRY_POLICY = {"max_retries": 6, "backoff_multiplier": 2.0, "initial_backoff": 250, "max_backoff": 8_000}
 
 
 def bound_connect_retries(spark) -> None:
@@ -232,8 +268,16 @@ def connection_lost(spark, exc: BaseException) -> bool:
     if not is_connect(spark):
         return False
     text = f"{type(exc).__name__}: {exc}"
-    return any(marker in text for marker in ("RetriesExceeded", "StatusCode.UNAVAILABLE", "Connection refused",
-                                             "failed to connect to all addresses", "Socket closed"))
+    return any(
+        marker in text
+        for marker in (
+            "RetriesExceeded",
+            "StatusCode.UNAVAILABLE",
+            "Connection refused",
+            "failed to connect to all addresses",
+            "Socket closed",
+        )
+    )
 
 
 def _apply_connect_settings(spark, settings: dict, checkpoint_dir: str | None, *, quiet: bool = False) -> None:
@@ -249,8 +293,7 @@ def _apply_connect_settings(spark, settings: dict, checkpoint_dir: str | None, *
         except Exception:
             refused.append(key)
     if refused and not quiet:
-        log.info("not applied over Spark Connect (launch-time settings belong to the server): %s",
-                 ", ".join(refused))
+        log.info("not applied over Spark Connect (launch-time settings belong to the server): %s", ", ".join(refused))
     if not quiet:
         ensure_checkpoint_dir(spark, checkpoint_dir, force=bool(checkpoint_dir))
 
@@ -273,8 +316,10 @@ def ensure_checkpoint_dir(spark, wanted: str | None, *, force: bool = False) -> 
         if current:
             log.info("keeping the server's checkpoint dir %s (it is a launch-time setting)", current)
         else:
-            log.warning("the Spark server has no checkpoint dir and it cannot be set from here; start the "
-                        "server with --conf spark.checkpoint.dir=...")
+            log.warning(
+                "the Spark server has no checkpoint dir and it cannot be set from here; start the "
+                "server with --conf spark.checkpoint.dir=..."
+            )
         return
     target = wanted or _owned_checkpoint_dir()
     try:
@@ -307,8 +352,10 @@ def check_iterations(spark, iterations: dict[str, int]) -> None:
     too_many = {key: n for key, n in iterations.items() if n > ITERATIONS_WITHOUT_CHECKPOINTS}
     if not too_many:
         if iterations:
-            log.warning("no checkpoint dir on this Spark session: ALS fits are limited to %d iterations",
-                        ITERATIONS_WITHOUT_CHECKPOINTS)
+            log.warning(
+                "no checkpoint dir on this Spark session: ALS fits are limited to %d iterations",
+                ITERATIONS_WITHOUT_CHECKPOINTS,
+            )
         return
     asked = ", ".join(f"{key}={n}" for key, n in too_many.items())
     raise CheckpointDirMissing(
@@ -317,7 +364,8 @@ def check_iterations(spark, iterations: dict[str, int]) -> None:
         f"once its lineage grows deep enough (sooner on a JVM with C1 only or small thread stacks), so at most "
         f"{ITERATIONS_WITHOUT_CHECKPOINTS} are allowed, and this run asks for "
         f"{asked}. Start the server or cluster with --conf spark.checkpoint.dir=<shared dir> (Databricks: the job "
-        f"cluster's spark_conf), or lower those settings to {ITERATIONS_WITHOUT_CHECKPOINTS} or less.")
+        f"cluster's spark_conf), or lower those settings to {ITERATIONS_WITHOUT_CHECKPOINTS} or less."
+    )
 
 
 def _conf(spark, key: str) -> str | None:
@@ -360,8 +408,7 @@ def als_blocks(spark, setting: int | str) -> int:
         return int(setting)
     cores = cluster_cores(spark)
     if cores is None:
-        log.info("could not tell the cluster's cores; using Spark's default of %d ALS blocks",
-                 SPARK_DEFAULT_ALS_BLOCKS)
+        log.info("could not tell the cluster's cores; using Spark's default of %d ALS blocks", SPARK_DEFAULT_ALS_BLOCKS)
         return SPARK_DEFAULT_ALS_BLOCKS
     return max(1, cores)
 
@@ -372,8 +419,7 @@ def try_persist(df, what: str):
     try:
         return df.persist()
     except Exception as exc:
-        log.warning("could not persist %s (%s); it will be recomputed when reused", what,
-                    str(exc).splitlines()[0])
+        log.warning("could not persist %s (%s); it will be recomputed when reused", what, str(exc).splitlines()[0])
         return df
 
 

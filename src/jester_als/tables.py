@@ -45,8 +45,9 @@ def _write(frame, table: str, what: str) -> None:
             frame.write.partitionBy("run_key").saveAsTable(table)
     except Exception as exc:  # the catalog refused: a missing schema, no privilege, another format
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TableWriteError(f"{what} table {table}: cannot be written ({first}); the files under output.dir are "
-                              f"committed") from None
+        raise TableWriteError(
+            f"{what} table {table}: cannot be written ({first}); the files under output.dir are committed"
+        ) from None
 
 
 def write_tables(spark, out: OutputConfig, job: str, metrics: dict, output_dir: str) -> dict:
@@ -65,14 +66,16 @@ def write_tables(spark, out: OutputConfig, job: str, metrics: dict, output_dir: 
             import os
 
             recs = spark.read.parquet(os.path.join(output_dir, "recommendations"))
-            frame = recs.select(F.col("user").cast("string").alias("user"), "rank", "joke", "score",
-                                F.lit(key).alias("run_key"))
+            frame = recs.select(
+                F.col("user").cast("string").alias("user"), "rank", "joke", "score", F.lit(key).alias("run_key")
+            )
             _write(frame, out.recommendations_table, "recommendations")
             written[out.recommendations_table] = metrics["recommendations"]["rows"]
         if out.metrics_table:
             rows = [(name, value, job, run.get("finished"), key) for name, value in numeric_metrics(metrics)]
-            frame = spark.createDataFrame(rows, "metric string, value double, job string, finished string, "
-                                                "run_key string")
+            frame = spark.createDataFrame(
+                rows, "metric string, value double, job string, finished string, run_key string"
+            )
             _write(frame, out.metrics_table, "metrics")
             written[out.metrics_table] = len(rows)
     finally:

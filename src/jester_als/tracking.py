@@ -20,22 +20,43 @@ log = logging.getLogger(__name__)
 
 # metrics.json values logged as MLflow metrics: (section, dotted key inside it).
 METRICS = [
-    ("data", "users"), ("data", "items"), ("data", "ratings"), ("data", "train_ratings"), ("data", "test_ratings"),
-    ("data", "rejected"), ("data", "missing"),
-    ("spark_als", "test_rmse"), ("spark_als", "test_mae"), ("spark_als", "test_nmae"),
+    ("data", "users"),
+    ("data", "items"),
+    ("data", "ratings"),
+    ("data", "train_ratings"),
+    ("data", "test_ratings"),
+    ("data", "rejected"),
+    ("data", "missing"),
+    ("spark_als", "test_rmse"),
+    ("spark_als", "test_mae"),
+    ("spark_als", "test_nmae"),
     ("spark_als", "test_rows_scored"),
-    ("new_users", "gauge.model.rmse"), ("new_users", "gauge.model.ndcg_at_k"), ("new_users", "gauge.popularity.rmse"),
-    ("spark_als", "fit_seconds"), ("spark_als", "tune_seconds"),
-    ("spark_als", "ranking.precision_at_k"), ("spark_als", "ranking.recall_at_k"),
-    ("spark_als", "ranking.map_at_k"), ("spark_als", "ranking.ndcg_at_k"),
-    ("spark_als", "clipping.predictions_outside"), ("spark_als", "clipping.test_rmse_unclipped"),
-    ("references", "random.ndcg_at_k"), ("references", "random.precision_at_k"),
-    ("references", "popularity.ndcg_at_k"), ("references", "popularity.precision_at_k"),
-    ("numpy_als", "test_rmse"), ("numpy_als", "test_mae"), ("numpy_als", "spark_test_rmse_same_rows"),
-    ("numpy_als", "fit_seconds"), ("numpy_als", "collect_seconds"), ("numpy_als", "driver_seconds"),
+    ("new_users", "gauge.model.rmse"),
+    ("new_users", "gauge.model.ndcg_at_k"),
+    ("new_users", "gauge.popularity.rmse"),
+    ("spark_als", "fit_seconds"),
+    ("spark_als", "tune_seconds"),
+    ("spark_als", "ranking.precision_at_k"),
+    ("spark_als", "ranking.recall_at_k"),
+    ("spark_als", "ranking.map_at_k"),
+    ("spark_als", "ranking.ndcg_at_k"),
+    ("spark_als", "clipping.predictions_outside"),
+    ("spark_als", "clipping.test_rmse_unclipped"),
+    ("references", "random.ndcg_at_k"),
+    ("references", "random.precision_at_k"),
+    ("references", "popularity.ndcg_at_k"),
+    ("references", "popularity.precision_at_k"),
+    ("numpy_als", "test_rmse"),
+    ("numpy_als", "test_mae"),
+    ("numpy_als", "spark_test_rmse_same_rows"),
+    ("numpy_als", "fit_seconds"),
+    ("numpy_als", "collect_seconds"),
+    ("numpy_als", "driver_seconds"),
     ("numpy_als", "memory.driver_peak_mb"),
-    ("baselines", "bias.test_rmse"), ("baselines", "global_mean.test_rmse"),
-    ("recommendations", "users"), ("recommendations", "catalogue_coverage"),
+    ("baselines", "bias.test_rmse"),
+    ("baselines", "global_mean.test_rmse"),
+    ("recommendations", "users"),
+    ("recommendations", "catalogue_coverage"),
     ("run", "wall_seconds"),
 ]
 
@@ -92,8 +113,10 @@ def track_job(cfg: JesterConfig, job: str, metrics: dict, output_dir: str, spark
     try:
         import mlflow
     except ImportError:
-        log.warning("tracking.mlflow is on but MLflow is not installed (pip install 'jester-als[mlflow]'); "
-                    "this run is not tracked")
+        log.warning(
+            "tracking.mlflow is on but MLflow is not installed (pip install 'jester-als[mlflow]'); "
+            "this run is not tracked"
+        )
         return {"skipped": "mlflow not installed"}
     # MLflow's HTTP client retries a server that does not answer 7 times with exponential backoff (minutes);
     # a job that is done should not wait that long to say tracking failed. A user's own setting wins.
@@ -102,12 +125,20 @@ def track_job(cfg: JesterConfig, job: str, metrics: dict, output_dir: str, spark
     started = time.perf_counter()
     try:
         logged = _log(mlflow, cfg, job, metrics, output_dir, spark)
-        log.info("MLflow: run %s in experiment %s (%s), logged in %.1f s", logged["run_id"], logged["experiment"],
-                 logged["tracking_uri"], time.perf_counter() - started)
+        log.info(
+            "MLflow: run %s in experiment %s (%s), logged in %.1f s",
+            logged["run_id"],
+            logged["experiment"],
+            logged["tracking_uri"],
+            time.perf_counter() - started,
+        )
         return logged
     except Exception as exc:  # noqa: BLE001 - tracking never changes the job's outcome
-        log.warning("MLflow tracking failed (%s: %s); the job's results are unaffected", type(exc).__name__,
-                    str(exc).splitlines()[0] if str(exc) else "")
+        log.warning(
+            "MLflow tracking failed (%s: %s); the job's results are unaffected",
+            type(exc).__name__,
+            str(exc).splitlines()[0] if str(exc) else "",
+        )
         return {"failed": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
 
 
@@ -115,11 +146,18 @@ def _log(mlflow, cfg: JesterConfig, job: str, metrics: dict, output_dir: str, sp
     uri, name, artifacts = tracking_target(cfg.tracking, output_dir, spark)
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
-    experiment_id = (experiment.experiment_id if experiment is not None
-                     else client.create_experiment(name, artifact_location=artifacts))
+    experiment_id = (
+        experiment.experiment_id
+        if experiment is not None
+        else client.create_experiment(name, artifact_location=artifacts)
+    )
     run_meta = metrics.get("run") or {}
-    tags = {"jester_als.job": job, "jester_als.run_id": str(run_meta.get("run_id")),
-            "spark_mode": str(run_meta.get("spark_mode")), "master": str(run_meta.get("master"))}
+    tags = {
+        "jester_als.job": job,
+        "jester_als.run_id": str(run_meta.get("run_id")),
+        "spark_mode": str(run_meta.get("spark_mode")),
+        "master": str(run_meta.get("master")),
+    }
     tags.update({f"version.{k}": str(v) for k, v in (run_meta.get("versions") or {}).items()})
     # MLflow's own context tags (user, source name and type, and on Databricks the job and its run), as
     # mlflow.start_run would add them: MlflowClient.create_run adds none.
@@ -135,22 +173,29 @@ def _log(mlflow, cfg: JesterConfig, job: str, metrics: dict, output_dir: str, sp
         params = flatten(run_meta.get("config") or {})
         items = list(params.items())
         for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-            client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in items[start:start + 100]])
+            client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in items[start : start + 100]])
         values = {f"{section}.{key}": _get(metrics.get(section) or {}, key) for section, key in METRICS}
-        logged = [mlflow.entities.Metric(k, float(v), now, 0) for k, v in values.items()
-                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        logged = [
+            mlflow.entities.Metric(k, float(v), now, 0)
+            for k, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
         if logged:
             client.log_batch(run_id, metrics=logged)
         spark_als = metrics.get("spark_als") or {}
         if "biases" in spark_als:
             client.set_tag(run_id, "model.biases", str(spark_als["biases"]))
         for number, point in enumerate(spark_als.get("validation") or [], start=1):
-            child = client.create_run(experiment_id, run_name=f"grid point {number}",
-                                      tags={"mlflow.parentRunId": run_id, "jester_als.job": job})
-            client.log_batch(child.info.run_id,
-                             params=[mlflow.entities.Param(k, str(v)) for k, v in point["params"].items()],
-                             metrics=[mlflow.entities.Metric("validation_rmse", float(point["validation_rmse"]),
-                                                             now, 0)])
+            child = client.create_run(
+                experiment_id,
+                run_name=f"grid point {number}",
+                tags={"mlflow.parentRunId": run_id, "jester_als.job": job},
+            )
+            client.log_batch(
+                child.info.run_id,
+                params=[mlflow.entities.Param(k, str(v)) for k, v in point["params"].items()],
+                metrics=[mlflow.entities.Metric("validation_rmse", float(point["validation_rmse"]), now, 0)],
+            )
             client.set_terminated(child.info.run_id)
         for item in ("metrics.json", "report.md"):
             path = os.path.join(output_dir, item)
@@ -185,8 +230,9 @@ def _log_model(mlflow, client, run_id: str, cfg: JesterConfig, output_dir: str, 
     client.log_artifacts(run_id, path, "saved_model")
     tracking, top = cfg.tracking, cfg.recommend.top_n
     with tempfile.TemporaryDirectory() as tmp:
-        arrays = mlflow_model.export_saved(path, os.path.join(output_dir, "ratings"), tmp, spark=spark,
-                                           rating_range=cfg.input.rating_range, top=top)
+        arrays = mlflow_model.export_saved(
+            path, os.path.join(output_dir, "ratings"), tmp, spark=spark, rating_range=cfg.input.rating_range, top=top
+        )
         recommender = mlflow_model.Recommender(arrays)
         example = pd.DataFrame({"user": recommender.user_ids[:2].astype("int32")})
         python_model = mlflow_model.JesterRecommender()
@@ -198,11 +244,15 @@ def _log_model(mlflow, client, run_id: str, cfg: JesterConfig, output_dir: str, 
             with mlflow.start_run(run_id=run_id):
                 del python_model.recommender  # loaded from the artifact, not pickled with the class
                 info = mlflow.pyfunc.log_model(
-                    name="model", python_model=python_model, artifacts={"recommender": arrays},
-                    signature=signature, input_example=example,
+                    name="model",
+                    python_model=python_model,
+                    artifacts={"recommender": arrays},
+                    signature=signature,
+                    input_example=example,
                     # the package itself is the model's code, so loading needs its dependencies, not its wheel
                     code_paths=[os.path.dirname(mlflow_model.__file__)],
-                    pip_requirements=_requirements())
+                    pip_requirements=_requirements(),
+                )
             if tracking.registered_model:  # the registry is the tracking URI's (MLflow's default)
                 _register(mlflow, client, info.model_uri, tracking.registered_model, tracking.model_alias)
         finally:
@@ -222,5 +272,8 @@ def _register(mlflow, client, model_uri: str, name: str, alias: str) -> None:
         client.set_registered_model_alias(name, alias, registered.version)
         log.info("MLflow: registered %s version %s, alias %s", name, registered.version, alias)
     except Exception as exc:  # noqa: BLE001 - the run and its model stay logged
-        log.warning("MLflow: the registry refused model %s (%s); the run and its model are logged", name,
-                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        log.warning(
+            "MLflow: the registry refused model %s (%s); the run and its model are logged",
+            name,
+            str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+        )

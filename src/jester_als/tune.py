@@ -25,6 +25,7 @@ from jester_als.session import is_connect, materialize, try_persist, try_unpersi
 
 log = logging.getLogger(__name__)
 
+
 def is_test_rating(*, test_fraction: float, seed: int):
     """Boolean column: this (user, joke) rating is held out for test (the rule in ``hashsplit``, whose
     ``is_test`` computes the same for NumPy arrays)."""
@@ -41,9 +42,18 @@ def split_ratings(ratings: DataFrame, *, test_fraction: float, seed: int) -> tup
 def make_als(*, seed: int, blocks: int, checkpoint_interval: int = 10, nonnegative: bool = False) -> ALS:
     """Explicit-feedback ALS on (user, joke, rating). ``coldStartStrategy='drop'`` keeps NaN predictions
     (users or jokes unseen in training) out of every metric."""
-    return ALS(userCol="user", itemCol="joke", ratingCol="rating", implicitPrefs=False,
-               coldStartStrategy="drop", seed=seed, numUserBlocks=blocks, numItemBlocks=blocks,
-               checkpointInterval=checkpoint_interval, nonnegative=nonnegative)
+    return ALS(
+        userCol="user",
+        itemCol="joke",
+        ratingCol="rating",
+        implicitPrefs=False,
+        coldStartStrategy="drop",
+        seed=seed,
+        numUserBlocks=blocks,
+        numItemBlocks=blocks,
+        checkpointInterval=checkpoint_interval,
+        nonnegative=nonnegative,
+    )
 
 
 def param_grid(als: ALS, grid: dict) -> list:
@@ -90,9 +100,18 @@ def tvs_runs_here(spark) -> bool:
     return not (is_connect(spark) and major_minor < (4, 1))
 
 
-def train_validation_split(train: DataFrame, als: ALS, points: list[tuple[bool, dict]], evaluator, *,
-                           train_ratio: float, seed: int, bias_reg: float = 10.0,
-                           parallelism: int = 1, finished: list | None = None) -> list[float]:
+def train_validation_split(
+    train: DataFrame,
+    als: ALS,
+    points: list[tuple[bool, dict]],
+    evaluator,
+    *,
+    train_ratio: float,
+    seed: int,
+    bias_reg: float = 10.0,
+    parallelism: int = 1,
+    finished: list | None = None,
+) -> list[float]:
     """What ``TrainValidationSplit._fit`` does, for grid points that may include the biased model: the same
     seeded ``rand`` column splits ``train`` into a fitting part (< ``train_ratio``) and a validation part,
     each point is fitted on the first and scored on the second, ``parallelism`` points at a time on threads
@@ -120,14 +139,21 @@ def train_validation_split(train: DataFrame, als: ALS, points: list[tuple[bool, 
             number, (flag, param_map) = numbered
             started = time.perf_counter()
             if flag:
-                model = fit_biased_als(fitting, als.copy(param_map), bias_reg=bias_reg, biases=biases,
-                                       residual=residual)
+                model = fit_biased_als(
+                    fitting, als.copy(param_map), bias_reg=bias_reg, biases=biases, residual=residual
+                )
                 metric = evaluator.evaluate(model.transform(validation))
             else:
                 metric = evaluator.evaluate(als.fit(fitting, param_map).transform(validation, param_map))
-            log.info("  grid point %d/%d done in %.1f s: %s%s -> validation RMSE %.4f", number, len(points),
-                     time.perf_counter() - started, "biased " if flag else "",
-                     {p.name: _plain(v) for p, v in param_map.items()}, metric)
+            log.info(
+                "  grid point %d/%d done in %.1f s: %s%s -> validation RMSE %.4f",
+                number,
+                len(points),
+                time.perf_counter() - started,
+                "biased " if flag else "",
+                {p.name: _plain(v) for p, v in param_map.items()},
+                metric,
+            )
             if finished is not None:
                 finished.append(time.perf_counter())
             return metric
@@ -148,8 +174,18 @@ def train_validation_split(train: DataFrame, als: ALS, points: list[tuple[bool, 
         try_unpersist(validation)
 
 
-def tune_als(train: DataFrame, als: ALS, grid: dict, *, train_ratio: float, parallelism: int,
-             seed: int, method: str = "auto", biases: bool = False, bias_reg: float = 10.0) -> TuneResult:
+def tune_als(
+    train: DataFrame,
+    als: ALS,
+    grid: dict,
+    *,
+    train_ratio: float,
+    parallelism: int,
+    seed: int,
+    method: str = "auto",
+    biases: bool = False,
+    bias_reg: float = 10.0,
+) -> TuneResult:
     """Tune over the grid on the training ratings and report every grid point.
 
     A grid of Spark ALS parameters alone runs Spark's TrainValidationSplit where it runs (``method``
@@ -166,10 +202,20 @@ def tune_als(train: DataFrame, als: ALS, grid: dict, *, train_ratio: float, para
     finished: list[float] = []  # when each point of the job's loop finished
     threads = parallelism
     if use_tvs:
-        log.info("TrainValidationSplit: %d grid points, trainRatio %.2f, parallelism %d",
-                 len(points), train_ratio, parallelism)
-        tvs = TrainValidationSplit(estimator=als, estimatorParamMaps=[p for _, p in points], evaluator=evaluator,
-                                   trainRatio=train_ratio, parallelism=parallelism, seed=seed)
+        log.info(
+            "TrainValidationSplit: %d grid points, trainRatio %.2f, parallelism %d",
+            len(points),
+            train_ratio,
+            parallelism,
+        )
+        tvs = TrainValidationSplit(
+            estimator=als,
+            estimatorParamMaps=[p for _, p in points],
+            evaluator=evaluator,
+            trainRatio=train_ratio,
+            parallelism=parallelism,
+            seed=seed,
+        )
         tvs_model = tvs.fit(train)
         metrics = list(tvs_model.validationMetrics)
         points = [(False, param_map) for param_map in tvs_model.getEstimatorParamMaps()]
@@ -178,12 +224,29 @@ def tune_als(train: DataFrame, als: ALS, grid: dict, *, train_ratio: float, para
         import pyspark
 
         threads = parallelism if tvs_runs_here(train.sparkSession) else 1
-        why = ("the grid includes the biased model" if any_biased else
-               f"Spark's TrainValidationSplit does not run over Spark Connect with pyspark {pyspark.__version__}")
-        log.info("train/validation split: %d grid points, trainRatio %.2f, %d at a time (the job's own loop: %s)",
-                 len(points), train_ratio, threads, why)
-        metrics = train_validation_split(train, als, points, evaluator, train_ratio=train_ratio, seed=seed,
-                                         bias_reg=bias_reg, parallelism=threads, finished=finished)
+        why = (
+            "the grid includes the biased model"
+            if any_biased
+            else f"Spark's TrainValidationSplit does not run over Spark Connect with pyspark {pyspark.__version__}"
+        )
+        log.info(
+            "train/validation split: %d grid points, trainRatio %.2f, %d at a time (the job's own loop: %s)",
+            len(points),
+            train_ratio,
+            threads,
+            why,
+        )
+        metrics = train_validation_split(
+            train,
+            als,
+            points,
+            evaluator,
+            train_ratio=train_ratio,
+            seed=seed,
+            bias_reg=bias_reg,
+            parallelism=threads,
+            finished=finished,
+        )
         how = "the job's loop (as TrainValidationSplit)"
     tune_seconds = time.perf_counter() - started
     validation = []
@@ -203,8 +266,14 @@ def tune_als(train: DataFrame, als: ALS, grid: dict, *, train_ratio: float, para
     edges = grid_edges(grid, best_params)
     if edges:
         log.warning("the best grid point is on the grid's edge: %s", describe_edges(edges))
-    return TuneResult(best_params=best_params, validation=validation, tune_seconds=tune_seconds, method=how,
-                      edges=edges, waves=wave_seconds(started, sorted(finished), threads))
+    return TuneResult(
+        best_params=best_params,
+        validation=validation,
+        tune_seconds=tune_seconds,
+        method=how,
+        edges=edges,
+        waves=wave_seconds(started, sorted(finished), threads),
+    )
 
 
 def wave_seconds(started: float, finished: list[float], parallelism: int) -> list[float]:
@@ -231,31 +300,41 @@ def fit_als(train: DataFrame, als: ALS, params: dict, *, bias_reg: float = 10.0)
     return model, time.perf_counter() - started
 
 
-def regression_metrics(predictions: DataFrame, *, label: str = "rating", prediction: str = "prediction",
-                       rating_range=None) -> dict:
+def regression_metrics(
+    predictions: DataFrame, *, label: str = "rating", prediction: str = "prediction", rating_range=None
+) -> dict:
     """RMSE and MAE of predictions against held-out ratings, in one pass. With ``rating_range``, ``rmse`` and
     ``mae`` are of the predictions clipped to it, and the same pass adds the raw ones (``raw_rmse``,
     ``raw_mae``) and how many predictions fell outside the scale (``outside``)."""
     raw_error = F.col(prediction) - F.col(label)
     error = raw_error if rating_range is None else clipped(F.col(prediction), rating_range) - F.col(label)
-    columns = [F.sqrt(F.avg(error * error)).alias("rmse"), F.avg(F.abs(error)).alias("mae"),
-               F.count(F.lit(1)).alias("rows")]
+    columns = [
+        F.sqrt(F.avg(error * error)).alias("rmse"),
+        F.avg(F.abs(error)).alias("mae"),
+        F.count(F.lit(1)).alias("rows"),
+    ]
     if rating_range is not None:
         low, high = float(rating_range[0]), float(rating_range[1])
-        columns += [F.sqrt(F.avg(raw_error * raw_error)).alias("raw_rmse"), F.avg(F.abs(raw_error)).alias("raw_mae"),
-                    F.count(F.when((F.col(prediction) < low) | (F.col(prediction) > high), 1)).alias("outside")]
+        columns += [
+            F.sqrt(F.avg(raw_error * raw_error)).alias("raw_rmse"),
+            F.avg(F.abs(raw_error)).alias("raw_mae"),
+            F.count(F.when((F.col(prediction) < low) | (F.col(prediction) > high), 1)).alias("outside"),
+        ]
     row = predictions.agg(*columns).first()
     if not row["rows"]:
-        raise ValueError("no predictions to evaluate: every test rating belongs to a user or joke unseen in "
-                         "training")
+        raise ValueError("no predictions to evaluate: every test rating belongs to a user or joke unseen in training")
     result = {"rmse": float(row["rmse"]), "mae": float(row["mae"]), "rows": int(row["rows"])}
     if rating_range is not None:
         result.update(raw_rmse=float(row["raw_rmse"]), raw_mae=float(row["raw_mae"]), outside=int(row["outside"]))
     return result
 
 
-RANKING_METRICS = (("precisionAtK", "precision_at_k"), ("ndcgAtK", "ndcg_at_k"), ("recallAtK", "recall_at_k"),
-                   ("meanAveragePrecisionAtK", "map_at_k"))
+RANKING_METRICS = (
+    ("precisionAtK", "precision_at_k"),
+    ("ndcgAtK", "ndcg_at_k"),
+    ("recallAtK", "recall_at_k"),
+    ("meanAveragePrecisionAtK", "map_at_k"),
+)
 
 
 def ranking_metrics(predictions: DataFrame, *, k: int, threshold: float) -> dict:
@@ -278,13 +357,18 @@ def rankings_metrics(rows: DataFrame, scores: list[str], *, k: int, threshold: f
         # Ascending (-score, joke) is score descending with ties broken by joke id: a window's
         # ORDER BY score DESC, joke, without the window's sort of all rows.
         entry = F.struct((-F.col(score).cast("double")).alias("s"), F.col("joke").cast("double").alias("j"))
-        return F.transform(F.array_sort(F.collect_list(entry if keep is None else F.when(keep, entry))),
-                           lambda e: e["j"])
+        return F.transform(
+            F.array_sort(F.collect_list(entry if keep is None else F.when(keep, entry))), lambda e: e["j"]
+        )
 
-    per_user = rows.groupBy("user").agg(
-        in_order("rating", F.col("rating") >= threshold).alias("relevant_jokes"),
-        *[in_order(score).alias(f"ranked{i}") for i, score in enumerate(scores)],
-    ).where(F.size("relevant_jokes") > 0)
+    per_user = (
+        rows.groupBy("user")
+        .agg(
+            in_order("rating", F.col("rating") >= threshold).alias("relevant_jokes"),
+            *[in_order(score).alias(f"ranked{i}") for i, score in enumerate(scores)],
+        )
+        .where(F.size("relevant_jokes") > 0)
+    )
     per_user = try_persist(per_user, "the per-user rankings")
     try:
         users = per_user.count()
@@ -295,8 +379,9 @@ def rankings_metrics(rows: DataFrame, scores: list[str], *, k: int, threshold: f
                 continue
             result = {"k": k, "users": users, "relevance_threshold": threshold}
             for metric, key in RANKING_METRICS:
-                evaluator = RankingEvaluator(predictionCol=f"ranked{i}", labelCol="relevant_jokes",
-                                             metricName=metric, k=k)
+                evaluator = RankingEvaluator(
+                    predictionCol=f"ranked{i}", labelCol="relevant_jokes", metricName=metric, k=k
+                )
                 result[key] = float(evaluator.evaluate(per_user))
             results[score] = result
         return results
@@ -312,8 +397,11 @@ def with_references(scored: DataFrame, train: DataFrame, *, seed: int) -> DataFr
     of user and joke: the same order on every run and partitioning) and ``popularity`` (the joke's mean
     training rating, for everyone; a joke without training ratings last)."""
     joke_means = train.groupBy("joke").agg(F.avg("rating").alias("popularity"))
-    return (scored.join(joke_means, on="joke", how="left").fillna({"popularity": float("-inf")})
-            .withColumn("random", F.xxhash64("user", "joke", F.lit(seed)).cast("double")))
+    return (
+        scored.join(joke_means, on="joke", how="left")
+        .fillna({"popularity": float("-inf")})
+        .withColumn("random", F.xxhash64("user", "joke", F.lit(seed)).cast("double"))
+    )
 
 
 def reference_rankings(scored: DataFrame, train: DataFrame, *, k: int, threshold: float, seed: int) -> dict:
@@ -363,8 +451,11 @@ def grid_edges(grid: dict, best: dict) -> list[dict]:
 
 
 def describe_edges(edges: list[dict]) -> str:
-    return "; ".join(f"{e['param']}={e['value']} is the {e['edge']} value tried ({e['tried']}): the best may lie "
-                     f"{'above' if e['edge'] == 'largest' else 'below'} it" for e in edges)
+    return "; ".join(
+        f"{e['param']}={e['value']} is the {e['edge']} value tried ({e['tried']}): the best may lie "
+        f"{'above' if e['edge'] == 'largest' else 'below'} it"
+        for e in edges
+    )
 
 
 def clipped(column, rating_range) -> F.Column:
@@ -385,8 +476,14 @@ def held_out_predictions(model, test: DataFrame) -> DataFrame:
     return materialize(model.transform(test), "the test predictions")
 
 
-def evaluate_predictions(predictions: DataFrame, *, k: int, threshold: float, rating_range=None,
-                         references: tuple[DataFrame, int] | None = None) -> dict:
+def evaluate_predictions(
+    predictions: DataFrame,
+    *,
+    k: int,
+    threshold: float,
+    rating_range=None,
+    references: tuple[DataFrame, int] | None = None,
+) -> dict:
     """RMSE and MAE of the predictions clipped to ``rating_range`` (and of the raw ones, to show what clipping
     changed), precision@k, NDCG@k, recall@k, MAP@k, and how many test rows were scored. With ``references``
     (the training ratings and a seed), the reference rankings of the same rows too, under ``"references"``,
@@ -396,9 +493,12 @@ def evaluate_predictions(predictions: DataFrame, *, k: int, threshold: float, ra
     if rating_range is not None:
         result["test_nmae"] = nmae(scores["mae"], rating_range)
     if rating_range is not None:
-        result["clipping"] = {"range": [float(rating_range[0]), float(rating_range[1])],
-                              "predictions_outside": scores["outside"], "test_rmse_unclipped": scores["raw_rmse"],
-                              "test_mae_unclipped": scores["raw_mae"]}
+        result["clipping"] = {
+            "range": [float(rating_range[0]), float(rating_range[1])],
+            "predictions_outside": scores["outside"],
+            "test_rmse_unclipped": scores["raw_rmse"],
+            "test_mae_unclipped": scores["raw_mae"],
+        }
     if references is None:
         ranking = ranking_metrics(predictions, k=k, threshold=threshold)
     else:
@@ -407,5 +507,8 @@ def evaluate_predictions(predictions: DataFrame, *, k: int, threshold: float, ra
         rankings = rankings_metrics(rows, ["prediction", *REFERENCES], k=k, threshold=threshold)
         ranking = rankings.pop("prediction")
         result["references"] = rankings
-    return {**result, **{f"{key.removesuffix('_k')}_{k}": ranking[key] for _, key in RANKING_METRICS},
-            "ranking": ranking}
+    return {
+        **result,
+        **{f"{key.removesuffix('_k')}_{k}": ranking[key] for _, key in RANKING_METRICS},
+        "ranking": ranking,
+    }

@@ -28,8 +28,11 @@ log = logging.getLogger("jester_als.scale")
 # iteration, so two iterations of difference measure it as well as more would, and the fits stay short.
 SHORT_ITERATIONS, LONG_ITERATIONS = 1, 3
 # Executor memory metrics travel with heartbeats; the defaults (10 s) would miss a short fit's peak.
-METRICS_CONF = {"spark.executor.heartbeatInterval": "1s", "spark.executor.metrics.pollingInterval": "100ms",
-                "spark.executor.processTreeMetrics.enabled": "true"}
+METRICS_CONF = {
+    "spark.executor.heartbeatInterval": "1s",
+    "spark.executor.metrics.pollingInterval": "100ms",
+    "spark.executor.processTreeMetrics.enabled": "true",
+}
 
 
 def rest(ui: str, path: str, *, timeout: float = 120):
@@ -64,16 +67,20 @@ def shuffle_of_fit(ui: str, app: str, fit) -> dict:
             break
         last = stages
         time.sleep(0.5)  # poll until two reads agree: the observable state is the stage list itself
-    return {"write": sum(s.get("shuffleWriteBytes", 0) for s in stages.values()),
-            "read": sum(s.get("shuffleReadBytes", 0) for s in stages.values()), "stages": sorted(stages),
-            "seconds": seconds}
+    return {
+        "write": sum(s.get("shuffleWriteBytes", 0) for s in stages.values()),
+        "read": sum(s.get("shuffleReadBytes", 0) for s in stages.values()),
+        "stages": sorted(stages),
+        "seconds": seconds,
+    }
 
 
 def memory_mb(metrics: dict) -> float:
     """An executor's memory as Spark reports it: the resident set of its process tree where Spark can read it
     (procfs, spark.executor.processTreeMetrics.enabled), else heap plus off-heap."""
     value = metrics.get("ProcessTreeJVMRSSMemory") or (
-        metrics.get("JVMHeapMemory", 0) + metrics.get("JVMOffHeapMemory", 0))
+        metrics.get("JVMHeapMemory", 0) + metrics.get("JVMOffHeapMemory", 0)
+    )
     return value / 2**20
 
 
@@ -124,16 +131,19 @@ def spark_memory_signals(ui: str, app: str, storage: StoragePeaks) -> dict:
     stages = rest(ui, f"/applications/{app}/stages?status=complete")
     executors = rest(ui, f"/applications/{app}/executors")
     task_ms = sum(e.get("totalDuration", 0) for e in executors)
-    return {"spilled_mb": sum(s.get("diskBytesSpilled", 0) for s in stages) / 2**20,
-            "spilled_memory_mb": sum(s.get("memoryBytesSpilled", 0) for s in stages) / 2**20,
-            "storage_memory_peak_mb": storage.memory_mb, "storage_disk_peak_mb": storage.disk_mb,
-            # an executor's maxMemory is its block manager's maxOnHeapStorageMemory at registration, which the
-            # UnifiedMemoryManager gives as its whole unified region ((the JVM's Runtime.maxMemory - 300 MB) x
-            # spark.memory.fraction, less execution memory in use): apache/spark
-            # core/src/main/scala/org/apache/spark/memory/UnifiedMemoryManager.scala. Runtime.maxMemory is the -Xmx
-            # heap under G1 but leaves out a survivor space under ParallelGC, hence Spark's figure, not the rule.
-            "storage_max_mb": sum(e.get("maxMemory", 0) for e in executors) / 2**20,
-            "gc_share": sum(e.get("totalGCTime", 0) for e in executors) / task_ms if task_ms else None}
+    return {
+        "spilled_mb": sum(s.get("diskBytesSpilled", 0) for s in stages) / 2**20,
+        "spilled_memory_mb": sum(s.get("memoryBytesSpilled", 0) for s in stages) / 2**20,
+        "storage_memory_peak_mb": storage.memory_mb,
+        "storage_disk_peak_mb": storage.disk_mb,
+        # an executor's maxMemory is its block manager's maxOnHeapStorageMemory at registration, which the
+        # UnifiedMemoryManager gives as its whole unified region ((the JVM's Runtime.maxMemory - 300 MB) x
+        # spark.memory.fraction, less execution memory in use): apache/spark
+        # core/src/main/scala/org/apache/spark/memory/UnifiedMemoryManager.scala. Runtime.maxMemory is the -Xmx
+        # heap under G1 but leaves out a survivor space under ParallelGC, hence Spark's figure, not the rule.
+        "storage_max_mb": sum(e.get("maxMemory", 0) for e in executors) / 2**20,
+        "gc_share": sum(e.get("totalGCTime", 0) for e in executors) / task_ms if task_ms else None,
+    }
 
 
 def wait_for_executors(ui: str, app: str, executors: int, timeout: float = 120) -> None:
@@ -156,15 +166,23 @@ def run_cluster_worker(spec: dict, result_file: Path) -> None:
     from jester_als.tune import make_als
 
     executors = spec["executors"]
-    spark = (SparkSession.builder.master(spec["master"]).appName("jester-als-scale-cluster")
-             .config("spark.executor.cores", "1").config("spark.cores.max", str(executors))
-             .config("spark.executor.memory", spec["executor_memory"])
-             .config("spark.driver.memory", "2g").config("spark.ui.enabled", "true")
-             .config("spark.ui.port", str(spec["ui_port"])).config("spark.port.maxRetries", "0")
-             .config("spark.ui.showConsoleProgress", "false")
-             .config("spark.sql.shuffle.partitions", str(executors))
-             .config("spark.checkpoint.dir", spec["checkpoint_dir"])
-             .config("spark.log.level", "ERROR").config(map=METRICS_CONF).getOrCreate())
+    spark = (
+        SparkSession.builder.master(spec["master"])
+        .appName("jester-als-scale-cluster")
+        .config("spark.executor.cores", "1")
+        .config("spark.cores.max", str(executors))
+        .config("spark.executor.memory", spec["executor_memory"])
+        .config("spark.driver.memory", "2g")
+        .config("spark.ui.enabled", "true")
+        .config("spark.ui.port", str(spec["ui_port"]))
+        .config("spark.port.maxRetries", "0")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.shuffle.partitions", str(executors))
+        .config("spark.checkpoint.dir", spec["checkpoint_dir"])
+        .config("spark.log.level", "ERROR")
+        .config(map=METRICS_CONF)
+        .getOrCreate()
+    )
     try:
         app = spark.conf.get("spark.app.id")
         ui = f"http://127.0.0.1:{spec['ui_port']}"
@@ -179,15 +197,19 @@ def run_cluster_worker(spec: dict, result_file: Path) -> None:
                 estimator = als.copy({als.maxIter: iterations})
                 fits[name] = shuffle_of_fit(ui, app, lambda e=estimator, t=train: e.fit(t))
             span = LONG_ITERATIONS - SHORT_ITERATIONS
-            peaks = executor_peaks_mb(ui, app, set(fits["short"]["stages"]) | set(fits["long"]["stages"]),
-                                      executors)
+            peaks = executor_peaks_mb(ui, app, set(fits["short"]["stages"]) | set(fits["long"]["stages"]), executors)
             train.unpersist(blocking=True)
             per_iteration = {way: (fits["long"][way] - fits["short"][way]) / span for way in ("write", "read")}
-            measured.append({"users": size["users"],
-                             "shuffle_write_bytes_per_iteration": per_iteration["write"],
-                             "shuffle_read_bytes_per_iteration": per_iteration["read"],
-                             "fit_seconds": {name: fit["seconds"] for name, fit in fits.items()},
-                             "executor_peaks_mb": peaks, "executors_seen": len(peaks)})
+            measured.append(
+                {
+                    "users": size["users"],
+                    "shuffle_write_bytes_per_iteration": per_iteration["write"],
+                    "shuffle_read_bytes_per_iteration": per_iteration["read"],
+                    "fit_seconds": {name: fit["seconds"] for name, fit in fits.items()},
+                    "executor_peaks_mb": peaks,
+                    "executors_seen": len(peaks),
+                }
+            )
             write_text_atomic(str(result_file), json.dumps({"sizes": measured, "seconds": []}))
     finally:
         spark.stop()
@@ -220,15 +242,26 @@ def fit_cluster_model(measurements: list[dict], rank: int) -> dict:
         predicted_mb = float(memory[0] + memory[1] * m["train_ratings"] / m["executors"])
         bytes_error = predicted_bytes / m["shuffle_bytes_per_iteration"] - 1
         mb_error = predicted_mb / m["executor_peak_mb"] - 1
-        checks.append({"executors": m["executors"], "train_ratings": m["train_ratings"],
-                       "predicted_shuffle_bytes": predicted_bytes,
-                       "measured_shuffle_bytes": m["shuffle_bytes_per_iteration"],
-                       "predicted_executor_mb": predicted_mb, "measured_executor_mb": m["executor_peak_mb"],
-                       "shuffle_error": bytes_error, "memory_error": mb_error,
-                       "within_target": abs(bytes_error) <= CHECK_TARGET and abs(mb_error) <= CHECK_TARGET})
-    return {"fitted": True, "shuffle_factor": factor,
-            "executor_memory_mb": {"fixed": float(memory[0]), "per_rating": float(memory[1])},
-            "sizes_used": sizes[:-1], "checks": checks}
+        checks.append(
+            {
+                "executors": m["executors"],
+                "train_ratings": m["train_ratings"],
+                "predicted_shuffle_bytes": predicted_bytes,
+                "measured_shuffle_bytes": m["shuffle_bytes_per_iteration"],
+                "predicted_executor_mb": predicted_mb,
+                "measured_executor_mb": m["executor_peak_mb"],
+                "shuffle_error": bytes_error,
+                "memory_error": mb_error,
+                "within_target": abs(bytes_error) <= CHECK_TARGET and abs(mb_error) <= CHECK_TARGET,
+            }
+        )
+    return {
+        "fitted": True,
+        "shuffle_factor": factor,
+        "executor_memory_mb": {"fixed": float(memory[0]), "per_rating": float(memory[1])},
+        "sizes_used": sizes[:-1],
+        "checks": checks,
+    }
 
 
 def measure_cluster(cfg: JesterConfig, work: Path, logs_dir: Path) -> dict:
@@ -247,39 +280,69 @@ def measure_cluster(cfg: JesterConfig, work: Path, logs_dir: Path) -> dict:
         params = GeneratorParams.from_config(cfg.generate, users=users, jokes=100)
         data_dir = work / f"cluster-{users}x100"
         written = write_split_parquet(params, data_dir, scale.test_fraction, scale.seed)
-        sizes.append({"users": users, "train": str(data_dir / "train.parquet"),
-                      "train_ratings": written["train_ratings"]})
+        sizes.append(
+            {"users": users, "train": str(data_dir / "train.parquet"), "train_ratings": written["train_ratings"]}
+        )
     rows = {}
     with standalone_cluster(work / "cluster", cores=max(counts), memory=scale.cluster_worker_memory) as master:
         for executors in counts:
-            log.info("scale cluster: %d executor(s), one application over %s users x 100 jokes (%s training "
-                     "ratings)", executors, ", ".join(f"{s['users']:,}" for s in sizes),
-                     ", ".join(f"{s['train_ratings']:,}" for s in sizes))
+            log.info(
+                "scale cluster: %d executor(s), one application over %s users x 100 jokes (%s training ratings)",
+                executors,
+                ", ".join(f"{s['users']:,}" for s in sizes),
+                ", ".join(f"{s['train_ratings']:,}" for s in sizes),
+            )
             result_file = work / f"cluster-{executors}-result.json"
-            spec = WorkerSpec(engine="spark-cluster", data_dir=str(work), rank=scale.rank,
-                              reg_param=scale.regParam, max_iter=LONG_ITERATIONS, repeats=1,
-                              result_file=str(result_file),
-                              cluster={"master": master, "executors": executors, "ui_port": free_port(),
-                                       "executor_memory": scale.cluster_executor_memory,
-                                       "sizes": [{"users": s["users"], "train": s["train"]} for s in sizes]})
-            result = run_worker(spec, memory_budget_mb=scale.memory_budget_mb,
-                                time_budget_seconds=scale.time_budget_seconds, keep_log_in=logs_dir,
-                                keep_all_logs=True, name=f"cluster-{executors}")
+            spec = WorkerSpec(
+                engine="spark-cluster",
+                data_dir=str(work),
+                rank=scale.rank,
+                reg_param=scale.regParam,
+                max_iter=LONG_ITERATIONS,
+                repeats=1,
+                result_file=str(result_file),
+                cluster={
+                    "master": master,
+                    "executors": executors,
+                    "ui_port": free_port(),
+                    "executor_memory": scale.cluster_executor_memory,
+                    "sizes": [{"users": s["users"], "train": s["train"]} for s in sizes],
+                },
+            )
+            result = run_worker(
+                spec,
+                memory_budget_mb=scale.memory_budget_mb,
+                time_budget_seconds=scale.time_budget_seconds,
+                keep_log_in=logs_dir,
+                keep_all_logs=True,
+                name=f"cluster-{executors}",
+            )
             # a failed application keeps the sizes it measured before it stopped
-            measured = {m["users"]: m for m in (json.loads(result_file.read_text())["sizes"]
-                                                if result_file.exists() else [])}
+            measured = {
+                m["users"]: m for m in (json.loads(result_file.read_text())["sizes"] if result_file.exists() else [])
+            }
             for size in sizes:
-                row = {"executors": executors, "users": size["users"], "jokes": 100,
-                       "train_ratings": size["train_ratings"]}
+                row = {
+                    "executors": executors,
+                    "users": size["users"],
+                    "jokes": 100,
+                    "train_ratings": size["train_ratings"],
+                }
                 m = measured.get(size["users"])
                 if m:
-                    row.update(shuffle_bytes_per_iteration=m["shuffle_write_bytes_per_iteration"],
-                               shuffle_read_bytes_per_iteration=m["shuffle_read_bytes_per_iteration"],
-                               executor_peak_mb=max(m["executor_peaks_mb"]),
-                               executor_peaks_mb=m["executor_peaks_mb"], fit_seconds=m["fit_seconds"])
-                    log.info("  %s users: %s bytes shuffled per iteration, executor peaks %s MB", f"{size['users']:,}",
-                             f"{row['shuffle_bytes_per_iteration']:,.0f}",
-                             ", ".join(f"{v:,.0f}" for v in m["executor_peaks_mb"]))
+                    row.update(
+                        shuffle_bytes_per_iteration=m["shuffle_write_bytes_per_iteration"],
+                        shuffle_read_bytes_per_iteration=m["shuffle_read_bytes_per_iteration"],
+                        executor_peak_mb=max(m["executor_peaks_mb"]),
+                        executor_peaks_mb=m["executor_peaks_mb"],
+                        fit_seconds=m["fit_seconds"],
+                    )
+                    log.info(
+                        "  %s users: %s bytes shuffled per iteration, executor peaks %s MB",
+                        f"{size['users']:,}",
+                        f"{row['shuffle_bytes_per_iteration']:,.0f}",
+                        ", ".join(f"{v:,.0f}" for v in m["executor_peaks_mb"]),
+                    )
                 else:
                     row["limit"] = result.get("limit", "not measured")
                     log.info("  %s users: %s", f"{size['users']:,}", row["limit"])
@@ -288,5 +351,8 @@ def measure_cluster(cfg: JesterConfig, work: Path, logs_dir: Path) -> dict:
         for name in ("train.parquet", "test.parquet"):
             (Path(size["train"]).parent / name).unlink(missing_ok=True)
     measurements = [rows[key] for key in sorted(rows)]
-    return {"measurements": measurements, "iterations": {"short": SHORT_ITERATIONS, "long": LONG_ITERATIONS},
-            "model": fit_cluster_model(measurements, scale.rank)}
+    return {
+        "measurements": measurements,
+        "iterations": {"short": SHORT_ITERATIONS, "long": LONG_ITERATIONS},
+        "model": fit_cluster_model(measurements, scale.rank),
+    }

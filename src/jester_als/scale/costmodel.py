@@ -32,12 +32,22 @@ def block_rule(machine: dict | None = None) -> dict:
     ran on (its ``machine`` section) or of this one. A study's predictions are for its own machine, so a refit on
     another machine keeps that machine's rule."""
     machine = machine or {}
-    return {"cache_bytes": machine.get("last_level_cache_bytes") or last_level_cache_bytes(),
-            "threads": machine.get("engine_threads") or engine_threads()}
+    return {
+        "cache_bytes": machine.get("last_level_cache_bytes") or last_level_cache_bytes(),
+        "threads": machine.get("engine_threads") or engine_threads(),
+    }
 
 
-def _features(engine: str, users: float, jokes: float, nnz: float, rank: int, dense: bool = False,
-              blocks: int | None = None, rule: dict | None = None) -> dict:
+def _features(
+    engine: str,
+    users: float,
+    jokes: float,
+    nnz: float,
+    rank: int,
+    dense: bool = False,
+    blocks: int | None = None,
+    rule: dict | None = None,
+) -> dict:
     """Each term's size at a point: rows are users + jokes (one normal-equation solve each), dense cells the
     users x jokes pattern NumPy's dense path works on and stores (its sparse path has none); NumPy's sparse
     path pays for its SciPy products per rating, at a cost per rating of its own, and for every block of users
@@ -46,15 +56,15 @@ def _features(engine: str, users: float, jokes: float, nnz: float, rank: int, de
     rule for this machine, ``numpy_als.block_rows``). (A sparse-path cost per row was tried too: this design cannot
     tell it from the shared rows term, and with 5% noise on planted points its standard errors no longer
     covered the truth.)"""
-    time_terms = [1.0, nnz * rank ** 2, (users + jokes) * rank ** 3]
+    time_terms = [1.0, nnz * rank**2, (users + jokes) * rank**3]
     memory = [1.0, nnz, (users + jokes) * rank]
     if engine == "numpy":
-        time_terms.append(users * jokes * rank ** 2 if dense else 0.0)
-        time_terms.append(0.0 if dense else nnz * rank ** 2)
+        time_terms.append(users * jokes * rank**2 if dense else 0.0)
+        time_terms.append(0.0 if dense else nnz * rank**2)
         if blocks is None:
             rule = rule or block_rule()
             blocks = np.ceil(users / block_rows(rank, int(users), rule["threads"], rule["cache_bytes"]))
-        time_terms.append(0.0 if dense else jokes * blocks * rank ** 2)
+        time_terms.append(0.0 if dense else jokes * blocks * rank**2)
         memory.append(users * jokes if dense else 0.0)
     return {"time": time_terms, "memory": memory}
 
@@ -116,8 +126,15 @@ def _dense(engine: str, result: dict) -> bool:
 
 def _measured_features(engine: str, point: dict, result: dict, rank: int) -> dict:
     """The terms at a measured point, with the blocks its fit recorded."""
-    return _features(engine, point["users"], point["jokes"], point["train_ratings"], rank, _dense(engine, result),
-                     result.get("blocks"))
+    return _features(
+        engine,
+        point["users"],
+        point["jokes"],
+        point["train_ratings"],
+        rank,
+        _dense(engine, result),
+        result.get("blocks"),
+    )
 
 
 def cost_points(points: list[dict], engine: str) -> list[dict]:
@@ -126,8 +143,9 @@ def cost_points(points: list[dict], engine: str) -> list[dict]:
     return [p for p in points if p["engines"].get(engine, {}).get("completed") and "probe" not in p]
 
 
-def fit_cost_model(points: list[dict], rank: int, iterations: int, holdout: bool = True,
-                   machine: dict | None = None) -> dict:
+def fit_cost_model(
+    points: list[dict], rank: int, iterations: int, holdout: bool = True, machine: dict | None = None
+) -> dict:
     """Per engine: time per iteration and peak memory as non-negative combinations of the terms, fitted on
     the completed points less the held-out ones, and the held-out checks; NumPy's entry keeps the block rule of
     ``machine`` (the study's: :func:`block_rule`) for its predictions."""
@@ -155,34 +173,55 @@ def fit_cost_model(points: list[dict], rank: int, iterations: int, holdout: bool
             coef, stderr, error = weighted_nnls(x, y)
             entry["coefficients"][target] = [
                 {"term": name, "value": float(c), "stderr": None if math.isnan(s) else float(s)}
-                for name, c, s in zip(names[target], coef, stderr)]
+                for name, c, s in zip(names[target], coef, stderr)
+            ]
             entry["max_relative_error_on_fitted"][target] = error
         entry["checks"] = [check(entry, engine, role, p, r, rank, iterations) for role, (p, r) in held]
         if not held:
-            entry["checks_skipped"] = (f"{len(rows)} completed points: holding two out would leave fewer than "
-                                       f"{needed + 1} to fit")
+            entry["checks_skipped"] = (
+                f"{len(rows)} completed points: holding two out would leave fewer than {needed + 1} to fit"
+            )
         model[engine] = entry
     return model
 
 
 def check(entry: dict, engine: str, role: str, p: dict, r: dict, rank: int, iterations: int) -> dict:
-    predicted = predict_point(entry, engine, p["users"], p["jokes"], p["train_ratings"], rank, iterations,
-                              _dense(engine, r), r.get("blocks"))
+    predicted = predict_point(
+        entry, engine, p["users"], p["jokes"], p["train_ratings"], rank, iterations, _dense(engine, r), r.get("blocks")
+    )
     seconds_error = predicted["seconds"] / r["fit_seconds"] - 1
     mb_error = predicted["memory_mb"] / r["peak_rss_mb"] - 1
-    return {"role": role, "axis": p.get("axis"), "train_ratings": p["train_ratings"], "users": p["users"],
-            "jokes": p["jokes"], "predicted_seconds": predicted["seconds"], "measured_seconds": r["fit_seconds"],
-            "predicted_mb": predicted["memory_mb"], "measured_mb": r["peak_rss_mb"],
-            "seconds_error": seconds_error, "mb_error": mb_error,
-            "within_target": abs(seconds_error) <= CHECK_TARGET and abs(mb_error) <= CHECK_TARGET}
+    return {
+        "role": role,
+        "axis": p.get("axis"),
+        "train_ratings": p["train_ratings"],
+        "users": p["users"],
+        "jokes": p["jokes"],
+        "predicted_seconds": predicted["seconds"],
+        "measured_seconds": r["fit_seconds"],
+        "predicted_mb": predicted["memory_mb"],
+        "measured_mb": r["peak_rss_mb"],
+        "seconds_error": seconds_error,
+        "mb_error": mb_error,
+        "within_target": abs(seconds_error) <= CHECK_TARGET and abs(mb_error) <= CHECK_TARGET,
+    }
 
 
 def values(entry: dict, target: str) -> list[float]:
     return [c["value"] for c in entry["coefficients"][target]]
 
 
-def predict_point(entry: dict, engine: str, users: float, jokes: float, nnz: float, rank: int,
-                  iterations: int, dense: bool = False, blocks: int | None = None) -> dict:
+def predict_point(
+    entry: dict,
+    engine: str,
+    users: float,
+    jokes: float,
+    nnz: float,
+    rank: int,
+    iterations: int,
+    dense: bool = False,
+    blocks: int | None = None,
+) -> dict:
     features = _features(engine, users, jokes, nnz, rank, dense, blocks, entry.get("block_rule"))
     seconds = float(np.dot(features["time"], values(entry, "time"))) * iterations
     memory = float(np.dot(features["memory"], values(entry, "memory")))
@@ -191,8 +230,12 @@ def predict_point(entry: dict, engine: str, users: float, jokes: float, nnz: flo
 
 TARGETS = [
     {"name": "real Jester (dataset 1)", "users": 24983, "jokes": 100, "ratings": 1_810_455},
-    {"name": "50 M users x 10,000 jokes (seed's guess)", "users": 50_000_000, "jokes": 10_000,
-     "ratings": 50_000_000 * 100},
+    {
+        "name": "50 M users x 10,000 jokes (seed's guess)",
+        "users": 50_000_000,
+        "jokes": 10_000,
+        "ratings": 50_000_000 * 100,
+    },
     {"name": "Netflix Prize", "users": 480_189, "jokes": 17_770, "ratings": 100_480_507},
 ]
 
@@ -213,8 +256,13 @@ def heap_needed_mb(storage: dict, train_ratings: float) -> float:
     return SPARK_RESERVED_MB + cached_mb / SPARK_MEMORY_FRACTION
 
 
-def predict(model: dict, scale: ScaleConfig, cluster: dict | None = None, storage: dict | None = None,
-            timed: dict[str, list[tuple[int, float]]] | None = None) -> list[dict]:
+def predict(
+    model: dict,
+    scale: ScaleConfig,
+    cluster: dict | None = None,
+    storage: dict | None = None,
+    timed: dict[str, list[tuple[int, float]]] | None = None,
+) -> list[dict]:
     """The models' predictions for the named data sets. The cluster column's time divides the size-dependent
     part of one machine's time over the executors (perfect scaling, no network time: an assumption, said so
     in scale.md). Its shuffle volume and memory per executor come from the cluster model fitted to the
@@ -237,15 +285,19 @@ def predict(model: dict, scale: ScaleConfig, cluster: dict | None = None, storag
             entry = model.get(engine, {})
             if not entry.get("fitted"):
                 continue
-            dense = engine == "numpy" and uses_dense_path(target["users"], target["jokes"], nnz,
-                                                          scale.numpy_dense_budget_mb)
+            dense = engine == "numpy" and uses_dense_path(
+                target["users"], target["jokes"], nnz, scale.numpy_dense_budget_mb
+            )
             one = predict_point(entry, engine, target["users"], target["jokes"], nnz, rank, iterations, dense)
             if engine == "numpy":
                 one["path"] = "dense" if dense else "sparse"
             one["memory_from"] = "resident memory model"
             if engine == "spark" and storage:
-                one.update(resident_mb=one["memory_mb"], memory_mb=heap_needed_mb(storage, nnz),
-                           memory_from="heap its cached blocks need")
+                one.update(
+                    resident_mb=one["memory_mb"],
+                    memory_mb=heap_needed_mb(storage, nnz),
+                    memory_from="heap its cached blocks need",
+                )
             wide_enough = [ratings for jokes, ratings in (timed or {}).get(engine, []) if jokes >= target["jokes"]]
             if wide_enough:
                 one["extrapolation"] = nnz / max(wide_enough)
@@ -253,8 +305,9 @@ def predict(model: dict, scale: ScaleConfig, cluster: dict | None = None, storag
             if engine == "spark":
                 fixed_seconds = values(entry, "time")[0] * iterations
                 fixed_mb = values(entry, "memory")[0]
-                copies = shuffle_bytes_per_iteration(target["users"], target["jokes"], nnz, rank,
-                                                     executors * scale.cores_per_executor)
+                copies = shuffle_bytes_per_iteration(
+                    target["users"], target["jokes"], nnz, rank, executors * scale.cores_per_executor
+                )
                 if measured:
                     memory = measured["executor_memory_mb"]
                     per_executor = memory["fixed"] + memory["per_rating"] * nnz / executors
@@ -272,8 +325,9 @@ def predict(model: dict, scale: ScaleConfig, cluster: dict | None = None, storag
     return out
 
 
-def predicted_limit(entry: dict, engine: str, *, per_user: float, jokes: int, rank: int, machine_mb: float,
-                    dense_budget_mb: float) -> dict | None:
+def predicted_limit(
+    entry: dict, engine: str, *, per_user: float, jokes: int, rank: int, machine_mb: float, dense_budget_mb: float
+) -> dict | None:
     """The number of users (``jokes`` jokes, ``per_user`` training ratings each) at which the engine's memory
     model reaches ``machine_mb`` (the study passes its memory budget, the line a measured run is stopped at),
     taking NumPy's path at each size as the engine would (dense while the pattern fits its budget, sparse past

@@ -33,8 +33,10 @@ def write_split_parquet(params: GeneratorParams, directory: Path, test_fraction:
         users, jokes, values = task()
         users, jokes = users.astype(np.int32), jokes.astype(np.int32)
         is_test = hashsplit.is_test(users, jokes, test_fraction=test_fraction, seed=seed)
-        return {name: pa.table({"user": users[mask], "joke": jokes[mask], "rating": values[mask]}, schema=schema)
-                for name, mask in (("train", ~is_test), ("test", is_test))}
+        return {
+            name: pa.table({"user": users[mask], "joke": jokes[mask], "rating": values[mask]}, schema=schema)
+            for name, mask in (("train", ~is_test), ("test", is_test))
+        }
 
     writers = {name: pq.ParquetWriter(directory / f"{name}.parquet", schema) for name in ("train", "test")}
     counts = {"train": 0, "test": 0}
@@ -90,8 +92,10 @@ def split_counts(directory: Path, max_user: int | None = None) -> dict:
     users, when given)."""
     import pyarrow.parquet as pq
 
-    return {f"{name}_ratings": user_prefix(pq.ParquetFile(directory / f"{name}.parquet"), max_user)[0]
-            for name in ("train", "test")}
+    return {
+        f"{name}_ratings": user_prefix(pq.ParquetFile(directory / f"{name}.parquet"), max_user)[0]
+        for name in ("train", "test")
+    }
 
 
 def read_ratings(path: Path, max_user: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -109,7 +113,7 @@ def read_ratings(path: Path, max_user: int | None = None) -> tuple[np.ndarray, n
     for group, taken in groups:
         table = source.read_row_group(group, columns=list(out)).slice(0, taken)
         for name, array in out.items():
-            array[position:position + taken] = arrow_column(table, name)
+            array[position : position + taken] = arrow_column(table, name)
         position += taken
         del table
     pa.default_memory_pool().release_unused()  # Arrow's allocator keeps freed buffers otherwise

@@ -20,8 +20,15 @@ from jester_als.scale.worker import WorkerSpec
 log = logging.getLogger("jester_als.scale")
 
 
-def run_worker(spec: WorkerSpec, *, memory_budget_mb: float, time_budget_seconds: float,
-               keep_log_in: Path | None = None, keep_all_logs: bool = False, name: str | None = None) -> dict:
+def run_worker(
+    spec: WorkerSpec,
+    *,
+    memory_budget_mb: float,
+    time_budget_seconds: float,
+    keep_log_in: Path | None = None,
+    keep_all_logs: bool = False,
+    name: str | None = None,
+) -> dict:
     """Run one engine on one point in a fresh process; sample the tree's RSS; enforce the budgets; every
     ``HEARTBEAT_SECONDS`` log the time so far and the memory now. The worker's log is copied into
     ``keep_log_in`` (the job's output directory) and named in the result when it fails, or always with
@@ -37,8 +44,9 @@ def run_worker(spec: WorkerSpec, *, memory_budget_mb: float, time_budget_seconds
     log_path = data_dir / f"{label}-worker.log"
     with open(log_path, "wb") as log_file:  # a file, not a pipe: a chatty worker must never block on it
         process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log_file, env=env)
-    watch = _Watch(process, started, memory_budget_mb, time_budget_seconds, f"{spec.engine} worker "
-                                                                            f"({name or data_dir.name})")
+    watch = _Watch(
+        process, started, memory_budget_mb, time_budget_seconds, f"{spec.engine} worker ({name or data_dir.name})"
+    )
     limit = watch.until_done()
     wall = time.perf_counter() - started
     failed_run = bool(limit or process.returncode != 0 or not result_file.exists())
@@ -64,8 +72,9 @@ class _Watch:
     """A worker's process tree watched every 0.1 s: its peak resident memory, a heartbeat line every
     ``HEARTBEAT_SECONDS``, and the tree killed at the first budget it exceeds."""
 
-    def __init__(self, process: subprocess.Popen, started: float, memory_budget_mb: float,
-                 time_budget_seconds: float, label: str):
+    def __init__(
+        self, process: subprocess.Popen, started: float, memory_budget_mb: float, time_budget_seconds: float, label: str
+    ):
         import psutil
 
         self.process, self.root, self.started, self.label = process, psutil.Process(process.pid), started, label
@@ -91,8 +100,13 @@ class _Watch:
             self.peak = max(self.peak, rss)
             elapsed = time.perf_counter() - self.started
             if elapsed >= next_beat:
-                log.info("    %s: %.0f s so far, %s MB now, peak %s MB", self.label, elapsed,
-                         f"{rss / 2**20:,.0f}", f"{self.peak / 2**20:,.0f}")
+                log.info(
+                    "    %s: %.0f s so far, %s MB now, peak %s MB",
+                    self.label,
+                    elapsed,
+                    f"{rss / 2**20:,.0f}",
+                    f"{self.peak / 2**20:,.0f}",
+                )
                 next_beat += HEARTBEAT_SECONDS
             limit = self.exceeded(rss, elapsed)
             if limit:
@@ -124,8 +138,11 @@ def failure(returncode: int, log: str) -> str:
     ("java.lang.OutOfMemoryError: Java heap space"; the end of a Spark worker's log is py4j losing its JVM,
     which says nothing of why); any other failure quotes the log's end."""
     said = next((line.strip() for line in log.splitlines() if "OutOfMemory" in line or "MemoryError" in line), None)
-    return (f"out of memory: exit {returncode}: {said[-300:]}" if said
-            else f"failed: exit {returncode}: {log.strip()[-300:]}")
+    return (
+        f"out of memory: exit {returncode}: {said[-300:]}"
+        if said
+        else f"failed: exit {returncode}: {log.strip()[-300:]}"
+    )
 
 
 def machine_memory_gb() -> float:

@@ -55,8 +55,15 @@ def run(spec: WorkerSpec) -> int:
     if spec.engine == "spark-cluster":
         from jester_als.scale.cluster import run_cluster_worker
 
-        run_cluster_worker({**spec.cluster, "rank": spec.rank, "reg_param": spec.reg_param,
-                            "checkpoint_dir": str(data_dir / "checkpoints")}, Path(spec.result_file))
+        run_cluster_worker(
+            {
+                **spec.cluster,
+                "rank": spec.rank,
+                "reg_param": spec.reg_param,
+                "checkpoint_dir": str(data_dir / "checkpoints"),
+            },
+            Path(spec.result_file),
+        )
         return 0
     seconds, score = (_run_numpy if spec.engine in ("numpy", "loop") else _run_spark)(spec, data_dir)
     Path(spec.result_file).write_text(json.dumps({"seconds": seconds, **score}))
@@ -84,8 +91,13 @@ def _run_numpy(spec: WorkerSpec, data_dir: Path) -> tuple[list[float], dict]:
         seconds.append(time.perf_counter() - started)
     del train
     users, jokes, ratings = read_ratings(data_dir / "test.parquet", spec.max_user)
-    return seconds, {**rmse_mae(ratings, model.predict(users, jokes)), "path": model.layout, "blocks": model.blocks,
-                     "load_seconds": load_seconds, "warmup_seconds": warmup_seconds}
+    return seconds, {
+        **rmse_mae(ratings, model.predict(users, jokes)),
+        "path": model.layout,
+        "blocks": model.blocks,
+        "load_seconds": load_seconds,
+        "warmup_seconds": warmup_seconds,
+    }
 
 
 def _run_spark(spec: WorkerSpec, data_dir: Path) -> tuple[list[float], dict]:
@@ -99,14 +111,20 @@ def _run_spark(spec: WorkerSpec, data_dir: Path) -> tuple[list[float], dict]:
     from jester_als.tune import fit_als, make_als, regression_metrics
 
     ui_port = free_port()
-    spark = (SparkSession.builder.master("local[*]").appName("jester-als-worker")
-             .config("spark.driver.memory", spec.spark_driver_memory).config("spark.ui.enabled", "true")
-             .config("spark.ui.port", str(ui_port)).config("spark.port.maxRetries", "0")
-             .config("spark.ui.showConsoleProgress", "false")
-             .config("spark.sql.shuffle.partitions", str(os.cpu_count() or 2))
-             # inside the point's directory, which the study removes when it ends (also on failure)
-             .config("spark.checkpoint.dir", str(data_dir / "checkpoints"))
-             .config("spark.log.level", "ERROR").getOrCreate())
+    spark = (
+        SparkSession.builder.master("local[*]")
+        .appName("jester-als-worker")
+        .config("spark.driver.memory", spec.spark_driver_memory)
+        .config("spark.ui.enabled", "true")
+        .config("spark.ui.port", str(ui_port))
+        .config("spark.port.maxRetries", "0")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.shuffle.partitions", str(os.cpu_count() or 2))
+        # inside the point's directory, which the study removes when it ends (also on failure)
+        .config("spark.checkpoint.dir", str(data_dir / "checkpoints"))
+        .config("spark.log.level", "ERROR")
+        .getOrCreate()
+    )
     ui, app = f"http://127.0.0.1:{ui_port}", spark.conf.get("spark.app.id")
     params = {"rank": spec.rank, "regParam": spec.reg_param}
     seconds = []
@@ -124,15 +142,23 @@ def _run_spark(spec: WorkerSpec, data_dir: Path) -> tuple[list[float], dict]:
             seconds.append(fit_seconds)
     test = users_up_to(spark.read.parquet(str(data_dir / "test.parquet")), spec.max_user)
     scores = regression_metrics(model.transform(test))
-    score = {"rmse": scores["rmse"], "mae": scores["mae"], "rows": scores["rows"], "load_seconds": load_seconds,
-             "warmup_seconds": warmup_seconds, "spark_memory": spark_memory_signals(ui, app, storage)}
+    score = {
+        "rmse": scores["rmse"],
+        "mae": scores["mae"],
+        "rows": scores["rows"],
+        "load_seconds": load_seconds,
+        "warmup_seconds": warmup_seconds,
+        "spark_memory": spark_memory_signals(ui, app, storage),
+    }
     spark.stop()
     return seconds, score
 
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        print("usage: python -m jester_als.scale.worker SPEC.json (run the study with `jester-als scale`)",
-              file=sys.stderr)
+        print(
+            "usage: python -m jester_als.scale.worker SPEC.json (run the study with `jester-als scale`)",
+            file=sys.stderr,
+        )
         sys.exit(2)
     sys.exit(run(WorkerSpec.read(sys.argv[1])))
