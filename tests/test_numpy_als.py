@@ -8,18 +8,16 @@ import pytest
 from helpers import small_params
 from jester_als.generate import generate_chunks
 from jester_als.numpy_als import (
-    MIN_BLOCK_ROWS,
     RatingMatrix,
-    batched_cholesky_solve,
     block_rows,
     fit_biases,
     fit_loop_als,
     fit_numpy_als,
     last_level_cache_bytes,
-    packed_offsets,
     rmse_mae,
     solve_jokes_given_users,
 )
+from jester_als.numpy_als.solver import MIN_BLOCK_ROWS, batched_cholesky_solve, packed_offsets
 
 
 def long_arrays(params):

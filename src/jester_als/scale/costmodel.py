@@ -51,7 +51,7 @@ def _features(
     """Each term's size at a point: rows are users + jokes (one normal-equation solve each), dense cells the
     users x jokes pattern NumPy's dense path works on and stores (its sparse path has none); NumPy's sparse
     path pays for its SciPy products per rating, at a cost per rating of its own, and for every block of users
-    a dense jokes x k(k+1)/2 product and sum on the jokes' side (``numpy_als._Solver.solve_jokes``), blocks as
+    a dense jokes x k(k+1)/2 product and sum on the jokes' side (``numpy_als.solver._Solver.solve_jokes``), blocks as
     the engine cuts them on this machine's cores (``blocks``: what a measured point recorded; else the engine's
     rule for this machine, ``numpy_als.block_rows``). (A sparse-path cost per row was tried too: this design cannot
     tell it from the shared rows term, and with 5% noise on planted points its standard errors no longer
