@@ -11,32 +11,27 @@ import shutil
 import time
 
 import numpy as np
-from pyspark.ml.recommendation import ALSModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jester_als import __version__
 from jester_als.config import InputConfig, JesterConfig
-from jester_als.driver import collect_ratings, recommend_numpy, tune_numpy
+from jester_als.driver import collect_ratings, tune_numpy
 from jester_als.fallback import WAYS_OUT, AlsNotAllowedError, is_not_allowed, not_allowed_reason
 from jester_als.foldin import (
     PARAMS_FILE,
     fold_in,
     fold_in_spark,
-    from_numpy_model,
-    from_spark_model,
     load_params,
     save_params,
     top_n,
 )
-from jester_als.models import load_model_at, save_model
-from jester_als.numpy_als import NumpyALSModel
+from jester_als.models import Recommender, load_model_at, recommender
 from jester_als.onepass import eligible as onepass_eligible
 from jester_als.onepass import prepare_in_one_pass
 from jester_als.outputs import RunOutputs, now_iso
 from jester_als.prepare import InputError, check_duplicates, hex64, input_name, prepare_ratings, reference_scan
 from jester_als.progress import step
-from jester_als.recommend import recommend_unrated
 from jester_als.registry import Job
 from jester_als.session import als_blocks, is_connect, master_of, try_persist, try_unpersist
 from jester_als.tune import (
@@ -196,7 +191,7 @@ def timed_scan(spark: SparkSession, inp: InputConfig, path: str) -> float | None
 
 def run_tune(
     spark: SparkSession, cfg: JesterConfig, out: RunOutputs, ratings: DataFrame | None = None
-) -> tuple[dict, ALSModel, DataFrame]:
+) -> tuple[dict, Recommender, DataFrame]:
     """Split, tune over the grid, refit the best params on all training ratings, evaluate on test,
     save ``model/``. Returns the sections, the model, and all ratings (for recommendations)."""
     if ratings is None:
@@ -226,7 +221,8 @@ def run_tune(
             if cfg.als.fallback != "numpy":
                 raise AlsNotAllowedError(f"{WAYS_OUT} (the error was: {reason})") from None
             section, numpy_model = tune_numpy(train, test, cfg, reason)
-            numpy_model.save(out.path("model"))
+            fitted = recommender(numpy_model)
+            fitted.save(out.path("model"))
             save_params(out.path("model"), section["params"], cfg.als.bias_reg)
             return (
                 {
@@ -234,7 +230,7 @@ def run_tune(
                     "als_engine": "numpy (fallback: Spark ALS not allowed here)",
                     "numpy_als": section,
                 },
-                numpy_model,
+                fitted,
                 ratings,
             )
         tuning = cfg.tune
@@ -285,7 +281,8 @@ def run_tune(
             references=(train, split.seed),
         )
         references = evaluation.pop("references")
-        save_model(model, out.path("model"))
+        fitted = recommender(model)
+        fitted.save(out.path("model"))
         save_params(out.path("model"), params, bias_reg)
     finally:
         try_unpersist(train)
@@ -324,29 +321,26 @@ def run_tune(
         "spark_als": spark_als,
         "references": references,
     }
-    return sections, model, ratings
+    return sections, fitted, ratings
 
 
 def run_recommend(
     spark: SparkSession,
     cfg: JesterConfig,
     out: RunOutputs,
-    model=None,
+    model: Recommender | None = None,
     ratings: DataFrame | None = None,
     user_ids: DataFrame | None = None,
 ) -> dict:
     """Top-N unrated jokes per user; users carry their original ids when prepare re-indexed them."""
     if model is None:
-        model = load_model(out, spark)
+        model = saved_model(out, spark)
     if ratings is None:
         ratings = read_prepared_ratings(spark, out)
         if os.path.exists(out.final_path("user_ids")):
             user_ids = spark.read.parquet(out.final_path("user_ids"))
     top_n = cfg.recommend.top_n
-    if isinstance(model, NumpyALSModel):
-        recommendations = recommend_numpy(spark, model, ratings, top_n, cfg.input.rating_range)
-    else:
-        recommendations = recommend_unrated(model, ratings, top_n, cfg.input.rating_range)
+    recommendations = model.recommend(spark, ratings, top_n, cfg.input.rating_range)
     if user_ids is not None:
         recommendations = recommendations.join(user_ids, on="user", how="inner").select(
             F.col("original_user").alias("user"), "rank", "joke", "score"
@@ -379,9 +373,9 @@ def run_recommend(
     }
 
 
-def load_model(out: RunOutputs, spark: SparkSession | None = None):
+def saved_model(out: RunOutputs, spark: SparkSession | None = None) -> Recommender:
     """The saved model of ``out``'s directory (:func:`jester_als.models.load_model_at`)."""
-    return load_model_at(out.final_path("model"), spark)
+    return recommender(load_model_at(out.final_path("model"), spark))
 
 
 def run_new_users(spark: SparkSession, cfg: JesterConfig, ratings: DataFrame, spark_als: dict) -> dict:
@@ -431,16 +425,14 @@ def run_new_users(spark: SparkSession, cfg: JesterConfig, ratings: DataFrame, sp
 
 def foldable_model(spark: SparkSession, out: RunOutputs, cfg: JesterConfig):
     """The saved model as :class:`~jester_als.foldin.FoldInModel`, with the regParam it was fitted with."""
-    model = load_model(out, spark)
+    model = saved_model(out, spark)
     params = load_params(out.final_path("model")) or (out.read_metrics().get("spark_als") or {}).get("model_params")
     if not params or "regParam" not in params:
         raise InputError(
             f"model {out.final_path('model')}: its regParam is unknown (no {PARAMS_FILE} beside it and "
             f"no spark_als.model_params in metrics.json); run tune again with this version"
         )
-    if isinstance(model, NumpyALSModel):
-        return model, from_numpy_model(model, float(params["regParam"]))
-    return model, from_spark_model(model, float(params["regParam"]))
+    return model, model.foldable(float(params["regParam"]))
 
 
 def new_users_input(cfg: JesterConfig) -> dict:
@@ -493,7 +485,7 @@ def run_foldin(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> dict:
             )
         engine = cfg.new_users.engine
         if engine == "auto":
-            engine = "numpy" if isinstance(model, NumpyALSModel) else "spark"
+            engine = model.engine
         top = cfg.recommend.top_n
         rating_range = cfg.input.rating_range
         if engine == "numpy":
@@ -514,7 +506,7 @@ def run_foldin(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> dict:
         recommendations.write.mode("overwrite").parquet(out.path("new_user_recommendations"))
         factors.write.mode("overwrite").parquet(out.path("new_user_factors"))
         prepared.rejected.unionByName(unknown).write.mode("overwrite").parquet(out.path("new_user_rejected"))
-        known_users = known_user_count(model, ratings)
+        known_users = model.fitted_users(ratings)
         unknown_count = unknown.count()
     finally:
         prepared.release()
@@ -578,15 +570,6 @@ def _foldin_cells(prepared, users: int, unknown_count: int) -> dict:
     }
 
 
-def known_user_count(model, ratings: DataFrame) -> int:
-    """How many of the users in ``ratings`` the model was fitted on."""
-    if isinstance(model, NumpyALSModel):
-        users = np.asarray(ratings.select("user").distinct().toArrow().column("user").to_numpy())
-        return int(np.isin(users, model.user_ids).sum())
-    fitted = model.userFactors.select(F.col("id").alias("user"))
-    return ratings.select("user").distinct().join(fitted, "user", "left_semi").count()
-
-
 def folded_table(folded):
     import pyarrow as pa
 
@@ -617,15 +600,15 @@ def run_baseline(
     spark: SparkSession,
     cfg: JesterConfig,
     out: RunOutputs,
-    model: ALSModel | None = None,
+    model: Recommender | None = None,
     ratings: DataFrame | None = None,
     spark_params: dict | None = None,
 ) -> dict:
     """NumPy ALS and the baselines on a collected sample, against the Spark model on the same rows."""
     from jester_als.baseline import compare_engines
 
-    model = model or load_model(out, spark)
-    if isinstance(model, NumpyALSModel):
+    model = model or saved_model(out, spark)
+    if model.engine == "numpy":
         log.warning("baseline: skipped; Spark ALS was not allowed, so the NumPy engine is the model itself")
         return {"baseline_skipped": "Spark ALS not allowed here; the model is NumPy ALS (see numpy_als)"}
     ratings = ratings if ratings is not None else read_prepared_ratings(spark, out)
@@ -638,7 +621,7 @@ def run_baseline(
             f"{out.final_path('metrics.json')} holds spark_als.model_params"
         )
     try:
-        return compare_engines(model, ratings, cfg, params)
+        return compare_engines(model.model, ratings, cfg, params)
     except ValueError as exc:
         raise InputError(f"baseline: {exc}") from None
 

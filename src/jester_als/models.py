@@ -1,17 +1,94 @@
-"""Saving and loading every model kind the jobs fit, in one place: Spark's ``ALSModel``, the biased model
+"""Every model kind the jobs fit, in one place: Spark's ``ALSModel``, the biased model
 (:class:`~jester_als.biased.BiasedALSModel`) and the NumPy engine's model a fallback run saves in their place.
-``jester_als.load_model`` is :func:`load_model` re-exported."""
+Saving and loading them, and :class:`Recommender`, what a job asks of a model whatever its kind (the jobs never
+ask which kind they hold: :func:`recommender` does, once). ``jester_als.load_model`` is :func:`load_model`
+re-exported."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
 
+import numpy as np
 from pyspark.ml.recommendation import ALSModel
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from jester_als.biased import BiasedALSModel
+from jester_als.foldin import FoldInModel, from_numpy_model, from_spark_model
 from jester_als.numpy_als import NumpyALSModel
 from jester_als.prepare import InputError
+
+
+class Recommender(Protocol):
+    """What a job asks of a fitted model: the same calls for every kind."""
+
+    engine: ClassVar[str]  # where it scores: "spark" (in Spark tasks) or "numpy" (on the driver)
+    model: Any  # the fitted model itself: what load_model returns and MLflow logs
+
+    def recommend(self, spark: SparkSession, ratings: DataFrame, top_n: int, rating_range) -> DataFrame:
+        """``user, rank, joke, score``: each user's top ``top_n`` jokes not in ``ratings``, scores clipped."""
+
+    def save(self, path: str) -> None:
+        """Write the model under ``path`` (read back by :func:`load_model_at`)."""
+
+    def foldable(self, reg_param: float) -> FoldInModel:
+        """The joke side of the model, for folding in new users without a refit."""
+
+    def fitted_users(self, ratings: DataFrame) -> int:
+        """How many of the users in ``ratings`` the model was fitted on."""
+
+
+@dataclass
+class SparkRecommender:
+    """A Spark model: plain ``ALSModel`` or :class:`BiasedALSModel`."""
+
+    model: ALSModel | BiasedALSModel
+    engine: ClassVar[str] = "spark"
+
+    def recommend(self, spark: SparkSession, ratings: DataFrame, top_n: int, rating_range) -> DataFrame:
+        from jester_als.recommend import recommend_unrated
+
+        return recommend_unrated(self.model, ratings, top_n, rating_range)
+
+    def save(self, path: str) -> None:
+        save_model(self.model, path)
+
+    def foldable(self, reg_param: float) -> FoldInModel:
+        return from_spark_model(self.model, reg_param)
+
+    def fitted_users(self, ratings: DataFrame) -> int:
+        fitted = self.model.userFactors.select(F.col("id").alias("user"))
+        return ratings.select("user").distinct().join(fitted, "user", "left_semi").count()
+
+
+@dataclass
+class NumpyRecommender:
+    """The NumPy engine's model (a run that fell back to the driver)."""
+
+    model: NumpyALSModel
+    engine: ClassVar[str] = "numpy"
+
+    def recommend(self, spark: SparkSession, ratings: DataFrame, top_n: int, rating_range) -> DataFrame:
+        from jester_als.driver import recommend_numpy
+
+        return recommend_numpy(spark, self.model, ratings, top_n, rating_range)
+
+    def save(self, path: str) -> None:
+        self.model.save(path)
+
+    def foldable(self, reg_param: float) -> FoldInModel:
+        return from_numpy_model(self.model, reg_param)
+
+    def fitted_users(self, ratings: DataFrame) -> int:
+        users = np.asarray(ratings.select("user").distinct().toArrow().column("user").to_numpy())
+        return int(np.isin(users, self.model.user_ids).sum())
+
+
+def recommender(model) -> Recommender:
+    """``model`` (any kind the jobs fit or load) behind the one interface the jobs use."""
+    return NumpyRecommender(model) if isinstance(model, NumpyALSModel) else SparkRecommender(model)
 
 
 def save_model(model, path: str) -> None:
