@@ -80,11 +80,11 @@ def tiny_study(tmp_path_factory):
     import contextlib
     import io
 
-    import jester_als.scale.runner
+    import jester_als.harness.runner
 
     logged = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(logged):
-        patch.setattr(jester_als.scale.runner, "HEARTBEAT_SECONDS", 1.0)
+        patch.setattr(jester_als.harness.runner, "HEARTBEAT_SECONDS", 1.0)
         out, study = run_scale(tmp_path_factory.mktemp("tiny"))
     return out, study, logged.getvalue()
 
@@ -200,7 +200,7 @@ def test_without_matplotlib_the_plot_is_skipped_and_said(tiny_study, tmp_path, m
 def test_a_worker_out_of_its_heap_says_which_memory_ran_out():
     """A Spark worker whose JVM ran out of heap ends its log with py4j's lost connection; the recorded limit
     quotes the line that says why (lines from a 1g-heap Spark probe at 250,000 users on this machine)."""
-    from jester_als.scale.runner import failure
+    from jester_als.harness.runner import failure
 
     log = "\n".join(
         [

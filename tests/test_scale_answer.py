@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from jester_als.config import load_config
+from jester_als.scale.analysis import timed_ratings, warm_seconds
 from jester_als.scale.costmodel import SPARK_MEMORY_FRACTION, SPARK_RESERVED_MB, heap_needed_mb, predict
-from jester_als.scale.render import answer, warm_seconds
-from jester_als.scale.study import timed_ratings
+from jester_als.scale.render import answer
 
 
 def _point(users, jokes, train, numpy_seconds, spark_seconds, *, warm=False):

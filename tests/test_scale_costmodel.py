@@ -113,8 +113,7 @@ def test_cluster_model_recovers_a_planted_shuffle_factor_and_executor_memory():
     """Measurements made from a shuffle factor of 1.3 over the partitioning rule and 400 MB + 150 MB per million
     ratings per executor are recovered, and the largest size (left out) is predicted; a size that misses is
     reported as missing."""
-    from jester_als.scale.cluster import fit_cluster_model
-    from jester_als.scale.costmodel import shuffle_bytes_per_iteration
+    from jester_als.scale.costmodel import fit_cluster_model, shuffle_bytes_per_iteration
 
     measurements = []
     for users in (25_000, 50_000, 100_000):
@@ -175,7 +174,7 @@ def _point(axis, users, jokes, ratings, numpy_r, spark_r):
 
 
 def test_crossover_is_the_first_size_where_spark_runs_and_numpy_does_not_or_spark_is_faster():
-    from jester_als.scale.render import crossover
+    from jester_als.scale.analysis import crossover
 
     fast = lambda s: {"completed": True, "fit_seconds": s}
     stopped = {"completed": False, "limit": "memory: 21,000 MB > budget 20,000 MB"}
@@ -241,7 +240,7 @@ def test_refit_keeps_the_measurements_and_reproduces_the_recorded_models():
     from pathlib import Path
 
     from jester_als.config import load_config
-    from jester_als.scale.study import refit
+    from jester_als.scale.analysis import refit
 
     root = Path(__file__).resolve().parents[1]
     study = json.loads((root / "docs" / "scale.json").read_text())
@@ -260,7 +259,7 @@ def test_limit_probes_bracket_each_unreached_memory_limit_and_run_one_engine():
     from pathlib import Path
 
     from jester_als.config import load_config
-    from jester_als.scale.study import limit_probes, limits
+    from jester_als.scale.analysis import limit_probes, limits
 
     root = Path(__file__).resolve().parents[1]
     scale = load_config(str(root / "conf" / "scale.yaml"), ["scale.memory_budget_mb=100000"]).scale
@@ -328,7 +327,7 @@ def test_spark_probes_where_its_cached_blocks_fill_its_heap():
     from pathlib import Path
 
     from jester_als.config import load_config
-    from jester_als.scale.study import limit_probes, limits
+    from jester_als.scale.analysis import limit_probes, limits
 
     root = Path(__file__).resolve().parents[1]
     scale = load_config(str(root / "conf" / "scale.yaml"), ["scale.memory_budget_mb=100000"]).scale
@@ -359,7 +358,7 @@ def test_spark_probes_where_its_cached_blocks_fill_its_heap():
 def test_a_missed_check_says_why_from_the_measurements():
     """scale.md says why a held-out check missed, from the study's own figures: Spark's resident memory at its
     heap, peaks that fell as the ratings grew, executors that peaked unevenly; and says so when it finds none."""
-    from jester_als.scale.render import uneven, why_missed
+    from jester_als.scale.analysis import uneven, why_missed
 
     def point(axis, users, ratings, spark_mb, numpy_mb=100.0):
         return {
@@ -429,7 +428,7 @@ def test_spark_in_memory_limit_from_its_own_storage_figures():
     """Spark's resident memory is its heap's size, so its in-memory limit is read from what it says it caches:
     the largest size before the first with blocks on disk, and a line through the cached bytes that finds where
     they fill the unified memory of the heap (UnifiedMemoryManager: (heap - 300 MB) x 0.6)."""
-    from jester_als.scale.study import in_memory
+    from jester_als.scale.analysis import in_memory
 
     def point(users, disk_mb=0.0):
         ratings = users * 58

@@ -37,7 +37,7 @@ def test_generated_split_is_the_same_on_one_thread_and_on_two(tmp_path, monkeypa
     """Chunks generated on a thread pool are written in order: the Parquet files hold the same rows as when
     one thread generates everything."""
     import jester_als.generate as generate
-    import jester_als.scale.data as data
+    import jester_als.harness.data as data
     from jester_als.generate import GeneratorParams
 
     params = GeneratorParams(users=3_000, jokes=jokes, seed=5, mean_ratings=40, min_ratings=10, gauge_jokes=5)
@@ -62,7 +62,7 @@ def test_a_probe_reads_the_first_users_of_a_larger_table(tmp_path, monkeypatch):
     import pyarrow.parquet as pq
 
     import jester_als.generate as generate
-    import jester_als.scale.data as data
+    import jester_als.harness.data as data
     from jester_als.generate import GeneratorParams
 
     params = GeneratorParams(users=3_000, jokes=100, seed=5, mean_ratings=40, min_ratings=10, gauge_jokes=5)

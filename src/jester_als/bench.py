@@ -25,12 +25,13 @@ import numpy as np
 from jester_als.config import BenchConfig, JesterConfig, size_mb
 from jester_als.errors import JobError
 from jester_als.generate import GeneratorParams
+from jester_als.harness.data import write_split_parquet
+from jester_als.harness.runner import run_worker
+from jester_als.harness.worker import WorkerSpec
 from jester_als.outputs import now_iso, staged_outputs, write_text_atomic
+from jester_als.registry import JOBS
 from jester_als.report import table
 from jester_als.scale.costmodel import heap_needed_mb
-from jester_als.scale.data import write_split_parquet
-from jester_als.scale.runner import run_worker
-from jester_als.scale.worker import WorkerSpec
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +307,6 @@ def bench_plot(result: dict, path: str):
 def bench_job(cfg: JesterConfig) -> str:
     """The ``bench`` job: bench.json, bench.md and bench.png in ``output.dir``; prints bench.md, returns the line
     that says it is done."""
-    from jester_als.registry import JOBS
 
     started = time.perf_counter()
     with staged_outputs(cfg.output, JOBS["bench"].outputs) as out:  # mode checked before any work

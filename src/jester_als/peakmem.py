@@ -1,5 +1,5 @@
 """Peaks over a block of code, sampled by a background thread: this process's resident memory, and (in
-``jester_als.scale.cluster``) what Spark's block managers hold."""
+``jester_als.harness.sparkrest``) what Spark's block managers hold."""
 
 from __future__ import annotations
 

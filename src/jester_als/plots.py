@@ -30,10 +30,10 @@ def pyplot():
     return plt
 
 
-def _save(fig, path: str) -> None:
+def save_png(fig, path: str, dpi: int = DPI) -> None:
     """Write the figure next to ``path`` and move it into place: a reader never sees half a PNG."""
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=DPI, format="png")
+        fig.savefig(tmp, dpi=dpi, format="png")
 
 
 def tuning_heatmap(plt, validation: list[dict], best: dict | None, path: str) -> None:
@@ -80,7 +80,7 @@ def tuning_heatmap(plt, validation: list[dict], best: dict | None, path: str) ->
         ax.set_title(", ".join(f"{k}={v}" for k, v in zip(others, panel)) or "validation RMSE", fontsize=9)
     fig.subplots_adjust(bottom=0.16, top=0.88)
     fig.colorbar(image, ax=axes[0].tolist(), label="validation RMSE")
-    _save(fig, path)
+    save_png(fig, path)
     plt.close(fig)
 
 
@@ -105,7 +105,7 @@ def engine_bars(
     ax_time.invert_yaxis()
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
     plt.close(fig)
 
 
@@ -119,7 +119,7 @@ def error_histogram(plt, histogram: dict, path: str) -> None:
     ax.set_ylabel("ratings")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
     plt.close(fig)
 
 
@@ -151,7 +151,7 @@ def new_users_curve(plt, new: dict, path: str) -> None:
         ax.set_ylabel(f"{what} of the other ratings")
     ax_rmse.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
     plt.close(fig)
 
 

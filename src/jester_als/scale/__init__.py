@@ -13,9 +13,10 @@ non-negative least squares, with standard errors, checks it on two points left o
 measured range), finds the size at which the memory model meets the budget beside the largest size measured to
 fit, and predicts sizes this machine cannot hold.
 
-Modules: ``data`` (generated tables, split and written as Parquet), ``worker`` (one engine on one point, in
-its own process), ``runner`` (starts a worker, samples its memory, enforces the budgets), ``study`` (the axes
-and the run), ``costmodel`` (the fitted cost model and predictions), ``render`` (scale.md and scale.png).
+Modules: ``study`` (the axes and the run: each point's table and each engine in a worker process of its own,
+run by :mod:`jester_als.harness`), ``cluster`` (the measurements on the project's standalone cluster),
+``costmodel`` (the fitted cost models, one machine's and the cluster's, and their predictions), ``analysis``
+(what the measurements say: limits, probes, crossovers, why a check missed), ``render`` (scale.md and scale.png).
 """
 
 from jester_als.scale.study import scale_job

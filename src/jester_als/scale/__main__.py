@@ -7,7 +7,8 @@ import os
 import sys
 
 from jester_als.config import load_config
-from jester_als.scale.study import refit, write_study
+from jester_als.scale.analysis import refit
+from jester_als.scale.study import write_study
 
 if len(sys.argv) != 5 or sys.argv[1] != "--refit" or sys.argv[3] != "--why":
     print("usage: python -m jester_als.scale --refit DIR --why TEXT (DIR holds a study's scale.json)", file=sys.stderr)

@@ -356,3 +356,52 @@ def predicted_limit(
     nnz = low * per_user
     path = ("dense" if uses_dense_path(low, jokes, nnz, dense_budget_mb) else "sparse") if engine == "numpy" else None
     return {"users": low, "train_ratings": nnz, "memory_mb": machine_mb, "path": path}
+
+
+def fit_cluster_model(measurements: list[dict], rank: int) -> dict:
+    """Shuffle bytes per iteration = s x the copy count of :func:`shuffle_bytes_per_iteration` (blocks =
+    executors); per-executor peak MB = m0 + m1 x training ratings per executor. Fitted by least squares on
+    relative error to the measured sizes but the largest, which checks both."""
+    done = [m for m in measurements if "shuffle_bytes_per_iteration" in m]
+    sizes = sorted({m["train_ratings"] for m in done})
+    if len(sizes) < 3:
+        return {"fitted": False, "reason": f"{len(sizes)} sizes measured (need 3: two to fit, one to check)"}
+    held = [m for m in done if m["train_ratings"] == sizes[-1]]
+    used = [m for m in done if m["train_ratings"] != sizes[-1]]
+
+    def copies(m):
+        return shuffle_bytes_per_iteration(m["users"], m["jokes"], m["train_ratings"], rank, m["executors"])
+
+    x = np.array([copies(m) for m in used])
+    y = np.array([m["shuffle_bytes_per_iteration"] for m in used])
+    factor = float(np.sum(x / y) / np.sum((x / y) ** 2))  # least squares of (s x / y - 1)
+    a = np.column_stack([np.ones(len(used)), [m["train_ratings"] / m["executors"] for m in used]])
+    b = np.array([m["executor_peak_mb"] for m in used])
+    weights = 1.0 / b
+    memory, *_ = np.linalg.lstsq(a * weights[:, None], b * weights, rcond=None)
+    checks = []
+    for m in held:
+        predicted_bytes = factor * copies(m)
+        predicted_mb = float(memory[0] + memory[1] * m["train_ratings"] / m["executors"])
+        bytes_error = predicted_bytes / m["shuffle_bytes_per_iteration"] - 1
+        mb_error = predicted_mb / m["executor_peak_mb"] - 1
+        checks.append(
+            {
+                "executors": m["executors"],
+                "train_ratings": m["train_ratings"],
+                "predicted_shuffle_bytes": predicted_bytes,
+                "measured_shuffle_bytes": m["shuffle_bytes_per_iteration"],
+                "predicted_executor_mb": predicted_mb,
+                "measured_executor_mb": m["executor_peak_mb"],
+                "shuffle_error": bytes_error,
+                "memory_error": mb_error,
+                "within_target": abs(bytes_error) <= CHECK_TARGET and abs(mb_error) <= CHECK_TARGET,
+            }
+        )
+    return {
+        "fitted": True,
+        "shuffle_factor": factor,
+        "executor_memory_mb": {"fixed": float(memory[0]), "per_rating": float(memory[1])},
+        "sizes_used": sizes[:-1],
+        "checks": checks,
+    }

@@ -4,44 +4,13 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
-
-from jester_als.config import size_mb
-from jester_als.outputs import atomic_path
 from jester_als.report import table
+from jester_als.scale.analysis import completed, crossover, fitted_users, model_rank, uneven, warm_seconds, why_missed
 from jester_als.scale.costmodel import ENGINES, cost_points
 
 log = logging.getLogger("jester_als.scale")
 AXES = ("users", "density", "jokes")
 ENGINE_NAMES = {"numpy": "NumPy", "spark": "Spark local mode"}
-
-
-def model_rank(study: dict) -> int:
-    return study["cost_model"]["rank"]
-
-
-def crossover(points: list[dict], axis: str) -> dict | None:
-    """The first size at which NumPy could not run (budget) while Spark still could, or at which Spark
-    became faster."""
-    for p in points:
-        if p["axis"] != axis or "probe" in p:  # a limit probe runs one engine: the other's "not run" is no stop
-            continue
-        numpy_r, spark_r = p["engines"].get("numpy", {}), p["engines"].get("spark", {})
-        if spark_r.get("completed") and not numpy_r.get("completed"):
-            return {
-                "train_ratings": p["train_ratings"],
-                "users": p["users"],
-                "jokes": p["jokes"],
-                "why": f"NumPy stopped: {numpy_r.get('limit')}",
-            }
-        if spark_r.get("completed") and numpy_r.get("completed") and spark_r["fit_seconds"] < numpy_r["fit_seconds"]:
-            return {
-                "train_ratings": p["train_ratings"],
-                "users": p["users"],
-                "jokes": p["jokes"],
-                "why": "Spark fitted faster",
-            }
-    return None
 
 
 def _cell(result: dict, key: str, fmt: str) -> str:
@@ -52,103 +21,11 @@ def _cell(result: dict, key: str, fmt: str) -> str:
     return fmt.format(result[key])
 
 
-def _completed(result: dict) -> bool:
-    return bool(result.get("completed"))
-
-
-def _not_monotone(study: dict, engine: str, axis: str) -> list[str]:
-    """Pairs of neighbouring sizes on ``axis`` where more training ratings peaked lower by over 10%."""
-    done = sorted(
-        (p for p in cost_points(study["points"], engine) if p["axis"] == axis), key=lambda p: p["train_ratings"]
-    )
-    return [
-        f"{a['engines'][engine]['peak_rss_mb']:,.0f} MB at {a['train_ratings']:,} ratings and "
-        f"{b['engines'][engine]['peak_rss_mb']:,.0f} MB at {b['train_ratings']:,}"
-        for a, b in zip(done, done[1:])
-        if b["engines"][engine]["peak_rss_mb"] < 0.9 * a["engines"][engine]["peak_rss_mb"]
-    ]
-
-
-def why_missed(study: dict, engine: str, check: dict) -> str:
-    """Why a held-out check missed, from what the study measured: for memory, a Spark resident set at its heap
-    (the heap the JVM was given, not the fit's need) and peaks that fell as the ratings grew on the check's axis
-    (memory set by the runtime, not by the data); said plainly when neither is found."""
-    found, target = [], study["cost_model"]["check_target"]
-    if abs(check["mb_error"]) > target:
-        heap = study["budgets"].get("spark_driver_memory")
-        at_heap = (
-            [
-                p
-                for p in cost_points(study["points"], engine)
-                if p["engines"][engine]["peak_rss_mb"] >= 0.9 * size_mb(heap)
-            ]
-            if engine == "spark" and heap
-            else []
-        )
-        if at_heap:
-            found.append(
-                f"local mode's resident memory reached its {heap} heap ("
-                + ", ".join(
-                    f"{p['engines'][engine]['peak_rss_mb']:,.0f} MB at {p['users']:,} x {p['jokes']:,}" for p in at_heap
-                )
-                + "): it is the heap the JVM grew to, not what the fit needs (its cached blocks, under "
-                "Single-machine limits)"
-            )
-        falling = _not_monotone(study, engine, check["axis"])
-        if falling:
-            found.append(
-                f"on the {check['axis']} axis its peak fell as the ratings grew ({'; '.join(falling)}), "
-                f"so its memory there is set by the runtime's own sizing more than by the data"
-            )
-        if not found:
-            found.append("the memory miss has no cause the measurements show")
-    if abs(check["seconds_error"]) > target:
-        found.append(_first_fit(study, engine, check) or "the time miss has no cause the measurements show")
-    return "; ".join(found)
-
-
-def _first_fit(study: dict, engine: str, check: dict) -> str | None:
-    """A check measured slower than predicted on a size fitted once (above ``repeat_below_ratings``): its time
-    includes a fresh worker's first fit, which the repeated sizes show to be slower than their median (the JVM
-    compiling Spark's code); what the check is without that excess."""
-    point = next(
-        (
-            p
-            for p in study["points"]
-            if "probe" not in p
-            and p["axis"] == check["axis"]
-            and p["users"] == check["users"]
-            and p["train_ratings"] == check["train_ratings"]
-        ),
-        None,
-    )
-    if point is None or len(point["engines"][engine].get("seconds", [])) != 1 or check["seconds_error"] >= 0:
-        return None
-    repeated = _repeated(study, engine)
-    excess = first_fit_excess(study, engine)
-    if excess is None or point["engines"][engine].get("warmup_seconds") is not None:
-        return None
-    if excess <= 0 or excess >= check["measured_seconds"]:
-        return None
-    without = check["predicted_seconds"] / (check["measured_seconds"] - excess) - 1
-    warming = "the JVM compiling Spark's code" if engine == "spark" else "a fresh process warming up"
-    return (
-        f"this size was fitted once, so its time includes the worker's first fit, which at the "
-        f"{len(repeated)} sizes fitted {len(repeated[0])} times took {excess:,.1f} s longer on average than "
-        f"their median ({warming}); less that, the check is {without:+.0%}"
-    )
-
-
-def _fitted_users(study: dict, engine: str) -> float | None:
-    limit = (study.get("limits", {}).get(engine) or {}).get("largest_fitted")
-    return limit["users"] if limit else None
-
-
 def conclusion(study: dict, compared: bool, spark_faster_somewhere: bool) -> str:
     """The answer's last sentence, from what the run showed: which engine was faster, and which held more."""
     if not compared:
         return "No size completed on both engines, so the study cannot say which is faster."
-    numpy_users, spark_users = _fitted_users(study, "numpy"), _fitted_users(study, "spark")
+    numpy_users, spark_users = fitted_users(study, "numpy"), fitted_users(study, "spark")
     if spark_faster_somewhere:
         return "Spark local mode was faster at some sizes, so Spark is worth it on one machine there already."
     if numpy_users and spark_users and numpy_users < spark_users:
@@ -166,34 +43,9 @@ def conclusion(study: dict, compared: bool, spark_faster_somewhere: bool) -> str
     return "NumPy was faster at every size both completed; its limit was not measured."
 
 
-def _repeated(study: dict, engine: str) -> list[list[float]]:
-    """The fit times of every size the engine fitted three times or more."""
-    return [r["seconds"] for p in study["points"] if len((r := p["engines"].get(engine, {})).get("seconds", [])) > 2]
-
-
-def first_fit_excess(study: dict, engine: str) -> float | None:
-    """How much longer a fresh worker's first fit took than the median of its repeats, averaged over the sizes
-    fitted three times or more (None without such sizes)."""
-    repeated = _repeated(study, engine)
-    return float(np.mean([s[0] - np.median(s) for s in repeated])) if repeated else None
-
-
-def warm_seconds(study: dict, point: dict, engine: str) -> tuple[float, bool]:
-    """A point's fit time without a fresh process's first-fit cost, and whether it had to be estimated: the
-    median of repeats, or a single fit timed after a warm-up fit (``warmup_seconds``), or (studies from before
-    the warm-up) a single fit less :func:`first_fit_excess`."""
-    result = point["engines"][engine]
-    if len(result.get("seconds", [])) != 1 or result.get("warmup_seconds") is not None:
-        return result["fit_seconds"], False
-    excess = first_fit_excess(study, engine)
-    if excess is None or excess <= 0 or excess >= result["fit_seconds"]:
-        return result["fit_seconds"], False
-    return result["fit_seconds"] - excess, True
-
-
 def answer(study: dict) -> str:
     """The question's answer in a few sentences, every figure and every conclusion taken from the study."""
-    both = [p for p in study["points"] if all(_completed(p["engines"].get(e, {})) for e in ENGINES)]
+    both = [p for p in study["points"] if all(completed(p["engines"].get(e, {})) for e in ENGINES)]
     said = []
     faster = []
     if both:
@@ -331,27 +183,6 @@ def cluster_lines(cluster: dict | None) -> list[str]:
             + ("within target" if c["within_target"] else "MISSES the target" + uneven(cluster, c))
         )
     return lines
-
-
-def uneven(cluster: dict, check: dict) -> str:
-    """Why a cluster check's executor memory missed, when the measurement shows it: executors whose peaks differ
-    by over a quarter, where the model takes the largest as an even share of the ratings."""
-    peaks = next(
-        (
-            m.get("executor_peaks_mb")
-            for m in cluster["measurements"]
-            if m["executors"] == check["executors"] and m["train_ratings"] == check["train_ratings"]
-        ),
-        None,
-    )
-    if not peaks or len(peaks) < 2 or max(peaks) < 1.25 * min(peaks):
-        return ""
-    return (
-        f"; why: its {len(peaks)} executors peaked {min(peaks):,.0f} to {max(peaks):,.0f} MB "
-        f"({max(peaks) / min(peaks):.1f}x), not evenly: the model takes the largest executor's peak as an "
-        f"even share of the ratings, and the cached ratings and ALS blocks are not spread evenly over so few "
-        f"small tasks"
-    )
 
 
 def render_scale(study: dict) -> str:
@@ -654,12 +485,10 @@ def _mark_limits(study: dict, ax_time, ax_mem) -> None:
 
 def plot(study: dict, path: str) -> bool:
     """Fit time and peak memory against training ratings, log scales, one line per engine and axis."""
-    try:
-        import matplotlib
+    from jester_als.plots import pyplot, save_png
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         log.warning("matplotlib is not installed: scale.png skipped (pip install 'jester-als[plot]')")
         return False
     fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -685,7 +514,6 @@ def plot(study: dict, path: str) -> bool:
             ax.legend(fontsize=8)
     fig.suptitle("jester-als: NumPy ALS on the driver vs Spark ALS (local mode)")
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
+    save_png(fig, path, dpi=110)
     plt.close(fig)
     return True

@@ -11,22 +11,22 @@ from pathlib import Path
 
 import numpy as np
 
-from jester_als.config import GenerateConfig, JesterConfig, ScaleConfig, size_mb
+from jester_als.config import GenerateConfig, JesterConfig, ScaleConfig
 from jester_als.generate import GeneratorParams
+from jester_als.harness.data import split_counts, write_split_parquet
+from jester_als.harness.runner import machine_memory_gb, run_worker
+from jester_als.harness.worker import WorkerSpec
 from jester_als.numpy_als import engine_threads, last_level_cache_bytes
 from jester_als.outputs import now_iso, staged_outputs, write_text_atomic
+from jester_als.registry import JOBS
+from jester_als.scale.analysis import limit_probes, limits, storage_model, timed_ratings, users_point
+from jester_als.scale.cluster import measure_cluster
 from jester_als.scale.costmodel import (
     ENGINES,
-    SPARK_MEMORY_FRACTION,
-    SPARK_RESERVED_MB,
     fit_cost_model,
     predict,
-    predicted_limit,
 )
-from jester_als.scale.data import split_counts, write_split_parquet
 from jester_als.scale.render import plot, render_scale
-from jester_als.scale.runner import machine_memory_gb, run_worker
-from jester_als.scale.worker import WorkerSpec
 
 log = logging.getLogger("jester_als.scale")
 
@@ -62,58 +62,6 @@ def axis_points(scale: ScaleConfig) -> list[dict]:
         for j in scale.jokes_axis
     ]
     return points
-
-
-def users_point(users: int, probe: str | None = None) -> dict:
-    """A users-axis point: Jester's shape (100 jokes, 72.6 ratings per user); ``probe`` names the one engine a
-    limit probe runs."""
-    return {
-        "axis": "users",
-        "users": users,
-        "jokes": 100,
-        "mean_ratings": 72.6,
-        "min_ratings": 36,
-        "gauge_jokes": 30,
-        **({"probe": probe} if probe else {}),
-    }
-
-
-def probe_target(limit: dict, engine: str) -> dict | None:
-    """The size an engine's limit probes are multiples of: where its memory model reaches the budget; for Spark
-    local mode, whose resident memory stops at its heap (so that model's budget point says nothing of its limit),
-    where its cached blocks fill the heap's unified memory, when its points recorded them, and none if some
-    already went to disk on the axis (that limit is measured there)."""
-    held = limit.get("in_memory")
-    if engine == "spark" and held:
-        model = held.get("storage_model")
-        return None if held["first_on_disk"] or not model else model["fills_at"]
-    return limit["predicted"]
-
-
-def limit_probes(points: list[dict], scale: ScaleConfig) -> list[dict]:
-    """Users-axis points past the listed sizes, so that a limit the listed sizes did not reach is measured, not
-    only modelled: for each engine that fitted every users-axis size so far, the multiples ``scale.limit_probes``
-    of its :func:`probe_target` (from models fitted on the points so far, all of them), rounded to two significant
-    figures, each size once, above the largest users-axis size run and at most ten times it (a model
-    extrapolated further is not worth a run of that size). Each probe runs that engine only, for
-    ``scale.limit_probe_iterations`` iterations: NumPy ALS allocates everything it holds (the ratings, the blocks'
-    buffers, the factors) and Spark ALS caches its blocks before the first iteration ends, so more iterations add
-    time but no memory; the probes' times are for those iterations and stay out of the cost model. A failed probe
-    stops the larger ones, as on the axis."""
-    if not scale.limit_probes:
-        return []
-    found = limits(points, fit_cost_model(points, scale.rank, scale.maxIter, holdout=False), scale)
-    largest = max((p["users"] for p in points if p["axis"] == "users"), default=0)
-    probes = []
-    for engine in ENGINES:
-        target = probe_target(found[engine], engine)
-        if found[engine]["first_not_fitted"] or not target:
-            continue
-        for factor in scale.limit_probes:
-            probe = users_point(int(float(f"{target['users'] * factor:.2g}")), probe=engine)
-            if largest < probe["users"] <= 10 * largest and probe not in probes:
-                probes.append(probe)
-    return sorted(probes, key=lambda p: p["users"])
 
 
 def _progress(index: int, specs: list[dict], seconds: list[float], started: float) -> str:
@@ -267,8 +215,6 @@ def run_study(cfg: JesterConfig) -> dict:
                 specs[index:index] = probes
         cluster = None
         if scale.cluster_measure_users:
-            from jester_als.scale.cluster import measure_cluster
-
             cluster = measure_cluster(cfg, work, Path(cfg.output.dir) / "worker-logs")
     finally:
         import shutil
@@ -300,160 +246,9 @@ def run_study(cfg: JesterConfig) -> dict:
     }
 
 
-def storage_model(found: dict) -> dict | None:
-    """Spark's line through its cached bytes, where the study could fit one."""
-    return ((found.get("spark") or {}).get("in_memory") or {}).get("storage_model")
-
-
-def timed_ratings(points: list[dict]) -> dict[str, list[tuple[int, float]]]:
-    """Per engine, (jokes, training ratings) of every size it fitted in full (limit probes run two iterations
-    and stay out of the time model)."""
-    return {
-        engine: [
-            (p["jokes"], float(p["train_ratings"]))
-            for p in points
-            if not p.get("probe") and p["engines"].get(engine, {}).get("completed")
-        ]
-        for engine in ENGINES
-    }
-
-
-def in_memory(fitted: list[dict], engine: str, heap: str) -> dict | None:
-    """Where Spark's heap stops holding what it caches, measured and modelled from its own REST API: the largest
-    fitted size below the first with a cached block on disk or a spill, that first size, and a line through the
-    peaks of cached bytes (``MB = fixed + per rating x training ratings``, least squares on relative error) with
-    the size at which it fills the unified memory of ``heap`` (points of studies before these signals were
-    recorded give None)."""
-    signals = [(p, p["engines"][engine].get("spark_memory")) for p in fitted]
-    if not signals or any(s is None for _, s in signals):
-        return None
-
-    def size(point, s):
-        return {
-            "users": point["users"],
-            "train_ratings": point["train_ratings"],
-            "disk_mb": s["storage_disk_peak_mb"],
-            "spilled_mb": s["spilled_mb"],
-            "storage_memory_mb": s["storage_memory_peak_mb"],
-            "gc_share": s["gc_share"],
-        }
-
-    on_disk = [i for i, (_, s) in enumerate(signals) if s["storage_disk_peak_mb"] > 0 or s["spilled_mb"] > 0]
-    first = on_disk[0] if on_disk else len(signals)
-    out = {
-        "largest_held": size(*signals[first - 1]) if first else None,
-        "first_on_disk": size(*signals[first]) if on_disk else None,
-    }
-    held = signals[:first]
-    if len(held) >= 2:
-        ratings = np.array([p["train_ratings"] for p, _ in held], dtype=float)
-        cached = np.array([s["storage_memory_peak_mb"] for _, s in held])
-        a = np.column_stack([np.ones_like(ratings), ratings]) / cached[:, None]
-        (fixed, per_rating), *_ = np.linalg.lstsq(a, np.ones_like(cached), rcond=None)
-        # the block manager's own figure where the points recorded it (studies before it: the same rule, computed)
-        reported = held[-1][1].get("storage_max_mb")
-        unified = reported or (size_mb(heap) - SPARK_RESERVED_MB) * SPARK_MEMORY_FRACTION
-        limit = (unified - fixed) / per_rating if per_rating > 0 else None
-        per_user = held[-1][0]["train_ratings"] / held[-1][0]["users"]
-        out["storage_model"] = {
-            "fixed_mb": float(fixed),
-            "bytes_per_rating": float(per_rating * 2**20),
-            "max_relative_error": float(np.max(np.abs((fixed + per_rating * ratings) / cached - 1))),
-            "unified_memory_mb": unified,
-            "unified_memory_from": "Spark's maxMemory" if reported else "computed",
-            "heap": heap,
-            "fills_at": {"train_ratings": float(limit), "users": float(limit / per_user)} if limit else None,
-        }
-    return out
-
-
-def limits(points: list[dict], model: dict, scale: ScaleConfig) -> dict:
-    """Per engine, along the users axis: the largest size measured to fit, the first size that did not (and
-    why), and the size at which the memory model reaches the study's memory budget (the line a run is stopped
-    at, so that the prediction and the measurement answer the same question)."""
-    users_points = [p for p in points if p["axis"] == "users"]
-    out = {}
-    for engine in ENGINES:
-        mine = [p for p in users_points if p.get("probe", engine) == engine]  # not the other engine's probes
-        fitted = [p for p in mine if p["engines"][engine].get("completed")]
-        stopped = [p for p in mine if not p["engines"][engine].get("completed")]
-        largest = fitted[-1] if fitted else None
-        per_user = (
-            (largest or users_points[-1])["train_ratings"] / (largest or users_points[-1])["users"]
-            if users_points
-            else 0.0
-        )
-        out[engine] = {
-            "largest_fitted": {
-                "users": largest["users"],
-                "jokes": largest["jokes"],
-                "train_ratings": largest["train_ratings"],
-                "peak_mb": largest["engines"][engine]["peak_rss_mb"],
-                **({"probe_iterations": largest["iterations"]} if "probe" in largest else {}),
-            }
-            if largest
-            else None,
-            "first_not_fitted": {
-                "users": stopped[0]["users"],
-                "train_ratings": stopped[0]["train_ratings"],
-                "why": stopped[0]["engines"][engine]["limit"],
-            }
-            if stopped
-            else None,
-            # Spark's own account of where its heap stopped holding the data (absent from older studies)
-            **(
-                {"in_memory": held}
-                if engine == "spark" and (held := in_memory(fitted, engine, scale.spark_driver_memory))
-                else {}
-            ),
-            "predicted": predicted_limit(
-                model.get(engine, {}),
-                engine,
-                per_user=per_user,
-                jokes=100,
-                rank=model["rank"],
-                machine_mb=scale.memory_budget_mb,
-                dense_budget_mb=scale.numpy_dense_budget_mb,
-            )
-            if users_points
-            else None,
-        }
-    return out
-
-
-def refit(study: dict, scale: ScaleConfig, why: str) -> dict:
-    """The cost model, limits and predictions recomputed from a study's measured points (and its cluster
-    measurements) by this version's model, with the study's own rank, iterations and budgets; the measurements
-    are not touched, and ``refit`` in the result says when and why."""
-    params, budgets = study["params"], study["budgets"]
-    scale = scale.model_copy(
-        update={
-            **params,
-            "memory_budget_mb": budgets["memory_mb"],
-            "spark_driver_memory": budgets["spark_driver_memory"],
-        }
-    )
-    model = fit_cost_model(study["points"], params["rank"], params["maxIter"], machine=study.get("machine"))
-    cluster = study.get("cluster")
-    if cluster:
-        from jester_als.scale.cluster import fit_cluster_model
-
-        cluster = {**cluster, "model": fit_cluster_model(cluster["measurements"], params["rank"])}
-    found = limits(study["points"], model, scale)
-    return {
-        **study,
-        "cost_model": model,
-        "limits": found,
-        "cluster": cluster,
-        "predictions": predict(model, scale, cluster, storage_model(found), timed_ratings(study["points"])),
-        "refit": {"when": now_iso(), "why": why},
-    }
-
-
 def scale_job(cfg: JesterConfig) -> str:
     """The ``scale`` job: scale.json, scale.md and scale.png in ``output.dir``; prints scale.md, returns the line
     that says it is done."""
-    from jester_als.registry import JOBS
 
     started = time.perf_counter()
     with staged_outputs(cfg.output, JOBS["scale"].outputs) as out:  # mode checked before any work

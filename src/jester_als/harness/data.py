@@ -1,4 +1,4 @@
-"""The study's data: a generated Jester-shaped table streamed to train and test Parquet files."""
+"""The benchmarks' data: a generated Jester-shaped table streamed to train and test Parquet files."""
 
 from __future__ import annotations
 

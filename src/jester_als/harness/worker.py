@@ -1,4 +1,4 @@
-"""One engine on one point of the study, in a process of its own (``python -m jester_als.scale.worker SPEC``),
+"""One engine on one point of the study, in a process of its own (``python -m jester_als.harness.worker SPEC``),
 so that its peak memory is its own and a budget can stop it."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from jester_als.scale.data import read_ratings
+from jester_als.harness.data import read_ratings
 
 
 @dataclass
@@ -53,7 +53,7 @@ def run(spec: WorkerSpec) -> int:
     write the result file."""
     data_dir = Path(spec.data_dir)
     if spec.engine == "spark-cluster":
-        from jester_als.scale.cluster import run_cluster_worker
+        from jester_als.harness.cluster_worker import run_cluster_worker
 
         run_cluster_worker(
             {
@@ -72,6 +72,7 @@ def run(spec: WorkerSpec) -> int:
 
 def _run_numpy(spec: WorkerSpec, data_dir: Path) -> tuple[list[float], dict]:
     """NumPy ALS (``numpy``) or the seed's per-user loop (``loop``): the fits' seconds and the test scores."""
+    # Each engine imports what it needs here: a NumPy worker never loads pyspark, so its peak memory is its own.
     from jester_als.numpy_als import RatingMatrix, fit_loop_als, fit_numpy_als, rmse_mae
 
     started = time.perf_counter()
@@ -105,8 +106,8 @@ def _run_spark(spec: WorkerSpec, data_dir: Path) -> tuple[list[float], dict]:
     seconds, the test scores and Spark's memory readings."""
     from pyspark.sql import SparkSession
 
+    from jester_als.harness.sparkrest import StoragePeaks, spark_memory_signals
     from jester_als.localcluster import free_port
-    from jester_als.scale.cluster import StoragePeaks, spark_memory_signals
     from jester_als.session import als_blocks
     from jester_als.tune import fit_als, make_als, regression_metrics
 
@@ -157,7 +158,7 @@ def _run_spark(spec: WorkerSpec, data_dir: Path) -> tuple[list[float], dict]:
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         print(
-            "usage: python -m jester_als.scale.worker SPEC.json (run the study with `jester-als scale`)",
+            "usage: python -m jester_als.harness.worker SPEC.json (run the study with `jester-als scale`)",
             file=sys.stderr,
         )
         sys.exit(2)

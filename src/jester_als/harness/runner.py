@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jester_als.harness.worker import WorkerSpec
 from jester_als.progress import HEARTBEAT_SECONDS
-from jester_als.scale.worker import WorkerSpec
 
 log = logging.getLogger("jester_als.scale")
 
@@ -38,7 +38,7 @@ def run_worker(
     spec_file = data_dir / f"{label}-spec.json"
     result_file = Path(spec.result_file)
     spec.write(spec_file)
-    args = [sys.executable, "-m", "jester_als.scale.worker", str(spec_file)]
+    args = [sys.executable, "-m", "jester_als.harness.worker", str(spec_file)]
     env = dict(os.environ, SPARK_LOCAL_IP=os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"))
     started = time.perf_counter()
     log_path = data_dir / f"{label}-worker.log"
