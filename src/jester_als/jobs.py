@@ -200,10 +200,10 @@ def run_tune(
     train, test = split_ratings(ratings, test_fraction=split.test_fraction, seed=split.seed)
     train, test = try_persist(train, "the training ratings"), try_persist(test, "the test ratings")
     try:
-        train_count, test_count = train.count(), test.count()
-        if train_count == 0 or test_count == 0:
+        counts = {"train_ratings": train.count(), "test_ratings": test.count()}
+        if not counts["train_ratings"] or not counts["test_ratings"]:
             raise InputError(
-                f"the split left {train_count} training and {test_count} test ratings; "
+                f"the split left {counts['train_ratings']} training and {counts['test_ratings']} test ratings; "
                 f"need both (check split.test_fraction and the input size)"
             )
         blocks = als_blocks(spark, cfg.als.blocks)
@@ -215,78 +215,85 @@ def run_tune(
                 nonnegative=cfg.als.nonnegative,
             )
         except Exception as exc:
-            if not is_not_allowed(exc):
-                raise
-            reason = not_allowed_reason(exc)
-            if cfg.als.fallback != "numpy":
-                raise AlsNotAllowedError(f"{WAYS_OUT} (the error was: {reason})") from None
-            section, numpy_model = tune_numpy(train, test, cfg, reason)
-            fitted = recommender(numpy_model)
-            fitted.save(out.path("model"))
-            save_params(out.path("model"), section["params"], cfg.als.bias_reg)
-            return (
-                {
-                    "data": {"train_ratings": train_count, "test_ratings": test_count},
-                    "als_engine": "numpy (fallback: Spark ALS not allowed here)",
-                    "numpy_als": section,
-                },
-                fitted,
-                ratings,
-            )
-        tuning = cfg.tune
-        # The points of a wave share the cores: with blocks: auto each gets its share of them (at least one
-        # block); the final fit has them all.
-        tune_blocks = max(1, blocks // tuning.parallelism) if cfg.als.blocks == "auto" else blocks
-        log.info(
-            "tuning ALS on %d training ratings (%d held out), %d grid points at a time with %d user and item "
-            "blocks each; the final fit with %d",
-            train_count,
-            test_count,
-            tuning.parallelism,
-            tune_blocks,
-            blocks,
-        )
-        bias_reg = cfg.als.bias_reg
-        reg_factor = reg_param_factor(cfg.input.rating_range, tuning.scale_reg_param)
-        grid = scaled_grid(tuning.grid.as_dict(), reg_factor)
-        if reg_factor != 1.0 and "regParam" in grid:
-            log.info(
-                "regParam values %s scaled by %.3g to the rating range %s: %s",
-                tuning.grid.regParam,
-                reg_factor,
-                cfg.input.rating_range,
-                grid["regParam"],
-            )
-        tune_estimator = als.copy({als.numUserBlocks: tune_blocks, als.numItemBlocks: tune_blocks})
-        result = tune_als(
-            train,
-            tune_estimator,
-            grid,
-            train_ratio=tuning.train_ratio,
-            parallelism=tuning.parallelism,
-            seed=tuning.seed,
-            biases=cfg.als.biases,
-            bias_reg=bias_reg,
-        )
-        params = dict(result.best_params)
-        if tuning.refit_max_iter:
-            params["maxIter"] = tuning.refit_max_iter
-        model, fit_seconds = fit_als(train, als, params, bias_reg=bias_reg)
-        predictions = held_out_predictions(model, test)
-        evaluation = evaluate_predictions(
-            predictions,
-            k=cfg.evaluate.k,
-            threshold=cfg.evaluate.relevance_threshold,
-            rating_range=cfg.input.rating_range,
-            references=(train, split.seed),
-        )
-        references = evaluation.pop("references")
-        fitted = recommender(model)
-        fitted.save(out.path("model"))
-        save_params(out.path("model"), params, bias_reg)
+            sections, fitted = _tune_on_the_driver(exc, train, test, cfg, out)
+            return {"data": counts, **sections}, fitted, ratings
+        sections, fitted = _tune_spark(als, blocks, train, test, cfg, out, counts)
     finally:
         try_unpersist(train)
         try_unpersist(test)
+    method = "xxhash64(user, joke, seed)"
+    data = {**counts, "split": {"test_fraction": split.test_fraction, "seed": split.seed, "method": method}}
+    return {"data": data, **sections}, fitted, ratings
+
+
+def _tune_on_the_driver(exc: Exception, train, test, cfg: JesterConfig, out: RunOutputs) -> tuple[dict, Recommender]:
+    """Where the platform refuses Spark ALS (``exc``): the NumPy engine tunes on the driver with
+    ``als.fallback: numpy``, and the job stops with what to do otherwise; any other error is raised as it is."""
+    if not is_not_allowed(exc):
+        raise exc
+    reason = not_allowed_reason(exc)
+    if cfg.als.fallback != "numpy":
+        raise AlsNotAllowedError(f"{WAYS_OUT} (the error was: {reason})") from None
+    section, numpy_model = tune_numpy(train, test, cfg, reason)
+    fitted = recommender(numpy_model)
+    fitted.save(out.path("model"))
+    save_params(out.path("model"), section["params"], cfg.als.bias_reg)
+    return {"als_engine": "numpy (fallback: Spark ALS not allowed here)", "numpy_als": section}, fitted
+
+
+def _tune_spark(
+    als, blocks: int, train, test, cfg: JesterConfig, out: RunOutputs, counts: dict
+) -> tuple[dict, Recommender]:
+    """TrainValidationSplit over the (scaled) grid, the best point refitted on all training ratings, scored on
+    the test ratings and saved: the ``spark_als`` and ``references`` sections and the model."""
+    tuning, bias_reg = cfg.tune, cfg.als.bias_reg
+    # The points of a wave share the cores: with blocks: auto each gets its share of them (at least one
+    # block); the final fit has them all.
+    tune_blocks = max(1, blocks // tuning.parallelism) if cfg.als.blocks == "auto" else blocks
+    log.info(
+        "tuning ALS on %d training ratings (%d held out), %d grid points at a time with %d user and item "
+        "blocks each; the final fit with %d",
+        counts["train_ratings"],
+        counts["test_ratings"],
+        tuning.parallelism,
+        tune_blocks,
+        blocks,
+    )
+    reg_factor = reg_param_factor(cfg.input.rating_range, tuning.scale_reg_param)
+    grid = scaled_grid(tuning.grid.as_dict(), reg_factor)
+    if reg_factor != 1.0 and "regParam" in grid:
+        log.info(
+            "regParam values %s scaled by %.3g to the rating range %s: %s",
+            tuning.grid.regParam,
+            reg_factor,
+            cfg.input.rating_range,
+            grid["regParam"],
+        )
+    result = tune_als(
+        train,
+        als.copy({als.numUserBlocks: tune_blocks, als.numItemBlocks: tune_blocks}),
+        grid,
+        train_ratio=tuning.train_ratio,
+        parallelism=tuning.parallelism,
+        seed=tuning.seed,
+        biases=cfg.als.biases,
+        bias_reg=bias_reg,
+    )
+    params = dict(result.best_params)
+    if tuning.refit_max_iter:
+        params["maxIter"] = tuning.refit_max_iter
+    model, fit_seconds = fit_als(train, als, params, bias_reg=bias_reg)
+    evaluation = evaluate_predictions(
+        held_out_predictions(model, test),
+        k=cfg.evaluate.k,
+        threshold=cfg.evaluate.relevance_threshold,
+        rating_range=cfg.input.rating_range,
+        references=(train, cfg.split.seed),
+    )
+    references = evaluation.pop("references")
+    fitted = recommender(model)
+    fitted.save(out.path("model"))
+    save_params(out.path("model"), params, bias_reg)
     spark_als = {
         "best_params": result.best_params,
         "model_params": params,
@@ -312,16 +319,7 @@ def run_tune(
         fit_seconds,
         result.tune_seconds,
     )
-    sections = {
-        "data": {
-            "train_ratings": train_count,
-            "test_ratings": test_count,
-            "split": {"test_fraction": split.test_fraction, "seed": split.seed, "method": "xxhash64(user, joke, seed)"},
-        },
-        "spark_als": spark_als,
-        "references": references,
-    }
-    return sections, fitted, ratings
+    return {"spark_als": spark_als, "references": references}, fitted
 
 
 def run_recommend(
