@@ -32,7 +32,7 @@ def test_page_written_by_a_command_matches_its_json(page):
 
 def test_update_refuses_a_page_without_the_markers(tmp_path):
     """A page that lost a section's markers is an error, not a section silently never written."""
-    for name in ("README.md", "docs", "conf"):
+    for name in ("README.md", "docs", "conf", "src"):
         (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, tmp_path / name)
     page = tmp_path / "docs" / "config.md"
     page.write_text(page.read_text().replace(readme.markers("config table")[0], ""))
@@ -41,7 +41,7 @@ def test_update_refuses_a_page_without_the_markers(tmp_path):
 
 
 def test_update_rewrites_a_stale_section(tmp_path):
-    for name in ("README.md", "docs", "conf"):
+    for name in ("README.md", "docs", "conf", "src"):
         (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, tmp_path / name)
     start, end = readme.markers("run summary")
     text = (tmp_path / "README.md").read_text()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -80,6 +81,21 @@ def _generated_section(root: Path) -> str:
     return render_statistics(_docs(root, "defaults.json")["generated_statistics"])
 
 
+def _module_map(root: Path) -> str:
+    """docs/code.md: every module of the package with the first sentence of its docstring."""
+    import ast
+
+    package = root / "src" / "jester_als"
+    rows = ["| module | responsibility |", "|---|---|"]
+    for path in sorted(package.rglob("*.py")):
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        first = " ".join(doc.split("\n\n", 1)[0].split())
+        sentence = re.match(r"(.*?[.!?])(?=\s+[A-Z(`]|$)", first)
+        first = sentence.group(1) if sentence else first
+        rows.append(f"| `{path.relative_to(package.parent).as_posix()}` | {first.replace('|', '/')} |")
+    return "\n".join(rows)
+
+
 # name -> (the page that holds it, what the section is made from); its markers are derived from the name.
 SECTIONS: dict[str, tuple[str, Callable[[Path], str]]] = {
     "run summary": ("README.md", _summary_section),
@@ -87,6 +103,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Path], str]]] = {
     "pipeline run": ("docs/run.md", _run_section),
     "config table": ("docs/config.md", lambda root: _config_table()),
     "generated data": ("docs/data.md", _generated_section),
+    "module map": ("docs/code.md", _module_map),
 }
 
 
