@@ -29,6 +29,7 @@ from jester_als.harness.data import write_split_parquet
 from jester_als.harness.runner import run_worker
 from jester_als.harness.worker import WorkerSpec
 from jester_als.outputs import now_iso, staged_outputs, write_text_atomic
+from jester_als.plots import SKIPPED, engine_bars, pyplot
 from jester_als.registry import JOBS
 from jester_als.report import table
 from jester_als.scale.costmodel import heap_needed_mb
@@ -286,7 +287,6 @@ def render_bench(result: dict) -> str:
 
 def bench_plot(result: dict, path: str):
     """``bench.png``: each engine's test RMSE and median fit time (bars), or why it was skipped."""
-    from jester_als.plots import SKIPPED, engine_bars, pyplot
 
     plt = pyplot()
     if plt is None:

@@ -28,7 +28,7 @@ from jester_als import hashsplit
 from jester_als.config import JesterConfig, load_config
 from jester_als.generate import REAL_JESTER, GeneratorParams, generate_chunks, table_statistics
 from jester_als.numpy_als import RatingMatrix, fit_biases, fit_numpy_als
-from jester_als.outputs import write_text_atomic
+from jester_als.outputs import now_iso, write_text_atomic
 from jester_als.tune import reg_param_factor, scaled_grid
 
 WIDE_RANKS = (5, 8, 10, 15, 20, 30)
@@ -309,7 +309,6 @@ def main(argv: list[str] | None = None) -> int:
         "table": study(users, jokes, ratings, cfg),
         "five_point": five_point(users, jokes, ratings, cfg),
     }
-    from jester_als.outputs import now_iso
 
     result.update(finished=now_iso(), seconds=time.perf_counter() - started)
     os.makedirs(args.out, exist_ok=True)

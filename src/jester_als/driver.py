@@ -19,6 +19,7 @@ from jester_als.numpy_als import (
     positions,
     rmse_mae,
 )
+from jester_als.tune import reg_param_factor, scaled_grid
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,6 @@ def collect_ratings(df) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def tune_numpy(train_df, test_df, cfg: JesterConfig, reason: str) -> tuple[dict, NumpyALSModel]:
     """The same grid, train ratio and seeds as the Spark tuning, fitted with NumPy ALS on the driver."""
-    from jester_als.tune import reg_param_factor, scaled_grid
 
     tuning = cfg.tune
     grid = scaled_grid(tuning.grid.as_dict(), reg_param_factor(cfg.input.rating_range, tuning.scale_reg_param))

@@ -15,6 +15,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jester_als import __version__
+from jester_als.baseline import compare_engines, sample_users
 from jester_als.config import InputConfig, JesterConfig
 from jester_als.driver import collect_ratings, tune_numpy
 from jester_als.fallback import WAYS_OUT, AlsNotAllowedError, is_not_allowed, not_allowed_reason
@@ -26,14 +27,20 @@ from jester_als.foldin import (
     save_params,
     top_n,
 )
+from jester_als.hashsplit import is_test
 from jester_als.models import Recommender, load_model_at, recommender
+from jester_als.newusers import evaluate_new_users
 from jester_als.onepass import eligible as onepass_eligible
 from jester_als.onepass import prepare_in_one_pass
 from jester_als.outputs import RunOutputs, now_iso
+from jester_als.plots import run_plots
 from jester_als.prepare import InputError, check_duplicates, hex64, input_name, prepare_ratings, reference_scan
 from jester_als.progress import step
 from jester_als.registry import Job
+from jester_als.report import render_report
 from jester_als.session import als_blocks, is_connect, master_of, try_persist, try_unpersist
+from jester_als.tables import write_tables
+from jester_als.tracking import track_job
 from jester_als.tune import (
     evaluate_predictions,
     fit_als,
@@ -380,9 +387,6 @@ def run_new_users(spark: SparkSession, cfg: JesterConfig, ratings: DataFrame, sp
     """The ``new_users`` section: fold-in scored on users held out whole (:mod:`jester_als.newusers`), over the
     user sample the baseline collects, with the chosen model's params; and how long fold-in takes for one user
     and for 10,000 users at once (their gauge ratings), the input in memory."""
-    from jester_als.baseline import sample_users
-    from jester_als.hashsplit import is_test
-    from jester_als.newusers import evaluate_new_users
 
     base = cfg.baseline
     sample = sample_users(ratings, max_users=base.max_users, fraction=base.fraction, seed=base.seed)
@@ -603,7 +607,6 @@ def run_baseline(
     spark_params: dict | None = None,
 ) -> dict:
     """NumPy ALS and the baselines on a collected sample, against the Spark model on the same rows."""
-    from jester_als.baseline import compare_engines
 
     model = model or saved_model(out, spark)
     if model.engine == "numpy":
@@ -733,8 +736,6 @@ def tune_job(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> dict:
 def run_spark_job(spark: SparkSession, cfg: JesterConfig, job: Job, on_start=None) -> dict:
     """Run one job of the table with staged outputs; returns the full ``metrics.json`` content it committed.
     ``on_start`` receives the run's outputs (the entry point uses it to clean up after an interrupt)."""
-    from jester_als.plots import run_plots
-    from jester_als.report import render_report
 
     out = RunOutputs(cfg.output.dir, cfg.output.mode, list(job.outputs))
     out.check()
@@ -768,10 +769,8 @@ def run_spark_job(spark: SparkSession, cfg: JesterConfig, job: Job, on_start=Non
         metrics = out.commit(update)
     finally:
         out.abort()
-    from jester_als.tracking import track_job
 
     track_job(cfg, job.name, metrics, out.final, spark)  # after the commit: tracking can only add
-    from jester_als.tables import write_tables
 
     write_tables(spark, cfg.output, job.name, metrics, out.final)  # after the commit: a refused table leaves the files
     return metrics

@@ -16,9 +16,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jester_als.biased import BiasedALSModel
+from jester_als.driver import recommend_numpy
 from jester_als.foldin import FoldInModel, from_numpy_model, from_spark_model
 from jester_als.numpy_als import NumpyALSModel
 from jester_als.prepare import InputError
+from jester_als.recommend import recommend_unrated
 
 
 class Recommender(Protocol):
@@ -48,7 +50,6 @@ class SparkRecommender:
     engine: ClassVar[str] = "spark"
 
     def recommend(self, spark: SparkSession, ratings: DataFrame, top_n: int, rating_range) -> DataFrame:
-        from jester_als.recommend import recommend_unrated
 
         return recommend_unrated(self.model, ratings, top_n, rating_range)
 
@@ -71,7 +72,6 @@ class NumpyRecommender:
     engine: ClassVar[str] = "numpy"
 
     def recommend(self, spark: SparkSession, ratings: DataFrame, top_n: int, rating_range) -> DataFrame:
-        from jester_als.driver import recommend_numpy
 
         return recommend_numpy(spark, self.model, ratings, top_n, rating_range)
 

@@ -19,6 +19,7 @@ from pyspark.ml.tuning import ParamGridBuilder, TrainValidationSplit
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from jester_als.biased import fit_biased_als, fit_biases, residual_ratings
 from jester_als.hashsplit import SPLIT_BUCKETS, test_threshold
 from jester_als.numpy_als import nmae
 from jester_als.session import is_connect, materialize, try_persist, try_unpersist
@@ -121,8 +122,6 @@ def train_validation_split(
     from multiprocessing.pool import ThreadPool
 
     from pyspark.util import inheritable_thread_target
-
-    from jester_als.biased import fit_biased_als, fit_biases, residual_ratings
 
     rand_col = f"{als.uid}_rand"
     marked = train.select("*", F.rand(seed).alias(rand_col))
@@ -290,7 +289,6 @@ def wave_seconds(started: float, finished: list[float], parallelism: int) -> lis
 def fit_als(train: DataFrame, als: ALS, params: dict, *, bias_reg: float = 10.0) -> tuple[ALSModel, float]:
     """Fit the model ``params`` name (ALS params, and ``biases`` for the biased model) on all training ratings;
     returns the model and the fit wall time (the offsets' fit included)."""
-    from jester_als.biased import fit_biased_als
 
     biased = bool(params.get("biases"))
     estimator = als.copy({als.getParam(name): value for name, value in params.items() if name != "biases"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from jester_als.plots import pyplot, save_png
 from jester_als.report import table
 from jester_als.scale.analysis import completed, crossover, fitted_users, model_rank, uneven, warm_seconds, why_missed
 from jester_als.scale.costmodel import ENGINES, cost_points
@@ -485,7 +486,6 @@ def _mark_limits(study: dict, ax_time, ax_mem) -> None:
 
 def plot(study: dict, path: str) -> bool:
     """Fit time and peak memory against training ratings, log scales, one line per engine and axis."""
-    from jester_als.plots import pyplot, save_png
 
     plt = pyplot()
     if plt is None:
