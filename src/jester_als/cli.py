@@ -27,6 +27,7 @@ from jester_als import __version__
 from jester_als.config import ConfigError, JesterConfig, load_config
 from jester_als.errors import JobError, actionable_cause
 from jester_als.registry import JOBS, Job, check_needs
+from jester_als.session import build_session, check_iterations, connection_lost, release_session
 
 log = logging.getLogger("jester_als")
 
@@ -185,7 +186,7 @@ def spark_log_path(output_dir: str) -> str | None:
 def _run_spark_job(job: Job, args, cfg: JesterConfig) -> int:
     """Run a Spark job. On Ctrl-C (exit 130) or SIGTERM (exit 143) Spark is stopped first, then the staged
     outputs are removed, so nothing half-written is left and the previous outputs stay as they were."""
-    from jester_als.jobs import run_spark_job
+    from jester_als.jobs import run_spark_job  # pyspark: only Spark jobs load it (generate and --help do not)
 
     started = time.perf_counter()
     try:
@@ -216,7 +217,6 @@ def _run_spark_job(job: Job, args, cfg: JesterConfig) -> int:
 def _start_spark(job: Job, args, cfg: JesterConfig):
     """``(spark, created)`` once the job's inputs from earlier jobs are there and its ALS iterations are safe
     where it runs; a JobError otherwise, with nothing left running."""
-    from jester_als.session import build_session, check_iterations, release_session
 
     check_needs(job.name, cfg.output.dir)
     spark, created = build_session(
@@ -276,7 +276,6 @@ class _SparkRun:
         return code
 
     def release(self, previous) -> None:
-        from jester_als.session import release_session
 
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -286,7 +285,6 @@ class _SparkRun:
 def _failed(name: str, exc: Exception, run: _SparkRun, output_dir: str, verbose: bool) -> int:
     """A job that failed: one line that says why (the cause a user can act on where there is one) and that
     nothing was replaced; the trace goes to spark.log (or the console with -v)."""
-    from jester_als.session import connection_lost
 
     if connection_lost(run.spark, exc):
         run.created = False  # nothing to stop: the server is gone, and asking it would only wait again

@@ -213,7 +213,7 @@ class SparkFoldIn:
         )
 
     def release(self) -> None:
-        from jester_als.session import try_unpersist
+        from jester_als.session import try_unpersist  # not at the top: the MLflow model ships without it
 
         try_unpersist(self.folded)
 
@@ -226,7 +226,7 @@ def fold_in_spark(model: FoldInModel, ratings, top: int, rating_range) -> SparkF
     import pyarrow as pa
     from pyspark.sql import functions as F
 
-    from jester_als.session import try_persist
+    from jester_als.session import try_persist  # not at the top: the MLflow model ships without it
 
     per_user = ratings.groupBy("user").agg(
         F.collect_list("joke").alias("jokes"), F.collect_list("rating").alias("ratings")

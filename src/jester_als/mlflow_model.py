@@ -125,7 +125,7 @@ def export_saved(model_dir: str, ratings_dir: str, directory: str, *, rating_ran
     the users' side is read the same way."""
     import pyarrow.parquet as pq
 
-    from jester_als.models import load_model_at
+    from jester_als.models import load_model_at  # Spark's readers: when exporting, never when serving
 
     rated = pq.read_table(ratings_dir, columns=["user", "joke"])
     model = load_model_at(model_dir, spark)

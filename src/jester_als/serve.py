@@ -40,7 +40,7 @@ def gauge_ratings(users: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.nda
 def spark_seconds(foldable, users, jokes, values, top: int, rating_range) -> float:
     import pyarrow as pa
 
-    from jester_als.foldin import fold_in_spark
+    from jester_als.foldin import fold_in_spark  # the Spark measurement only: the NumPy ones run without pyspark
     from jester_als.session import build_session
 
     spark, _ = build_session(SparkConfig(app_name="jester-als-serve"), master="local[2]")

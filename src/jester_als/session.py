@@ -18,6 +18,7 @@ import tempfile
 from jester_als import owner
 from jester_als.config import SparkConfig
 from jester_als.errors import JobError
+from jester_als.localcluster import free_ports
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,6 @@ def runs_locally(master: str | None, remote: str | None) -> bool:
 def local_mode_defaults(spark_log: str | None = None, verbose: bool = False) -> dict:
     """Settings for Spark in local mode on one machine, under any config's own ``spark.conf``: Spark's 200
     shuffle partitions are 200 tiny tasks on a laptop; the console progress bar only where a person watches."""
-    from jester_als.localcluster import free_ports
 
     cores = os.cpu_count() or 2
     # The UI's port is chosen here, not left to Spark: Spark moves to the next port when 4040 is taken and

@@ -222,7 +222,7 @@ def _log_model(mlflow, client, run_id: str, cfg: JesterConfig, output_dir: str, 
     import pandas as pd
     from mlflow.models import infer_signature
 
-    from jester_als import mlflow_model
+    from jester_als import mlflow_model  # needs MLflow, the optional extra this function runs under
 
     path = os.path.join(output_dir, "model")
     if not os.path.isdir(path):

@@ -9,6 +9,8 @@ import logging
 from pathlib import Path
 
 from jester_als.harness.sparkrest import executor_peaks_mb, shuffle_of_fit, wait_for_executors
+from jester_als.outputs import write_text_atomic
+from jester_als.tune import make_als
 
 log = logging.getLogger("jester_als.scale")
 
@@ -32,9 +34,6 @@ def run_cluster_worker(spec: dict, result_file: Path) -> None:
     larger size's) two fits of ``SHORT_ITERATIONS`` and ``LONG_ITERATIONS`` and their measurements. The result
     file is rewritten after each size, so the sizes measured before a failure are kept."""
     from pyspark.sql import SparkSession
-
-    from jester_als.outputs import write_text_atomic
-    from jester_als.tune import make_als
 
     executors = spec["executors"]
     spark = (
