@@ -14,14 +14,26 @@ from helpers import png_size
 from jester_als.cli import main
 
 
-def test_metrics_hold_the_contract_keys(pipeline_run):
+@pytest.fixture
+def metrics(pipeline_run):
+    """The shared run's metrics.json and the small table's parameters."""
     out, params, _ = pipeline_run
-    metrics = json.loads((out / "metrics.json").read_text())
+    return json.loads((out / "metrics.json").read_text()), params
+
+
+def test_every_cell_of_the_table_is_accounted_for(metrics):
+    metrics, params = metrics
     data = metrics["data"]
     assert data["users"] == params.users and data["items"] == params.jokes
     assert data["train_ratings"] + data["test_ratings"] == data["ratings"]
     assert data["rejected"] == 0
     assert data["cells"]["read"] == params.users * params.jokes == data["ratings"] + data["missing"]
+    assert metrics["run"]["job"] == "pipeline"
+    assert metrics["run"]["versions"]["spark"].startswith("4.")
+
+
+def test_spark_als_recovers_the_planted_structure_within_the_runs_own_time(metrics):
+    metrics, params = metrics
     spark_als = metrics["spark_als"]
     assert set(spark_als["best_params"]) >= {"rank", "regParam", "maxIter"}
     assert spark_als["model_params"]["maxIter"] == 12
@@ -30,26 +42,43 @@ def test_metrics_hold_the_contract_keys(pipeline_run):
     assert 0 < spark_als["test_mae"] < spark_als["test_rmse"]
     # The times are the job's own: tuning and the final fit happen inside the run's wall time.
     assert 0 < spark_als["tune_seconds"] + spark_als["fit_seconds"] < metrics["run"]["wall_seconds"]
-    numpy_als, baselines = metrics["numpy_als"], metrics["baselines"]
+
+
+def test_numpy_als_matches_spark_on_the_same_rows_and_beats_the_baselines(metrics):
+    metrics, params = metrics
+    spark_als, numpy_als, baselines = metrics["spark_als"], metrics["numpy_als"], metrics["baselines"]
     assert numpy_als["sample_users"] == params.users
     assert numpy_als["params"] == spark_als["model_params"]
     assert numpy_als["rows"] == baselines["rows"] > 0
     assert abs(numpy_als["test_rmse"] - numpy_als["spark_test_rmse_same_rows"]) < 0.02 * numpy_als["test_rmse"]
     assert numpy_als["test_rmse"] < 0.5 * min(baselines["bias"]["test_rmse"], baselines["global_mean"]["test_rmse"])
     assert 0 < numpy_als["fit_seconds"] < metrics["run"]["wall_seconds"]
+
+
+def test_the_drivers_memory_holds_at_least_what_was_collected(metrics):
+    metrics, _ = metrics
+    data, numpy_als = metrics["data"], metrics["numpy_als"]
     # 8 bytes a training rating at least (int32 joke, float32 rating) and 12 a test rating for what was collected;
     # the driver's peak while collecting and fitting holds at least that
     memory = numpy_als["memory"]
     assert memory["collected_mb"] * 2**20 >= 8 * data["train_ratings"] + 12 * data["test_ratings"]
     assert memory["driver_peak_mb"] >= memory["collected_mb"] + memory["factors_mb"]
     assert numpy_als["collect_seconds"] + numpy_als["fit_seconds"] == pytest.approx(numpy_als["driver_seconds"])
-    # Predictions are clipped to the rating scale: the error can only shrink (every true rating is inside it)
+
+
+def test_clipping_to_the_scale_only_shrinks_the_error(metrics):
+    metrics, _ = metrics
+    spark_als = metrics["spark_als"]
+    # every true rating is inside the scale, so clipping a prediction to it can only bring it closer
     clipping = spark_als["clipping"]
     assert clipping["range"] == [-10.0, 10.0] and clipping["predictions_outside"] >= 0
     assert spark_als["test_rmse"] <= clipping["test_rmse_unclipped"]
     assert (spark_als["test_rmse"] < clipping["test_rmse_unclipped"]) == (clipping["predictions_outside"] > 0)
-    # Ranking: the model, and the references on the same users and jokes, with all four metrics
-    references = metrics["references"]
+
+
+def test_the_model_ranks_better_than_its_references_on_the_same_users(metrics):
+    metrics, params = metrics
+    spark_als, references = metrics["spark_als"], metrics["references"]
     for name in ("random", "popularity"):
         assert references[name]["users"] == spark_als["ranking"]["users"] > 0
         assert set(references[name]) >= {"precision_at_k", "ndcg_at_k", "recall_at_k", "map_at_k"}
@@ -57,8 +86,6 @@ def test_metrics_hold_the_contract_keys(pipeline_run):
     recommendations = metrics["recommendations"]
     assert 0 < recommendations["jokes_recommended"] <= params.jokes
     assert recommendations["catalogue_coverage"] == recommendations["jokes_recommended"] / params.jokes
-    assert metrics["run"]["job"] == "pipeline"
-    assert metrics["run"]["versions"]["spark"].startswith("4.")
 
 
 def test_report_shows_the_results(pipeline_run):

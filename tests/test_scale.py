@@ -89,11 +89,22 @@ def tiny_study(tmp_path_factory):
     return out, study, logged.getvalue()
 
 
-@pytest.mark.cluster  # the tiny study measures the cluster side on a real standalone cluster
-def test_tiny_grid_writes_json_markdown_and_plot(tiny_study):
-    out, study, logged = tiny_study
+# The tiny study measures the cluster side on a real standalone cluster: every test of it is a cluster test.
+
+
+@pytest.mark.cluster
+def test_the_study_says_where_it_is_while_it_runs(tiny_study):
+    _, _, logged = tiny_study
     # a running worker is never silent: its time and memory so far, every heartbeat (a Spark worker takes > 2 s)
     assert "spark worker (users-300x100): 1 s so far" in logged
+    # a line per point with its index, the time so far and (after the first) the time left
+    assert "scale point 1/5 (users axis, 300 x 100); 0.0 min so far, time left known after two points" in logged
+    assert "scale point 5/5 (jokes axis, 300 x 40)" in logged and " min left" in logged
+
+
+@pytest.mark.cluster
+def test_both_engines_fit_every_point_of_every_axis(tiny_study):
+    out, study, _ = tiny_study
     assert [(p["axis"], p["users"], p["jokes"]) for p in study["points"]] == [
         ("users", 300, 100),
         ("users", 1200, 100),
@@ -101,9 +112,6 @@ def test_tiny_grid_writes_json_markdown_and_plot(tiny_study):
         ("density", 300, 60),
         ("jokes", 300, 40),
     ]
-    # a line per point with its index, the time so far and (after the first) the time left
-    assert "scale point 1/5 (users axis, 300 x 100); 0.0 min so far, time left known after two points" in logged
-    assert "scale point 5/5 (jokes axis, 300 x 40)" in logged and " min left" in logged
     density = [p for p in study["points"] if p["axis"] == "density"]
     assert 8 < density[0]["ratings"] / 300 < 12 and 22 < density[1]["ratings"] / 300 < 28  # ratings per user
     point_noise = 4.4  # the generator's default noise, which the scale study keeps
@@ -119,12 +127,21 @@ def test_tiny_grid_writes_json_markdown_and_plot(tiny_study):
     # every worker's log is kept; a Spark worker's holds its JVM's own lines
     assert "WARNING: Using incubator modules" in open(study["points"][0]["engines"]["spark"]["log"]).read()
     assert len(study["points"][0]["engines"]["numpy"]["seconds"]) == 2  # repeated where cheap
+
+
+@pytest.mark.cluster
+def test_five_points_fit_a_cost_model_and_say_none_is_left_to_check_it(tiny_study):
+    _, study, _ = tiny_study
     for engine in ENGINES:
-        # five points fit a model but leave none to check it on, and the study says so
         entry = study["cost_model"][engine]
         assert entry["fitted"] and entry["checks"] == [] and "holding two out" in entry["checks_skipped"]
         limits = study["limits"][engine]
         assert limits["largest_fitted"]["users"] == 1200 and limits["first_not_fitted"] is None
+
+
+@pytest.mark.cluster
+def test_spark_says_its_heap_held_every_cached_block(tiny_study):
+    _, study, _ = tiny_study
     # Spark's own account of its memory: the cached training ratings in storage memory, none of it on disk at
     # these sizes, so its heap held everything up to the largest
     for point in study["points"]:
@@ -138,6 +155,11 @@ def test_tiny_grid_writes_json_markdown_and_plot(tiny_study):
     # survivor space (366 MB here against 434 MB), which is why the study reads the figure from Spark
     assert held["storage_model"]["unified_memory_from"] == "Spark's maxMemory"
     assert 0.75 * (1024 - 300) * 0.6 < held["storage_model"]["unified_memory_mb"] <= (1024 - 300) * 0.6 + 0.01
+
+
+@pytest.mark.cluster
+def test_scale_md_and_the_plot_are_written(tiny_study):
+    out, study, _ = tiny_study
     assert [p["name"] for p in study["predictions"]][0] == "real Jester (dataset 1)"
     markdown = (out / "scale.md").read_text()
     assert "| users | 1,200 | 100 |" in markdown and "Crossover on the density axis" in markdown
@@ -146,6 +168,13 @@ def test_tiny_grid_writes_json_markdown_and_plot(tiny_study):
     assert "its heap held every cached block up to 1,200 users, and nothing spilled" in markdown
     assert "no held-out check: 5 completed points" in markdown
     assert "In the cluster column the time is arithmetic, not measurement" in markdown
+    assert "## Measured on a standalone cluster" in markdown
+    assert (out / "scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.cluster
+def test_the_cluster_side_is_measured_by_spark_itself(tiny_study):
+    out, study, _ = tiny_study
     # the cluster side measured by Spark itself: shuffle bytes per iteration grow with the data, two executors
     # each report a peak, and the model fitted on two sizes is checked on the third
     cluster = study["cluster"]["measurements"]
@@ -159,8 +188,6 @@ def test_tiny_grid_writes_json_markdown_and_plot(tiny_study):
     model = study["cluster"]["model"]
     assert model["fitted"] and model["sizes_used"] == [cluster[0]["train_ratings"], cluster[1]["train_ratings"]]
     assert [c["train_ratings"] for c in model["checks"]] == [cluster[2]["train_ratings"]]
-    assert "## Measured on a standalone cluster" in markdown
-    assert (out / "scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_budget_stop_records_the_limit_instead_of_crashing(tmp_path):
