@@ -98,22 +98,25 @@ def best(points: list[dict]) -> dict:
     return min(points, key=lambda point: point["validation_rmse"])
 
 
-def study(users, jokes, ratings, cfg: JesterConfig) -> dict:
-    """Every figure of the choice, on one table's validation ratings."""
-    tune, split = cfg.tune, cfg.split
-    bias_reg = cfg.als.bias_reg
-    rating_range = tuple(cfg.input.rating_range)
-    validation = Validation(
+def validation_of(users, jokes, ratings, cfg: JesterConfig, rating_range) -> Validation:
+    """The jobs' split of these ratings (``split``, then ``tune.train_ratio``), as the tuning sees it."""
+    return Validation(
         users,
         jokes,
         ratings,
-        test_fraction=split.test_fraction,
-        split_seed=split.seed,
-        train_ratio=tune.train_ratio,
-        rating_range=rating_range,
+        test_fraction=cfg.split.test_fraction,
+        split_seed=cfg.split.seed,
+        train_ratio=cfg.tune.train_ratio,
+        rating_range=tuple(rating_range),
         seed=cfg.als.seed,
     )
-    grid = tune.grid.as_dict()
+
+
+def study(users, jokes, ratings, cfg: JesterConfig) -> dict:
+    """Every figure of the choice, on one table's validation ratings."""
+    bias_reg = cfg.als.bias_reg
+    validation = validation_of(users, jokes, ratings, cfg, cfg.input.rating_range)
+    grid = cfg.tune.grid.as_dict()
     grid.setdefault("biases", [cfg.als.biases])
     by_iterations = {}
     for iterations in ITERATIONS:
@@ -143,18 +146,8 @@ def five_point(users, jokes, ratings, cfg: JesterConfig) -> dict:
     """The default grid on the table mapped onto whole stars 1-5 (``round(3 + r / 5)``), with regParam scaled to
     the scale and as given, against the bias baseline."""
     stars = np.clip(np.round(3.0 + np.asarray(ratings) / 5.0), *FIVE_POINT)
-    split, tune = cfg.split, cfg.tune
-    validation = Validation(
-        users,
-        jokes,
-        stars,
-        test_fraction=split.test_fraction,
-        split_seed=split.seed,
-        train_ratio=tune.train_ratio,
-        rating_range=FIVE_POINT,
-        seed=cfg.als.seed,
-    )
-    grid = {**tune.grid.as_dict(), "maxIter": [10]}
+    validation = validation_of(users, jokes, stars, cfg, FIVE_POINT)
+    grid = {**cfg.tune.grid.as_dict(), "maxIter": [10]}
     grid.setdefault("biases", [cfg.als.biases])
     bias_reg = cfg.als.bias_reg
     factor = reg_param_factor(FIVE_POINT, True)
