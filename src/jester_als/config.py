@@ -77,6 +77,11 @@ def _a(kind) -> str:
     return " or ".join(("an " if name[0] in "aeiou" else "a ") + name for name in names)
 
 
+def _is_a(value, kind: type) -> bool:
+    """Strict typing as the config states it: a bool is not an integer, and an integer stands for a number."""
+    return type(value) is kind or (kind is float and type(value) is int)
+
+
 def _coerce(value, kind):
     """Ints stand for floats where a number is wanted (``regParam: 1``)."""
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -138,7 +143,7 @@ def _kinds(*kinds: type) -> AfterValidator:
     """A value of any of ``kinds`` (a bool is not an integer): for the few keys that take more than one type."""
 
     def message(value):
-        if any(type(value) is kind or (kind is float and type(value) is int) for kind in kinds):
+        if any(_is_a(value, kind) for kind in kinds):
             return None
         return f"expected {_a(kinds)}"
 
@@ -336,7 +341,7 @@ def _grid_value(kind: type, floor: float | None = None, why: str = "", *, strict
     least ``floor`` (above it with ``strict``); a bad value is named as given, ``rank: 0 must be >= 1``."""
 
     def check(value):
-        if not (type(value) is kind or (kind is float and type(value) is int)):
+        if not _is_a(value, kind):
             raise _problem(f"expected {_a(kind)}, got {value!r}")
         if floor is not None and (value <= floor if strict else value < floor):
             raise _problem(f"{value!r} must be {'>' if strict else '>='} {floor:g}{why}")
