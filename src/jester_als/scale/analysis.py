@@ -82,12 +82,7 @@ def timed_ratings(points: list[dict]) -> dict[str, list[tuple[int, float]]]:
     """Per engine, (jokes, training ratings) of every size it fitted in full (limit probes run two iterations
     and stay out of the time model)."""
     return {
-        engine: [
-            (p["jokes"], float(p["train_ratings"]))
-            for p in points
-            if not p.get("probe") and p["engines"].get(engine, {}).get("completed")
-        ]
-        for engine in ENGINES
+        engine: [(p["jokes"], float(p["train_ratings"])) for p in cost_points(points, engine)] for engine in ENGINES
     }
 
 

@@ -140,7 +140,7 @@ def _measured_features(engine: str, point: dict, result: dict, rank: int) -> dic
 def cost_points(points: list[dict], engine: str) -> list[dict]:
     """The points that measured ``engine``'s cost: completed, and not limit probes (fewer iterations, one
     engine: they measure a limit, not the cost)."""
-    return [p for p in points if p["engines"].get(engine, {}).get("completed") and "probe" not in p]
+    return [p for p in points if p["engines"].get(engine, {}).get("completed") and not p.get("probe")]
 
 
 def fit_cost_model(
