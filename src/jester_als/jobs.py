@@ -34,7 +34,16 @@ from jester_als.onepass import eligible as onepass_eligible
 from jester_als.onepass import prepare_in_one_pass
 from jester_als.outputs import RunOutputs, now_iso
 from jester_als.plots import run_plots
-from jester_als.prepare import InputError, check_duplicates, hex64, input_name, prepare_ratings, reference_scan
+from jester_als.prepare import (
+    InputError,
+    cells_read,
+    check_duplicates,
+    hex64,
+    input_name,
+    prepare_ratings,
+    reference_scan,
+    rows_without_ratings,
+)
 from jester_als.progress import step
 from jester_als.registry import Job
 from jester_als.report import render_report
@@ -134,11 +143,7 @@ def run_prepare(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> tupl
         "user_ids_reindexed": user_ids is not None,
         "one_pass": one is not None,
         "jokes_without_ratings": counts["jokes_without_ratings"],
-        "rows_without_ratings": (
-            prepared.fingerprint["rows"] - row["users"]
-            if counts["rows_without_ratings"] is None
-            else counts["rows_without_ratings"]
-        ),
+        "rows_without_ratings": rows_without_ratings(prepared, row["users"]),
         "users": row["users"],
         "items": row["items"],
         "ratings": row["ratings"],
@@ -146,12 +151,7 @@ def run_prepare(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> tupl
         "rating_std": row["std"],
         "rejected": counts["rejected_total"],
         "missing": counts["missing_total"],
-        "cells": {
-            "read": counts["cells"],
-            "accepted": counts["accepted"],
-            "missing": counts["missing"],
-            "rejected": counts["rejected"],
-        },
+        "cells": cells_read(counts),
         "timing_seconds": timing,
     }
     log.info(
@@ -346,10 +346,7 @@ def run_recommend(
             user_ids = spark.read.parquet(out.final_path("user_ids"))
     top_n = cfg.recommend.top_n
     recommendations = model.recommend(spark, ratings, top_n, cfg.input.rating_range)
-    if user_ids is not None:
-        recommendations = recommendations.join(user_ids, on="user", how="inner").select(
-            F.col("original_user").alias("user"), "rank", "joke", "score"
-        )
+    recommendations = with_original_ids(recommendations, user_ids, "rank", "joke", "score")
     recommendations.write.mode("overwrite").parquet(out.path("recommendations"))
     written = spark.read.parquet(out.path("recommendations"))
     row = written.agg(
@@ -378,6 +375,15 @@ def run_recommend(
     }
 
 
+def with_original_ids(frame: DataFrame, user_ids: DataFrame | None, *columns: str) -> DataFrame:
+    """``user`` and ``columns`` of ``frame``, the users under the ids the input gave them where prepare re-indexed
+    them (``user_ids``: original_user -> user); ``frame`` as it is otherwise."""
+    if user_ids is None:
+        return frame
+    originals = user_ids.select("original_user", "user")
+    return frame.join(originals, "user").select(F.col("original_user").alias("user"), *columns)
+
+
 def saved_model(out: RunOutputs, spark: SparkSession | None = None) -> Recommender:
     """The saved model of ``out``'s directory (:func:`jester_als.models.load_model_at`)."""
     return recommender(load_model_at(out.final_path("model"), spark))
@@ -387,7 +393,6 @@ def run_new_users(spark: SparkSession, cfg: JesterConfig, ratings: DataFrame, sp
     """The ``new_users`` section: fold-in scored on users held out whole (:mod:`jester_als.newusers`), over the
     user sample the baseline collects, with the chosen model's params; and how long fold-in takes for one user
     and for 10,000 users at once (their gauge ratings), the input in memory."""
-
     base = cfg.baseline
     sample = sample_users(ratings, max_users=base.max_users, fraction=base.fraction, seed=base.seed)
     users, jokes, values = collect_ratings(ratings.join(sample, "user", "left_semi"))
@@ -437,7 +442,7 @@ def foldable_model(spark: SparkSession, out: RunOutputs, cfg: JesterConfig):
     return model, model.foldable(float(params["regParam"]))
 
 
-def new_users_input(cfg: JesterConfig) -> dict:
+def new_users_input(cfg: JesterConfig) -> InputConfig:
     """``input`` with the new users' path, and their format and layout where given."""
     new = cfg.new_users
     if not new.path:
@@ -499,12 +504,8 @@ def run_foldin(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> dict:
         else:
             on_spark = fold_in_spark(foldable, ratings, top, rating_range)
             factors, recommendations = on_spark.factors, on_spark.recommendations
-        if prepared.user_ids is not None:
-            originals = prepared.user_ids.select("original_user", "user")
-            recommendations = recommendations.join(originals, "user").select(
-                F.col("original_user").alias("user"), "rank", "joke", "score"
-            )
-            factors = factors.join(originals, "user").select(F.col("original_user").alias("user"), "offset", "features")
+        recommendations = with_original_ids(recommendations, prepared.user_ids, "rank", "joke", "score")
+        factors = with_original_ids(factors, prepared.user_ids, "offset", "features")
         recommendations.write.mode("overwrite").parquet(out.path("new_user_recommendations"))
         factors.write.mode("overwrite").parquet(out.path("new_user_factors"))
         prepared.rejected.unionByName(unknown).write.mode("overwrite").parquet(out.path("new_user_rejected"))
@@ -527,7 +528,8 @@ def run_foldin(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> dict:
         "users": summary["users"],
         "ratings": summary["ratings"],
         "known_users": known_users,
-        **_foldin_cells(prepared, summary["users"], unknown_count),
+        "users_without_ratings": rows_without_ratings(prepared, summary["users"]),
+        "cells": cells_read(prepared.counts, {"unknown_joke": unknown_count}),
         "recommended_users": written["users"],
         "recommendation_rows": written["rows"],
         "top_n": top,
@@ -547,29 +549,6 @@ def run_foldin(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> dict:
         section["cells"]["rejected"] or "none",
     )
     return {"foldin": section}
-
-
-def _foldin_cells(prepared, users: int, unknown_count: int) -> dict:
-    """How fold-in's input cells were used: the users without a usable rating, and every cell read as accepted,
-    missing or refused by reason (jokes the model never saw among them)."""
-    counts = prepared.counts
-    rejected = counts["rejected"].copy()
-    if unknown_count:
-        rejected["unknown_joke"] = unknown_count
-    rows_without = (
-        prepared.fingerprint["rows"] - users
-        if counts["rows_without_ratings"] is None
-        else counts["rows_without_ratings"]
-    )
-    return {
-        "users_without_ratings": rows_without,
-        "cells": {
-            "read": counts["cells"],
-            "accepted": counts["accepted"] - unknown_count,
-            "missing": counts["missing"],
-            "rejected": rejected,
-        },
-    }
 
 
 def folded_table(folded):

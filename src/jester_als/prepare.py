@@ -344,6 +344,25 @@ class PreparedRatings:
                 pass
 
 
+def rows_without_ratings(prepared, users: int) -> int:
+    """Input rows that gave no usable rating (``prepared``: :class:`PreparedRatings` or the one pass's result):
+    counted where rows are not users one to one (the long layout), else the rows less the users with ratings."""
+    counted = prepared.counts["rows_without_ratings"]
+    return prepared.fingerprint["rows"] - users if counted is None else counted
+
+
+def cells_read(counts: dict, refused_later: dict[str, int] | None = None) -> dict:
+    """Every cell read, by what became of it: accepted, missing by sentinel, refused by reason; ``refused_later``
+    are accepted cells a later step refused (fold-in's jokes the model never saw), by reason."""
+    later = {reason: n for reason, n in (refused_later or {}).items() if n}
+    return {
+        "read": counts["cells"],
+        "accepted": counts["accepted"] - sum(later.values()),
+        "missing": counts["missing"],
+        "rejected": {**counts["rejected"], **later},
+    }
+
+
 def content_hash(*columns: str):
     """Aggregate column: an order-independent hash of the rows' values that counts repeats: the exact sum of
     the per-row xxhash64 (as a decimal, so no overflow), which two identical rows do not cancel as an XOR
