@@ -117,8 +117,15 @@ def test_the_run_reports_where_its_time_went(default_run):
     assert timing["ratio"] == pytest.approx(timing["prepare"] / timing["reference_scan"], rel=0.02)
     waves = metrics["spark_als"]["tune_waves_seconds"]
     assert len(waves) == 6 and sum(waves) <= metrics["spark_als"]["tune_seconds"] + 0.1  # 12 points, 2 at a time
+    parts = metrics["spark_als"]["timing_seconds"]
+    assert list(parts) == ["split", "folds_and_offsets", "grid", "refit", "evaluate", "save"]
+    assert all(seconds > 0 for seconds in parts.values())
+    # the parts add up to no more than the tune step, and the waves are the grid's part
+    assert sum(parts.values()) <= metrics["steps_seconds"]["tune"] + 0.1
+    assert sum(waves) == pytest.approx(parts["grid"], abs=0.1)
     report = (out / "report.md").read_text()
     assert "test NMAE" in report and "wave(s) of parallel grid points" in report
+    assert "tune: split and count" in report and "final fit" in report
     assert not list(out.rglob(".reference-scan*"))  # the scan's output is not left behind
 
 

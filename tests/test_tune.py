@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+from pyspark.ml.evaluation import RankingEvaluator
 from pyspark.sql import functions as F
 
 from jester_als.tune import (
@@ -14,6 +15,7 @@ from jester_als.tune import (
     fit_als,
     make_als,
     ranking_metrics,
+    rankings_metrics,
     reference_rankings,
     split_ratings,
     tune_als,
@@ -38,6 +40,39 @@ def test_split_is_over_ratings_deterministic_and_disjoint(small_ratings):
     assert other_seed != test_keys
 
 
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_ranking_metrics_are_spark_rankingevaluators(spark, k):
+    """The one-aggregation metrics give what Spark's RankingEvaluator gives on the same per-user lists: users
+    with fewer held-out jokes than k, with more relevant jokes than k, with ties in the score, and one with
+    no relevant joke (left out by both)."""
+    rng = np.random.default_rng(k)
+    rows = []
+    for user in range(60):
+        jokes = rng.choice(40, size=int(rng.integers(1, 15)), replace=False)
+        for joke in jokes:
+            rows.append((user, int(joke), float(rng.integers(-10, 11)), float(rng.integers(0, 4))))
+    rows += [(99, 1, -5.0, 1.0), (99, 2, -6.0, 2.0)]  # no relevant joke
+    frame = spark.createDataFrame(rows, "user int, joke int, rating double, prediction double")
+    ours = rankings_metrics(frame, ["prediction"], k=k, threshold=3.0)["prediction"]
+    # Spark's evaluator on the same lists, built by Python from the same rows (score descending, then joke)
+    lists = []
+    for user in sorted({r[0] for r in rows}):
+        mine = [r for r in rows if r[0] == user]
+        relevant = [float(r[1]) for r in mine if r[2] >= 3.0]
+        if relevant:
+            lists.append(([float(r[1]) for r in sorted(mine, key=lambda r: (-r[3], r[1]))], relevant))
+    spark_lists = spark.createDataFrame(lists, "prediction array<double>, label array<double>")
+    assert ours["users"] == len(lists) and 40 < len(lists) < 61  # users without a relevant joke left out
+    for metric, key in (
+        ("precisionAtK", "precision_at_k"),
+        ("ndcgAtK", "ndcg_at_k"),
+        ("recallAtK", "recall_at_k"),
+        ("meanAveragePrecisionAtK", "map_at_k"),
+    ):
+        expected = RankingEvaluator(metricName=metric, k=k).evaluate(spark_lists)
+        assert ours[key] == pytest.approx(expected, rel=1e-12), metric
+
+
 def test_tuning_recovers_planted_structure_and_reports_every_grid_point(spark, small_ratings):
     ratings, params = small_ratings
     sigma = params.noise
@@ -48,12 +83,13 @@ def test_tuning_recovers_planted_structure_and_reports_every_grid_point(spark, s
     result = tune_als(train, als, grid, train_ratio=0.8, parallelism=2, seed=1)
 
     assert len(result.validation) == 4
-    assert {(p["params"]["rank"], p["params"]["regParam"]) for p in result.validation} == {
+    # in grid order (the job's own loop too, which fits the costliest first: the test below)
+    assert [(p["params"]["rank"], p["params"]["regParam"]) for p in result.validation] == [
         (1, 0.05),
         (1, 0.5),
         (3, 0.05),
         (3, 0.5),
-    }
+    ]
     assert all(p["validation_rmse"] > 0 for p in result.validation)
     best = min(result.validation, key=lambda p: p["validation_rmse"])
     assert result.best_params == {**best["params"], "biases": False}

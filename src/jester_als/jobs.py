@@ -207,7 +207,9 @@ def run_tune(
     train, test = split_ratings(ratings, test_fraction=split.test_fraction, seed=split.seed)
     train, test = try_persist(train, "the training ratings"), try_persist(test, "the test ratings")
     try:
+        started = time.perf_counter()
         counts = {"train_ratings": train.count(), "test_ratings": test.count()}
+        split_seconds = time.perf_counter() - started
         if not counts["train_ratings"] or not counts["test_ratings"]:
             raise InputError(
                 f"the split left {counts['train_ratings']} training and {counts['test_ratings']} test ratings; "
@@ -224,7 +226,7 @@ def run_tune(
         except Exception as exc:
             sections, fitted = _tune_on_the_driver(exc, train, test, cfg, out)
             return {"data": counts, **sections}, fitted, ratings
-        sections, fitted = _tune_spark(als, blocks, train, test, cfg, out, counts)
+        sections, fitted = _tune_spark(als, blocks, train, test, cfg, out, counts, split_seconds)
     finally:
         try_unpersist(train)
         try_unpersist(test)
@@ -249,10 +251,11 @@ def _tune_on_the_driver(exc: Exception, train, test, cfg: JesterConfig, out: Run
 
 
 def _tune_spark(
-    als, blocks: int, train, test, cfg: JesterConfig, out: RunOutputs, counts: dict
+    als, blocks: int, train, test, cfg: JesterConfig, out: RunOutputs, counts: dict, split_seconds: float
 ) -> tuple[dict, Recommender]:
     """TrainValidationSplit over the (scaled) grid, the best point refitted on all training ratings, scored on
-    the test ratings and saved: the ``spark_als`` and ``references`` sections and the model."""
+    the test ratings and saved: the ``spark_als`` and ``references`` sections and the model, with the time of
+    each part (``split_seconds``: the split, persisted and counted, before this)."""
     tuning, bias_reg = cfg.tune, cfg.als.bias_reg
     # The points of a wave share the cores: with blocks: auto each gets its share of them (at least one
     # block); the final fit has them all.
@@ -290,6 +293,7 @@ def _tune_spark(
     if tuning.refit_max_iter:
         params["maxIter"] = tuning.refit_max_iter
     model, fit_seconds = fit_als(train, als, params, bias_reg=bias_reg)
+    evaluated = time.perf_counter()
     evaluation = evaluate_predictions(
         held_out_predictions(model, test),
         k=cfg.evaluate.k,
@@ -298,9 +302,18 @@ def _tune_spark(
         references=(train, cfg.split.seed),
     )
     references = evaluation.pop("references")
+    saved = time.perf_counter()
     fitted = recommender(model)
     fitted.save(out.path("model"))
     save_params(out.path("model"), params, bias_reg)
+    timing = {
+        "split": split_seconds,
+        "folds_and_offsets": result.folds_seconds,
+        "grid": result.tune_seconds - (result.folds_seconds or 0.0),
+        "refit": fit_seconds,
+        "evaluate": saved - evaluated,
+        "save": time.perf_counter() - saved,
+    }
     spark_als = {
         "best_params": result.best_params,
         "model_params": params,
@@ -312,6 +325,7 @@ def _tune_spark(
         "tune_method": result.method,
         "tune_seconds": result.tune_seconds,
         "tune_waves_seconds": result.waves,
+        "timing_seconds": {part: round(seconds, 2) for part, seconds in timing.items() if seconds is not None},
         "train_ratio": tuning.train_ratio,
         "fit_seconds": fit_seconds,
         "blocks": blocks,

@@ -288,6 +288,20 @@ def timing_section(metrics: dict) -> list[str]:
                 f"the repeated scan."
             )
         out += [line, ""]
+    tune = (metrics.get("spark_als") or {}).get("timing_seconds")
+    if tune:
+        names = {
+            "split": "split and count",
+            "folds_and_offsets": "tuning folds and their offsets",
+            "grid": "grid points",
+            "refit": "final fit",
+            "evaluate": "test metrics",
+            "save": "model saved",
+        }
+        out += [
+            "tune: " + ", ".join(f"{names.get(part, part)} {seconds:.1f} s" for part, seconds in tune.items()) + ".",
+            "",
+        ]
     return out
 
 

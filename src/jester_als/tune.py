@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from pyspark.ml.evaluation import RankingEvaluator, RegressionEvaluator
+from pyspark.ml.evaluation import RegressionEvaluator
 from pyspark.ml.recommendation import ALS, ALSModel
 from pyspark.ml.tuning import ParamGridBuilder, TrainValidationSplit
 from pyspark.sql import DataFrame
@@ -86,6 +86,15 @@ class TuneResult:
     method: str = "TrainValidationSplit"
     edges: list[dict] = field(default_factory=list)  # grid_edges of the best point
     waves: list[float] = field(default_factory=list)  # seconds of each wave of ``parallelism`` points
+    folds_seconds: float | None = None  # splitting the folds and fitting the offsets, before the first point
+
+
+def point_cost(als: ALS, param_map: dict) -> float:
+    """A grid point's relative cost, for ordering the points: ALS's work per iteration grows with the rank
+    (a rank x rank system per user and joke, a rank-one update per rating), times the iterations."""
+    values = {param.name: value for param, value in param_map.items()}
+    rank = values.get("rank", als.getOrDefault("rank"))
+    return float(rank) * float(values.get("maxIter", als.getOrDefault("maxIter")))
 
 
 def tvs_runs_here(spark) -> bool:
@@ -112,13 +121,15 @@ def train_validation_split(
     bias_reg: float = 10.0,
     parallelism: int = 1,
     finished: list | None = None,
+    folds_ready: list | None = None,
 ) -> list[float]:
     """What ``TrainValidationSplit._fit`` does, for grid points that may include the biased model: the same
     seeded ``rand`` column splits ``train`` into a fitting part (< ``train_ratio``) and a validation part,
     each point is fitted on the first and scored on the second, ``parallelism`` points at a time on threads
     that carry the session (as TVS's ``inheritable_thread_target``). The offsets of the biased points are
     fitted once, on the fitting part only. Returns the metric per point, in order. (Spark's TVS also refits
-    the best point on all of ``train``; the jobs do that themselves with ``tune.refit_max_iter``.)"""
+    the best point on all of ``train``; the jobs do that themselves with ``tune.refit_max_iter``.) The time the
+    folds and offsets are ready (before the first point starts) is appended to ``folds_ready``."""
     from multiprocessing.pool import ThreadPool
 
     from pyspark.util import inheritable_thread_target
@@ -133,6 +144,8 @@ def train_validation_split(
         if any(flag for flag, _ in points):
             biases = fit_biases(fitting, reg=bias_reg)
             residual = residual_ratings(fitting, biases)
+        if folds_ready is not None:
+            folds_ready.append(time.perf_counter())
 
         def score(numbered: tuple[int, tuple[bool, dict]]) -> float:
             number, (flag, param_map) = numbered
@@ -160,11 +173,17 @@ def train_validation_split(
         numbered = list(enumerate(points, start=1))
         if parallelism <= 1 or len(points) == 1:
             return [score(point) for point in numbered]
+        # The costliest points start first and each thread takes the next point when it is free (chunks of
+        # one): in grid order, map's default chunks paired the two largest ranks on one thread at the end
+        # while the other thread idled.
+        ordered = sorted(numbered, key=lambda point: -point_cost(als, point[1][1]))
         pool = ThreadPool(processes=min(parallelism, len(points)))
         try:
-            return pool.map(inheritable_thread_target(train.sparkSession)(score), numbered)
+            scored = pool.map(inheritable_thread_target(train.sparkSession)(score), ordered, chunksize=1)
         finally:
             pool.close()
+        by_number = {number: metric for (number, _), metric in zip(ordered, scored)}
+        return [by_number[number] for number, _ in numbered]
     finally:
         if biases is not None:
             biases.release()
@@ -199,6 +218,7 @@ def tune_als(
     use_tvs = not any_biased and (method == "tvs" or (method == "auto" and tvs_runs_here(train.sparkSession)))
     started = time.perf_counter()
     finished: list[float] = []  # when each point of the job's loop finished
+    folds_ready: list[float] = []  # when its folds and offsets were ready
     threads = parallelism
     if use_tvs:
         log.info(
@@ -245,6 +265,7 @@ def tune_als(
             bias_reg=bias_reg,
             parallelism=threads,
             finished=finished,
+            folds_ready=folds_ready,
         )
         how = "the job's loop (as TrainValidationSplit)"
     tune_seconds = time.perf_counter() - started
@@ -271,7 +292,8 @@ def tune_als(
         tune_seconds=tune_seconds,
         method=how,
         edges=edges,
-        waves=wave_seconds(started, sorted(finished), threads),
+        waves=wave_seconds(folds_ready[0] if folds_ready else started, sorted(finished), threads),
+        folds_seconds=round(folds_ready[0] - started, 2) if folds_ready else None,
     )
 
 
@@ -349,7 +371,9 @@ def ranking_metrics(predictions: DataFrame, *, k: int, threshold: float) -> dict
 def rankings_metrics(rows: DataFrame, scores: list[str], *, k: int, threshold: float) -> dict[str, dict]:
     """:func:`ranking_metrics` of several orders of the same rows at once (a column of ``rows`` each): one
     shuffle by user gathers each user's rows, every order is a sort of that user's short list (no window
-    sort per order), and the per-user lists are built and kept once for every evaluator."""
+    sort per order), and every metric of every order is averaged in the same aggregation (one job, where
+    ``RankingEvaluator`` takes one per metric and order). The metrics are Spark's ``RankingMetrics``
+    definitions, spelled in SQL (:func:`ranking_columns`); a test holds them to ``RankingEvaluator``."""
 
     def in_order(score: str, keep=None):
         # Ascending (-score, joke) is score descending with ties broken by joke id: a window's
@@ -367,24 +391,50 @@ def rankings_metrics(rows: DataFrame, scores: list[str], *, k: int, threshold: f
         )
         .where(F.size("relevant_jokes") > 0)
     )
-    per_user = try_persist(per_user, "the per-user rankings")
-    try:
-        users = per_user.count()
-        results = {}
-        for i, score in enumerate(scores):
-            if users == 0:
-                results[score] = {**{key: None for _, key in RANKING_METRICS}, "k": k, "users": 0}
-                continue
-            result = {"k": k, "users": users, "relevance_threshold": threshold}
-            for metric, key in RANKING_METRICS:
-                evaluator = RankingEvaluator(
-                    predictionCol=f"ranked{i}", labelCol="relevant_jokes", metricName=metric, k=k
-                )
-                result[key] = float(evaluator.evaluate(per_user))
-            results[score] = result
-        return results
-    finally:
-        try_unpersist(per_user)
+    averages = [F.count(F.lit(1)).alias("users")]
+    for i in range(len(scores)):
+        columns = ranking_columns(F.col(f"ranked{i}"), F.col("relevant_jokes"), k)
+        averages += [F.avg(columns[key]).alias(f"{key}{i}") for _, key in RANKING_METRICS]
+    row = per_user.agg(*averages).first()
+    users = int(row["users"])
+    results = {}
+    for i, score in enumerate(scores):
+        if users == 0:
+            results[score] = {**{key: None for _, key in RANKING_METRICS}, "k": k, "users": 0}
+            continue
+        results[score] = {
+            "k": k,
+            "users": users,
+            "relevance_threshold": threshold,
+            **{key: float(row[f"{key}{i}"]) for _, key in RANKING_METRICS},
+        }
+    return results
+
+
+def ranking_columns(ranked: F.Column, relevant: F.Column, k: int) -> dict[str, F.Column]:
+    """Precision@k, recall@k, NDCG@k and MAP@k of one ranked list against its relevant set (both arrays of
+    distinct ids, the set not empty), as Spark's ``mllib.evaluation.RankingMetrics`` defines them: precision
+    divides the hits in the top ``k`` by ``k``, recall by the set's size; NDCG has binary gains and ``1 /
+    log(i + 2)`` discounts, normalised by the ideal list of ``min(|set|, k)`` hits; MAP@k sums the precision
+    at each hit over the top ``k`` and divides by ``min(|set|, k)``."""
+
+    def total(values: F.Column) -> F.Column:
+        return F.aggregate(values, F.lit(0.0), lambda acc, x: acc + x)
+
+    top = F.slice(ranked, 1, k)
+    hits = F.transform(top, lambda joke: F.when(F.array_contains(relevant, joke), 1.0).otherwise(0.0))
+    found = total(hits)
+    discounted = total(F.transform(hits, lambda hit, i: hit / F.log(i + 2.0)))
+    ideal_hits = F.least(F.size(relevant), F.lit(k))
+    ideal = total(F.transform(F.array_repeat(F.lit(1.0), ideal_hits), lambda one, i: one / F.log(i + 2.0)))
+    # the precision at position i + 1 where it is a hit: the hits up to it (a prefix sum), over i + 1
+    at_hits = F.transform(hits, lambda hit, i: hit * total(F.slice(hits, 1, i + 1)) / (i + 1.0))
+    return {
+        "precision_at_k": found / F.lit(float(k)),
+        "ndcg_at_k": discounted / ideal,
+        "recall_at_k": found / F.size(relevant),
+        "map_at_k": total(at_hits) / ideal_hits,
+    }
 
 
 REFERENCES = ("random", "popularity")
