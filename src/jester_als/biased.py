@@ -28,6 +28,12 @@ from jester_als.session import cluster_cores, materialize, try_persist, try_unpe
 log = logging.getLogger(__name__)
 
 
+# The user offsets are joined to every rating. Spark estimates the size of a checkpointed DataFrame from what
+# it was computed from, far above its rows (a few hundred KB of offsets is planned as tens of MB), so it shuffles
+# all the ratings for a join a broadcast would do; up to this many users (16 bytes each) the join is broadcast.
+BROADCAST_USERS = 1_000_000
+
+
 @dataclass
 class SparkBiases:
     """The global mean and the offsets as DataFrames: ``user`` (user, user_bias), ``joke`` (joke, joke_bias)."""
@@ -36,6 +42,11 @@ class SparkBiases:
     user: DataFrame
     joke: DataFrame
     reg: float
+    small_user: bool = False  # few enough users to send their offsets to every task (BROADCAST_USERS)
+
+    def users(self) -> DataFrame:
+        """The user offsets, marked for a broadcast join where they are small (:data:`BROADCAST_USERS`)."""
+        return F.broadcast(self.user) if self.small_user else self.user
 
     def release(self) -> None:
         """Drop the offsets' cached blocks (checkpointed or persisted)."""
@@ -59,12 +70,17 @@ def fit_biases(train: DataFrame, *, reg: float, passes: int = BIAS_PASSES) -> Sp
     shrunk = F.sum("r") / (F.lit(float(reg)) + F.count(F.lit(1)))
     user_bias = None
     joke_bias = None
+    small = False
     try:
         for _ in range(passes):
             residual = (
                 centred
                 if user_bias is None
-                else (centred.join(user_bias, on="user").select("joke", (F.col("r") - F.col("user_bias")).alias("r")))
+                else (
+                    centred.join(F.broadcast(user_bias) if small else user_bias, on="user").select(
+                        "joke", (F.col("r") - F.col("user_bias")).alias("r")
+                    )
+                )
             )
             joke_bias = materialize(residual.groupBy("joke").agg(shrunk.alias("joke_bias")), "the joke offsets")
             user_bias = materialize(
@@ -74,15 +90,17 @@ def fit_biases(train: DataFrame, *, reg: float, passes: int = BIAS_PASSES) -> Sp
                 .agg(shrunk.alias("user_bias")),
                 "the user offsets",
             )
+            if not small:
+                small = user_bias.count() <= BROADCAST_USERS
     finally:
         try_unpersist(centred)
-    return SparkBiases(float(mean), user_bias, joke_bias, float(reg))
+    return SparkBiases(float(mean), user_bias, joke_bias, float(reg), small)
 
 
 def with_offsets(df: DataFrame, biases: SparkBiases, column: str = "prediction") -> DataFrame:
     """``df`` with ``mu + b_u + b_j`` added to ``column`` (an unknown user or joke adds no offset), columns in
     their original order."""
-    joined = df.join(biases.user, on="user", how="left").join(F.broadcast(biases.joke), on="joke", how="left")
+    joined = df.join(biases.users(), on="user", how="left").join(F.broadcast(biases.joke), on="joke", how="left")
     total = F.col(column).cast("double") + offset_sum(biases)
     return joined.select(*[total.alias(c) if c == column else F.col(c) for c in df.columns])
 
