@@ -115,17 +115,20 @@ def test_the_run_reports_where_its_time_went(default_run):
     assert timing["prepare"] == pytest.approx(timing["read_and_count"] + timing["write"], abs=0.02)
     assert timing["reference_scan"] > 0 and timing["reference_scan_first"] > 0
     assert timing["ratio"] == pytest.approx(timing["prepare"] / timing["reference_scan"], rel=0.02)
+    parts = timing["one_pass_parts"]
+    assert list(parts) == ["pass", "written_counts", "unique_users", "refused"]
+    assert parts["pass"] > 0 and sum(parts.values()) <= timing["prepare"] + 0.05
     waves = metrics["spark_als"]["tune_waves_seconds"]
     assert len(waves) == 6 and sum(waves) <= metrics["spark_als"]["tune_seconds"] + 0.1  # 12 points, 2 at a time
-    parts = metrics["spark_als"]["timing_seconds"]
-    assert list(parts) == ["split", "folds_and_offsets", "grid", "refit", "evaluate", "save"]
-    assert all(seconds > 0 for seconds in parts.values())
+    tune = metrics["spark_als"]["timing_seconds"]
+    assert list(tune) == ["split", "folds_and_offsets", "grid", "refit", "evaluate", "save"]
+    assert all(seconds > 0 for seconds in tune.values())
     # the parts add up to no more than the tune step, and the waves are the grid's part
-    assert sum(parts.values()) <= metrics["steps_seconds"]["tune"] + 0.1
-    assert sum(waves) == pytest.approx(parts["grid"], abs=0.1)
+    assert sum(tune.values()) <= metrics["steps_seconds"]["tune"] + 0.1
+    assert sum(waves) == pytest.approx(tune["grid"], abs=0.1)
     report = (out / "report.md").read_text()
     assert "test NMAE" in report and "wave(s) of parallel grid points" in report
-    assert "tune: split and count" in report and "final fit" in report
+    assert "tune: split and count" in report and "of which the pass" in report
     assert not list(out.rglob(".reference-scan*"))  # the scan's output is not left behind
 
 

@@ -105,6 +105,8 @@ def run_prepare(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> tupl
         "write": round(written - checked, 2),
         "prepare": round(written - started, 2),
     }
+    if one is not None:
+        timing["one_pass_parts"] = one.parts
     scan = timed_scan(spark, cfg.input, scan_path) if first_scan is not None else None
     shutil.rmtree(scan_path, ignore_errors=True)
     if scan is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, Observation, SparkSession
@@ -60,6 +61,9 @@ class OnePass:
     counts: dict
     fingerprint: dict
     source: str
+    # seconds of each part: the pass itself (read, melt, classify, count, write), the count of the written
+    # ratings' users and jokes, the check that no user id is on two rows (0 when not needed), the refused cells
+    parts: dict
     user_ids = None  # ids are never re-indexed on this path
 
 
@@ -104,6 +108,7 @@ def _one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected
             rating_range=inp.rating_range,
         )
 
+    marks = [("start", time.perf_counter())]
     cells = classified(True)
     accepted = F.col("status") == "accepted"
     rating = F.when(accepted, F.col("rating"))
@@ -133,6 +138,7 @@ def _one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected
         .parquet(ratings_path)
     )
     by_row = by_cell = observed.get
+    marks.append(("pass", time.perf_counter()))
     if by_row["rows"] == 0:
         _remove(ratings_path)
         raise InputError(f"{source}: has a header but no rows")
@@ -152,6 +158,7 @@ def _one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected
         .first()
     )
     users = written["users"]
+    marks.append(("written_counts", time.perf_counter()))
     if users != by_row["named"]:
         # Fewer users with ratings than rows naming one: some rows have no rating, or an id is on two rows.
         try:
@@ -166,6 +173,7 @@ def _one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected
         min(j for _, j in jokes),
         max(j for _, j in jokes),
     )
+    marks.append(("unique_users", time.perf_counter()))
     rejected_total = sum(by_cell[r] for r in REJECTED)
     # a query of its own (an observation reports its first action only); empty without a refused cell
     plain = classified(False)
@@ -181,10 +189,12 @@ def _one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected
         .write.mode("overwrite")
         .parquet(rejected_path)
     )
+    marks.append(("refused", time.perf_counter()))
     return OnePass(
         _counts(by_cell, users, written["jokes"], [j for _, j in jokes]),
         {"rows": int(by_row["rows"]), "content_hash": hex64(by_row["row_hash"])},
         source,
+        {name: round(t - before, 2) for (name, t), (_, before) in zip(marks[1:], marks)},
     )
 
 

@@ -276,7 +276,9 @@ def timing_section(metrics: dict) -> list[str]:
     if timing:
         one_pass = (metrics.get("data") or {}).get("one_pass")
         line = f"prepare: {timing['prepare']:.1f} s (" + (
-            "in one pass: reading, classifying, counting and writing the ratings and the refused cells)."
+            "in one pass: reading, classifying, counting and writing the ratings and the refused cells"
+            + one_pass_parts(timing.get("one_pass_parts"))
+            + ")."
             if one_pass
             else f"read, classify and count {timing['read_and_count']:.1f} s, write {timing['write']:.1f} s)."
         )
@@ -303,6 +305,19 @@ def timing_section(metrics: dict) -> list[str]:
             "",
         ]
     return out
+
+
+def one_pass_parts(parts: dict | None) -> str:
+    """``; of which ...`` for the parts of prepare's one pass, or nothing for a run that did not record them."""
+    if not parts:
+        return ""
+    names = {
+        "pass": "the pass",
+        "written_counts": "users and jokes of the written ratings",
+        "unique_users": "the check for repeated user ids",
+        "refused": "the refused cells",
+    }
+    return "; of which " + ", ".join(f"{names.get(k, k)} {v:.1f} s" for k, v in parts.items())
 
 
 def tuning_notes(spark: dict) -> list[str]:
