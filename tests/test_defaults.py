@@ -129,6 +129,9 @@ def test_the_run_reports_where_its_time_went(default_run):
     report = (out / "report.md").read_text()
     assert "test NMAE" in report and "wave(s) of parallel grid points" in report
     assert "tune: split and count" in report and "of which the pass" in report
+    machine = metrics["run"]["machine"]  # how quiet the machine was, beside the times
+    assert machine["cpus"] >= 1 and all(load >= 0 for load in machine["load_average_1min"])
+    assert "1-minute load average" in report
     assert not list(out.rglob(".reference-scan*"))  # the scan's output is not left behind
 
 

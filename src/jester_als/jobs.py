@@ -728,6 +728,15 @@ def tune_job(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> dict:
     return run_tune(spark, cfg, out)[0]
 
 
+def load_average() -> float | None:
+    """The machine's 1-minute load average (None where the OS has none): a run's timings are only as quiet as
+    the machine was, so the manifest records it at the job's start and end."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def run_spark_job(spark: SparkSession, cfg: JesterConfig, job: Job, on_start=None) -> dict:
     """Run one job of the table with staged outputs; returns the full ``metrics.json`` content it committed.
     ``on_start`` receives the run's outputs (the entry point uses it to clean up after an interrupt)."""
@@ -736,7 +745,7 @@ def run_spark_job(spark: SparkSession, cfg: JesterConfig, job: Job, on_start=Non
     out.check()
     if on_start:
         on_start(out)
-    started, clock = now_iso(), time.perf_counter()
+    started, clock, load = now_iso(), time.perf_counter(), load_average()
     try:
         if job.whole:
             sections = job.run(spark, cfg, out)
@@ -744,6 +753,7 @@ def run_spark_job(spark: SparkSession, cfg: JesterConfig, job: Job, on_start=Non
             with step(1, 1, job.name):
                 sections = job.run(spark, cfg, out)
         manifest = run_manifest(spark, cfg, job.name, out, started, time.perf_counter() - clock)
+        manifest["machine"] = {"cpus": os.cpu_count(), "load_average_1min": [load, load_average()]}
 
         def update(previous: dict) -> tuple[dict, str]:
             base = {} if job.whole else drop_stale_sections(previous, job.name, sections)

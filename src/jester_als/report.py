@@ -273,6 +273,15 @@ def timing_section(metrics: dict) -> list[str]:
     out = ["## Where the time went", ""]
     if steps:
         out += [table(list(steps), [[f"{v:.1f} s" for v in steps.values()]]), ""]
+        machine = (metrics.get("run") or {}).get("machine") or {}
+        loads = machine.get("load_average_1min") or []
+        if machine.get("cpus") and len(loads) == 2 and None not in loads:
+            out += [
+                f"On {machine['cpus']} cores; the machine's 1-minute load average was {loads[0]:.2f} when the job "
+                f"started and {loads[1]:.2f} when it ended (a job in local mode keeps up to {machine['cpus']} of "
+                "them busy).",
+                "",
+            ]
     if timing:
         one_pass = (metrics.get("data") or {}).get("one_pass")
         line = f"prepare: {timing['prepare']:.1f} s (" + (
@@ -375,7 +384,7 @@ def ranking_section(metrics: dict) -> list[str]:
             rows.append([label, *(_num(references[name].get(key)) for key in keys), _num(references[name]["users"])])
     return [
         f"Ranking each user's held-out jokes (relevant: rating >= {ranking.get('relevance_threshold')}; "
-        f"Spark's RankingEvaluator definitions), against rankings that use no model:",
+        f"Spark's RankingMetrics definitions), against rankings that use no model:",
         "",
         table(["ranking", f"precision@{k}", f"recall@{k}", f"MAP@{k}", f"NDCG@{k}", "users"], rows),
         "",
