@@ -167,6 +167,19 @@ def test_both_engines_fold_in_the_same_users_the_same_way(spark, fitted, tmp_pat
             assert [(r["rank"], r["joke"]) for r in a] == [(r["rank"], r["joke"]) for r in b]
 
 
+def test_known_users_are_matched_by_the_ids_the_inputs_gave_them(spark, fitted, tmp_path):
+    """New users whose ids are not integers are re-indexed with a numbering of their own, which overlaps the
+    model's ids: only the user the model was fitted on (id 1, as in the training table) is known."""
+    out, _, _ = fitted
+    table = tmp_path / "named.csv"
+    table.write_text(NEW_USERS_CSV.format(known=1).replace("90001,", "ann,").replace("90002,", "bob,"))
+    assert foldin(out, table) == 0
+    section = json.loads((out / "metrics.json").read_text())["foldin"]
+    assert section["users"] == 3 and section["known_users"] == 1
+    users = {r["user"] for r in spark.read.parquet(str(out / "new_user_recommendations")).collect()}
+    assert users == {"ann", "bob", "1"}  # recommended under the ids they came with
+
+
 def test_foldin_refuses_input_without_a_usable_rating_and_a_missing_path(fitted, tmp_path, capsys):
     out, _, _ = fitted
     empty = tmp_path / "empty.csv"

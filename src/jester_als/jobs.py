@@ -358,8 +358,7 @@ def run_recommend(
         model = saved_model(out, spark)
     if ratings is None:
         ratings = read_prepared_ratings(spark, out)
-        if os.path.exists(out.final_path("user_ids")):
-            user_ids = spark.read.parquet(out.final_path("user_ids"))
+        user_ids = saved_user_ids(spark, out)
     top_n = cfg.recommend.top_n
     recommendations = model.recommend(spark, ratings, top_n, cfg.input.rating_range)
     recommendations = with_original_ids(recommendations, user_ids, "rank", "joke", "score")
@@ -398,6 +397,27 @@ def with_original_ids(frame: DataFrame, user_ids: DataFrame | None, *columns: st
         return frame
     originals = user_ids.select("original_user", "user")
     return frame.join(originals, "user").select(F.col("original_user").alias("user"), *columns)
+
+
+def saved_user_ids(spark: SparkSession, out: RunOutputs) -> DataFrame | None:
+    """The id mapping (original_user -> user) prepare wrote when it re-indexed the users, or None."""
+    path = out.final_path("user_ids")
+    return spark.read.parquet(path) if os.path.exists(path) else None
+
+
+def known_users(
+    spark: SparkSession, out: RunOutputs, model: Recommender, ratings: DataFrame, new_ids: DataFrame | None
+) -> int:
+    """How many users of ``ratings`` (re-indexed by ``new_ids`` when the new users' prepare did so) the saved
+    model was fitted on, matched by the ids their inputs gave them: the training input and the new users' input
+    are each re-indexed with a numbering of its own, so their int ids cannot be compared."""
+
+    def original(frame: DataFrame, ids: DataFrame | None) -> DataFrame:
+        return with_original_ids(frame, ids).select(F.col("user").cast("string").alias("user"))
+
+    new = original(ratings.select("user").distinct(), new_ids)
+    fitted = original(model.users(spark), saved_user_ids(spark, out))
+    return new.join(fitted, "user", "left_semi").count()
 
 
 def saved_model(out: RunOutputs, spark: SparkSession | None = None) -> Recommender:
@@ -525,7 +545,7 @@ def run_foldin(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> dict:
         recommendations.write.mode("overwrite").parquet(out.path("new_user_recommendations"))
         factors.write.mode("overwrite").parquet(out.path("new_user_factors"))
         prepared.rejected.unionByName(unknown).write.mode("overwrite").parquet(out.path("new_user_rejected"))
-        known_users = model.fitted_users(ratings)
+        known = known_users(spark, out, model, ratings, prepared.user_ids)
         unknown_count = unknown.count()
     finally:
         prepared.release()
@@ -543,7 +563,7 @@ def run_foldin(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> dict:
         "engine": engine,
         "users": summary["users"],
         "ratings": summary["ratings"],
-        "known_users": known_users,
+        "known_users": known,
         "users_without_ratings": rows_without_ratings(prepared, summary["users"]),
         "cells": cells_read(prepared.counts, {"unknown_joke": unknown_count}),
         "recommended_users": written["users"],
@@ -558,7 +578,7 @@ def run_foldin(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> dict:
         "known joke) -> top %d for %d users; refused cells %s",
         summary["users"],
         summary["ratings"],
-        known_users,
+        known,
         section["users_without_ratings"],
         top,
         written["users"],

@@ -10,7 +10,6 @@ import os
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-import numpy as np
 from pyspark.ml.recommendation import ALSModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -38,8 +37,8 @@ class Recommender(Protocol):
     def foldable(self, reg_param: float) -> FoldInModel:
         """The joke side of the model, for folding in new users without a refit."""
 
-    def fitted_users(self, ratings: DataFrame) -> int:
-        """How many of the users in ``ratings`` the model was fitted on."""
+    def users(self, spark: SparkSession) -> DataFrame:
+        """``user`` (int): the ids the model was fitted on."""
 
 
 @dataclass
@@ -59,9 +58,8 @@ class SparkRecommender:
     def foldable(self, reg_param: float) -> FoldInModel:
         return from_spark_model(self.model, reg_param)
 
-    def fitted_users(self, ratings: DataFrame) -> int:
-        fitted = self.model.userFactors.select(F.col("id").alias("user"))
-        return ratings.select("user").distinct().join(fitted, "user", "left_semi").count()
+    def users(self, spark: SparkSession) -> DataFrame:
+        return self.model.userFactors.select(F.col("id").alias("user"))
 
 
 @dataclass
@@ -81,9 +79,8 @@ class NumpyRecommender:
     def foldable(self, reg_param: float) -> FoldInModel:
         return from_numpy_model(self.model, reg_param)
 
-    def fitted_users(self, ratings: DataFrame) -> int:
-        users = np.asarray(ratings.select("user").distinct().toArrow().column("user").to_numpy())
-        return int(np.isin(users, self.model.user_ids).sum())
+    def users(self, spark: SparkSession) -> DataFrame:
+        return spark.createDataFrame([(int(user),) for user in self.model.user_ids], "user int")
 
 
 def recommender(model) -> Recommender:
