@@ -29,6 +29,8 @@ from jester_als.prepare import (
     _user_key,
     check_unique_users,
     classify_cells,
+    hash_sum,
+    hash_total,
     hex64,
     input_name,
     joke_columns,
@@ -119,7 +121,7 @@ def _one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected
     observed = Observation("prepare")
     metrics = [
         F.count(F.when(of_row, 1)).alias("rows"),
-        F.sum(F.when(of_row, F.col("_row_hash")).cast("decimal(38,0)")).alias("row_hash"),
+        *hash_sum(F.when(of_row, F.col("_row_hash")), "row_hash"),
         F.count(F.when(of_row & F.col("_row_named"), 1)).alias("named"),
         F.count(F.when(of_row & F.col("_row_not_int"), 1)).alias("not_int"),
         F.count(F.when(of_row & F.col("_row_malformed"), 1)).alias("malformed"),
@@ -127,7 +129,7 @@ def _one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected
         F.count(rating).alias("n"),
         F.sum(rating).alias("total"),
         F.sum(rating * rating).alias("squares"),
-        F.sum(F.when(accepted, F.xxhash64("user", "joke", "rating")).cast("decimal(38,0)")).alias("hash"),
+        *hash_sum(F.when(accepted, F.xxhash64("user", "joke", "rating")), "hash"),
     ]
     metrics += [F.count(F.when(F.col("reason") == r, 1)).alias(r) for r in (*MISSING, *REJECTED)]
     (
@@ -191,7 +193,7 @@ def _one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected
     marks.append(("refused", time.perf_counter()))
     return OnePass(
         _counts(by_cell, users, rated, [j for _, j in jokes]),
-        {"rows": int(by_row["rows"]), "content_hash": hex64(by_row["row_hash"])},
+        {"rows": int(by_row["rows"]), "content_hash": hex64(hash_total(by_row, "row_hash"))},
         source,
         {name: round(t - before, 2) for (name, t), (_, before) in zip(marks[1:], marks)},
     )
@@ -217,7 +219,7 @@ def _counts(by_cell, users: int, rated: list[int], joke_ids: list[int]) -> dict:
         "items": len(rated_jokes),
         "mean": mean,
         "std": max(by_cell["squares"] / n - mean * mean, 0.0) ** 0.5 if n else None,
-        "hash": int(by_cell["hash"] or 0),
+        "hash": hash_total(by_cell, "hash"),
         "users": int(users),
     }
     counts["rows_without_ratings"] = None
