@@ -301,32 +301,35 @@ def timing_section(metrics: dict) -> list[str]:
         out += [line, ""]
     tune = (metrics.get("spark_als") or {}).get("timing_seconds")
     if tune:
-        names = {
-            "split": "split and count",
-            "folds_and_offsets": "tuning folds and their offsets",
-            "grid": "grid points",
-            "refit": "final fit",
-            "evaluate": "test metrics",
-            "save": "model saved",
-        }
-        out += [
-            "tune: " + ", ".join(f"{names.get(part, part)} {seconds:.1f} s" for part, seconds in tune.items()) + ".",
-            "",
-        ]
+        out += ["tune: " + timed_parts(tune, TUNE_PARTS) + ".", ""]
     return out
+
+
+# What a person reads for the parts the jobs time (``spark_als.timing_seconds``, ``one_pass_parts``).
+TUNE_PARTS = {
+    "split": "split and count",
+    "folds_and_offsets": "tuning folds and their offsets",
+    "grid": "grid points",
+    "refit": "final fit",
+    "evaluate": "test metrics",
+    "save": "model saved",
+}
+ONE_PASS_PARTS = {
+    "pass": "the pass",
+    "written_counts": "users and jokes of the written ratings",
+    "unique_users": "the check for repeated user ids",
+    "refused": "the refused cells",
+}
+
+
+def timed_parts(parts: dict, names: dict) -> str:
+    """``name 1.2 s, other 3.4 s`` for a job's timed parts, in the order they were recorded."""
+    return ", ".join(f"{names.get(part, part)} {seconds:.1f} s" for part, seconds in parts.items())
 
 
 def one_pass_parts(parts: dict | None) -> str:
     """``; of which ...`` for the parts of prepare's one pass, or nothing for a run that did not record them."""
-    if not parts:
-        return ""
-    names = {
-        "pass": "the pass",
-        "written_counts": "users and jokes of the written ratings",
-        "unique_users": "the check for repeated user ids",
-        "refused": "the refused cells",
-    }
-    return "; of which " + ", ".join(f"{names.get(k, k)} {v:.1f} s" for k, v in parts.items())
+    return "; of which " + timed_parts(parts, ONE_PASS_PARTS) if parts else ""
 
 
 def tuning_notes(spark: dict) -> list[str]:
