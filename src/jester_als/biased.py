@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 BROADCAST_USERS = 1_000_000
 
 
+def joinable_users(user_bias: DataFrame, small: bool) -> DataFrame:
+    """The user offsets, marked for a broadcast join where they are ``small`` (:data:`BROADCAST_USERS`)."""
+    return F.broadcast(user_bias) if small else user_bias
+
+
 @dataclass
 class SparkBiases:
     """The global mean and the offsets as DataFrames: ``user`` (user, user_bias), ``joke`` (joke, joke_bias)."""
@@ -45,8 +50,8 @@ class SparkBiases:
     small_user: bool = False  # few enough users to send their offsets to every task (BROADCAST_USERS)
 
     def users(self) -> DataFrame:
-        """The user offsets, marked for a broadcast join where they are small (:data:`BROADCAST_USERS`)."""
-        return F.broadcast(self.user) if self.small_user else self.user
+        """The user offsets, ready to join (:func:`joinable_users`)."""
+        return joinable_users(self.user, self.small_user)
 
     def release(self) -> None:
         """Drop the offsets' cached blocks (checkpointed or persisted)."""
@@ -77,7 +82,7 @@ def fit_biases(train: DataFrame, *, reg: float, passes: int = BIAS_PASSES) -> Sp
                 centred
                 if user_bias is None
                 else (
-                    centred.join(F.broadcast(user_bias) if small else user_bias, on="user").select(
+                    centred.join(joinable_users(user_bias, small), on="user").select(
                         "joke", (F.col("r") - F.col("user_bias")).alias("r")
                     )
                 )
