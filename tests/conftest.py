@@ -20,7 +20,7 @@ os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 # different one would stop the JVM. Jobs and benchmarks outside the tests keep the JVM's defaults.
 os.environ.setdefault("JAVA_TOOL_OPTIONS", "-XX:TieredStopAtLevel=1 -XX:+UseParallelGC -Xss4m")
 
-from helpers import EXCERPT, PIPELINE_TOP_N, SHARED_EXCERPT, small_params  # noqa: E402 - after the JVM options
+from helpers import EXCERPT, PIPELINE_TOP_N, SHARED_EXCERPT, job_argv, small_params  # noqa: E402 - after the JVM options
 
 
 @pytest.fixture(scope="session")
@@ -91,24 +91,15 @@ def pipeline_run(spark, small_table, tmp_path_factory):
 
     path, params = small_table
     out = tmp_path_factory.mktemp("pipeline") / "out"
-    argv = [
+    argv = job_argv(
         "pipeline",
-        "--conf",
-        "conf/local.yaml",
-        "--set",
-        f"input.path={path}",
-        "--set",
-        f"output.dir={out}",
-        "--set",
         "tune.grid={rank: [2, 3], regParam: [0.1], maxIter: [8]}",
-        "--set",
         "tune.refit_max_iter=12",
-        "--set",
         f"recommend.top_n={PIPELINE_TOP_N}",
-        "--set",
         "evaluate.relevance_threshold=3.0",
-        "--set",
         "tracking.mlflow=true",
-    ]
+        path=path,
+        out=out,
+    )
     assert main(argv) == 0
     return out, params, argv

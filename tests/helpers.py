@@ -21,13 +21,9 @@ PIPELINE_TOP_N = 5
 # The biased model (the default's choice) in a small run, for every mode the tests cover: classic, Connect, a
 # standalone cluster, the installed wheel.
 SMALL_RUN = [
-    "--set",
     "tune.grid={rank: [2, 3], regParam: [0.1], maxIter: [6], biases: [true]}",
-    "--set",
     "tune.refit_max_iter=8",
-    "--set",
     "recommend.top_n=3",
-    "--set",
     "evaluate.relevance_threshold=3.0",
 ]
 # What Databricks standard access mode before Runtime 17 answers when ALS is constructed.
@@ -36,6 +32,18 @@ WHITELIST_ERROR = (
     "py4j.security.Py4JSecurityException: Constructor public "
     "org.apache.spark.ml.recommendation.ALS(java.lang.String) is not whitelisted."
 )
+
+
+def sets(*settings) -> list[str]:
+    """``--set`` before each of ``settings`` (``key=value``, as on the command line)."""
+    return [arg for setting in settings for arg in ("--set", str(setting))]
+
+
+def job_argv(job: str, *settings, conf="conf/local.yaml", path=None, out=None) -> list[str]:
+    """How the tests call a job: ``job --conf conf`` (``conf=None``: the built-in defaults), then ``--set
+    input.path=path`` and ``--set output.dir=out`` where given, then ``--set`` before each of ``settings``."""
+    given = [f"input.path={path}"] * (path is not None) + [f"output.dir={out}"] * (out is not None)
+    return [job, *(["--conf", str(conf)] if conf is not None else []), *sets(*given, *settings)]
 
 
 def small_params(**overrides):

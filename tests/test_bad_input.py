@@ -7,6 +7,7 @@ import json
 
 from pyspark.sql import functions as F
 
+from helpers import job_argv
 from jester_als.cli import main
 
 HEADER = "User,Number of Jokes Rated,1,2,3,4\n"
@@ -20,7 +21,7 @@ def prepare(tmp_path, text: str | bytes | None, *overrides: str, name: str = "ta
     elif text is not None:
         path.write_text(text, encoding="utf-8")
     out = tmp_path / "out"
-    argv = ["prepare", "--conf", "conf/local.yaml", "--set", f"input.path={path}", "--set", f"output.dir={out}"]
+    argv = job_argv("prepare", path=path, out=out)
     for item in overrides:
         argv += ["--set", item]
     code = main(argv)

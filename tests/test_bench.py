@@ -6,43 +6,31 @@ from __future__ import annotations
 
 import json
 
-from helpers import png_size
+from helpers import job_argv, png_size
 from jester_als.cli import main
 
 TINY = [
-    "--set",
     "bench.users=300",
-    "--set",
     "bench.jokes=30",
-    "--set",
     "generate.min_ratings=10",
-    "--set",
     "generate.mean_ratings=20",
-    "--set",
     "generate.gauge_jokes=5",
-    "--set",
     "bench.rank=3",
-    "--set",
     "bench.maxIter=5",
 ]
 
 
 def test_bench_writes_json_and_markdown_for_every_engine(tmp_path, capsys):
     out = tmp_path / "bench"
-    argv = [
+    argv = job_argv(
         "bench",
-        "--conf",
-        "conf/bench.yaml",
-        "--set",
-        f"output.dir={out}",
         *TINY,
-        "--set",
         "bench.numpy_repeats=2",
-        "--set",
         "bench.spark_repeats=1",
-        "--set",
         "bench.loop_repeats=1",
-    ]
+        conf="conf/bench.yaml",
+        out=out,
+    )
     assert main(argv) == 0
     result = json.loads((out / "bench.json").read_text())
     engines = result["engines"]
@@ -69,19 +57,14 @@ def test_bench_writes_json_and_markdown_for_every_engine(tmp_path, capsys):
 
 def test_bench_refuses_a_size_spark_cannot_fit_before_generating_anything(tmp_path, capsys):
     out = tmp_path / "bench"
-    argv = [
+    argv = job_argv(
         "bench",
-        "--conf",
-        "conf/bench.yaml",
-        "--set",
-        f"output.dir={out}",
-        "--set",
         "bench.users=5000000",
-        "--set",
         "bench.memory_budget_mb=8000",
-        "--set",
         f"bench.work_dir={tmp_path}",
-    ]
+        conf="conf/bench.yaml",
+        out=out,
+    )
     assert main(argv) == 1
     message = capsys.readouterr().err
     assert "bench.users=5,000,000 gives about 290,400,000 training ratings" in message
@@ -93,18 +76,9 @@ def test_bench_keeps_the_log_of_a_worker_that_failed(tmp_path, capsys):
     out = tmp_path / "bench"
     out.mkdir()
     (out / "bench.json").write_text("a previous run's")
-    argv = [
-        "bench",
-        "--conf",
-        "conf/bench.yaml",
-        "--set",
-        f"output.dir={out}",
-        *TINY,
-        "--set",
-        "bench.spark_driver_memory=1m",
-        "--set",
-        "bench.loop_repeats=0",
-    ]
+    argv = job_argv(
+        "bench", *TINY, "bench.spark_driver_memory=1m", "bench.loop_repeats=0", conf="conf/bench.yaml", out=out
+    )
     assert main(argv) == 1
     message = capsys.readouterr().err
     assert "spark_als did not complete" in message and "worker log:" in message

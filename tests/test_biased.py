@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 from pyspark.sql import functions as F
 
-from helpers import small_params
+from helpers import job_argv, small_params
 from jester_als.biased import BiasedALSModel, fit_biased_als, fit_biases
 from jester_als.generate import generate_chunks, write_wide_csv
 from jester_als.numpy_als import RatingMatrix, arrow_ratings, fit_numpy_als, rmse_mae
@@ -117,21 +117,16 @@ def biased_run(spark, tmp_path_factory):
     out = base / "out"
     assert (
         main(
-            [
+            job_argv(
                 "pipeline",
-                "--set",
-                f"input.path={base / 'effects.csv'}",
-                "--set",
-                f"output.dir={out}",
-                "--set",
                 "tune.grid={rank: [2], regParam: [0.1], maxIter: [6], biases: [false, true]}",
-                "--set",
                 "tune.refit_max_iter=10",
-                "--set",
                 "als.bias_reg=5.0",
-                "--set",
                 "recommend.top_n=3",
-            ]
+                conf=None,
+                path=base / "effects.csv",
+                out=out,
+            )
         )
         == 0
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT
+from helpers import ROOT, job_argv
 from jester_als.cli import main
 from jester_als.config import ConfigError, load_config, parse_override
 
@@ -118,13 +118,13 @@ def test_output_dir_that_is_a_file_is_refused(tmp_path):
 
 
 def test_cli_exits_2_on_config_errors_before_spark_starts(tmp_path, capsys):
-    assert main(["tune", "--conf", ROOT_CONF, "--set", "tune.grid.rank=[]", "--set", "bogus=1"]) == 2
+    assert main(job_argv("tune", "tune.grid.rank=[]", "bogus=1", conf=ROOT_CONF)) == 2
     err = capsys.readouterr().err
     assert "--set tune.grid.rank=[]: empty list" in err and "--set bogus=1: unknown key" in err
 
 
 def test_cli_exits_2_on_missing_config_file(capsys):
-    assert main(["prepare", "--conf", "no/such.yaml"]) == 2
+    assert main(job_argv("prepare", conf="no/such.yaml")) == 2
     assert "config file 'no/such.yaml' does not exist" in capsys.readouterr().err
 
 

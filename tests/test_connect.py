@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import job_argv, sets
 from jester_als.cli import main
 from jester_als.localcluster import child_env, connect_server
 from jester_als.session import ITERATIONS_WITHOUT_CHECKPOINTS
@@ -44,12 +45,7 @@ def test_server_without_checkpoints_refuses_40_iterations_and_runs_what_is_safe(
     common = [
         "--conf",
         "conf/local.yaml",
-        "--set",
-        f"input.path={path}",
-        "--set",
-        "recommend.top_n=3",
-        "--set",
-        "tune.grid={rank: [3], regParam: [0.1], maxIter: [6]}",
+        *sets(f"input.path={path}", "recommend.top_n=3", "tune.grid={rank: [3], regParam: [0.1], maxIter: [6]}"),
     ]
     with connect_server(tmp_path / "server", checkpoints=False) as url:
         started = time.monotonic()
@@ -92,10 +88,7 @@ def test_job_fails_within_a_bound_when_the_server_dies_mid_fit(spark, tmp_path):
     table = tmp_path / "jester.csv"
     write_wide_csv(GeneratorParams(users=3000), str(table))
     out = tmp_path / "out"
-    assert (
-        main(["prepare", "--conf", "conf/local.yaml", "--set", f"input.path={table}", "--set", f"output.dir={out}"])
-        == 0
-    )
+    assert main(job_argv("prepare", path=table, out=out)) == 0
     before = (out / "metrics.json").read_text()
     server: list = []
     with connect_server(tmp_path / "server", server=server) as url:
@@ -104,15 +97,9 @@ def test_job_fails_within_a_bound_when_the_server_dies_mid_fit(spark, tmp_path):
                 sys.executable,
                 "-m",
                 "jester_als.cli",
-                "tune",
-                "--conf",
-                "conf/local.yaml",
+                *job_argv("tune", "tune.grid={rank: [5, 8], regParam: [0.1, 0.3], maxIter: [15]}", out=out),
                 "--remote",
                 url,
-                "--set",
-                f"output.dir={out}",
-                "--set",
-                "tune.grid={rank: [5, 8], regParam: [0.1, 0.3], maxIter: [15]}",
             ],
             cwd=ROOT,
             env=child_env(),
@@ -161,19 +148,14 @@ def test_local_remote_gets_its_launch_settings(small_table, tmp_path):
             sys.executable,
             "-m",
             "jester_als.cli",
-            "pipeline",
-            "--conf",
-            "conf/local.yaml",
-            "--set",
-            f"input.path={path}",
-            "--set",
-            f"output.dir={tmp_path / 'out'}",
-            "--set",
-            f"spark.checkpoint_dir={checkpoints}",
-            "--set",
-            "tune.grid={rank: [3], regParam: [0.1], maxIter: [6]}",
-            "--set",
-            "tune.refit_max_iter=25",
+            *job_argv(
+                "pipeline",
+                f"spark.checkpoint_dir={checkpoints}",
+                "tune.grid={rank: [3], regParam: [0.1], maxIter: [6]}",
+                "tune.refit_max_iter=25",
+                path=path,
+                out=tmp_path / "out",
+            ),
         ],
         capture_output=True,
         text=True,
@@ -208,12 +190,7 @@ def test_foldin_runs_over_spark_connect_as_in_classic_mode(pipeline_run, tmp_pat
     common = [
         "--conf",
         "conf/local.yaml",
-        "--set",
-        f"new_users.path={table}",
-        "--set",
-        "new_users.engine=spark",
-        "--set",
-        "recommend.top_n=3",
+        *sets(f"new_users.path={table}", "new_users.engine=spark", "recommend.top_n=3"),
     ]
     classic = job("foldin", *common, "--set", f"output.dir={outputs['classic']}", "--master", "local[2]")
     assert classic.returncode == 0, classic.stderr[-3000:]

@@ -16,7 +16,7 @@ from py4j.protocol import Py4JError
 from pyspark.sql import functions as F
 
 import jester_als.tune
-from helpers import WHITELIST_ERROR
+from helpers import WHITELIST_ERROR, job_argv
 from jester_als.cli import als_iterations, build_parser, main
 from jester_als.config import load_config
 from jester_als.session import ITERATIONS_WITHOUT_CHECKPOINTS
@@ -210,17 +210,7 @@ def als_not_whitelisted(monkeypatch):
 
 def test_whitelisting_error_stops_with_the_ways_out(als_not_whitelisted, small_table, tmp_path, capsys):
     path, _ = small_table
-    code = main(
-        [
-            "pipeline",
-            "--conf",
-            "conf/local.yaml",
-            "--set",
-            f"input.path={path}",
-            "--set",
-            f"output.dir={tmp_path / 'out'}",
-        ]
-    )
+    code = main(job_argv("pipeline", path=path, out=tmp_path / "out"))
     assert code == 1
     err = capsys.readouterr().err
     assert "not whitelisted" in err
@@ -235,21 +225,14 @@ def test_whitelisting_error_with_numpy_fallback_runs_on_the_driver(
     path, params = small_table
     out = tmp_path / "out"
     code = main(
-        [
+        job_argv(
             "pipeline",
-            "--conf",
-            "conf/local.yaml",
-            "--set",
-            f"input.path={path}",
-            "--set",
-            f"output.dir={out}",
-            "--set",
             "als.fallback=numpy",
-            "--set",
             "tune.grid={rank: [1, 3], regParam: [0.05], maxIter: [10]}",
-            "--set",
             "recommend.top_n=4",
-        ]
+            path=path,
+            out=out,
+        )
     )
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from helpers import job_argv
 from jester_als import hashsplit
 from jester_als.cli import main
 from jester_als.config import load_config
@@ -64,22 +65,7 @@ def default_run(spark, tmp_path_factory):
     table = base / "jester.csv"
     write_wide_csv(GeneratorParams(users=2000), str(table))
     out = base / "out"
-    assert (
-        main(
-            [
-                "pipeline",
-                "--conf",
-                "conf/local.yaml",
-                "--set",
-                f"input.path={table}",
-                "--set",
-                f"output.dir={out}",
-                "--set",
-                "input.reference_scan=true",
-            ]
-        )
-        == 0
-    )
+    assert main(job_argv("pipeline", "input.reference_scan=true", path=table, out=out)) == 0
     return out, json.loads((out / "metrics.json").read_text())
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import SMALL_RUN, assert_same_results, without_volatile
+from helpers import SMALL_RUN, assert_same_results, job_argv, without_volatile
 from jester_als.cli import main
 from jester_als.config import load_config
 from jester_als.localcluster import connect_server, spark_submit, standalone_cluster
@@ -34,21 +34,7 @@ def classic_outputs(spark, small_table, tmp_path_factory):
     """A classic local pipeline run's output directory (tests copy it before they write into it)."""
     path, _ = small_table
     out = tmp_path_factory.mktemp("classic") / "out"
-    assert (
-        main(
-            [
-                "pipeline",
-                "--conf",
-                "conf/local.yaml",
-                "--set",
-                f"input.path={path}",
-                "--set",
-                f"output.dir={out}",
-                *SMALL_RUN,
-            ]
-        )
-        == 0
-    )
+    assert main(job_argv("pipeline", *SMALL_RUN, path=path, out=out)) == 0
     return out
 
 
@@ -69,16 +55,9 @@ def test_pipeline_over_spark_connect_matches_classic(classic_run, small_table, t
                 sys.executable,
                 "-m",
                 "jester_als.cli",
-                "pipeline",
-                "--conf",
-                "conf/local.yaml",
+                *job_argv("pipeline", *SMALL_RUN, path=path, out=out),
                 "--remote",
                 url,
-                "--set",
-                f"input.path={path}",
-                "--set",
-                f"output.dir={out}",
-                *SMALL_RUN,
             ],
             capture_output=True,
             text=True,
@@ -124,7 +103,7 @@ def test_packaged_pipeline_on_a_standalone_cluster(classic_run, small_table, dis
                     f"input.path={path}",
                     f"output.dir={out}",
                     f"spark.checkpoint_dir={tmp_path / 'checkpoints'}",
-                    *[s for s in SMALL_RUN if s != "--set"],
+                    *SMALL_RUN,
                 ],
                 dist=str(dist),
                 cwd=str(driver_dir),
@@ -188,29 +167,12 @@ def test_tune_survives_losing_its_executor_mid_fit(spark, dist, tmp_path):
     table = tmp_path / "jester.csv"
     write_wide_csv(GeneratorParams(users=3000), str(table))
     prepared = tmp_path / "prepared"
-    assert (
-        main(
-            ["prepare", "--conf", "conf/local.yaml", "--set", f"input.path={table}", "--set", f"output.dir={prepared}"]
-        )
-        == 0
-    )
+    assert main(job_argv("prepare", path=table, out=prepared)) == 0
     tune = ["tune.grid={rank: [5], regParam: [0.3], maxIter: [15]}", "tune.refit_max_iter=15"]
     runs = {}
     calm_out = tmp_path / "undisturbed"
     shutil.copytree(prepared, calm_out)
-    assert (
-        main(
-            [
-                "tune",
-                "--conf",
-                "conf/local.yaml",
-                "--set",
-                f"output.dir={calm_out}",
-                *(a for t in tune for a in ("--set", t)),
-            ]
-        )
-        == 0
-    )
+    assert main(job_argv("tune", *tune, out=calm_out)) == 0
     runs["undisturbed"] = json.loads((calm_out / "metrics.json").read_text())["spark_als"]
     out = tmp_path / "executor_killed"
     shutil.copytree(prepared, out)
@@ -282,14 +244,9 @@ def test_executors_without_the_jobs_dependencies_run_it_from_the_packed_environm
             sys.executable,
             "-m",
             "jester_als.cli",
-            "foldin",
-            "--conf",
-            "conf/local.yaml",
+            *job_argv("foldin", *overrides, out=outs["local"]),
             "--master",
             "local[2]",
-            *[a for o in overrides for a in ("--set", o)],
-            "--set",
-            f"output.dir={outs['local']}",
         ],
         capture_output=True,
         text=True,

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import xlwt
 
+from helpers import job_argv
 from jester_als import download
 from jester_als.cli import main
 
@@ -49,18 +50,7 @@ def excerpt_rows() -> list[list]:
 def prepare(tmp_path, path, *extra) -> tuple[int, Path]:
     out = tmp_path / "out"
     code = main(
-        [
-            "prepare",
-            "--conf",
-            "conf/jester.yaml",
-            "--set",
-            f"input.path={path}",
-            "--set",
-            f"output.dir={out}",
-            "--set",
-            "input.reference_scan=false",
-            *extra,
-        ]
+        [*job_argv("prepare", "input.reference_scan=false", conf="conf/jester.yaml", path=path, out=out), *extra]
     )
     return code, out
 
@@ -143,7 +133,7 @@ def test_a_file_that_is_not_a_workbook_and_a_missing_reader_are_named(tmp_path, 
 
 
 def test_xls_needs_the_jester_layout(tmp_path, capsys):
-    assert main(["check", "--conf", "conf/jester.yaml", "--set", "input.layout=wide"]) == 2
+    assert main(job_argv("check", "input.layout=wide", conf="conf/jester.yaml")) == 2
     assert "--set input.layout=wide: must be 'jester' with input.format 'xls'" in capsys.readouterr().err
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import job_argv
 from jester_als.errors import actionable_cause
 from jester_als.generate import GeneratorParams, write_wide_csv
 
@@ -53,20 +54,7 @@ def test_a_full_disk_ends_with_one_line_naming_it(small_disk, tmp_path):
     write_wide_csv(GeneratorParams(users=10_000), str(table))
     out = small_disk / "out"
     run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jester_als.cli",
-            "prepare",
-            "--conf",
-            "conf/local.yaml",
-            "--master",
-            "local[2]",
-            "--set",
-            f"input.path={table}",
-            "--set",
-            f"output.dir={out}",
-        ],
+        [sys.executable, "-m", "jester_als.cli", *job_argv("prepare", path=table, out=out), "--master", "local[2]"],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, SMALL_RUN
+from helpers import ROOT, SMALL_RUN, job_argv, sets
 
 pytestmark = pytest.mark.cluster  # minutes: a venv, a pip install, a Spark job
 
@@ -52,7 +52,7 @@ def test_wheel_with_only_the_spark_extra_runs_scale_help_and_baseline(tmp_path, 
     assert "scaling study" in _run([cli, "scale", "--help"]).stdout + _run([cli, "--help"]).stdout
     path, _ = small_table
     out = tmp_path / "out"
-    common = ["--set", f"input.path={path}", "--set", f"output.dir={out}", "--master", "local[2]", *SMALL_RUN]
+    common = [*sets(f"input.path={path}", f"output.dir={out}", *SMALL_RUN), "--master", "local[2]"]
     env = {
         "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
         "SPARK_LOCAL_IP": "127.0.0.1",
@@ -63,16 +63,7 @@ def test_wheel_with_only_the_spark_extra_runs_scale_help_and_baseline(tmp_path, 
     _run([cli, "pipeline", *common], env=env, cwd=tmp_path)
     # no conf/ in the user's directory: the packaged default of that name is read
     generated = _run(
-        [
-            cli,
-            "generate",
-            "--conf",
-            "conf/local.yaml",
-            "--set",
-            "generate.users=50",
-            "--set",
-            f"generate.path={tmp_path / 'g.csv'}",
-        ],
+        [cli, *job_argv("generate", "generate.users=50", f"generate.path={tmp_path / 'g.csv'}")],
         env=env,
         cwd=tmp_path,
     )

@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from helpers import job_argv
 from jester_als.cli import main
 
 mlflow = pytest.importorskip("mlflow")
@@ -65,27 +66,19 @@ def test_the_biased_model_is_logged_and_registered_with_its_alias(small_table, t
     out = tmp_path / "out"
     assert (
         main(
-            [
+            job_argv(
                 "pipeline",
-                "--set",
-                f"input.path={path}",
-                "--set",
-                f"output.dir={out}",
-                "--set",
                 "tune.grid={rank: [3], regParam: [0.1], maxIter: [6], biases: [true]}",
-                "--set",
                 "tune.refit_max_iter=6",
-                "--set",
                 "recommend.top_n=4",
-                "--set",
                 "new_users.evaluate=false",
-                "--set",
                 "tracking.mlflow=true",
-                "--set",
                 "tracking.registered_model=jester",
-                "--set",
                 "tracking.model_alias=champion",
-            ]
+                conf=None,
+                path=path,
+                out=out,
+            )
         )
         == 0
     )
@@ -147,17 +140,7 @@ def test_a_registry_that_refuses_the_model_is_one_warning_and_the_job_stays_gree
     out = tmp_path / "out"
     shutil.copytree(pipeline_run[0], out)
     assert (
-        main(
-            [
-                "recommend",
-                "--set",
-                f"output.dir={out}",
-                "--set",
-                "tracking.mlflow=true",
-                "--set",
-                "tracking.registered_model=team/jester",
-            ]
-        )
+        main(job_argv("recommend", "tracking.mlflow=true", "tracking.registered_model=team/jester", conf=None, out=out))
         == 0
     )
     warnings = [line for line in capsys.readouterr().err.splitlines() if "registry refused" in line]

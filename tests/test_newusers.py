@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from pyspark.ml.evaluation import RankingEvaluator
 
+from helpers import job_argv
 from jester_als.cli import main
 from jester_als.config import NewUsersConfig
 from jester_als.generate import GAUGE_JOKES, GeneratorParams, generate_chunks
@@ -114,20 +115,7 @@ def fitted(pipeline_run, tmp_path):
 
 
 def foldin(out, table, *extra) -> int:
-    return main(
-        [
-            "foldin",
-            "--conf",
-            "conf/local.yaml",
-            "--set",
-            f"output.dir={out}",
-            "--set",
-            f"new_users.path={table}",
-            "--set",
-            "recommend.top_n=3",
-            *extra,
-        ]
-    )
+    return main([*job_argv("foldin", f"new_users.path={table}", "recommend.top_n=3", out=out), *extra])
 
 
 def test_foldin_recommends_new_users_and_accounts_for_every_cell(spark, fitted):
@@ -189,5 +177,5 @@ def test_foldin_refuses_input_without_a_usable_rating_and_a_missing_path(fitted,
     err = capsys.readouterr().err
     assert str(empty) in err and "no rating of a joke the model knows" in err and "Traceback" not in err
     assert (out / "metrics.json").read_text() == before and not (out / "new_user_recommendations").exists()
-    assert main(["foldin", "--conf", "conf/local.yaml", "--set", f"output.dir={out}"]) == 1
+    assert main(job_argv("foldin", out=out)) == 1
     assert "new_users.path is not set" in capsys.readouterr().err

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from helpers import job_argv
 from jester_als.cli import main
 
 HEADER = "User,Number of Jokes Rated,1,2,3,4,5\n"
@@ -27,23 +28,7 @@ def prepared(tmp_path, text: str, *overrides: str):
     found = {}
     for one_pass in (True, False):
         out = tmp_path / f"out-{one_pass}"
-        assert (
-            main(
-                [
-                    "prepare",
-                    "--conf",
-                    "conf/local.yaml",
-                    "--set",
-                    f"input.path={path}",
-                    "--set",
-                    f"output.dir={out}",
-                    "--set",
-                    f"input.one_pass={str(one_pass).lower()}",
-                    *[a for o in overrides for a in ("--set", o)],
-                ]
-            )
-            == 0
-        )
+        assert main(job_argv("prepare", f"input.one_pass={str(one_pass).lower()}", *overrides, path=path, out=out)) == 0
         data = json.loads((out / "metrics.json").read_text())["data"]
         ratings = sorted(tuple(r) for r in spark.read.parquet(str(out / "ratings")).collect())
         rejected = sorted(
@@ -92,8 +77,6 @@ def test_a_user_on_two_rows_is_refused_as_on_the_general_path(tmp_path, capsys):
     path = tmp_path / "table.csv"
     path.write_text(HEADER + "1,2,1,2,,,\n1,2,,,3,4,\n")
     out = tmp_path / "out"
-    assert (
-        main(["prepare", "--conf", "conf/local.yaml", "--set", f"input.path={path}", "--set", f"output.dir={out}"]) == 1
-    )
+    assert main(job_argv("prepare", path=path, out=out)) == 1
     assert "user id(s) on more than one row: '1' (2 rows)" in capsys.readouterr().err
     assert not (out / "ratings").exists()

@@ -10,7 +10,7 @@ from pyspark.ml.recommendation import ALSModel
 from pyspark.sql import functions as F
 
 from helpers import PIPELINE_TOP_N as TOP_N
-from helpers import png_size
+from helpers import job_argv, png_size, sets
 from jester_als.cli import main
 
 
@@ -184,17 +184,14 @@ def test_a_tracking_failure_warns_and_leaves_the_job_green(small_table, tmp_path
     port = free_ports(1)[0]  # nothing listens there
     assert (
         main(
-            [
+            job_argv(
                 "prepare",
-                "--set",
-                f"input.path={path}",
-                "--set",
-                f"output.dir={tmp_path / 'out'}",
-                "--set",
                 "tracking.mlflow=true",
-                "--set",
                 f"tracking.tracking_uri=http://127.0.0.1:{port}",
-            ]
+                conf=None,
+                path=path,
+                out=tmp_path / "out",
+            )
         )
         == 0
     )
@@ -256,12 +253,7 @@ def test_new_data_or_a_new_model_drops_the_sections_computed_from_the_old(spark,
     common = [
         "--conf",
         "conf/local.yaml",
-        "--set",
-        f"output.dir={out}",
-        "--set",
-        "recommend.top_n=3",
-        "--set",
-        "tune.grid={rank: [3], regParam: [0.1], maxIter: [5]}",
+        *sets(f"output.dir={out}", "recommend.top_n=3", "tune.grid={rank: [3], regParam: [0.1], maxIter: [5]}"),
     ]
     metrics = lambda: json.loads((out / "metrics.json").read_text())
     for job in ("prepare", "tune", "recommend"):
@@ -299,19 +291,13 @@ def test_reindexed_user_ids_reach_the_recommendations_as_the_original_ids(spark,
     out = tmp_path / "out"
     assert (
         main(
-            [
+            job_argv(
                 "pipeline",
-                "--conf",
-                "conf/local.yaml",
-                "--set",
-                f"input.path={renamed}",
-                "--set",
-                f"output.dir={out}",
-                "--set",
                 "recommend.top_n=2",
-                "--set",
                 "tune.grid={rank: [3], regParam: [0.1], maxIter: [5]}",
-            ]
+                path=renamed,
+                out=out,
+            )
         )
         == 0
     )

@@ -14,7 +14,7 @@ import pytest
 from py4j.protocol import Py4JError
 
 import jester_als.tune
-from helpers import EXCERPT, PIPELINE_TOP_N, WHITELIST_ERROR
+from helpers import EXCERPT, PIPELINE_TOP_N, WHITELIST_ERROR, job_argv
 from jester_als.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def call_wheel_entry_point(monkeypatch, parameters: list[str]):
 def test_wheel_entry_point_fails_the_task_on_a_config_error(monkeypatch, tmp_path, capsys):
     status = call_wheel_entry_point(
         monkeypatch,
-        ["tune", "--conf", "conf/local.yaml", "--set", "tune.grid.rank=five", "--set", f"output.dir={tmp_path}"],
+        job_argv("tune", "tune.grid.rank=five", out=tmp_path),
     )
     assert status == 2
     assert "tune.grid.rank" in capsys.readouterr().err
@@ -48,7 +48,7 @@ def test_wheel_entry_point_fails_the_task_on_a_missing_input(monkeypatch, tmp_pa
     missing = tmp_path / "nowhere.csv"
     status = call_wheel_entry_point(
         monkeypatch,
-        ["prepare", "--conf", "conf/local.yaml", "--set", f"input.path={missing}", "--set", f"output.dir={tmp_path}"],
+        job_argv("prepare", path=missing, out=tmp_path),
     )
     assert status == 1
     assert str(missing) in capsys.readouterr().err
@@ -62,15 +62,7 @@ def test_wheel_entry_point_fails_the_task_when_als_is_refused(monkeypatch, small
     path, _ = small_table
     status = call_wheel_entry_point(
         monkeypatch,
-        [
-            "pipeline",
-            "--conf",
-            "conf/local.yaml",
-            "--set",
-            f"input.path={path}",
-            "--set",
-            f"output.dir={tmp_path / 'out'}",
-        ],
+        job_argv("pipeline", path=path, out=tmp_path / "out"),
     )
     assert status == 1
     assert "not whitelisted" in capsys.readouterr().err
@@ -82,7 +74,7 @@ def test_wheel_entry_point_returns_normally_on_success(monkeypatch, spark, small
     out = tmp_path / "out"
     status = call_wheel_entry_point(
         monkeypatch,
-        ["prepare", "--conf", "conf/local.yaml", "--set", f"input.path={path}", "--set", f"output.dir={out}"],
+        job_argv("prepare", path=path, out=out),
     )
     assert status is None
     assert json.loads((out / "metrics.json").read_text())["data"]["ratings"] > 0
@@ -92,7 +84,7 @@ def test_wheel_entry_point_returns_normally_on_success(monkeypatch, spark, small
 def test_console_script_exits_with_the_status(tmp_path):
     script = Path(sys.executable).with_name("jester-als")
     result = subprocess.run(
-        [str(script), "tune", "--conf", str(ROOT / "conf" / "local.yaml"), "--set", "split.test_fraction=2"],
+        [str(script), *job_argv("tune", "split.test_fraction=2", conf=str(ROOT / "conf" / "local.yaml"))],
         capture_output=True,
         text=True,
         timeout=120,
@@ -202,7 +194,7 @@ def test_every_job_in_the_table_names_a_function_that_exists_and_what_it_reports
 )
 def test_a_job_run_before_the_one_it_needs_says_so_once_before_spark_starts(job, missing, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "jester_als.cli", job, "--conf", "conf/local.yaml", "--set", f"output.dir={tmp_path}"],
+        [sys.executable, "-m", "jester_als.cli", *job_argv(job, out=tmp_path)],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -223,13 +215,7 @@ def test_checkpoint_dirs_the_job_creates_are_removed_on_success_and_failure(quie
             sys.executable,
             "-m",
             "jester_als.cli",
-            "prepare",
-            "--conf",
-            "conf/local.yaml",
-            "--set",
-            "input.path=/nowhere/jester.csv",
-            "--set",
-            f"output.dir={tmp_path / 'bad'}",
+            *job_argv("prepare", "input.path=/nowhere/jester.csv", out=tmp_path / "bad"),
         ],
         capture_output=True,
         text=True,
@@ -256,16 +242,16 @@ def test_version_is_the_package_version(capsys):
 def test_check_job_validates_config_and_header_without_running_anything(spark, small_table, tmp_path, capsys):
     path, params = small_table
     out = tmp_path / "out"
-    assert main(["check", "--set", f"input.path={path}", "--set", f"output.dir={out}"]) == 0
+    assert main(job_argv("check", conf=None, path=path, out=out)) == 0
     said = capsys.readouterr().out
     assert f"jokes {params.jokes}" in said and "is valid" in said
     assert not out.exists()  # nothing written
 
     bad = tmp_path / "bad.csv"
     bad.write_text("User,1,two,3\n1,2.5,3.0,4.0\n")
-    assert main(["check", "--set", f"input.path={bad}", "--set", f"output.dir={out}"]) == 1
+    assert main(job_argv("check", conf=None, path=bad, out=out)) == 1
     assert "joke column(s) ['two'] are not integer joke ids" in capsys.readouterr().err
-    assert main(["check", "--set", f"input.path={bad}", "--set", "split.test_fraction=2"]) == 2
+    assert main(job_argv("check", "split.test_fraction=2", conf=None, path=bad)) == 2
     assert "split.test_fraction" in capsys.readouterr().err
 
 
@@ -304,15 +290,9 @@ def test_job_logging_leaves_the_hosts_root_logger_alone(tmp_path, capsys):
     try:
         assert (
             main(
-                [
-                    "generate",
-                    "--set",
-                    "generate.users=30",
-                    "--set",
-                    f"generate.path={tmp_path / 'g.csv'}",
-                    "--set",
-                    "log_level=DEBUG",
-                ]
+                job_argv(
+                    "generate", "generate.users=30", f"generate.path={tmp_path / 'g.csv'}", "log_level=DEBUG", conf=None
+                )
             )
             == 0
         )

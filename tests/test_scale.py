@@ -8,68 +8,36 @@ import sys
 
 import pytest
 
+from helpers import job_argv
 from jester_als.cli import main
 from jester_als.scale.costmodel import ENGINES
 
 TINY = [
-    "--set",
     "scale.users_axis=[300, 1200]",
-    "--set",
     "scale.jokes_axis=[40]",
-    "--set",
     "scale.density_axis=[10, 25]",
-    "--set",
     "scale.density_axis_users=300",
-    "--set",
     "scale.density_axis_jokes=60",
-    "--set",
     "scale.cluster_measure_users=[300, 600, 1200]",
-    "--set",
     "scale.cluster_measure_executors=[2]",
-    "--set",
     "scale.cluster_worker_memory=2g",
-    "--set",
     "scale.cluster_executor_memory=512m",
-    "--set",
     "scale.jokes_axis_users=300",
-    "--set",
     "scale.jokes_axis_ratings_per_user=20",
-    "--set",
     "scale.maxIter=3",
-    "--set",
     "scale.rank=3",
-    "--set",
     "scale.repeats=2",
-    "--set",
     "scale.spark_driver_memory=1g",
-    "--set",
     "generate.min_ratings=20",
-    "--set",
     "generate.mean_ratings=30",
     # no limit probes: at a 20 GB budget they would be millions of users (test_limit_probes_* covers them)
-    "--set",
     "scale.limit_probes=[]",
 ]
 
 
 def run_scale(tmp_path, *extra):
     out = tmp_path / "scale"
-    assert (
-        main(
-            [
-                "scale",
-                "--conf",
-                "conf/scale.yaml",
-                "--set",
-                f"output.dir={out}",
-                "--set",
-                f"scale.work_dir={tmp_path}",
-                *TINY,
-                *extra,
-            ]
-        )
-        == 0
-    )
+    assert main([*job_argv("scale", f"scale.work_dir={tmp_path}", *TINY, conf="conf/scale.yaml", out=out), *extra]) == 0
     return out, json.loads((out / "scale.json").read_text())
 
 

@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 
+from helpers import job_argv
 from jester_als.cli import main
 
 RECS, METRICS = "jester_als_test_recommendations", "jester_als_test_metrics"
@@ -26,15 +27,7 @@ def fitted(spark, pipeline_run, tmp_path):
 def recommend(out, *extra) -> int:
     return main(
         [
-            "recommend",
-            "--conf",
-            "conf/local.yaml",
-            "--set",
-            f"output.dir={out}",
-            "--set",
-            f"output.recommendations_table={RECS}",
-            "--set",
-            f"output.metrics_table={METRICS}",
+            *job_argv("recommend", f"output.recommendations_table={RECS}", f"output.metrics_table={METRICS}", out=out),
             *extra,
         ]
     )
@@ -61,17 +54,7 @@ def test_a_bad_table_name_is_a_config_error(fitted, capsys):
 
 def test_a_table_the_catalog_refuses_leaves_the_files_committed(fitted, capsys):
     before = json.loads((fitted / "metrics.json").read_text())["run"]["run_id"]
-    code = main(
-        [
-            "recommend",
-            "--conf",
-            "conf/local.yaml",
-            "--set",
-            f"output.dir={fitted}",
-            "--set",
-            "output.recommendations_table=no_such_schema_xyz.recs",
-        ]
-    )
+    code = main(job_argv("recommend", "output.recommendations_table=no_such_schema_xyz.recs", out=fitted))
     assert code == 1
     err = capsys.readouterr().err
     assert "recommendations table no_such_schema_xyz.recs: cannot be written" in err and "committed" in err
