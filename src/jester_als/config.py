@@ -242,8 +242,8 @@ class InputConfig(Section):
     )
     reference_scan: bool = key(
         True,
-        "after prepare, time one plain read-melt-write of the same input and report prepare's time against "
-        "it (data.timing)",
+        "time a plain read-melt-write of the same input before prepare (the session's first job) and after it, "
+        "and report prepare's time against the second (data.timing); false saves both",
     )
     one_pass: bool = key(
         True,
