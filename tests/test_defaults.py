@@ -112,8 +112,13 @@ def test_the_run_reports_where_its_time_went(default_run):
     # the parts add up to no more than the tune step, and the waves are the grid's part
     assert sum(tune.values()) <= metrics["steps_seconds"]["tune"] + 0.1
     assert sum(waves) == pytest.approx(tune["grid"], abs=0.1)
+    # each point's own time: on the 2 threads, together no more than twice the grid's part
+    points = [point["seconds"] for point in metrics["spark_als"]["validation"]]
+    assert len(points) == 12 and all(seconds > 0 for seconds in points)
+    assert sum(points) <= 2 * tune["grid"] + 0.1
     report = (out / "report.md").read_text()
     assert "test NMAE" in report and "wave(s) of parallel grid points" in report
+    assert "| seconds to fit and score |" in report
     assert "tune: split and count" in report and "of which the pass" in report
     machine = metrics["run"]["machine"]  # how quiet the machine was, beside the times
     assert machine["cpus"] >= 1 and all(load >= 0 for load in machine["load_average_1min"])

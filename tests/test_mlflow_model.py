@@ -82,8 +82,18 @@ def test_the_biased_model_is_logged_and_registered_with_its_alias(small_table, t
         )
         == 0
     )
-    client, _, loaded = _logged_model(out)
+    client, parent, loaded = _logged_model(out)
     _same_as_the_job(out, loaded, 4)
+    # the job's own loop timed its one grid point: the nested run has its seconds beside its validation RMSE
+    (point,) = json.loads((out / "metrics.json").read_text())["spark_als"]["validation"]
+    experiment = client.get_experiment_by_name("jester-als")
+    (child,) = [
+        r
+        for r in client.search_runs([experiment.experiment_id])
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    ]
+    assert point["seconds"] > 0 and child.data.metrics["seconds"] == pytest.approx(point["seconds"])
+    assert child.data.metrics["validation_rmse"] == pytest.approx(point["validation_rmse"])
     version = client.get_model_version_by_alias("jester", "champion")
     assert str(version.version) == "1"
     previous = mlflow.get_tracking_uri()

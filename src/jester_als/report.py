@@ -136,17 +136,7 @@ def render_report(metrics: dict) -> str:
             f"{spark.get('tune_method', 'TrainValidationSplit')} (validation RMSE on a "
             f"{_num(spark.get('train_ratio'), 2)} train ratio of the training ratings).",
             "",
-            table(
-                ["params", "validation RMSE", ""],
-                [
-                    [
-                        _params(p["params"]),
-                        _num(p["validation_rmse"]),
-                        "best" if all(spark["best_params"].get(k) == v for k, v in p["params"].items()) else "",
-                    ]
-                    for p in spark["validation"]
-                ],
-            ),
+            grid_table(spark),
             "",
         ]
         out += tuning_notes(spark)
@@ -330,6 +320,20 @@ def timed_parts(parts: dict, names: dict) -> str:
 def one_pass_parts(parts: dict | None) -> str:
     """``; of which ...`` for the parts of prepare's one pass, or nothing for a run that did not record them."""
     return "; of which " + timed_parts(parts, ONE_PASS_PARTS) if parts else ""
+
+
+def grid_table(spark: dict) -> str:
+    """Every grid point's validation RMSE, the best one marked, and what it took to fit and score where the job's
+    loop timed it (Spark's TrainValidationSplit does not say)."""
+    timed = all("seconds" in p for p in spark["validation"])
+    rows = []
+    for p in spark["validation"]:
+        best = all(spark["best_params"].get(k) == v for k, v in p["params"].items())
+        row = [_params(p["params"]), _num(p["validation_rmse"])]
+        rows.append([*row, _num(p["seconds"], 1)] if timed else row)
+        rows[-1].append("best" if best else "")
+    header = ["params", "validation RMSE", *(["seconds to fit and score"] if timed else []), ""]
+    return table(header, rows)
 
 
 def tuning_notes(spark: dict) -> list[str]:

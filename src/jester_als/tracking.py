@@ -2,7 +2,7 @@
 
 A job is logged after its outputs are committed, from what it wrote: one run per job run, with the resolved
 config as params, the run manifest's versions as tags, the results as metrics, one nested run per tuning grid
-point (its params and validation RMSE), ``metrics.json``, ``report.md`` and the plots as artifacts, and the
+point (its params, validation RMSE and seconds), ``metrics.json``, ``report.md`` and the plots as artifacts, and the
 model. Tracking can only add: a failure (no MLflow, a server that is down, no permission) is one warning and
 the job's results and exit status stay what they were.
 """
@@ -191,10 +191,11 @@ def _log(mlflow, cfg: JesterConfig, job: str, metrics: dict, output_dir: str, sp
                 run_name=f"grid point {number}",
                 tags={"mlflow.parentRunId": run_id, "jester_als.job": job},
             )
+            scores = {"validation_rmse": point["validation_rmse"], "seconds": point.get("seconds")}
             client.log_batch(
                 child.info.run_id,
                 params=[mlflow.entities.Param(k, str(v)) for k, v in point["params"].items()],
-                metrics=[mlflow.entities.Metric("validation_rmse", float(point["validation_rmse"]), now, 0)],
+                metrics=[mlflow.entities.Metric(k, float(v), now, 0) for k, v in scores.items() if v is not None],
             )
             client.set_terminated(child.info.run_id)
         for item in ("metrics.json", "report.md"):

@@ -81,7 +81,7 @@ def _plain(value):
 @dataclass
 class TuneResult:
     best_params: dict
-    validation: list[dict]  # one per grid point: params and validation RMSE
+    validation: list[dict]  # one per grid point: params, validation RMSE, and (the job's loop) its seconds
     tune_seconds: float
     method: str = "TrainValidationSplit"
     edges: list[dict] = field(default_factory=list)  # grid_edges of the best point
@@ -122,6 +122,7 @@ def train_validation_split(
     parallelism: int = 1,
     finished: list | None = None,
     folds_ready: list | None = None,
+    seconds: dict | None = None,
 ) -> list[float]:
     """What ``TrainValidationSplit._fit`` does, for grid points that may include the biased model: the same
     seeded ``rand`` column splits ``train`` into a fitting part (< ``train_ratio``) and a validation part,
@@ -129,7 +130,8 @@ def train_validation_split(
     that carry the session (as TVS's ``inheritable_thread_target``). The offsets of the biased points are
     fitted once, on the fitting part only. Returns the metric per point, in order. (Spark's TVS also refits
     the best point on all of ``train``; the jobs do that themselves with ``tune.refit_max_iter``.) The time the
-    folds and offsets are ready (before the first point starts) is appended to ``folds_ready``."""
+    folds and offsets are ready (before the first point starts) is appended to ``folds_ready``, the time each
+    point finished to ``finished``, and the seconds each point took go into ``seconds`` by its 1-based number."""
     from multiprocessing.pool import ThreadPool
 
     from pyspark.util import inheritable_thread_target
@@ -168,6 +170,8 @@ def train_validation_split(
             )
             if finished is not None:
                 finished.append(time.perf_counter())
+            if seconds is not None:
+                seconds[number] = time.perf_counter() - started
             return metric
 
         numbered = list(enumerate(points, start=1))
@@ -219,6 +223,7 @@ def tune_als(
     started = time.perf_counter()
     finished: list[float] = []  # when each point of the job's loop finished
     folds_ready: list[float] = []  # when its folds and offsets were ready
+    point_seconds: dict[int, float] = {}  # what each point of the job's loop took, by its number
     threads = parallelism
     if use_tvs:
         log.info(
@@ -266,15 +271,19 @@ def tune_als(
             parallelism=threads,
             finished=finished,
             folds_ready=folds_ready,
+            seconds=point_seconds,
         )
         how = "the job's loop (as TrainValidationSplit)"
     tune_seconds = time.perf_counter() - started
     validation = []
-    for (flag, param_map), rmse in zip(points, metrics):
+    for number, ((flag, param_map), rmse) in enumerate(zip(points, metrics), start=1):
         params = {p.name: _plain(v) for p, v in param_map.items()}
         if "biases" in grid or biases:
             params["biases"] = flag
-        validation.append({"params": dict(sorted(params.items())), "validation_rmse": float(rmse)})
+        point = {"params": dict(sorted(params.items())), "validation_rmse": float(rmse)}
+        if number in point_seconds:
+            point["seconds"] = round(point_seconds[number], 2)
+        validation.append(point)
         if use_tvs:  # the loop logged each point as it finished
             log.info("  %s -> validation RMSE %.4f", params, rmse)
     best = min(validation, key=lambda point: point["validation_rmse"])
