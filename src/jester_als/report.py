@@ -322,10 +322,16 @@ def one_pass_parts(parts: dict | None) -> str:
     return "; of which " + timed_parts(parts, ONE_PASS_PARTS) if parts else ""
 
 
+def points_timed(spark: dict) -> bool:
+    """Whether the job's own loop timed every grid point (Spark's TrainValidationSplit does not say)."""
+    points = spark.get("validation") or []
+    return bool(points) and all("seconds" in p for p in points)
+
+
 def grid_table(spark: dict) -> str:
     """Every grid point's validation RMSE, the best one marked, and what it took to fit and score where the job's
     loop timed it (Spark's TrainValidationSplit does not say)."""
-    timed = all("seconds" in p for p in spark["validation"])
+    timed = points_timed(spark)
     rows = []
     for p in spark["validation"]:
         best = all(spark["best_params"].get(k) == v for k, v in p["params"].items())
@@ -352,6 +358,12 @@ def tuning_notes(spark: dict) -> list[str]:
     if waves:
         notes.append(
             f"Tuning ran in {len(waves)} wave(s) of parallel grid points: {', '.join(f'{w:.1f}' for w in waves)} s."
+            + (
+                " A point's seconds are wall time on cores it shared with the other points of its wave; the first "
+                "wave (the costliest points start first) also pays the session's warm-up."
+                if points_timed(spark)
+                else ""
+            )
         )
     return [note for item in notes for note in (item, "")]
 
