@@ -10,7 +10,7 @@ from pyspark.ml.recommendation import ALSModel
 from pyspark.sql import functions as F
 
 from helpers import PIPELINE_TOP_N as TOP_N
-from helpers import job_argv, png_size, sets
+from helpers import assert_same_results, job_argv, png_size, sets
 from jester_als.cli import main
 
 
@@ -314,3 +314,24 @@ def test_reindexed_user_ids_reach_the_recommendations_as_the_original_ids(spark,
         .select(F.col("original_user").alias("user"), "joke")
     )
     assert recommendations.join(ratings, ["user", "joke"]).count() == 0
+
+
+def test_the_new_user_evaluation_scores_the_sample_the_baseline_collected(spark, pipeline_run):
+    """The pipeline hands the baseline's collected sample to the new-user evaluation instead of collecting it
+    again: its section is the one a fresh collection of the same sample gives."""
+    from jester_als.config import load_config
+    from jester_als.jobs import run_new_users
+
+    out, _, argv = pipeline_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    cfg = load_config(argv[argv.index("--conf") + 1], [a for a in argv[3:] if a != "--set"])
+    ratings = spark.read.parquet(str(out / "ratings"))
+    fresh = run_new_users(spark, cfg, ratings, metrics["spark_als"])["new_users"]
+    timed = ("seconds", "serve_seconds")
+    assert metrics["new_users"]["users"] > 0
+    assert_same_results(
+        {k: v for k, v in fresh.items() if k not in timed},
+        {k: v for k, v in metrics["new_users"].items() if k not in timed},
+        rel=1e-9,
+        where="new_users",
+    )

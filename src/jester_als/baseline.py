@@ -48,6 +48,8 @@ class CollectedSample:
     users: int
     collect_seconds: float
     test_rows: DataFrame | None = None  # the same test ratings, in Spark, for the Spark model to score there
+    # every collected rating (train and test) as (users, jokes, ratings) arrays, for the new-user evaluation
+    cells: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def nbytes(self) -> int:
         return self.train.nbytes() + self.test_users.nbytes + self.test_jokes.nbytes + self.test_ratings.nbytes
@@ -82,6 +84,7 @@ def collect_sample(
         int(np.unique(users).size),
         time.perf_counter() - started,
         rows.where("is_test").select("user", "joke"),
+        (users, jokes, values),
     )
 
 
@@ -102,8 +105,12 @@ def spark_predictions(model, test_rows: DataFrame, users: np.ndarray, jokes: np.
     return np.where(found, values[at] if len(values) else np.nan, np.nan)
 
 
-def compare_engines(spark_model, ratings: DataFrame, cfg: JesterConfig, params: dict) -> dict:
-    """Collect the sample, fit NumPy ALS and the baselines, score everything on the same held-out rows."""
+def compare_engines(
+    spark_model, ratings: DataFrame, cfg: JesterConfig, params: dict, collected: dict | None = None
+) -> dict:
+    """Collect the sample, fit NumPy ALS and the baselines, score everything on the same held-out rows. The
+    collected ratings go into ``collected["cells"]`` (users, jokes, ratings arrays) for a caller that needs
+    the same sample again."""
     base = cfg.baseline
     numpy_params = {
         "rank": int(params["rank"]),
@@ -129,6 +136,8 @@ def compare_engines(spark_model, ratings: DataFrame, cfg: JesterConfig, params: 
             sample.nbytes() / 2**20,
             sample.collect_seconds,
         )
+        if collected is not None:
+            collected["cells"] = sample.cells
         if sample.train.nnz == 0 or sample.test_ratings.size == 0:
             raise ValueError(
                 "the user sample has no training or no test ratings; raise baseline.max_users or baseline.fraction"

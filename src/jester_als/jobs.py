@@ -425,13 +425,22 @@ def saved_model(out: RunOutputs, spark: SparkSession | None = None) -> Recommend
     return recommender(load_model_at(out.final_path("model"), spark))
 
 
-def run_new_users(spark: SparkSession, cfg: JesterConfig, ratings: DataFrame, spark_als: dict) -> dict:
+def run_new_users(
+    spark: SparkSession,
+    cfg: JesterConfig,
+    ratings: DataFrame,
+    spark_als: dict,
+    cells: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> dict:
     """The ``new_users`` section: fold-in scored on users held out whole (:mod:`jester_als.newusers`), over the
-    user sample the baseline collects, with the chosen model's params; and how long fold-in takes for one user
-    and for 10,000 users at once (their gauge ratings), the input in memory."""
-    base = cfg.baseline
-    sample = sample_users(ratings, max_users=base.max_users, fraction=base.fraction, seed=base.seed)
-    users, jokes, values = collect_ratings(ratings.join(sample, "user", "left_semi"))
+    user sample the baseline collects (``cells``, its users, jokes and ratings, when the baseline step already
+    collected them), with the chosen model's params; and how long fold-in takes for one user and for 10,000
+    users at once (their gauge ratings), the input in memory."""
+    if cells is None:
+        base = cfg.baseline
+        sample = sample_users(ratings, max_users=base.max_users, fraction=base.fraction, seed=base.seed)
+        cells = collect_ratings(ratings.join(sample, "user", "left_semi"))
+    users, jokes, values = cells
     test = is_test(
         users.astype(np.int32), jokes.astype(np.int32), test_fraction=cfg.split.test_fraction, seed=cfg.split.seed
     )
@@ -620,8 +629,10 @@ def run_baseline(
     model: Recommender | None = None,
     ratings: DataFrame | None = None,
     spark_params: dict | None = None,
+    collected: dict | None = None,
 ) -> dict:
-    """NumPy ALS and the baselines on a collected sample, against the Spark model on the same rows."""
+    """NumPy ALS and the baselines on a collected sample, against the Spark model on the same rows; the sample's
+    ratings go into ``collected`` (see :func:`jester_als.baseline.compare_engines`)."""
 
     model = model or saved_model(out, spark)
     if model.engine == "numpy":
@@ -637,7 +648,7 @@ def run_baseline(
             f"{out.final_path('metrics.json')} holds spark_als.model_params"
         )
     try:
-        return compare_engines(model.model, ratings, cfg, params)
+        return compare_engines(model.model, ratings, cfg, params, collected)
     except ValueError as exc:
         raise InputError(f"baseline: {exc}") from None
 
@@ -654,13 +665,14 @@ def run_pipeline(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> dic
         tuned, model, ratings = run_tune(spark, cfg, out, ratings)
     merge_sections(sections, tuned)
     spark_params = tuned.get("spark_als", {}).get("model_params")
+    collected: dict = {}  # the baseline's sample, which the new-user evaluation scores again
     with step(3, total, "baseline: NumPy ALS and baselines on the driver", record=steps, name="baseline"):
-        merge_sections(sections, run_baseline(spark, cfg, out, model, ratings, spark_params))
+        merge_sections(sections, run_baseline(spark, cfg, out, model, ratings, spark_params, collected))
     with step(4, total, f"recommend: top {cfg.recommend.top_n} per user", record=steps, name="recommend"):
         merge_sections(sections, run_recommend(spark, cfg, out, model, ratings, user_ids))
     if cfg.new_users.evaluate and "spark_als" in tuned:
         with step(5, 5, "new users: fold-in on users held out whole", record=steps, name="new_users"):
-            merge_sections(sections, run_new_users(spark, cfg, ratings, tuned["spark_als"]))
+            merge_sections(sections, run_new_users(spark, cfg, ratings, tuned["spark_als"], collected.get("cells")))
     sections["steps_seconds"] = steps
     return sections
 
