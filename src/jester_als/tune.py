@@ -120,9 +120,8 @@ def train_validation_split(
     seed: int,
     bias_reg: float = 10.0,
     parallelism: int = 1,
-    finished: list | None = None,
     folds_ready: list | None = None,
-    seconds: dict | None = None,
+    timed: dict | None = None,
 ) -> list[float]:
     """What ``TrainValidationSplit._fit`` does, for grid points that may include the biased model: the same
     seeded ``rand`` column splits ``train`` into a fitting part (< ``train_ratio``) and a validation part,
@@ -130,8 +129,8 @@ def train_validation_split(
     that carry the session (as TVS's ``inheritable_thread_target``). The offsets of the biased points are
     fitted once, on the fitting part only. Returns the metric per point, in order. (Spark's TVS also refits
     the best point on all of ``train``; the jobs do that themselves with ``tune.refit_max_iter``.) The time the
-    folds and offsets are ready (before the first point starts) is appended to ``folds_ready``, the time each
-    point finished to ``finished``, and the seconds each point took go into ``seconds`` by its 1-based number."""
+    folds and offsets are ready (before the first point starts) is appended to ``folds_ready``, and when each
+    point started and finished goes into ``timed`` by its 1-based number."""
     from multiprocessing.pool import ThreadPool
 
     from pyspark.util import inheritable_thread_target
@@ -168,10 +167,8 @@ def train_validation_split(
                 {p.name: _plain(v) for p, v in param_map.items()},
                 metric,
             )
-            if finished is not None:
-                finished.append(time.perf_counter())
-            if seconds is not None:
-                seconds[number] = time.perf_counter() - started
+            if timed is not None:
+                timed[number] = (started, time.perf_counter())
             return metric
 
         numbered = list(enumerate(points, start=1))
@@ -221,9 +218,8 @@ def tune_als(
     any_biased = any(flag for flag, _ in points)
     use_tvs = not any_biased and (method == "tvs" or (method == "auto" and tvs_runs_here(train.sparkSession)))
     started = time.perf_counter()
-    finished: list[float] = []  # when each point of the job's loop finished
-    folds_ready: list[float] = []  # when its folds and offsets were ready
-    point_seconds: dict[int, float] = {}  # what each point of the job's loop took, by its number
+    folds_ready: list[float] = []  # when the job's loop had its folds and offsets ready
+    timed: dict[int, tuple[float, float]] = {}  # when each point of the job's loop started and finished
     threads = parallelism
     if use_tvs:
         log.info(
@@ -269,9 +265,8 @@ def tune_als(
             seed=seed,
             bias_reg=bias_reg,
             parallelism=threads,
-            finished=finished,
             folds_ready=folds_ready,
-            seconds=point_seconds,
+            timed=timed,
         )
         how = "the job's loop (as TrainValidationSplit)"
     tune_seconds = time.perf_counter() - started
@@ -281,8 +276,8 @@ def tune_als(
         if "biases" in grid or biases:
             params["biases"] = flag
         point = {"params": dict(sorted(params.items())), "validation_rmse": float(rmse)}
-        if number in point_seconds:
-            point["seconds"] = round(point_seconds[number], 2)
+        if number in timed:
+            point["seconds"] = round(timed[number][1] - timed[number][0], 2)
         validation.append(point)
         if use_tvs:  # the loop logged each point as it finished
             log.info("  %s -> validation RMSE %.4f", params, rmse)
@@ -301,7 +296,9 @@ def tune_als(
         tune_seconds=tune_seconds,
         method=how,
         edges=edges,
-        waves=wave_seconds(folds_ready[0] if folds_ready else started, sorted(finished), threads),
+        waves=wave_seconds(
+            folds_ready[0] if folds_ready else started, sorted(end for _, end in timed.values()), threads
+        ),
         folds_seconds=round(folds_ready[0] - started, 2) if folds_ready else None,
     )
 
