@@ -35,6 +35,7 @@ from jester_als.prepare import (
     input_name,
     joke_columns,
     melt_wide_ratings,
+    ratings_hash,
     read_table,
 )
 
@@ -129,7 +130,7 @@ def _one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected
         F.count(rating).alias("n"),
         F.sum(rating).alias("total"),
         F.sum(rating * rating).alias("squares"),
-        *hash_sum(F.when(accepted, F.xxhash64("user", "joke", "rating")), "hash"),
+        *ratings_hash(accepted),
     ]
     metrics += [F.count(F.when(F.col("reason") == r, 1)).alias(r) for r in (*MISSING, *REJECTED)]
     (

@@ -381,6 +381,12 @@ def hash_total(row, name: str) -> int:
     return sum(int(row[f"{name}_{i}"] or 0) << (16 * i) for i in range(HASH_SLICES)) & (2**64 - 1)
 
 
+def ratings_hash(accepted) -> list:
+    """:func:`hash_sum` aggregates (named ``hash``) of the ``accepted`` cells' (user, joke, rating): the ratings
+    hash both prepare paths report, so the same ratings give the same hash on either."""
+    return hash_sum(F.when(accepted, F.xxhash64("user", "joke", "rating")), "hash")
+
+
 def content_hash(*columns: str) -> list:
     """:func:`hash_sum` aggregates (named ``hash``) of the per-row xxhash64 of ``columns``."""
     return hash_sum(F.xxhash64(*[F.col(_quote(c)) for c in columns]), "hash")
@@ -557,7 +563,7 @@ def count_cells(classified: DataFrame, *, rows_are_users: bool = False) -> dict:
             F.count(rating).alias("n"),
             F.sum(rating).alias("total"),
             F.sum(rating * rating).alias("squares"),
-            *hash_sum(F.when(accepted, F.xxhash64("user", "joke", "rating")), "hash"),
+            *ratings_hash(accepted),
         )
         .collect()
     )
