@@ -75,7 +75,7 @@ def fit_biases(train: DataFrame, *, reg: float, passes: int = BIAS_PASSES) -> Sp
     shrunk = F.sum("r") / (F.lit(float(reg)) + F.count(F.lit(1)))
     user_bias = None
     joke_bias = None
-    small = False
+    small = None  # the same users every pass: counted once, after the first
     try:
         for _ in range(passes):
             residual = (
@@ -95,11 +95,11 @@ def fit_biases(train: DataFrame, *, reg: float, passes: int = BIAS_PASSES) -> Sp
                 .agg(shrunk.alias("user_bias")),
                 "the user offsets",
             )
-            if not small:
+            if small is None:
                 small = user_bias.count() <= BROADCAST_USERS
     finally:
         try_unpersist(centred)
-    return SparkBiases(float(mean), user_bias, joke_bias, float(reg), small)
+    return SparkBiases(float(mean), user_bias, joke_bias, float(reg), bool(small))
 
 
 def with_offsets(df: DataFrame, biases: SparkBiases, column: str = "prediction") -> DataFrame:
