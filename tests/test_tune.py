@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from pyspark.ml.evaluation import RankingEvaluator
 from pyspark.sql import functions as F
 
 from jester_als.tune import (
+    checkpoint_only_when_needed,
     evaluate_model,
     evaluate_predictions,
     fit_als,
@@ -176,3 +178,29 @@ def test_numpy_hash_split_is_the_spark_split(spark):
         in_numpy = hashsplit.is_test(users, jokes, test_fraction=fraction, seed=seed)
         np.testing.assert_array_equal(in_numpy, in_spark)
         assert abs(in_numpy.mean() - fraction) < 0.02
+
+
+def test_a_fit_no_longer_than_the_checkpoint_interval_writes_no_checkpoint(spark, small_ratings):
+    """Spark's explicit ALS checkpoints its item factors at iteration 0 whatever the interval; the jobs' fits of
+    at most that many iterations skip it and give the same factors, longer ones keep Spark's checkpoints."""
+    ratings, _ = small_ratings
+    directory = Path(spark.conf.get("spark.checkpoint.dir").removeprefix("file:"))
+    written = lambda: set(directory.rglob("rdd-*"))  # noqa: E731 - one line, read twice
+    als = make_als(seed=3, blocks=1, checkpoint_interval=10)
+    params = {"rank": 3, "regParam": 0.1, "maxIter": 5}
+    before = written()
+    ours, _ = fit_als(ratings, als, params)
+    assert written() == before
+    spark_default = als.copy({als.getParam(name): value for name, value in params.items()}).fit(ratings)
+    assert len(written() - before) == 1  # Spark's own fit of 5 iterations left its iteration-0 checkpoint
+
+    def factors(model):
+        return {r["id"]: np.array(r["features"]) for r in model.userFactors.collect()}
+
+    mine, theirs = factors(ours), factors(spark_default)
+    assert mine.keys() == theirs.keys()
+    for user, vector in theirs.items():  # one block per side: the same sums in the same order
+        np.testing.assert_allclose(mine[user], vector, rtol=1e-6, atol=1e-7)
+    assert checkpoint_only_when_needed(als, [5, 10]).getCheckpointInterval() == -1
+    assert checkpoint_only_when_needed(als, [5, 11]).getCheckpointInterval() == 10
+    assert checkpoint_only_when_needed(als.copy({als.checkpointInterval: -1}), [50]).getCheckpointInterval() == -1

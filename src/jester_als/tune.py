@@ -57,6 +57,18 @@ def make_als(*, seed: int, blocks: int, checkpoint_interval: int = 10, nonnegati
     )
 
 
+def checkpoint_only_when_needed(als: ALS, max_iters: list[int]) -> ALS:
+    """``als`` for fits of the given ``maxIter`` values: with checkpointInterval -1 (none) when none of them is
+    longer than its interval. Spark's explicit ALS checkpoints its item factors at iteration 0 whatever the
+    interval (``iter % checkpointInterval == 0`` in ``ALS.train``): a job and a write to the checkpoint
+    directory that cut a lineage of no iteration at all, while a fit no longer than the interval never builds
+    a longer lineage than the interval allows anyway. Longer fits keep Spark's checkpoints."""
+    interval = als.getCheckpointInterval()
+    if interval > 0 and max_iters and max(max_iters) <= interval:
+        return als.copy({als.checkpointInterval: -1})
+    return als
+
+
 def param_grid(als: ALS, grid: dict) -> list:
     """ParamGridBuilder over every ALS parameter named in the YAML grid, in a stable order (``biases`` is not
     an ALS parameter: :func:`grid_points` adds it)."""
@@ -213,6 +225,8 @@ def tune_als(
     estimator, so :func:`train_validation_split` does exactly what TVS does for every point; so does a client
     on which TVS does not run (pyspark 4.0 over Connect). ``"tvs"`` and ``"loop"`` force one of them.
     """
+    if "checkpointInterval" not in grid:
+        als = checkpoint_only_when_needed(als, list(grid.get("maxIter", [als.getMaxIter()])))
     points = grid_points(als, grid, biases)
     evaluator = RegressionEvaluator(metricName="rmse", labelCol="rating", predictionCol="prediction")
     any_biased = any(flag for flag, _ in points)
@@ -320,6 +334,8 @@ def fit_als(train: DataFrame, als: ALS, params: dict, *, bias_reg: float = 10.0)
 
     biased = bool(params.get("biases"))
     estimator = als.copy({als.getParam(name): value for name, value in params.items() if name != "biases"})
+    if "checkpointInterval" not in params:
+        estimator = checkpoint_only_when_needed(estimator, [estimator.getMaxIter()])
     started = time.perf_counter()
     # fit() is eager for ALS (factors are computed and cached), so this times the whole optimisation.
     model = fit_biased_als(train, estimator, bias_reg=bias_reg) if biased else estimator.fit(train)
