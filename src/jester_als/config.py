@@ -324,7 +324,11 @@ class AlsConfig(Section):
     blocks: Annotated[Any, _checked(_blocks)] = key(
         "auto", "user and item blocks; auto = the cores Spark has", kind="integer or string"
     )
-    checkpoint_interval: PositiveInt = key(10, "ALS checkpoints every this many iterations (needs a checkpoint dir)")
+    checkpoint_interval: PositiveInt = key(
+        10,
+        "ALS checkpoints every this many iterations (needs a checkpoint dir); a fit of at most this many "
+        "iterations writes no checkpoint",
+    )
     nonnegative: bool = key(False, "ALS non-negative factors")
     biases: bool = key(
         False, "fit mu + user and joke offsets first, ALS on the residuals (a grid's biases list overrides it)"
