@@ -287,3 +287,15 @@ def test_ratings_in_user_order_and_shuffled_give_the_same_matrix():
         )
     empty = RatingMatrix.from_ids(users[:0], jokes[:0], ratings[:0])
     assert empty.shape == (0, 0) and empty.indptr.tolist() == [0]
+
+
+def test_a_numpy_model_names_its_users_to_spark_as_ints(spark):
+    """The fold-in job counts known users against the fitted model's ids, whichever engine fitted it."""
+    from jester_als.models import recommender
+    from jester_als.numpy_als import NumpyALSModel
+
+    ids = np.array([7, 3, 2_000_000_000, 11], dtype=np.int64)
+    model = NumpyALSModel(np.zeros((4, 2)), np.zeros((1, 2)), ids, np.array([1]))
+    users = recommender(model).users(spark)
+    assert users.schema.simpleString() == "struct<user:int>"
+    assert sorted(row["user"] for row in users.collect()) == [3, 7, 11, 2_000_000_000]
