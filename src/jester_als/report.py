@@ -332,12 +332,15 @@ def grid_table(spark: dict) -> str:
     """Every grid point's validation RMSE, the best one marked, and what it took to fit and score where the job's
     loop timed it (Spark's TrainValidationSplit does not say)."""
     timed = points_timed(spark)
-    rows = []
-    for p in spark["validation"]:
-        best = all(spark["best_params"].get(k) == v for k, v in p["params"].items())
-        row = [_params(p["params"]), _num(p["validation_rmse"])]
-        rows.append([*row, _num(p["seconds"], 1)] if timed else row)
-        rows[-1].append("best" if best else "")
+    rows = [
+        [
+            _params(p["params"]),
+            _num(p["validation_rmse"]),
+            *([_num(p["seconds"], 1)] if timed else []),
+            "best" if all(spark["best_params"].get(k) == v for k, v in p["params"].items()) else "",
+        ]
+        for p in spark["validation"]
+    ]
     header = ["params", "validation RMSE", *(["seconds to fit and score"] if timed else []), ""]
     return table(header, rows)
 
