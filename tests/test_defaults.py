@@ -109,7 +109,7 @@ def test_the_run_reports_where_its_time_went(default_run):
     tune = metrics["spark_als"]["timing_seconds"]
     assert list(tune) == ["split", "folds_and_offsets", "grid", "refit", "evaluate", "save"]
     assert all(seconds > 0 for seconds in tune.values())
-    # the parts add up to no more than the tune step, and the waves are the grid's part
+    # the parts add up to no more than the tune step; the waves span the grid's part (first start to last end)
     assert sum(tune.values()) <= metrics["steps_seconds"]["tune"] + 0.1
     assert sum(waves) == pytest.approx(tune["grid"], abs=0.1)
     # each point's own time: on the 2 threads, together no more than twice the grid's part

@@ -298,7 +298,7 @@ def timing_section(metrics: dict) -> list[str]:
 # What a person reads for the parts the jobs time (``spark_als.timing_seconds``, ``one_pass_parts``).
 TUNE_PARTS = {
     "split": "split and count",
-    "folds_and_offsets": "tuning folds and their offsets",
+    "folds_and_offsets": "tuning folds and their offsets (made and released)",
     "grid": "grid points",
     "refit": "final fit",
     "evaluate": "test metrics",
