@@ -24,7 +24,9 @@ def test_section_is_generated(name):
     assert readme.current(text, name) == readme.expected(name, ROOT), f"{page}'s {name} is stale: {readme.COMMAND}"
 
 
-@pytest.mark.parametrize("page", ["docs/bench.md", "docs/scale.md", "docs/defaults.md", "docs/serve.md"])
+@pytest.mark.parametrize(
+    "page", ["docs/bench.md", "docs/scale.md", "docs/defaults.md", "docs/serve.md", "docs/speed.md"]
+)
 def test_page_written_by_a_command_matches_its_json(page):
     standing, rendered = readme.rendered_page(ROOT, page)
     assert standing == rendered, f"{page} differs from what its JSON renders to"

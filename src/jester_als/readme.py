@@ -4,7 +4,8 @@ summary and report (from ``docs/run/metrics.json``), the generated table's stati
 and the scaling answer (``docs/scale.json``): the runs ``make run-docs``, ``make defaults-docs`` and ``make
 scale-docs`` copied there. Each section sits between a start and an end marker in the page ``PAGES`` names;
 ``python -m jester_als.readme`` rewrites them all, and tests fail when one is stale. The pages that the
-commands write whole (docs/bench.md, scale.md, defaults.md, serve.md) are held to their JSON by ``RENDERED``."""
+commands write whole (docs/bench.md, scale.md, defaults.md, serve.md, speed.md) are held to their JSON by
+``RENDERED``."""
 
 from __future__ import annotations
 
@@ -113,12 +114,14 @@ def _rendered() -> dict[str, tuple[str, Callable[[dict], str]]]:
     from jester_als.defaults import render as render_defaults
     from jester_als.scale.render import render_scale
     from jester_als.serve import render as render_serve
+    from jester_als.speed import render as render_speed
 
     return {
         "docs/bench.md": ("docs/bench.json", render_bench),
         "docs/scale.md": ("docs/scale.json", render_scale),
         "docs/defaults.md": ("docs/defaults.json", render_defaults),
         "docs/serve.md": ("docs/serve.json", render_serve),
+        "docs/speed.md": ("docs/speed.json", render_speed),
     }
 
 
