@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from jester_als.outputs import now_iso, write_text_atomic
@@ -104,7 +104,7 @@ def study(
     *,
     repeats: int,
     variants: list[Variant],
-    settings: list[str] = (),
+    settings: Sequence[str] = (),
     run: Callable[[list[str]], None] = run_in_new_process,
 ) -> dict:
     """Run every variant ``repeats`` times, round by round (each round runs every variant once), with
@@ -196,9 +196,9 @@ def render(result: dict) -> str:
         f"{machine['cpus']} cores, Python {machine['python']}, pyspark {machine['pyspark']}; the 1-minute load "
         f"average at the runs' starts and ends ranged {min(loads, default=0):.2f} to {max(loads, default=0):.2f}.",
         "",
-        "Medians of the job's steps (reading the input to writing the recommendations: `run.wall_seconds` in each "
-        "run's metrics.json), and the seconds each variant saves against the first row's median. It times only: "
-        "what a variant costs in accuracy is in [defaults.md](defaults.md), on validation ratings (each grid "
+        "Medians of the job's steps (reading the input to writing the recommendations: the sum of `steps_seconds` "
+        "in each run's metrics.json), and the seconds each variant saves against the first row's median. It times "
+        "only: what a variant costs in accuracy is in [defaults.md](defaults.md), on validation ratings (each grid "
         "point's validation RMSE, and the final refit's at 10 to 30 iterations); the chosen point's validation RMSE "
         "here is the grid's, at the grid's iterations, so a variant that changes only the final fit keeps it.",
         "",
