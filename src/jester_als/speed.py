@@ -248,8 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     write_text_atomic(os.path.join(args.out, "speed.json"), json.dumps(result, indent=1) + "\n")
-    write_text_atomic(os.path.join(args.out, "speed.md"), render(result))
-    print(render(result))
+    page = render(result)
+    write_text_atomic(os.path.join(args.out, "speed.md"), page)
+    print(page)
     return 0
 
 
