@@ -611,7 +611,7 @@ class SparkConfig(Section):
     conf: dict[str, SparkValue] = key(
         {},
         "extra Spark settings applied when the job builds the session (over the local-mode defaults: shuffle "
-        "partitions 2 x cores, driver memory 4g, console progress bar only on a terminal)",
+        "partitions 2 x cores, driver memory 4g, Tungsten page size 2m, console progress bar only on a terminal)",
     )
 
     @model_validator(mode="after")

@@ -206,6 +206,13 @@ def local_mode_defaults(spark_log: str | None = None, verbose: bool = False) -> 
     return {
         "spark.sql.shuffle.partitions": str(2 * cores),
         "spark.driver.memory": "4g",
+        # Every broadcast hash join's map takes at least one Tungsten page (LongToUnsafeRowMap.init allocates
+        # 1 MB, and MemoryConsumer.allocatePage rounds a request up to the page size), and Spark sizes the page
+        # from the execution memory per core (MemoryManager.defaultPageSizeBytes: up to 64 MB), which a 4g
+        # driver on a few cores reaches. Adaptive execution broadcasts the small side of every factor and offset
+        # join, so each grid point pinned 64 MB pages until its DataFrames were dropped, and the heap filled with
+        # them. Pages grow on demand, so a small one only costs a copy for the rare large broadcast.
+        "spark.buffer.pageSize": "2m",
         "spark.ui.showConsoleProgress": str(sys.stderr.isatty()).lower(),
         "spark.ui.port": str(free_ports(1)[0]),
         "spark.driver.extraJavaOptions": " ".join(f'"{option}"' if " " in option else option for option in java),
