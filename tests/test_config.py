@@ -177,7 +177,7 @@ def test_types_are_strict_and_worded_as_people_write_them(tmp_path):
         """
 tune: {parallelism: true, train_ratio: "0.8"}
 input: {missing_values: [99, "n/a", false], format: xlsb, delimiter: ";;"}
-spark: {conf: {spark.driver.memory: [4g]}}
+spark: {conf: {spark.driver.memory: [4g]}, local_java_options: ["-Xmx2g", "XX:FreqInlineSize=90"]}
 recommend: [10]
 """,
     )
@@ -190,6 +190,7 @@ recommend: [10]
         "input.format: expected one of ['csv', 'parquet', 'table', 'xls'], got 'xlsb'",
         "input.delimiter: expected a single character, got ';;'",
         "spark.conf.spark.driver.memory: expected a string or a number or a boolean, got ['4g']",
+        "spark.local_java_options: each JVM option must start with '-', got ['-Xmx2g', 'XX:FreqInlineSize=90']",
         "recommend: expected a mapping, got list",
     }
 

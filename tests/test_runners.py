@@ -306,26 +306,34 @@ def test_job_logging_leaves_the_hosts_root_logger_alone(tmp_path, capsys):
 def test_a_local_run_names_its_spark_ui_and_it_answers(tmp_path):
     """The job logs the UI's address for a session it starts on this machine, and the address is the UI's
     (Spark moves to another port when 4040 is taken, so the port is chosen up front): fetched while the
-    session is up, in a fresh process."""
+    session is up, in a fresh process. The driver JVM it starts runs with ``spark.local_java_options`` (read
+    from the JVM's own command line) and the local page size."""
     script = (
-        "import io, logging, re, urllib.request\n"
+        "import glob, io, logging, re, urllib.request\n"
         "from jester_als.config import SparkConfig\n"
         "from jester_als.session import build_session, release_session\n"
         "buffer = io.StringIO()\n"
         "handler = logging.StreamHandler(buffer)\n"
         "log = logging.getLogger('jester_als'); log.addHandler(handler); log.setLevel(logging.INFO)\n"
-        "spark, created = build_session(SparkConfig(app_name='ui-test', log_level='WARN'), master='local[1]')\n"
+        "options = ['-XX:+UseParallelGC', '-XX:FreqInlineSize=90']\n"
+        "cfg = SparkConfig(app_name='ui-test', log_level='WARN', local_java_options=options)\n"
+        "spark, created = build_session(cfg, master='local[1]')\n"
         "try:\n"
         "    url = re.search(r'Spark UI: (http://\\S+)', buffer.getvalue()).group(1)\n"
         "    page = urllib.request.urlopen(url + '/jobs/', timeout=30).read().decode()\n"
-        "    print(url, 'ui-test' in page)\n"
+        "    children = ' '.join(open(f).read() for f in glob.glob('/proc/self/task/*/children')).split()\n"
+        "    java = [open(f'/proc/{pid}/cmdline').read().split(chr(0)) for pid in children]\n"
+        "    given = any('-XX:FreqInlineSize=90' in argv and '-XX:+UseParallelGC' in argv for argv in java)\n"
+        "    print(url, 'ui-test' in page, given, spark.conf.get('spark.buffer.pageSize'))\n"
         "finally:\n"
         "    release_session(spark, created)\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    url, found = done.stdout.split()[-2:]
+    url, found, given, page_size = done.stdout.split()[-4:]
     assert url.startswith("http://localhost:") and found == "True", done.stdout
+    assert given == "True", done.stdout  # the driver JVM's own argv holds the configured options
+    assert page_size == "2m"
 
 
 DEPRECATED = "The SQL config 'spark.sql.execution.arrow.enabled' has been deprecated"

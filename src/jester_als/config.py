@@ -134,6 +134,10 @@ def _single_character(v):
     return None if len(v) == 1 else "expected a single character"
 
 
+def _jvm_options(v):
+    return None if all(option.startswith("-") for option in v) else "each JVM option must start with '-'"
+
+
 def _blocks(v):
     ok = v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
     return None if ok else "must be 'auto' or an integer >= 1"
@@ -612,6 +616,16 @@ class SparkConfig(Section):
         {},
         "extra Spark settings applied when the job builds the session (over the local-mode defaults: shuffle "
         "partitions 2 x cores, driver memory 4g, Tungsten page size 2m, console progress bar only on a terminal)",
+    )
+    # The parallel (throughput) collector instead of G1: a local job is one batch JVM where pauses do not matter
+    # and throughput does. Smaller inlining budgets for C2 (HotSpot product flags from Java 17 to 25, defaults
+    # 325 and 2500 bytes): the JVM lives about a minute, and C2 compiling Spark's planner, Janino and the
+    # generated code takes the cores the tasks need; with less inlined into each method every compilation is
+    # cheaper, while ALS's hot loops are small methods that still compile whole (docs/speed.md).
+    local_java_options: Annotated[list[str], _checked(_jvm_options)] = key(
+        ["-XX:+UseParallelGC", "-XX:FreqInlineSize=100", "-XX:InlineSmallCode=1000"],
+        "JVM options of a driver the job starts in local mode, beside the package's log settings (a "
+        "spark.driver.extraJavaOptions in `conf` replaces both)",
     )
 
     @model_validator(mode="after")

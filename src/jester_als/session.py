@@ -65,7 +65,7 @@ def build_session(
     builder = SparkSession.builder.appName(spark_cfg.app_name)
     extra = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in spark_cfg.conf.items()}
     if runs_locally(master, remote):
-        extra = {**_local_process(spark_log, verbose), **extra}
+        extra = {**_local_process(spark_log, verbose, spark_cfg.local_java_options), **extra}
     launch = {"spark.log.level": spark_cfg.log_level, **extra}
     if remote and remote.startswith("local"):
         return _local_connect(builder, remote, launch, extra, spark_cfg.checkpoint_dir)
@@ -91,7 +91,7 @@ def build_session(
     )
 
 
-def _local_process(spark_log: str | None, verbose: bool) -> dict:
+def _local_process(spark_log: str | None, verbose: bool, java_options) -> dict:
     """This process set up for a Spark that runs inside it; the local-mode settings."""
     # Python workers (fold-in's mapInPandas) run this interpreter, the job's own environment, not whatever
     # `python3` comes first on PATH, which may lack the package and NumPy. pyspark reads the environment
@@ -102,7 +102,7 @@ def _local_process(spark_log: str | None, verbose: bool) -> dict:
     # Local mode talks to itself only: bind to the loopback address instead of letting Spark warn (two lines)
     # that the hostname resolves to it and pick another interface. A user's own SPARK_LOCAL_IP wins.
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    return local_mode_defaults(spark_log, verbose)
+    return local_mode_defaults(spark_log, verbose, java_options)
 
 
 def _local_connect(builder, remote: str, launch: dict, extra: dict, checkpoint_dir: str | None):
@@ -183,9 +183,10 @@ def runs_locally(master: str | None, remote: str | None) -> bool:
     return not (os.environ.get("PYSPARK_GATEWAY_PORT") or platform_owned())
 
 
-def local_mode_defaults(spark_log: str | None = None, verbose: bool = False) -> dict:
+def local_mode_defaults(spark_log: str | None = None, verbose: bool = False, java_options=()) -> dict:
     """Settings for Spark in local mode on one machine, under any config's own ``spark.conf``: Spark's 200
-    shuffle partitions are 200 tiny tasks on a laptop; the console progress bar only where a person watches."""
+    shuffle partitions are 200 tiny tasks on a laptop; the console progress bar only where a person watches;
+    the driver JVM gets ``java_options`` (``spark.local_java_options``) and the package's log settings."""
 
     cores = os.cpu_count() or 2
     # The UI's port is chosen here, not left to Spark: Spark moves to the next port when 4040 is taken and
@@ -193,10 +194,8 @@ def local_mode_defaults(spark_log: str | None = None, verbose: bool = False) -> 
     log4j = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2.properties")
     # Spark's own log lines: to ``spark_log`` (spark.log under output.dir), errors only on the console unless
     # verbose; without a file, the console keeps Spark's warnings.
-    # The parallel (throughput) collector instead of G1: a local job is one batch JVM where pauses do not
-    # matter, and throughput does.
     java = [
-        "-XX:+UseParallelGC",
+        *java_options,
         f"-Dlog4j2.configurationFile=file:{log4j}",
         f"-Djester_als.console_level={'warn' if verbose or not spark_log else 'error'}",
         f"-Djester_als.console_trace={'full' if verbose or not spark_log else 'short'}",
