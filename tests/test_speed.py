@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from jester_als import speed
+from jester_als.config import load_config
 
 
 def test_a_study_runs_the_variants_in_turn_and_keeps_each_runs_steps(pipeline_run, tmp_path):
@@ -92,3 +93,16 @@ def test_a_failed_run_names_its_command_and_the_jobs_own_error(tmp_path):
     message = str(failed.value)
     assert "-m jester_als.cli pipeline --conf" in message and "exited 2" in message
     assert "missing.yaml' does not exist" in message
+
+
+def test_every_variant_is_a_valid_config_that_changes_what_it_names():
+    """A study runs for half an hour: a variant whose settings the config refuses, or that changes nothing,
+    would fail or mislead only at its turn."""
+    base = load_config("conf/local.yaml").model_dump()
+    for variant in speed.VARIANTS[1:]:
+        changed = load_config("conf/local.yaml", variant.settings).model_dump()
+        assert changed != base, variant.name
+    cfg = load_config("conf/local.yaml", speed.variants_named(["64 MB pages"])[0].settings)
+    assert cfg.spark.conf == {"spark.buffer.pageSize": "64m"}
+    cfg = load_config("conf/local.yaml", speed.variants_named(["the JVM's own inlining"])[0].settings)
+    assert cfg.spark.local_java_options == ["-XX:+UseParallelGC"]
