@@ -309,7 +309,7 @@ def test_a_local_run_names_its_spark_ui_and_it_answers(tmp_path):
     session is up, in a fresh process. The driver JVM it starts runs with ``spark.local_java_options`` (read
     from the JVM's own command line) and the local page size."""
     script = (
-        "import glob, io, logging, re, urllib.request\n"
+        "import io, logging, os, re, subprocess, urllib.request\n"
         "from jester_als.config import SparkConfig\n"
         "from jester_als.session import build_session, release_session\n"
         "buffer = io.StringIO()\n"
@@ -321,8 +321,9 @@ def test_a_local_run_names_its_spark_ui_and_it_answers(tmp_path):
         "try:\n"
         "    url = re.search(r'Spark UI: (http://\\S+)', buffer.getvalue()).group(1)\n"
         "    page = urllib.request.urlopen(url + '/jobs/', timeout=30).read().decode()\n"
-        "    children = ' '.join(open(f).read() for f in glob.glob('/proc/self/task/*/children')).split()\n"
-        "    java = [open(f'/proc/{pid}/cmdline').read().split(chr(0)) for pid in children]\n"
+        "    table = subprocess.run(['ps', '-A', '-ww', '-o', 'ppid=,args='], capture_output=True, text=True)\n"
+        "    rows = [line.split(None, 1) for line in table.stdout.splitlines() if line.strip()]\n"
+        "    java = [row[1].split() for row in rows if len(row) == 2 and row[0] == str(os.getpid())]\n"
         "    given = any('-XX:FreqInlineSize=90' in argv and '-XX:+UseParallelGC' in argv for argv in java)\n"
         "    print(url, 'ui-test' in page, given, spark.conf.get('spark.buffer.pageSize'))\n"
         "finally:\n"
