@@ -16,8 +16,8 @@ os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 # run C1 only. C1's frames are larger
 # than C2's, and deserializing ALS's lineage of ten iterations (the checkpoint interval) overflowed a task
 # thread's default 1 MB stack in the shared session (a StackOverflowError in a task ends a local-mode JVM), so
-# threads get 4 MB. The parallel collector is the one local jobs choose (session.local_mode_defaults); a second,
-# different one would stop the JVM. Jobs and benchmarks outside the tests keep the JVM's defaults.
+# threads get 4 MB. The parallel collector is the one local jobs choose (spark.local_java_options); a second,
+# different one would stop the JVM. Jobs and benchmarks outside the tests keep their own JVM settings.
 os.environ.setdefault("JAVA_TOOL_OPTIONS", "-XX:TieredStopAtLevel=1 -XX:+UseParallelGC -Xss4m")
 
 from helpers import EXCERPT, PIPELINE_TOP_N, SHARED_EXCERPT, job_argv, small_params  # noqa: E402 - after the JVM options

@@ -91,7 +91,7 @@ def build_session(
     )
 
 
-def _local_process(spark_log: str | None, verbose: bool, java_options) -> dict:
+def _local_process(spark_log: str | None, verbose: bool, java_options: list[str]) -> dict:
     """This process set up for a Spark that runs inside it; the local-mode settings."""
     # Python workers (fold-in's mapInPandas) run this interpreter, the job's own environment, not whatever
     # `python3` comes first on PATH, which may lack the package and NumPy. pyspark reads the environment
@@ -183,7 +183,7 @@ def runs_locally(master: str | None, remote: str | None) -> bool:
     return not (os.environ.get("PYSPARK_GATEWAY_PORT") or platform_owned())
 
 
-def local_mode_defaults(spark_log: str | None = None, verbose: bool = False, java_options=()) -> dict:
+def local_mode_defaults(spark_log: str | None, verbose: bool, java_options: list[str]) -> dict:
     """Settings for Spark in local mode on one machine, under any config's own ``spark.conf``: Spark's 200
     shuffle partitions are 200 tiny tasks on a laptop; the console progress bar only where a person watches;
     the driver JVM gets ``java_options`` (``spark.local_java_options``) and the package's log settings."""

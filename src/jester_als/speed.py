@@ -33,7 +33,7 @@ STEPS = ("prepare", "tune", "baseline", "recommend", "new_users")
 class Variant:
     name: str
     settings: tuple[str, ...]  # `--set` values on top of the config
-    what: str  # what it gives up
+    gives_up: str
 
 
 # The settings docs/run.md lists under "Making a run faster", each alone; the cheapest run that keeps the grid
@@ -148,7 +148,8 @@ def study(
         "repeats": repeats,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "pyspark": _pyspark_version()},
         "variants": [
-            {"name": v.name, "settings": list(v.settings), "gives_up": v.what, "runs": runs[v.name]} for v in variants
+            {"name": v.name, "settings": list(v.settings), "gives_up": v.gives_up, "runs": runs[v.name]}
+            for v in variants
         ],
     }
 
