@@ -80,3 +80,13 @@ def test_a_user_on_two_rows_is_refused_as_on_the_general_path(tmp_path, capsys):
     assert main(job_argv("prepare", path=path, out=out)) == 1
     assert "user id(s) on more than one row: '1' (2 rows)" in capsys.readouterr().err
     assert not (out / "ratings").exists()
+
+
+def test_a_table_without_refused_cells_gives_the_same_empty_refused_table_on_both_paths(spark, tmp_path):
+    # joke ids need not be 1..n, and a joke nobody rated is named by either path
+    text = "User,Number of Jokes Rated,7,300,301\n1,1,1,,\n2,1,-3,,\n3,1,,2.5,\n"
+    (one, one_ratings, one_rejected), (general, ratings, rejected) = prepared(tmp_path, text).values()
+    assert one["one_pass"] and comparable(one) == comparable(general)
+    assert one_ratings == ratings and one_rejected == rejected == []
+    assert one["jokes_without_ratings"] == [301] and one["items"] == 2 and one["users"] == 3
+    assert one["cells"]["rejected"] == {} and one["cells"]["missing"] == {"blank": 6}
