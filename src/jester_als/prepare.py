@@ -176,17 +176,34 @@ def stack_expression(jokes: list[tuple[str, int]]) -> str:
 
 
 def melt_wide_ratings(
-    wide: DataFrame, user_column: str, jokes: list[tuple[str, int]], keep: tuple[str, ...] = ()
+    wide: DataFrame,
+    user_column: str,
+    jokes: list[tuple[str, int]],
+    keep: tuple[str, ...] = (),
+    per_row: dict | None = None,
 ) -> DataFrame:
     """Wide table -> one row per (user, joke) cell: ``user_raw`` string, ``user`` int (null unless the id is an
-    integer in Int range), the row's columns named in ``keep``, ``joke`` int, ``raw`` string.
+    integer in Int range), the row's columns named in ``keep`` and the row's values ``per_row`` (name ->
+    column expression), ``joke`` int, ``raw`` string.
 
-    Every cell is kept, blanks included, so that it can be counted. The user's id is parsed once per row, before
-    the row is melted into its cells."""
-    return wide.select(
-        F.col(_quote(user_column)).cast("string").alias("user_raw"),
-        _int_id(_quote(user_column)).alias("user"),
-        *[F.col(_quote(c)) for c in keep],
+    Every cell is kept, blanks included, so that it can be counted. The user's id and ``per_row`` are computed
+    once per row, in a projection of their own before the stack: in the same select as the generator Spark would
+    evaluate them after the generator, once per cell (its ExtractGenerator rule puts a select's other expressions
+    above the Generate)."""
+    raw_id, int_id = "_jester_als_user_raw", "_jester_als_user"
+    per_row = per_row or {}
+    # columns by name rather than F.col: PySpark's F.col records its caller's place for error messages, a call to
+    # the JVM per column, and a wide table has a hundred or more
+    ided = wide.select(
+        *[_quote(c) for c in dict.fromkeys([*(column for column, _ in jokes), *keep])],
+        F.col(_quote(user_column)).cast("string").alias(raw_id),
+        _int_id(_quote(user_column)).alias(int_id),
+        *[value.alias(name) for name, value in per_row.items()],
+    )
+    return ided.select(
+        F.col(raw_id).alias("user_raw"),
+        F.col(int_id).alias("user"),
+        *[_quote(c) for c in (*keep, *per_row)],
         F.expr(stack_expression(jokes)),
     )
 
@@ -389,7 +406,7 @@ def ratings_hash(accepted) -> list:
 
 def content_hash(*columns: str) -> list:
     """:func:`hash_sum` aggregates (named ``hash``) of the per-row xxhash64 of ``columns``."""
-    return hash_sum(F.xxhash64(*[F.col(_quote(c)) for c in columns]), "hash")
+    return hash_sum(F.xxhash64(*[_quote(c) for c in columns]), "hash")
 
 
 def hex64(value) -> str:
@@ -718,10 +735,12 @@ def reference_scan(spark: SparkSession, inp: InputConfig, path: str) -> float:
     else:
         jokes = joke_columns(table.columns, inp.user_column, inp.drop_columns, input_name(inp))
         cells = melt_wide_ratings(table, inp.user_column, jokes)
+    # the wide layouts' melt parses the user id once per row; the long layout's id is a cell of its own
+    user = F.col("user") if "user" in cells.columns else F.col("user_raw").cast("int")
     (
         cells.where(F.col("raw").isNotNull() & (F.trim(F.col("raw").cast("string")) != ""))
         .select(
-            F.col("user_raw").cast("int").alias("user"),
+            user.alias("user"),
             F.col("joke").cast("int").alias("joke"),
             F.col("raw").cast("double").alias("rating"),
         )
