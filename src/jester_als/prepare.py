@@ -284,14 +284,18 @@ def classify_cells(
     """Add ``user`` int (unless already there), ``rating`` double, ``status`` and ``reason`` to every cell
     (see the module table)."""
     low, high = float(rating_range[0]), float(rating_range[1])
-    if "joke_raw" in cells.columns:
-        cells = cells.withColumn("joke", _int_id("joke_raw"))
-    else:
-        cells = cells.withColumn("joke_raw", F.col("joke").cast("string"))
+    # One select rather than a column at a time: each step of a DataFrame is analysed on its own, and the melt
+    # of a wide table is a large plan to analyse.
+    columns = cells.columns
+    parsed = {
+        "joke": _int_id("joke_raw") if "joke_raw" in columns else F.col("joke"),
+        "joke_raw": F.col("joke_raw") if "joke_raw" in columns else F.col("joke").cast("string"),
+        "user": F.col("user") if "user" in columns else _int_id("user_raw"),
+    }
     text = F.trim(F.col("raw"))
     value = F.expr("try_cast(trim(raw) AS DOUBLE)")
     sentinel = value.isin([float(v) for v in missing_values]) if missing_values else F.lit(False)
-    forced = F.col("forced_reason") if "forced_reason" in cells.columns else F.lit(None).cast("string")
+    forced = F.col("forced_reason") if "forced_reason" in columns else F.lit(None).cast("string")
     reason = (
         F.when(forced.isNotNull(), forced)
         .when(F.col("raw").isNull() | (text == ""), "blank")
@@ -299,13 +303,19 @@ def classify_cells(
         .when(F.isnan(value) | (F.abs(value) == float("inf")), "not_finite")
         .when(sentinel, "sentinel")
         .when((value < low) | (value > high), "out_of_range")
-        .when(F.col("user").isNull(), "bad_user_id")
-        .when(F.col("joke").isNull(), "bad_joke_id")
+        .when(parsed["user"].isNull(), "bad_user_id")
+        .when(parsed["joke"].isNull(), "bad_joke_id")
         .otherwise("rated")
     )
-    if "user" not in cells.columns:
-        cells = cells.withColumn("user", _int_id("user_raw"))
-    classified = cells.withColumn("rating", value).withColumn("reason", reason)
+    # the columns in the order adding them one at a time gave: the given ones (the joke parsed in place), then
+    # the added ones
+    added = [name for name in ("joke", "joke_raw", "user") if name not in columns]
+    classified = cells.select(
+        *[parsed[c].alias(c) if c == "joke" else _quote(c) for c in columns],
+        *[parsed[name].alias(name) for name in added],
+        value.alias("rating"),
+        reason.alias("reason"),
+    )
     if min_ratings_per_user > 1:
         valid = classified.where(F.col("reason") == "rated").groupBy("user").agg(F.count(F.lit(1)).alias("_valid"))
         classified = (
