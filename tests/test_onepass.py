@@ -84,9 +84,17 @@ def test_a_user_on_two_rows_is_refused_as_on_the_general_path(tmp_path, capsys):
 
 def test_a_table_without_refused_cells_gives_the_same_empty_refused_table_on_both_paths(spark, tmp_path):
     # joke ids need not be 1..n, and a joke nobody rated is named by either path
-    text = "User,Number of Jokes Rated,7,300,301\n1,1,1,,\n2,1,-3,,\n3,1,,2.5,\n"
+    text = "User,Number of Jokes Rated,7,300,3001\n1,1,1,,\n2,1,-3,,\n3,1,,2.5,\n"
     (one, one_ratings, one_rejected), (general, ratings, rejected) = prepared(tmp_path, text).values()
     assert one["one_pass"] and comparable(one) == comparable(general)
     assert one_ratings == ratings and one_rejected == rejected == []
-    assert one["jokes_without_ratings"] == [301] and one["items"] == 2 and one["users"] == 3
+    assert one["jokes_without_ratings"] == [3001] and one["items"] == 2 and one["users"] == 3
     assert one["cells"]["rejected"] == {} and one["cells"]["missing"] == {"blank": 6}
+
+
+def test_rated_jokes_at_the_edges_of_the_one_pass_bit_words_are_all_found(spark, tmp_path):
+    # the one pass finds the rated jokes as bits of 64-bit words: ids on both sides of each word's edge
+    text = "User,Number of Jokes Rated,0,63,64,127,128,200\n1,2,1,,2,,,\n2,3,,3,,-1,,\n3,1,,,,,9.5,\n"
+    (one, one_ratings, _), (general, ratings, _) = prepared(tmp_path, text).values()
+    assert one["one_pass"] and comparable(one) == comparable(general) and one_ratings == ratings
+    assert one["items"] == 5 and one["jokes_without_ratings"] == [200]

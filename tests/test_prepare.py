@@ -10,7 +10,7 @@ from pyspark.sql.types import DoubleType, IntegerType, StructField, StructType
 
 from helpers import assert_frames_equal
 from jester_als.config import load_config
-from jester_als.prepare import InputError, joke_columns, prepare_ratings, stack_expression
+from jester_als.prepare import InputError, hash_sum, hash_total, joke_columns, prepare_ratings, stack_expression
 
 RATINGS_SCHEMA = StructType(
     [StructField("user", IntegerType()), StructField("joke", IntegerType()), StructField("rating", DoubleType())]
@@ -141,3 +141,11 @@ def test_fingerprint_is_order_independent_and_counts_repeated_rows(spark):
     # An XOR of row hashes would make two extra copies of a row vanish; the fingerprint must not.
     assert doubled["content_hash"] != same["content_hash"] and doubled["rows"] == 5
     assert without["content_hash"] != same["content_hash"]
+
+
+def test_the_sliced_hash_sum_is_the_sum_of_the_hashes_modulo_2_64(spark):
+    rows = spark.range(2000).select(F.xxhash64("id").alias("h"))
+    row = rows.agg(*hash_sum(F.col("h"), "hash")).first()
+    hashes = [r["h"] for r in rows.collect()]
+    assert any(h < 0 for h in hashes) and any(h > 2**62 for h in hashes)  # every slice's top bits are used
+    assert hash_total(row, "hash") == sum(hashes) % 2**64

@@ -1,12 +1,12 @@
-"""``prepare`` in one pass over the input, for the common table: wide, integer user ids, every CSV row as wide as
-the header, no per-user minimum. The input is read, melted, classified and its accepted ratings written in one
-Spark job; everything ``prepare`` counts comes from Spark's observed metrics of that job (``DataFrame.observe``:
-aggregates computed while the rows stream past, in classic and Connect sessions alike) and from one aggregation
-of the written ratings, which are small and columnar. The refused cells take a second pass only when there are
-some, and the check that no user id is on two rows reads the input again only when fewer users have ratings than
-rows name one. A table that turns out to need more (a malformed row, ids to re-index) is handed back to the
-general path (:func:`jester_als.prepare.prepare_ratings`), which counts and checks it with cached intermediate
-results: the same outputs and counts either way, which the tests compare.
+"""``prepare`` in one pass over the input, for the common table: wide, integer user ids, every CSV row as wide as the
+header, no per-user minimum. The input is read, melted, classified and its accepted ratings written in one Spark
+job; everything ``prepare`` counts comes from Spark's observed metrics of that job (``DataFrame.observe``:
+aggregates computed while the rows stream past, in classic and Connect sessions alike) and from the written ratings,
+which are small and columnar. The refused cells take a second pass only when there are some (and are counted by
+reason from what it wrote), and the check that no user id is on two rows reads the input again only when fewer users
+have ratings than rows name one. A table that turns out to need more (a malformed row, ids to re-index) is handed
+back to the general path (:func:`jester_als.prepare.prepare_ratings`), which counts and checks it with cached
+intermediate results: the same outputs and counts either way, which the tests compare.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ from jester_als.prepare import (
 
 log = logging.getLogger(__name__)
 
-MISSING = ("blank", "sentinel")
-REJECTED = ("not_a_number", "not_finite", "out_of_range", "bad_user_id", "bad_joke_id")
+REFUSED = ("user", "joke", "value", "reason", "detail")  # the refused cells' columns, all strings
+JOKE_WORDS = 8  # rated jokes as bits of at most this many 64-bit words: joke ids that span up to 512
 
 
 def eligible(inp: InputConfig) -> bool:
@@ -95,18 +95,16 @@ def _one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected
     jokes = joke_columns(header, user_column, inp.drop_columns, source)
     first = jokes[0][1]  # every row melts into exactly one cell of each joke: the first one stands for its row
     of_row = F.col("joke") == first
-    per_row = [
-        F.xxhash64(*[F.col(_quote(c)) for c in table.columns]).alias("_row_hash"),
-        _user_key(user_column).isNotNull().alias("_row_named"),
-        _not_int_id(_quote(user_column)).alias("_row_not_int"),
-        (F.col(MALFORMED).isNotNull() if MALFORMED in table.columns else F.lit(False)).alias("_row_malformed"),
-    ]
+    per_row = {
+        "_row_hash": F.xxhash64(*[_quote(c) for c in table.columns]),
+        "_row_named": _user_key(user_column).isNotNull(),
+        "_row_not_int": _not_int_id(_quote(user_column)),
+        "_row_malformed": F.col(MALFORMED).isNotNull() if MALFORMED in table.columns else F.lit(False),
+    }
 
     def classified(with_rows: bool) -> DataFrame:
-        wide = table.select("*", *per_row) if with_rows else table
-        keep = ("_row_hash", "_row_named", "_row_not_int", "_row_malformed") if with_rows else ()
         return classify_cells(
-            melt_wide_ratings(wide.drop(MALFORMED), user_column, jokes, keep),
+            melt_wide_ratings(table, user_column, jokes, per_row=per_row if with_rows else None),
             missing_values=inp.missing_values,
             rating_range=inp.rating_range,
         )
@@ -120,19 +118,23 @@ def _one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected
     # arrays"), so the row-level figures are summed over each row's first cell, and the rated jokes come from
     # the written ratings below.
     observed = Observation("prepare")
+    # Every aggregate here is updated for every cell that streams past, so the observation holds only what
+    # cannot come from elsewhere: the cells read are the rows times the joke columns (each row melts into one
+    # cell per joke), the blanks are the cells left over, and the refused cells are counted by reason from
+    # their own output, which is written only when there are some.
     metrics = [
         F.count(F.when(of_row, 1)).alias("rows"),
         *hash_sum(F.when(of_row, F.col("_row_hash")), "row_hash"),
         F.count(F.when(of_row & F.col("_row_named"), 1)).alias("named"),
         F.count(F.when(of_row & F.col("_row_not_int"), 1)).alias("not_int"),
         F.count(F.when(of_row & F.col("_row_malformed"), 1)).alias("malformed"),
-        F.count(F.lit(1)).alias("cells"),
         F.count(rating).alias("n"),
         F.sum(rating).alias("total"),
         F.sum(rating * rating).alias("squares"),
         *ratings_hash(accepted),
+        F.count(F.when(F.col("reason") == "sentinel", 1)).alias("sentinel"),
+        F.count(F.when(F.col("status") == "rejected", 1)).alias("rejected"),
     ]
-    metrics += [F.count(F.when(F.col("reason") == r, 1)).alias(r) for r in (*MISSING, *REJECTED)]
     (
         cells.observe(observed, *metrics)
         .where(accepted)
@@ -155,11 +157,7 @@ def _one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected
         )
         _remove(ratings_path)
         return None
-    # Two aggregations: one holding both distinct aggregates is planned with an Expand that copies every rating
-    # once per aggregate, and took several times as long as the two alone.
-    written = spark.read.parquet(ratings_path)
-    users = written.select("user").distinct().count()
-    rated = [row["joke"] for row in written.select("joke").distinct().collect()]
+    users, rated = _users_and_jokes(spark.read.parquet(ratings_path), [j for _, j in jokes])
     marks.append(("written_counts", time.perf_counter()))
     if users != by_row["named"]:
         # Fewer users with ratings than rows naming one: some rows have no rating, or an id is on two rows.
@@ -176,41 +174,78 @@ def _one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected
         max(j for _, j in jokes),
     )
     marks.append(("unique_users", time.perf_counter()))
-    rejected_total = sum(by_cell[r] for r in REJECTED)
-    # a query of its own (an observation reports its first action only); empty without a refused cell
-    plain = classified(False)
-    refused = plain.where(F.col("status") == "rejected") if rejected_total else plain.where(F.lit(False))
-    (
+    if by_cell["rejected"]:
+        # a query of its own (an observation reports its first action only)
+        refused = classified(False).where(F.col("status") == "rejected")
         refused.select(
             F.col("user_raw").alias("user"),
             F.col("joke_raw").alias("joke"),
             F.col("raw").alias("value"),
             "reason",
             F.lit(None).cast("string").alias("detail"),
-        )
-        .write.mode("overwrite")
-        .parquet(rejected_path)
-    )
+        ).write.mode("overwrite").parquet(rejected_path)
+        by_reason = {
+            row["reason"]: row["count"] for row in spark.read.parquet(rejected_path).groupBy("reason").count().collect()
+        }
+    else:
+        # no rows, planned as an empty relation: Spark writes the schema alone
+        table.where(F.lit(False)).select(*[F.lit(None).cast("string").alias(c) for c in REFUSED]).write.mode(
+            "overwrite"
+        ).parquet(rejected_path)
+        by_reason = {}
     marks.append(("refused", time.perf_counter()))
     return OnePass(
-        _counts(by_cell, users, rated, [j for _, j in jokes]),
+        _counts(by_cell, by_reason, len(jokes), users, rated, [j for _, j in jokes]),
         {"rows": int(by_row["rows"]), "content_hash": hex64(hash_total(by_row, "row_hash"))},
         source,
         {name: round(t - before, 2) for (name, t), (_, before) in zip(marks[1:], marks)},
     )
 
 
-def _counts(by_cell, users: int, rated: list[int], joke_ids: list[int]) -> dict:
-    """The counts :func:`jester_als.prepare.count_cells` gives, from the observed metrics and the written
-    ratings."""
+def _users_and_jokes(written: DataFrame, joke_ids: list[int]) -> tuple[int, list[int]]:
+    """The users with a rating and the jokes with one, of the written ratings: in one aggregation by user whose
+    rows carry the user's jokes as bits, where the joke ids span at most :data:`JOKE_WORDS` words (all of
+    Jester's do); else two, since one holding both distinct aggregates is planned with an Expand that copies
+    every rating once per aggregate."""
+    low = min(joke_ids)
+    words = (max(joke_ids) - low) // 64 + 1
+    if words > JOKE_WORDS:
+        users = written.select("user").distinct().count()
+        return users, [row["joke"] for row in written.select("joke").distinct().collect()]
+    offset = F.col("joke") - low
+    # (the Python API's shiftleft takes a constant shift only)
+    bits = [
+        F.bit_or(
+            F.when((offset >= 64 * w) & (offset < 64 * (w + 1)), F.expr(f"shiftleft(1L, joke - {low + 64 * w})"))
+        ).alias(f"w{w}")
+        for w in range(words)
+    ]
+    row = (
+        written.groupBy("user")
+        .agg(*bits)
+        .agg(F.count(F.lit(1)).alias("users"), *[F.bit_or(f"w{w}").alias(f"w{w}") for w in range(words)])
+        .first()
+    )
+    rated = [low + 64 * w + b for w in range(words) for b in range(64) if (row[f"w{w}"] or 0) >> b & 1]
+    return int(row["users"]), rated
+
+
+def _counts(by_cell, by_reason: dict, joke_columns: int, users: int, rated: list[int], joke_ids: list[int]) -> dict:
+    """The counts :func:`jester_als.prepare.count_cells` gives, from the observed metrics, the refused cells by
+    reason (``by_reason``) and the written ratings."""
     n = int(by_cell["n"])
     mean = by_cell["total"] / n if n else None
     rated_jokes = set(rated or [])
+    cells = int(by_cell["rows"]) * joke_columns
+    sentinel, rejected = int(by_cell["sentinel"]), int(by_cell["rejected"])
+    if sum(by_reason.values()) != rejected:  # one classification written twice: they cannot differ
+        raise RuntimeError(f"prepare counted {rejected} refused cells in its pass and {by_reason} in their output")
+    missing = {"blank": cells - n - sentinel - rejected, "sentinel": sentinel}
     counts = {
-        "cells": int(by_cell["cells"]),
+        "cells": cells,
         "accepted": n,
-        "missing": {r: int(by_cell[r]) for r in MISSING if by_cell[r]},
-        "rejected": {r: int(by_cell[r]) for r in REJECTED if by_cell[r]},
+        "missing": {r: k for r, k in missing.items() if k},
+        "rejected": {r: int(k) for r, k in sorted(by_reason.items())},
     }
     counts["missing_total"] = sum(counts["missing"].values())
     counts["rejected_total"] = sum(counts["rejected"].values())

@@ -390,22 +390,26 @@ def cells_read(counts: dict, refused_later: dict[str, int] | None = None) -> dic
     }
 
 
-HASH_SLICES = 4  # 16-bit slices of a 64-bit hash: a slice's sum fits a long up to 2^47 rows
+# (shift, bits) of the slices of a 64-bit hash summed as longs: the widest slice has 22 bits, so a slice's sum
+# fits a long up to 2^41 rows
+HASH_SLICES = ((0, 22), (22, 21), (43, 21))
 
 
 def hash_sum(hashes, name: str) -> list:
     """Aggregate columns whose :func:`hash_total` is the sum of the 64-bit ``hashes`` modulo 2^64: an
     order-independent hash of the rows that counts repeats (two identical rows do not cancel as an XOR would).
-    Each 16-bit slice of the hashes is summed as a long: the hashes' own long sum would overflow (an error under
-    ANSI SQL), and a decimal sum of them was several times slower."""
+    Each slice of the hashes is summed as a long: the hashes' own long sum would overflow (an error under ANSI
+    SQL), and a decimal sum of them was several times slower. Three slices rather than more: every aggregate
+    costs each row it sees, and the one pass sees every cell."""
     return [
-        F.sum(F.shiftrightunsigned(hashes, 16 * i).bitwiseAND(0xFFFF)).alias(f"{name}_{i}") for i in range(HASH_SLICES)
+        F.sum(F.shiftrightunsigned(hashes, shift).bitwiseAND((1 << bits) - 1)).alias(f"{name}_{i}")
+        for i, (shift, bits) in enumerate(HASH_SLICES)
     ]
 
 
 def hash_total(row, name: str) -> int:
     """The sum modulo 2^64 of the hashes :func:`hash_sum` summed under ``name`` (0 for no rows)."""
-    return sum(int(row[f"{name}_{i}"] or 0) << (16 * i) for i in range(HASH_SLICES)) & (2**64 - 1)
+    return sum(int(row[f"{name}_{i}"] or 0) << shift for i, (shift, _) in enumerate(HASH_SLICES)) & (2**64 - 1)
 
 
 def ratings_hash(accepted) -> list:
