@@ -192,7 +192,11 @@ def test_long_table_with_two_ratings_of_one_joke_by_one_user_stops(tmp_path, cap
 
 def test_empty_file_stops(tmp_path, capsys):
     code, out, _ = prepare(tmp_path, "")
-    refused(code, out, capsys, "table.csv: is empty")
+    assert code == 1
+    err = capsys.readouterr().err
+    # said once, as what it is (not wrapped in "cannot be read")
+    assert "table.csv: is empty (no header and no rows)" in err and "cannot be read" not in err, err
+    assert not (out / "ratings").exists() and not (out / "metrics.json").exists()
 
 
 def test_header_only_file_stops(tmp_path, capsys):

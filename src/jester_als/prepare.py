@@ -70,23 +70,7 @@ def read_table(spark: SparkSession, inp: InputConfig) -> DataFrame:
     name = input_name(inp)
     try:
         if inp.format == "csv":
-            header = inp.header and inp.layout != "jester"
-            reader = (
-                spark.read.option("header", header)
-                .option("sep", inp.delimiter)
-                .option("inferSchema", False)
-                .option("mode", "PERMISSIVE")
-            )
-            table = reader.csv(inp.path)
-            if header:
-                check_header(spark, inp, table.columns, name)
-                # Read again with the header's columns as strings plus a column for malformed rows: Spark then
-                # marks a row with more or fewer fields than the header instead of silently dropping the
-                # extra fields or padding the missing ones with blanks.
-                schema = StructType(
-                    [StructField(c, StringType()) for c in table.columns] + [StructField(MALFORMED, StringType())]
-                )
-                table = reader.option("columnNameOfCorruptRecord", MALFORMED).schema(schema).csv(inp.path)
+            table = _read_csv(spark, inp, name)
         elif inp.format == "parquet":
             table = spark.read.parquet(inp.path)
         elif inp.format == "xls":
@@ -96,6 +80,8 @@ def read_table(spark: SparkSession, inp: InputConfig) -> DataFrame:
         columns = table.columns
     except ExcelInputError as exc:
         raise InputError(str(exc)) from None
+    except InputError:
+        raise
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "PATH_NOT_FOUND" in first or "TABLE_OR_VIEW_NOT_FOUND" in first or "does not exist" in first:
@@ -106,9 +92,34 @@ def read_table(spark: SparkSession, inp: InputConfig) -> DataFrame:
     return table
 
 
+def _read_csv(spark: SparkSession, inp: InputConfig, name: str) -> DataFrame:
+    header = inp.header and inp.layout != "jester"
+    reader = (
+        spark.read.option("header", header)
+        .option("sep", inp.delimiter)
+        .option("inferSchema", False)
+        .option("mode", "PERMISSIVE")
+    )
+    table = reader.csv(inp.path)
+    if not header:
+        return table
+    if not table.columns:
+        raise InputError(f"{name}: is empty (no header and no rows)")
+    if any(column.endswith(str(index)) for index, column in enumerate(table.columns)):
+        check_header(spark, inp, table.columns, name)
+    # Read again with the header's columns as strings plus a column for malformed rows: Spark then marks a row
+    # with more or fewer fields than the header instead of silently dropping the extra fields or padding the
+    # missing ones with blanks.
+    schema = StructType([StructField(c, StringType()) for c in table.columns] + [StructField(MALFORMED, StringType())])
+    return reader.option("columnNameOfCorruptRecord", MALFORMED).schema(schema).csv(inp.path)
+
+
 def check_header(spark: SparkSession, inp: InputConfig, columns: list[str], name: str) -> None:
     """Spark silently renames repeated header names (``5,5`` becomes ``50,51``, which would read as jokes 50
-    and 51), so the header line itself is checked for repeats."""
+    and 51), so the header line itself is checked for repeats. Only called when some column's name ends with its
+    own index: Spark names a repeated or empty header field by appending its index (``makeSafeHeader`` of its CSV
+    source: ``5`` -> ``51``, empty -> ``_c3``), so where no name does, none was renamed and the header line need
+    not be read again."""
     first = spark.read.text(inp.path).limit(1).collect()
     if not first:
         raise InputError(f"{name}: is empty (no header and no rows)")
