@@ -190,12 +190,11 @@ def melt_wide_ratings(
     wide: DataFrame,
     user_column: str,
     jokes: list[tuple[str, int]],
-    keep: tuple[str, ...] = (),
     per_row: dict | None = None,
 ) -> DataFrame:
     """Wide table -> one row per (user, joke) cell: ``user_raw`` string, ``user`` int (null unless the id is an
-    integer in Int range), the row's columns named in ``keep`` and the row's values ``per_row`` (name ->
-    column expression), ``joke`` int, ``raw`` string.
+    integer in Int range), the row's values ``per_row`` (name -> column expression), ``joke`` int, ``raw``
+    string.
 
     Every cell is kept, blanks included, so that it can be counted. The user's id and ``per_row`` are computed
     once per row, in a projection of their own before the stack: in the same select as the generator Spark would
@@ -206,7 +205,7 @@ def melt_wide_ratings(
     # columns by name rather than F.col: PySpark's F.col records its caller's place for error messages, a call to
     # the JVM per column, and a wide table has a hundred or more
     ided = wide.select(
-        *[_quote(c) for c in dict.fromkeys([*(column for column, _ in jokes), *keep])],
+        *[_quote(column) for column, _ in jokes],
         F.col(_quote(user_column)).cast("string").alias(raw_id),
         _int_id(_quote(user_column)).alias(int_id),
         *[value.alias(name) for name, value in per_row.items()],
@@ -214,7 +213,7 @@ def melt_wide_ratings(
     return ided.select(
         F.col(raw_id).alias("user_raw"),
         F.col(int_id).alias("user"),
-        *[_quote(c) for c in (*keep, *per_row)],
+        *[_quote(c) for c in per_row],
         F.expr(stack_expression(jokes)),
     )
 
