@@ -101,10 +101,8 @@ def _read_csv(spark: SparkSession, inp: InputConfig, name: str) -> DataFrame:
         .option("mode", "PERMISSIVE")
     )
     table = reader.csv(inp.path)
-    if not header:
+    if not header or not table.columns:  # an empty file is refused by read_table
         return table
-    if not table.columns:
-        raise InputError(f"{name}: is empty (no header and no rows)")
     if any(column.endswith(str(index)) for index, column in enumerate(table.columns)):
         check_header(spark, inp, table.columns, name)
     # Read again with the header's columns as strings plus a column for malformed rows: Spark then marks a row
