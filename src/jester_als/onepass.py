@@ -23,6 +23,7 @@ from jester_als.config import InputConfig
 from jester_als.prepare import (
     CSV_PRUNING,
     MALFORMED,
+    REFUSED_COLUMNS,
     InputError,
     _not_int_id,
     _quote,
@@ -37,11 +38,11 @@ from jester_als.prepare import (
     melt_wide_ratings,
     ratings_hash,
     read_table,
+    refused_cells,
 )
 
 log = logging.getLogger(__name__)
 
-REFUSED = ("user", "joke", "value", "reason", "detail")  # the refused cells' columns, all strings
 JOKE_WORDS = 8  # rated jokes as bits of at most this many 64-bit words: joke ids that span up to 512
 
 
@@ -176,20 +177,13 @@ def _one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected
     marks.append(("unique_users", time.perf_counter()))
     if by_cell["rejected"]:
         # a query of its own (an observation reports its first action only)
-        refused = classified(False).where(F.col("status") == "rejected")
-        refused.select(
-            F.col("user_raw").alias("user"),
-            F.col("joke_raw").alias("joke"),
-            F.col("raw").alias("value"),
-            "reason",
-            F.lit(None).cast("string").alias("detail"),
-        ).write.mode("overwrite").parquet(rejected_path)
+        refused_cells(classified(False)).write.mode("overwrite").parquet(rejected_path)
         by_reason = {
             row["reason"]: row["count"] for row in spark.read.parquet(rejected_path).groupBy("reason").count().collect()
         }
     else:
         # no rows, planned as an empty relation: Spark writes the schema alone
-        table.where(F.lit(False)).select(*[F.lit(None).cast("string").alias(c) for c in REFUSED]).write.mode(
+        table.where(F.lit(False)).select(*[F.lit(None).cast("string").alias(c) for c in REFUSED_COLUMNS]).write.mode(
             "overwrite"
         ).parquet(rejected_path)
         by_reason = {}

@@ -345,6 +345,22 @@ def classify_cells(
     return classified.withColumn("status", status)
 
 
+REFUSED_COLUMNS = ("user", "joke", "value", "reason", "detail")  # the refused cells as written, all strings
+
+
+def refused_cells(classified: DataFrame) -> DataFrame:
+    """The rejected cells of ``classified`` as ``rejected/`` holds them: the user and joke as read, the value as
+    read, the reason and its detail (null where the reason needs none)."""
+    source = {
+        "user": F.col("user_raw"),
+        "joke": F.col("joke_raw"),
+        "value": F.col("raw"),
+        "reason": F.col("reason"),
+        "detail": F.col("detail") if "detail" in classified.columns else F.lit(None).cast("string"),
+    }
+    return classified.where(F.col("status") == "rejected").select(*[source[c].alias(c) for c in REFUSED_COLUMNS])
+
+
 @dataclass
 class PreparedRatings:
     """The clean long ratings, the refused cells, and the count of every cell by status and reason."""
@@ -704,14 +720,7 @@ def _prepare(spark: SparkSession, inp: InputConfig, restore: dict) -> PreparedRa
     )
     counts = count_cells(classified, rows_are_users=inp.layout != "long")
     ratings = classified.where(F.col("status") == "accepted").select("user", "joke", "rating")
-    detail = F.col("detail") if "detail" in classified.columns else F.lit(None).cast("string")
-    rejected = classified.where(F.col("status") == "rejected").select(
-        F.col("user_raw").alias("user"),
-        F.col("joke_raw").alias("joke"),
-        F.col("raw").alias("value"),
-        "reason",
-        detail.alias("detail"),
-    )
+    rejected = refused_cells(classified)
     malformed = counts["rejected"].get("wrong_field_count")
     if malformed:
         rows = (
