@@ -98,3 +98,14 @@ def test_rated_jokes_at_the_edges_of_the_one_pass_bit_words_are_all_found(spark,
     (one, one_ratings, _), (general, ratings, _) = prepared(tmp_path, text).values()
     assert one["one_pass"] and comparable(one) == comparable(general) and one_ratings == ratings
     assert one["items"] == 5 and one["jokes_without_ratings"] == [200]
+
+
+@pytest.mark.parametrize("sentinels", ["99,99.0,99.00", " 99,9.9e1,99.000"])
+def test_sentinels_in_any_spelling_are_counted_as_on_the_general_path(spark, tmp_path, sentinels):
+    # the usual spellings are counted as the rows stream past; the others take the second pass
+    found = prepared(tmp_path, HEADER + f"1,4,1.5,{sentinels},\n2,2,-2,,,7.25,\n")
+    (one, one_ratings, one_rejected), (general, ratings, rejected) = found[True], found[False]
+    assert one["one_pass"] and comparable(one) == comparable(general)
+    assert one_ratings == ratings and one_rejected == rejected == []
+    assert one["cells"]["missing"] == {"blank": 4, "sentinel": 3} and one["cells"]["rejected"] == {}
+    assert len(ratings) == one["ratings"] == 3

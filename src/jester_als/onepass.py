@@ -1,9 +1,10 @@
 """``prepare`` in one pass over the input, for the common table: wide, integer user ids, every CSV row as wide as the
 header, no per-user minimum. The input is read, melted, classified and its accepted ratings written in one Spark
-job; everything ``prepare`` counts comes from Spark's observed metrics of that job (``DataFrame.observe``:
-aggregates computed while the rows stream past, in classic and Connect sessions alike) and from the written ratings,
-which are small and columnar. The refused cells take a second pass only when there are some (and are counted by
-reason from what it wrote), and the check that no user id is on two rows reads the input again only when fewer users
+job, which counts its input rows as they stream past (Spark's observed metrics, ``DataFrame.observe``, in classic
+and Connect sessions alike: the rows, their hash, their ids, and per row the cells that are not blank and those
+spelt as a sentinel); the ratings' own figures come from the written ratings, which are small and columnar. Where
+some cells are neither blank, rated nor spelt as a sentinel, a second pass classifies the cells again and writes
+and counts the refused ones; the check that no user id is on two rows reads the input again only when fewer users
 have ratings than rows name one. A table that turns out to need more (a malformed row, ids to re-index) is handed
 back to the general path (:func:`jester_als.prepare.prepare_ratings`), which counts and checks it with cached
 intermediate results: the same outputs and counts either way, which the tests compare.
@@ -22,6 +23,7 @@ from pyspark.sql import functions as F
 from jester_als.config import InputConfig
 from jester_als.prepare import (
     CSV_PRUNING,
+    HASH_SLICES,
     MALFORMED,
     REFUSED_COLUMNS,
     InputError,
@@ -35,10 +37,12 @@ from jester_als.prepare import (
     hex64,
     input_name,
     joke_columns,
+    melt_rows,
     melt_wide_ratings,
     ratings_hash,
     read_table,
     refused_cells,
+    wide_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -65,8 +69,8 @@ class OnePass:
     counts: dict
     fingerprint: dict
     source: str
-    # seconds of each part: the pass itself (read, melt, classify, count, write), the count of the written
-    # ratings' users and jokes, the check that no user id is on two rows (0 when not needed), the refused cells
+    # seconds of each part: the pass itself (read, melt, classify, count, write), the written ratings counted,
+    # the check that no user id is on two rows (0 when not needed), the sentinels and refused cells
     parts: dict
     user_ids = None  # ids are never re-indexed on this path
 
@@ -94,56 +98,45 @@ def _one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected
         return None  # refused by the general path with its own message
     header = [c for c in table.columns if c != MALFORMED]
     jokes = joke_columns(header, user_column, inp.drop_columns, source)
-    first = jokes[0][1]  # every row melts into exactly one cell of each joke: the first one stands for its row
-    of_row = F.col("joke") == first
+    joke_ids = [j for _, j in jokes]
+    # Everything the pass counts, it counts per row, before the melt: Spark's observed metrics are gathered by an
+    # operator of their own that takes every row it sees out of the generated code, so an observation of the cells
+    # would handle each cell a second time. A row's cells are counted by plain tests of their text (not blank;
+    # spelt exactly as a sentinel); what needs a cell parsed comes from the written ratings or, when some cells
+    # are neither blank, rated nor such a sentinel, from a second pass over those.
     per_row = {
         "_row_hash": F.xxhash64(*[_quote(c) for c in table.columns]),
         "_row_named": _user_key(user_column).isNotNull(),
         "_row_not_int": _not_int_id(_quote(user_column)),
         "_row_malformed": F.col(MALFORMED).isNotNull() if MALFORMED in table.columns else F.lit(False),
+        "_row_filled": F.expr(_cells_where(jokes, "trim(x) != ''")),
+        "_row_sentinel": F.expr(_cells_where(jokes, _spelt_as_sentinel(inp.missing_values))),
     }
-
-    def classified(with_rows: bool) -> DataFrame:
-        return classify_cells(
-            melt_wide_ratings(table, user_column, jokes, per_row=per_row if with_rows else None),
-            missing_values=inp.missing_values,
-            rating_range=inp.rating_range,
-        )
-
     marks = [("start", time.perf_counter())]
-    cells = classified(True)
-    accepted = F.col("status") == "accepted"
-    rating = F.when(accepted, F.col("rating"))
     # One observation for the whole query, of scalars only: Spark 4.0's Connect server reports a single
     # observation per query to its client and cannot send it an array ("Unsupported component type ... in
-    # arrays"), so the row-level figures are summed over each row's first cell, and the rated jokes come from
-    # the written ratings below.
+    # arrays"), so the rated jokes come from the written ratings below.
     observed = Observation("prepare")
-    # Every aggregate here is updated for every cell that streams past, so the observation holds only what
-    # cannot come from elsewhere: the cells read are the rows times the joke columns (each row melts into one
-    # cell per joke), the blanks are the cells left over, and the refused cells are counted by reason from
-    # their own output, which is written only when there are some.
-    metrics = [
-        F.count(F.when(of_row, 1)).alias("rows"),
-        *hash_sum(F.when(of_row, F.col("_row_hash")), "row_hash"),
-        F.count(F.when(of_row & F.col("_row_named"), 1)).alias("named"),
-        F.count(F.when(of_row & F.col("_row_not_int"), 1)).alias("not_int"),
-        F.count(F.when(of_row & F.col("_row_malformed"), 1)).alias("malformed"),
-        F.count(rating).alias("n"),
-        F.sum(rating).alias("total"),
-        F.sum(rating * rating).alias("squares"),
-        *ratings_hash(accepted),
-        F.count(F.when(F.col("reason") == "sentinel", 1)).alias("sentinel"),
-        F.count(F.when(F.col("status") == "rejected", 1)).alias("rejected"),
-    ]
+    rows = wide_rows(table, user_column, jokes, per_row).observe(
+        observed,
+        F.count(F.lit(1)).alias("rows"),
+        *hash_sum(F.col("_row_hash"), "row_hash"),
+        F.count(F.when(F.col("_row_named"), 1)).alias("named"),
+        F.count(F.when(F.col("_row_not_int"), 1)).alias("not_int"),
+        F.count(F.when(F.col("_row_malformed"), 1)).alias("malformed"),
+        F.sum("_row_filled").alias("filled"),
+        F.sum("_row_sentinel").alias("sentinel"),
+    )
+    cells = classify_cells(
+        melt_rows(rows, jokes, parsed=True), missing_values=inp.missing_values, rating_range=inp.rating_range
+    )
     (
-        cells.observe(observed, *metrics)
-        .where(accepted)
+        cells.where(F.col("reason") == "rated")
         .select("user", "joke", "rating")
         .write.mode("overwrite")
         .parquet(ratings_path)
     )
-    by_row = by_cell = observed.get
+    by_row = observed.get
     marks.append(("pass", time.perf_counter()))
     if by_row["rows"] == 0:
         _remove(ratings_path)
@@ -158,9 +151,9 @@ def _one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected
         )
         _remove(ratings_path)
         return None
-    users, rated = _users_and_jokes(spark.read.parquet(ratings_path), [j for _, j in jokes])
+    written = _written_counts(spark.read.parquet(ratings_path), joke_ids)
     marks.append(("written_counts", time.perf_counter()))
-    if users != by_row["named"]:
+    if written["users"] != by_row["named"]:
         # Fewer users with ratings than rows naming one: some rows have no rating, or an id is on two rows.
         try:
             check_unique_users(table, user_column, source)
@@ -171,41 +164,107 @@ def _one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected
         "%s: %d joke columns (ids %d..%d), read in one pass",
         source,
         len(jokes),
-        min(j for _, j in jokes),
-        max(j for _, j in jokes),
+        min(joke_ids),
+        max(joke_ids),
     )
     marks.append(("unique_users", time.perf_counter()))
-    if by_cell["rejected"]:
-        # a query of its own (an observation reports its first action only)
-        refused_cells(classified(False)).write.mode("overwrite").parquet(rejected_path)
-        by_reason = {
-            row["reason"]: row["count"] for row in spark.read.parquet(rejected_path).groupBy("reason").count().collect()
-        }
+    # cells neither blank nor rated: sentinels and refused cells
+    others = int(by_row["filled"] or 0) - written["n"]
+    if others != int(by_row["sentinel"] or 0):
+        sentinel, by_reason = _refused_pass(spark, table, inp, jokes, rejected_path, others)
     else:
         # no rows, planned as an empty relation: Spark writes the schema alone
         table.where(F.lit(False)).select(*[F.lit(None).cast("string").alias(c) for c in REFUSED_COLUMNS]).write.mode(
             "overwrite"
         ).parquet(rejected_path)
-        by_reason = {}
+        sentinel, by_reason = others, {}
     marks.append(("refused", time.perf_counter()))
     return OnePass(
-        _counts(by_cell, by_reason, len(jokes), users, rated, [j for _, j in jokes]),
+        _counts(int(by_row["rows"]), sentinel, by_reason, written, joke_ids),
         {"rows": int(by_row["rows"]), "content_hash": hex64(hash_total(by_row, "row_hash"))},
         source,
         {name: round(t - before, 2) for (name, t), (_, before) in zip(marks[1:], marks)},
     )
 
 
-def _users_and_jokes(written: DataFrame, joke_ids: list[int]) -> tuple[int, list[int]]:
-    """The users with a rating and the jokes with one, of the written ratings: in one aggregation by user whose
-    rows carry the user's jokes as bits, where the joke ids span at most :data:`JOKE_WORDS` words (all of
-    Jester's do); else two, since one holding both distinct aggregates is planned with an Expand that copies
-    every rating once per aggregate."""
+def _cells_where(jokes: list[tuple[str, int]], test: str) -> str:
+    """SQL for how many of a row's joke cells ``x`` (as text) pass ``test`` (SQL of ``x``). A lambda over the
+    row's cells rather than a sum of a test per column: Spark evaluates a lambda without compiling it into the
+    query's generated code, which a hundred tests would enlarge, and a job compiles that code on its first run."""
+    cells = ", ".join(f"CAST({_quote(c)} AS STRING)" for c, _ in jokes)
+    return f"size(filter(array({cells}), x -> {test}))"
+
+
+def _spelt_as_sentinel(missing_values: list[float]) -> str:
+    """A test (for :func:`_cells_where`) true for the usual spellings of the sentinels (``99``, ``99.0``,
+    ``99.00``): each of those is a sentinel whatever else is in its row. A sentinel spelt otherwise (`` 99``,
+    ``9.9e1``) is found by the second pass, which parses every cell that is neither blank, rated nor spelt so."""
+    spellings = set()
+    for value in missing_values:
+        value = float(value)
+        spellings.add(repr(value))
+        if value.is_integer():
+            spellings.update({f"{value:.0f}", f"{value:.2f}"})
+    if not spellings:
+        return "false"
+    return "x IN (" + ", ".join(f"'{s}'" for s in sorted(spellings)) + ")"
+
+
+def _refused_pass(
+    spark: SparkSession,
+    table: DataFrame,
+    inp: InputConfig,
+    jokes: list[tuple[str, int]],
+    rejected_path: str,
+    others: int,
+) -> tuple[int, dict]:
+    """Classify the cells again, write the refused ones to ``rejected_path``, and count the sentinels and the
+    refused cells by reason: only run when some cells are neither blank, rated nor spelt as a sentinel."""
+    observed = Observation("refused")
+    cells = classify_cells(
+        melt_wide_ratings(table, inp.user_column, jokes),
+        missing_values=inp.missing_values,
+        rating_range=inp.rating_range,
+    )
+    refused = cells.where((F.col("reason") != "blank") & (F.col("status") != "accepted")).observe(
+        observed,
+        F.count(F.when(F.col("reason") == "sentinel", 1)).alias("sentinel"),
+        F.count(F.when(F.col("status") == "rejected", 1)).alias("rejected"),
+    )
+    refused_cells(refused.where(F.col("status") == "rejected")).write.mode("overwrite").parquet(rejected_path)
+    sentinel, rejected = int(observed.get["sentinel"]), int(observed.get["rejected"])
+    by_reason = {
+        row["reason"]: int(row["count"])
+        for row in spark.read.parquet(rejected_path).groupBy("reason").count().collect()
+    }
+    # one classification counted three ways: they cannot differ
+    if sentinel + rejected != others or sum(by_reason.values()) != rejected:
+        raise RuntimeError(
+            f"prepare found {others} cells neither blank nor rated, then {sentinel} sentinels and {rejected} refused "
+            f"cells in its second pass, and {by_reason} in their output"
+        )
+    return sentinel, by_reason
+
+
+def _written_counts(written: DataFrame, joke_ids: list[int]) -> dict:
+    """The written ratings' count, sum, sum of squares and hash (:func:`ratings_hash`), their users and their
+    jokes (``rated``): in one aggregation by user whose rows carry the user's jokes as bits, where the joke ids
+    span at most :data:`JOKE_WORDS` words (all of Jester's do); else with two more queries, since one holding
+    both distinct aggregates is planned with an Expand that copies every rating once per aggregate."""
     low = min(joke_ids)
     words = (max(joke_ids) - low) // 64 + 1
+    sums = [
+        F.count(F.lit(1)).alias("n"),
+        F.sum("rating").alias("total"),
+        F.sum(F.col("rating") * F.col("rating")).alias("squares"),
+        *ratings_hash(F.lit(True)),
+    ]
+    summed = ["n", "total", "squares", *[f"hash_{i}" for i in range(len(HASH_SLICES))]]
     if words > JOKE_WORDS:
-        users = written.select("user").distinct().count()
-        return users, [row["joke"] for row in written.select("joke").distinct().collect()]
+        row = written.agg(*sums).first().asDict()
+        row["users"] = written.select("user").distinct().count()
+        row["rated"] = [r["joke"] for r in written.select("joke").distinct().collect()]
+        return row
     offset = F.col("joke") - low
     # (the Python API's shiftleft takes a constant shift only)
     bits = [
@@ -216,25 +275,27 @@ def _users_and_jokes(written: DataFrame, joke_ids: list[int]) -> tuple[int, list
     ]
     row = (
         written.groupBy("user")
-        .agg(*bits)
-        .agg(F.count(F.lit(1)).alias("users"), *[F.bit_or(f"w{w}").alias(f"w{w}") for w in range(words)])
+        .agg(*bits, *sums)
+        .agg(
+            F.count(F.lit(1)).alias("users"),
+            *[F.bit_or(f"w{w}").alias(f"w{w}") for w in range(words)],
+            *[F.sum(name).alias(name) for name in summed],
+        )
         .first()
+        .asDict()
     )
-    rated = [low + 64 * w + b for w in range(words) for b in range(64) if (row[f"w{w}"] or 0) >> b & 1]
-    return int(row["users"]), rated
+    row["rated"] = [low + 64 * w + b for w in range(words) for b in range(64) if (row[f"w{w}"] or 0) >> b & 1]
+    return row
 
 
-def _counts(by_cell, by_reason: dict, joke_columns: int, users: int, rated: list[int], joke_ids: list[int]) -> dict:
-    """The counts :func:`jester_als.prepare.count_cells` gives, from the observed metrics, the refused cells by
-    reason (``by_reason``) and the written ratings."""
-    n = int(by_cell["n"])
-    mean = by_cell["total"] / n if n else None
-    rated_jokes = set(rated or [])
-    cells = int(by_cell["rows"]) * joke_columns
-    sentinel, rejected = int(by_cell["sentinel"]), int(by_cell["rejected"])
-    if sum(by_reason.values()) != rejected:  # one classification written twice: they cannot differ
-        raise RuntimeError(f"prepare counted {rejected} refused cells in its pass and {by_reason} in their output")
-    missing = {"blank": cells - n - sentinel - rejected, "sentinel": sentinel}
+def _counts(rows: int, sentinel: int, by_reason: dict, written: dict, joke_ids: list[int]) -> dict:
+    """The counts :func:`jester_als.prepare.count_cells` gives, from the rows read, the sentinels, the refused
+    cells by reason (``by_reason``) and the written ratings (:func:`_written_counts`)."""
+    n = int(written["n"] or 0)
+    mean = written["total"] / n if n else None
+    rated_jokes = set(written["rated"])
+    cells = rows * len(joke_ids)
+    missing = {"blank": cells - n - sentinel - sum(by_reason.values()), "sentinel": sentinel}
     counts = {
         "cells": cells,
         "accepted": n,
@@ -248,9 +309,9 @@ def _counts(by_cell, by_reason: dict, joke_columns: int, users: int, rated: list
         "ratings": n,
         "items": len(rated_jokes),
         "mean": mean,
-        "std": max(by_cell["squares"] / n - mean * mean, 0.0) ** 0.5 if n else None,
-        "hash": hash_total(by_cell, "hash"),
-        "users": int(users),
+        "std": max(written["squares"] / n - mean * mean, 0.0) ** 0.5 if n else None,
+        "hash": hash_total(written, "hash"),
+        "users": int(written["users"]),
     }
     counts["rows_without_ratings"] = None
     return counts

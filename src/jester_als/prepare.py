@@ -178,42 +178,51 @@ def joke_columns(columns: list[str], user_column: str, drop_columns: list[str], 
     return jokes
 
 
-def stack_expression(jokes: list[tuple[str, int]]) -> str:
-    """``stack(n, 1, CAST(`1` AS STRING), 2, ...) AS (joke, raw)`` for the given (column, joke id) pairs."""
-    pairs = ", ".join(f"{joke_id}, CAST({_quote(column)} AS STRING)" for column, joke_id in jokes)
-    return f"stack({len(jokes)}, {pairs}) AS (joke, raw)"
+def stack_expression(jokes: list[tuple[str, int]], parsed: bool = False) -> str:
+    """``stack(n, 1, CAST(`1` AS STRING), 2, ...) AS (joke, raw)`` for the given (column, joke id) pairs; with
+    ``parsed``, each cell's value as a double too (``value``: null unless its trimmed text is a number)."""
+    cells = []
+    for column, joke_id in jokes:
+        text = f"CAST({_quote(column)} AS STRING)"
+        cells.append(f"{joke_id}, {text}" + (f", try_cast(trim({text}) AS DOUBLE)" if parsed else ""))
+    return f"stack({len(jokes)}, {', '.join(cells)}) AS (joke, raw{', value' if parsed else ''})"
 
 
-def melt_wide_ratings(
+_RAW_ID, _INT_ID = "_jester_als_user_raw", "_jester_als_user"  # the user id as read and parsed, before the melt
+
+
+def wide_rows(
     wide: DataFrame,
     user_column: str,
     jokes: list[tuple[str, int]],
     per_row: dict | None = None,
 ) -> DataFrame:
-    """Wide table -> one row per (user, joke) cell: ``user_raw`` string, ``user`` int (null unless the id is an
-    integer in Int range), the row's values ``per_row`` (name -> column expression), ``joke`` int, ``raw``
-    string.
-
-    Every cell is kept, blanks included, so that it can be counted. The user's id and ``per_row`` are computed
-    once per row, in a projection of their own before the stack: in the same select as the generator Spark would
-    evaluate them after the generator, once per cell (its ExtractGenerator rule puts a select's other expressions
-    above the Generate)."""
-    raw_id, int_id = "_jester_als_user_raw", "_jester_als_user"
-    per_row = per_row or {}
+    """The wide table's joke columns, its user id as read and parsed, and the row's values ``per_row`` (name ->
+    column expression): the rows :func:`melt_rows` melts. The id and ``per_row`` are computed here, once per row:
+    in the same select as the generator Spark would evaluate them after it, once per cell (its ExtractGenerator
+    rule puts a select's other expressions above the Generate)."""
     # columns by name rather than F.col: PySpark's F.col records its caller's place for error messages, a call to
     # the JVM per column, and a wide table has a hundred or more
-    ided = wide.select(
+    return wide.select(
         *[_quote(column) for column, _ in jokes],
-        F.col(_quote(user_column)).cast("string").alias(raw_id),
-        _int_id(_quote(user_column)).alias(int_id),
-        *[value.alias(name) for name, value in per_row.items()],
+        F.col(_quote(user_column)).cast("string").alias(_RAW_ID),
+        _int_id(_quote(user_column)).alias(_INT_ID),
+        *[value.alias(name) for name, value in (per_row or {}).items()],
     )
-    return ided.select(
-        F.col(raw_id).alias("user_raw"),
-        F.col(int_id).alias("user"),
-        *[_quote(c) for c in per_row],
-        F.expr(stack_expression(jokes)),
+
+
+def melt_rows(rows: DataFrame, jokes: list[tuple[str, int]], parsed: bool = False) -> DataFrame:
+    """:func:`wide_rows`' rows -> one row per (user, joke) cell: ``user_raw`` string, ``user`` int (null unless
+    the id is an integer in Int range), ``joke`` int, ``raw`` string (and with ``parsed``, ``value``: see
+    :func:`stack_expression`). Every cell is kept, blanks included, so that it can be counted."""
+    return rows.select(
+        F.col(_RAW_ID).alias("user_raw"), F.col(_INT_ID).alias("user"), F.expr(stack_expression(jokes, parsed))
     )
+
+
+def melt_wide_ratings(wide: DataFrame, user_column: str, jokes: list[tuple[str, int]]) -> DataFrame:
+    """Wide table -> one row per (user, joke) cell (see :func:`melt_rows`)."""
+    return melt_rows(wide_rows(wide, user_column, jokes), jokes)
 
 
 def number_rows(table: DataFrame, column: str = "_row") -> DataFrame:
@@ -301,12 +310,13 @@ def classify_cells(
         "user": F.col("user") if "user" in columns else _int_id("user_raw"),
     }
     text = F.trim(F.col("raw"))
-    value = F.expr("try_cast(trim(raw) AS DOUBLE)")
+    value = F.col("value") if "value" in columns else F.expr("try_cast(trim(raw) AS DOUBLE)")
     sentinel = value.isin([float(v) for v in missing_values]) if missing_values else F.lit(False)
     forced = F.col("forced_reason") if "forced_reason" in columns else F.lit(None).cast("string")
     reason = (
         F.when(forced.isNotNull(), forced)
-        .when(F.col("raw").isNull() | (text == ""), "blank")
+        # (a number is never blank: its text is trimmed only when it is not one)
+        .when(F.col("raw").isNull() | (value.isNull() & (text == "")), "blank")
         .when(value.isNull(), "not_a_number")
         .when(F.isnan(value) | (F.abs(value) == float("inf")), "not_finite")
         .when(sentinel, "sentinel")
@@ -319,7 +329,7 @@ def classify_cells(
     # the added ones
     added = [name for name in ("joke", "joke_raw", "user") if name not in columns]
     classified = cells.select(
-        *[parsed[c].alias(c) if c == "joke" else _quote(c) for c in columns],
+        *[parsed[c].alias(c) if c == "joke" else _quote(c) for c in columns if c != "value"],
         *[parsed[name].alias(name) for name in added],
         value.alias("rating"),
         reason.alias("reason"),
