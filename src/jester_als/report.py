@@ -306,9 +306,9 @@ TUNE_PARTS = {
 }
 ONE_PASS_PARTS = {
     "pass": "the pass",
-    "written_counts": "users and jokes of the written ratings",
+    "written_counts": "the written ratings counted (their number, sums, hash, users and jokes)",
     "unique_users": "the check for repeated user ids",
-    "refused": "the refused cells",
+    "refused": "the sentinels and refused cells (a second pass only when some cells need parsing)",
 }
 
 
