@@ -171,6 +171,43 @@ def test_local_remote_gets_its_launch_settings(small_table, tmp_path):
     assert "CANNOT_MODIFY_CONFIG" not in result.stderr
 
 
+def test_prepare_over_spark_connect_counts_as_in_classic_mode(spark, tmp_path):
+    """The one pass's observed metrics reach a Connect client (a Spark Connect 4.0 server reported them empty
+    for a plan whose columns had been asked for): the counts, ratings and refused cells match a classic
+    session's, on a table with refused cells and a sentinel spelt two ways (the second pass runs)."""
+    path = tmp_path / "table.csv"
+    path.write_text("User,Number of Jokes Rated,1,2,3\n1,3,1.5,99,abc\n2,2, 99,-2,\n3,2,11,,4\n")
+    runs = {}
+    for mode in ("connect", "classic"):
+        out = tmp_path / mode
+        argv = job_argv("prepare", path=path, out=out)
+        if mode == "connect":
+            env = {**child_env(), "SPARK_REMOTE": "local[2]"}
+            done = subprocess.run(
+                [sys.executable, "-m", "jester_als.cli", *argv],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                env=env,
+                timeout=600,
+            )
+            assert done.returncode == 0, done.stderr[-3000:]
+        else:
+            assert main(argv) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        data = {k: v for k, v in metrics["data"].items() if k not in ("timing_seconds", "rating_mean", "rating_std")}
+        rows = {
+            name: sorted(str(tuple(r)) for r in spark.read.parquet(str(out / name)).collect())
+            for name in ("ratings", "rejected")
+        }
+        runs[mode] = metrics["run"]["spark_mode"], data, rows
+    assert runs["connect"][0] == "connect" and runs["classic"][0] == "classic"
+    assert runs["connect"][1:] == runs["classic"][1:]
+    data = runs["connect"][1]
+    assert data["one_pass"] and data["cells"]["missing"] == {"blank": 2, "sentinel": 2}
+    assert data["cells"]["rejected"] == {"not_a_number": 1, "out_of_range": 1} and data["ratings"] == 3
+
+
 def test_foldin_runs_over_spark_connect_as_in_classic_mode(pipeline_run, tmp_path):
     """New users folded in inside a Connect server's tasks (mapInPandas, no collect of their ratings) get the
     recommendations and factors a classic session gives them."""

@@ -10,7 +10,17 @@ from pyspark.sql.types import DoubleType, IntegerType, StructField, StructType
 
 from helpers import assert_frames_equal
 from jester_als.config import load_config
-from jester_als.prepare import InputError, hash_sum, hash_total, joke_columns, prepare_ratings, stack_expression
+from jester_als.prepare import (
+    MELTED_COLUMNS,
+    InputError,
+    hash_sum,
+    hash_total,
+    joke_columns,
+    melt_rows,
+    prepare_ratings,
+    stack_expression,
+    wide_rows,
+)
 
 RATINGS_SCHEMA = StructType(
     [StructField("user", IntegerType()), StructField("joke", IntegerType()), StructField("rating", DoubleType())]
@@ -72,6 +82,17 @@ def test_stack_expression_uses_the_columns_present():
     assert stack_expression(jokes) == (
         "stack(3, 7, CAST(`7` AS STRING), 12, CAST(`12` AS STRING), 100, CAST(`100` AS STRING)) AS (joke, raw)"
     )
+
+
+def test_melted_columns_are_the_melts_own(spark):
+    # the one pass classifies the melt without asking Spark for its columns: the list must be the melt's
+    wide = spark.createDataFrame([("1", "2.5", " 99")], "User string, `7` string, `12` string")
+    jokes = [("7", 7), ("12", 12)]
+    for parsed in (False, True):
+        melted = melt_rows(wide_rows(wide, "User", jokes), jokes, parsed=parsed)
+        assert melted.columns == MELTED_COLUMNS[parsed]
+    rows = melt_rows(wide_rows(wide, "User", jokes), jokes, parsed=True).collect()
+    assert [(r["user"], r["joke"], r["raw"], r["value"]) for r in rows] == [(1, 7, "2.5", 2.5), (1, 12, " 99", 99.0)]
 
 
 def test_non_integer_joke_column_is_refused_with_its_name():

@@ -25,11 +25,13 @@ from jester_als.prepare import (
     CSV_PRUNING,
     HASH_SLICES,
     MALFORMED,
+    MELTED_COLUMNS,
     REFUSED_COLUMNS,
     InputError,
     _not_int_id,
     _quote,
     _user_key,
+    as_refused,
     check_unique_users,
     classify_cells,
     hash_sum,
@@ -41,7 +43,6 @@ from jester_als.prepare import (
     melt_wide_ratings,
     ratings_hash,
     read_table,
-    refused_cells,
     wide_rows,
 )
 
@@ -128,7 +129,10 @@ def _one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected
         F.sum("_row_sentinel").alias("sentinel"),
     )
     cells = classify_cells(
-        melt_rows(rows, jokes, parsed=True), missing_values=inp.missing_values, rating_range=inp.rating_range
+        melt_rows(rows, jokes, parsed=True),
+        missing_values=inp.missing_values,
+        rating_range=inp.rating_range,
+        columns=MELTED_COLUMNS[True],
     )
     (
         cells.where(F.col("reason") == "rated")
@@ -226,12 +230,14 @@ def _refused_pass(
         missing_values=inp.missing_values,
         rating_range=inp.rating_range,
     )
-    refused = cells.where((F.col("reason") != "blank") & (F.col("status") != "accepted")).observe(
+    # in the refused cells' columns before the observation: see MELTED_COLUMNS for why nothing asks for them after
+    unrated = as_refused(cells.where((F.col("reason") != "blank") & (F.col("status") != "accepted"))).observe(
         observed,
         F.count(F.when(F.col("reason") == "sentinel", 1)).alias("sentinel"),
-        F.count(F.when(F.col("status") == "rejected", 1)).alias("rejected"),
+        F.count(F.when(F.col("reason") != "sentinel", 1)).alias("rejected"),
     )
-    refused_cells(refused.where(F.col("status") == "rejected")).write.mode("overwrite").parquet(rejected_path)
+    # (neither blank, rated nor a sentinel: refused)
+    unrated.where(F.col("reason") != "sentinel").write.mode("overwrite").parquet(rejected_path)
     sentinel, rejected = int(observed.get["sentinel"]), int(observed.get["rejected"])
     by_reason = {
         row["reason"]: int(row["count"])

@@ -211,6 +211,12 @@ def wide_rows(
     )
 
 
+# The columns melt_rows gives (parsed or not), for classify_cells without asking Spark: a Spark Connect 4.0 server
+# asked for the columns of a plan holding an observation below a generator then reports that observation empty
+# when the plan runs (seen with pyspark 4.0.5; pyspark 4.3 reports it).
+MELTED_COLUMNS = {False: ["user_raw", "user", "joke", "raw"], True: ["user_raw", "user", "joke", "raw", "value"]}
+
+
 def melt_rows(rows: DataFrame, jokes: list[tuple[str, int]], parsed: bool = False) -> DataFrame:
     """:func:`wide_rows`' rows -> one row per (user, joke) cell: ``user_raw`` string, ``user`` int (null unless
     the id is an integer in Int range), ``joke`` int, ``raw`` string (and with ``parsed``, ``value``: see
@@ -296,14 +302,20 @@ def user_id_mapping(cells: DataFrame) -> DataFrame:
 
 
 def classify_cells(
-    cells: DataFrame, *, missing_values: list[float], rating_range: list[float], min_ratings_per_user: int = 1
+    cells: DataFrame,
+    *,
+    missing_values: list[float],
+    rating_range: list[float],
+    min_ratings_per_user: int = 1,
+    columns: list[str] | None = None,
 ) -> DataFrame:
     """Add ``user`` int (unless already there), ``rating`` double, ``status`` and ``reason`` to every cell
-    (see the module table)."""
+    (see the module table). ``columns``: the cells' columns, where the caller knows them without asking Spark
+    (see :data:`MELTED_COLUMNS`)."""
     low, high = float(rating_range[0]), float(rating_range[1])
     # One select rather than a column at a time: each step of a DataFrame is analysed on its own, and the melt
     # of a wide table is a large plan to analyse.
-    columns = cells.columns
+    columns = columns or cells.columns
     parsed = {
         "joke": _int_id("joke_raw") if "joke_raw" in columns else F.col("joke"),
         "joke_raw": F.col("joke_raw") if "joke_raw" in columns else F.col("joke").cast("string"),
@@ -359,7 +371,12 @@ REFUSED_COLUMNS = ("user", "joke", "value", "reason", "detail")  # the refused c
 
 
 def refused_cells(classified: DataFrame) -> DataFrame:
-    """The rejected cells of ``classified`` as ``rejected/`` holds them: the user and joke as read, the value as
+    """The rejected cells of ``classified`` as ``rejected/`` holds them (see :func:`as_refused`)."""
+    return as_refused(classified.where(F.col("status") == "rejected"))
+
+
+def as_refused(classified: DataFrame) -> DataFrame:
+    """The cells of ``classified`` in the columns ``rejected/`` holds: the user and joke as read, the value as
     read, the reason and its detail (null where the reason needs none)."""
     source = {
         "user": F.col("user_raw"),
@@ -368,7 +385,7 @@ def refused_cells(classified: DataFrame) -> DataFrame:
         "reason": F.col("reason"),
         "detail": F.col("detail") if "detail" in classified.columns else F.lit(None).cast("string"),
     }
-    return classified.where(F.col("status") == "rejected").select(*[source[c].alias(c) for c in REFUSED_COLUMNS])
+    return classified.select(*[source[c].alias(c) for c in REFUSED_COLUMNS])
 
 
 @dataclass
