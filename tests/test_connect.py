@@ -25,13 +25,16 @@ pytestmark = pytest.mark.cluster
 LOST_SERVER_BOUND_SECONDS = 120
 
 
-def job(*args: str, **kwargs) -> subprocess.CompletedProcess:
+def job(*args: str, remote: str | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """`jester-als *args` in a process of its own; ``remote``: its SPARK_REMOTE (``local[2]``: pyspark starts a
+    Connect server in that process)."""
+    env = {**child_env(), **({"SPARK_REMOTE": remote} if remote else {})}
     return subprocess.run(
         [sys.executable, "-m", "jester_als.cli", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
-        env=child_env(),
+        env=env,
         timeout=600,
         **kwargs,
     )
@@ -141,27 +144,17 @@ def test_local_remote_gets_its_launch_settings(small_table, tmp_path):
     """SPARK_REMOTE=local[2]: pyspark starts the server in the job's process; the checkpoint directory and
     the other launch-time settings reach it, and nothing is refused with a server stack trace."""
     path, _ = small_table
-    env = {**child_env(), "SPARK_REMOTE": "local[2]"}
     checkpoints = tmp_path / "checkpoints"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jester_als.cli",
-            *job_argv(
-                "pipeline",
-                f"spark.checkpoint_dir={checkpoints}",
-                "tune.grid={rank: [3], regParam: [0.1], maxIter: [6]}",
-                "tune.refit_max_iter=25",
-                path=path,
-                out=tmp_path / "out",
-            ),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=600,
+    result = job(
+        *job_argv(
+            "pipeline",
+            f"spark.checkpoint_dir={checkpoints}",
+            "tune.grid={rank: [3], regParam: [0.1], maxIter: [6]}",
+            "tune.refit_max_iter=25",
+            path=path,
+            out=tmp_path / "out",
+        ),
+        remote="local[2]",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
@@ -182,15 +175,7 @@ def test_prepare_over_spark_connect_counts_as_in_classic_mode(spark, tmp_path):
         out = tmp_path / mode
         argv = job_argv("prepare", path=path, out=out)
         if mode == "connect":
-            env = {**child_env(), "SPARK_REMOTE": "local[2]"}
-            done = subprocess.run(
-                [sys.executable, "-m", "jester_als.cli", *argv],
-                capture_output=True,
-                text=True,
-                cwd=ROOT,
-                env=env,
-                timeout=600,
-            )
+            done = job(*argv, remote="local[2]")
             assert done.returncode == 0, done.stderr[-3000:]
         else:
             assert main(argv) == 0
