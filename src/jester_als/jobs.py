@@ -35,6 +35,7 @@ from jester_als.onepass import prepare_in_one_pass
 from jester_als.outputs import RunOutputs, now_iso
 from jester_als.plots import run_plots
 from jester_als.prepare import (
+    RATINGS_SCHEMA,
     InputError,
     cells_read,
     check_duplicates,
@@ -132,7 +133,7 @@ def run_prepare(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> tupl
     user_ids = spark.read.parquet(out.path("user_ids")) if prepared.user_ids is not None else None
     counts = prepared.counts
     row = counts["ratings"]
-    ratings = spark.read.parquet(out.path("ratings"))
+    ratings = spark.read.schema(RATINGS_SCHEMA).parquet(out.path("ratings"))
     if not row["ratings"]:
         raise InputError(
             f"{prepared.source}: no valid ratings among {counts['cells']:,} cells "

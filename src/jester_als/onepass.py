@@ -26,7 +26,9 @@ from jester_als.prepare import (
     HASH_SLICES,
     MALFORMED,
     MELTED_COLUMNS,
+    RATINGS_SCHEMA,
     REFUSED_COLUMNS,
+    REFUSED_SCHEMA,
     InputError,
     _not_int_id,
     _quote,
@@ -155,7 +157,7 @@ def _one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected
         )
         _remove(ratings_path)
         return None
-    written = _written_counts(spark.read.parquet(ratings_path), joke_ids)
+    written = _written_counts(spark.read.schema(RATINGS_SCHEMA).parquet(ratings_path), joke_ids)
     marks.append(("written_counts", time.perf_counter()))
     if written["users"] != by_row["named"]:
         # Fewer users with ratings than rows naming one: some rows have no rating, or an id is on two rows.
@@ -241,7 +243,7 @@ def _refused_pass(
     sentinel, rejected = int(observed.get["sentinel"]), int(observed.get["rejected"])
     by_reason = {
         row["reason"]: int(row["count"])
-        for row in spark.read.parquet(rejected_path).groupBy("reason").count().collect()
+        for row in spark.read.schema(REFUSED_SCHEMA).parquet(rejected_path).groupBy("reason").count().collect()
     }
     # one classification counted three ways: they cannot differ
     if sentinel + rejected != others or sum(by_reason.values()) != rejected:

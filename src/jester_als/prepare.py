@@ -368,6 +368,10 @@ def classify_cells(
 
 
 REFUSED_COLUMNS = ("user", "joke", "value", "reason", "detail")  # the refused cells as written, all strings
+# The written tables' schemas, for reading back what this run has just written: given a schema, Spark skips the
+# job that reads the files' footers to find one.
+RATINGS_SCHEMA = "user INT, joke INT, rating DOUBLE"
+REFUSED_SCHEMA = ", ".join(f"{c} STRING" for c in REFUSED_COLUMNS)
 
 
 def refused_cells(classified: DataFrame) -> DataFrame:
