@@ -286,7 +286,9 @@ def timing_section(metrics: dict) -> list[str]:
                 f" A plain read-melt-write of the same input, without checks or counts: "
                 f"{timing['reference_scan_first']:.1f} s as the session's first job, "
                 f"{timing['reference_scan']:.1f} s repeated after prepare; prepare took {timing['ratio']:.1f}x "
-                f"the repeated scan."
+                "the repeated scan. The repeated scan runs code the session has already compiled; prepare's own "
+                "(Spark's generated classes, and the JIT's compilation of them) is compiled while it runs, which on "
+                "a few cores takes time from its tasks."
             )
         out += [line, ""]
     tune = (metrics.get("spark_als") or {}).get("timing_seconds")
