@@ -233,7 +233,7 @@ def _refused_pass(
         rating_range=inp.rating_range,
     )
     # in the refused cells' columns before the observation: see MELTED_COLUMNS for why nothing asks for them after
-    unrated = as_refused(cells.where((F.col("reason") != "blank") & (F.col("status") != "accepted"))).observe(
+    unrated = as_refused(cells.where(~F.col("reason").isin("blank", "rated"))).observe(
         observed,
         F.count(F.when(F.col("reason") == "sentinel", 1)).alias("sentinel"),
         F.count(F.when(F.col("reason") != "sentinel", 1)).alias("rejected"),
