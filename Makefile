@@ -30,7 +30,7 @@ SPARK_ENV = PYSPARK_PYTHON="$(CURDIR)/$(BIN)/python" PYSPARK_DRIVER_PYTHON="$(CU
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-spark40 java run lint test test-suite test-spark40 test-fast generate bench package pack submit cluster-demo connect-server scale scale-docs run-docs bench-docs defaults-docs speed-docs serve-docs download-jester clean
+.PHONY: help setup setup-spark40 java run lint test test-suite test-spark40 test-fast generate bench package pack submit cluster-demo connect-server scale scale-docs run-docs bench-docs defaults-docs speed-docs prepare-speed-docs serve-docs download-jester clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -81,6 +81,9 @@ serve-docs: setup ## how fast fold-in serves new users: 1, 10,000 and 1 M users 
 
 speed-docs: setup $(DATA) ## time the pipeline as configured and with each setting that shortens it (docs/speed.md)
 	$(BIN)/python -m jester_als.speed --conf $(CONF) --out docs
+
+prepare-speed-docs: setup $(DATA) ## time prepare against a plain read-melt-write: in the job, alone, warm (docs/prepare-speed.md)
+	$(BIN)/python -m jester_als.prepare_speed --conf $(CONF) --out docs
 
 bench-docs: setup ## copy the last `make bench` run into docs/ and regenerate the README's section from it
 	cp output/bench/bench.json output/bench/bench.md output/bench/bench.png docs/

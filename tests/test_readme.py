@@ -25,7 +25,8 @@ def test_section_is_generated(name):
 
 
 @pytest.mark.parametrize(
-    "page", ["docs/bench.md", "docs/scale.md", "docs/defaults.md", "docs/serve.md", "docs/speed.md"]
+    "page",
+    ["docs/bench.md", "docs/scale.md", "docs/defaults.md", "docs/serve.md", "docs/speed.md", "docs/prepare-speed.md"],
 )
 def test_page_written_by_a_command_matches_its_json(page):
     standing, rendered = readme.rendered_page(ROOT, page)

@@ -4,8 +4,8 @@ summary and report (from ``docs/run/metrics.json``), the generated table's stati
 and the scaling answer (``docs/scale.json``): the runs ``make run-docs``, ``make defaults-docs`` and ``make
 scale-docs`` copied there. Each section sits between a start and an end marker in the page ``PAGES`` names;
 ``python -m jester_als.readme`` rewrites them all, and tests fail when one is stale. The pages that the
-commands write whole (docs/bench.md, scale.md, defaults.md, serve.md, speed.md) are held to their JSON by
-``RENDERED``."""
+commands write whole (docs/bench.md, scale.md, defaults.md, serve.md, speed.md, prepare-speed.md) are held to
+their JSON by :func:`_rendered`."""
 
 from __future__ import annotations
 
@@ -112,6 +112,7 @@ def _rendered() -> dict[str, tuple[str, Callable[[dict], str]]]:
     """Pages a command writes whole from its JSON: page -> (its JSON, the renderer)."""
     from jester_als.bench import render_bench
     from jester_als.defaults import render as render_defaults
+    from jester_als.prepare_speed import render as render_prepare_speed
     from jester_als.scale.render import render_scale
     from jester_als.serve import render as render_serve
     from jester_als.speed import render as render_speed
@@ -122,6 +123,7 @@ def _rendered() -> dict[str, tuple[str, Callable[[dict], str]]]:
         "docs/defaults.md": ("docs/defaults.json", render_defaults),
         "docs/serve.md": ("docs/serve.json", render_serve),
         "docs/speed.md": ("docs/speed.json", render_speed),
+        "docs/prepare-speed.md": ("docs/prepare-speed.json", render_prepare_speed),
     }
 
 

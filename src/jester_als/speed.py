@@ -146,7 +146,7 @@ def study(
         "config": conf,
         "settings": list(settings),
         "repeats": repeats,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "pyspark": _pyspark_version()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "pyspark": pyspark_version()},
         "variants": [
             {"name": v.name, "settings": list(v.settings), "gives_up": v.gives_up, "runs": runs[v.name]}
             for v in variants
@@ -154,7 +154,7 @@ def study(
     }
 
 
-def _pyspark_version() -> str | None:
+def pyspark_version() -> str | None:
     try:
         import pyspark
     except ImportError:

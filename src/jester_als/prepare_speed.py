@@ -1,0 +1,262 @@
+"""How long ``prepare`` takes against the least work any prepare must do: the plain read-melt-write of the same
+input that the job times beside it (``input.reference_scan``). Read three ways, from the job's own function
+(:func:`jester_als.jobs.run_prepare`) run again and again in fresh processes, each process its own JVM:
+
+- **in the job**: prepare's first run in its session against the scan repeated after it (the ratio the job
+  reports). The repeated scan runs code the session has already compiled; prepare compiles its own while it runs.
+- **each alone, in a fresh session**: prepare as the session's first job (no scan before it) against the scan as
+  the session's first job, in other processes: what a user waits for either one on its own.
+- **warm**: both run again in the same session, neither compiling anything new.
+
+``python -m jester_als.prepare_speed`` (``make prepare-speed-docs``) writes ``prepare-speed.json`` (every run's
+figures and the machine's load) and ``prepare-speed.md`` (medians, and ratios of medians from the same study).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+from jester_als.outputs import now_iso, write_text_atomic
+from jester_als.speed import pyspark_version
+
+# A process whose session runs prepare first (no scan before it), and one whose session runs the scan first:
+# the study alternates them.
+ORDERS = ("prepare_first", "scan_first")
+
+
+def session_runs(spark, cfg, work_dir: str, runs: int, order: str) -> list[dict]:
+    """``run_prepare`` ``runs`` times in one session, writing under ``work_dir``; each run's timing (its
+    ``data.timing_seconds``). With ``order`` ``prepare_first`` the first run has no scan before or after it."""
+    from jester_als.jobs import run_prepare
+    from jester_als.outputs import RunOutputs
+
+    out = RunOutputs(work_dir, "overwrite", ["ratings", "rejected"])
+    out.check()
+    timings = []
+    try:
+        for index in range(runs):
+            scans = order == "scan_first" or index > 0
+            run_cfg = cfg.model_copy(update={"input": cfg.input.model_copy(update={"reference_scan": scans})})
+            timings.append(run_prepare(spark, run_cfg, out)[0]["data"]["timing_seconds"])
+    finally:
+        out.abort()
+    return timings
+
+
+def _worker(conf: str, settings: list[str], runs: int, order: str, result_file: str) -> None:
+    """One process of the study: a session as the job starts one, :func:`session_runs`, the timings to
+    ``result_file``."""
+    from jester_als.config import load_config
+    from jester_als.jobs import load_average
+    from jester_als.session import build_session, release_session
+
+    cfg = load_config(conf, settings)
+    work_dir = os.path.dirname(result_file)
+    load = load_average()
+    spark, created = build_session(cfg.spark, spark_log=os.path.join(work_dir, "spark.log"))
+    try:
+        timings = session_runs(spark, cfg, os.path.join(work_dir, "out"), runs, order)
+    finally:
+        release_session(spark, created)
+    record = {"order": order, "runs": timings, "load_average_1min": [load, load_average()]}
+    write_text_atomic(result_file, json.dumps(record) + "\n")
+
+
+def run_in_new_process(conf: str, settings: list[str], runs: int, order: str, result_file: str) -> dict:
+    """One process of the study (its own JVM, as a user's run starts one); its record."""
+    command = [sys.executable, "-m", "jester_als.prepare_speed", "--conf", conf, "--runs", str(runs)]
+    for setting in settings:
+        command += ["--set", setting]
+    command += ["--worker", order, result_file]
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{tail}")
+    with open(result_file, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def study(
+    conf: str,
+    work_dir: str,
+    *,
+    processes: int,
+    runs: int,
+    settings: list[str] = (),
+    run: Callable[[str, list[str], int, str, str], dict] = run_in_new_process,
+) -> dict:
+    """``processes`` processes of each order, the orders taking turns, each running prepare ``runs`` times;
+    each process's outputs are removed once its record is read."""
+    started = time.perf_counter()
+    records = []
+    for round_number in range(processes):
+        for order in ORDERS:
+            process_dir = os.path.join(work_dir, f"process-{round_number}-{order}")
+            os.makedirs(process_dir)
+            records.append(run(conf, list(settings), runs, order, os.path.join(process_dir, "result.json")))
+            shutil.rmtree(process_dir, ignore_errors=True)
+            first = records[-1]["runs"][0]
+            print(
+                f"process {len(records)}/{processes * len(ORDERS)} ({order}): prepare {first['prepare']:.1f} s"
+                + (f", scan {first['reference_scan_first']:.1f} s" if "reference_scan_first" in first else ""),
+                file=sys.stderr,
+                flush=True,
+            )
+    return {
+        "written": now_iso(),
+        "seconds": round(time.perf_counter() - started),
+        "config": conf,
+        "settings": list(settings),
+        "processes": processes,
+        "runs": runs,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "pyspark": pyspark_version()},
+        "processes_run": records,
+    }
+
+
+def _timed(record: dict):
+    """A process's prepares and scans in the order they ran: ``(kind, seconds, warm)``, warm when one of its
+    kind ran before it in the session."""
+    ran = set()
+    for run in record["runs"]:
+        steps = [
+            ("scan", run.get("reference_scan_first")),
+            ("prepare", run["prepare"]),
+            ("scan", run.get("reference_scan")),
+        ]
+        for kind, seconds in steps:
+            if seconds is not None:
+                yield kind, seconds, kind in ran
+                ran.add(kind)
+
+
+def summary(result: dict) -> dict:
+    """The three readings: medians (seconds) and each reading's ratio (prepare's median over the scan's, both
+    from this study). In the job: the first run of the processes that scan first (prepare, then the scan after
+    it). Alone: prepare's first run where it is the session's first job, against the scan's where it is.
+    Warm: every prepare and scan that ran before in its session."""
+    first = {order: [r["runs"][0] for r in result["processes_run"] if r["order"] == order] for order in ORDERS}
+    warm = {"scan": [], "prepare": []}
+    for record in result["processes_run"]:
+        for kind, seconds, was_run in _timed(record):
+            if was_run:
+                warm[kind].append(seconds)
+
+    def reading(prepare: list[float], scan: list[float]) -> dict | None:
+        if not prepare or not scan:
+            return None
+        p, s = statistics.median(prepare), statistics.median(scan)
+        return {"prepare": p, "scan": s, "ratio": p / s, "prepare_runs": len(prepare), "scan_runs": len(scan)}
+
+    return {
+        "in_the_job": reading(
+            [run["prepare"] for run in first["scan_first"]], [run["reference_scan"] for run in first["scan_first"]]
+        ),
+        "alone": reading(
+            [run["prepare"] for run in first["prepare_first"]],
+            [run["reference_scan_first"] for run in first["scan_first"]],
+        ),
+        "warm": reading(warm["prepare"], warm["scan"]),
+    }
+
+
+READINGS = (
+    (
+        "in_the_job",
+        "in the job",
+        "prepare's first run in its session against the scan repeated after it, as the job reports it",
+    ),
+    (
+        "alone",
+        "each alone, in a fresh session",
+        "prepare as its session's first job against the scan as its session's first job (other processes)",
+    ),
+    ("warm", "warm", "each run again in the same session (every prepare and scan but its session's first)"),
+)
+
+
+def render(result: dict) -> str:
+    readings = summary(result)
+    machine = result["machine"]
+    loads = [load for r in result["processes_run"] for load in (r["load_average_1min"] or []) if load is not None]
+    lines = [
+        "# Prepare against a plain read-melt-write",
+        "",
+        f"Written by `python -m jester_als.prepare_speed` (`make prepare-speed-docs`) on {result['written']}, in "
+        f"{result['seconds']} s: `prepare` on `{result['config']}`"
+        + (f" with {', '.join(f'`{s}`' for s in result['settings'])}" if result["settings"] else "")
+        + f", {result['processes']} fresh process(es) of each order, the orders taking turns, prepare run "
+        f"{result['runs']} times in each. {machine['cpus']} cores, Python {machine['python']}, pyspark "
+        f"{machine['pyspark']}; the 1-minute load average at the processes' starts and ends ranged "
+        f"{min(loads, default=0):.2f} to {max(loads, default=0):.2f}.",
+        "",
+        "The scan is the least work any prepare must do: one read of the input, melted, its non-blank cells "
+        "written as Parquet, without checks or counts (`jester_als.prepare.reference_scan`). Prepare is the job's "
+        "own step (`jester_als.jobs.run_prepare`), which also classifies every cell, counts and checks them and "
+        "writes the refused ones. Medians over the runs; a ratio is prepare's median over the scan's.",
+        "",
+        "| reading | what is compared | prepare (s) | scan (s) | ratio | runs (prepare / scan) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, name, what in READINGS:
+        row = readings[key]
+        if row is None:
+            lines.append(f"| {name} | {what} | | | | none |")
+            continue
+        lines.append(
+            f"| {name} | {what} | {row['prepare']:.2f} | {row['scan']:.2f} | {row['ratio']:.2f}x | "
+            f"{row['prepare_runs']} / {row['scan_runs']} |"
+        )
+    lines += [
+        "",
+        "Prepare's first run in a session compiles its own code (Spark's generated classes for its queries, and "
+        "the JIT's compilation of them) while it runs, which on a few cores takes time from its tasks; the scan "
+        "repeated after it compiles nothing. The job's own ratio holds the first against the second; the other "
+        "two readings compare like with like.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jester_als.prepare_speed", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--conf", default="conf/local.yaml", help="the config every process starts from")
+    parser.add_argument("--out", default="output/prepare-speed", help="where prepare-speed.json and .md go")
+    parser.add_argument("--processes", type=int, default=3, help="fresh processes of each order")
+    parser.add_argument("--runs", type=int, default=4, help="prepare runs in each process (the first is cold)")
+    parser.add_argument("--set", action="append", default=[], help="a setting under every run's (key=value)")
+    parser.add_argument("--worker", nargs=2, metavar=("ORDER", "RESULT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.processes < 1 or args.runs < 2:
+        parser.error("--processes must be at least 1 and --runs at least 2 (the runs after the first are warm)")
+    if args.worker:
+        order, result_file = args.worker
+        if order not in ORDERS:
+            parser.error(f"--worker: the order is one of {list(ORDERS)}")
+        _worker(args.conf, args.set, args.runs, order, result_file)
+        return 0
+    os.makedirs(args.out, exist_ok=True)
+    work_dir = tempfile.mkdtemp(prefix="jester-als-prepare-speed-")
+    try:
+        result = study(args.conf, work_dir, processes=args.processes, runs=args.runs, settings=args.set)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    write_text_atomic(os.path.join(args.out, "prepare-speed.json"), json.dumps(result, indent=1) + "\n")
+    page = render(result)
+    write_text_atomic(os.path.join(args.out, "prepare-speed.md"), page)
+    print(page)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

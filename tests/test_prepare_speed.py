@@ -1,0 +1,100 @@
+"""`python -m jester_als.prepare_speed`: prepare run again and again in one session, the processes of each order in
+turn, the three readings from the right runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from jester_als import prepare_speed
+from jester_als.config import load_config
+
+
+def test_a_session_runs_the_jobs_prepare_again_and_keeps_each_runs_timing(spark, small_table, tmp_path):
+    """The worker's loop on the tests' session: the first run of a prepare-first session has no scan, the later
+    ones scan before and after; every run is the one pass, and nothing is left behind."""
+    path, _ = small_table
+    cfg = load_config("conf/local.yaml", [f"input.path={path}"])
+    work = tmp_path / "work"
+    runs = prepare_speed.session_runs(spark, cfg, str(work), 3, "prepare_first")
+    assert len(runs) == 3
+    assert "reference_scan" not in runs[0] and "reference_scan_first" not in runs[0]
+    for run in runs:
+        assert run["prepare"] > 0 and set(run["one_pass_parts"]) >= {"pass", "written_counts", "refused"}
+    for run in runs[1:]:
+        assert run["reference_scan_first"] > 0 and run["reference_scan"] > 0
+        # the job's ratio is of the unrounded seconds, which lie within 0.005 of those it reports
+        low, high = run["prepare"] - 0.005, run["prepare"] + 0.005
+        assert (
+            low / (run["reference_scan"] + 0.005) - 0.005
+            <= run["ratio"]
+            <= high / (run["reference_scan"] - 0.005) + 0.005
+        )
+    assert not work.exists()  # the staged ratings and refused cells are removed, and the directory made for them
+
+
+def test_the_worker_writes_its_record(spark, small_table, tmp_path):
+    """`--worker` as the study starts it (here in the tests' process, whose session it joins)."""
+    path, _ = small_table
+    result = tmp_path / "result.json"
+    argv = ["--conf", "conf/local.yaml", "--set", f"input.path={path}", "--runs", "2"]
+    assert prepare_speed.main([*argv, "--worker", "scan_first", str(result)]) == 0
+    record = json.loads(result.read_text())
+    assert record["order"] == "scan_first" and len(record["runs"]) == 2
+    assert all(run["reference_scan_first"] > 0 for run in record["runs"])
+    assert len(record["load_average_1min"]) == 2
+    with pytest.raises(SystemExit):
+        prepare_speed.main([*argv, "--worker", "scan_last", str(result)])
+    with pytest.raises(SystemExit):
+        prepare_speed.main([*argv[:-1], "1"])  # one run has nothing warm
+
+
+def _run(scan_first=None, prepare=0.0, scan=None) -> dict:
+    run = {"prepare": prepare}
+    if scan_first is not None:
+        run.update(reference_scan_first=scan_first, reference_scan=scan)
+    return run
+
+
+# Two processes of each order, planted so that each reading has its own answer: the first scan of a prepare-first
+# session (9.0) is cold and must not count as warm, nor may a session's first prepare.
+PLANTED = [
+    {"order": "prepare_first", "runs": [_run(prepare=10.0), _run(9.0, 2.0, 1.0), _run(1.0, 3.0, 1.0)]},
+    {"order": "scan_first", "runs": [_run(6.0, 5.0, 2.0), _run(1.0, 2.5, 1.5)]},
+    {"order": "prepare_first", "runs": [_run(prepare=12.0), _run(9.0, 2.0, 1.0)]},
+    {"order": "scan_first", "runs": [_run(4.0, 7.0, 2.0), _run(2.0, 4.0, 1.0)]},
+]
+
+
+def test_the_three_readings_take_their_own_runs():
+    readings = prepare_speed.summary({"processes_run": [{**r, "load_average_1min": [0.1, 0.2]} for r in PLANTED]})
+    # in the job: the scan-first sessions' first prepare (5, 7) against the scan after it (2, 2)
+    assert readings["in_the_job"] == {"prepare": 6.0, "scan": 2.0, "ratio": 3.0, "prepare_runs": 2, "scan_runs": 2}
+    # alone: the prepare-first sessions' first prepare (10, 12) against the scan-first sessions' first scan (6, 4)
+    assert readings["alone"]["prepare"] == 11.0 and readings["alone"]["scan"] == 5.0
+    assert readings["alone"]["ratio"] == pytest.approx(2.2)
+    # warm: prepares 2, 3, 2.5, 2, 4 and scans 1, 1, 1, 2, 1, 1.5, 1, 2, 2, 1 (every one that ran before in its session)
+    assert readings["warm"]["prepare"] == 2.5 and readings["warm"]["prepare_runs"] == 5
+    assert readings["warm"]["scan"] == 1.0 and readings["warm"]["scan_runs"] == 10
+
+
+def test_the_study_runs_the_orders_in_turn_and_renders_each_reading(tmp_path):
+    """The runner stands in for the fresh process only; the page is rendered from what it returned."""
+    calls = []
+    planted = iter(PLANTED)
+
+    def run(conf, settings, runs, order, result_file):
+        calls.append((conf, settings, runs, order))
+        assert result_file.startswith(str(tmp_path))
+        return {**next(planted), "load_average_1min": [0.5, 1.5]}
+
+    result = prepare_speed.study("conf/local.yaml", str(tmp_path), processes=2, runs=3, settings=["a.b=1"], run=run)
+    assert [c[3] for c in calls] == ["prepare_first", "scan_first"] * 2
+    assert all(c[:3] == ("conf/local.yaml", ["a.b=1"], 3) for c in calls)
+    assert list(tmp_path.iterdir()) == []  # each process's directory removed once read
+    page = prepare_speed.render(result)
+    assert "| in the job | prepare's first run in its session against the scan repeated after it" in page
+    assert "| 6.00 | 2.00 | 3.00x | 2 / 2 |" in page and "| 11.00 | 5.00 | 2.20x | 2 / 2 |" in page
+    assert "| 2.50 | 1.00 | 2.50x | 5 / 10 |" in page
+    assert "ranged 0.50 to 1.50" in page and "with `a.b=1`" in page
