@@ -68,3 +68,19 @@ def test_a_full_disk_ends_with_one_line_naming_it(small_disk, tmp_path):
     assert "Traceback" not in run.stderr and "Caused by" not in run.stderr
     assert len(run.stderr.splitlines()) < 60, run.stderr[-3000:]
     assert not [p for p in os.listdir(out) if p.startswith(".staging-")]  # nothing half-written left
+
+
+def test_a_job_without_spark_that_cannot_write_its_path_says_which_in_one_line(tmp_path, capsys):
+    """generate (bench and scale alike) meets an I/O error as a Spark job does: exit 1, one line naming the path,
+    the trace only with -v."""
+    from jester_als.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    target = blocker / "jester.csv"
+    assert main(["generate", "--set", f"generate.path={target}", "--set", "generate.users=20"]) == 1
+    err = capsys.readouterr().err
+    # (os.makedirs meets the file where a directory should be: "File exists")
+    assert err.strip().splitlines()[-1] == f"jester-als generate: failed: file exists: {blocker}", err
+    assert "Traceback" not in err
+    assert not target.exists()

@@ -159,7 +159,17 @@ def test_the_cluster_side_is_measured_by_spark_itself(tiny_study):
 
 
 def test_budget_stop_records_the_limit_instead_of_crashing(tmp_path):
-    _, study = run_scale(tmp_path, "--set", "scale.memory_budget_mb=40", "--set", "scale.cluster_measure_users=[]")
+    scratch = tmp_path / "scratch" / "not-yet"  # a work_dir that does not exist is made, as output.dir is
+    _, study = run_scale(
+        tmp_path,
+        "--set",
+        "scale.memory_budget_mb=40",
+        "--set",
+        "scale.cluster_measure_users=[]",
+        "--set",
+        f"scale.work_dir={scratch}",
+    )
+    assert scratch.is_dir()
     first, later = study["points"][0], study["points"][1:]
     for engine in ENGINES:
         assert not first["engines"][engine]["completed"]

@@ -111,6 +111,8 @@ def run_bench(cfg: JesterConfig) -> dict:
     gen = GeneratorParams.from_config(cfg.generate, users=bench.users, jokes=bench.jokes)
     heap = check_fits(bench, gen)
     out_dir = Path(cfg.output.dir)
+    if bench.work_dir:  # made like output.dir: a scratch directory named in the config need not exist yet
+        os.makedirs(bench.work_dir, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="jester-als-bench-", dir=bench.work_dir))
     try:
         sizes = write_split_parquet(gen, work, bench.test_fraction, bench.seed)

@@ -157,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
             print(job.run(cfg))
         except JobError as exc:
             return _refused(job.name, exc, 1)
+        except OSError as exc:  # a path it cannot make or write: one line naming it (the trace behind -v)
+            cause = actionable_cause(exc) or f"{(exc.strerror or 'I/O error').lower()}: {exc.filename or exc}"
+            return _refused(job.name, f"failed: {cause}", 1)
         return 0
     return _run_spark_job(job, args, cfg)
 

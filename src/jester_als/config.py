@@ -519,7 +519,7 @@ class BenchConfig(Section):
     spark_driver_memory: Annotated[str, _checked(_memory_size)] = key(
         "auto", "Spark's driver heap: auto sizes it to the data, or e.g. 8g"
     )
-    work_dir: str | None = key(None, "where the generated table goes (default: temp dir)")
+    work_dir: str | None = key(None, "where the generated table goes (made if missing; default: a temp dir)")
     numpy_dense_budget_mb: NonNegativeNumber = key(
         4096, "largest dense users x jokes pattern + ratings NumPy ALS may build"
     )
@@ -564,7 +564,7 @@ class ScaleConfig(Section):
     memory_budget_mb: PositiveInt = key(20_000, "peak RSS per engine and point")
     spark_driver_memory: str = key("16g", "local-mode JVM heap for the Spark worker")
     numpy_dense_budget_mb: NonNegativeNumber = key(4096, "NumPy ALS's dense rating-pattern budget in the study")
-    work_dir: str | None = key(None, "where generated tables go (default: temp dir)")
+    work_dir: str | None = key(None, "where generated tables go (made if missing; default: a temp dir)")
     machine_memory_gb: PositiveNumber = key(24, "the one machine of the predictions")
     cluster_executors: PositiveInt = key(8, "the cluster of the predictions")
     cluster_measure_users: list[int] = key(

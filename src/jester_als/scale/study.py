@@ -182,6 +182,8 @@ def _run_engines(
 
 def run_study(cfg: JesterConfig) -> dict:
     scale = cfg.scale
+    if scale.work_dir:  # made like output.dir: a scratch directory named in the config need not exist yet
+        os.makedirs(scale.work_dir, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="jester-als-scale-", dir=scale.work_dir))
     stopped: dict[tuple[str, str], str] = {}
     points = []
