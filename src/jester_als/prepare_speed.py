@@ -17,17 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 
 from jester_als.outputs import now_iso, write_text_atomic
-from jester_als.speed import pyspark_version
+from jester_als.speed import machine, run_command, write_study
 
 # A process whose session runs prepare first (no scan before it), and one whose session runs the scan first:
 # the study alternates them.
@@ -77,11 +75,7 @@ def run_in_new_process(conf: str, settings: list[str], runs: int, order: str, re
     command = [sys.executable, "-m", "jester_als.prepare_speed", "--conf", conf, "--runs", str(runs)]
     for setting in settings:
         command += ["--set", setting]
-    command += ["--worker", order, result_file]
-    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if done.returncode != 0:
-        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
-        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{tail}")
+    run_command([*command, "--worker", order, result_file])
     with open(result_file, encoding="utf-8") as handle:
         return json.load(handle)
 
@@ -119,7 +113,7 @@ def study(
         "settings": list(settings),
         "processes": processes,
         "runs": runs,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "pyspark": pyspark_version()},
+        "machine": machine(),
         "processes_run": records,
     }
 
@@ -245,16 +239,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--worker: the order is one of {list(ORDERS)}")
         _worker(args.conf, args.set, args.runs, order, result_file)
         return 0
-    os.makedirs(args.out, exist_ok=True)
     work_dir = tempfile.mkdtemp(prefix="jester-als-prepare-speed-")
     try:
         result = study(args.conf, work_dir, processes=args.processes, runs=args.runs, settings=args.set)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
-    write_text_atomic(os.path.join(args.out, "prepare-speed.json"), json.dumps(result, indent=1) + "\n")
-    page = render(result)
-    write_text_atomic(os.path.join(args.out, "prepare-speed.md"), page)
-    print(page)
+    write_study(args.out, "prepare-speed", result, render)
     return 0
 
 

@@ -93,11 +93,30 @@ def pipeline_argv(conf: str, out_dir: str, settings: list[str]) -> list[str]:
 
 def run_in_new_process(argv: list[str]) -> None:
     """One run in a process of its own, so that each run starts its own JVM, as a user's does."""
-    command = [sys.executable, "-m", "jester_als.cli", *argv]
+    run_command([sys.executable, "-m", "jester_als.cli", *argv])
+
+
+def run_command(command: list[str]) -> None:
+    """``command`` in a process of its own; a RuntimeError with the end of its stderr when it fails."""
     done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-15:])
         raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{tail}")
+
+
+def machine() -> dict:
+    """The machine a study ran on, as its page states it."""
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "pyspark": pyspark_version()}
+
+
+def write_study(out_dir: str, name: str, result: dict, render: Callable[[dict], str]) -> None:
+    """``name``.json (the study's every figure) and ``name``.md (its page, rendered from that) under
+    ``out_dir``; the page is printed too."""
+    os.makedirs(out_dir, exist_ok=True)
+    write_text_atomic(os.path.join(out_dir, f"{name}.json"), json.dumps(result, indent=1) + "\n")
+    page = render(result)
+    write_text_atomic(os.path.join(out_dir, f"{name}.md"), page)
+    print(page)
 
 
 def record(metrics: dict) -> dict:
@@ -146,7 +165,7 @@ def study(
         "config": conf,
         "settings": list(settings),
         "repeats": repeats,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "pyspark": pyspark_version()},
+        "machine": machine(),
         "variants": [
             {"name": v.name, "settings": list(v.settings), "gives_up": v.gives_up, "runs": runs[v.name]}
             for v in variants
@@ -254,16 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     variants = variants_named(args.variant)
-    os.makedirs(args.out, exist_ok=True)
     work_dir = tempfile.mkdtemp(prefix="jester-als-speed-")  # the runs' outputs, each removed once read
     try:
         result = study(args.conf, work_dir, repeats=args.repeats, variants=variants, settings=args.set)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
-    write_text_atomic(os.path.join(args.out, "speed.json"), json.dumps(result, indent=1) + "\n")
-    page = render(result)
-    write_text_atomic(os.path.join(args.out, "speed.md"), page)
-    print(page)
+    write_study(args.out, "speed", result, render)
     return 0
 
 
