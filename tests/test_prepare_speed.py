@@ -98,3 +98,10 @@ def test_the_study_runs_the_orders_in_turn_and_renders_each_reading(tmp_path):
     assert "| 6.00 | 2.00 | 3.00x | 2 / 2 |" in page and "| 11.00 | 5.00 | 2.20x | 2 / 2 |" in page
     assert "| 2.50 | 1.00 | 2.50x | 5 / 10 |" in page
     assert "ranged 0.50 to 1.50" in page and "with `a.b=1`" in page
+
+
+def test_a_run_whose_scan_could_not_read_the_input_is_left_out_of_the_readings():
+    unscanned = {"order": "scan_first", "runs": [_run(prepare=50.0), _run(prepare=40.0)], "load_average_1min": []}
+    readings = prepare_speed.summary({"processes_run": [*PLANTED, unscanned]})
+    assert readings["in_the_job"]["prepare"] == 6.0 and readings["in_the_job"]["prepare_runs"] == 2
+    assert readings["alone"]["scan"] == 5.0
