@@ -121,6 +121,7 @@ def test_the_run_reports_where_its_time_went(default_run):
     assert "| seconds to fit and score |" in report
     assert "tune: split and count" in report and "of which the pass" in report
     assert f"prepare took {timing['ratio']:.1f}x the repeated scan. The repeated scan runs code" in report
+    assert "`python -m jester_als.prepare_speed` compares like with like" in report
     machine = metrics["run"]["machine"]  # how quiet the machine was, beside the times
     assert machine["cpus"] >= 1 and all(load >= 0 for load in machine["load_average_1min"])
     assert "1-minute load average" in report

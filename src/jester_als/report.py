@@ -288,7 +288,8 @@ def timing_section(metrics: dict) -> list[str]:
                 f"{timing['reference_scan']:.1f} s repeated after prepare; prepare took {timing['ratio']:.1f}x "
                 "the repeated scan. The repeated scan runs code the session has already compiled; prepare's own "
                 "(Spark's generated classes, and the JIT's compilation of them) is compiled while it runs, which on "
-                "a few cores takes time from its tasks."
+                "a few cores takes time from its tasks. `python -m jester_als.prepare_speed` compares like with like "
+                "(each as a fresh session's first job, and warm)."
             )
         out += [line, ""]
     tune = (metrics.get("spark_als") or {}).get("timing_seconds")
