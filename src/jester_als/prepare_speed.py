@@ -25,7 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 
-from jester_als.outputs import now_iso, write_text_atomic
+from jester_als.outputs import RunOutputs, now_iso, write_text_atomic
 from jester_als.speed import machine, run_command, write_study
 
 # A process whose session runs prepare first (no scan before it), and one whose session runs the scan first:
@@ -36,8 +36,7 @@ ORDERS = ("prepare_first", "scan_first")
 def session_runs(spark, cfg, work_dir: str, runs: int, order: str) -> list[dict]:
     """``run_prepare`` ``runs`` times in one session, writing under ``work_dir``; each run's timing (its
     ``data.timing_seconds``). With ``order`` ``prepare_first`` the first run has no scan before or after it."""
-    from jester_als.jobs import run_prepare
-    from jester_als.outputs import RunOutputs
+    from jester_als.jobs import run_prepare  # pyspark: only the worker process loads it
 
     out = RunOutputs(work_dir, "overwrite", ["ratings", "rejected"])
     out.check()
