@@ -33,7 +33,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 .PHONY: help setup setup-spark40 java run lint test test-suite test-spark40 test-fast generate bench package pack submit cluster-demo connect-server scale scale-docs run-docs bench-docs defaults-docs speed-docs prepare-speed-docs serve-docs download-jester clean
 
 help: ## list the targets
-	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 java:
 	@command -v java >/dev/null 2>&1 || { echo "Java is missing: Spark 4 needs Java 17 or 21." \
