@@ -21,12 +21,11 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 
 from jester_als.outputs import RunOutputs, now_iso, write_text_atomic
-from jester_als.speed import machine, run_command, write_study
+from jester_als.speed import machine, run_and_write_study, run_command
 
 # A process whose session runs prepare first (no scan before it), and one whose session runs the scan first:
 # the study alternates them.
@@ -239,12 +238,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--worker: the order is one of {list(ORDERS)}")
         _worker(args.conf, args.set, args.runs, order, result_file)
         return 0
-    work_dir = tempfile.mkdtemp(prefix="jester-als-prepare-speed-")
-    try:
-        result = study(args.conf, work_dir, processes=args.processes, runs=args.runs, settings=args.set)
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
-    write_study(args.out, "prepare-speed", result, render)
+    run_and_write_study(
+        args.out,
+        "prepare-speed",
+        lambda work_dir: study(args.conf, work_dir, processes=args.processes, runs=args.runs, settings=args.set),
+        render,
+    )
     return 0
 
 

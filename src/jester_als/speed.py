@@ -109,9 +109,15 @@ def machine() -> dict:
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "pyspark": pyspark_version()}
 
 
-def write_study(out_dir: str, name: str, result: dict, render: Callable[[dict], str]) -> None:
-    """``name``.json (the study's every figure) and ``name``.md (its page, rendered from that) under
-    ``out_dir``; the page is printed too."""
+def run_and_write_study(out_dir: str, name: str, measure: Callable[[str], dict], render: Callable[[dict], str]) -> None:
+    """Run ``measure`` on a temporary work dir of its own (its runs' outputs; removed afterwards, whatever
+    happens), then write ``name``.json (the study's every figure) and ``name``.md (its page, rendered from that)
+    under ``out_dir``; the page is printed too."""
+    work_dir = tempfile.mkdtemp(prefix=f"jester-als-{name}-")
+    try:
+        result = measure(work_dir)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
     os.makedirs(out_dir, exist_ok=True)
     write_text_atomic(os.path.join(out_dir, f"{name}.json"), json.dumps(result, indent=1) + "\n")
     page = render(result)
@@ -273,12 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     variants = variants_named(args.variant)
-    work_dir = tempfile.mkdtemp(prefix="jester-als-speed-")  # the runs' outputs, each removed once read
-    try:
-        result = study(args.conf, work_dir, repeats=args.repeats, variants=variants, settings=args.set)
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
-    write_study(args.out, "speed", result, render)
+    run_and_write_study(
+        args.out,
+        "speed",
+        lambda work_dir: study(args.conf, work_dir, repeats=args.repeats, variants=variants, settings=args.set),
+        render,
+    )
     return 0
 
 
