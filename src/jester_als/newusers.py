@@ -23,8 +23,6 @@ from jester_als.foldin import fold_in, from_numpy_model, predict
 from jester_als.generate import GAUGE_JOKES
 from jester_als.numpy_als import RatingMatrix, fit_numpy_als, nmae
 
-PREDICTORS = ("model", "popularity", "refit")
-
 
 def held_out_users(users: np.ndarray, fraction: float, seed: int, max_users: int) -> np.ndarray:
     """Sorted ids of the users held out whole: a seeded hash of the user below ``fraction``, at most
