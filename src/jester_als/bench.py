@@ -16,7 +16,6 @@ import os
 import platform
 import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from jester_als.generate import GeneratorParams
 from jester_als.harness.data import write_split_parquet
 from jester_als.harness.runner import run_worker
 from jester_als.harness.worker import WorkerSpec
-from jester_als.outputs import now_iso, staged_outputs, write_text_atomic
+from jester_als.outputs import now_iso, scratch_dir, staged_outputs, write_text_atomic
 from jester_als.plots import SKIPPED, engine_bars, pyplot
 from jester_als.registry import JOBS
 from jester_als.report import table
@@ -111,9 +110,7 @@ def run_bench(cfg: JesterConfig) -> dict:
     gen = GeneratorParams.from_config(cfg.generate, users=bench.users, jokes=bench.jokes)
     heap = check_fits(bench, gen)
     out_dir = Path(cfg.output.dir)
-    if bench.work_dir:  # made like output.dir: a scratch directory named in the config need not exist yet
-        os.makedirs(bench.work_dir, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="jester-als-bench-", dir=bench.work_dir))
+    work = Path(scratch_dir("bench", bench.work_dir))
     try:
         sizes = write_split_parquet(gen, work, bench.test_fraction, bench.seed)
         train_ratings = sizes["train_ratings"]

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -71,6 +72,15 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write a whole text file or nothing (:func:`atomic_path`)."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)
+
+
+def scratch_dir(name: str, parent: str | None = None) -> str:
+    """A new directory ``jester-als-<name>-*`` for a study's generated tables and runs (the caller removes it):
+    under ``parent`` when a config names one, made if missing as ``output.dir`` is, else in the system's temp
+    dir."""
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(prefix=f"jester-als-{name}-", dir=parent)
 
 
 class RunOutputs:

@@ -19,12 +19,11 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from jester_als.outputs import now_iso, write_text_atomic
+from jester_als.outputs import now_iso, scratch_dir, write_text_atomic
 
 STEPS = ("prepare", "tune", "baseline", "recommend", "new_users")
 
@@ -113,7 +112,7 @@ def run_and_write_study(out_dir: str, name: str, measure: Callable[[str], dict],
     """Run ``measure`` on a temporary work dir of its own (its runs' outputs; removed afterwards, whatever
     happens), then write ``name``.json (the study's every figure) and ``name``.md (its page, rendered from that)
     under ``out_dir``; the page is printed too."""
-    work_dir = tempfile.mkdtemp(prefix=f"jester-als-{name}-")
+    work_dir = scratch_dir(name)
     try:
         result = measure(work_dir)
     finally:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from jester_als.harness.data import split_counts, write_split_parquet
 from jester_als.harness.runner import machine_memory_gb, run_worker
 from jester_als.harness.worker import WorkerSpec
 from jester_als.numpy_als import engine_threads, last_level_cache_bytes
-from jester_als.outputs import now_iso, staged_outputs, write_text_atomic
+from jester_als.outputs import now_iso, scratch_dir, staged_outputs, write_text_atomic
 from jester_als.registry import JOBS
 from jester_als.scale.analysis import limit_probes, limits, storage_model, timed_ratings, users_point
 from jester_als.scale.cluster import measure_cluster
@@ -182,9 +181,7 @@ def _run_engines(
 
 def run_study(cfg: JesterConfig) -> dict:
     scale = cfg.scale
-    if scale.work_dir:  # made like output.dir: a scratch directory named in the config need not exist yet
-        os.makedirs(scale.work_dir, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="jester-als-scale-", dir=scale.work_dir))
+    work = Path(scratch_dir("scale", scale.work_dir))
     stopped: dict[tuple[str, str], str] = {}
     points = []
     specs = axis_points(scale)
