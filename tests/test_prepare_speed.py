@@ -50,8 +50,10 @@ def test_the_worker_writes_its_record(spark, small_table, tmp_path):
         prepare_speed.main([*argv[:-1], "1"])  # one run has nothing warm
 
 
-def _run(scan_first=None, prepare=0.0, scan=None) -> dict:
+def _run(scan_first=None, prepare=0.0, scan=None, parts=None) -> dict:
     run = {"prepare": prepare}
+    if parts is not None:  # the pass, the written counts, the refused cells (the unique-user check not run)
+        run["one_pass_parts"] = dict(zip(("pass", "written_counts", "refused", "unique_users"), (*parts, 0.0)))
     if scan_first is not None:
         run.update(reference_scan_first=scan_first, reference_scan=scan)
     return run
@@ -61,9 +63,9 @@ def _run(scan_first=None, prepare=0.0, scan=None) -> dict:
 # session (9.0) is cold and must not count as warm, nor may a session's first prepare.
 PLANTED = [
     {"order": "prepare_first", "runs": [_run(prepare=10.0), _run(9.0, 2.0, 1.0), _run(1.0, 3.0, 1.0)]},
-    {"order": "scan_first", "runs": [_run(6.0, 5.0, 2.0), _run(1.0, 2.5, 1.5)]},
+    {"order": "scan_first", "runs": [_run(6.0, 5.0, 2.0, (3.0, 1.0, 0.5)), _run(1.0, 2.5, 1.5, (1.5, 0.5, 0.2))]},
     {"order": "prepare_first", "runs": [_run(prepare=12.0), _run(9.0, 2.0, 1.0)]},
-    {"order": "scan_first", "runs": [_run(4.0, 7.0, 2.0), _run(2.0, 4.0, 1.0)]},
+    {"order": "scan_first", "runs": [_run(4.0, 7.0, 2.0, (5.0, 1.4, 0.1)), _run(2.0, 4.0, 1.0, (2.5, 0.7, 0.2))]},
 ]
 
 
@@ -98,6 +100,41 @@ def test_the_study_runs_the_orders_in_turn_and_renders_each_reading(tmp_path):
     assert "| 6.00 | 2.00 | 3.00x | 2 / 2 |" in page and "| 11.00 | 5.00 | 2.20x | 2 / 2 |" in page
     assert "| 2.50 | 1.00 | 2.50x | 5 / 10 |" in page
     assert "ranged 0.50 to 1.50" in page and "with `a.b=1`" in page
+
+
+RESULT_HEAD = {
+    "written": "2026-12-04T12:00:00+00:00",
+    "seconds": 60,
+    "config": "conf/local.yaml",
+    "settings": [],
+    "processes": 2,
+    "runs": 3,
+    "machine": {"cpus": 2, "python": "3.11.7", "pyspark": "4.3.0"},
+}
+
+
+def test_prepares_parts_are_read_from_the_same_runs_as_the_readings():
+    """Only the scan-first sessions went in one pass (the prepare-first ones have no parts, as on the general
+    path): in the job their first runs, warm their second ones, and alone none."""
+    result = {"processes_run": [{**r, "load_average_1min": [0.1, 0.2]} for r in PLANTED]}
+    parts = prepare_speed.parts_summary(result)
+    assert parts["alone"] is None
+    job = parts["in_the_job"]
+    # passes 3 and 5, counts 1 and 1.4, refused 0.5 and 0.1; the rest 5 - 4.5 and 7 - 6.5
+    assert job["runs"] == 2 and job["pass"] == 4.0 and job["written_counts"] == pytest.approx(1.2)
+    assert job["refused"] == pytest.approx(0.3) and job["rest"] == pytest.approx(0.5) and job["unique_users"] == 0.0
+    assert parts["warm"]["runs"] == 2 and parts["warm"]["pass"] == 2.0
+    page = prepare_speed.render({**result, **RESULT_HEAD})
+    assert "| the written ratings counted (their number, sums, hash, users and jokes) | 1.20 |  | 0.60 |" in page
+    assert "| prepare, whole | 6.00 |  | 3.25 |" in page  # over the same runs as the parts: warm, 2.5 and 4
+    # the pass against the job's scan (2, 2)
+    assert "In the job, prepare's pass alone took 2.00x the repeated scan (4.00 s against 2.00 s)" in page
+    # no run in one pass: no section
+    general = [
+        {**r, "runs": [{k: v for k, v in run.items() if k != "one_pass_parts"} for run in r["runs"]]}
+        for r in result["processes_run"]
+    ]
+    assert "Where prepare's time went" not in prepare_speed.render({**RESULT_HEAD, "processes_run": general})
 
 
 def test_a_run_whose_scan_could_not_read_the_input_is_left_out_of_the_readings():

@@ -10,7 +10,9 @@ input that the job times beside it (``input.reference_scan``). Read three ways, 
   study's later runs are faster than its second).
 
 ``python -m jester_als.prepare_speed`` (``make prepare-speed-docs``) writes ``prepare-speed.json`` (every run's
-figures and the machine's load) and ``prepare-speed.md`` (medians, and ratios of medians from the same study).
+figures and the machine's load) and ``prepare-speed.md`` (medians, and ratios of medians from the same study; and,
+for each reading, prepare's time by part where it went in one pass: the pass, the written ratings counted, the
+refused cells, the rest).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from jester_als.outputs import RunOutputs, now_iso, write_text_atomic
+from jester_als.report import ONE_PASS_PARTS
 from jester_als.speed import machine, run_and_write_study, run_command
 
 # A process whose session runs prepare first (no scan before it), and one whose session runs the scan first:
@@ -133,33 +136,66 @@ def _timed(record: dict):
                 ran.add(kind)
 
 
-def summary(result: dict) -> dict:
-    """The three readings: medians (seconds) and each reading's ratio (prepare's median over the scan's, both
-    from this study). In the job: the first run of the processes that scan first (prepare, then the scan after
-    it). Alone: prepare's first run where it is the session's first job, against the scan's where it is.
-    Warm: every prepare and scan that ran before in its session."""
+def _reading_runs(result: dict) -> dict:
+    """Each reading's prepare runs (the records ``run_prepare`` gave) and scan seconds. In the job: the first run of
+    the processes that scan first (prepare, then the scan after it). Alone: prepare's first run where it is the
+    session's first job, against the scan's where it is. Warm: every prepare and scan that ran before in its
+    session."""
     first = {order: [r["runs"][0] for r in result["processes_run"] if r["order"] == order] for order in ORDERS}
-    warm = {"scan": [], "prepare": []}
-    for record in result["processes_run"]:
-        for kind, seconds, was_run in _timed(record):
-            if was_run:
-                warm[kind].append(seconds)
-
-    def reading(prepare: list[float], scan: list[float]) -> dict | None:
-        if not prepare or not scan:
-            return None
-        p, s = statistics.median(prepare), statistics.median(scan)
-        return {"prepare": p, "scan": s, "ratio": p / s, "prepare_runs": len(prepare), "scan_runs": len(scan)}
-
+    warm_scans = [
+        seconds
+        for record in result["processes_run"]
+        for kind, seconds, was_run in _timed(record)
+        if was_run and kind == "scan"
+    ]
     # (a run whose scan could not read the input has no scan figures: run_prepare leaves the input to prepare)
     scanned = [run for run in first["scan_first"] if "reference_scan" in run]
     return {
-        "in_the_job": reading([run["prepare"] for run in scanned], [run["reference_scan"] for run in scanned]),
-        "alone": reading(
-            [run["prepare"] for run in first["prepare_first"]], [run["reference_scan_first"] for run in scanned]
-        ),
-        "warm": reading(warm["prepare"], warm["scan"]),
+        "in_the_job": (scanned, [run["reference_scan"] for run in scanned]),
+        "alone": (first["prepare_first"], [run["reference_scan_first"] for run in scanned]),
+        "warm": ([run for record in result["processes_run"] for run in record["runs"][1:]], warm_scans),
     }
+
+
+def summary(result: dict) -> dict:
+    """The three readings (see :func:`_reading_runs`): medians (seconds) and each reading's ratio (prepare's median
+    over the scan's, both from this study)."""
+
+    def reading(prepares: list[dict], scan: list[float]) -> dict | None:
+        if not prepares or not scan:
+            return None
+        p, s = statistics.median(run["prepare"] for run in prepares), statistics.median(scan)
+        return {"prepare": p, "scan": s, "ratio": p / s, "prepare_runs": len(prepares), "scan_runs": len(scan)}
+
+    return {key: reading(*runs) for key, runs in _reading_runs(result).items()}
+
+
+# prepare's parts in one pass (OnePass.parts, named as the job's report names them), and what the rest of its time is
+PARTS = (
+    ("pass", "the pass: read, melt, classify and write the ratings, the input's rows counted as they stream past"),
+    *[(part, ONE_PASS_PARTS[part]) for part in ("written_counts", "unique_users", "refused")],
+    ("rest", "the rest: the input's header read and the queries planned (a fresh session's first Spark job)"),
+)
+
+
+def parts_summary(result: dict) -> dict:
+    """Per reading, the median seconds of each of prepare's parts (:data:`PARTS`; ``rest`` is a run's prepare less
+    its parts) and of the whole (``prepare``) over that reading's prepare runs that went in one pass; None for a
+    reading without such runs."""
+    medians = {}
+    for key, (prepares, _) in _reading_runs(result).items():
+        parted = [run for run in prepares if run.get("one_pass_parts")]
+        if not parted:
+            medians[key] = None
+            continue
+        rest = [run["prepare"] - sum(run["one_pass_parts"].values()) for run in parted]
+        medians[key] = {
+            name: statistics.median(
+                rest if name == "rest" else [run["one_pass_parts"].get(name, 0.0) for run in parted]
+            )
+            for name, _ in PARTS
+        } | {"prepare": statistics.median(run["prepare"] for run in parted), "runs": len(parted)}
+    return medians
 
 
 READINGS = (
@@ -216,9 +252,41 @@ def render(result: dict) -> str:
         "repeated after it compiles nothing. The job's own ratio holds the first against the second; the other "
         "two readings compare like with like. Warm runs go on getting faster for a few runs (the JIT keeps "
         "compiling what runs most), so the warm medians include some of that in the second runs.",
-        "",
     ]
-    return "\n".join(lines)
+    lines += _parts_lines(result, readings)
+    return "\n".join(lines) + "\n"
+
+
+def _parts_lines(result: dict, readings: dict) -> list[str]:
+    """The table of prepare's parts per reading (:func:`parts_summary`), and the pass against the scan in the job;
+    nothing when no run went in one pass."""
+    parts = parts_summary(result)
+    if not any(parts.values()):
+        return []
+    lines = [
+        "",
+        "## Where prepare's time went",
+        "",
+        "Prepare in one pass, by part: the median of each part over the same prepare runs as the readings above "
+        "(the medians of the parts need not add up to the median of the whole).",
+        "",
+        "| part | " + " | ".join(name for key, name, _ in READINGS) + " |",
+        "|---|" + "---|" * len(READINGS),
+    ]
+    for part, what in PARTS:
+        cells = [f"{parts[key][part]:.2f}" if parts[key] else "" for key, _, _ in READINGS]
+        lines.append(f"| {what} | " + " | ".join(cells) + " |")
+    cells = [f"{parts[key]['prepare']:.2f}" if parts[key] else "" for key, _, _ in READINGS]
+    lines.append("| prepare, whole | " + " | ".join(cells) + " |")
+    job, scan = parts["in_the_job"], readings["in_the_job"]
+    if job and scan:
+        lines += [
+            "",
+            f"In the job, prepare's pass alone took {job['pass'] / scan['scan']:.2f}x the repeated scan "
+            f"({job['pass']:.2f} s against {scan['scan']:.2f} s); counting what it wrote took "
+            f"{job['written_counts']:.2f} s more, the other parts the rest.",
+        ]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
