@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import assert_frames_equal, assert_same_results, without_volatile
+from helpers import assert_frames_equal, assert_same_results, sets, without_volatile
 from jester_als.config import load_config
 from jester_als.prepare import prepare_ratings
 from jester_als.tune import fit_als, make_als, split_ratings
@@ -118,6 +118,13 @@ def pipeline_writing(command: list[str], out: Path, env: dict | None = None) -> 
     pytest.fail("the pipeline never started writing")
 
 
+def shared_run_command(job: str, argv: list[str], out) -> list[str]:
+    """``job`` with the shared run's settings (``argv``) in a fresh process, writing to ``out``, in local mode
+    without MLflow tracking."""
+    settings = sets(f"output.dir={out}", "spark.master=local[2]", "tracking.mlflow=false")
+    return [sys.executable, "-m", "jester_als.cli", job, *argv[1:], *settings]
+
+
 def test_sigterm_stops_cleanly_and_keeps_the_previous_outputs(pipeline_run, tmp_path):
     """SIGTERM while a pipeline writes its staged outputs over a previous run's (a copy of the shared run)."""
     import shutil
@@ -125,21 +132,11 @@ def test_sigterm_stops_cleanly_and_keeps_the_previous_outputs(pipeline_run, tmp_
     done, _, argv = pipeline_run
     out = tmp_path / "out"
     shutil.copytree(done, out)
-    base = [sys.executable, "-m", "jester_als.cli"]
-    common = [
-        *argv[1:],
-        "--set",
-        f"output.dir={out}",
-        "--set",
-        "spark.master=local[2]",
-        "--set",
-        "tracking.mlflow=false",
-    ]
     before = (out / "metrics.json").read_bytes()
     ratings_before = sorted(os.listdir(out / "ratings"))
     model_before = sorted(p.relative_to(out) for p in (out / "model").rglob("*"))
 
-    job, _ = pipeline_writing(base + ["pipeline"] + common, out)
+    job, _ = pipeline_writing(shared_run_command("pipeline", argv, out), out)
     job.send_signal(signal.SIGTERM)
     _, err = job.communicate(timeout=120)
     assert job.returncode == 143, err[-2000:]
@@ -161,17 +158,7 @@ def test_a_killed_runs_staging_and_checkpoint_directories_are_removed_by_the_nex
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     env = {**os.environ, "TMPDIR": str(scratch)}
-    base = [sys.executable, "-m", "jester_als.cli"]
-    common = [
-        *argv[1:],
-        "--set",
-        f"output.dir={out}",
-        "--set",
-        "spark.master=local[2]",
-        "--set",
-        "tracking.mlflow=false",
-    ]
-    job, staging = pipeline_writing(base + ["pipeline"] + common, out, env)
+    job, staging = pipeline_writing(shared_run_command("pipeline", argv, out), out, env)
     checkpoints = [p for p in os.listdir(scratch) if p.startswith("jester-als-checkpoint-")]
     job.kill()
     job.communicate(timeout=60)
@@ -184,7 +171,7 @@ def test_a_killed_runs_staging_and_checkpoint_directories_are_removed_by_the_nex
     owner.claim(str(live))
     try:
         after = subprocess.run(
-            base + ["prepare"] + common, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300
+            shared_run_command("prepare", argv, out), capture_output=True, text=True, cwd=ROOT, env=env, timeout=300
         )
     finally:
         owner.release(str(live))
