@@ -120,20 +120,12 @@ def study(
     }
 
 
-def _timed(record: dict):
-    """A process's prepares and scans in the order they ran: ``(kind, seconds, warm)``, warm when one of its
-    kind ran before it in the session."""
-    ran = set()
-    for run in record["runs"]:
-        steps = [
-            ("scan", run.get("reference_scan_first")),
-            ("prepare", run["prepare"]),
-            ("scan", run.get("reference_scan")),
-        ]
-        for kind, seconds in steps:
-            if seconds is not None:
-                yield kind, seconds, kind in ran
-                ran.add(kind)
+def _scans(record: dict) -> list[float]:
+    """A process's scans in the order they ran (before and after each prepare that had them)."""
+    steps = [
+        seconds for run in record["runs"] for seconds in (run.get("reference_scan_first"), run.get("reference_scan"))
+    ]
+    return [seconds for seconds in steps if seconds is not None]
 
 
 def _reading_runs(result: dict) -> dict:
@@ -142,18 +134,15 @@ def _reading_runs(result: dict) -> dict:
     session's first job, against the scan's where it is. Warm: every prepare and scan that ran before in its
     session."""
     first = {order: [r["runs"][0] for r in result["processes_run"] if r["order"] == order] for order in ORDERS}
-    warm_scans = [
-        seconds
-        for record in result["processes_run"]
-        for kind, seconds, was_run in _timed(record)
-        if was_run and kind == "scan"
-    ]
     # (a run whose scan could not read the input has no scan figures: run_prepare leaves the input to prepare)
     scanned = [run for run in first["scan_first"] if "reference_scan" in run]
     return {
         "in_the_job": (scanned, [run["reference_scan"] for run in scanned]),
         "alone": (first["prepare_first"], [run["reference_scan_first"] for run in scanned]),
-        "warm": ([run for record in result["processes_run"] for run in record["runs"][1:]], warm_scans),
+        "warm": (
+            [run for record in result["processes_run"] for run in record["runs"][1:]],
+            [seconds for record in result["processes_run"] for seconds in _scans(record)[1:]],
+        ),
     }
 
 
