@@ -109,3 +109,30 @@ def test_sentinels_in_any_spelling_are_counted_as_on_the_general_path(spark, tmp
     assert one_ratings == ratings and one_rejected == rejected == []
     assert one["cells"]["missing"] == {"blank": 4, "sentinel": 3} and one["cells"]["rejected"] == {}
     assert len(ratings) == one["ratings"] == 3
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        # at the edges of the one pass's bitmaps of 32,768 ids, where it counts users as the rows stream past
+        ("1", "32768", "32769", "131072", "65537"),
+        # ids no bitmap holds: the users are counted from the written ratings
+        ("0", "32768", "131073", "2147483647", "65537"),
+    ],
+)
+def test_users_are_counted_exactly_whatever_their_ids(spark, tmp_path, ids):
+    # the last row has cells, all sentinels: it names a user with no rating
+    rows = [
+        f"{ids[0]},2,1,2,,,",
+        f"{ids[1]},1,,,3,,",
+        f"{ids[2]},1,,,,-4,",
+        f"{ids[3]},1,5,,,,",
+        f"{ids[4]},0,99,99,,,",
+    ]
+    (one, one_ratings, one_rejected), (general, ratings, rejected) = prepared(
+        tmp_path, HEADER + "\n".join(rows)
+    ).values()
+    assert one["one_pass"] and comparable(one) == comparable(general)
+    assert one_ratings == ratings and one_rejected == rejected == []
+    assert one["users"] == 4 and one["rows_without_ratings"] == 1
+    assert one["cells"]["missing"] == {"blank": 18, "sentinel": 2}

@@ -125,7 +125,7 @@ def test_prepares_parts_are_read_from_the_same_runs_as_the_readings():
     assert job["refused"] == pytest.approx(0.3) and job["rest"] == pytest.approx(0.5) and job["unique_users"] == 0.0
     assert parts["warm"]["runs"] == 2 and parts["warm"]["pass"] == 2.0
     page = prepare_speed.render({**result, **RESULT_HEAD})
-    assert "| the written ratings counted (their number, sums, hash, users and jokes) | 1.20 |  | 0.60 |" in page
+    assert "| the written ratings counted (their number, sums, hash and jokes) | 1.20 |  | 0.60 |" in page
     assert "| prepare, whole | 6.00 |  | 3.25 |" in page  # over the same runs as the parts: warm, 2.5 and 4
     # the pass against the job's scan (2, 2)
     assert "In the job, prepare's pass alone took 2.00x the repeated scan (4.00 s against 2.00 s)" in page

@@ -1,11 +1,12 @@
 """``prepare`` in one pass over the input, for the common table: wide, integer user ids, every CSV row as wide as the
 header, no per-user minimum. The input is read, melted, classified and its accepted ratings written in one Spark
 job, which counts its input rows as they stream past (Spark's observed metrics, ``DataFrame.observe``, in classic
-and Connect sessions alike: the rows, their hash, their ids, and per row the cells that are not blank and those
-spelt as a sentinel); the ratings' own figures come from the written ratings, which are small and columnar. Where
-some cells are neither blank, rated nor spelt as a sentinel, a second pass classifies the cells again and writes
-and counts the refused ones; the check that no user id is on two rows reads the input again only when fewer users
-have ratings than rows name one. A table that turns out to need more (a malformed row, ids to re-index) is handed
+and Connect sessions alike: the rows, their hash, their ids, per row the cells that are not blank and those spelt
+as a sentinel, and the distinct ids of the rows with a rating); the ratings' own figures come from the written
+ratings, which are small and columnar, in one aggregate. Where some cells are neither blank, rated nor spelt as a
+sentinel, a second pass classifies the cells again and writes and counts the refused ones, and the users are
+counted from the written ratings; the check that no user id is on two rows reads the input again only when fewer
+users have ratings than rows name one. A table that turns out to need more (a malformed row, ids to re-index) is handed
 back to the general path (:func:`jester_als.prepare.prepare_ratings`), which counts and checks it with cached
 intermediate results: the same outputs and counts either way, which the tests compare.
 """
@@ -22,8 +23,8 @@ from pyspark.sql import functions as F
 
 from jester_als.config import InputConfig
 from jester_als.prepare import (
+    _INT_ID,
     CSV_PRUNING,
-    HASH_SLICES,
     MALFORMED,
     MELTED_COLUMNS,
     RATINGS_SCHEMA,
@@ -51,6 +52,11 @@ from jester_als.prepare import (
 log = logging.getLogger(__name__)
 
 JOKE_WORDS = 8  # rated jokes as bits of at most this many 64-bit words: joke ids that span up to 512
+# The users counted as the rows stream past, exactly, as Spark's bitmaps of 32,768 ids each (bitmap_construct_agg):
+# this many of them hold ids 1 to 131,072, all of Jester's. A table with other ids has its users counted from the
+# written ratings instead.
+USER_BITMAPS = 4
+BITMAP_IDS = 32768  # the ids one of Spark's bitmaps holds
 
 
 def eligible(inp: InputConfig) -> bool:
@@ -129,6 +135,7 @@ def _one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected
         F.count(F.when(F.col("_row_malformed"), 1)).alias("malformed"),
         F.sum("_row_filled").alias("filled"),
         F.sum("_row_sentinel").alias("sentinel"),
+        *_rated_user_ids(F.col("_row_filled") > F.col("_row_sentinel")),
     )
     cells = classify_cells(
         melt_rows(rows, jokes, parsed=True),
@@ -157,7 +164,18 @@ def _one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected
         )
         _remove(ratings_path)
         return None
-    written = _written_counts(spark.read.schema(RATINGS_SCHEMA).parquet(ratings_path), joke_ids)
+    written_ratings = spark.read.schema(RATINGS_SCHEMA).parquet(ratings_path)
+    written = _written_counts(written_ratings, joke_ids)
+    # cells neither blank nor rated: sentinels and refused cells
+    others = int(by_row["filled"] or 0) - written["n"]
+    second_pass = others != int(by_row["sentinel"] or 0)
+    # When every cell that is not blank is rated or spelt as a sentinel, a row has a rating exactly when it has more
+    # cells that are not blank than spelt as a sentinel: the observed ids of those rows are the users.
+    written["users"] = (
+        written_ratings.select("user").distinct().count()
+        if second_pass or by_row["users_elsewhere"]
+        else sum(int(by_row[f"users_{k}"]) for k in range(1, USER_BITMAPS + 1))
+    )
     marks.append(("written_counts", time.perf_counter()))
     if written["users"] != by_row["named"]:
         # Fewer users with ratings than rows naming one: some rows have no rating, or an id is on two rows.
@@ -174,9 +192,7 @@ def _one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected
         max(joke_ids),
     )
     marks.append(("unique_users", time.perf_counter()))
-    # cells neither blank nor rated: sentinels and refused cells
-    others = int(by_row["filled"] or 0) - written["n"]
-    if others != int(by_row["sentinel"] or 0):
+    if second_pass:
         sentinel, by_reason = _refused_pass(spark, table, inp, jokes, rejected_path, others)
     else:
         # no rows, planned as an empty relation: Spark writes the schema alone
@@ -191,6 +207,23 @@ def _one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected
         source,
         {name: round(t - before, 2) for (name, t), (_, before) in zip(marks[1:], marks)},
     )
+
+
+def _rated_user_ids(rated) -> list:
+    """Observed metrics of the rows for which ``rated`` holds: the distinct integer user ids among them, counted
+    exactly as bits of :data:`USER_BITMAPS` bitmaps (``users_1``, ...), and how many of the rows have an id no bitmap
+    holds (``users_elsewhere``). Spark's observed metrics take no distinct count; a bitmap is a set that they take,
+    and the count of each is a scalar, which a Spark Connect 4.0 client can be sent."""
+    user = F.when(rated, F.col(_INT_ID))
+    return [
+        *[
+            F.bitmap_count(
+                F.bitmap_construct_agg(F.when(F.bitmap_bucket_number(user) == k, F.bitmap_bit_position(user)))
+            ).alias(f"users_{k}")
+            for k in range(1, USER_BITMAPS + 1)
+        ],
+        F.count(F.when((user < 1) | (user > USER_BITMAPS * BITMAP_IDS), 1)).alias("users_elsewhere"),
+    ]
 
 
 def _cells_where(jokes: list[tuple[str, int]], test: str) -> str:
@@ -255,10 +288,9 @@ def _refused_pass(
 
 
 def _written_counts(written: DataFrame, joke_ids: list[int]) -> dict:
-    """The written ratings' count, sum, sum of squares and hash (:func:`ratings_hash`), their users and their
-    jokes (``rated``): in one aggregation by user whose rows carry the user's jokes as bits, where the joke ids
-    span at most :data:`JOKE_WORDS` words (all of Jester's do); else with two more queries, since one holding
-    both distinct aggregates is planned with an Expand that copies every rating once per aggregate."""
+    """The written ratings' count, sum, sum of squares and hash (:func:`ratings_hash`) and their jokes (``rated``):
+    in one aggregate whose rows carry their jokes as bits, where the joke ids span at most :data:`JOKE_WORDS` words
+    (all of Jester's do); else with one more query for the jokes."""
     low = min(joke_ids)
     words = (max(joke_ids) - low) // 64 + 1
     sums = [
@@ -267,10 +299,8 @@ def _written_counts(written: DataFrame, joke_ids: list[int]) -> dict:
         F.sum(F.col("rating") * F.col("rating")).alias("squares"),
         *ratings_hash(F.lit(True)),
     ]
-    summed = ["n", "total", "squares", *[f"hash_{i}" for i in range(len(HASH_SLICES))]]
     if words > JOKE_WORDS:
         row = written.agg(*sums).first().asDict()
-        row["users"] = written.select("user").distinct().count()
         row["rated"] = [r["joke"] for r in written.select("joke").distinct().collect()]
         return row
     offset = F.col("joke") - low
@@ -281,17 +311,7 @@ def _written_counts(written: DataFrame, joke_ids: list[int]) -> dict:
         ).alias(f"w{w}")
         for w in range(words)
     ]
-    row = (
-        written.groupBy("user")
-        .agg(*bits, *sums)
-        .agg(
-            F.count(F.lit(1)).alias("users"),
-            *[F.bit_or(f"w{w}").alias(f"w{w}") for w in range(words)],
-            *[F.sum(name).alias(name) for name in summed],
-        )
-        .first()
-        .asDict()
-    )
+    row = written.agg(*bits, *sums).first().asDict()
     row["rated"] = [low + 64 * w + b for w in range(words) for b in range(64) if (row[f"w{w}"] or 0) >> b & 1]
     return row
 

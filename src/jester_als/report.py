@@ -309,7 +309,7 @@ TUNE_PARTS = {
 }
 ONE_PASS_PARTS = {
     "pass": "the pass",
-    "written_counts": "the written ratings counted (their number, sums, hash, users and jokes)",
+    "written_counts": "the written ratings counted (their number, sums, hash and jokes)",
     "unique_users": "the check for repeated user ids",
     "refused": "the sentinels and refused cells (a second pass only when some cells need parsing)",
 }
