@@ -5,10 +5,11 @@ and Connect sessions alike: the rows, their hash, their ids, per row the cells t
 as a sentinel, and the distinct ids of the rows with a rating); the ratings' own figures come from the written
 ratings, which are small and columnar, in one aggregate. Where some cells are neither blank, rated nor spelt as a
 sentinel, a second pass classifies the cells again and writes and counts the refused ones, and the users are
-counted from the written ratings; the check that no user id is on two rows reads the input again only when fewer
-users have ratings than rows name one. A table that turns out to need more (a malformed row, ids to re-index) is handed
-back to the general path (:func:`jester_als.prepare.prepare_ratings`), which counts and checks it with cached
-intermediate results: the same outputs and counts either way, which the tests compare.
+counted from the written ratings (as they are when some id lies beyond the observed bitmaps, :data:`USER_BITMAPS`);
+the check that no user id is on two rows reads the input again only when fewer users have ratings than rows name
+one. A table that turns out to need more (a malformed row, ids to re-index) is handed back to the general path
+(:func:`jester_als.prepare.prepare_ratings`), which counts and checks it with cached intermediate results: the
+same outputs and counts either way, which the tests compare.
 """
 
 from __future__ import annotations
