@@ -142,3 +142,64 @@ def test_a_run_whose_scan_could_not_read_the_input_is_left_out_of_the_readings()
     readings = prepare_speed.summary({"processes_run": [*PLANTED, unscanned]})
     assert readings["in_the_job"]["prepare"] == 6.0 and readings["in_the_job"]["prepare_runs"] == 2
     assert readings["alone"]["scan"] == 5.0
+
+
+def test_the_larger_table_is_generated_as_the_input_was_with_more_users(tmp_path):
+    table = tmp_path / "table.csv"
+    settings = [f"generate.path={table}", f"input.path={table}", "generate.users=40"]
+    larger = tmp_path / "larger.csv"
+    made = prepare_speed.larger_table("conf/local.yaml", settings, 3, str(larger))
+    assert made["factor"] == 3 and made["users"] == 120 and made["bytes"] == larger.stat().st_size
+    with open(larger, encoding="utf-8") as handle:
+        assert handle.readline().startswith("User,Number of Jokes Rated,1,2,")
+        assert sum(1 for _ in handle) == 120
+    assert made["ratings"] >= 120 * 36  # every generated user rates at least min_ratings (36)
+    # an input that is not the generated table: its settings need not read a generated one
+    other = [f"generate.path={table}", f"input.path={tmp_path / 'other.csv'}"]
+    assert prepare_speed.larger_table("conf/local.yaml", other, 3, str(tmp_path / "none.csv")) is None
+    assert not (tmp_path / "none.csv").exists()
+
+
+# The larger table's processes: the job's reading there is prepare 22 against the scan 11, the pass 16, the counts 3.2.
+LARGER = [
+    {"order": "scan_first", "runs": [_run(12.0, 20.0, 10.0, (15.0, 3.0, 0.2))]},
+    {"order": "scan_first", "runs": [_run(14.0, 24.0, 12.0, (17.0, 3.4, 0.2))]},
+]
+
+
+def test_the_larger_tables_processes_take_their_turn_and_are_set_beside_the_input(tmp_path):
+    calls, made = [], []
+    planted, larger = iter(PLANTED), iter(LARGER)
+
+    def make_table(conf, settings, factor, path):
+        made.append((conf, settings, factor, path))
+        return {"factor": factor, "users": 249_830, "ratings": 18_113_373, "bytes": 107_280_092}
+
+    def run(conf, settings, runs, order, result_file):
+        calls.append((settings, runs, order))
+        record = next(larger) if any(s.startswith("input.path=") for s in settings) else next(planted)
+        return {**record, "load_average_1min": [0.5, 1.5]}
+
+    result = prepare_speed.study(
+        "conf/local.yaml", str(tmp_path), processes=2, runs=3, larger=10, run=run, make_table=make_table
+    )
+    table = str(tmp_path / "larger.csv")
+    assert made == [("conf/local.yaml", [], 10, table)]
+    # each round: a process of each order, then the larger table's, which runs prepare once after a scan
+    assert calls == [([], 3, "prepare_first"), ([], 3, "scan_first"), ([f"input.path={table}"], 1, "scan_first")] * 2
+    assert [r["runs"] for r in result["processes_run"]] == [r["runs"] for r in PLANTED]
+    assert [r["runs"] for r in result["larger"]["processes_run"]] == [r["runs"] for r in LARGER]
+    page = prepare_speed.render({**result, **RESULT_HEAD})
+    assert "with 10x its users (249,830 users, 18,113,373 ratings, 107.3 MB)" in page
+    assert "| the input | 6.00 | 2.00 | 3.00x | 4.00 | 1.20 | 2 |" in page
+    assert "| 10x its users | 22.00 | 11.00 | 2.00x | 16.00 | 3.20 | 2 |" in page
+    assert (
+        "the scan took 5.5x as long and prepare 3.7x; prepare took 11.00 s more than the scan, against 4.00 s" in page
+    )
+    # without one (or from a study that ran none) no section
+    assert "On a larger table" not in prepare_speed.render({**result, **RESULT_HEAD, "larger": None})
+    planted = iter(PLANTED)
+    no_table = prepare_speed.study(
+        "conf/local.yaml", str(tmp_path / "w"), processes=1, runs=3, larger=10, run=run, make_table=lambda *a: None
+    )
+    assert no_table["larger"] is None and calls[6:] == [([], 3, "prepare_first"), ([], 3, "scan_first")]

@@ -9,6 +9,9 @@ input that the job times beside it (``input.reference_scan``). Read three ways, 
 - **warm**: each run again in the same session, after its first run there (the JIT may still be compiling: the
   study's later runs are faster than its second).
 
+And the job's own reading again on a larger table (``--larger``: that many times the users of the generated table
+the config reads), in processes taking turns with the others: how prepare's time and the scan's grow with the input.
+
 ``python -m jester_als.prepare_speed`` (``make prepare-speed-docs``) writes ``prepare-speed.json`` (every run's
 figures and the machine's load) and ``prepare-speed.md`` (medians, and ratios of medians from the same study; and,
 for each reading, prepare's time by part where it went in one pass: the pass, the written ratings counted, the
@@ -72,6 +75,20 @@ def _worker(conf: str, settings: list[str], runs: int, order: str, result_file: 
     write_text_atomic(result_file, json.dumps(record) + "\n")
 
 
+def larger_table(conf: str, settings: list[str], factor: int, path: str) -> dict | None:
+    """The table ``generate`` writes for the config, with ``factor`` times its users, written to ``path``: its
+    users, ratings and bytes. None where the config's input is not the generated table (its settings need not read
+    a generated one)."""
+    from jester_als.config import load_config
+    from jester_als.generate import GeneratorParams, write_wide_csv
+
+    cfg = load_config(conf, settings)
+    if os.path.abspath(cfg.input.path) != os.path.abspath(cfg.generate.path):
+        return None
+    stats = write_wide_csv(GeneratorParams.from_config(cfg.generate, users=cfg.generate.users * factor), path)
+    return {"factor": factor, "users": stats["users"], "ratings": stats["ratings"], "bytes": os.path.getsize(path)}
+
+
 def run_in_new_process(conf: str, settings: list[str], runs: int, order: str, result_file: str) -> dict:
     """One process of the study (its own JVM, as a user's run starts one); its record."""
     command = [sys.executable, "-m", "jester_als.prepare_speed", "--conf", conf, "--runs", str(runs)]
@@ -89,21 +106,36 @@ def study(
     processes: int,
     runs: int,
     settings: Sequence[str] = (),
+    larger: int = 0,
     run: Callable[[str, list[str], int, str, str], dict] = run_in_new_process,
+    make_table: Callable[[str, list[str], int, str], dict | None] = larger_table,
 ) -> dict:
-    """``processes`` processes of each order, the orders taking turns, each running prepare ``runs`` times;
-    each process's outputs are removed once its record is read."""
+    """``processes`` processes of each order, the orders taking turns, each running prepare ``runs`` times; with
+    ``larger``, a process more in each round that runs the job's prepare once on a table of ``larger`` times the
+    generated table's users (:func:`larger_table`). Each process's outputs are removed once its record is read, the
+    larger table with the work dir."""
     started = time.perf_counter()
+    table = os.path.join(work_dir, "larger.csv")
+    bigger = make_table(conf, list(settings), larger, table) if larger > 1 else None
+    if larger > 1 and bigger is None:
+        print("no larger table: the config's input is not the table `generate` writes", file=sys.stderr)
+    rounds = [(order, list(settings), runs) for order in ORDERS]
+    if bigger:
+        bigger["processes_run"] = []
+        rounds.append(("scan_first", [*settings, f"input.path={table}"], 1))
     records = []
     for round_number in range(processes):
-        for order in ORDERS:
-            process_dir = os.path.join(work_dir, f"process-{round_number}-{order}")
+        for index, (order, process_settings, process_runs) in enumerate(rounds):
+            process_dir = os.path.join(work_dir, f"process-{round_number}-{index}")
             os.makedirs(process_dir)
-            records.append(run(conf, list(settings), runs, order, os.path.join(process_dir, "result.json")))
+            record = run(conf, process_settings, process_runs, order, os.path.join(process_dir, "result.json"))
             shutil.rmtree(process_dir, ignore_errors=True)
-            first = records[-1]["runs"][0]
+            (bigger["processes_run"] if index == len(ORDERS) else records).append(record)
+            first = record["runs"][0]
             print(
-                f"process {len(records)}/{processes * len(ORDERS)} ({order}): prepare {first['prepare']:.1f} s"
+                f"process {round_number * len(rounds) + index + 1}/{processes * len(rounds)} ({order}"
+                + (f", {larger}x the users" if index == len(ORDERS) else "")
+                + f"): prepare {first['prepare']:.1f} s"
                 + (f", scan {first['reference_scan_first']:.1f} s" if "reference_scan_first" in first else ""),
                 file=sys.stderr,
                 flush=True,
@@ -117,6 +149,7 @@ def study(
         "runs": runs,
         "machine": machine(),
         "processes_run": records,
+        "larger": bigger,
     }
 
 
@@ -243,7 +276,57 @@ def render(result: dict) -> str:
         "compiling what runs most), so the warm medians include some of that in the second runs.",
     ]
     lines += _parts_lines(result, readings)
+    lines += _larger_lines(result)
     return "\n".join(lines) + "\n"
+
+
+def _larger_lines(result: dict) -> list[str]:
+    """The job's reading on the study's input and on the larger table, side by side; nothing without one."""
+    bigger = result.get("larger")
+    if not bigger:
+        return []
+    rows = [("the input", result), (f"{bigger['factor']}x its users", bigger)]
+    figures = {}
+    for name, study_part in rows:
+        prepares, scans = _reading_runs(study_part)["in_the_job"]
+        parted = [run for run in prepares if run.get("one_pass_parts")]
+        if not prepares or not scans:
+            return []
+        figures[name] = {
+            "prepare": statistics.median(run["prepare"] for run in prepares),
+            "scan": statistics.median(scans),
+            "pass": statistics.median(run["one_pass_parts"]["pass"] for run in parted) if parted else None,
+            "counts": statistics.median(run["one_pass_parts"]["written_counts"] for run in parted) if parted else None,
+            "runs": len(prepares),
+        }
+    lines = [
+        "",
+        "## On a larger table",
+        "",
+        f"The job's own reading again, on a table generated as `generate` writes the input, with {bigger['factor']}x "
+        f"its users ({bigger['users']:,} users, {bigger['ratings']:,} ratings, {bigger['bytes'] / 1e6:.1f} MB): in "
+        "processes of their own that took turns with the ones above, each running prepare once between two scans, "
+        "as the job does. Medians; the parts as above.",
+        "",
+        "| table | prepare (s) | scan (s) | ratio | the pass (s) | the written ratings counted (s) | runs |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, _ in rows:
+        row = figures[name]
+        parts = [f"{row[part]:.2f}" if row[part] is not None else "" for part in ("pass", "counts")]
+        lines.append(
+            f"| {name} | {row['prepare']:.2f} | {row['scan']:.2f} | {row['prepare'] / row['scan']:.2f}x | "
+            + " | ".join(parts)
+            + f" | {row['runs']} |"
+        )
+    small, large = figures["the input"], figures[rows[1][0]]
+    lines += [
+        "",
+        f"With {bigger['factor']}x the users, the scan took {large['scan'] / small['scan']:.1f}x as long and prepare "
+        f"{large['prepare'] / small['prepare']:.1f}x; prepare took {large['prepare'] - large['scan']:.2f} s more "
+        f"than the scan, against {small['prepare'] - small['scan']:.2f} s more on the input.",
+    ]
+    return lines
 
 
 def _parts_lines(result: dict, readings: dict) -> list[str]:
@@ -285,20 +368,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=3, help="fresh processes of each order")
     parser.add_argument("--runs", type=int, default=4, help="prepare runs in each process (the first is cold)")
     parser.add_argument("--set", action="append", default=[], help="a setting under every run's (key=value)")
+    parser.add_argument(
+        "--larger",
+        type=int,
+        default=10,
+        help="also the job's reading on a table of this many times the generated table's users (0: not)",
+    )
     parser.add_argument("--worker", nargs=2, metavar=("ORDER", "RESULT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.processes < 1 or args.runs < 2:
-        parser.error("--processes must be at least 1 and --runs at least 2 (the runs after the first are warm)")
-    if args.worker:
+    if args.worker:  # (the larger table's processes run prepare once)
         order, result_file = args.worker
         if order not in ORDERS:
             parser.error(f"--worker: the order is one of {list(ORDERS)}")
+        if args.runs < 1:
+            parser.error("--runs must be at least 1")
         _worker(args.conf, args.set, args.runs, order, result_file)
         return 0
+    if args.processes < 1 or args.runs < 2:
+        parser.error("--processes must be at least 1 and --runs at least 2 (the runs after the first are warm)")
+    if args.larger < 0 or args.larger == 1:
+        parser.error("--larger must be 0 (no larger table) or at least 2")
     run_and_write_study(
         args.out,
         "prepare-speed",
-        lambda work_dir: study(args.conf, work_dir, processes=args.processes, runs=args.runs, settings=args.set),
+        lambda work_dir: study(
+            args.conf, work_dir, processes=args.processes, runs=args.runs, settings=args.set, larger=args.larger
+        ),
         render,
     )
     return 0

@@ -289,7 +289,7 @@ def timing_section(metrics: dict) -> list[str]:
                 "the repeated scan. The repeated scan runs code the session has already compiled; prepare's own "
                 "(Spark's generated classes, and the JIT's compilation of them) is compiled while it runs, which on "
                 "a few cores takes time from its tasks. `python -m jester_als.prepare_speed` compares like with like "
-                "(each as a fresh session's first job, and warm)."
+                "(each as a fresh session's first job, and warm) and takes the job's reading again on a larger table."
             )
         out += [line, ""]
     tune = (metrics.get("spark_als") or {}).get("timing_seconds")
