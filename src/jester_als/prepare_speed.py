@@ -288,17 +288,10 @@ def _larger_lines(result: dict) -> list[str]:
     rows = [("the input", result), (f"{bigger['factor']}x its users", bigger)]
     figures = {}
     for name, study_part in rows:
-        prepares, scans = _reading_runs(study_part)["in_the_job"]
-        parted = [run for run in prepares if run.get("one_pass_parts")]
-        if not prepares or not scans:
+        job, parts = summary(study_part)["in_the_job"], parts_summary(study_part)["in_the_job"]
+        if job is None:
             return []
-        figures[name] = {
-            "prepare": statistics.median(run["prepare"] for run in prepares),
-            "scan": statistics.median(scans),
-            "pass": statistics.median(run["one_pass_parts"]["pass"] for run in parted) if parted else None,
-            "counts": statistics.median(run["one_pass_parts"]["written_counts"] for run in parted) if parted else None,
-            "runs": len(prepares),
-        }
+        figures[name] = {**job, "pass": parts and parts["pass"], "counts": parts and parts["written_counts"]}
     lines = [
         "",
         "## On a larger table",
@@ -315,9 +308,9 @@ def _larger_lines(result: dict) -> list[str]:
         row = figures[name]
         parts = [f"{row[part]:.2f}" if row[part] is not None else "" for part in ("pass", "counts")]
         lines.append(
-            f"| {name} | {row['prepare']:.2f} | {row['scan']:.2f} | {row['prepare'] / row['scan']:.2f}x | "
+            f"| {name} | {row['prepare']:.2f} | {row['scan']:.2f} | {row['ratio']:.2f}x | "
             + " | ".join(parts)
-            + f" | {row['runs']} |"
+            + f" | {row['prepare_runs']} |"
         )
     small, large = figures["the input"], figures[rows[1][0]]
     lines += [
