@@ -119,23 +119,24 @@ def study(
     bigger = make_table(conf, list(settings), larger, table) if larger > 1 else None
     if larger > 1 and bigger is None:
         print("no larger table: the config's input is not the table `generate` writes", file=sys.stderr)
-    rounds = [(order, list(settings), runs) for order in ORDERS]
+    records = []
+    # each process of a round: its order, settings, runs, the records it joins and how the progress line names it
+    rounds = [(order, list(settings), runs, records, order) for order in ORDERS]
     if bigger:
         bigger["processes_run"] = []
-        rounds.append(("scan_first", [*settings, f"input.path={table}"], 1))
-    records = []
+        rounds.append(
+            ("scan_first", [*settings, f"input.path={table}"], 1, bigger["processes_run"], f"{larger}x the users")
+        )
     for round_number in range(processes):
-        for index, (order, process_settings, process_runs) in enumerate(rounds):
+        for index, (order, process_settings, process_runs, kept, name) in enumerate(rounds):
             process_dir = os.path.join(work_dir, f"process-{round_number}-{index}")
             os.makedirs(process_dir)
-            record = run(conf, process_settings, process_runs, order, os.path.join(process_dir, "result.json"))
+            kept.append(run(conf, process_settings, process_runs, order, os.path.join(process_dir, "result.json")))
             shutil.rmtree(process_dir, ignore_errors=True)
-            (bigger["processes_run"] if index == len(ORDERS) else records).append(record)
-            first = record["runs"][0]
+            first = kept[-1]["runs"][0]
             print(
-                f"process {round_number * len(rounds) + index + 1}/{processes * len(rounds)} ({order}"
-                + (f", {larger}x the users" if index == len(ORDERS) else "")
-                + f"): prepare {first['prepare']:.1f} s"
+                f"process {round_number * len(rounds) + index + 1}/{processes * len(rounds)} ({name}): "
+                f"prepare {first['prepare']:.1f} s"
                 + (f", scan {first['reference_scan_first']:.1f} s" if "reference_scan_first" in first else ""),
                 file=sys.stderr,
                 flush=True,
