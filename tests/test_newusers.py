@@ -15,7 +15,9 @@ from jester_als.cli import main
 from jester_als.config import NewUsersConfig
 from jester_als.generate import GAUGE_JOKES, GeneratorParams, generate_chunks
 from jester_als.hashsplit import is_test
-from jester_als.newusers import evaluate_new_users, ndcg_at_k, reveal_gauge, reveal_random
+from jester_als.newusers import evaluate_new_users, held_out_users, ndcg_at_k, reveal_gauge, reveal_random
+from jester_als.outputs import metrics_json
+from jester_als.report import new_users_section
 
 
 def test_ndcg_matches_sparks_ranking_evaluator(spark):
@@ -50,6 +52,58 @@ def test_reveals_are_k_per_user_or_the_gauge_jokes_and_deterministic():
     # user 2 rated gauge jokes 5 and 7 and joke 40: shows two, keeps one to score
     gauge2, eligible2 = reveal_gauge(np.array([2, 2, 2]), np.array([5, 7, 40]))
     assert gauge2.tolist() == [True, True, False] and eligible2.all()
+
+
+def _evaluate(users, jokes, values, new: NewUsersConfig) -> dict:
+    test = is_test(users.astype(np.int32), jokes.astype(np.int32), test_fraction=0.2, seed=42)
+    return evaluate_new_users(
+        users,
+        jokes,
+        values,
+        test,
+        params={"rank": 5, "regParam": 0.3, "maxIter": 5, "biases": True},
+        bias_reg=10.0,
+        new_users=new,
+        k=10,
+        threshold=5.0,
+        rating_range=(-10, 10),
+        seed=1,
+    )
+
+
+def test_a_table_too_small_to_hold_users_out_says_so_instead_of_scoring_nan(tmp_path):
+    users, jokes, values = (
+        np.concatenate(p) for p in zip(*(c.long() for c in generate_chunks(GeneratorParams(users=12))))
+    )
+    new = NewUsersConfig(holdout_fraction=0.01, reveal=[1, 5], seed=7)
+    assert held_out_users(users, new.holdout_fraction, new.seed, new.max_users).size == 0  # the case under test
+    result = _evaluate(users, jokes, values, new)
+    assert result == {
+        "users": 0,
+        "k": 10,
+        "skipped": "none of the 12 sampled users fell in the share held out whole (new_users.holdout_fraction "
+        "0.01), so fold-in has no one to be scored on; more users or a larger share give it some",
+    }
+    lines = new_users_section({"new_users": result})
+    assert lines[2] == f"Not scored: {result['skipped']}."
+    # every user held out: nothing to fit on
+    result = _evaluate(users, jokes, values, NewUsersConfig(holdout_fraction=0.9, seed=7))
+    assert result["users"] == 12 and result["skipped"] == (
+        "the share held out whole (new_users.holdout_fraction 0.9) took 12 of the 12 sampled users and left no "
+        "training rating to fit the model on; a smaller share leaves some"
+    )
+    # shown more ratings than any held-out user has: that count has no figures, not NaN
+    new = NewUsersConfig(holdout_fraction=0.5, reveal=[1, 100], seed=7)
+    result = _evaluate(users, jokes, values, new)
+    assert result["users"] > 0 and result["random"]["100"]["users"] == 0
+    assert result["random"]["100"]["model"] == {"rmse": None, "mae": None, "nmae": None, "ndcg_at_k": None, "rows": 0}
+    assert result["random"]["1"]["model"]["rmse"] > 0
+    report = "\n".join(new_users_section({"new_users": result}))
+    assert "| 100 random | 0 | 0.0 | n/a | n/a | n/a |" in report and "nan" not in report
+    # a NaN from anywhere else is null in metrics.json, which a strict reader accepts
+    text = metrics_json({"new_users": result, "spark_als": {"test_rmse": float("nan")}})
+    strict = json.loads(text, parse_constant=lambda name: pytest.fail(f"metrics.json holds {name}"))
+    assert strict["spark_als"]["test_rmse"] is None and strict["new_users"] == result
 
 
 def test_on_jester_like_users_more_ratings_shown_means_better_predictions():

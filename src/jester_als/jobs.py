@@ -459,21 +459,32 @@ def run_new_users(
         rating_range=cfg.input.rating_range,
         seed=cfg.als.seed,
     )
+    if "skipped" in section:
+        log.warning("new users: not scored: %s", section["skipped"])
+        return {"new_users": section}
     gauge_scores, serve = section["gauge"], section["serve_seconds"]
+
+    def scores(predictor: str) -> str:
+        figures = gauge_scores[predictor]
+        return f"{_figure(figures['rmse'])}, {_figure(figures['ndcg_at_k'])}"
+
     log.info(
-        "new users (%d held out whole): gauge jokes revealed -> fold-in RMSE %.4f, NDCG@%d %.4f | popularity "
-        "%.4f, %.4f | full refit %.4f, %.4f; fold-in of 10,000 users %s s",
+        "new users (%d held out whole): gauge jokes revealed -> fold-in RMSE %s, NDCG@%d %s | popularity %s | "
+        "full refit %s; fold-in of 10,000 users %s s",
         section["users"],
-        gauge_scores["model"]["rmse"],
+        _figure(gauge_scores["model"]["rmse"]),
         section["k"],
-        gauge_scores["model"]["ndcg_at_k"] or 0,
-        gauge_scores["popularity"]["rmse"],
-        gauge_scores["popularity"]["ndcg_at_k"] or 0,
-        gauge_scores["refit"]["rmse"],
-        gauge_scores["refit"]["ndcg_at_k"] or 0,
+        _figure(gauge_scores["model"]["ndcg_at_k"]),
+        scores("popularity"),
+        scores("refit"),
         f"{serve['10000']:.3f}" if "10000" in serve else "n/a",
     )
     return {"new_users": section}
+
+
+def _figure(value: float | None) -> str:
+    """A score with four decimals, or n/a where there was nothing to score."""
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def foldable_model(spark: SparkSession, out: RunOutputs, cfg: JesterConfig):

@@ -82,6 +82,9 @@ def ndcg_at_k(
 def _scores(truth, predicted, rating_range, users, jokes, k, threshold) -> dict:
     predicted = np.clip(predicted, *rating_range)
     ok = ~np.isnan(predicted)
+    if not ok.any():
+        # no held-out user had a rating left to score here: no figure, rather than NaN
+        return {"rmse": None, "mae": None, "nmae": None, "ndcg_at_k": None, "rows": 0}
     error = predicted[ok] - truth[ok]
     mae = float(np.mean(np.abs(error)))
     return {
@@ -114,6 +117,19 @@ def evaluate_new_users(
     held = held_out_users(users, new_users.holdout_fraction, new_users.seed, new_users.max_users)
     is_held = np.isin(users, held)
     fit_rows = ~is_held & ~is_test
+    if held.size == 0 or not fit_rows.any():
+        sampled, share = int(np.unique(users).size), new_users.holdout_fraction
+        return {
+            "users": int(held.size),
+            "k": k,
+            "skipped": f"none of the {sampled:,} sampled users fell in the share held out whole "
+            f"(new_users.holdout_fraction {share}), so fold-in has no one to be scored on; more users or a "
+            "larger share give it some"
+            if held.size == 0
+            else f"the share held out whole (new_users.holdout_fraction {share}) took {held.size:,} of the "
+            f"{sampled:,} sampled users and left no training rating to fit the model on; a smaller share "
+            "leaves some",
+        }
     fit_kwargs = dict(
         rank=int(params["rank"]),
         reg_param=float(params["regParam"]),

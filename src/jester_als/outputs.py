@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -66,6 +67,22 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def metrics_json(metrics: dict) -> str:
+    """``metrics.json``'s text, where a figure that could not be computed (NaN, an infinity) is null: JSON has no
+    such numbers (RFC 8259, section 6), and strict readers such as JavaScript's ``JSON.parse`` refuse the file."""
+
+    def finite(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {key: finite(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(item) for item in value]
+        return value
+
+    return json.dumps(finite(metrics), indent=2, sort_keys=False, allow_nan=False) + "\n"
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -168,7 +185,7 @@ class RunOutputs:
             metrics: dict = {}
             if update is not None:
                 metrics, report = update(self.read_metrics())
-                write_text_atomic(self.final_path(METRICS_FILE), json.dumps(metrics, indent=2, sort_keys=False) + "\n")
+                write_text_atomic(self.final_path(METRICS_FILE), metrics_json(metrics))
                 if report is not None:
                     write_text_atomic(self.final_path(REPORT_FILE), report)
         owner.release(self.stage)

@@ -123,6 +123,11 @@ def error_histogram(plt, histogram: dict, path: str) -> None:
     plt.close(fig)
 
 
+def _or_gap(value: float | None) -> float:
+    """A figure to plot; NaN (a gap in the line) where there was nothing to score."""
+    return float("nan") if value is None else value
+
+
 def new_users_curve(plt, new: dict, path: str) -> None:
     """RMSE and NDCG@k of the held-out users' other ratings against how many ratings they showed: fold-in,
     popularity and a full refit; the gauge jokes as single points."""
@@ -131,12 +136,12 @@ def new_users_curve(plt, new: dict, path: str) -> None:
     for predictor, style in (("model", "o-"), ("popularity", "s--"), ("refit", "^:")):
         label = {"model": "fold-in", "popularity": "popularity", "refit": "full refit"}[predictor]
         xs = [int(n) for n in shown]
-        ax_rmse.plot(xs, [new["random"][n][predictor]["rmse"] for n in shown], style, label=label)
+        ax_rmse.plot(xs, [_or_gap(new["random"][n][predictor]["rmse"]) for n in shown], style, label=label)
         ax_ndcg.plot(xs, [new["random"][n][predictor]["ndcg_at_k"] or 0 for n in shown], style, label=label)
         if new.get("gauge"):
             x = new["gauge"]["revealed_per_user"]
             ax_rmse.plot(
-                [x], [new["gauge"][predictor]["rmse"]], "*", markersize=11, color=ax_rmse.lines[-1].get_color()
+                [x], [_or_gap(new["gauge"][predictor]["rmse"])], "*", markersize=11, color=ax_rmse.lines[-1].get_color()
             )
             ax_ndcg.plot(
                 [x],

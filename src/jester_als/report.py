@@ -164,6 +164,8 @@ def new_users_section(metrics: dict) -> list[str]:
     new = metrics.get("new_users")
     if not new:
         return []
+    if "skipped" in new:
+        return ["## New users: how many ratings a new user needs", "", f"Not scored: {new['skipped']}.", ""]
     k = new["k"]
     rows = []
     scenarios = [(f"the {len(new['gauge_jokes'])} gauge jokes", new.get("gauge"))]
@@ -224,9 +226,14 @@ def beats_sentence(new: dict) -> str:
             else f"at {', '.join(wins)} shown rating(s)"
         )
 
-    rmse = first(lambda e: e["model"]["rmse"] < e["popularity"]["rmse"])
-    ndcg = first(lambda e: (e["model"]["ndcg_at_k"] or 0) > (e["popularity"]["ndcg_at_k"] or 0))
-    refit_better = [n for n in shown if new["random"][n]["refit"]["rmse"] < new["random"][n]["model"]["rmse"]]
+    def lower(entry: dict, better: str, worse: str, what: str = "rmse") -> bool:
+        # a count at which no held-out user had a rating left to score has no figures: it wins nothing
+        ours, theirs = entry[better][what], entry[worse][what]
+        return ours is not None and theirs is not None and ours < theirs
+
+    rmse = first(lambda e: lower(e, "model", "popularity"))
+    ndcg = first(lambda e: lower(e, "popularity", "model", "ndcg_at_k"))
+    refit_better = [n for n in shown if lower(new["random"][n], "refit", "model")]
     return (
         f"Fold-in beats popularity's RMSE {rmse} and its NDCG@{new['k']} {ndcg}; the full refit's RMSE is lower "
         f"than fold-in's at {len(refit_better)} of {len(shown)} random counts."
