@@ -30,6 +30,13 @@ def test_reg_param_scales_with_the_rating_span():
     assert scaled_grid({"rank": [5], "regParam": [0.3, 0.5]}, 0.2) == {"rank": [5], "regParam": [0.06, 0.1]}
 
 
+def test_relevance_starts_three_quarters_up_any_rating_scale_unless_given():
+    assert load_config("conf/local.yaml", []).relevance_threshold == 5.0  # Jester's customary threshold
+    assert load_config("conf/local.yaml", ["input.rating_range=[1, 5]"]).relevance_threshold == 4.0  # four stars
+    given = load_config("conf/local.yaml", ["input.rating_range=[1, 5]", "evaluate.relevance_threshold=5"])
+    assert given.relevance_threshold == 5.0
+
+
 def test_on_a_1_to_5_table_scaled_reg_param_beats_the_bias_baseline_and_unscaled_does_not():
     """The claim behind ``tune.scale_reg_param``: Jester's regParam values over-regularize a 1-5 scale so much that
     the factors add nothing to the offsets; scaled, the same grid finds structure."""

@@ -426,9 +426,16 @@ class TuneConfig(Section):
     )
 
 
+# Where relevance starts on the rating scale when evaluate.relevance_threshold is null: Jester's usual 5.0 of -10..10.
+RELEVANT_SHARE = 0.75
+
+
 class EvaluateConfig(Section):
     k: PositiveInt = key(10, "cut-off for precision@k, recall@k, MAP@k and NDCG@k")
-    relevance_threshold: Number = key(5.0, "ratings >= this count as relevant")
+    relevance_threshold: Number | None = key(
+        None,
+        "ratings >= this count as relevant (null: three quarters up input.rating_range: 5.0 on -10..10, 4.0 on 1..5)",
+    )
 
 
 class RecommendConfig(Section):
@@ -662,6 +669,15 @@ class JesterConfig(Section):
     def source(self) -> str | None:
         """The file the config was read from (None: the built-in defaults)."""
         return self._source
+
+    @property
+    def relevance_threshold(self) -> float:
+        """``evaluate.relevance_threshold``, or where it is null the same place on ``input.rating_range`` as
+        Jester's customary 5.0 on -10..10 (three quarters up): 4.0, four stars, on a 1-5 scale."""
+        if self.evaluate.relevance_threshold is not None:
+            return float(self.evaluate.relevance_threshold)
+        low, high = (float(v) for v in self.input.rating_range)
+        return low + RELEVANT_SHARE * (high - low)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

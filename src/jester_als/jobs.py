@@ -300,7 +300,7 @@ def _tune_spark(
     evaluation = evaluate_predictions(
         held_out_predictions(model, test),
         k=cfg.evaluate.k,
-        threshold=cfg.evaluate.relevance_threshold,
+        threshold=cfg.relevance_threshold,
         rating_range=cfg.input.rating_range,
         references=(train, cfg.split.seed),
     )
@@ -455,7 +455,7 @@ def run_new_users(
         bias_reg=cfg.als.bias_reg,
         new_users=cfg.new_users,
         k=cfg.evaluate.k,
-        threshold=cfg.evaluate.relevance_threshold,
+        threshold=cfg.relevance_threshold,
         rating_range=cfg.input.rating_range,
         seed=cfg.als.seed,
     )
