@@ -172,9 +172,16 @@ def foldin(out, table, *extra) -> int:
     return main([*job_argv("foldin", f"new_users.path={table}", "recommend.top_n=3", out=out), *extra])
 
 
-def test_foldin_recommends_new_users_and_accounts_for_every_cell(spark, fitted):
+def test_foldin_recommends_new_users_and_accounts_for_every_cell(spark, fitted, capsys):
     out, table, params = fitted
     assert foldin(out, table) == 0
+    # what it prints says what it did with the new users, and that the data line is the model's
+    printed = capsys.readouterr().out
+    assert (
+        f"  new users: 3 from csv file {table} (6 ratings, 2 refused cells) folded in (spark); top 3 for 3 users"
+        in printed
+    )
+    assert "  the model was trained on: " in printed and "\n  data: " not in printed
     section = json.loads((out / "metrics.json").read_text())["foldin"]
     assert section["users"] == 3 and section["known_users"] == 1 and section["users_without_ratings"] == 2
     assert section["cells"]["rejected"] == {"out_of_range": 1, "unknown_joke": 1}

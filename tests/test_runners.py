@@ -181,7 +181,7 @@ def test_every_job_in_the_table_names_a_function_that_exists_and_what_it_reports
         module, _, name = job.target.partition(":")
         function = getattr(importlib.import_module(module), name)
         assert len(inspect.signature(function).parameters.values()) >= arguments[job.spark, job.staged], job.name
-        assert set(job.reports) <= {"als_engine", "spark_als", "baselines", "recommendations"}, job.name
+        assert set(job.reports) <= {"als_engine", "spark_als", "baselines", "recommendations", "foldin"}, job.name
 
 
 @pytest.mark.parametrize(

@@ -92,10 +92,19 @@ def summary(job: Job, metrics: dict, seconds: float) -> str:
     (``metrics.json`` also holds earlier jobs' sections)."""
     lines = [f"jester-als {job.name}: done in {seconds:.1f} s"]
     data = metrics.get("data", {})
+    fold = metrics.get("foldin") if "foldin" in job.reports else None
     if "ratings" in data:
         lines.append(
-            f"  data: {data['ratings']:,} ratings by {data['users']:,} users of {data['items']} jokes; "
-            f"{data['missing']:,} missing and {data['rejected']:,} rejected cells"
+            f"  {'the model was trained on' if fold else 'data'}: {data['ratings']:,} ratings by "
+            f"{data['users']:,} users of {data['items']} jokes; {data['missing']:,} missing and "
+            f"{data['rejected']:,} rejected cells"
+        )
+    if fold:
+        refused = sum(fold["cells"]["rejected"].values())
+        lines.append(
+            f"  new users: {fold['users']:,} from {fold['source']} ({fold['ratings']:,} ratings, {refused:,} "
+            f"refused cells) folded in ({fold['engine']}); top {fold['top_n']} for {fold['recommended_users']:,} "
+            "users"
         )
     if metrics.get("als_engine") and "als_engine" in job.reports:
         fallback = metrics["numpy_als"]

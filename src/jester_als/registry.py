@@ -93,6 +93,7 @@ JOBS: dict[str, Job] = {
             "jester_als.jobs:run_foldin",
             outputs=("new_user_recommendations", "new_user_factors", "new_user_rejected"),
             needs=("model",),
+            reports=("foldin",),
         ),
         Job(
             "pipeline",
