@@ -132,6 +132,16 @@ def test_a_file_that_is_not_a_workbook_and_a_missing_reader_are_named(tmp_path, 
     assert "pip install 'jester-als[excel]'" in capsys.readouterr().err
 
 
+def test_files_not_there_yet_are_named_with_where_to_get_them(tmp_path, capsys):
+    assert prepare(tmp_path, tmp_path / "jester")[0] == 1
+    assert f"xls file {tmp_path / 'jester'}: does not exist (the official Jester files: make download-jester" in (
+        capsys.readouterr().err
+    )
+    (tmp_path / "empty").mkdir()
+    assert prepare(tmp_path, tmp_path / "empty")[0] == 1
+    assert "no Excel workbook (.xls, .xlsx) there (the official Jester files: make download" in capsys.readouterr().err
+
+
 def test_xls_needs_the_jester_layout(tmp_path, capsys):
     assert main(job_argv("check", "input.layout=wide", conf="conf/jester.yaml")) == 2
     assert "--set input.layout=wide: must be 'jester' with input.format 'xls'" in capsys.readouterr().err

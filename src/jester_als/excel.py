@@ -28,6 +28,10 @@ class ExcelInputError(JobError):
     """An Excel input that cannot be read as the original Jester layout (named file, what was expected)."""
 
 
+# where the official files come from, for a user who followed conf/jester.yaml before fetching them
+DOWNLOAD_HINT = " (the official Jester files: make download-jester, or DATASET=3 for dataset 3)"
+
+
 def excel_files(path: str) -> list[str]:
     """The workbooks ``path`` names: the file itself, every .xls/.xlsx file of a directory, or a glob's matches,
     sorted by name (which orders dataset 1's ``jester-data-1.xls`` .. ``-3.xls`` as published)."""
@@ -38,9 +42,9 @@ def excel_files(path: str) -> list[str]:
     elif os.path.exists(path):
         found = [path]
     else:
-        raise ExcelInputError(f"xls file {path}: does not exist")
+        raise ExcelInputError(f"xls file {path}: does not exist{DOWNLOAD_HINT}")
     if not found:
-        raise ExcelInputError(f"xls file {path}: no Excel workbook (.xls, .xlsx) there")
+        raise ExcelInputError(f"xls file {path}: no Excel workbook (.xls, .xlsx) there{DOWNLOAD_HINT}")
     return sorted(found)
 
 
