@@ -92,6 +92,12 @@ def test_default_pipeline_beats_plain_rank_10_and_the_bias_baseline(default_run)
     plain_rmse = float(np.sqrt(np.nanmean((predicted - values[test]) ** 2)))
     assert spark_als["test_rmse"] < plain_rmse
     assert spark_als["test_rmse"] < metrics["baselines"]["bias"]["test_rmse"]
+    # and the report says by how much on the rows every engine scored
+    same, bias = metrics["numpy_als"]["spark_test_rmse_same_rows"], metrics["baselines"]["bias"]["test_rmse"]
+    assert (
+        f"On these rows the chosen Spark ALS model's RMSE is {bias - same:.4f} below the user + joke bias "
+        f"baseline's ({same:.4f} against {bias:.4f})." in (out / "report.md").read_text()
+    )
 
 
 def test_nmae_is_mae_over_the_rating_span(default_run):

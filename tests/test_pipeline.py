@@ -10,8 +10,9 @@ from pyspark.ml.recommendation import ALSModel
 from pyspark.sql import functions as F
 
 from helpers import PIPELINE_TOP_N as TOP_N
-from helpers import assert_same_results, job_argv, png_size, sets
+from helpers import assert_same_results, job_argv, png_size, sets, small_params
 from jester_als.cli import main
+from jester_als.generate import write_wide_csv
 
 
 @pytest.fixture
@@ -335,3 +336,34 @@ def test_the_new_user_evaluation_scores_the_sample_the_baseline_collected(spark,
         rel=1e-9,
         where="new_users",
     )
+
+
+def test_a_model_that_loses_to_the_bias_baseline_is_told_plainly(tmp_path, capsys):
+    """On a table with user and joke offsets and noise but no factors, an under-regularized grid's best model fits
+    the noise: the run still succeeds, and says in its log and its report that the bias baseline predicts better."""
+    table = tmp_path / "offsets_only.csv"
+    write_wide_csv(small_params(factor_scale=0.0, user_bias=2.0, joke_bias=2.0, noise=3.0), str(table))
+    out = tmp_path / "out"
+    grid = "tune.grid={rank: [10], regParam: [0.01], maxIter: [10]}"
+    settings = (grid, "tune.refit_max_iter=10", "new_users.evaluate=false", "input.reference_scan=false")
+    assert main(job_argv("pipeline", *settings, path=table, out=out)) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    spark_rmse = metrics["numpy_als"]["spark_test_rmse_same_rows"]
+    bias_rmse = metrics["baselines"]["bias"]["test_rmse"]
+    assert spark_rmse > bias_rmse
+    err = capsys.readouterr().err
+    assert (
+        f"the chosen Spark ALS model does not beat the user + joke bias baseline on the same rows (RMSE "
+        f"{spark_rmse:.4f} against {bias_rmse:.4f})" in err
+    )
+    report = (out / "report.md").read_text()
+    assert "**The chosen Spark ALS model does not beat the user + joke bias baseline on these rows**" in report
+
+
+def test_the_report_names_the_config_a_run_read():
+    from jester_als.report import render_report
+
+    run = {"run_id": "r1", "job": "pipeline", "finished": "2026-12-05T00:00:00+00:00"}
+    assert "config `conf/jester.yaml`." in render_report({"run": {**run, "config_file": "conf/jester.yaml"}})
+    # without --conf: not "config `None`"
+    assert "config the built-in defaults (`conf/local.yaml`'s)." in render_report({"run": {**run, "config_file": None}})

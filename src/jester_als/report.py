@@ -23,13 +23,18 @@ def table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def _config_name(path: str | None) -> str:
+    """The run's config file, or what a run without ``--conf`` read."""
+    return f"`{path}`" if path else "the built-in defaults (`conf/local.yaml`'s)"
+
+
 def render_report(metrics: dict) -> str:
     out = ["# jester-als report", ""]
     run = metrics.get("run", {})
     if run:
         out += [
             f"Run {run.get('run_id', '')} of `{run.get('job', '')}`, finished {run.get('finished', '')}, "
-            f"config `{run.get('config_file')}`.",
+            f"config {_config_name(run.get('config_file'))}.",
             "",
         ]
     data = metrics.get("data")
@@ -484,6 +489,25 @@ def _nmae(mae, metrics: dict):
     return None if mae is None or not span else mae / (span[1] - span[0])
 
 
+def against_bias(spark_rmse: float, bias_rmse: float) -> list[str]:
+    """Whether the chosen model's factors earn their keep: its RMSE against the user + joke bias baseline's on the
+    same rows, said plainly either way."""
+    if spark_rmse < bias_rmse:
+        return [
+            f"On these rows the chosen Spark ALS model's RMSE is {bias_rmse - spark_rmse:.4f} below the user + joke "
+            f"bias baseline's ({spark_rmse:.4f} against {bias_rmse:.4f}).",
+            "",
+        ]
+    return [
+        f"**The chosen Spark ALS model does not beat the user + joke bias baseline on these rows** (RMSE "
+        f"{spark_rmse:.4f} against {bias_rmse:.4f}): on this data its factors add error to what the offsets "
+        "alone predict. A wider grid may find a model that does (a larger regParam, a smaller rank; the "
+        "tuning section below names a chosen value on the grid's edge); until then the bias baseline is the "
+        "better predictor.",
+        "",
+    ]
+
+
 def comparison_notes(metrics: dict) -> list[str]:
     spark, numpy_als = metrics.get("spark_als"), metrics.get("numpy_als")
     if not (spark and numpy_als):
@@ -497,6 +521,7 @@ def comparison_notes(metrics: dict) -> list[str]:
         f"{_num(spark.get('test_rmse'))}, MAE {_num(spark.get('test_mae'))}, NMAE {_num(spark.get('test_nmae'))} "
         f"(MAE over the span of the rating scale, as Jester papers report it).",
         "",
+        *against_bias(numpy_als["spark_test_rmse_same_rows"], metrics["baselines"]["bias"]["test_rmse"]),
         f"Driver cost of NumPy ALS: collecting the sample took {numpy_als['collect_seconds']:.1f} s and the fit "
         f"{numpy_als['fit_seconds']:.2f} s; the driver process peaked at {memory['driver_peak_mb']:,.0f} MB "
         f"({memory['driver_growth_mb']:,.0f} MB above where it started) while the collected sample takes "
