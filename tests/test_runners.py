@@ -384,3 +384,29 @@ def test_spark_warnings_go_to_a_log_file_unless_verbose(quiet_prepare, tmp_path)
     assert DEPRECATED not in quiet and f"Spark's own warnings: {out / 'spark.log'}" in quiet
     assert DEPRECATED in (out / "spark.log").read_text()
     assert DEPRECATED in _prepare_excerpt(tmp_path, tmp_path / "verbose", "-v")
+
+
+def test_without_java_the_job_says_what_spark_needs_and_leaves_nothing(tmp_path):
+    """pip installs the package on a machine without Java: Spark's launcher fails before Spark exists. The job
+    says so in a line (exit 1, no traceback) and leaves no checkpoint directory behind."""
+    no_java = tmp_path / "bin"
+    no_java.mkdir()
+    for folder in os.environ["PATH"].split(os.pathsep):  # every command this machine has but java
+        if os.path.isdir(folder):
+            for name in os.listdir(folder):
+                if name != "java" and not os.path.lexists(no_java / name):
+                    (no_java / name).symlink_to(Path(folder) / name)
+    env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"}
+    env.update(PATH=str(no_java), TMPDIR=str(tmp_path))
+    argv = [sys.executable, "-m", "jester_als.cli", "prepare", "--set", f"output.dir={tmp_path / 'out'}"]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert (
+        "jester-als prepare: Spark could not start its Java process: no java on the PATH and no JAVA_HOME. "
+        "Spark 4 needs Java 17 or 21." in done.stderr
+    )
+    assert "Traceback" not in done.stderr
+    assert not list(tmp_path.glob("jester-als-checkpoint-*"))
+    env["JAVA_HOME"] = str(tmp_path / "jdk")
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1 and f"JAVA_HOME is {tmp_path / 'jdk'}, which has no bin/java." in done.stderr

@@ -226,18 +226,38 @@ def _run_spark_job(job: Job, args, cfg: JesterConfig) -> int:
         run.release(previous)
 
 
+def no_jvm_message() -> str:
+    """Why Spark's JVM did not start, as far as this process can tell, and what it needs."""
+    import shutil
+
+    home = os.environ.get("JAVA_HOME")
+    java = os.path.join(home, "bin", "java") if home else shutil.which("java")
+    if not java or not os.path.exists(java):
+        found = f"JAVA_HOME is {home}, which has no bin/java" if home else "no java on the PATH and no JAVA_HOME"
+    else:
+        found = f"{java} did not start it (`{java} -version` says which Java it is; Spark's lines above say why)"
+    return f"Spark could not start its Java process: {found}. Spark 4 needs Java 17 or 21."
+
+
 def _start_spark(job: Job, args, cfg: JesterConfig):
     """``(spark, created)`` once the job's inputs from earlier jobs are there and its ALS iterations are safe
     where it runs; a JobError otherwise, with nothing left running."""
 
     check_needs(job.name, cfg.output.dir)
-    spark, created = build_session(
-        cfg.spark,
-        master=args.master,
-        remote=args.remote,
-        spark_log=spark_log_path(cfg.output.dir),
-        verbose=args.verbose,
-    )
+    try:
+        spark, created = build_session(
+            cfg.spark,
+            master=args.master,
+            remote=args.remote,
+            spark_log=spark_log_path(cfg.output.dir),
+            verbose=args.verbose,
+        )
+    except Exception as exc:
+        # pyspark's launcher (java_gateway.py) raises this when the JVM it started exits before it answers:
+        # no Java, or one too old for Spark 4 (its own lines above say which)
+        if "JAVA_GATEWAY_EXITED" not in str(exc):
+            raise
+        raise JobError(no_jvm_message()) from exc
     try:
         check_iterations(spark, als_iterations(job.name, cfg))
     except JobError:

@@ -153,6 +153,7 @@ def _classic(
         spark = builder.getOrCreate()
     except Exception as exc:
         if "CANNOT_MODIFY_CONFIG" not in str(exc):
+            _remove_owned_dirs()  # no session to release: its directory goes now, not at the next run's sweep
             raise
         # A platform session that is Spark Connect underneath (Databricks serverless) refuses launch-time
         # settings: join it as it is and apply what it accepts.
@@ -246,10 +247,15 @@ def release_session(spark, created: bool) -> None:
         if created:
             spark.stop()
     finally:
-        while _OWNED_DIRS:
-            path = _OWNED_DIRS.pop()
-            owner.release(path)
-            shutil.rmtree(path, ignore_errors=True)
+        _remove_owned_dirs()
+
+
+def _remove_owned_dirs() -> None:
+    """Remove the checkpoint directories this process made for its sessions."""
+    while _OWNED_DIRS:
+        path = _OWNED_DIRS.pop()
+        owner.release(path)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 # How long a Connect client keeps retrying an unreachable server. pyspark's default policy
