@@ -209,6 +209,20 @@ def test_file_that_does_not_exist_stops(tmp_path, capsys):
     refused(code, out, capsys, "missing.csv: does not exist")
 
 
+def test_the_generated_table_not_made_yet_says_how_to_make_it_before_spark_starts(tmp_path, capsys):
+    path = tmp_path / "jester_synthetic.csv"
+    for job in ("check", "prepare", "pipeline"):
+        code = main(job_argv(job, f"generate.path={path}", path=path, out=tmp_path / "out"))
+        refused(
+            code,
+            tmp_path / "out",
+            capsys,
+            f"jester-als {job}: csv file {path}: does not exist; it is the generated table the config reads, which "
+            "`jester-als generate` writes (with the same --conf and --set), or set input.path to your own table",
+        )
+    assert not (tmp_path / "out" / "spark.log").exists()  # refused before Spark started
+
+
 def test_table_that_does_not_exist_stops(tmp_path, capsys):
     code, out, _ = prepare(tmp_path, None, "input.format=table", "input.table=nowhere.jester_data_1")
     refused(code, out, capsys, "table nowhere.jester_data_1: does not exist")

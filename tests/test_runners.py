@@ -14,7 +14,7 @@ import pytest
 from py4j.protocol import Py4JError
 
 import jester_als.tune
-from helpers import EXCERPT, PIPELINE_TOP_N, WHITELIST_ERROR, job_argv
+from helpers import EXCERPT, PIPELINE_TOP_N, WHITELIST_ERROR, job_argv, sets
 from jester_als.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -398,7 +398,13 @@ def test_without_java_the_job_says_what_spark_needs_and_leaves_nothing(tmp_path)
                     (no_java / name).symlink_to(Path(folder) / name)
     env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"}
     env.update(PATH=str(no_java), TMPDIR=str(tmp_path))
-    argv = [sys.executable, "-m", "jester_als.cli", "prepare", "--set", f"output.dir={tmp_path / 'out'}"]
+    argv = [
+        sys.executable,
+        "-m",
+        "jester_als.cli",
+        "prepare",
+        *sets(f"input.path={EXCERPT}", f"output.dir={tmp_path}/out"),
+    ]
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 1, done.stderr
     assert (

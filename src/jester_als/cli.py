@@ -26,8 +26,15 @@ from typing import Any
 from jester_als import __version__
 from jester_als.config import ConfigError, JesterConfig, load_config
 from jester_als.errors import JobError, actionable_cause
-from jester_als.registry import JOBS, Job, check_needs
-from jester_als.session import build_session, check_iterations, connection_lost, release_session
+from jester_als.registry import JOBS, Job, check_generated_input, check_needs
+from jester_als.session import (
+    build_session,
+    check_iterations,
+    connection_lost,
+    release_session,
+    runs_locally,
+    where_to_run,
+)
 
 log = logging.getLogger("jester_als")
 
@@ -244,6 +251,9 @@ def _start_spark(job: Job, args, cfg: JesterConfig):
     where it runs; a JobError otherwise, with nothing left running."""
 
     check_needs(job.name, cfg.output.dir)
+    if runs_locally(*where_to_run(cfg.spark, args.master, args.remote)):
+        # only where input.path is a path on this machine (a cluster's default file system may be another)
+        check_generated_input(job.name, cfg.input, cfg.generate)
     try:
         spark, created = build_session(
             cfg.spark,

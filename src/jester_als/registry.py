@@ -35,6 +35,7 @@ class Job:
     reports: tuple[str, ...] = ()  # the metrics.json sections its summary shows (besides data)
     tunes: bool = False  # fits ALS over tune.grid (its iterations are checked before Spark starts work)
     whole: bool = False  # runs every step and numbers them; its metrics.json replaces the directory's
+    reads_input: bool = False  # reads input.path (the others read what earlier jobs wrote)
 
     def run(self, *args):
         module, _, function = self.target.partition(":")
@@ -50,6 +51,7 @@ JOBS: dict[str, Job] = {
             "exit 0 (fine), 1 (input problem) or 2 (config problem)",
             "jester_als.prepare:check_job",
             staged=False,
+            reads_input=True,
         ),
         Job(
             "generate",
@@ -62,6 +64,7 @@ JOBS: dict[str, Job] = {
             "read the Jester table, melt it to (user, joke, rating), write ratings/ and rejected/",
             "jester_als.jobs:prepare_job",
             outputs=("ratings", "rejected", "user_ids", "user_files"),
+            reads_input=True,
         ),
         Job(
             "tune",
@@ -103,6 +106,7 @@ JOBS: dict[str, Job] = {
             reports=("als_engine", "spark_als", "baselines", "recommendations"),
             tunes=True,
             whole=True,
+            reads_input=True,
         ),
         Job(
             "bench",
@@ -127,6 +131,19 @@ PRODUCED_BY = {"ratings": "prepare", "model": "tune"}
 
 class MissingInputError(JobError):
     """A job was asked to run before the job it depends on."""
+
+
+def check_generated_input(job: str, inp, gen) -> None:
+    """Refuse, before Spark starts, a job that would read the generated table (``input.path`` is
+    ``generate.path``, as in the built-in config) before it was generated, saying how to make it."""
+    path = inp.path
+    if not JOBS[job].reads_input or inp.format != "csv" or path != gen.path or "://" in (path or ""):
+        return
+    if not os.path.exists(path):
+        raise MissingInputError(
+            f"csv file {path}: does not exist; it is the generated table the config reads, which "
+            f"`jester-als generate` writes (with the same --conf and --set), or set input.path to your own table"
+        )
 
 
 def check_needs(job: str, output_dir: str) -> None:

@@ -54,8 +54,7 @@ def build_session(
     """
     from pyspark.sql import SparkSession
 
-    remote = remote or spark_cfg.remote or (None if master or spark_cfg.master else os.environ.get("SPARK_REMOTE"))
-    master = master or spark_cfg.master
+    master, remote = where_to_run(spark_cfg, master, remote)
 
     active = SparkSession.getActiveSession()
     if active is not None and not remote and not master:
@@ -172,6 +171,12 @@ def _classic(
         if spark_log:
             log.info("Spark's own warnings: %s%s", spark_log, "" if verbose else " (-v shows them here too)")
     return spark, not platform_owned()
+
+
+def where_to_run(spark_cfg: SparkConfig, master: str | None, remote: str | None) -> tuple[str | None, str | None]:
+    """``(master, remote)`` by :func:`build_session`'s precedence: the arguments, the config, ``SPARK_REMOTE``."""
+    remote = remote or spark_cfg.remote or (None if master or spark_cfg.master else os.environ.get("SPARK_REMOTE"))
+    return master or spark_cfg.master, remote
 
 
 def runs_locally(master: str | None, remote: str | None) -> bool:
