@@ -175,6 +175,11 @@ def test_joke_column_that_is_not_an_id_stops(tmp_path, capsys):
 def test_duplicated_joke_columns_stop(tmp_path, capsys):
     code, out, _ = prepare(tmp_path, "User,Number of Jokes Rated,1,2,2\n1,3,3,4,5\n")
     refused(code, out, capsys, "column(s) ['2'] appear more than once in the header")
+    # Spark renames the 2s of fields 1 and 3 to 21 and 23, and joke 21 has a column of its own: its read fails
+    jokes = [str(j) for j in range(1, 23)]
+    header = ",".join(["User", "2", *jokes])
+    code, out, _ = prepare(tmp_path, header + "\n" + ",".join(["1"] * (len(jokes) + 2)) + "\n")
+    refused(code, out, capsys, "column(s) ['2'] appear more than once in the header; each joke must have one column")
 
 
 def test_duplicated_users_stop(tmp_path, capsys):

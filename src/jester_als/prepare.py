@@ -100,7 +100,14 @@ def _read_csv(spark: SparkSession, inp: InputConfig, name: str) -> DataFrame:
         .option("inferSchema", False)
         .option("mode", "PERMISSIVE")
     )
-    table = reader.csv(inp.path)
+    try:
+        table = reader.csv(inp.path)
+    except Exception as exc:
+        # A repeated name renamed onto another column's name (2 at fields 1 and 3 -> 21, 23 beside a joke 21)
+        # fails Spark's own read; the header line says which name the file repeats.
+        if header and "COLUMN_ALREADY_EXISTS" in str(exc):
+            check_header(spark, inp, None, name)
+        raise
     if not header or not table.columns:  # an empty file is refused by read_table
         return table
     if any(column.endswith(str(index)) for index, column in enumerate(table.columns)):
@@ -112,12 +119,12 @@ def _read_csv(spark: SparkSession, inp: InputConfig, name: str) -> DataFrame:
     return reader.option("columnNameOfCorruptRecord", MALFORMED).schema(schema).csv(inp.path)
 
 
-def check_header(spark: SparkSession, inp: InputConfig, columns: list[str], name: str) -> None:
+def check_header(spark: SparkSession, inp: InputConfig, columns: list[str] | None, name: str) -> None:
     """Spark silently renames repeated header names (``5,5`` becomes ``50,51``, which would read as jokes 50
     and 51), so the header line itself is checked for repeats. Only called when some column's name ends with its
     own index: Spark names a repeated or empty header field by appending its index (``makeSafeHeader`` of its CSV
     source: ``5`` -> ``51``, empty -> ``_c3``), so where no name does, none was renamed and the header line need
-    not be read again."""
+    not be read again. ``columns``: the columns Spark read (None where its read failed)."""
     first = spark.read.text(inp.path).limit(1).collect()
     if not first:
         raise InputError(f"{name}: is empty (no header and no rows)")
@@ -132,7 +139,7 @@ def check_header(spark: SparkSession, inp: InputConfig, columns: list[str], name
         raise InputError(
             f"{name}: column(s) {repeated[:5]} appear more than once in the header; each joke must have one column"
         )
-    if len(names) != len(columns):
+    if columns is not None and len(names) != len(columns):
         log.warning(
             "%s: header has %d names but Spark read %d columns (delimiter %r?)",
             name,
