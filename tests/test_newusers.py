@@ -104,6 +104,10 @@ def test_a_table_too_small_to_hold_users_out_says_so_instead_of_scoring_nan(tmp_
     text = metrics_json({"new_users": result, "spark_als": {"test_rmse": float("nan")}})
     strict = json.loads(text, parse_constant=lambda name: pytest.fail(f"metrics.json holds {name}"))
     assert strict["spark_als"]["test_rmse"] is None and strict["new_users"] == result
+    # and report.md, rendered from the same figures, shows n/a where the file holds null
+    result["random"]["1"]["model"]["rmse"] = float("nan")
+    report = "\n".join(new_users_section({"new_users": result}))
+    assert "| 1 random | " in report and "nan" not in report
 
 
 def test_on_jester_like_users_more_ratings_shown_means_better_predictions():

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 
 def _num(value, digits: int = 4) -> str:
-    if value is None:
+    # a figure that could not be computed reads as metrics.json holds it (null), not as nan
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
