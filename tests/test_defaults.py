@@ -12,7 +12,7 @@ import pytest
 from helpers import job_argv
 from jester_als import hashsplit
 from jester_als.cli import main
-from jester_als.config import load_config
+from jester_als.config import ConfigError, load_config
 from jester_als.defaults import five_point
 from jester_als.generate import GeneratorParams, generate_chunks, write_wide_csv
 from jester_als.numpy_als import RatingMatrix, fit_numpy_als
@@ -35,6 +35,12 @@ def test_relevance_starts_three_quarters_up_any_rating_scale_unless_given():
     assert load_config("conf/local.yaml", ["input.rating_range=[1, 5]"]).relevance_threshold == 4.0  # four stars
     given = load_config("conf/local.yaml", ["input.rating_range=[1, 5]", "evaluate.relevance_threshold=5"])
     assert given.relevance_threshold == 5.0
+    # one no rating reaches, or every rating does, is refused before anything runs
+    for off_the_scale in (5.5, 1):
+        with pytest.raises(ConfigError, match=r"must lie on input.rating_range, above 1.0 and at most 5.0, got"):
+            load_config(
+                "conf/local.yaml", ["input.rating_range=[1, 5]", f"evaluate.relevance_threshold={off_the_scale}"]
+            )
 
 
 def test_on_a_1_to_5_table_scaled_reg_param_beats_the_bias_baseline_and_unscaled_does_not():

@@ -434,7 +434,8 @@ class EvaluateConfig(Section):
     k: PositiveInt = key(10, "cut-off for precision@k, recall@k, MAP@k and NDCG@k")
     relevance_threshold: Number | None = key(
         None,
-        "ratings >= this count as relevant (null: three quarters up input.rating_range: 5.0 on -10..10, 4.0 on 1..5)",
+        "ratings >= this count as relevant, above the bottom of input.rating_range and at most its top (null: "
+        "three quarters up it: 5.0 on -10..10, 4.0 on 1..5)",
     )
 
 
@@ -669,6 +670,18 @@ class JesterConfig(Section):
     def source(self) -> str | None:
         """The file the config was read from (None: the built-in defaults)."""
         return self._source
+
+    @model_validator(mode="after")
+    def _relevance_on_the_scale(self):
+        # a threshold above the scale makes no rating relevant, one at or below its bottom makes every rating
+        # relevant: either way the ranking metrics mean nothing
+        given, (low, high) = self.evaluate.relevance_threshold, self.input.rating_range
+        if given is not None and not low < given <= high:
+            raise _problem(
+                f"evaluate.relevance_threshold: must lie on input.rating_range, above {low} and at most {high}, "
+                f"got {given}"
+            )
+        return self
 
     @property
     def relevance_threshold(self) -> float:
