@@ -47,7 +47,7 @@ from jester_als.prepare import (
 )
 from jester_als.progress import step
 from jester_als.registry import Job
-from jester_als.report import render_report
+from jester_als.report import figure, render_report
 from jester_als.session import als_blocks, is_connect, master_of, try_persist, try_unpersist
 from jester_als.tables import write_tables
 from jester_als.tracking import track_job
@@ -466,25 +466,20 @@ def run_new_users(
 
     def scores(predictor: str) -> str:
         figures = gauge_scores[predictor]
-        return f"{_figure(figures['rmse'])}, {_figure(figures['ndcg_at_k'])}"
+        return f"{figure(figures['rmse'])}, {figure(figures['ndcg_at_k'])}"
 
     log.info(
         "new users (%d held out whole): gauge jokes revealed -> fold-in RMSE %s, NDCG@%d %s | popularity %s | "
         "full refit %s; fold-in of 10,000 users %s s",
         section["users"],
-        _figure(gauge_scores["model"]["rmse"]),
+        figure(gauge_scores["model"]["rmse"]),
         section["k"],
-        _figure(gauge_scores["model"]["ndcg_at_k"]),
+        figure(gauge_scores["model"]["ndcg_at_k"]),
         scores("popularity"),
         scores("refit"),
         f"{serve['10000']:.3f}" if "10000" in serve else "n/a",
     )
     return {"new_users": section}
-
-
-def _figure(value: float | None) -> str:
-    """A score with four decimals, or n/a where there was nothing to score."""
-    return "n/a" if value is None else f"{value:.4f}"
 
 
 def foldable_model(spark: SparkSession, out: RunOutputs, cfg: JesterConfig):

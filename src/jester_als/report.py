@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 
 
-def _num(value, digits: int = 4) -> str:
+def figure(value, digits: int = 4) -> str:
+    """A figure as the report and the job's log print it: floats to ``digits`` decimals, ints with separators."""
     # a figure that could not be computed reads as metrics.json holds it (null), not as nan
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
@@ -49,13 +50,13 @@ def render_report(metrics: dict) -> str:
                 ["users", "jokes", "ratings", "train", "test", "rejected cells", "missing cells"],
                 [
                     [
-                        _num(data.get("users")),
-                        _num(data.get("items")),
-                        _num(data.get("ratings")),
-                        _num(data.get("train_ratings")),
-                        _num(data.get("test_ratings")),
-                        _num(data.get("rejected")),
-                        _num(data.get("missing")),
+                        figure(data.get("users")),
+                        figure(data.get("items")),
+                        figure(data.get("ratings")),
+                        figure(data.get("train_ratings")),
+                        figure(data.get("test_ratings")),
+                        figure(data.get("rejected")),
+                        figure(data.get("missing")),
                     ]
                 ],
             ),
@@ -101,10 +102,10 @@ def render_report(metrics: dict) -> str:
                 [
                     [
                         _params(spark.get("model_params")),
-                        _num(spark.get("fit_seconds"), 2),
-                        _num(spark["test_rmse"]),
-                        _num(spark.get("test_mae")),
-                        _num(spark.get("test_rows_scored")),
+                        figure(spark.get("fit_seconds"), 2),
+                        figure(spark["test_rmse"]),
+                        figure(spark.get("test_mae")),
+                        figure(spark.get("test_rows_scored")),
                     ]
                 ],
             ),
@@ -122,17 +123,17 @@ def render_report(metrics: dict) -> str:
                 [
                     [
                         _params(fallback["params"]),
-                        _num(fallback["fit_seconds"], 2),
-                        _num(fallback["test_rmse"]),
-                        _num(fallback["test_mae"]),
-                        _num(fallback["test_rows_scored"]),
+                        figure(fallback["fit_seconds"], 2),
+                        figure(fallback["test_rmse"]),
+                        figure(fallback["test_mae"]),
+                        figure(fallback["test_rows_scored"]),
                     ]
                 ],
             ),
             "",
             table(
                 ["params", "validation RMSE"],
-                [[_params(p["params"]), _num(p["validation_rmse"])] for p in fallback["validation"]],
+                [[_params(p["params"]), figure(p["validation_rmse"])] for p in fallback["validation"]],
             ),
             "",
         ]
@@ -140,9 +141,9 @@ def render_report(metrics: dict) -> str:
         out += [
             "## Tuning grid",
             "",
-            f"{len(spark['validation'])} grid points in {_num(spark.get('tune_seconds'), 1)} s by "
+            f"{len(spark['validation'])} grid points in {figure(spark.get('tune_seconds'), 1)} s by "
             f"{spark.get('tune_method', 'TrainValidationSplit')} (validation RMSE on a "
-            f"{_num(spark.get('train_ratio'), 2)} train ratio of the training ratings).",
+            f"{figure(spark.get('train_ratio'), 2)} train ratio of the training ratings).",
             "",
             grid_table(spark),
             "",
@@ -157,10 +158,10 @@ def render_report(metrics: dict) -> str:
         out += [
             "## Recommendations",
             "",
-            f"Top {recs['top_n']} unrated jokes for {_num(recs['users'])} users in `recommendations/`; "
-            f"{_num(recs.get('users_without'))} users rated every joke and get none. Catalogue coverage: "
-            f"{_num(recs.get('jokes_recommended'))} distinct jokes recommended "
-            f"({_num(recs.get('catalogue_coverage'), 3)} of the jokes with ratings).",
+            f"Top {recs['top_n']} unrated jokes for {figure(recs['users'])} users in `recommendations/`; "
+            f"{figure(recs.get('users_without'))} users rated every joke and get none. Catalogue coverage: "
+            f"{figure(recs.get('jokes_recommended'))} distinct jokes recommended "
+            f"({figure(recs.get('catalogue_coverage'), 3)} of the jokes with ratings).",
             "",
         ]
     out += plots_section(metrics.get("plots"))
@@ -172,8 +173,9 @@ def new_users_section(metrics: dict) -> list[str]:
     new = metrics.get("new_users")
     if not new:
         return []
+    heading = "## New users: how many ratings a new user needs"
     if "skipped" in new:
-        return ["## New users: how many ratings a new user needs", "", f"Not scored: {new['skipped']}.", ""]
+        return [heading, "", f"Not scored: {new['skipped']}.", ""]
     k = new["k"]
     rows = []
     scenarios = [(f"the {len(new['gauge_jokes'])} gauge jokes", new.get("gauge"))]
@@ -181,12 +183,12 @@ def new_users_section(metrics: dict) -> list[str]:
     for label, entry in scenarios:
         if not entry:
             continue
-        cells = [label, _num(entry["users"]), f"{entry['revealed_per_user']:.1f}"]
+        cells = [label, figure(entry["users"]), f"{entry['revealed_per_user']:.1f}"]
         for predictor in ("model", "popularity", "refit"):
             cells += [
-                _num(entry[predictor]["rmse"]),
-                _num(entry[predictor]["nmae"]),
-                _num(entry[predictor]["ndcg_at_k"]),
+                figure(entry[predictor]["rmse"]),
+                figure(entry[predictor]["nmae"]),
+                figure(entry[predictor]["ndcg_at_k"]),
             ]
         rows.append(cells)
     header = ["revealed", "users", "ratings shown"] + [
@@ -195,10 +197,10 @@ def new_users_section(metrics: dict) -> list[str]:
     serve = new.get("serve_seconds") or {}
     seconds = new["seconds"]
     lines = [
-        "## New users: how many ratings a new user needs",
+        heading,
         "",
-        f"{_num(new['users'])} users held out whole (not in the model, fitted on "
-        f"{_num(new['fitted_on_users'])} other users' training ratings with the chosen params); each shows k of "
+        f"{figure(new['users'])} users held out whole (not in the model, fitted on "
+        f"{figure(new['fitted_on_users'])} other users' training ratings with the chosen params); each shows k of "
         f"its ratings, is folded in from them without a refit, and its other ratings are scored. Popularity: "
         f"each joke's mean rating among the other users; refit: the model fitted again with the shown ratings "
         f"(what fold-in approximates). Relevant: rating >= {new['relevance_threshold']}.",
@@ -257,12 +259,12 @@ def foldin_section(metrics: dict) -> list[str]:
     return [
         "## New users folded in",
         "",
-        f"{_num(fold['users'])} new users of {fold['source']} ({_num(fold['ratings'])} ratings of jokes the model "
+        f"{figure(fold['users'])} new users of {fold['source']} ({figure(fold['ratings'])} ratings of jokes the model "
         f"knows) folded into the saved model ({fold['engine']}; {'biased, ' if fold['biased'] else ''}regParam "
         f"{fold['reg_param']}) and recommended their top {fold['top_n']} unrated jokes in "
-        f"`new_user_recommendations/` ({_num(fold['recommended_users'])} users). "
-        f"{_num(fold['known_users'])} were already in the model (folded in anew from these ratings; the model is "
-        f"not changed); {_num(fold['users_without_ratings'])} had no rating of a known joke. Refused cells: "
+        f"`new_user_recommendations/` ({figure(fold['recommended_users'])} users). "
+        f"{figure(fold['known_users'])} were already in the model (folded in anew from these ratings; the model is "
+        f"not changed); {figure(fold['users_without_ratings'])} had no rating of a known joke. Refused cells: "
         + (", ".join(f"{k} {v:,}" for k, v in sorted(refused.items())) if refused else "none")
         + " (`new_user_rejected/`).",
         "",
@@ -353,8 +355,8 @@ def grid_table(spark: dict) -> str:
     rows = [
         [
             _params(p["params"]),
-            _num(p["validation_rmse"]),
-            *([_num(p["seconds"], 1)] if timed else []),
+            figure(p["validation_rmse"]),
+            *([figure(p["seconds"], 1)] if timed else []),
             "best" if all(spark["best_params"].get(k) == v for k, v in p["params"].items()) else "",
         ]
         for p in spark["validation"]
@@ -418,10 +420,12 @@ def ranking_section(metrics: dict) -> list[str]:
         return []
     references = metrics.get("references") or {}
     keys = ("precision_at_k", "recall_at_k", "map_at_k", "ndcg_at_k")
-    rows = [["Spark ALS (chosen model)", *(_num(ranking.get(key)) for key in keys), _num(ranking.get("users"))]]
+    rows = [["Spark ALS (chosen model)", *(figure(ranking.get(key)) for key in keys), figure(ranking.get("users"))]]
     for name, label in (("popularity", "joke popularity (mean training rating)"), ("random", "random order")):
         if references.get(name):
-            rows.append([label, *(_num(references[name].get(key)) for key in keys), _num(references[name]["users"])])
+            rows.append(
+                [label, *(figure(references[name].get(key)) for key in keys), figure(references[name]["users"])]
+            )
     return [
         f"Ranking each user's held-out jokes (relevant: rating >= {ranking.get('relevance_threshold')}; "
         f"Spark's RankingMetrics definitions), against rankings that use no model:",
@@ -436,40 +440,40 @@ def engine_rows(metrics: dict) -> list[list]:
     spark, numpy_als, baselines = metrics.get("spark_als"), metrics.get("numpy_als"), metrics.get("baselines")
     if not (spark and numpy_als and baselines):
         return []
-    rows_scored = _num(numpy_als["rows"])
+    rows_scored = figure(numpy_als["rows"])
     collect, fit = numpy_als["collect_seconds"], numpy_als["fit_seconds"]
     return [
         [
             "Spark ALS",
             _params(spark.get("model_params")),
             "",
-            _num(spark.get("fit_seconds"), 2),
-            _num(spark.get("fit_seconds"), 2),
-            _num(numpy_als["spark_test_rmse_same_rows"]),
-            _num(numpy_als.get("spark_test_mae_same_rows")),
-            _num(_nmae(numpy_als.get("spark_test_mae_same_rows"), metrics)),
+            figure(spark.get("fit_seconds"), 2),
+            figure(spark.get("fit_seconds"), 2),
+            figure(numpy_als["spark_test_rmse_same_rows"]),
+            figure(numpy_als.get("spark_test_mae_same_rows")),
+            figure(_nmae(numpy_als.get("spark_test_mae_same_rows"), metrics)),
             rows_scored,
         ],
         [
             "NumPy ALS (driver)",
             _params(numpy_als["params"]),
-            _num(collect, 2),
-            _num(fit, 2),
-            _num(collect + fit, 2),
-            _num(numpy_als["test_rmse"]),
-            _num(numpy_als["test_mae"]),
-            _num(numpy_als.get("test_nmae")),
+            figure(collect, 2),
+            figure(fit, 2),
+            figure(collect + fit, 2),
+            figure(numpy_als["test_rmse"]),
+            figure(numpy_als["test_mae"]),
+            figure(numpy_als.get("test_nmae")),
             rows_scored,
         ],
         [
             "user + joke bias",
             f"reg={baselines['bias']['reg']}",
             "same sample",
-            _num(baselines["bias"]["fit_seconds"], 2),
+            figure(baselines["bias"]["fit_seconds"], 2),
             "",
-            _num(baselines["bias"]["test_rmse"]),
-            _num(baselines["bias"]["test_mae"]),
-            _num(baselines["bias"].get("test_nmae")),
+            figure(baselines["bias"]["test_rmse"]),
+            figure(baselines["bias"]["test_mae"]),
+            figure(baselines["bias"].get("test_nmae")),
             rows_scored,
         ],
         [
@@ -478,9 +482,9 @@ def engine_rows(metrics: dict) -> list[list]:
             "same sample",
             "0.00",
             "",
-            _num(baselines["global_mean"]["test_rmse"]),
-            _num(baselines["global_mean"]["test_mae"]),
-            _num(baselines["global_mean"].get("test_nmae")),
+            figure(baselines["global_mean"]["test_rmse"]),
+            figure(baselines["global_mean"]["test_mae"]),
+            figure(baselines["global_mean"].get("test_nmae")),
             rows_scored,
         ],
     ]
@@ -517,11 +521,11 @@ def comparison_notes(metrics: dict) -> list[str]:
         return []
     memory = numpy_als["memory"]
     return [
-        f"Same rows: the held-out ratings of {_num(numpy_als['sample_users'])} sampled users that every engine "
-        f"can score. Spark ALS was fitted on all {_num(metrics.get('data', {}).get('train_ratings'))} training "
-        f"ratings; NumPy ALS and the baselines on the sample's {_num(numpy_als['sample_train_ratings'])}. "
-        f"On all {_num(spark.get('test_rows_scored'))} test ratings Spark ALS scores RMSE "
-        f"{_num(spark.get('test_rmse'))}, MAE {_num(spark.get('test_mae'))}, NMAE {_num(spark.get('test_nmae'))} "
+        f"Same rows: the held-out ratings of {figure(numpy_als['sample_users'])} sampled users that every engine "
+        f"can score. Spark ALS was fitted on all {figure(metrics.get('data', {}).get('train_ratings'))} training "
+        f"ratings; NumPy ALS and the baselines on the sample's {figure(numpy_als['sample_train_ratings'])}. "
+        f"On all {figure(spark.get('test_rows_scored'))} test ratings Spark ALS scores RMSE "
+        f"{figure(spark.get('test_rmse'))}, MAE {figure(spark.get('test_mae'))}, NMAE {figure(spark.get('test_nmae'))} "
         f"(MAE over the span of the rating scale, as Jester papers report it).",
         "",
         *against_bias(numpy_als["spark_test_rmse_same_rows"], metrics["baselines"]["bias"]["test_rmse"]),
