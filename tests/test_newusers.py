@@ -54,14 +54,20 @@ def test_reveals_are_k_per_user_or_the_gauge_jokes_and_deterministic():
     assert gauge2.tolist() == [True, True, False] and eligible2.all()
 
 
-def _evaluate(users, jokes, values, new: NewUsersConfig) -> dict:
+def _long(params: GeneratorParams):
+    """The generated table's users, jokes and ratings as long arrays."""
+    return (np.concatenate(p) for p in zip(*(c.long() for c in generate_chunks(params))))
+
+
+def _evaluate(users, jokes, values, new: NewUsersConfig, rank: int = 5, max_iter: int = 5) -> dict:
+    """The pipeline's new-users evaluation with its 0.2 test split (seed 42), Jester's scale and k = 10."""
     test = is_test(users.astype(np.int32), jokes.astype(np.int32), test_fraction=0.2, seed=42)
     return evaluate_new_users(
         users,
         jokes,
         values,
         test,
-        params={"rank": 5, "regParam": 0.3, "maxIter": 5, "biases": True},
+        params={"rank": rank, "regParam": 0.3, "maxIter": max_iter, "biases": True},
         bias_reg=10.0,
         new_users=new,
         k=10,
@@ -71,10 +77,8 @@ def _evaluate(users, jokes, values, new: NewUsersConfig) -> dict:
     )
 
 
-def test_a_table_too_small_to_hold_users_out_says_so_instead_of_scoring_nan(tmp_path):
-    users, jokes, values = (
-        np.concatenate(p) for p in zip(*(c.long() for c in generate_chunks(GeneratorParams(users=12))))
-    )
+def test_a_table_too_small_to_hold_users_out_says_so_instead_of_scoring_nan():
+    users, jokes, values = _long(GeneratorParams(users=12))
     new = NewUsersConfig(holdout_fraction=0.01, reveal=[1, 5], seed=7)
     assert held_out_users(users, new.holdout_fraction, new.seed, new.max_users).size == 0  # the case under test
     result = _evaluate(users, jokes, values, new)
@@ -111,23 +115,9 @@ def test_a_table_too_small_to_hold_users_out_says_so_instead_of_scoring_nan(tmp_
 
 
 def test_on_jester_like_users_more_ratings_shown_means_better_predictions():
-    params = GeneratorParams(users=3000)
-    users, jokes, values = (np.concatenate(p) for p in zip(*(c.long() for c in generate_chunks(params))))
-    test = is_test(users.astype(np.int32), jokes.astype(np.int32), test_fraction=0.2, seed=42)
+    users, jokes, values = _long(GeneratorParams(users=3000))
     new = NewUsersConfig(holdout_fraction=0.15, reveal=[1, 5, 20], max_users=1000, seed=7)
-    result = evaluate_new_users(
-        users,
-        jokes,
-        values,
-        test,
-        params={"rank": 10, "regParam": 0.3, "maxIter": 10, "biases": True},
-        bias_reg=10.0,
-        new_users=new,
-        k=10,
-        threshold=5.0,
-        rating_range=(-10, 10),
-        seed=1,
-    )
+    result = _evaluate(users, jokes, values, new, rank=10, max_iter=10)
     random = result["random"]
     assert 300 < result["users"] < 600 and result["fitted_on_users"] == 3000 - result["users"]
     assert random["20"]["model"]["rmse"] < random["5"]["model"]["rmse"] < random["1"]["model"]["rmse"]
