@@ -253,7 +253,7 @@ def _start_spark(job: Job, args, cfg: JesterConfig):
     check_needs(job.name, cfg.output.dir)
     if runs_locally(*where_to_run(cfg.spark, args.master, args.remote)):
         # only where input.path is a path on this machine (a cluster's default file system may be another)
-        check_generated_input(job.name, cfg.input, cfg.generate)
+        check_generated_input(job.name, cfg)
     try:
         spark, created = build_session(
             cfg.spark,

@@ -684,6 +684,18 @@ class JesterConfig(Section):
         return self
 
     @property
+    def reads_generated_table(self) -> bool:
+        """Whether the input is the CSV ``generate`` writes (``input.path`` is ``generate.path``, as in the
+        built-in config), on this machine's file system."""
+        path = self.input.path
+        return (
+            self.input.format == "csv"
+            and bool(path)
+            and "://" not in path
+            and os.path.abspath(path) == os.path.abspath(self.generate.path)
+        )
+
+    @property
     def relevance_threshold(self) -> float:
         """``evaluate.relevance_threshold``, or where it is null the same place on ``input.rating_range`` as
         Jester's customary 5.0 on -10..10 (three quarters up): 4.0, four stars, on a 1-5 scale."""

@@ -83,7 +83,7 @@ def larger_table(conf: str, settings: list[str], factor: int, path: str) -> dict
     from jester_als.generate import GeneratorParams, write_wide_csv
 
     cfg = load_config(conf, settings)
-    if os.path.abspath(cfg.input.path) != os.path.abspath(cfg.generate.path):
+    if not cfg.reads_generated_table:
         return None
     stats = write_wide_csv(GeneratorParams.from_config(cfg.generate, users=cfg.generate.users * factor), path)
     return {"factor": factor, "users": stats["users"], "ratings": stats["ratings"], "bytes": os.path.getsize(path)}

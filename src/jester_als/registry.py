@@ -133,15 +133,13 @@ class MissingInputError(JobError):
     """A job was asked to run before the job it depends on."""
 
 
-def check_generated_input(job: str, inp, gen) -> None:
-    """Refuse, before Spark starts, a job that would read the generated table (``input.path`` is
-    ``generate.path``, as in the built-in config) before it was generated, saying how to make it."""
-    path = inp.path
-    if not JOBS[job].reads_input or inp.format != "csv" or path != gen.path or "://" in (path or ""):
-        return
-    if not os.path.exists(path):
+def check_generated_input(job: str, cfg) -> None:
+    """Refuse, before Spark starts, a job that would read the generated table
+    (:attr:`~jester_als.config.JesterConfig.reads_generated_table`) before it was generated, saying how to make
+    it."""
+    if JOBS[job].reads_input and cfg.reads_generated_table and not os.path.exists(cfg.input.path):
         raise MissingInputError(
-            f"csv file {path}: does not exist; it is the generated table the config reads, which "
+            f"csv file {cfg.input.path}: does not exist; it is the generated table the config reads, which "
             f"`jester-als generate` writes (with the same --conf and --set), or set input.path to your own table"
         )
 
