@@ -47,6 +47,7 @@ split: {test_fraction: 1.5, seed: "forty-two"}
 tune:
   grid: {rank: [0, 5], regParam: [-0.1], maxIter: []}
   parallelism: two
+new_users: {gauge_jokes: [5, 7, 5]}
 """,
     )
     with pytest.raises(ConfigError) as err:
@@ -58,6 +59,7 @@ tune:
     assert "tune.grid.rank: 0 must be >= 1" in problems
     assert "tune.grid.regParam: -0.1 must be > 0 (ALS needs regularization)" in problems
     assert "tune.grid.maxIter: empty list (give at least one value)" in problems
+    assert "new_users.gauge_jokes: must not repeat a value, got [5, 7, 5]" in problems
 
 
 def test_null_where_a_value_is_needed(tmp_path):

@@ -128,6 +128,32 @@ def test_on_jester_like_users_more_ratings_shown_means_better_predictions():
     assert result["gauge"]["model"]["rmse"] < result["gauge"]["popularity"]["rmse"]
 
 
+def test_gauge_jokes_that_are_no_gauge_in_the_data_are_not_scored_as_one():
+    # no nearly universal jokes: jokes 5, 7, 8, ... are rated by some users only, as items in another data set
+    users, jokes, values = _long(GeneratorParams(users=600, gauge_jokes=0))
+    new = NewUsersConfig(holdout_fraction=0.2, reveal=[1, 5], seed=7)
+    result = _evaluate(users, jokes, values, new)
+    assert "gauge" not in result and sorted(result["random"]) == ["1", "5"]
+    shares = {j: np.count_nonzero(jokes == j) / 600 for j in GAUGE_JOKES}
+    least = min(shares, key=shares.get)
+    assert result["gauge_skipped"] == (
+        f"joke {least} of new_users.gauge_jokes was rated by {shares[least]:.1%} of the 600 sampled users; every "
+        "new user is shown the gauge jokes, so they are scored only where each was rated by at least 90% (set "
+        "new_users.gauge_jokes to this data's nearly universal jokes, or [] to leave them out)"
+    )
+    report = "\n".join(new_users_section({"new_users": result}))
+    assert "gauge jokes |" not in report and f"The gauge jokes are not scored: {result['gauge_skipped']}." in report
+    assert result["serve_seconds"]["1"] > 0  # timed on 10 ratings of a user instead
+    # the jokes this table's users nearly all rated, named as its gauge, are scored
+    dense = [j for j in np.unique(jokes) if np.count_nonzero(jokes == j) >= 0.9 * 600]
+    assert dense
+    named = _evaluate(users, jokes, values, new.model_copy(update={"gauge_jokes": dense}))
+    assert "gauge_skipped" not in named and named["gauge"]["revealed_per_user"] > 0
+    # [] leaves the row out and says so
+    empty = _evaluate(users, jokes, values, new.model_copy(update={"gauge_jokes": []}))
+    assert "gauge" not in empty and empty["gauge_skipped"] == "new_users.gauge_jokes is empty"
+
+
 def test_pipeline_reports_new_users_under_the_contract_keys(pipeline_run):
     out, _, _ = pipeline_run
     metrics = json.loads((out / "metrics.json").read_text())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import pytest
@@ -336,6 +337,26 @@ def test_the_new_user_evaluation_scores_the_sample_the_baseline_collected(spark,
         rel=1e-9,
         where="new_users",
     )
+
+
+def test_gauge_jokes_few_users_rated_are_not_scored_and_the_log_says_so(spark, pipeline_run, caplog):
+    """Named gauge jokes that are not nearly universal in the data (as on another data set) get a warning, and
+    the log's new-users line reports the most random ratings shown instead."""
+    from jester_als.config import load_config
+    from jester_als.jobs import run_new_users
+
+    out, _, argv = pipeline_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    overrides = [a for a in argv[3:] if a != "--set"] + ["new_users.gauge_jokes=[1, 2, 3]"]
+    cfg = load_config(argv[argv.index("--conf") + 1], overrides)
+    ratings = spark.read.parquet(str(out / "ratings"))
+    with caplog.at_level(logging.INFO, logger="jester_als.jobs"):
+        section = run_new_users(spark, cfg, ratings, metrics["spark_als"])["new_users"]
+    assert "gauge" not in section and section["gauge_skipped"].startswith("joke ")
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == [f"new users: the gauge jokes are not scored: {section['gauge_skipped']}"]
+    most = max(section["random"], key=int)
+    assert any(f"{most} random ratings revealed -> fold-in RMSE" in r.getMessage() for r in caplog.records)
 
 
 def test_a_model_that_loses_to_the_bias_baseline_is_told_plainly(tmp_path, capsys):

@@ -35,6 +35,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from jester_als.generate import GAUGE_JOKES
 from jester_als.generate import GeneratorParams as _GEN
 
 
@@ -132,6 +133,10 @@ def _range_pair(v):
 
 def _single_character(v):
     return None if len(v) == 1 else "expected a single character"
+
+
+def _distinct(v):
+    return None if len(set(v)) == len(v) else "must not repeat a value"
 
 
 def _jvm_options(v):
@@ -477,7 +482,12 @@ class NewUsersConfig(Section):
     holdout_fraction: Fraction = key(0.1, "share of users held out whole for that evaluation")
     reveal: list[PositiveInt] = key(
         [1, 2, 5, 10, 20],
-        "k random ratings revealed per held-out user (the ten gauge jokes are revealed too, as Jester did)",
+        "k random ratings revealed per held-out user (the gauge jokes are revealed too, as Jester did)",
+    )
+    gauge_jokes: Annotated[list[PositiveInt], _checked(_distinct)] = key(
+        list(GAUGE_JOKES),
+        "the jokes every new user is shown first (Jester's ten gauge jokes); scored only where each was rated by "
+        "nearly every sampled user ([]: not scored)",
     )
     max_users: PositiveInt = key(5000, "at most this many held-out users are scored (collected to the driver)")
     seed: int = key(42, "seeds which users are held out and which ratings are revealed")

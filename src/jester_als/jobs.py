@@ -462,22 +462,34 @@ def run_new_users(
     if "skipped" in section:
         log.warning("new users: not scored: %s", section["skipped"])
         return {"new_users": section}
-    gauge_scores, serve = section["gauge"], section["serve_seconds"]
+    if "gauge_skipped" in section:
+        # a warning only where gauge jokes were named: [] asks for none
+        (log.warning if cfg.new_users.gauge_jokes else log.info)(
+            "new users: the gauge jokes are not scored: %s", section["gauge_skipped"]
+        )
+        most = max(section["random"], key=int, default=None)
+        shown, scored = f"{most} random ratings", section["random"].get(most)
+    else:
+        shown, scored = "gauge jokes", section["gauge"]
+    serve = section["serve_seconds"]
+    if scored is None:
+        return {"new_users": section}
 
     def scores(predictor: str) -> str:
-        figures = gauge_scores[predictor]
+        figures = scored[predictor]
         return f"{figure(figures['rmse'])}, {figure(figures['ndcg_at_k'])}"
 
     log.info(
-        "new users (%d held out whole): gauge jokes revealed -> fold-in RMSE %s, NDCG@%d %s | popularity %s | "
-        "full refit %s; fold-in of 10,000 users %s s",
+        "new users (%d held out whole): %s revealed -> fold-in RMSE %s, NDCG@%d %s | popularity %s | "
+        "full refit %s; fold-in of 10,000 users %s",
         section["users"],
-        figure(gauge_scores["model"]["rmse"]),
+        shown,
+        figure(scored["model"]["rmse"]),
         section["k"],
-        figure(gauge_scores["model"]["ndcg_at_k"]),
+        figure(scored["model"]["ndcg_at_k"]),
         scores("popularity"),
         scores("refit"),
-        f"{serve['10000']:.3f}" if "10000" in serve else "n/a",
+        f"{serve['10000']:.3f} s" if "10000" in serve else "n/a (fewer users in the sample)",
     )
     return {"new_users": section}
 

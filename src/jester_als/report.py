@@ -210,6 +210,8 @@ def new_users_section(metrics: dict) -> list[str]:
         beats_sentence(new),
         "",
     ]
+    if "gauge_skipped" in new:
+        lines += [f"The gauge jokes are not scored: {new['gauge_skipped']}.", ""]
     if serve:
         lines += [
             "Fold-in on the driver (input in memory, median of 5): "
