@@ -251,6 +251,28 @@ def test_other_delimiter(tmp_path):
     assert metrics["data"]["ratings"] == 4
 
 
+def test_jester_layout_checks_the_count_column_against_the_cells(tmp_path, capsys):
+    """The first column is each row's count of rated jokes: a table without it (every joke one column off) is
+    refused, and a count that differs from the row's cells is told, the cells read as they are."""
+    no_count = "1.5,99,-2.25,0.00\n9.9,-9.9,1,2\n99,99,99,7\n"
+    code, out, _ = prepare(tmp_path, no_count, "input.layout=jester")
+    assert code == 1 and not (out / "ratings").exists()
+    err = capsys.readouterr().err
+    assert (
+        "table.csv: the Jester layout reads each row's count of rated jokes first, then jokes 1..3, but the first "
+        "column is not such a count on 3 of 3 rows (row 1: '1.5'); without that column every joke would be read "
+        "one column off" in err
+    )
+    wrong_count = "3,1.5,99,-2.25,0.00\n2,9.9,-9.9,1,2\n1,99,99,99,7\n"
+    code, out, metrics = prepare(tmp_path, wrong_count, "input.layout=jester")
+    assert code == 0 and metrics["data"]["ratings"] == 8
+    err = capsys.readouterr().err
+    assert (
+        "table.csv: on 1 of 3 rows the first column, the count of rated jokes, differs from the cells rated "
+        "(row 2: count 2, 4 cells neither blank nor a sentinel); the cells are read as they are" in err
+    )
+
+
 def test_original_jester_layout(spark, tmp_path):
     """No header, the count first, 99 for missing, users identified by their row."""
     text = "3,1.5,99,-2.25,0.00\n4,9.9,-9.9,1,2\n1,99,99,99,7\n"

@@ -94,6 +94,22 @@ def test_text_and_out_of_range_cells_are_refused_cell_by_cell(spark, tmp_path):
     assert refused == {("1", "2", "abc", "not_a_number"), ("2", "2", "12.5", "out_of_range")}
 
 
+def test_a_count_that_differs_from_the_cells_is_named_by_file_and_row(tmp_path, capsys):
+    rows = excerpt_rows()
+    folder = tmp_path / "jester"
+    folder.mkdir()
+    write_xls(folder / "jester-data-1.xls", rows[:6])
+    wrong = [[rows[7][0] - 1, *rows[7][1:]]]
+    write_xls(folder / "jester-data-2.xls", [rows[6], *wrong, *rows[8:]])
+    code, out = prepare(tmp_path, folder)
+    assert code == 0
+    err = capsys.readouterr().err
+    assert (
+        f"on 1 of {len(rows)} rows the first column, the count of rated jokes, differs from the cells rated (file "
+        f"jester-data-2.xls row 2: count {rows[7][0] - 1}, {rows[7][0]} cells neither blank nor a sentinel)" in err
+    )
+
+
 @pytest.mark.parametrize(
     "rows,expected",
     [

@@ -41,6 +41,7 @@ from pyspark.sql.types import StringType, StructField, StructType
 
 from jester_als.config import InputConfig, JesterConfig, LongColumns
 from jester_als.errors import JobError
+from jester_als.excel import COUNT as EXCEL_COUNT
 from jester_als.excel import FILE as EXCEL_FILE
 from jester_als.excel import ROW as EXCEL_ROW
 from jester_als.excel import USER as EXCEL_USER
@@ -251,7 +252,9 @@ def number_rows(table: DataFrame, column: str = "_row") -> DataFrame:
     return ordered.withColumn(column, F.row_number().over(order)).drop("_file", "_block", "_pos")
 
 
-def jester_original_cells(table: DataFrame, source: str) -> tuple[DataFrame, list[tuple[str, int]]]:
+def jester_original_cells(
+    table: DataFrame, source: str, missing_values: list[float]
+) -> tuple[DataFrame, list[tuple[str, int]]]:
     """The original Jester files: no header, the count of rated jokes first, then jokes 1..N, users by row."""
     columns = table.columns
     if len(columns) < 2:
@@ -261,7 +264,84 @@ def jester_original_cells(table: DataFrame, source: str) -> tuple[DataFrame, lis
         )
     jokes = [(name, position) for position, name in enumerate(columns) if position > 0]
     numbered = number_rows(table).withColumn("_user", F.col("_row").cast("string"))
+    check_count_column(numbered, columns[0], jokes, missing_values, source, order="_row", names={"row": "_row"})
     return melt_wide_ratings(numbered, "_user", jokes), jokes
+
+
+# A table whose first column is no count of rated jokes on more than this share of its rows is refused: it is not
+# in the Jester layout (without that column every joke would be read one column off). Fewer such rows, or counts
+# that differ from the rated cells, are told in the log and the cells read as they are.
+NOT_A_COUNT_SHARE = 0.5
+
+
+def check_count_column(
+    table: DataFrame,
+    count_column: str,
+    jokes: list[tuple[str, int]],
+    missing_values: list[float],
+    source: str,
+    *,
+    order: str,
+    names: dict[str, str],
+) -> None:
+    """The Jester layout's first column against each row's cells: a whole number from 0 to the number of jokes,
+    equal to the row's cells that are neither blank nor a sentinel. One aggregate over the table; the first row
+    of each kind in ``order`` is named by ``names`` (word -> column: ``{"row": "_row"}``)."""
+    sentinels = ", ".join(repr(float(v)) for v in missing_values)
+    given_test = "trim(x) != ''" + (
+        f" AND NOT coalesce(try_cast(trim(x) AS DOUBLE) IN ({sentinels}), false)" if sentinels else ""
+    )
+    cells = ", ".join(f"CAST({_quote(c)} AS STRING)" for c, _ in jokes)
+    # a lambda over the row's cells rather than a test per column: Spark runs it without compiling a hundred tests
+    given = F.expr(f"size(filter(array({cells}), x -> {given_test}))")
+    text = F.trim(F.col(_quote(count_column)).cast("string"))
+    value = F.expr(f"try_cast(trim(CAST({_quote(count_column)} AS STRING)) AS DOUBLE)")
+    is_count = value.isNotNull() & (value == F.floor(value)) & (value >= 0) & (value <= len(jokes))
+    differs = is_count & (value != given)
+    example = F.struct(*[F.col(c).alias(w) for w, c in names.items()], text.alias("count"), given.alias("given"))
+    found = table.select(
+        F.count(F.lit(1)).alias("rows"),
+        F.count(F.when(~is_count | value.isNull(), 1)).alias("not_count"),
+        F.min_by(example, F.when(~is_count | value.isNull(), F.col(order))).alias("first_not_count"),
+        F.count(F.when(differs, 1)).alias("differs"),
+        F.min_by(example, F.when(differs, F.col(order))).alias("first_differs"),
+    ).first()
+
+    def name(first) -> str:
+        return " ".join(f"{word} {first[word]}" for word in names)
+
+    rows, not_count = found["rows"], found["not_count"]
+    if rows and not_count > NOT_A_COUNT_SHARE * rows:
+        first = found["first_not_count"]
+        raise InputError(
+            f"{source}: the Jester layout reads each row's count of rated jokes first, then jokes 1..{len(jokes)}, "
+            f"but the first column is not such a count on {not_count:,} of {rows:,} rows ({name(first)}: "
+            f"{first['count']!r}); without that column every joke would be read one column off (give the table "
+            "a header naming its user column and jokes, and read it with layout: wide)"
+        )
+    if not_count:
+        first = found["first_not_count"]
+        log.warning(
+            "%s: on %d of %d rows the first column is not a count of rated jokes (%s: %r); their cells are read "
+            "as they are",
+            source,
+            not_count,
+            rows,
+            name(first),
+            first["count"],
+        )
+    if found["differs"]:
+        first = found["first_differs"]
+        log.warning(
+            "%s: on %d of %d rows the first column, the count of rated jokes, differs from the cells rated (%s: "
+            "count %s, %d cells neither blank nor a sentinel); the cells are read as they are",
+            source,
+            found["differs"],
+            rows,
+            name(first),
+            first["count"],
+            first["given"],
+        )
 
 
 def long_cells(table: DataFrame, columns: LongColumns, source: str) -> DataFrame:
@@ -581,10 +661,19 @@ def ratings_cells(
         raise InputError(f"{source}: has a header but no rows")
     if layout == "jester" and EXCEL_USER in table.columns:  # the Excel files, users numbered as they were read
         jokes = excel_joke_columns(table.columns)
+        check_count_column(
+            table.withColumn("_order", F.col(EXCEL_USER).cast("int")),
+            EXCEL_COUNT,
+            jokes,
+            inp.missing_values,
+            source,
+            order="_order",
+            names={"file": EXCEL_FILE, "row": EXCEL_ROW},
+        )
         log.info("%s: Jester layout, %d joke columns, users numbered by row across the files", source, len(jokes))
         return melt_wide_ratings(table, EXCEL_USER, jokes), source, prints, False
     if layout == "jester":
-        cells, jokes = jester_original_cells(table, source)
+        cells, jokes = jester_original_cells(table, source, inp.missing_values)
         log.info("%s: Jester layout, %d joke columns, users numbered by row", source, len(jokes))
         return cells, source, prints, False  # users are numbered 1..rows
     if layout == "wide":
