@@ -192,7 +192,17 @@ def test_duplicated_users_stop(tmp_path, capsys):
 
 def test_long_table_with_two_ratings_of_one_joke_by_one_user_stops(tmp_path, capsys):
     code, out, _ = prepare(tmp_path, "user,joke,rating\n1,1,2.5\n1,2,3.0\n2,1,1.0\n1,2,-4.0\n", "input.layout=long")
-    refused(code, out, capsys, "more than one rating for the same user and joke (user 1 joke 2)")
+    refused(
+        code,
+        out,
+        capsys,
+        "table.csv: 1 (user, joke) pair(s) rated on more than one row (user 1 joke 2 (2 times)); the long layout "
+        "takes one rating per user and joke: keep one row of each pair",
+    )
+    # re-indexed ids are named as the input gave them
+    text = "user,joke,rating\nann,1,2.5\nbob,1,1.0\nann,1,3.0\nbob,1,2.0\nbob,1,-1.0\n"
+    code, out, _ = prepare(tmp_path, text, "input.layout=long")
+    refused(code, out, capsys, "2 (user, joke) pair(s) rated on more than one row (user ann joke 1 (2 times), user bob")
 
 
 def test_empty_file_stops(tmp_path, capsys):

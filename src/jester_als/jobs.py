@@ -176,7 +176,7 @@ def write_prepared(prepared, inp: InputConfig, out: RunOutputs) -> None:
     apply; the cached intermediate results are released whatever happens."""
     try:
         if inp.layout == "long":  # wide and Jester tables have one row per user and distinct jokes
-            check_duplicates(prepared.ratings, prepared.source)
+            check_duplicates(prepared.ratings, prepared.source, prepared.user_ids)
         prepared.ratings.write.mode("overwrite").parquet(out.path("ratings"))
         prepared.rejected.write.mode("overwrite").parquet(out.path("rejected"))
         if prepared.user_ids is not None:

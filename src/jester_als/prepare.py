@@ -908,13 +908,21 @@ def reference_scan(spark: SparkSession, inp: InputConfig, path: str) -> float:
     return time.perf_counter() - started
 
 
-def check_duplicates(ratings: DataFrame, source: str) -> None:
-    """Two ratings for one (user, joke) mean the table repeats a user id or a joke column."""
+def check_duplicates(ratings: DataFrame, source: str, user_ids: DataFrame | None = None) -> None:
+    """A long table's rows each rate one (user, joke) pair: two ratings of one pair are refused, the pairs
+    named by the ids the input gave (``user_ids``: the mapping, where the ids were re-indexed)."""
     dupes = ratings.groupBy("user", "joke").count().where("count > 1")
-    first = dupes.limit(3).collect()
+    first = dupes.orderBy("user", "joke").limit(3)
+    if user_ids is not None:
+        first = first.join(user_ids, "user", "left").orderBy("user", "joke")
+    first = first.collect()
     if first:
-        shown = ", ".join(f"user {r['user']} joke {r['joke']}" for r in first)
+        shown = ", ".join(
+            f"user {r['original_user'] if user_ids is not None else r['user']} joke {r['joke']} ({r['count']} times)"
+            for r in first
+        )
+        repeated = dupes.count()
         raise InputError(
-            f"{source}: more than one rating for the same user and joke ({shown}); "
-            f"each user id must appear on one row only"
+            f"{source}: {repeated:,} (user, joke) pair(s) rated on more than one row ({shown}); the long layout "
+            "takes one rating per user and joke: keep one row of each pair (the latest, say) and read it again"
         )
