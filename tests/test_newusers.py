@@ -260,3 +260,10 @@ def test_foldin_refuses_input_without_a_usable_rating_and_a_missing_path(fitted,
     assert (out / "metrics.json").read_text() == before and not (out / "new_user_recommendations").exists()
     assert main(job_argv("foldin", out=out)) == 1
     assert "new_users.path is not set" in capsys.readouterr().err
+    # a long table that rates one joke twice for a user is refused as prepare refuses it
+    twice = tmp_path / "twice.csv"
+    twice.write_text("user,joke,rating\nann,5,3.5\nann,7,-2.0\nann,5,8.0\n")
+    assert foldin(out, twice, "--set", "new_users.layout=long") == 1
+    err = capsys.readouterr().err
+    assert f"{twice}: 1 (user, joke) pair(s) rated on more than one row (user ann joke 5 (2 times))" in err
+    assert (out / "metrics.json").read_text() == before and not (out / "new_user_recommendations").exists()

@@ -537,6 +537,8 @@ def run_foldin(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> dict:
     prepared = prepare_ratings(spark, inp)
     ratings = on_spark = None
     try:
+        if inp.layout == "long":  # as prepare refuses them: a pair rated twice would weigh twice in the solve
+            check_duplicates(prepared.ratings, prepared.source, prepared.user_ids)
         known_jokes = spark.createDataFrame([(int(j),) for j in foldable.joke_ids], "joke int")
         ratings = prepared.ratings.join(F.broadcast(known_jokes), "joke", "left_semi").select("user", "joke", "rating")
         unknown = prepared.ratings.join(F.broadcast(known_jokes), "joke", "left_anti").select(
