@@ -224,6 +224,18 @@ def test_file_that_does_not_exist_stops(tmp_path, capsys):
     refused(code, out, capsys, "missing.csv: does not exist")
 
 
+def test_a_file_of_another_format_says_what_spark_found_and_which_format_was_asked(tmp_path, capsys):
+    code, out, _ = prepare(tmp_path, HEADER + "1,4,1,2,3,4\n", "input.format=parquet")
+    refused(
+        code,
+        out,
+        capsys,
+        "parquet file ",
+        "table.csv: cannot be read ([FAILED_READ_FILE.CANNOT_READ_FILE_FOOTER] ",  # Spark's error, not py4j's line
+        "; the file's name says csv, input.format says parquet",
+    )
+
+
 def test_the_generated_table_not_made_yet_says_how_to_make_it_before_spark_starts(tmp_path, capsys):
     path = tmp_path / "jester_synthetic.csv"
     for job in ("check", "prepare", "pipeline"):

@@ -62,3 +62,18 @@ def actionable_cause(exc: BaseException) -> str | None:
         )
         return f"{said}: {path.group(1).rstrip('.')}" if path else said
     return None
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a Spark failure's text that says what went wrong: a classic session's Py4JJavaError
+    opens with py4j's own line ("An error occurred while calling o49.parquet.") and puts Spark's error, behind
+    its Java class name, on the next."""
+    import re
+
+    for line in str(exc).strip().splitlines():
+        line = line.strip().removeprefix(": ")
+        if not line or line.startswith("An error occurred while calling"):
+            continue
+        # "org.apache.spark.SparkException: [ERROR_CLASS] ..." -> "[ERROR_CLASS] ..."
+        return re.sub(r"^(?:[a-z_$][\w$]*\.)+[A-Z][\w$]*(?:Exception|Error): ", "", line)
+    return type(exc).__name__

@@ -18,6 +18,7 @@ from jester_als import __version__
 from jester_als.baseline import compare_engines, sample_users
 from jester_als.config import InputConfig, JesterConfig
 from jester_als.driver import collect_ratings, tune_numpy
+from jester_als.errors import first_line
 from jester_als.fallback import WAYS_OUT, AlsNotAllowedError, is_not_allowed, not_allowed_reason
 from jester_als.foldin import (
     PARAMS_FILE,
@@ -72,7 +73,7 @@ def read_prepared_ratings(spark: SparkSession, out: RunOutputs) -> DataFrame:
         _ = ratings.columns  # resolve now so a missing path fails here, with its name
     except Exception as exc:
         raise InputError(
-            f"prepared ratings {path}: cannot be read ({str(exc).splitlines()[0]}); "
+            f"prepared ratings {path}: cannot be read ({first_line(exc)}); "
             f"run the prepare job with the same output.dir first"
         ) from None
     return ratings

@@ -40,7 +40,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
 from jester_als.config import InputConfig, JesterConfig, LongColumns
-from jester_als.errors import JobError
+from jester_als.errors import JobError, first_line
 from jester_als.excel import COUNT as EXCEL_COUNT
 from jester_als.excel import FILE as EXCEL_FILE
 from jester_als.excel import ROW as EXCEL_ROW
@@ -84,13 +84,23 @@ def read_table(spark: SparkSession, inp: InputConfig) -> DataFrame:
     except InputError:
         raise
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         if "PATH_NOT_FOUND" in first or "TABLE_OR_VIEW_NOT_FOUND" in first or "does not exist" in first:
             raise InputError(f"{name}: does not exist ({first})") from None
-        raise InputError(f"{name}: cannot be read ({first})") from None
+        raise InputError(f"{name}: cannot be read ({first}){_format_hint(inp)}") from None
     if not columns:
         raise InputError(f"{name}: is empty (no header and no rows)")
     return table
+
+
+def _format_hint(inp: InputConfig) -> str:
+    """Where the path's extension names another format than ``input.format``, a hint saying so."""
+    path = (inp.path or "").rstrip("/").lower()
+    named = {".csv": "csv", ".parquet": "parquet", ".xls": "xls", ".xlsx": "xls"}
+    other = next((fmt for ext, fmt in named.items() if path.endswith(ext)), None)
+    if other is None or other == inp.format:
+        return ""
+    return f"; the file's name says {other}, input.format says {inp.format}"
 
 
 def _read_csv(spark: SparkSession, inp: InputConfig, name: str) -> DataFrame:
