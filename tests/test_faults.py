@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from helpers import job_argv
-from jester_als.errors import actionable_cause
+from jester_als.errors import actionable_cause, first_line
 from jester_als.generate import GeneratorParams, write_wide_csv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +33,22 @@ def test_causes_are_named_from_python_and_java_errors():
     )
     assert actionable_cause(lost).startswith("a Spark executor was lost")
     assert actionable_cause(ValueError("something else entirely")) is None
+
+
+def test_a_failure_is_told_by_sparks_own_line_not_py4js_wrapper():
+    java = RuntimeError(
+        "An error occurred while calling o49.parquet.\n: org.apache.spark.SparkException: "
+        "[FAILED_READ_FILE.NO_HINT] Encountered error while reading file file:/x/part-0.txt.  SQLSTATE: KD001\n"
+        "\tat org.apache.spark..."
+    )
+    assert first_line(java) == (
+        "[FAILED_READ_FILE.NO_HINT] Encountered error while reading file file:/x/part-0.txt.  SQLSTATE: KD001"
+    )
+    # a Connect client's error is Spark's line already; an empty one is named by its type
+    assert first_line(ValueError("[PATH_NOT_FOUND] Path does not exist: file:/x.")) == (
+        "[PATH_NOT_FOUND] Path does not exist: file:/x."
+    )
+    assert first_line(KeyError()) == "KeyError"
 
 
 @pytest.fixture

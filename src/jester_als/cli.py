@@ -25,7 +25,7 @@ from typing import Any
 
 from jester_als import __version__
 from jester_als.config import ConfigError, JesterConfig, load_config
-from jester_als.errors import JobError, actionable_cause
+from jester_als.errors import JobError, actionable_cause, first_line
 from jester_als.registry import JOBS, Job, check_generated_input, check_needs
 from jester_als.session import (
     build_session,
@@ -340,7 +340,7 @@ def _failed(name: str, exc: Exception, run: _SparkRun, output_dir: str, verbose:
     where = spark_log_path(output_dir)
     keep_trace(exc, where)
     log.debug("failed", exc_info=True)  # -v shows the whole trace here
-    said = cause or f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    said = cause or (f"{type(exc).__name__}: {first_line(exc)}" if str(exc).strip() else type(exc).__name__)
     print(
         f"jester-als {name}: failed: {said}; nothing was replaced in {output_dir}"
         + ("" if verbose else f" (the trace: {where or 'run with -v'})"),

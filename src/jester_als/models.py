@@ -16,6 +16,7 @@ from pyspark.sql import functions as F
 
 from jester_als.biased import BiasedALSModel
 from jester_als.driver import recommend_numpy
+from jester_als.errors import first_line
 from jester_als.foldin import FoldInModel, from_numpy_model, from_spark_model
 from jester_als.numpy_als import NumpyALSModel
 from jester_als.prepare import InputError
@@ -111,8 +112,7 @@ def load_model_at(path: str, spark: SparkSession | None = None):
         return ALSModel.load(path)
     except Exception as exc:
         raise InputError(
-            f"model {path}: cannot be loaded ({str(exc).splitlines()[0]}); run the tune job "
-            f"with the same output.dir first"
+            f"model {path}: cannot be loaded ({first_line(exc)}); run the tune job with the same output.dir first"
         ) from None
 
 

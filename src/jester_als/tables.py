@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from jester_als.config import OutputConfig
-from jester_als.errors import JobError
+from jester_als.errors import JobError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def _write(frame, table: str, what: str) -> None:
         else:
             frame.write.partitionBy("run_key").saveAsTable(table)
     except Exception as exc:  # the catalog refused: a missing schema, no privilege, another format
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise TableWriteError(
             f"{what} table {table}: cannot be written ({first}); the files under output.dir are committed"
         ) from None
