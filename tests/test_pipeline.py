@@ -246,7 +246,7 @@ def test_output_mode_error_refuses_and_keeps_previous_outputs(pipeline_run, caps
     assert not [p for p in os.listdir(out) if p.startswith(".staging")]
 
 
-def test_new_data_or_a_new_model_drops_the_sections_computed_from_the_old(spark, small_table, tmp_path):
+def test_new_data_or_a_new_model_drops_the_sections_computed_from_the_old(spark, small_table, tmp_path, capsys):
     from conftest import small_params
     from jester_als.generate import write_wide_csv
 
@@ -277,6 +277,16 @@ def test_new_data_or_a_new_model_drops_the_sections_computed_from_the_old(spark,
     assert set(after_prepare["stale_sections_dropped"]) == {"spark_als", "references", "recommendations"}
     assert "train_ratings" not in after_prepare["data"]  # counts of the old split went with the old data
     assert after_prepare["data"]["source"].endswith("other.csv")
+    # the old model is not used with the new ratings: recommend and baseline say so until tune has run
+    other_input = ["--set", f"input.path={other}"]
+    for job in ("recommend", "baseline"):
+        assert main([job, *common, *other_input]) == 1
+        assert f"model {out / 'model'}: fitted on other ratings than {out / 'ratings'} holds now" in (
+            capsys.readouterr().err
+        )
+    assert metrics() == after_prepare
+    assert main(["tune", *common, *other_input]) == 0
+    assert main(["recommend", *common, *other_input]) == 0 and "recommendations" in metrics()
 
 
 def test_reindexed_user_ids_reach_the_recommendations_as_the_original_ids(spark, small_table, tmp_path):

@@ -357,6 +357,7 @@ def run_recommend(
 ) -> dict:
     """Top-N unrated jokes per user; users carry their original ids when prepare re-indexed them."""
     if model is None:
+        check_model_fits_ratings(out)
         model = saved_model(out, spark)
     if ratings is None:
         ratings = read_prepared_ratings(spark, out)
@@ -425,6 +426,19 @@ def known_users(
 def saved_model(out: RunOutputs, spark: SparkSession | None = None) -> Recommender:
     """The saved model of ``out``'s directory (:func:`jester_als.models.load_model_at`)."""
     return recommender(load_model_at(out.final_path("model"), spark))
+
+
+def check_model_fits_ratings(out: RunOutputs) -> None:
+    """Refuse to use the saved model with ``ratings/`` when prepare has replaced those ratings since the model
+    was fitted (it then drops ``spark_als`` from metrics.json as stale and says so): scored or recommended
+    against the new ratings, the model would mix two data sets without a word."""
+    dropped = out.read_metrics().get("stale_sections_dropped") or {}
+    if "spark_als" in dropped:
+        raise InputError(
+            f"model {out.final_path('model')}: fitted on other ratings than {out.final_path('ratings')} holds now "
+            f"(prepare replaced them; metrics.json: spark_als {dropped['spark_als']}); run tune with the same "
+            "output.dir first, or the pipeline job"
+        )
 
 
 def run_new_users(
@@ -656,7 +670,9 @@ def run_baseline(
     """NumPy ALS and the baselines on a collected sample, against the Spark model on the same rows; the sample's
     ratings go into ``collected`` (see :func:`jester_als.baseline.compare_engines`)."""
 
-    model = model or saved_model(out, spark)
+    if model is None:
+        check_model_fits_ratings(out)
+        model = saved_model(out, spark)
     if model.engine == "numpy":
         log.warning("baseline: skipped; Spark ALS was not allowed, so the NumPy engine is the model itself")
         return {"baseline_skipped": "Spark ALS not allowed here; the model is NumPy ALS (see numpy_als)"}
