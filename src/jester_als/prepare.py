@@ -262,19 +262,28 @@ def number_rows(table: DataFrame, column: str = "_row") -> DataFrame:
     return ordered.withColumn(column, F.row_number().over(order)).drop("_file", "_block", "_pos")
 
 
+def jester_joke_columns(columns: list[str]) -> list[tuple[str, int]]:
+    """The joke columns of a table in the original Jester layout, with their ids: every column after the
+    first (the count of rated jokes), numbered by position."""
+    return [(name, position) for position, name in enumerate(columns) if position > 0]
+
+
 def jester_original_cells(
-    table: DataFrame, source: str, missing_values: list[float]
+    table: DataFrame, source: str, missing_values: list[float], counted: dict
 ) -> tuple[DataFrame, list[tuple[str, int]]]:
-    """The original Jester files: no header, the count of rated jokes first, then jokes 1..N, users by row."""
+    """The original Jester files: no header, the count of rated jokes first, then jokes 1..N, users by row.
+    ``counted``: :func:`read_summary`'s figures of the table, for :func:`check_count_column`."""
     columns = table.columns
     if len(columns) < 2:
         raise InputError(
             f"{source}: the Jester layout needs a count column and at least one joke column, "
             f"found {len(columns)} column(s)"
         )
-    jokes = [(name, position) for position, name in enumerate(columns) if position > 0]
+    jokes = jester_joke_columns(columns)
     numbered = number_rows(table).withColumn("_user", F.col("_row").cast("string"))
-    check_count_column(numbered, columns[0], jokes, missing_values, source, order="_row", names={"row": "_row"})
+    check_count_column(
+        numbered, columns[0], jokes, missing_values, source, counted, order="_row", names={"row": "_row"}
+    )
     return melt_wide_ratings(numbered, "_user", jokes), jokes
 
 
@@ -284,19 +293,10 @@ def jester_original_cells(
 NOT_A_COUNT_SHARE = 0.5
 
 
-def check_count_column(
-    table: DataFrame,
-    count_column: str,
-    jokes: list[tuple[str, int]],
-    missing_values: list[float],
-    source: str,
-    *,
-    order: str,
-    names: dict[str, str],
-) -> None:
-    """The Jester layout's first column against each row's cells: a whole number from 0 to the number of jokes,
-    equal to the row's cells that are neither blank nor a sentinel. One aggregate over the table; the first row
-    of each kind in ``order`` is named by ``names`` (word -> column: ``{"row": "_row"}``)."""
+def count_column_tests(count_column: str, jokes: list[tuple[str, int]], missing_values: list[float]):
+    """(not_count, differs, given) of a row of the Jester layout: its first column is not a whole number from 0 to
+    the number of jokes; it is one, but not the number of the row's cells that are neither blank nor a sentinel;
+    that number of cells."""
     sentinels = ", ".join(repr(float(v)) for v in missing_values)
     given_test = "trim(x) != ''" + (
         f" AND NOT coalesce(try_cast(trim(x) AS DOUBLE) IN ({sentinels}), false)" if sentinels else ""
@@ -304,53 +304,73 @@ def check_count_column(
     cells = ", ".join(f"CAST({_quote(c)} AS STRING)" for c, _ in jokes)
     # a lambda over the row's cells rather than a test per column: Spark runs it without compiling a hundred tests
     given = F.expr(f"size(filter(array({cells}), x -> {given_test}))")
-    text = F.trim(F.col(_quote(count_column)).cast("string"))
     value = F.expr(f"try_cast(trim(CAST({_quote(count_column)} AS STRING)) AS DOUBLE)")
-    is_count = value.isNotNull() & (value == F.floor(value)) & (value >= 0) & (value <= len(jokes))
-    differs = is_count & (value != given)
-    example = F.struct(*[F.col(c).alias(w) for w, c in names.items()], text.alias("count"), given.alias("given"))
-    found = table.select(
-        F.count(F.lit(1)).alias("rows"),
-        F.count(F.when(~is_count | value.isNull(), 1)).alias("not_count"),
-        F.min_by(example, F.when(~is_count | value.isNull(), F.col(order))).alias("first_not_count"),
-        F.count(F.when(differs, 1)).alias("differs"),
-        F.min_by(example, F.when(differs, F.col(order))).alias("first_differs"),
+    is_count = F.coalesce(
+        (value == F.floor(value)) & (value >= 0) & (value <= len(jokes)), F.lit(False)
+    )  # null (not a number) is no count
+    return ~is_count, is_count & (value != given), given
+
+
+def check_count_column(
+    table: DataFrame,
+    count_column: str,
+    jokes: list[tuple[str, int]],
+    missing_values: list[float],
+    source: str,
+    counted: dict,
+    *,
+    order: str,
+    names: dict[str, str],
+) -> None:
+    """Refuse a table whose first column is no count of rated jokes on most rows, or warn of rows whose count
+    differs from their cells, from ``counted`` (``rows``, ``count_not_count``, ``count_differs``: counted by
+    :func:`read_summary` in its pass). Only then is the table read again, for the first such row in ``order``,
+    named by ``names`` (word -> column: ``{"row": "_row"}``)."""
+    rows, not_count, differs = counted["rows"], counted["count_not_count"], counted["count_differs"]
+    if not not_count and not differs:
+        return
+    is_not_count, is_different, given = count_column_tests(count_column, jokes, missing_values)
+    example = F.struct(
+        *[F.col(c).alias(w) for w, c in names.items()],
+        F.trim(F.col(_quote(count_column)).cast("string")).alias("count"),
+        given.alias("given"),
+    )
+    first = table.select(
+        F.min_by(example, F.when(is_not_count, F.col(order))).alias("not_count"),
+        F.min_by(example, F.when(is_different, F.col(order))).alias("differs"),
     ).first()
 
-    def name(first) -> str:
-        return " ".join(f"{word} {first[word]}" for word in names)
+    def name(row) -> str:
+        return " ".join(f"{word} {row[word]}" for word in names)
 
-    rows, not_count = found["rows"], found["not_count"]
-    if rows and not_count > NOT_A_COUNT_SHARE * rows:
-        first = found["first_not_count"]
+    if not_count > NOT_A_COUNT_SHARE * rows:
         raise InputError(
             f"{source}: the Jester layout reads each row's count of rated jokes first, then jokes 1..{len(jokes)}, "
-            f"but the first column is not such a count on {not_count:,} of {rows:,} rows ({name(first)}: "
-            f"{first['count']!r}); without that column every joke would be read one column off (give the table "
-            "a header naming its user column and jokes, and read it with layout: wide)"
+            f"but the first column is not such a count on {not_count:,} of {rows:,} rows "
+            f"({name(first['not_count'])}: {first['not_count']['count']!r}); without that column every joke would "
+            "be read one column off (give the table a header naming its user column and jokes, and read it with "
+            "layout: wide)"
         )
     if not_count:
-        first = found["first_not_count"]
         log.warning(
             "%s: on %d of %d rows the first column is not a count of rated jokes (%s: %r); their cells are read "
             "as they are",
             source,
             not_count,
             rows,
-            name(first),
-            first["count"],
+            name(first["not_count"]),
+            first["not_count"]["count"],
         )
-    if found["differs"]:
-        first = found["first_differs"]
+    if differs:
         log.warning(
             "%s: on %d of %d rows the first column, the count of rated jokes, differs from the cells rated (%s: "
             "count %s, %d cells neither blank nor a sentinel); the cells are read as they are",
             source,
-            found["differs"],
+            differs,
             rows,
-            name(first),
-            first["count"],
-            first["given"],
+            name(first["differs"]),
+            first["differs"]["count"],
+            first["differs"]["given"],
         )
 
 
@@ -592,13 +612,23 @@ def _user_key(user_column: str):
     return F.when(text != "", F.coalesce(_int_id(_quote(user_column)).cast("string"), text))
 
 
-def read_summary(table: DataFrame, user_column: str | None = None, *, wide: bool = False) -> tuple[dict, dict]:
+def read_summary(
+    table: DataFrame, user_column: str | None = None, *, wide: bool = False, count_column: tuple | None = None
+) -> tuple[dict, dict]:
     """One pass over the table as read: its fingerprint (row count and order-independent content hash) and,
     given the user column, how many of its ids are not integers in Int range (``not_int``: they need
     re-indexing) and, for a wide table, how many rows name a user and how many distinct users they name;
     for a CSV file read with the malformed-row column, how many rows have a field count other than the
-    header's (``malformed``)."""
+    header's (``malformed``); given the Jester layout's ``(count column, jokes, missing values)``, how many rows
+    have no count there (``count_not_count``) and how many a count other than their cells' (``count_differs``,
+    see :func:`count_column_tests`)."""
     aggregates = [F.count(F.lit(1)).alias("rows"), *content_hash(*table.columns)]
+    if count_column:
+        not_count, differs, _ = count_column_tests(*count_column)
+        aggregates += [
+            F.count(F.when(not_count, 1)).alias("count_not_count"),
+            F.count(F.when(differs, 1)).alias("count_differs"),
+        ]
     if MALFORMED in table.columns:
         aggregates.append(F.count(MALFORMED).alias("malformed"))
     if user_column:
@@ -607,7 +637,11 @@ def read_summary(table: DataFrame, user_column: str | None = None, *, wide: bool
             key = _user_key(user_column)
             aggregates += [F.count(key).alias("named"), F.countDistinct(key).alias("distinct")]
     row = table.agg(*aggregates).first().asDict()
-    users = {k: int(row[k]) for k in ("not_int", "named", "distinct", "malformed") if k in row}
+    users = {
+        k: int(row[k])
+        for k in ("not_int", "named", "distinct", "malformed", "count_not_count", "count_differs")
+        if k in row
+    }
     return {"rows": int(row["rows"]), "content_hash": hex64(hash_total(row, "hash"))}, users
 
 
@@ -665,25 +699,33 @@ def ratings_cells(
     user_column = {"wide": inp.user_column, "long": inp.long_columns.user}.get(layout)
     if user_column is not None and user_column not in table.columns:
         user_column = None  # refused below with the layout's own message
-    prints, users = read_summary(table, user_column, wide=layout == "wide")
+    excel = layout == "jester" and EXCEL_USER in table.columns  # the Excel files, users numbered as they were read
+    count_column = None
+    if layout == "jester" and len(table.columns) >= 2:  # (fewer: refused below)
+        count_column = (
+            (EXCEL_COUNT, excel_joke_columns(table.columns), inp.missing_values)
+            if excel
+            else (table.columns[0], jester_joke_columns(table.columns), inp.missing_values)
+        )
+    prints, users = read_summary(table, user_column, wide=layout == "wide", count_column=count_column)
     not_int = users["not_int"] > 0 if "not_int" in users else None
     if prints["rows"] == 0:
         raise InputError(f"{source}: has a header but no rows")
-    if layout == "jester" and EXCEL_USER in table.columns:  # the Excel files, users numbered as they were read
+    counted = {"rows": prints["rows"], **users}
+    if excel:
         jokes = excel_joke_columns(table.columns)
         check_count_column(
             table.withColumn("_order", F.col(EXCEL_USER).cast("int")),
-            EXCEL_COUNT,
-            jokes,
-            inp.missing_values,
+            *count_column,
             source,
+            counted,
             order="_order",
             names={"file": EXCEL_FILE, "row": EXCEL_ROW},
         )
         log.info("%s: Jester layout, %d joke columns, users numbered by row across the files", source, len(jokes))
         return melt_wide_ratings(table, EXCEL_USER, jokes), source, prints, False
     if layout == "jester":
-        cells, jokes = jester_original_cells(table, source, inp.missing_values)
+        cells, jokes = jester_original_cells(table, source, inp.missing_values, counted)
         log.info("%s: Jester layout, %d joke columns, users numbered by row", source, len(jokes))
         return cells, source, prints, False  # users are numbered 1..rows
     if layout == "wide":
