@@ -36,6 +36,7 @@ from jester_als.prepare import (
     _quote,
     _user_key,
     as_refused,
+    cells_where,
     check_unique_users,
     classify_cells,
     hash_sum,
@@ -119,8 +120,8 @@ def _one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected
         "_row_named": _user_key(user_column).isNotNull(),
         "_row_not_int": _not_int_id(_quote(user_column)),
         "_row_malformed": F.col(MALFORMED).isNotNull() if MALFORMED in table.columns else F.lit(False),
-        "_row_filled": F.expr(_cells_where(jokes, "trim(x) != ''")),
-        "_row_sentinel": F.expr(_cells_where(jokes, _spelt_as_sentinel(inp.missing_values))),
+        "_row_filled": F.expr(cells_where(jokes, "trim(x) != ''")),
+        "_row_sentinel": F.expr(cells_where(jokes, _spelt_as_sentinel(inp.missing_values))),
     }
     marks = [("start", time.perf_counter())]
     # One observation for the whole query, of scalars only: Spark 4.0's Connect server reports a single
@@ -227,16 +228,8 @@ def _rated_user_ids(rated) -> list:
     ]
 
 
-def _cells_where(jokes: list[tuple[str, int]], test: str) -> str:
-    """SQL for how many of a row's joke cells ``x`` (as text) pass ``test`` (SQL of ``x``). A lambda over the
-    row's cells rather than a sum of a test per column: Spark evaluates a lambda without compiling it into the
-    query's generated code, which a hundred tests would enlarge, and a job compiles that code on its first run."""
-    cells = ", ".join(f"CAST({_quote(c)} AS STRING)" for c, _ in jokes)
-    return f"size(filter(array({cells}), x -> {test}))"
-
-
 def _spelt_as_sentinel(missing_values: list[float]) -> str:
-    """A test (for :func:`_cells_where`) true for the usual spellings of the sentinels (``99``, ``99.0``,
+    """A test (for :func:`cells_where`) true for the usual spellings of the sentinels (``99``, ``99.0``,
     ``99.00``): each of those is a sentinel whatever else is in its row. A sentinel spelt otherwise (`` 99``,
     ``9.9e1``) is found by the second pass, which parses every cell that is neither blank, rated nor spelt so."""
     spellings = set()

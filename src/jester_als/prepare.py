@@ -293,6 +293,14 @@ def jester_original_cells(
 NOT_A_COUNT_SHARE = 0.5
 
 
+def cells_where(jokes: list[tuple[str, int]], test: str) -> str:
+    """SQL for how many of a row's joke cells ``x`` (as text) pass ``test`` (SQL of ``x``). A lambda over the
+    row's cells rather than a sum of a test per column: Spark evaluates a lambda without compiling it into the
+    query's generated code, which a hundred tests would enlarge, and a job compiles that code on its first run."""
+    cells = ", ".join(f"CAST({_quote(c)} AS STRING)" for c, _ in jokes)
+    return f"size(filter(array({cells}), x -> {test}))"
+
+
 def count_column_tests(count_column: str, jokes: list[tuple[str, int]], missing_values: list[float]):
     """(not_count, differs, given) of a row of the Jester layout: its first column is not a whole number from 0 to
     the number of jokes; it is one, but not the number of the row's cells that are neither blank nor a sentinel;
@@ -301,9 +309,7 @@ def count_column_tests(count_column: str, jokes: list[tuple[str, int]], missing_
     given_test = "trim(x) != ''" + (
         f" AND NOT coalesce(try_cast(trim(x) AS DOUBLE) IN ({sentinels}), false)" if sentinels else ""
     )
-    cells = ", ".join(f"CAST({_quote(c)} AS STRING)" for c, _ in jokes)
-    # a lambda over the row's cells rather than a test per column: Spark runs it without compiling a hundred tests
-    given = F.expr(f"size(filter(array({cells}), x -> {given_test}))")
+    given = F.expr(cells_where(jokes, given_test))
     value = F.expr(f"try_cast(trim(CAST({_quote(count_column)} AS STRING)) AS DOUBLE)")
     is_count = F.coalesce(
         (value == F.floor(value)) & (value >= 0) & (value <= len(jokes)), F.lit(False)
