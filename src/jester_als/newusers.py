@@ -67,7 +67,7 @@ def reveal_gauge(
 
 def gauge_problem(users: np.ndarray, jokes: np.ndarray, gauge: list[int]) -> str | None:
     """Why the gauge jokes are no gauge in this sample, or None: every new user is shown them first, which holds
-    only where nearly every user rated each (in Jester 0.9996 to 1.0 of them); elsewhere (another data set, or
+    only where nearly every user rated each (as in Jester, docs/data.md); elsewhere (another data set, or
     other joke ids) revealing them would show each held-out user whichever few of them it happened to rate."""
     if not gauge:
         return "new_users.gauge_jokes is empty"
