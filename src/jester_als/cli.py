@@ -331,7 +331,7 @@ def _failed(name: str, exc: Exception, run: _SparkRun, output_dir: str, verbose:
     if connection_lost(run.spark, exc):
         run.created = False  # nothing to stop: the server is gone, and asking it would only wait again
         print(
-            f"jester-als {name}: lost the Spark Connect server ({str(exc).splitlines()[0]}); nothing was "
+            f"jester-als {name}: lost the Spark Connect server ({first_line(exc)}); nothing was "
             f"replaced in {output_dir}",
             file=sys.stderr,
         )

@@ -196,7 +196,7 @@ def timed_scan(spark: SparkSession, inp: InputConfig, path: str) -> float | None
     try:
         return reference_scan(spark, inp, path)
     except Exception as exc:  # the input's problem is reported by prepare itself
-        log.debug("reference scan skipped (%s)", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        log.debug("reference scan skipped (%s)", first_line(exc))
         return None
 
 

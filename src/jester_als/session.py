@@ -17,7 +17,7 @@ import tempfile
 
 from jester_als import owner
 from jester_als.config import SparkConfig
-from jester_als.errors import JobError
+from jester_als.errors import JobError, first_line
 from jester_als.localcluster import free_ports
 
 log = logging.getLogger(__name__)
@@ -342,7 +342,7 @@ def ensure_checkpoint_dir(spark, wanted: str | None, *, force: bool = False) -> 
     try:
         spark.conf.set("spark.checkpoint.dir", target)
     except Exception as exc:
-        log.warning("could not set the checkpoint dir (%s)", str(exc).splitlines()[0])
+        log.warning("could not set the checkpoint dir (%s)", first_line(exc))
 
 
 # Spark's ALS without a checkpoint directory keeps the whole lineage of its factor RDDs, and (de)serializing a
@@ -436,7 +436,7 @@ def try_persist(df, what: str):
     try:
         return df.persist()
     except Exception as exc:
-        log.warning("could not persist %s (%s); it will be recomputed when reused", what, str(exc).splitlines()[0])
+        log.warning("could not persist %s (%s); it will be recomputed when reused", what, first_line(exc))
         return df
 
 
@@ -450,7 +450,7 @@ def materialize(df, what: str):
     except Exception as exc:
         if connection_lost(df.sparkSession, exc):
             raise
-        log.debug("localCheckpoint refused for %s (%s); persisting instead", what, str(exc).splitlines()[0])
+        log.debug("localCheckpoint refused for %s (%s); persisting instead", what, first_line(exc))
         kept = try_persist(df, what)
         kept.count()
         return kept

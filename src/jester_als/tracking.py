@@ -14,6 +14,7 @@ import os
 import time
 
 from jester_als.config import JesterConfig, TrackingConfig
+from jester_als.errors import first_line
 from jester_als.plots import PLOTS_DIR
 
 log = logging.getLogger(__name__)
@@ -134,12 +135,9 @@ def track_job(cfg: JesterConfig, job: str, metrics: dict, output_dir: str, spark
         )
         return logged
     except Exception as exc:  # noqa: BLE001 - tracking never changes the job's outcome
-        log.warning(
-            "MLflow tracking failed (%s: %s); the job's results are unaffected",
-            type(exc).__name__,
-            str(exc).splitlines()[0] if str(exc) else "",
-        )
-        return {"failed": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+        failed = f"{type(exc).__name__}: {first_line(exc)}"
+        log.warning("MLflow tracking failed (%s); the job's results are unaffected", failed)
+        return {"failed": failed}
 
 
 def _log(mlflow, cfg: JesterConfig, job: str, metrics: dict, output_dir: str, spark) -> dict:
@@ -276,5 +274,5 @@ def _register(mlflow, client, model_uri: str, name: str, alias: str) -> None:
         log.warning(
             "MLflow: the registry refused model %s (%s); the run and its model are logged",
             name,
-            str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            first_line(exc),
         )
