@@ -942,23 +942,22 @@ def reference_scan(spark: SparkSession, inp: InputConfig, path: str) -> float:
             F.col(_quote(columns.joke)).alias("joke"),
             F.col(_quote(columns.rating)).alias("raw"),
         )
+    elif inp.format == "xls":  # the workbooks as read_excel_table hands them over, users already numbered
+        cells = melt_wide_ratings(table, EXCEL_USER, excel_joke_columns(table.columns))
     elif inp.layout == "jester":
-        cells = melt_wide_ratings(
-            table.withColumn("_user", F.lit("0")),
-            "_user",
-            [(name, position) for position, name in enumerate(table.columns) if position > 0],
-        )
+        cells = melt_wide_ratings(table.withColumn("_user", F.lit("0")), "_user", jester_joke_columns(table.columns))
     else:
         jokes = joke_columns(table.columns, inp.user_column, inp.drop_columns, input_name(inp))
         cells = melt_wide_ratings(table, inp.user_column, jokes)
     # the wide layouts' melt parses the user id once per row; the long layout's id is a cell of its own
-    user = F.col("user") if "user" in cells.columns else F.col("user_raw").cast("int")
+    # try_cast: under ANSI casts a text cell would fail the scan, which prepare refuses cell by cell instead
+    user = F.col("user") if "user" in cells.columns else F.col("user_raw").try_cast("int")
     (
         cells.where(F.col("raw").isNotNull() & (F.trim(F.col("raw").cast("string")) != ""))
         .select(
             user.alias("user"),
-            F.col("joke").cast("int").alias("joke"),
-            F.col("raw").cast("double").alias("rating"),
+            F.col("joke").try_cast("int").alias("joke"),
+            F.col("raw").try_cast("double").alias("rating"),
         )
         .write.mode("overwrite")
         .parquet(path)
