@@ -79,7 +79,8 @@ def test_dataset_1_files_are_read_as_one_table_users_numbered_across_files(spark
 
 
 def test_text_and_out_of_range_cells_are_refused_cell_by_cell(spark, tmp_path):
-    path = write_xls(tmp_path / "odd.xls", [[3, 1.5, "abc", -9.97], [2, 99, 12.5, 0.0], [1, 99, 99, 2.25]])
+    # a boolean cell (TRUE) is no rating, though Arrow would read it as 1.0
+    path = write_xls(tmp_path / "odd.xls", [[3, 1.5, "abc", -9.97], [2, 99, 12.5, 0.0], [2, True, 99, 2.25]])
     code, out = prepare(tmp_path, path, "--set", "input.reference_scan=true")
     assert code == 0
     data = json.loads((out / "metrics.json").read_text())["data"]
@@ -88,12 +89,16 @@ def test_text_and_out_of_range_cells_are_refused_cell_by_cell(spark, tmp_path):
     assert data["cells"] == {
         "read": 9,
         "accepted": 4,
-        "missing": {"sentinel": 3},
-        "rejected": {"not_a_number": 1, "out_of_range": 1},
+        "missing": {"sentinel": 2},
+        "rejected": {"not_a_number": 2, "out_of_range": 1},
     }
     rejected = spark.read.parquet(str(out / "rejected")).collect()
     refused = {(r["user"], r["joke"], r["value"], r["reason"]) for r in rejected}
-    assert refused == {("1", "2", "abc", "not_a_number"), ("2", "2", "12.5", "out_of_range")}
+    assert refused == {
+        ("1", "2", "abc", "not_a_number"),
+        ("2", "2", "12.5", "out_of_range"),
+        ("3", "1", "True", "not_a_number"),
+    }
 
 
 def test_a_count_that_differs_from_the_cells_is_named_by_file_and_row(tmp_path, capsys):
