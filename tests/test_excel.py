@@ -117,6 +117,73 @@ def test_a_count_that_differs_from_the_cells_is_named_by_file_and_row(tmp_path, 
     )
 
 
+def test_one_pass_and_general_path_read_the_workbooks_alike(spark, tmp_path):
+    """The workbooks go through prepare's one pass unless input.one_pass is off: the same ratings, refused cells,
+    counts and files either way, on the real excerpt with a text cell, an out-of-range cell, a count that
+    differs and a row with no rating."""
+    rows = excerpt_rows()
+    rows[1][3], rows[2][5] = "abc", 12.5
+    rows[3] = [rows[3][0] - 1, *rows[3][1:]]
+    rows.append([0, *[99] * 100])
+    folder = tmp_path / "jester"
+    folder.mkdir()
+    write_xls(folder / "jester-data-1.xls", rows[:6])
+    write_xls(folder / "jester-data-2.xls", rows[6:])
+    found = {}
+    for one_pass in ("true", "false"):
+        code, out = prepare(tmp_path / one_pass, folder, "--set", f"input.one_pass={one_pass}")
+        assert code == 0
+        data = json.loads((out / "metrics.json").read_text())["data"]
+        tables = [sorted(tuple(r) for r in spark.read.parquet(str(out / name)).collect()) for name in TABLES]
+        found[one_pass] = data, tables
+    (one, one_tables), (general, general_tables) = found["true"], found["false"]
+    assert one["one_pass"] and not general["one_pass"]
+    assert {k: v for k, v in one.items() if k not in SET_APART} == {
+        k: v for k, v in general.items() if k not in SET_APART
+    }
+    assert one["rating_mean"] == pytest.approx(general["rating_mean"], rel=1e-12)
+    assert one_tables == general_tables
+    # what the workbooks hold, so that the comparison is not between two empty answers
+    assert one["cells"]["rejected"] == {"not_a_number": 1, "out_of_range": 1} and one["rows_without_ratings"] == 1
+    assert one["users"] == len(rows) - 1 and one_tables[2][-1] == (len(rows), "jester-data-2.xls", 5)
+
+
+TABLES = ("ratings", "rejected", "user_files")
+SET_APART = ("one_pass", "timing_seconds", "rating_mean", "rating_std")  # the path, times, a float sum's last bits
+
+
+def test_a_first_column_that_is_no_count_is_refused_on_the_one_pass_and_leaves_nothing(tmp_path, capsys):
+    rows = [row[1:] for row in excerpt_rows()]  # the count column left out: every joke one column off
+    code, out = prepare(tmp_path, write_xls(tmp_path / "no-count.xls", rows))
+    assert code == 1
+    assert "the first column is not such a count on" in capsys.readouterr().err
+    assert not (out / "ratings").exists() and not (out / "metrics.json").exists()
+
+
+def test_the_workbooks_rows_are_left_to_the_tasks_and_the_setting_put_back(spark, tmp_path, capsys):
+    """Spark's optimizer would evaluate a projection of the workbooks on the driver (a local relation): prepare
+    leaves that rule out while it reads them, and puts the session's own setting back."""
+    from pyspark.sql import functions as F
+
+    from jester_als.excel import EXCLUDED_RULES, read_excel_table, rows_evaluated_in_tasks
+
+    path = write_xls(tmp_path / "few.xls", excerpt_rows())
+    table = read_excel_table(spark, str(path))
+    with rows_evaluated_in_tasks(spark, True):
+        table.select((F.col("1") + 1).alias("x")).explain()
+    table.select((F.col("1") + 1).alias("x")).explain()
+    inside, after = capsys.readouterr().out.split("== Physical Plan ==")[1:]
+    assert "Project" in inside and "Project" not in after  # (after: folded into the relation by the optimizer)
+    assert spark.conf.get(EXCLUDED_RULES, None) is None
+    other = "org.apache.spark.sql.catalyst.optimizer.CombineUnions"
+    spark.conf.set(EXCLUDED_RULES, other)
+    try:
+        assert prepare(tmp_path, path)[0] == 0
+        assert spark.conf.get(EXCLUDED_RULES) == other
+    finally:
+        spark.conf.unset(EXCLUDED_RULES)
+
+
 @pytest.mark.parametrize(
     "rows,expected",
     [

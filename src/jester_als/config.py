@@ -256,7 +256,8 @@ class InputConfig(Section):
     )
     one_pass: bool = key(
         True,
-        "prepare a wide table with integer user ids in one pass over the input (false: always the general "
+        "prepare a wide table with integer user ids, or the original Excel files, in one pass over the input "
+        "(false: always the general "
         "path, which caches the input; both give the same outputs and counts)",
     )
 

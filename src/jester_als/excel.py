@@ -12,6 +12,7 @@ Reading needs the ``excel`` extra (python-calamine, which reads both .xls and .x
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
@@ -27,6 +28,42 @@ USER, FILE, ROW, COUNT = "_user", "_file", "_row", "count"
 
 class ExcelInputError(JobError):
     """An Excel input that cannot be read as the original Jester layout (named file, what was expected)."""
+
+
+# Spark's optimizer evaluates a projection of a local relation, which is what createDataFrame makes of the
+# workbooks, on the driver one row at a time before the query runs (ConvertToLocalRelation in apache/spark's
+# Optimizer.scala: "Converts local operations ... on LocalRelation to another LocalRelation"): prepare's per-row
+# counts and the melt of every cell would take one thread of the driver instead of the tasks. The rule is left
+# out while prepare reads the workbooks.
+LOCAL_RELATION_RULE = "org.apache.spark.sql.catalyst.optimizer.ConvertToLocalRelation"
+EXCLUDED_RULES = "spark.sql.optimizer.excludedRules"
+
+
+@contextlib.contextmanager
+def rows_evaluated_in_tasks(spark, workbooks: bool):
+    """With ``workbooks``, leave Spark's ConvertToLocalRelation out of the session's optimizer for the block, so
+    that queries over the workbooks run in tasks; the setting is put back after. A session that refuses the
+    setting (a platform may keep the optimizer's rules to itself) runs as before."""
+    if not workbooks:
+        yield
+        return
+    try:
+        before = spark.conf.get(EXCLUDED_RULES, None)
+        spark.conf.set(EXCLUDED_RULES, ",".join(rule for rule in (before, LOCAL_RELATION_RULE) if rule))
+    except Exception as exc:  # noqa: BLE001 - only slower without it
+        log.info("the workbooks' rows are evaluated on the driver: %s was refused (%s)", EXCLUDED_RULES, exc)
+        yield
+        return
+    try:
+        yield
+    finally:
+        try:
+            if before is None:
+                spark.conf.unset(EXCLUDED_RULES)
+            else:
+                spark.conf.set(EXCLUDED_RULES, before)
+        except Exception:  # noqa: BLE001 - a session that took the setting takes it back; nothing to lose
+            pass
 
 
 # where the official files come from, for a user who followed conf/jester.yaml before fetching them

@@ -19,6 +19,7 @@ from jester_als.baseline import compare_engines, sample_users
 from jester_als.config import InputConfig, JesterConfig
 from jester_als.driver import collect_ratings, tune_numpy
 from jester_als.errors import first_line
+from jester_als.excel import rows_evaluated_in_tasks
 from jester_als.fallback import WAYS_OUT, AlsNotAllowedError, is_not_allowed, not_allowed_reason
 from jester_als.foldin import (
     PARAMS_FILE,
@@ -83,6 +84,11 @@ def run_prepare(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> tupl
     """Read, melt, classify; write ``ratings/``, ``rejected/`` (and ``user_ids/`` when ids were re-indexed);
     return the data section, the ratings as read back from what was written (a deterministic, short-lineage
     input for ALS) and the id mapping."""
+    with rows_evaluated_in_tasks(spark, cfg.input.format == "xls"):
+        return _run_prepare(spark, cfg, out)
+
+
+def _run_prepare(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> tuple[dict, DataFrame, DataFrame | None]:
     scan_path = out.path(".reference-scan")
     # The plain read-melt-write runs first, paying the session's warm-up as any first job would, and again
     # after prepare on a warm session: prepare's time is held against the second.
@@ -100,6 +106,8 @@ def run_prepare(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> tupl
         write_prepared(prepared, cfg.input, out)
     else:
         prepared = one
+        if one.user_files is not None:
+            one.user_files.write.mode("overwrite").parquet(out.path("user_files"))
     written = time.perf_counter()
     # In one pass, reading, counting and writing (the refused cells too) all fall in read_and_count.
     timing = {

@@ -1,5 +1,6 @@
 """``prepare`` in one pass over the input, for the common table: wide, integer user ids, every CSV row as wide as the
-header, no per-user minimum. The input is read, melted, classified and its accepted ratings written in one Spark
+header, no per-user minimum; and for the original Excel files, whose users the reader numbers (their count column
+is checked from the same pass). The input is read, melted, classified and its accepted ratings written in one Spark
 job, which counts its input rows as they stream past (Spark's observed metrics, ``DataFrame.observe``, in classic
 and Connect sessions alike: the rows, their hash, their ids, per row the cells that are not blank and those spelt
 as a sentinel, and the distinct ids of the rows with a rating); the ratings' own figures come from the written
@@ -23,6 +24,11 @@ from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
 from jester_als.config import InputConfig
+from jester_als.excel import COUNT as EXCEL_COUNT
+from jester_als.excel import FILE as EXCEL_FILE
+from jester_als.excel import ROW as EXCEL_ROW
+from jester_als.excel import USER as EXCEL_USER
+from jester_als.excel import joke_columns as excel_joke_columns
 from jester_als.prepare import (
     _INT_ID,
     CSV_PRUNING,
@@ -37,8 +43,11 @@ from jester_als.prepare import (
     _user_key,
     as_refused,
     cells_where,
+    check_count_column,
     check_unique_users,
     classify_cells,
+    count_column_tests,
+    excel_user_files,
     hash_sum,
     hash_total,
     hex64,
@@ -62,14 +71,19 @@ BITMAP_IDS = 32768  # the ids one of Spark's bitmaps holds
 
 
 def eligible(inp: InputConfig) -> bool:
-    """Whether the input's settings allow the one-pass path (the table itself may still send it back)."""
+    """Whether the input's settings allow the one-pass path (the table itself may still send it back): a wide
+    table, or the original Excel files, whose users the reader numbers (a headerless CSV in their layout numbers
+    its users by a window over all its rows, which the pass cannot stream)."""
     return (
         inp.one_pass
-        and inp.layout == "wide"
-        and inp.format in ("csv", "parquet", "table")
+        and ((inp.layout == "wide" and inp.format in ("csv", "parquet", "table")) or _excel(inp))
         and inp.min_ratings_per_user <= 1
         and inp.user_ids != "reindex"
     )
+
+
+def _excel(inp: InputConfig) -> bool:
+    return inp.layout == "jester" and inp.format == "xls"
 
 
 @dataclass
@@ -83,6 +97,7 @@ class OnePass:
     # seconds of each part: the pass itself (read, melt, classify, count, write), the written ratings counted,
     # the check that no user id is on two rows (0 when not needed), the sentinels and refused cells
     parts: dict
+    user_files: DataFrame | None = None  # user -> the Excel file and row it was read from (format xls)
     user_ids = None  # ids are never re-indexed on this path
 
 
@@ -104,11 +119,10 @@ def prepare_in_one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str
 def _one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected_path: str) -> OnePass | None:
     source = input_name(inp)
     table = read_table(spark, inp)
-    user_column = inp.user_column
-    if user_column not in table.columns:
+    columns = _columns(table, inp, source)
+    if columns is None:
         return None  # refused by the general path with its own message
-    header = [c for c in table.columns if c != MALFORMED]
-    jokes = joke_columns(header, user_column, inp.drop_columns, source)
+    user_column, jokes, count_column = columns
     joke_ids = [j for _, j in jokes]
     # Everything the pass counts, it counts per row, before the melt: Spark's observed metrics are gathered by an
     # operator of their own that takes every row it sees out of the generated code, so an observation of the cells
@@ -123,6 +137,13 @@ def _one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected
         "_row_filled": F.expr(cells_where(jokes, "trim(x) != ''")),
         "_row_sentinel": F.expr(cells_where(jokes, _spelt_as_sentinel(inp.missing_values))),
     }
+    count_metrics = []
+    if count_column:  # the Jester layout's count column, checked as the general path's summary checks it
+        per_row["_row_not_count"], per_row["_row_count_differs"], _ = count_column_tests(*count_column)
+        count_metrics = [
+            F.count(F.when(F.col("_row_not_count"), 1)).alias("count_not_count"),
+            F.count(F.when(F.col("_row_count_differs"), 1)).alias("count_differs"),
+        ]
     marks = [("start", time.perf_counter())]
     # One observation for the whole query, of scalars only: Spark 4.0's Connect server reports a single
     # observation per query to its client and cannot send it an array ("Unsupported component type ... in
@@ -138,6 +159,7 @@ def _one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected
         F.sum("_row_filled").alias("filled"),
         F.sum("_row_sentinel").alias("sentinel"),
         *_rated_user_ids(F.col("_row_filled") > F.col("_row_sentinel")),
+        *count_metrics,
     )
     cells = classify_cells(
         melt_rows(rows, jokes, parsed=True),
@@ -166,6 +188,8 @@ def _one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected
         )
         _remove(ratings_path)
         return None
+    if count_column:
+        _check_counts(table, count_column, source, by_row, ratings_path)
     written_ratings = spark.read.schema(RATINGS_SCHEMA).parquet(ratings_path)
     written = _written_counts(written_ratings, joke_ids)
     # cells neither blank nor rated: sentinels and refused cells
@@ -187,15 +211,16 @@ def _one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected
             _remove(ratings_path)
             raise
     log.info(
-        "%s: %d joke columns (ids %d..%d), read in one pass",
+        "%s: %d joke columns (ids %d..%d)%s, read in one pass",
         source,
         len(jokes),
         min(joke_ids),
         max(joke_ids),
+        ", Jester layout, users numbered by row across the files" if count_column else "",
     )
     marks.append(("unique_users", time.perf_counter()))
     if second_pass:
-        sentinel, by_reason = _refused_pass(spark, table, inp, jokes, rejected_path, others)
+        sentinel, by_reason = _refused_pass(spark, table, inp, user_column, jokes, rejected_path, others)
     else:
         # no rows, planned as an empty relation: Spark writes the schema alone
         table.where(F.lit(False)).select(*[F.lit(None).cast("string").alias(c) for c in REFUSED_COLUMNS]).write.mode(
@@ -208,7 +233,37 @@ def _one_pass(spark: SparkSession, inp: InputConfig, ratings_path: str, rejected
         {"rows": int(by_row["rows"]), "content_hash": hex64(hash_total(by_row, "row_hash"))},
         source,
         {name: round(t - before, 2) for (name, t), (_, before) in zip(marks[1:], marks)},
+        user_files=excel_user_files(table) if count_column else None,
     )
+
+
+def _columns(table: DataFrame, inp: InputConfig, source: str) -> tuple | None:
+    """The table's user column, its joke columns with their ids, and the Jester layout's count column with what
+    :func:`count_column_tests` needs (None for a wide table); None when the user column is missing."""
+    if _excel(inp):
+        jokes = excel_joke_columns(table.columns)
+        return EXCEL_USER, jokes, (EXCEL_COUNT, jokes, inp.missing_values)
+    if inp.user_column not in table.columns:
+        return None
+    header = [c for c in table.columns if c != MALFORMED]
+    return inp.user_column, joke_columns(header, inp.user_column, inp.drop_columns, source), None
+
+
+def _check_counts(table: DataFrame, count_column: tuple, source: str, by_row: dict, ratings_path: str) -> None:
+    """The Excel files' count column checked from the pass's counts (:func:`check_count_column`), which reads the
+    table again only to name a row; a refusal leaves no ratings written."""
+    try:
+        check_count_column(
+            table.withColumn("_order", F.col(EXCEL_USER).cast("int")),
+            *count_column,
+            source,
+            {k: int(by_row[k]) for k in ("rows", "count_not_count", "count_differs")},
+            order="_order",
+            names={"file": EXCEL_FILE, "row": EXCEL_ROW},
+        )
+    except InputError:
+        _remove(ratings_path)
+        raise
 
 
 def _rated_user_ids(rated) -> list:
@@ -247,6 +302,7 @@ def _refused_pass(
     spark: SparkSession,
     table: DataFrame,
     inp: InputConfig,
+    user_column: str,
     jokes: list[tuple[str, int]],
     rejected_path: str,
     others: int,
@@ -255,7 +311,7 @@ def _refused_pass(
     refused cells by reason: only run when some cells are neither blank, rated nor spelt as a sentinel."""
     observed = Observation("refused")
     cells = classify_cells(
-        melt_wide_ratings(table, inp.user_column, jokes),
+        melt_wide_ratings(table, user_column, jokes),
         missing_values=inp.missing_values,
         rating_range=inp.rating_range,
     )

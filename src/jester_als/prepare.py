@@ -535,9 +535,7 @@ class PreparedRatings:
         """user -> the Excel file and row it was read from (format xls), else None."""
         if self.table is None or EXCEL_FILE not in self.table.columns:
             return None
-        return self.table.select(
-            F.col(EXCEL_USER).cast("int").alias("user"), F.col(EXCEL_FILE).alias("file"), F.col(EXCEL_ROW).alias("row")
-        )
+        return excel_user_files(self.table)
 
     def release(self) -> None:
         try_unpersist(self.classified)
@@ -548,6 +546,14 @@ class PreparedRatings:
                 self.classified.sparkSession.conf.set(key, value)
             except Exception:  # the platform may refuse; the setting only concerned this read
                 pass
+
+
+def excel_user_files(table: DataFrame) -> DataFrame:
+    """``user_files/``: each user of the Excel files as read (:func:`jester_als.excel.read_excel_table`) with the
+    file and row it came from."""
+    return table.select(
+        F.col(EXCEL_USER).cast("int").alias("user"), F.col(EXCEL_FILE).alias("file"), F.col(EXCEL_ROW).alias("row")
+    )
 
 
 def rows_without_ratings(prepared, users: int) -> int:
