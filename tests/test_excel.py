@@ -232,6 +232,17 @@ def test_files_not_there_yet_are_named_with_where_to_get_them(tmp_path, capsys):
     assert "no Excel workbook (.xls, .xlsx) there (the official Jester files: make download" in capsys.readouterr().err
 
 
+def test_check_says_what_the_workbooks_hold(tmp_path, capsys):
+    folder = tmp_path / "jester"
+    folder.mkdir()
+    rows = excerpt_rows()
+    write_xls(folder / "jester-data-1.xls", rows[:6])
+    write_xls(folder / "jester-data-2.xls", rows[6:])
+    assert main(job_argv("check", conf="conf/jester.yaml", path=folder, out=tmp_path / "out")) == 0
+    said = capsys.readouterr().out
+    assert said.strip().endswith(f"layout jester, columns 101, jokes 100, users {len(rows)}"), said
+
+
 def test_xls_needs_the_jester_layout(tmp_path, capsys):
     assert main(job_argv("check", "input.layout=wide", conf="conf/jester.yaml")) == 2
     assert "--set input.layout=wide: must be 'jester' with input.format 'xls'" in capsys.readouterr().err

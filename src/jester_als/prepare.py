@@ -689,6 +689,11 @@ def check_input(spark: SparkSession, inp: InputConfig) -> dict:
         result.update(jokes=len(jokes), joke_ids=[min(j for _, j in jokes), max(j for _, j in jokes)])
     elif inp.layout == "long":
         long_cells(table, inp.long_columns, source)
+    elif EXCEL_USER in table.columns:  # the workbooks as read: their count column and jokes, and their users
+        jokes = excel_joke_columns(table.columns)
+        result.update(columns=len(jokes) + 1, jokes=len(jokes), users=table.count())
+    else:  # a headerless CSV in the original layout: the count column, then the jokes
+        result.update(jokes=len(header) - 1)
     return result
 
 
