@@ -174,21 +174,14 @@ def read_excel_table(spark, path: str):
 
     files, rows = read_sheets(path)
     jokes = len(rows[0]) - 3  # file, row and the count column
-    columns = {
-        USER: [str(user) for user in range(1, len(rows) + 1)],
-        FILE: [os.path.basename(row[0]) for row in rows],
-        ROW: [row[1] for row in rows],
+    arrays = {
+        USER: pa.array([str(user) for user in range(1, len(rows) + 1)], type=pa.string()),
+        FILE: pa.array([os.path.basename(row[0]) for row in rows], type=pa.string()),
+        ROW: pa.array([row[1] for row in rows], type=pa.int64()),
     }
     names = [COUNT] + [str(joke) for joke in range(1, jokes + 1)]
-    table = pa.table(
-        {
-            **{
-                name: pa.array(values, type=pa.int64() if name == ROW else pa.string())
-                for name, values in columns.items()
-            },
-            **{name: _column([row[position] for row in rows]) for position, name in enumerate(names, start=2)},
-        }
-    )
+    arrays.update({name: _column([row[position] for row in rows]) for position, name in enumerate(names, start=2)})
+    table = pa.table(arrays)
     log.info("xls file %s: %d workbook(s), %d users, %d joke columns", path, len(files), len(rows), jokes)
     return spark.createDataFrame(table)
 

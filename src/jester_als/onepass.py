@@ -25,8 +25,6 @@ from pyspark.sql import functions as F
 
 from jester_als.config import InputConfig
 from jester_als.excel import COUNT as EXCEL_COUNT
-from jester_als.excel import FILE as EXCEL_FILE
-from jester_als.excel import ROW as EXCEL_ROW
 from jester_als.excel import USER as EXCEL_USER
 from jester_als.excel import joke_columns as excel_joke_columns
 from jester_als.prepare import (
@@ -43,7 +41,7 @@ from jester_als.prepare import (
     _user_key,
     as_refused,
     cells_where,
-    check_count_column,
+    check_excel_count_column,
     check_unique_users,
     classify_cells,
     count_column_tests,
@@ -250,16 +248,11 @@ def _columns(table: DataFrame, inp: InputConfig, source: str) -> tuple | None:
 
 
 def _check_counts(table: DataFrame, count_column: tuple, source: str, by_row: dict, ratings_path: str) -> None:
-    """The Excel files' count column checked from the pass's counts (:func:`check_count_column`), which reads the
-    table again only to name a row; a refusal leaves no ratings written."""
+    """The Excel files' count column checked from the pass's counts (:func:`check_excel_count_column`), which reads
+    the table again only to name a row; a refusal leaves no ratings written."""
     try:
-        check_count_column(
-            table.withColumn("_order", F.col(EXCEL_USER).cast("int")),
-            *count_column,
-            source,
-            {k: int(by_row[k]) for k in ("rows", "count_not_count", "count_differs")},
-            order="_order",
-            names={"file": EXCEL_FILE, "row": EXCEL_ROW},
+        check_excel_count_column(
+            table, count_column, source, {k: int(by_row[k]) for k in ("rows", "count_not_count", "count_differs")}
         )
     except InputError:
         _remove(ratings_path)

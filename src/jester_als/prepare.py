@@ -381,6 +381,19 @@ def check_count_column(
         )
 
 
+def check_excel_count_column(table: DataFrame, count_column: tuple, source: str, counted: dict) -> None:
+    """:func:`check_count_column` on the Excel files as read (``count_column``: the reader's count column, its
+    jokes and the missing values), a row named by its file and row in the order the users were numbered."""
+    check_count_column(
+        table.withColumn("_order", F.col(EXCEL_USER).cast("int")),
+        *count_column,
+        source,
+        counted,
+        order="_order",
+        names={"file": EXCEL_FILE, "row": EXCEL_ROW},
+    )
+
+
 def long_cells(table: DataFrame, columns: LongColumns, source: str) -> DataFrame:
     """Long table -> the same cell shape as ``melt_wide_ratings``."""
     names = [columns.user, columns.joke, columns.rating]
@@ -731,15 +744,8 @@ def ratings_cells(
         raise InputError(f"{source}: has a header but no rows")
     counted = {"rows": prints["rows"], **users}
     if excel:
-        jokes = excel_joke_columns(table.columns)
-        check_count_column(
-            table.withColumn("_order", F.col(EXCEL_USER).cast("int")),
-            *count_column,
-            source,
-            counted,
-            order="_order",
-            names={"file": EXCEL_FILE, "row": EXCEL_ROW},
-        )
+        jokes = count_column[1]
+        check_excel_count_column(table, count_column, source, counted)
         log.info("%s: Jester layout, %d joke columns, users numbered by row across the files", source, len(jokes))
         return melt_wide_ratings(table, EXCEL_USER, jokes), source, prints, False
     if layout == "jester":
