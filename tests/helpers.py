@@ -101,6 +101,12 @@ def without_volatile(node, drop: tuple[str, ...] = ()):
     return node
 
 
+def one_pass_comparable(data: dict) -> dict:
+    """prepare's data section less what differs by design between its one pass and its general path: the path
+    taken, times, and the last bits of float sums."""
+    return {k: v for k, v in data.items() if k not in ("one_pass", "timing_seconds", "rating_mean", "rating_std")}
+
+
 def assert_frames_equal(actual, expected, *, precision: float | None = None) -> None:
     """Same rows (in any order) and same column names and types, nullability aside."""
     if precision is None:

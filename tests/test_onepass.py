@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from helpers import job_argv
+from helpers import job_argv, one_pass_comparable
 from jester_als.cli import main
 
 HEADER = "User,Number of Jokes Rated,1,2,3,4,5\n"
@@ -39,16 +39,11 @@ def prepared(tmp_path, text: str, *overrides: str):
     return found
 
 
-def comparable(data: dict) -> dict:
-    """The data section less what differs by design: the path taken, times, and the last bits of float sums."""
-    return {k: v for k, v in data.items() if k not in ("one_pass", "timing_seconds", "rating_mean", "rating_std")}
-
-
 def test_one_pass_and_general_path_give_the_same_outputs_and_counts(spark, tmp_path):
     found = prepared(tmp_path, MIXED)
     (one, one_ratings, one_rejected), (general, ratings, rejected) = found[True], found[False]
     assert one["one_pass"] and not general["one_pass"]
-    assert comparable(one) == comparable(general)
+    assert one_pass_comparable(one) == one_pass_comparable(general)
     assert one["rating_mean"] == pytest.approx(general["rating_mean"], rel=1e-12)
     assert one["rating_std"] == pytest.approx(general["rating_std"], rel=1e-12)
     assert one_ratings == ratings and one_rejected == rejected
@@ -70,7 +65,9 @@ def test_a_table_the_one_pass_cannot_settle_goes_the_general_way(spark, tmp_path
     found = prepared(tmp_path, text)
     (one, one_ratings, one_rejected), (general, ratings, rejected) = found[True], found[False]
     assert not one["one_pass"], why
-    assert comparable(one) == comparable(general) and one_ratings == ratings and one_rejected == rejected
+    assert (
+        one_pass_comparable(one) == one_pass_comparable(general) and one_ratings == ratings and one_rejected == rejected
+    )
 
 
 def test_a_user_on_two_rows_is_refused_as_on_the_general_path(tmp_path, capsys):
@@ -86,7 +83,7 @@ def test_a_table_without_refused_cells_gives_the_same_empty_refused_table_on_bot
     # joke ids need not be 1..n, and a joke nobody rated is named by either path
     text = "User,Number of Jokes Rated,7,300,3001\n1,1,1,,\n2,1,-3,,\n3,1,,2.5,\n"
     (one, one_ratings, one_rejected), (general, ratings, rejected) = prepared(tmp_path, text).values()
-    assert one["one_pass"] and comparable(one) == comparable(general)
+    assert one["one_pass"] and one_pass_comparable(one) == one_pass_comparable(general)
     assert one_ratings == ratings and one_rejected == rejected == []
     assert one["jokes_without_ratings"] == [3001] and one["items"] == 2 and one["users"] == 3
     assert one["cells"]["rejected"] == {} and one["cells"]["missing"] == {"blank": 6}
@@ -96,7 +93,7 @@ def test_rated_jokes_at_the_edges_of_the_one_pass_bit_words_are_all_found(spark,
     # the one pass finds the rated jokes as bits of 64-bit words: ids on both sides of each word's edge
     text = "User,Number of Jokes Rated,0,63,64,127,128,200\n1,2,1,,2,,,\n2,3,,3,,-1,,\n3,1,,,,,9.5,\n"
     (one, one_ratings, _), (general, ratings, _) = prepared(tmp_path, text).values()
-    assert one["one_pass"] and comparable(one) == comparable(general) and one_ratings == ratings
+    assert one["one_pass"] and one_pass_comparable(one) == one_pass_comparable(general) and one_ratings == ratings
     assert one["items"] == 5 and one["jokes_without_ratings"] == [200]
 
 
@@ -105,7 +102,7 @@ def test_sentinels_in_any_spelling_are_counted_as_on_the_general_path(spark, tmp
     # the usual spellings are counted as the rows stream past; the others take the second pass
     found = prepared(tmp_path, HEADER + f"1,4,1.5,{sentinels},\n2,2,-2,,,7.25,\n")
     (one, one_ratings, one_rejected), (general, ratings, rejected) = found[True], found[False]
-    assert one["one_pass"] and comparable(one) == comparable(general)
+    assert one["one_pass"] and one_pass_comparable(one) == one_pass_comparable(general)
     assert one_ratings == ratings and one_rejected == rejected == []
     assert one["cells"]["missing"] == {"blank": 4, "sentinel": 3} and one["cells"]["rejected"] == {}
     assert len(ratings) == one["ratings"] == 3
@@ -132,7 +129,7 @@ def test_users_are_counted_exactly_whatever_their_ids(spark, tmp_path, ids):
     (one, one_ratings, one_rejected), (general, ratings, rejected) = prepared(
         tmp_path, HEADER + "\n".join(rows)
     ).values()
-    assert one["one_pass"] and comparable(one) == comparable(general)
+    assert one["one_pass"] and one_pass_comparable(one) == one_pass_comparable(general)
     assert one_ratings == ratings and one_rejected == rejected == []
     assert one["users"] == 4 and one["rows_without_ratings"] == 1
     assert one["cells"]["missing"] == {"blank": 18, "sentinel": 2}
