@@ -198,10 +198,13 @@ def test_foldin_recommends_new_users_and_accounts_for_every_cell(spark, fitted, 
     # what it prints says what it did with the new users, and that the data line is the model's
     printed = capsys.readouterr().out
     assert (
-        f"  new users: 3 from csv file {table} (6 ratings, 2 refused cells) folded in (spark); top 3 for 3 users"
-        in printed
+        f"  new users: 5 read from csv file {table}, 3 with a rating of a known joke (6 ratings, 2 refused cells) "
+        "folded in (spark); top 3 for 3 users" in printed
     )
     assert "  the model was trained on: " in printed and "\n  data: " not in printed
+    report = (out / "report.md").read_text()
+    assert f"3 of the 5 new users in csv file {table} (6 ratings of jokes the model knows)" in report
+    assert "the other 2 had no rating of a known joke" in report
     section = json.loads((out / "metrics.json").read_text())["foldin"]
     assert section["users"] == 3 and section["known_users"] == 1 and section["users_without_ratings"] == 2
     assert section["cells"]["rejected"] == {"out_of_range": 1, "unknown_joke": 1}

@@ -108,10 +108,11 @@ def summary(job: Job, metrics: dict, seconds: float) -> str:
         )
     if fold:
         refused = sum(fold["cells"]["rejected"].values())
+        read = fold["users"] + fold["users_without_ratings"]
         lines.append(
-            f"  new users: {fold['users']:,} from {fold['source']} ({fold['ratings']:,} ratings, {refused:,} "
-            f"refused cells) folded in ({fold['engine']}); top {fold['top_n']} for {fold['recommended_users']:,} "
-            "users"
+            f"  new users: {read:,} read from {fold['source']}, {fold['users']:,} with a rating of a known joke "
+            f"({fold['ratings']:,} ratings, {refused:,} refused cells) folded in ({fold['engine']}); top "
+            f"{fold['top_n']} for {fold['recommended_users']:,} users"
         )
     if metrics.get("als_engine") and "als_engine" in job.reports:
         fallback = metrics["numpy_als"]

@@ -627,12 +627,12 @@ def run_foldin(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> dict:
         "seconds": time.perf_counter() - started,
     }
     log.info(
-        "foldin: %d new users (%d ratings; %d already in the model, folded in anew; %d without a rating of a "
-        "known joke) -> top %d for %d users; refused cells %s",
+        "foldin: %d new users read, %d with a rating of a known joke (%d ratings; %d already in the model, folded "
+        "in anew) -> top %d for %d users; refused cells %s",
+        summary["users"] + section["users_without_ratings"],
         summary["users"],
         summary["ratings"],
         known,
-        section["users_without_ratings"],
         top,
         written["users"],
         section["cells"]["rejected"] or "none",

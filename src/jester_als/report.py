@@ -261,12 +261,14 @@ def foldin_section(metrics: dict) -> list[str]:
     return [
         "## New users folded in",
         "",
-        f"{figure(fold['users'])} new users of {fold['source']} ({figure(fold['ratings'])} ratings of jokes the model "
+        f"{figure(fold['users'])} of the {figure(fold['users'] + fold['users_without_ratings'])} new users in "
+        f"{fold['source']} ({figure(fold['ratings'])} ratings of jokes the model "
         f"knows) folded into the saved model ({fold['engine']}; {'biased, ' if fold['biased'] else ''}regParam "
         f"{fold['reg_param']}) and recommended their top {fold['top_n']} unrated jokes in "
         f"`new_user_recommendations/` ({figure(fold['recommended_users'])} users). "
         f"{figure(fold['known_users'])} were already in the model (folded in anew from these ratings; the model is "
-        f"not changed); {figure(fold['users_without_ratings'])} had no rating of a known joke. Refused cells: "
+        f"not changed); the other {figure(fold['users_without_ratings'])} had no rating of a known joke. "
+        "Refused cells: "
         + (", ".join(f"{k} {v:,}" for k, v in sorted(refused.items())) if refused else "none")
         + " (`new_user_rejected/`).",
         "",
