@@ -252,6 +252,22 @@ def test_known_users_are_matched_by_the_ids_the_inputs_gave_them(spark, fitted, 
     assert users == {"ann", "bob", "1"}  # recommended under the ids they came with
 
 
+def test_a_long_table_counts_every_new_user_it_read(fitted, tmp_path):
+    """The new users of the wide table above in the long layout, and one more whose only rating is of a joke the
+    model never saw: every user read is either folded in or counted without a rating."""
+    out, _, _ = fitted
+    table = tmp_path / "long.csv"
+    table.write_text(
+        "user,joke,rating\n90001,1,5.5\n90001,2,-2.25\n90001,3,8.0\n90002,2,3.5\n90002,999,7.0\n90003,1,\n"
+        "90004,3,12.0\n90005,999,4.0\n1,1,1.0\n1,2,2.0\n"
+    )
+    assert foldin(out, table, "--set", "new_users.layout=long") == 0
+    section = json.loads((out / "metrics.json").read_text())["foldin"]
+    assert section["users"] == 3 and section["known_users"] == 1 and section["users_without_ratings"] == 3
+    assert section["cells"]["rejected"] == {"out_of_range": 1, "unknown_joke": 2}
+    assert "3 of the 6 new users in csv file" in (out / "report.md").read_text()
+
+
 def test_foldin_refuses_input_without_a_usable_rating_and_a_missing_path(fitted, tmp_path, capsys):
     out, _, _ = fitted
     empty = tmp_path / "empty.csv"

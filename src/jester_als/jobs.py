@@ -573,6 +573,9 @@ def run_foldin(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> dict:
         )
         ratings = try_persist(ratings, "the new users' ratings")
         summary = ratings.agg(F.count(F.lit(1)).alias("ratings"), F.countDistinct("user").alias("users")).first()
+        # Users whose usable ratings are all of jokes the model never saw are without a rating too; prepare's
+        # count of users without one (the long layout's) cannot know of them.
+        usable_users = prepared.ratings.agg(F.countDistinct("user")).first()[0]
         if not summary["ratings"]:
             raise InputError(
                 f"{prepared.source}: no rating of a joke the model knows among "
@@ -617,7 +620,7 @@ def run_foldin(spark: SparkSession, cfg: JesterConfig, out: RunOutputs) -> dict:
         "users": summary["users"],
         "ratings": summary["ratings"],
         "known_users": known,
-        "users_without_ratings": rows_without_ratings(prepared, summary["users"]),
+        "users_without_ratings": rows_without_ratings(prepared, usable_users) + usable_users - summary["users"],
         "cells": cells_read(prepared.counts, {"unknown_joke": unknown_count}),
         "recommended_users": written["users"],
         "recommendation_rows": written["rows"],
